@@ -1,0 +1,59 @@
+//! `hostnic-agent`, the node daemon: it owns the node's NICs, wires them
+//! into pods over netlink, records who holds which, and answers the CNI
+//! executable over a root-only unix socket.
+
+pub mod config;
+pub mod plumb;
+pub mod pool;
+pub mod reconcile;
+pub mod server;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hostnic_netlink::Netns;
+use tracing::info;
+
+use crate::config::Config;
+use crate::plumb::Plumber;
+use crate::service::Service;
+use crate::store::Store;
+
+/// Runs the agent until SIGTERM or SIGINT. The namespace the agent starts
+/// in is "the node": NICs wait there and return there.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let node_ns = Netns::current().context("opening the node's network namespace")?;
+    let node = node_ns
+        .connect()
+        .await
+        .context("connecting to rtnetlink in the node namespace")?;
+    let store = Store::open(&cfg.state_dir)
+        .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
+    let plumber = Plumber::new(node_ns, node);
+    let pool = reconcile::reconcile(&cfg, &plumber, &store).await?;
+    let service = Arc::new(Service::new(&cfg, plumber, store, pool));
+    let listener = server::bind(&cfg.socket)?;
+    info!(socket = %cfg.socket.display(), free_nics = service.pool().free_count(), "serving");
+    server::serve(listener, service, shutdown_signal()).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the default action (exit) still applies.
+        _ => std::future::pending().await,
+    }
+}

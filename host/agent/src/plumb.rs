@@ -1,0 +1,233 @@
+//! The kernel side of an attachment: move a NIC into a pod and configure it,
+//! bring it back, check it. Every step is a typed call on
+//! [`hostnic_netlink::Netlink`]; nothing here builds netlink messages.
+
+use std::net::Ipv4Addr;
+
+use hostnic_netlink::{Link, Mac, Netlink, Netns, RouteEntry};
+use ipnet::{IpNet, Ipv4Net};
+
+/// What an attachment configures inside the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wiring {
+    pub mac: Mac,
+    pub ifname: String,
+    pub address: Ipv4Net,
+    pub mtu: u32,
+    /// Routes out of the pod's NIC (their `oif` is filled in here).
+    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbError {
+    #[error("NIC {0} is not in the node's network namespace")]
+    NicMissing(Mac),
+    #[error("the pod already has an interface named {0}")]
+    NameTaken(String),
+    #[error("{0}")]
+    Kernel(#[from] hostnic_netlink::Error),
+    #[error("{what}; undoing it also failed: {undo}")]
+    UndoFailed {
+        what: Box<PlumbError>,
+        undo: hostnic_netlink::Error,
+    },
+}
+
+/// Where a NIC ended up after [`Plumber::detach`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whereabouts {
+    /// Parked in the node namespace: down, no addresses, its parked name.
+    Parked,
+    /// Found nowhere we can look (its netns was destroyed with it, or it was
+    /// detached under us).
+    Gone,
+}
+
+#[derive(Debug)]
+pub struct Plumber {
+    node_ns: Netns,
+    node: Netlink,
+}
+
+impl Plumber {
+    pub fn new(node_ns: Netns, node: Netlink) -> Plumber {
+        Plumber { node_ns, node }
+    }
+
+    pub fn node(&self) -> &Netlink {
+        &self.node
+    }
+
+    /// Moves the NIC into the pod under `w.ifname` and configures it. On
+    /// failure the NIC is brought back and parked before the error returns.
+    /// A NIC that fails to come back is reported in the error; the caller
+    /// marks it missing rather than hand it out again.
+    pub async fn attach(&self, w: &Wiring, pod_ns: &Netns) -> Result<(), PlumbError> {
+        let link = self
+            .node
+            .link_by_mac(w.mac)
+            .await?
+            .ok_or(PlumbError::NicMissing(w.mac))?;
+        let pod = pod_ns.connect().await?;
+        if pod.link_by_name(&w.ifname).await?.is_some() {
+            return Err(PlumbError::NameTaken(w.ifname.clone()));
+        }
+        let moved = self.node.move_link(link.index, pod_ns, &w.ifname).await;
+        // The kernel applies a move-and-rename request in two steps: a
+        // rename that fails (a name taken meanwhile) fails *after* the move,
+        // so on any error the NIC may be in the pod already.
+        let result = match moved {
+            Err(e) if e.is_exists() => Err(PlumbError::NameTaken(w.ifname.clone())),
+            Err(e) => Err(e.into()),
+            Ok(()) => configure(&pod, w).await.map_err(PlumbError::from),
+        };
+        let Err(e) = result else { return Ok(()) };
+        match self.pull_back(&pod, w.mac).await {
+            Ok(_) => Err(e),
+            Err(undo) => Err(PlumbError::UndoFailed {
+                what: Box::new(e),
+                undo,
+            }),
+        }
+    }
+
+    /// Brings the NIC back from the pod (if we can reach it there) and parks
+    /// it. Best effort and idempotent: a NIC already parked stays parked.
+    pub async fn detach(
+        &self,
+        mac: Mac,
+        pod_ns: Option<&Netns>,
+    ) -> Result<Whereabouts, hostnic_netlink::Error> {
+        if let Some(ns) = pod_ns {
+            let pod = ns.connect().await?;
+            if self.pull_back(&pod, mac).await? == Whereabouts::Parked {
+                return Ok(Whereabouts::Parked);
+            }
+        }
+        match self.node.link_by_mac(mac).await? {
+            Some(link) => {
+                self.park(&link).await?;
+                Ok(Whereabouts::Parked)
+            }
+            None => Ok(Whereabouts::Gone),
+        }
+    }
+
+    /// Moves the NIC with `mac` from `pod` back to the node and parks it.
+    async fn pull_back(
+        &self,
+        pod: &Netlink,
+        mac: Mac,
+    ) -> Result<Whereabouts, hostnic_netlink::Error> {
+        let Some(link) = pod.link_by_mac(mac).await? else {
+            return Ok(Whereabouts::Gone);
+        };
+        pod.move_link(link.index, &self.node_ns, &mac.parked_name())
+            .await?;
+        // Moving a link closes it and the kernel drops its addresses and
+        // routes; park() checks that rather than trusting it.
+        match self.node.link_by_mac(mac).await? {
+            Some(l) => {
+                self.park(&l).await?;
+                Ok(Whereabouts::Parked)
+            }
+            None => Ok(Whereabouts::Gone),
+        }
+    }
+
+    /// Puts a NIC in the node namespace into its resting state: down, no
+    /// addresses, named `hn<mac>`. Down and unaddressed, it can never take
+    /// the node's default route.
+    pub async fn park(&self, link: &Link) -> Result<(), hostnic_netlink::Error> {
+        let Some(mac) = link.mac else { return Ok(()) };
+        if link.up {
+            self.node.set_down(link.index).await?;
+        }
+        if !self.node.addresses(link.index).await?.is_empty() {
+            self.node.flush_addresses(link.index).await?;
+        }
+        let parked = mac.parked_name();
+        if link.name != parked {
+            self.node.rename(link.index, &parked).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the pod still has exactly what ADD gave it. The answer names
+    /// the first difference.
+    pub async fn verify(
+        &self,
+        w: &Wiring,
+        pod_ns: &Netns,
+    ) -> Result<Result<(), String>, hostnic_netlink::Error> {
+        let pod = pod_ns.connect().await?;
+        let Some(link) = pod.link_by_name(&w.ifname).await? else {
+            return Ok(Err(format!("the pod has no interface {}", w.ifname)));
+        };
+        if link.mac != Some(w.mac) {
+            return Ok(Err(format!(
+                "interface {} has MAC {:?}, expected {}",
+                w.ifname, link.mac, w.mac
+            )));
+        }
+        if !link.up {
+            return Ok(Err(format!("interface {} is down", w.ifname)));
+        }
+        if link.mtu != w.mtu {
+            return Ok(Err(format!(
+                "interface {} has MTU {}, expected {}",
+                w.ifname, link.mtu, w.mtu
+            )));
+        }
+        if !pod
+            .addresses(link.index)
+            .await?
+            .contains(&IpNet::V4(w.address))
+        {
+            return Ok(Err(format!(
+                "interface {} lost its address {}",
+                w.ifname, w.address
+            )));
+        }
+        let routes = pod.routes().await?;
+        for (dst, gw) in &w.routes {
+            let want = RouteEntry {
+                dst: *dst,
+                gw: *gw,
+                oif: Some(link.index),
+            };
+            if !routes.contains(&want) {
+                return Ok(Err(format!(
+                    "the route to {dst} via {gw:?} on {} is missing",
+                    w.ifname
+                )));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Configures the NIC that just arrived in the pod: MTU and up first (a
+/// gateway route needs an up device), then the address, then the routes.
+async fn configure(pod: &Netlink, w: &Wiring) -> Result<(), hostnic_netlink::Error> {
+    let link = pod.link_by_name(&w.ifname).await?;
+    // The kernel just created it under this name; if it is not there the
+    // pod netns was torn down under us.
+    let Some(link) = link.filter(|l| l.mac == Some(w.mac)) else {
+        return Err(hostnic_netlink::Error::Io {
+            op: format!("finding {} in the pod after moving it", w.ifname),
+            source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
+        });
+    };
+    pod.set_mtu_up(link.index, w.mtu).await?;
+    pod.add_address(link.index, w.address).await?;
+    for (dst, gw) in &w.routes {
+        pod.add_route(&RouteEntry {
+            dst: *dst,
+            gw: *gw,
+            oif: Some(link.index),
+        })
+        .await?;
+    }
+    Ok(())
+}

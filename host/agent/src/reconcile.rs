@@ -1,0 +1,168 @@
+//! Start-up reconciliation of the two truths the agent has without a cloud:
+//! its record (which attachment holds which NIC) and the kernel (where each
+//! NIC is). It adopts, repairs or releases; it never guesses.
+//!
+//! | record      | kernel                     | action                                   |
+//! |-------------|----------------------------|------------------------------------------|
+//! | committed   | (anywhere)                 | adopt: the pod was told success          |
+//! | reserved    | node, or the recorded netns| roll back: the ADD never answered        |
+//! | reserved    | nowhere                    | drop the record, NIC missing             |
+//! | none        | node                       | park it, free                            |
+//! | none        | nowhere                    | missing until it reappears               |
+//!
+//! A committed attachment whose NIC is back in the node namespace while its
+//! netns path no longer exists belonged to a pod that is gone: released.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use hostnic_netlink::{Mac, Netns};
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use crate::config::{Config, NicSpec};
+use crate::plumb::{Plumber, Whereabouts};
+use crate::pool::{Pool, State};
+use crate::store::{Allocation, Phase, Store};
+
+pub async fn reconcile(cfg: &Config, plumber: &Plumber, store: &Store) -> anyhow::Result<Pool> {
+    let mut records: BTreeMap<Mac, Allocation> = store
+        .load()
+        .with_context(|| {
+            format!(
+                "reading allocation records under {}",
+                cfg.state_dir.display()
+            )
+        })?
+        .into_iter()
+        .map(|a| (a.mac, a))
+        .collect();
+    let links = plumber
+        .node()
+        .links()
+        .await
+        .context("listing the node's links")?;
+    let Some(primary) = links.iter().find(|l| l.name == cfg.iface) else {
+        bail!(
+            "iface {:?} (the node's primary interface) does not exist in the node's network namespace",
+            cfg.iface
+        );
+    };
+    if let Some(mac) = primary.mac
+        && cfg.inventory.nics.iter().any(|n| n.mac == mac)
+    {
+        bail!(
+            "inventory NIC {mac} is the primary interface {}; hostnic never hands that out",
+            cfg.iface
+        );
+    }
+    let on_node = |mac: Mac| links.iter().find(|l| l.mac == Some(mac));
+
+    let mut pool = Pool::default();
+    let (mut adopted, mut rolled_back, mut free, mut missing) = (0, 0, 0, 0);
+    for spec in &cfg.inventory.nics {
+        let state = match records.remove(&spec.mac) {
+            Some(rec) if rec.phase == Phase::Committed => {
+                if on_node(spec.mac).is_some()
+                    && !rec.netns.as_deref().is_some_and(|p| Path::new(p).exists())
+                {
+                    warn!(nic = %spec.mac, container = %rec.key.container_id, "pod is gone; releasing its NIC");
+                    release_record(plumber, store, &rec).await?
+                } else {
+                    adopted += 1;
+                    State::Held(rec.key)
+                }
+            }
+            Some(rec) => {
+                rolled_back += 1;
+                info!(nic = %spec.mac, container = %rec.key.container_id, "rolling back an ADD that never answered");
+                release_record(plumber, store, &rec).await?
+            }
+            None => match on_node(spec.mac) {
+                Some(link) => {
+                    plumber
+                        .park(link)
+                        .await
+                        .with_context(|| format!("parking NIC {}", spec.mac))?;
+                    State::Free
+                }
+                None => State::Missing,
+            },
+        };
+        match state {
+            State::Free => free += 1,
+            State::Missing => {
+                missing += 1;
+                warn!(nic = %spec.mac, "inventory NIC not found in the node namespace");
+            }
+            _ => {}
+        }
+        pool.insert(spec.clone(), state, true);
+    }
+
+    // Records of NICs no longer in the inventory: serve their DEL, then
+    // forget them.
+    for (mac, rec) in records {
+        match (rec.phase, spec_from_record(&rec)) {
+            (Phase::Committed, Some(spec)) => {
+                warn!(nic = %mac, "a pod holds a NIC that is no longer in the inventory; it is released on DEL");
+                adopted += 1;
+                pool.insert(spec, State::Held(rec.key), false);
+            }
+            _ => {
+                rolled_back += 1;
+                release_record(plumber, store, &rec).await?;
+            }
+        }
+    }
+    info!(
+        adopted,
+        rolled_back, free, missing, "reconciled allocation record with the kernel"
+    );
+    Ok(pool)
+}
+
+/// Brings a recorded NIC back (from its netns if that still exists) and
+/// drops the record. Returns the NIC's new state.
+async fn release_record(
+    plumber: &Plumber,
+    store: &Store,
+    rec: &Allocation,
+) -> anyhow::Result<State> {
+    let netns = rec
+        .netns
+        .as_deref()
+        .and_then(|p| Netns::open(Path::new(p)).ok());
+    let whereabouts = plumber
+        .detach(rec.mac, netns.as_ref())
+        .await
+        .with_context(|| {
+            format!(
+                "returning NIC {} from container {}",
+                rec.mac, rec.key.container_id
+            )
+        })?;
+    store
+        .remove(rec.mac)
+        .with_context(|| format!("removing the record of NIC {}", rec.mac))?;
+    Ok(match whereabouts {
+        Whereabouts::Parked => State::Free,
+        Whereabouts::Gone => State::Missing,
+    })
+}
+
+fn spec_from_record(rec: &Allocation) -> Option<NicSpec> {
+    let r = rec.result.as_ref()?;
+    let ip = r.ips.first()?;
+    match (ip.address, ip.gateway) {
+        (IpNet::V4(address), Some(IpAddr::V4(gateway))) => Some(NicSpec {
+            mac: rec.mac,
+            address,
+            gateway,
+            vxnet: None,
+        }),
+        _ => None,
+    }
+}

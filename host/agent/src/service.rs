@@ -1,0 +1,539 @@
+//! The agent's answers to ADD, DEL, CHECK, GC and STATUS.
+//!
+//! Each handler validates first, then acts, and on failure undoes what it
+//! did: a request that fails leaves the NIC parked and free, never half
+//! wired, and never recorded for a pod that was not told "success".
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+
+use hostnic_netlink::{Mac, Netns};
+use hostnic_proto::cni::{
+    self, AddResult, AttachmentKey, CniError, Interface, IpConfig, Route, RouteTemplate, code,
+};
+use hostnic_proto::rpc::{AddRequest, CheckRequest, DelRequest, GcRequest, Reply, Target};
+use ipnet::{IpNet, Ipv4Net};
+use tracing::{info, warn};
+
+use crate::config::{Config, NicSpec};
+use crate::plumb::{PlumbError, Plumber, Whereabouts, Wiring};
+use crate::pool::{Pool, State};
+use crate::store::{Allocation, Key, Phase, Store};
+
+#[derive(Debug)]
+pub struct Service {
+    pub(crate) plumber: Plumber,
+    pub(crate) store: Store,
+    pub(crate) pool: Mutex<Pool>,
+    pub(crate) default_mtu: u32,
+}
+
+fn key_of(t: &Target) -> Key {
+    Key {
+        network: t.network.clone(),
+        container_id: t.container_id.clone(),
+        ifname: t.ifname.clone(),
+    }
+}
+
+fn internal(what: impl std::fmt::Display) -> CniError {
+    CniError::new(code::INTERNAL, what.to_string())
+}
+
+impl Service {
+    pub fn new(cfg: &Config, plumber: Plumber, store: Store, pool: Pool) -> Service {
+        Service {
+            plumber,
+            store,
+            pool: Mutex::new(pool),
+            default_mtu: cfg.mtu,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // A panic while holding this short lock is a bug, but the pool's
+        // data is still consistent (every mutation is a single assignment),
+        // so keep serving rather than wedge every later request.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn add(&self, req: AddRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
+        let netns = netns.ok_or_else(|| {
+            CniError::new(code::INVALID_ENV, "ADD needs the pod's netns descriptor")
+        })?;
+        validate_target(&req.target)?;
+        let mtu = req.mtu.unwrap_or(self.default_mtu);
+        if !cni::MTU_RANGE.contains(&mtu) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("mtu {mtu} is out of range"),
+            ));
+        }
+        let key = key_of(&req.target);
+
+        // A retried ADD for an attachment we already made answers as before.
+        let existing = self.pool().lookup(&key);
+        if let Some((lease, state)) = existing {
+            return match state {
+                State::Held(_) => {
+                    let _g = lease.lock.lock().await;
+                    self.recorded_result(lease.spec.mac)
+                }
+                _ => Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "an ADD for container {} {} is still in progress",
+                        key.container_id, key.ifname
+                    ),
+                )),
+            };
+        }
+
+        let lease = match self.reserve(&key).await {
+            Some(l) => l,
+            None => {
+                return Err(CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
+                    "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
+                ));
+            }
+        };
+        let _guard = lease.lock.lock().await;
+        let nic = &lease.spec;
+        let wiring = wiring(nic, &req.target.ifname, mtu, &req.routes);
+        let mut record = Allocation {
+            mac: nic.mac,
+            phase: Phase::Reserved,
+            key: key.clone(),
+            netns: req.target.netns.clone(),
+            pod: req.pod.clone(),
+            result: None,
+        };
+        if let Err(e) = self.store.put(&record) {
+            self.pool().release(nic.mac, true);
+            return Err(internal(format!(
+                "recording the reservation of NIC {}: {e}",
+                nic.mac
+            )));
+        }
+
+        if let Err(e) = self.plumber.attach(&wiring, &netns).await {
+            // Ask the kernel where the NIC is rather than infer it from the
+            // error: free only if it is back in the node namespace.
+            let present = matches!(self.plumber.node().link_by_mac(nic.mac).await, Ok(Some(_)));
+            self.forget(nic.mac, present);
+            warn!(nic = %nic.mac, container = %key.container_id, error = %e, "ADD failed; NIC released");
+            let code = match e {
+                PlumbError::NameTaken(_) => code::INVALID_ENV,
+                PlumbError::NicMissing(_) => code::TRY_AGAIN_LATER,
+                _ => code::INTERNAL,
+            };
+            return Err(CniError::new(
+                code,
+                format!("attaching NIC {} as {}: {e}", nic.mac, key.ifname),
+            ));
+        }
+
+        let result = add_result(
+            &wiring,
+            req.target.netns.as_deref().unwrap_or_default(),
+            nic.gateway,
+        );
+        record.phase = Phase::Committed;
+        record.result = Some(result.clone());
+        if let Err(e) = self.store.put(&record) {
+            // Not recorded, so not given: take the NIC back.
+            let undo = self.plumber.detach(nic.mac, Some(&netns)).await;
+            self.forget(nic.mac, matches!(undo, Ok(Whereabouts::Parked)));
+            return Err(internal(format!(
+                "recording the allocation of NIC {}: {e}",
+                nic.mac
+            )));
+        }
+        self.pool().commit(nic.mac);
+        info!(nic = %nic.mac, ip = %nic.address, container = %key.container_id, ifname = %key.ifname,
+              pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD");
+        Ok(Reply::Added(result))
+    }
+
+    /// Reserves a free NIC, looking once more for missing ones if none is free.
+    async fn reserve(&self, key: &Key) -> Option<crate::pool::Lease> {
+        if let Some(l) = self.pool().reserve(key) {
+            return Some(l);
+        }
+        self.rescan_missing().await;
+        self.pool().reserve(key)
+    }
+
+    /// NICs that reappeared in the node namespace become free again.
+    pub async fn rescan_missing(&self) {
+        let missing = self.pool().missing();
+        if missing.is_empty() {
+            return;
+        }
+        let links = match self.plumber.node().links().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "listing node links to find missing NICs");
+                return;
+            }
+        };
+        for link in links
+            .iter()
+            .filter(|l| l.mac.is_some_and(|m| missing.contains(&m)))
+        {
+            match self.plumber.park(link).await {
+                Ok(()) => {
+                    info!(nic = ?link.mac, "missing NIC is back in the node namespace");
+                    if let Some(mac) = link.mac {
+                        self.pool().mark_found(mac);
+                    }
+                }
+                Err(e) => warn!(nic = ?link.mac, error = %e, "parking a NIC that reappeared"),
+            }
+        }
+    }
+
+    fn recorded_result(&self, mac: Mac) -> Result<Reply, CniError> {
+        self.store
+            .get(mac)
+            .map_err(|e| internal(format!("reading the allocation record of NIC {mac}: {e}")))?
+            .and_then(|a| a.result)
+            .map(Reply::Added)
+            .ok_or_else(|| internal(format!("NIC {mac} is held but its record has no result")))
+    }
+
+    /// Drops the record and returns the NIC to the pool (or marks it missing).
+    fn forget(&self, mac: Mac, present: bool) {
+        if let Err(e) = self.store.remove(mac) {
+            // The stale reservation is rolled back at the next start.
+            warn!(nic = %mac, error = %e, "removing an allocation record");
+        }
+        self.pool().release(mac, present);
+    }
+
+    pub async fn del(&self, req: DelRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
+        let key = key_of(&req.target);
+        let Some((lease, _)) = self.pool().lookup(&key) else {
+            // Nothing recorded: already deleted, or never added. Both fine.
+            return Ok(Reply::Deleted);
+        };
+        let _guard = lease.lock.lock().await;
+        // Re-check under the NIC's lock: a concurrent DEL may have won.
+        match self.pool().lookup(&key) {
+            Some((l, _)) if l.spec.mac == lease.spec.mac => {}
+            _ => return Ok(Reply::Deleted),
+        }
+        self.release(lease.spec.mac, &key, netns, req.target.netns.as_deref())
+            .await?;
+        Ok(Reply::Deleted)
+    }
+
+    /// Brings a NIC back from wherever its attachment put it and frees it.
+    /// Without a netns descriptor, the recorded netns path is tried.
+    async fn release(
+        &self,
+        mac: Mac,
+        key: &Key,
+        netns: Option<Netns>,
+        path: Option<&str>,
+    ) -> Result<(), CniError> {
+        let recorded_path = self.store.get(mac).ok().flatten().and_then(|a| a.netns);
+        let netns = netns.or_else(|| {
+            let p = path.map(str::to_string).or(recorded_path)?;
+            Netns::open(std::path::Path::new(&p)).ok()
+        });
+        let whereabouts = self
+            .plumber
+            .detach(mac, netns.as_ref())
+            .await
+            .map_err(|e| {
+                internal(format!(
+                    "returning NIC {mac} from container {}: {e}",
+                    key.container_id
+                ))
+            })?;
+        if whereabouts == Whereabouts::Gone {
+            warn!(nic = %mac, container = %key.container_id, "NIC not found in the pod or the node; marked missing");
+        }
+        self.forget(mac, whereabouts == Whereabouts::Parked);
+        info!(nic = %mac, container = %key.container_id, ifname = %key.ifname, ?whereabouts, "DEL");
+        Ok(())
+    }
+
+    pub async fn check(&self, req: CheckRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
+        let netns = netns.ok_or_else(|| {
+            CniError::new(code::INVALID_ENV, "CHECK needs the pod's netns descriptor")
+        })?;
+        let key = key_of(&req.target);
+        let (lease, state) = self.pool().lookup(&key).ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "hostnic has no attachment for container {} {}",
+                    key.container_id, key.ifname
+                ),
+            )
+        })?;
+        if !matches!(state, State::Held(_)) {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the attachment's ADD is still in progress",
+            ));
+        }
+        let _guard = lease.lock.lock().await;
+        let Reply::Added(result) = self.recorded_result(lease.spec.mac)? else {
+            unreachable!("recorded_result only returns Added")
+        };
+        check_prev_result(&result, req.prev_result.as_ref())?;
+        let w = wiring_from_result(&result, lease.spec.mac)?;
+        match self.plumber.verify(&w, &netns).await {
+            Ok(Ok(())) => Ok(Reply::Checked),
+            Ok(Err(diff)) => Err(CniError::new(code::CHECK_FAILED, diff)),
+            Err(e) => Err(internal(format!(
+                "checking container {}: {e}",
+                key.container_id
+            ))),
+        }
+    }
+
+    /// Releases every attachment of the network that the runtime no longer
+    /// lists. Errors are collected; one bad NIC does not stop the rest.
+    pub async fn gc(&self, req: GcRequest) -> Result<Reply, CniError> {
+        let valid: BTreeSet<AttachmentKey> = req.valid.into_iter().collect();
+        let stale: Vec<(Key, Mac)> = self
+            .pool()
+            .held_in(&req.network)
+            .into_iter()
+            .filter(|(k, _)| {
+                !valid.contains(&AttachmentKey {
+                    container_id: k.container_id.clone(),
+                    ifname: k.ifname.clone(),
+                })
+            })
+            .collect();
+        let mut released = 0;
+        let mut errors = Vec::new();
+        for (key, mac) in stale {
+            let Some(lease) = self.pool().lease(mac) else {
+                continue;
+            };
+            let _guard = lease.lock.lock().await;
+            if !matches!(self.pool().lookup(&key), Some((l, State::Held(_))) if l.spec.mac == mac) {
+                continue;
+            }
+            match self.release(mac, &key, None, None).await {
+                Ok(()) => released += 1,
+                Err(e) => errors.push(e.msg),
+            }
+        }
+        info!(network = %req.network, released, failed = errors.len(), "GC");
+        if errors.is_empty() {
+            Ok(Reply::Collected { released })
+        } else {
+            Err(internal(format!(
+                "GC released {released} attachments but failed on: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// Cheap by design (kubelet polls it every few seconds): a look at the
+    /// pool, no syscalls.
+    pub fn status(&self) -> Result<Reply, CniError> {
+        let free = self.pool().free_count();
+        if free == 0 {
+            return Err(CniError::new(
+                code::NOT_AVAILABLE,
+                "no free NIC on this node: ADD would fail",
+            ));
+        }
+        Ok(Reply::Status {
+            free_nics: free as u32,
+        })
+    }
+}
+
+fn validate_target(t: &Target) -> Result<(), CniError> {
+    cni::validate_container_id(&t.container_id)?;
+    cni::validate_ifname(&t.ifname)
+}
+
+/// The pod's routes: the default route via the subnet gateway, then the
+/// templates. A template gateway of 0.0.0.0 means "the node's own NIC in the
+/// pod's vxnet" in the original plugin; with a static inventory there is no
+/// such NIC yet, so it resolves to the subnet gateway. A template without a
+/// gateway is an on-link route; a default-route template replaces ours.
+pub fn wiring(nic: &NicSpec, ifname: &str, mtu: u32, templates: &[RouteTemplate]) -> Wiring {
+    let resolve = |gw: Option<IpAddr>| match gw {
+        Some(IpAddr::V4(g)) if g.is_unspecified() => Some(nic.gateway),
+        Some(IpAddr::V4(g)) => Some(g),
+        // IPv6 templates are refused by the executable's config validation.
+        _ => None,
+    };
+    let mut routes = Vec::new();
+    if !templates.iter().any(|t| t.dst.prefix_len() == 0) {
+        routes.push((Ipv4Net::default(), Some(nic.gateway)));
+    }
+    for t in templates {
+        if let IpNet::V4(dst) = t.dst
+            && !routes.iter().any(|(d, _)| *d == dst)
+        {
+            routes.push((dst, resolve(t.gw)));
+        }
+    }
+    Wiring {
+        mac: nic.mac,
+        ifname: ifname.to_string(),
+        address: nic.address,
+        mtu,
+        routes,
+    }
+}
+
+fn add_result(w: &Wiring, sandbox: &str, gateway: Ipv4Addr) -> AddResult {
+    AddResult {
+        interface: Interface {
+            name: w.ifname.clone(),
+            mac: w.mac.to_string(),
+            sandbox: sandbox.to_string(),
+            mtu: w.mtu,
+        },
+        ips: vec![IpConfig {
+            address: IpNet::V4(w.address),
+            gateway: Some(IpAddr::V4(gateway)),
+        }],
+        routes: w
+            .routes
+            .iter()
+            .map(|(dst, gw)| Route {
+                dst: IpNet::V4(*dst),
+                gw: gw.map(IpAddr::V4),
+            })
+            .collect(),
+    }
+}
+
+fn wiring_from_result(r: &AddResult, mac: Mac) -> Result<Wiring, CniError> {
+    let address = match r.ips.first().map(|i| i.address) {
+        Some(IpNet::V4(a)) => a,
+        _ => return Err(internal("the recorded result has no IPv4 address")),
+    };
+    let v4 = |gw: Option<IpAddr>| match gw {
+        Some(IpAddr::V4(g)) => Some(g),
+        _ => None,
+    };
+    Ok(Wiring {
+        mac,
+        ifname: r.interface.name.clone(),
+        address,
+        mtu: r.interface.mtu,
+        routes: r
+            .routes
+            .iter()
+            .filter_map(|rt| match rt.dst {
+                IpNet::V4(d) => Some((d, v4(rt.gw))),
+                IpNet::V6(_) => None,
+            })
+            .collect(),
+    })
+}
+
+/// The runtime's cached result must still show our address.
+fn check_prev_result(ours: &AddResult, prev: Option<&serde_json::Value>) -> Result<(), CniError> {
+    let Some(prev) = prev else { return Ok(()) };
+    let want = ours
+        .ips
+        .first()
+        .map(|i| i.address.to_string())
+        .unwrap_or_default();
+    let listed = prev["ips"]
+        .as_array()
+        .is_some_and(|ips| ips.iter().any(|ip| ip["address"].as_str() == Some(&want)));
+    if listed {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::CHECK_FAILED,
+            format!(
+                "prevResult does not list the address {want} that hostnic gave this attachment"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic() -> NicSpec {
+        NicSpec {
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            address: "10.0.1.10/24".parse().unwrap(),
+            gateway: "10.0.1.1".parse().unwrap(),
+            vxnet: None,
+        }
+    }
+
+    fn tpl(dst: &str, gw: Option<&str>) -> RouteTemplate {
+        RouteTemplate {
+            dst: dst.parse().unwrap(),
+            gw: gw.map(|g| g.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn templates_follow_the_original_semantics() {
+        let w = wiring(
+            &nic(),
+            "eth0",
+            1500,
+            &[
+                tpl("10.96.0.0/12", Some("0.0.0.0")),
+                tpl("192.168.0.0/16", Some("10.0.1.254")),
+                tpl("172.16.0.0/16", None),
+            ],
+        );
+        let gw = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            w.routes,
+            vec![
+                ("0.0.0.0/0".parse().unwrap(), gw("10.0.1.1")),
+                ("10.96.0.0/12".parse().unwrap(), gw("10.0.1.1")),
+                ("192.168.0.0/16".parse().unwrap(), gw("10.0.1.254")),
+                ("172.16.0.0/16".parse().unwrap(), None),
+            ]
+        );
+        // A default-route template replaces the built-in default.
+        let w = wiring(
+            &nic(),
+            "eth0",
+            1500,
+            &[tpl("0.0.0.0/0", Some("10.0.1.254"))],
+        );
+        assert_eq!(
+            w.routes,
+            vec![("0.0.0.0/0".parse().unwrap(), gw("10.0.1.254"))]
+        );
+    }
+
+    #[test]
+    fn result_and_wiring_round_trip() {
+        let w = wiring(
+            &nic(),
+            "eth1",
+            9000,
+            &[tpl("10.96.0.0/12", Some("0.0.0.0"))],
+        );
+        let r = add_result(&w, "/var/run/netns/p", nic().gateway);
+        assert_eq!(wiring_from_result(&r, nic().mac).unwrap(), w);
+        assert!(check_prev_result(&r, None).is_ok());
+        let prev = r.encode(cni::Version::V1_0_0, None);
+        assert!(check_prev_result(&r, Some(&prev)).is_ok());
+        let other = serde_json::json!({"ips": [{"address": "10.9.9.9/24"}]});
+        assert_eq!(
+            check_prev_result(&r, Some(&other)).unwrap_err().code,
+            code::CHECK_FAILED
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The hostnic testbed: a node as a network namespace, its NICs as veth
+//! pairs whose far ends sit on a "wire" namespace holding the subnet's
+//! gateway on a bridge, pods as namespaces, and the real `hostnic-agent` and
+//! `hostnic` binaries run inside the node namespace.
+//!
+//! Everything lives in namespaces created here and removed on drop (also on
+//! panic); the machine's own interfaces and routes are never touched.
+
+pub mod netns;
+pub mod plugin;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+pub use netns::Ns;
+pub use plugin::{CallEnv, Chain, CniCall, PluginError};
+
+/// The subnet of the testbed's vxnet and its gateway (on the wire bridge).
+pub const SUBNET_PREFIX: &str = "10.99.0";
+pub const GATEWAY: &str = "10.99.0.1";
+/// The node's primary interface and its default gateway.
+pub const NODE_IP: &str = "192.168.255.2";
+pub const NODE_GATEWAY: &str = "192.168.255.1";
+
+/// True when the test may run. Without root it prints a loud SKIPPED line;
+/// in CI (CI=true) a missing root is a failure, never a silent pass.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root and CI runs as root: refusing to skip");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root (network namespaces) ***\n");
+    false
+}
+
+/// A binary of this workspace, built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// One NIC of the testbed inventory.
+#[derive(Clone, Debug)]
+pub struct Nic {
+    pub mac: String,
+    pub ip: String,
+    /// Its name on the node when the testbed creates it ("hot-plugged").
+    pub node_name: String,
+}
+
+/// A node with `n` NICs on one wire.
+#[derive(Debug)]
+pub struct Testbed {
+    pub nics: Vec<Nic>,
+    pub dir: tempfile::TempDir,
+    // Drop order: node before wire, so NIC veths die with the node first.
+    pub node: Ns,
+    pub wire: Ns,
+}
+
+impl Testbed {
+    pub fn new(n: usize) -> anyhow::Result<Testbed> {
+        assert!(n <= 200, "the testbed subnet has room for 200 NICs");
+        let node = Ns::new("node")?;
+        let wire = Ns::new("wire")?;
+        wire.ip_batch(&[
+            "link add br0 type bridge".into(),
+            format!("addr add {GATEWAY}/24 dev br0"),
+            "link set br0 up".into(),
+        ])?;
+        // The node's primary interface and default route: hostnic must
+        // never move either.
+        node.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
+            wire.name(),
+        ])?;
+        node.ip_batch(&[
+            format!("addr add {NODE_IP}/24 dev eth0"),
+            "link set eth0 up".into(),
+            format!("route add default via {NODE_GATEWAY} dev eth0"),
+        ])?;
+        wire.ip_batch(&[
+            format!("addr add {NODE_GATEWAY}/24 dev up0"),
+            "link set up0 up".into(),
+        ])?;
+
+        let nics: Vec<Nic> = (0..n)
+            .map(|i| Nic {
+                mac: format!("52:54:00:99:{:02x}:{:02x}", i / 256, i % 256),
+                ip: format!("{SUBNET_PREFIX}.{}", 10 + i),
+                node_name: format!("eth{}", i + 1),
+            })
+            .collect();
+        let mut node_cmds = Vec::new();
+        let mut wire_cmds = Vec::new();
+        for (i, nic) in nics.iter().enumerate() {
+            node_cmds.push(format!(
+                "link add {} address {} type veth peer name wnic{i} netns {}",
+                nic.node_name,
+                nic.mac,
+                wire.name()
+            ));
+            wire_cmds.push(format!("link set wnic{i} master br0 up"));
+        }
+        node.ip_batch(&node_cmds)?;
+        wire.ip_batch(&wire_cmds)?;
+        Ok(Testbed {
+            nics,
+            dir: tempfile::tempdir()?,
+            node,
+            wire,
+        })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The agent config for this testbed's inventory.
+    pub fn agent_config(&self) -> String {
+        let mut s = format!(
+            "socket = {:?}\nstate_dir = {:?}\niface = \"eth0\"\n[log]\nlevel = \"debug\"\n",
+            self.socket(),
+            self.state_dir()
+        );
+        for nic in &self.nics {
+            s += &format!(
+                "[[inventory.nics]]\nmac = \"{}\"\naddress = \"{}/24\"\ngateway = \"{GATEWAY}\"\n",
+                nic.mac, nic.ip
+            );
+        }
+        s
+    }
+
+    /// Starts `hostnic-agent` in the node namespace and waits until it serves.
+    pub fn start_agent(&self) -> anyhow::Result<Agent> {
+        let config = self.dir.path().join("agent.toml");
+        std::fs::write(&config, self.agent_config())?;
+        let log_path = self.dir.path().join("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = self
+            .node
+            .command(bin("hostnic-agent"))?
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting hostnic-agent")?;
+        let mut agent = Agent {
+            child: Some(child),
+            socket: self.socket(),
+            log: log_path,
+        };
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// A hostnic network config for this testbed.
+    pub fn netconf(&self, version: &str, routes: Value) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "hostnic-test",
+            "type": "hostnic",
+            "socket": self.socket(),
+            "ipam": { "routes": routes },
+        })
+    }
+
+    /// A call of the real `hostnic` binary, run in the node namespace as a
+    /// runtime would.
+    pub fn hostnic(&self) -> CniCall {
+        CniCall::new(bin("hostnic"), Some(self.node.path()))
+    }
+
+    /// The node's default route, as `ip route show default` prints it.
+    pub fn node_default_route(&self) -> anyhow::Result<String> {
+        Ok(self
+            .node
+            .ip(&["route", "show", "default"])?
+            .trim()
+            .to_string())
+    }
+
+    /// Which inventory NICs sit parked in the node namespace now.
+    pub fn parked_macs(&self) -> anyhow::Result<Vec<String>> {
+        let out = self.node.ip(&["-o", "link", "show"])?;
+        Ok(self
+            .nics
+            .iter()
+            .filter(|n| {
+                out.lines()
+                    .any(|l| l.contains(&n.mac) && l.contains(&parked_name(&n.mac)))
+            })
+            .map(|n| n.mac.clone())
+            .collect())
+    }
+}
+
+/// The agent's name for a NIC waiting in the node namespace.
+pub fn parked_name(mac: &str) -> String {
+    format!("hn{}", mac.replace(':', ""))
+}
+
+/// A running `hostnic-agent`; stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "hostnic-agent exited ({status}) before serving:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "hostnic-agent did not serve within {limit:?}:\n{}",
+            self.log_text()
+        )
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// kill -9: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the graceful stop a DaemonSet rollout does.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+            let start = Instant::now();
+            while c.try_wait()?.is_none() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    c.kill()?;
+                    c.wait()?;
+                    bail!("hostnic-agent ignored SIGTERM for 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.stop().is_err() {
+            self.kill9();
+        }
+    }
+}
+
+/// Waits for `path` to disappear or appear, for tests that watch files.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The reference plugins from Debian's containernetworking-plugins.
+pub fn reference_plugin_dir() -> Option<&'static Path> {
+    ["/usr/lib/cni", "/opt/cni/bin"]
+        .into_iter()
+        .map(Path::new)
+        .find(|d| d.join("portmap").exists())
+}

@@ -1,0 +1,158 @@
+//! Named network namespaces that delete themselves, and commands run inside
+//! them. Every namespace of the testbed is created here, named
+//! `hntest-<pid>-<n>-<role>`, so a run killed half-way is swept by the next
+//! one and nothing touches the machine's own namespace.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, bail};
+use nix::sched::{CloneFlags, setns};
+
+const PREFIX: &str = "hntest-";
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace under /var/run/netns, deleted on drop.
+#[derive(Debug)]
+pub struct Ns {
+    name: String,
+}
+
+impl Ns {
+    pub fn new(role: &str) -> anyhow::Result<Ns> {
+        sweep_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}-{n}-{role}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Ns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Runs many `ip` commands in one process (`ip -batch`).
+    pub fn ip_batch(&self, lines: &[String]) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning ip -batch")?;
+        child
+            .stdin
+            .take()
+            .context("ip -batch stdin")?
+            .write_all(lines.join("\n").as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "ip -n {} -batch failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// A command that will run inside this namespace (network only, like
+    /// `nsenter --net`: the mount namespace and /sys stay as they are, which
+    /// runc needs).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        let ns = File::open(self.path()).with_context(|| format!("opening netns {}", self.name))?;
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes the setns system call, which is async-signal-safe; `ns` is
+        // an open descriptor inherited from the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Runs a command inside the namespace and returns its stdout.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        run(self.command(program)?.args(args))
+    }
+
+    /// Whether `ping` from here reaches `ip` (one packet, one second).
+    pub fn ping(&self, ip: &str) -> bool {
+        self.exec("ping", &["-c", "1", "-W", "1", "-q", ip]).is_ok()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "testbed: deleting netns {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("testbed: deleting netns {}: {e}", self.name),
+        }
+    }
+}
+
+/// Runs a command, returning stdout or an error with its stderr.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Deletes testbed namespaces left by runs whose process is gone.
+fn sweep_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
+                continue;
+            };
+            if pid
+                .parse::<u32>()
+                .is_ok_and(|p| !PathBuf::from(format!("/proc/{p}")).exists())
+            {
+                // Best effort: a sweep that fails leaves the namespace to the
+                // next run.
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+    });
+}

@@ -65,7 +65,7 @@ impl Plumber {
     pub async fn attach(&self, w: &Wiring, pod_ns: &Netns) -> Result<(), PlumbError> {
         let link = self
             .node
-            .link_by_mac(w.mac)
+            .link_by_mac(w.mac, Some(&w.mac.parked_name()))
             .await?
             .ok_or(PlumbError::NicMissing(w.mac))?;
         let pod = pod_ns.connect().await?;
@@ -104,7 +104,7 @@ impl Plumber {
                 return Ok(Whereabouts::Parked);
             }
         }
-        match self.node.link_by_mac(mac).await? {
+        match self.node.link_by_mac(mac, Some(&mac.parked_name())).await? {
             Some(link) => {
                 self.park(&link).await?;
                 Ok(Whereabouts::Parked)
@@ -119,14 +119,14 @@ impl Plumber {
         pod: &Netlink,
         mac: Mac,
     ) -> Result<Whereabouts, hostnic_netlink::Error> {
-        let Some(link) = pod.link_by_mac(mac).await? else {
+        let Some(link) = pod.link_by_mac(mac, None).await? else {
             return Ok(Whereabouts::Gone);
         };
         pod.move_link(link.index, &self.node_ns, &mac.parked_name())
             .await?;
         // Moving a link closes it and the kernel drops its addresses and
         // routes; park() checks that rather than trusting it.
-        match self.node.link_by_mac(mac).await? {
+        match self.node.link_by_mac(mac, Some(&mac.parked_name())).await? {
             Some(l) => {
                 self.park(&l).await?;
                 Ok(Whereabouts::Parked)

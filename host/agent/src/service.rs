@@ -120,7 +120,13 @@ impl Service {
         if let Err(e) = self.plumber.attach(&wiring, &netns).await {
             // Ask the kernel where the NIC is rather than infer it from the
             // error: free only if it is back in the node namespace.
-            let present = matches!(self.plumber.node().link_by_mac(nic.mac).await, Ok(Some(_)));
+            let present = matches!(
+                self.plumber
+                    .node()
+                    .link_by_mac(nic.mac, Some(&nic.mac.parked_name()))
+                    .await,
+                Ok(Some(_))
+            );
             self.forget(nic.mac, present);
             warn!(nic = %nic.mac, container = %key.container_id, error = %e, "ADD failed; NIC released");
             let code = match e {

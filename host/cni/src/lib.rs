@@ -100,8 +100,15 @@ fn dispatch(
     if verb == Verb::Version {
         return Ok(Some(version_reply(&stdin)));
     }
-    let conf = NetConf::parse(&stdin)?;
+    let conf = NetConf::decode(&stdin).inspect_err(|_| {
+        // Stamp the error with the version the runtime asked for, if any
+        // part of stdin says it.
+        if let Some(v) = asked_version(&stdin) {
+            *version_label = v;
+        }
+    })?;
     version_label.clone_from(&conf.cni_version);
+    conf.validate()?;
     let version = Version::parse(&conf.cni_version)?;
     if !version.allows(verb) {
         return Err(CniError::new(
@@ -259,11 +266,14 @@ fn open_netns(path: &str) -> Result<File, CniError> {
 
 /// VERSION reads only `cniVersion`, and tolerates anything else on stdin.
 fn version_reply(stdin: &[u8]) -> Value {
-    let asked = serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
-        .filter(|v| Version::parse(v).is_ok());
+    let asked = asked_version(stdin).filter(|v| Version::parse(v).is_ok());
     cni::version_info(asked.as_deref().unwrap_or(Version::LATEST.as_str()))
+}
+
+/// The `cniVersion` of stdin when it is JSON with one.
+fn asked_version(stdin: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(stdin).ok()?;
+    Some(v.get("cniVersion")?.as_str()?.to_string())
 }
 
 fn unexpected(reply: &Reply) -> CniError {

@@ -1,4 +1,5 @@
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
@@ -51,19 +52,29 @@ pub struct RouteEntry {
 }
 
 /// An rtnetlink connection bound to one namespace (see [`Netns::connect`]).
+///
+/// Clones share one socket. The kernel runs one dump at a time per netlink
+/// socket and answers a second with EBUSY, so dumps (listing links,
+/// addresses, routes) take `dump_lock`; single requests do not.
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: Handle,
     ns: String,
+    dump_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {
     pub(crate) fn new(handle: Handle, ns: String) -> Netlink {
-        Netlink { handle, ns }
+        Netlink {
+            handle,
+            ns,
+            dump_lock: Arc::default(),
+        }
     }
 
     /// Every link in the namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
+        let _dump = self.dump_lock.lock().await;
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
@@ -78,7 +89,16 @@ impl Netlink {
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
-    pub async fn link_by_mac(&self, mac: Mac) -> Result<Option<Link>> {
+    /// Finds a link by MAC. `likely_name` is tried first with a single
+    /// request (a parked NIC has a name derived from its MAC); only if that
+    /// misses are all links listed.
+    pub async fn link_by_mac(&self, mac: Mac, likely_name: Option<&str>) -> Result<Option<Link>> {
+        if let Some(name) = likely_name
+            && let Some(link) = self.link_by_name(name).await?
+            && link.mac == Some(mac)
+        {
+            return Ok(Some(link));
+        }
         Ok(self.links().await?.into_iter().find(|l| l.mac == Some(mac)))
     }
 
@@ -176,6 +196,7 @@ impl Netlink {
 
     /// The addresses on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+        let _dump = self.dump_lock.lock().await;
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -204,6 +225,7 @@ impl Netlink {
 
     /// Removes every address from a link. Already-gone addresses are fine.
     pub async fn flush_addresses(&self, index: u32) -> Result<()> {
+        let dump = self.dump_lock.lock().await;
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -216,6 +238,7 @@ impl Netlink {
                 "listing addresses of link {index} in netns {}",
                 self.ns
             )))?;
+        drop(dump);
         for m in msgs.into_iter().filter(|m| m.header.index == index) {
             if let Err(e) = self.handle.address().del(m).execute().await {
                 let e = Error::netlink(format!(
@@ -273,6 +296,7 @@ impl Netlink {
 
     /// The IPv4 routes of the main table.
     pub async fn routes(&self) -> Result<Vec<RouteEntry>> {
+        let _dump = self.dump_lock.lock().await;
         let msgs: Vec<RouteMessage> = self
             .handle
             .route()

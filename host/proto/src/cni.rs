@@ -251,19 +251,35 @@ impl NetConf {
     /// that parses but is not a valid hostnic entry is "invalid network
     /// config" (7).
     pub fn parse(bytes: &[u8]) -> Result<Self, CniError> {
-        let conf: NetConf = serde_json::from_slice(bytes).map_err(|e| {
-            let code = if e.is_data() {
-                code::INVALID_CONFIG
-            } else {
-                code::DECODE
-            };
-            CniError::new(code, format!("network configuration on stdin: {e}"))
-        })?;
+        let conf = Self::decode(bytes)?;
         conf.validate()?;
         Ok(conf)
     }
 
-    fn validate(&self) -> Result<(), CniError> {
+    /// Decodes without validating, so a caller can learn `cniVersion` (to
+    /// stamp its errors with) before judging the rest.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CniError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let conf: NetConf = serde_path_to_error::deserialize(de).map_err(|e| {
+            let code = if e.inner().is_data() {
+                code::INVALID_CONFIG
+            } else {
+                code::DECODE
+            };
+            // The path names the offending field ("ipam.routes[0].dst").
+            let at = match e.path().to_string().as_str() {
+                "." => String::new(),
+                p => format!(" at {p}"),
+            };
+            CniError::new(
+                code,
+                format!("network configuration on stdin{at}: {}", e.inner()),
+            )
+        })?;
+        Ok(conf)
+    }
+
+    pub fn validate(&self) -> Result<(), CniError> {
         let invalid = |msg: String| Err(CniError::new(code::INVALID_CONFIG, msg));
         if self.name.is_empty() {
             return invalid("network configuration: \"name\" is empty".into());

@@ -1,0 +1,160 @@
+//! kill -9 the agent in the middle of a burst of ADDs, restart it, and show
+//! that every NIC is either with a pod that was told "success" or back in
+//! the pool — never lost, never in two places, never half-wired.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier, mpsc};
+use std::time::Duration;
+
+use hostnic_testbed::{CallEnv, Ns, Testbed, require_root};
+use serde_json::{Value, json};
+
+const PODS: usize = 10;
+const ROUNDS: usize = 6;
+
+#[test]
+fn kill_9_mid_burst_loses_and_duplicates_nothing() {
+    if !require_root("kill_9_mid_burst_loses_and_duplicates_nothing") {
+        return;
+    }
+    let tb = Testbed::new(PODS).unwrap();
+    let conf = tb.netconf("1.0.0", json!([]));
+    let mut agent = tb.start_agent().unwrap();
+    let mut cut_short = 0;
+    for round in 0..ROUNDS {
+        let pods: Vec<Ns> = (0..PODS)
+            .map(|i| Ns::new(&format!("p{i}")).unwrap())
+            .collect();
+        let paths: Vec<String> = pods
+            .iter()
+            .map(|p| p.path().display().to_string())
+            .collect();
+        let cid = |i: usize| format!("r{round}c{i}");
+
+        // The burst: every pod's ADD at once; the agent dies as soon as the
+        // first one succeeds, with the others in flight.
+        let start = Arc::new(Barrier::new(PODS + 1));
+        let (done_tx, done_rx) = mpsc::channel();
+        let handles: Vec<_> = (0..PODS)
+            .map(|i| {
+                let (cni, conf, path, id, start, done) = (
+                    tb.hostnic(),
+                    conf.clone(),
+                    paths[i].clone(),
+                    cid(i),
+                    start.clone(),
+                    done_tx.clone(),
+                );
+                std::thread::spawn(move || {
+                    let env = CallEnv {
+                        container_id: &id,
+                        netns: &path,
+                        ifname: "eth0",
+                        args: "",
+                    };
+                    start.wait();
+                    let r = cni.call("ADD", &conf, &env).unwrap();
+                    let _ = done.send(());
+                    r
+                })
+            })
+            .collect();
+        start.wait();
+        done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no ADD finished");
+        agent.kill9();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let failed: Vec<usize> = (0..PODS).filter(|&i| results[i].is_err()).collect();
+        cut_short += failed.len();
+        for &i in &failed {
+            let e = results[i].as_ref().unwrap_err();
+            assert!(
+                matches!(e.code, Some(11 | 5)),
+                "a cut ADD is 'try again later', got {e}"
+            );
+        }
+
+        agent = tb.start_agent().unwrap();
+        if let Some(line) = agent.log_text().lines().rfind(|l| l.contains("reconciled")) {
+            println!(
+                "round {round}: {} of {PODS} ADDs cut; {}",
+                failed.len(),
+                line.trim()
+            );
+        }
+        // A runtime follows a failed ADD with DEL.
+        for &i in &failed {
+            let env = CallEnv {
+                container_id: &cid(i),
+                netns: &paths[i],
+                ifname: "eth0",
+                args: "",
+            };
+            tb.hostnic()
+                .call("DEL", &conf, &env)
+                .unwrap()
+                .unwrap_or_else(|e| panic!("DEL after a cut ADD: {e}"));
+        }
+
+        // Where is every NIC? In exactly one place, and only with a pod that
+        // was told success, with the address it was told.
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for mac in tb.parked_macs().unwrap() {
+            owner.insert(mac, "pool".into());
+        }
+        for (i, pod) in pods.iter().enumerate() {
+            let link = pod.ip(&["-o", "link", "show"]).unwrap();
+            let nic = tb.nics.iter().find(|n| link.contains(&n.mac));
+            match (&results[i], nic) {
+                (Ok(r), Some(nic)) => {
+                    assert_eq!(r["interfaces"][0]["mac"], Value::String(nic.mac.clone()));
+                    let addr = pod.ip(&["-o", "addr", "show", "dev", "eth0"]).unwrap();
+                    assert!(
+                        addr.contains(&format!("{}/24", nic.ip)),
+                        "pod {i} was told {} but has {addr}",
+                        nic.ip
+                    );
+                    assert!(
+                        owner.insert(nic.mac.clone(), format!("pod {i}")).is_none(),
+                        "{} in two places",
+                        nic.mac
+                    );
+                }
+                (Ok(r), None) => {
+                    panic!("round {round}: pod {i} was told success ({r}) but has no NIC")
+                }
+                (Err(e), Some(nic)) => {
+                    panic!("round {round}: pod {i} failed ({e}) yet holds {}", nic.mac)
+                }
+                (Err(_), None) => {}
+            }
+        }
+        assert_eq!(
+            owner.len(),
+            PODS,
+            "round {round}: some NIC is nowhere: {owner:?}\n{}",
+            agent.log_text()
+        );
+
+        // Clean up the round through the restarted agent.
+        for (i, path) in paths.iter().enumerate() {
+            let env = CallEnv {
+                container_id: &cid(i),
+                netns: path,
+                ifname: "eth0",
+                args: "",
+            };
+            tb.hostnic().call("DEL", &conf, &env).unwrap().unwrap();
+        }
+        assert_eq!(tb.parked_macs().unwrap().len(), PODS);
+        if cut_short > 0 && round >= 1 {
+            break;
+        }
+    }
+    println!("ADDs cut short by kill -9: {cut_short}");
+    assert!(
+        cut_short > 0,
+        "the kill never landed mid-burst; the test proved nothing"
+    );
+}

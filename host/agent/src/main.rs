@@ -79,10 +79,12 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         None => BoxMakeWriter::new(std::io::stderr),
     };
     match cfg.log.format {
-        LogFormat::Text => builder
-            .with_writer(writer)
-            .with_ansi(cfg.log.file.is_none())
-            .init(),
+        LogFormat::Text => {
+            // Colour only for a person at a terminal, never into a file.
+            use std::io::IsTerminal;
+            let ansi = cfg.log.file.is_none() && std::io::stderr().is_terminal();
+            builder.with_writer(writer).with_ansi(ansi).init()
+        }
         LogFormat::Json => builder.json().with_writer(writer).init(),
     }
     Ok(())

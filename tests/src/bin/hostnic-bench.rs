@@ -1,0 +1,231 @@
+//! `hostnic-bench`: exec the real `hostnic` as a runtime does and compare
+//! it, in the same run on the same kernel, with the reference plugins
+//! `ptp` + `host-local` and `host-device` + `static`.
+//!
+//! Every plugin is exec'd inside the testbed's node namespace with the same
+//! harness, so each number includes fork, exec and the plugin's whole work.
+//! Run it with `scripts/bench` (release build, root).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, reference_plugin_dir};
+use serde_json::{Value, json};
+
+const DEFAULT_PODS: usize = 60;
+const EXEC_SAMPLES: usize = 300;
+
+fn main() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("hostnic-bench needs root: it creates network namespaces");
+    }
+    let pods: usize = match std::env::args().nth(1) {
+        Some(n) => n.parse().context("usage: hostnic-bench [PODS]")?,
+        None => DEFAULT_PODS,
+    };
+    let plugins = reference_plugin_dir()
+        .context("the reference CNI plugins are not installed (containernetworking-plugins)")?;
+    println!("hostnic-bench: {pods} pods per plugin, every call an exec in the node namespace\n");
+
+    let mut rows = Vec::new();
+
+    // hostnic: warm ADD (the NIC is already on the node) and DEL.
+    let tb = Testbed::new(pods)?;
+    let agent = tb.start_agent()?;
+    let conf = tb.netconf("1.0.0", json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]));
+    rows.push(add_del(
+        "hostnic (warm NIC)",
+        &tb,
+        &tb.hostnic(),
+        pods,
+        |_| conf.clone(),
+    )?);
+    let exec_version = sample(EXEC_SAMPLES, || {
+        let t = Instant::now();
+        expect_ok(tb.hostnic().call(
+            "VERSION",
+            &json!({"cniVersion": "1.1.0"}),
+            &CallEnv::default(),
+        ))?;
+        Ok(t.elapsed())
+    })?;
+    let status_conf = tb.netconf("1.1.0", json!([]));
+    let exec_status = sample(EXEC_SAMPLES, || {
+        let t = Instant::now();
+        expect_ok(
+            tb.hostnic()
+                .call("STATUS", &status_conf, &CallEnv::default()),
+        )?;
+        Ok(t.elapsed())
+    })?;
+    drop(agent);
+
+    // ptp + host-local: a veth pair per pod and an IP from a file store.
+    let tb2 = Testbed::new(0)?;
+    let ptp = CniCall::new(plugins.join("ptp"), Some(tb2.node.path()));
+    let data_dir = tb2.dir.path().join("host-local");
+    let ptp_conf = json!({
+        "cniVersion": "1.0.0", "name": "ptp-bench", "type": "ptp", "mtu": 1500,
+        "ipam": {"type": "host-local", "subnet": "10.98.0.0/16", "dataDir": data_dir,
+                 "routes": [{"dst": "0.0.0.0/0"}]}
+    });
+    rows.push(add_del("ptp + host-local", &tb2, &ptp, pods, |_| {
+        ptp_conf.clone()
+    })?);
+
+    // host-device + static: moves an existing device, like hostnic, but
+    // with everything in the conflist and no daemon.
+    let tb3 = Testbed::new(pods)?;
+    let hd = CniCall::new(plugins.join("host-device"), Some(tb3.node.path()));
+    let nics = tb3.nics.clone();
+    rows.push(add_del("host-device + static", &tb3, &hd, pods, |i| {
+        json!({
+            "cniVersion": "1.0.0", "name": "hd-bench", "type": "host-device",
+            "device": nics[i].node_name,
+            "ipam": {"type": "static", "addresses": [{"address": format!("{}/24", nics[i].ip), "gateway": hostnic_testbed::GATEWAY}],
+                     "routes": [{"dst": "0.0.0.0/0", "gw": hostnic_testbed::GATEWAY}]}
+        })
+    })?);
+
+    // The kernel floor: the same netns move every hostnic ADD and DEL (and
+    // every host-device call) makes, done by `ip`, exec'd the same way.
+    let tb4 = Testbed::new(1)?;
+    let dev = tb4.nics[0].node_name.clone();
+    let pod = Ns::new("floor")?;
+    let mut floor_in = Vec::new();
+    let mut floor_out = Vec::new();
+    for _ in 0..pods {
+        let t = Instant::now();
+        tb4.node.ip(&["link", "set", &dev, "netns", pod.name()])?;
+        floor_in.push(t.elapsed());
+        let t = Instant::now();
+        pod.ip(&["link", "set", &dev, "netns", tb4.node.name()])?;
+        floor_out.push(t.elapsed());
+    }
+    rows.push(Row {
+        name: "kernel floor: `ip link set DEV netns` alone",
+        add: floor_in,
+        del: floor_out,
+    });
+
+    println!("| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
+    println!("|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name,
+            ms(pct(&r.add, 50)),
+            ms(pct(&r.add, 99)),
+            ms(pct(&r.del, 50)),
+            ms(pct(&r.del, 99))
+        );
+    }
+    let ratio =
+        |i: usize| pct(&rows[0].add, 50).as_secs_f64() / pct(&rows[i].add, 50).as_secs_f64();
+    println!();
+    println!(
+        "hostnic warm ADD p50 / ptp+host-local ADD p50    = {:.2} (target <= 0.50)",
+        ratio(1)
+    );
+    println!(
+        "hostnic warm ADD p50 / host-device+static ADD p50 = {:.2}",
+        ratio(2)
+    );
+    println!(
+        "hostnic warm ADD p50 minus the kernel floor         = {}",
+        ms(pct(&rows[0].add, 50).saturating_sub(pct(&rows[3].add, 50)))
+    );
+    println!();
+    println!("| hostnic executable, {EXEC_SAMPLES} execs | p50 | p99 |");
+    println!("|---|---|---|");
+    println!(
+        "| VERSION (start to exit, no agent call) | {} | {} |",
+        ms(pct(&exec_version, 50)),
+        ms(pct(&exec_version, 99))
+    );
+    println!(
+        "| STATUS (one round trip to the agent) | {} | {} |",
+        ms(pct(&exec_status, 50)),
+        ms(pct(&exec_status, 99))
+    );
+    Ok(())
+}
+
+struct Row {
+    name: &'static str,
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+}
+
+/// ADD `pods` pods one after another, then DEL them, timing each exec.
+/// Namespaces are created before and removed after the timed calls.
+fn add_del(
+    name: &'static str,
+    tb: &Testbed,
+    cni: &CniCall,
+    pods: usize,
+    conf: impl Fn(usize) -> Value,
+) -> anyhow::Result<Row> {
+    let nss: Vec<Ns> = (0..pods)
+        .map(|i| Ns::new(&format!("b{i}")))
+        .collect::<Result<_, _>>()?;
+    let paths: Vec<String> = nss.iter().map(|n| n.path().display().to_string()).collect();
+    let ids: Vec<String> = (0..pods).map(|i| format!("bench{i}")).collect();
+    let env = |i: usize| CallEnv {
+        container_id: &ids[i],
+        netns: &paths[i],
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p",
+    };
+    let mut add = Vec::with_capacity(pods);
+    let mut results = Vec::with_capacity(pods);
+    for i in 0..pods {
+        let c = conf(i);
+        let t = Instant::now();
+        let r = expect_ok(cni.call("ADD", &c, &env(i)))
+            .with_context(|| format!("{name}: ADD of pod {i}"))?;
+        add.push(t.elapsed());
+        results.push(r);
+    }
+    let mut del = Vec::with_capacity(pods);
+    for (i, prev) in results.into_iter().enumerate() {
+        let mut c = conf(i);
+        c["prevResult"] = prev;
+        let t = Instant::now();
+        expect_ok(cni.call("DEL", &c, &env(i)))
+            .with_context(|| format!("{name}: DEL of pod {i}"))?;
+        del.push(t.elapsed());
+    }
+    // Keep the testbed alive until the namespaces are gone.
+    drop(nss);
+    let _ = tb;
+    Ok(Row { name, add, del })
+}
+
+fn expect_ok(
+    r: anyhow::Result<Result<Value, hostnic_testbed::PluginError>>,
+) -> anyhow::Result<Value> {
+    match r? {
+        Ok(v) => Ok(v),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+fn sample(
+    n: usize,
+    mut f: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Vec<Duration>> {
+    (0..n).map(|_| f()).collect()
+}
+
+/// Nearest-rank percentile.
+fn pct(samples: &[Duration], p: usize) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    let rank = (p * s.len()).div_ceil(100).max(1);
+    s[rank - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}

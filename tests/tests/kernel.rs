@@ -197,3 +197,72 @@ fn exhaustion_status_and_failed_adds_lose_nothing() {
     ok(cni.call("DEL", &conf, &env("c1", "")));
     ok(cni.call("STATUS", &conf, &CallEnv::default()));
 }
+
+#[test]
+fn a_vanished_nic_is_skipped_and_found_again() {
+    if !require_root("a_vanished_nic_is_skipped_and_found_again") {
+        return;
+    }
+    let tb = Testbed::new(2).unwrap();
+    let agent = tb.start_agent().unwrap();
+    let cni = tb.hostnic();
+    let conf = tb.netconf("1.1.0", json!([]));
+    let gone = &tb.nics[0];
+    // The NIC disappears from the node behind the agent's back.
+    tb.node
+        .ip(&["link", "del", &parked_name(&gone.mac)])
+        .unwrap();
+
+    let p1 = Ns::new("pod1").unwrap();
+    let p1path = p1.path().display().to_string();
+    let r = ok(cni.call("ADD", &conf, &env("c1", &p1path)));
+    assert_eq!(
+        r["interfaces"][0]["mac"], tb.nics[1].mac,
+        "the next NIC serves"
+    );
+    assert!(
+        agent.log_text().contains("marked missing"),
+        "{}",
+        agent.log_text()
+    );
+    // The only other NIC is missing: no ADD possible now.
+    assert_eq!(err_code(cni.call("STATUS", &conf, &CallEnv::default())), 50);
+
+    // It comes back (re-attached by hand, as operators of the original
+    // plugin had to): the next ADD that finds no free NIC looks again.
+    tb.node
+        .ip(&[
+            "link",
+            "add",
+            "eth9",
+            "address",
+            &gone.mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wback",
+            "netns",
+            tb.wire.name(),
+        ])
+        .unwrap();
+    tb.wire
+        .ip(&["link", "set", "wback", "master", "br0", "up"])
+        .unwrap();
+    let p2 = Ns::new("pod2").unwrap();
+    let p2path = p2.path().display().to_string();
+    let r2 = ok(cni.call("ADD", &conf, &env("c2", &p2path)));
+    assert_eq!(r2["interfaces"][0]["mac"], gone.mac);
+    assert!(p2.ping(&tb.nics[1].ip), "the returned NIC works");
+
+    // CHECK wants exactly the address ADD gave.
+    let mut check = conf.clone();
+    check["prevResult"] = r2.clone();
+    ok(cni.call("CHECK", &check, &env("c2", &p2path)));
+    p2.ip(&["addr", "add", "10.99.0.200/24", "dev", "eth0"])
+        .unwrap();
+    assert_eq!(
+        err_code(cni.call("CHECK", &check, &env("c2", &p2path))),
+        102
+    );
+}

@@ -179,13 +179,17 @@ impl Plumber {
                 w.ifname, link.mtu, w.mtu
             )));
         }
-        if !pod
+        // Exactly our IPv4 address (IPv6 link-local addresses come and go
+        // with the kernel and are not ours to check).
+        let v4: Vec<IpNet> = pod
             .addresses(link.index)
             .await?
-            .contains(&IpNet::V4(w.address))
-        {
+            .into_iter()
+            .filter(|a| matches!(a, IpNet::V4(_)))
+            .collect();
+        if v4 != [IpNet::V4(w.address)] {
             return Ok(Err(format!(
-                "interface {} lost its address {}",
+                "interface {} has IPv4 addresses {v4:?}, expected exactly {}",
                 w.ifname, w.address
             )));
         }

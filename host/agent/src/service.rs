@@ -21,6 +21,13 @@ use crate::plumb::{PlumbError, Plumber, Whereabouts, Wiring};
 use crate::pool::{Pool, State};
 use crate::store::{Allocation, Key, Phase, Store};
 
+/// Why an ADD with one NIC did not work out.
+enum AddFailure {
+    /// The NIC was not in the node namespace: try another.
+    Missing(Mac),
+    Failed(CniError),
+}
+
 #[derive(Debug)]
 pub struct Service {
     pub(crate) plumber: Plumber,
@@ -90,14 +97,35 @@ impl Service {
             };
         }
 
-        let lease = match self.reserve(&key).await {
-            Some(l) => l,
-            None => {
+        // A NIC found missing when we reach for it is marked so and the next
+        // free one is tried; each turn retires one NIC, so this ends.
+        loop {
+            let Some(lease) = self.reserve(&key).await else {
                 return Err(CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
                     "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
                 ));
+            };
+            match self.add_with(&lease, &key, &req, mtu, &netns).await {
+                Err(AddFailure::Missing(mac)) => {
+                    warn!(nic = %mac, "reserved NIC is not in the node namespace; marked missing, trying another");
+                }
+                Err(AddFailure::Failed(e)) => return Err(e),
+                Ok(result) => return Ok(Reply::Added(result)),
             }
-        };
+        }
+    }
+
+    /// ADD with one reserved NIC: record the reservation, wire the NIC,
+    /// commit. Any failure leaves the NIC parked (or marked missing) and no
+    /// record behind.
+    async fn add_with(
+        &self,
+        lease: &crate::pool::Lease,
+        key: &Key,
+        req: &AddRequest,
+        mtu: u32,
+        netns: &Netns,
+    ) -> Result<AddResult, AddFailure> {
         let _guard = lease.lock.lock().await;
         let nic = &lease.spec;
         let wiring = wiring(nic, &req.target.ifname, mtu, &req.routes);
@@ -111,13 +139,13 @@ impl Service {
         };
         if let Err(e) = self.store.put(&record) {
             self.pool().release(nic.mac, true);
-            return Err(internal(format!(
+            return Err(AddFailure::Failed(internal(format!(
                 "recording the reservation of NIC {}: {e}",
                 nic.mac
-            )));
+            ))));
         }
 
-        if let Err(e) = self.plumber.attach(&wiring, &netns).await {
+        if let Err(e) = self.plumber.attach(&wiring, netns).await {
             // Ask the kernel where the NIC is rather than infer it from the
             // error: free only if it is back in the node namespace.
             let present = matches!(
@@ -128,16 +156,18 @@ impl Service {
                 Ok(Some(_))
             );
             self.forget(nic.mac, present);
+            if let PlumbError::NicMissing(mac) = e {
+                return Err(AddFailure::Missing(mac));
+            }
             warn!(nic = %nic.mac, container = %key.container_id, error = %e, "ADD failed; NIC released");
             let code = match e {
                 PlumbError::NameTaken(_) => code::INVALID_ENV,
-                PlumbError::NicMissing(_) => code::TRY_AGAIN_LATER,
                 _ => code::INTERNAL,
             };
-            return Err(CniError::new(
+            return Err(AddFailure::Failed(CniError::new(
                 code,
                 format!("attaching NIC {} as {}: {e}", nic.mac, key.ifname),
-            ));
+            )));
         }
 
         let result = add_result(
@@ -149,17 +179,17 @@ impl Service {
         record.result = Some(result.clone());
         if let Err(e) = self.store.put(&record) {
             // Not recorded, so not given: take the NIC back.
-            let undo = self.plumber.detach(nic.mac, Some(&netns)).await;
+            let undo = self.plumber.detach(nic.mac, Some(netns)).await;
             self.forget(nic.mac, matches!(undo, Ok(Whereabouts::Parked)));
-            return Err(internal(format!(
+            return Err(AddFailure::Failed(internal(format!(
                 "recording the allocation of NIC {}: {e}",
                 nic.mac
-            )));
+            ))));
         }
         self.pool().commit(nic.mac);
         info!(nic = %nic.mac, ip = %nic.address, container = %key.container_id, ifname = %key.ifname,
               pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD");
-        Ok(Reply::Added(result))
+        Ok(result)
     }
 
     /// Reserves a free NIC, looking once more for missing ones if none is free.

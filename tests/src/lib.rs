@@ -9,6 +9,7 @@
 pub mod images;
 pub mod netns;
 pub mod plugin;
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};

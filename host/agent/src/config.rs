@@ -46,6 +46,8 @@ pub struct Config {
     pub iaas_credentials: Option<PathBuf>,
     #[serde(default)]
     pub inventory: Inventory,
+    #[serde(default)]
+    pub cloud: Cloud,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -90,13 +92,92 @@ pub enum Policy {
     Random,
 }
 
-/// Where NICs come from. `static`: a fixed list of NICs already attached to
-/// the node (bare-metal nodes, tests).
+/// Where NICs come from: `cloud` creates and attaches them through the
+/// QingCloud API (`vxnets`, `policy`, `iaas_credentials`, `[cloud]`);
+/// `static` is a fixed list of NICs already attached to the node (bare-metal
+/// nodes, tests).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     #[serde(default)]
+    pub source: Source,
+    #[serde(default)]
     pub nics: Vec<NicSpec>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    #[default]
+    Static,
+    Cloud,
+}
+
+/// The cloud NIC pool.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cloud {
+    /// This node's VM; NICs are attached to it.
+    #[serde(default)]
+    pub instance_id: String,
+    /// Names and tags every NIC the agent creates (`hostnic-<cluster>-…`),
+    /// so that leaked ones can be found and reclaimed.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// Free NICs to keep ready per vxnet, and the most to keep idle.
+    #[serde(default = "default_warm_min")]
+    pub warm_min: usize,
+    #[serde(default = "default_warm_max")]
+    pub warm_max: usize,
+    /// NICs per VM, its primary and the gateway NICs included.
+    #[serde(default = "default_max_nics")]
+    pub max_nics: usize,
+    /// A free NIC above `warm_max` is detached and deleted after this long.
+    #[serde(default = "default_idle")]
+    pub idle_seconds: u64,
+    /// A detached NIC with our name older than this is a leak.
+    #[serde(default = "default_leak_grace")]
+    pub leak_grace_seconds: u64,
+    /// How often the cloud, the kernel and the record are reconciled.
+    #[serde(default = "default_reconcile")]
+    pub reconcile_seconds: u64,
+    /// How long a cold ADD waits for its NIC before answering "try again
+    /// later"; the attach goes on and the retried ADD finds it warm. Keep it
+    /// under the runtime's CNI timeout.
+    #[serde(default = "default_cold_wait")]
+    pub cold_add_wait_seconds: u64,
+}
+
+impl Default for Cloud {
+    fn default() -> Self {
+        // Serde's defaults, from an empty table.
+        toml::from_str("").expect("the [cloud] defaults parse")
+    }
+}
+
+fn default_cluster() -> String {
+    "kubernetes".into()
+}
+fn default_warm_min() -> usize {
+    1
+}
+fn default_warm_max() -> usize {
+    4
+}
+fn default_max_nics() -> usize {
+    64
+}
+fn default_idle() -> u64 {
+    300
+}
+fn default_leak_grace() -> u64 {
+    600
+}
+fn default_reconcile() -> u64 {
+    60
+}
+fn default_cold_wait() -> u64 {
+    20
 }
 
 /// One NIC of the static inventory.
@@ -149,6 +230,9 @@ pub struct Overrides {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// This node's VM instance id (cloud inventory).
+    #[arg(long)]
+    pub instance_id: Option<String>,
 }
 
 impl Config {
@@ -192,6 +276,9 @@ impl Config {
         if let Some(v) = o.log_format {
             self.log.format = v;
         }
+        if let Some(v) = &o.instance_id {
+            self.cloud.instance_id.clone_from(v);
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -215,6 +302,52 @@ impl Config {
                 self.log.level
             )
         })?;
+        if self.inventory.source == Source::Cloud {
+            let c = &self.cloud;
+            if c.instance_id.is_empty() {
+                bail!(
+                    "cloud.instance_id is required with inventory.source = \"cloud\" (or pass --instance-id)"
+                );
+            }
+            if self.iaas_credentials.is_none() {
+                bail!(
+                    "iaas_credentials (the QingCloud credentials file) is required with inventory.source = \"cloud\""
+                );
+            }
+            if self.vxnets.is_empty() {
+                bail!("vxnets must list at least one vxnet with inventory.source = \"cloud\"");
+            }
+            if c.warm_min > c.warm_max {
+                bail!(
+                    "cloud.warm_min {} is above cloud.warm_max {}",
+                    c.warm_min,
+                    c.warm_max
+                );
+            }
+            if !(2..=64).contains(&c.max_nics) {
+                bail!(
+                    "cloud.max_nics {} must be 2..=64 (a VM takes at most 64 NICs, its primary included)",
+                    c.max_nics
+                );
+            }
+            if c.cluster.is_empty()
+                || !c
+                    .cluster
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+            {
+                bail!(
+                    "cloud.cluster {:?} must be letters, digits and '-'",
+                    c.cluster
+                );
+            }
+            if c.reconcile_seconds == 0 || c.cold_add_wait_seconds == 0 {
+                bail!("cloud.reconcile_seconds and cloud.cold_add_wait_seconds must be at least 1");
+            }
+            if !self.inventory.nics.is_empty() {
+                bail!("inventory.nics lists static NICs but inventory.source is \"cloud\"");
+            }
+        }
         let mut macs = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for (i, nic) in self.inventory.nics.iter().enumerate() {
@@ -316,6 +449,25 @@ mod tests {
         );
         assert!(err(&nic("52:54:00:00:00:0g", "10.0.1.10/24", "10.0.1.1")).contains("not a MAC"));
         assert!(err("[log]\nlevel = \"loud=[\"").contains("log.level"));
+    }
+
+    #[test]
+    fn the_cloud_source_needs_its_settings() {
+        let base = "[inventory]\nsource = \"cloud\"\n";
+        assert!(err(base).contains("cloud.instance_id"));
+        let with_id = format!("{base}[cloud]\ninstance_id = \"i-1\"\n");
+        assert!(err(&with_id).contains("iaas_credentials"));
+        let full = format!(
+            "iaas_credentials = \"/c\"\nvxnets = [\"vxnet-a\"]\n{base}[cloud]\ninstance_id = \"i-1\"\nwarm_min = 3\nwarm_max = 2\n"
+        );
+        assert!(err(&full).contains("warm_min"));
+        let ok = format!(
+            "iaas_credentials = \"/c\"\nvxnets = [\"vxnet-a\"]\n{base}[cloud]\ninstance_id = \"i-1\"\n"
+        );
+        let c = Config::parse(&ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cloud.max_nics, 64);
+        assert_eq!(Config::parse("").unwrap().cloud.warm_max, 4);
     }
 
     #[test]

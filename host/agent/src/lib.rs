@@ -2,6 +2,7 @@
 //! into pods over netlink, records who holds which, and answers the CNI
 //! executable over a root-only unix socket.
 
+pub mod cloud;
 pub mod config;
 pub mod plumb;
 pub mod pool;
@@ -16,7 +17,8 @@ use anyhow::Context;
 use hostnic_netlink::Netns;
 use tracing::info;
 
-use crate::config::Config;
+use crate::cloud::CloudPool;
+use crate::config::{Config, Source};
 use crate::plumb::Plumber;
 use crate::service::Service;
 use crate::store::Store;
@@ -32,8 +34,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Store::open(&cfg.state_dir)
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
     let plumber = Plumber::new(node_ns, node);
-    let pool = reconcile::reconcile(&cfg, &plumber, &store).await?;
-    let service = Arc::new(Service::new(&cfg, plumber, store, pool));
+    // The inventory: the static list, or what the cloud says is attached to
+    // this VM (one DescribeNics; a restart makes no other cloud call before
+    // it serves).
+    let (cloud, inventory) = match cfg.inventory.source {
+        Source::Static => (None, cfg.inventory.nics.clone()),
+        Source::Cloud => {
+            let cloud = CloudPool::connect(&cfg).await?;
+            let inventory = cloud.inventory().await?;
+            (Some(cloud), inventory)
+        }
+    };
+    let pool = reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
+    let service = Arc::new(Service::new(&cfg, plumber, store, pool, cloud));
+    if let Some(cloud) = &service.cloud {
+        cloud.remember_default_route(&service, &cfg.iface).await?;
+        // Warm the pool and keep reconciling in the background; ADDs are
+        // served meanwhile (a cold one creates its own NIC).
+        let svc = service.clone();
+        tokio::spawn(async move {
+            if let Some(cloud) = &svc.cloud {
+                cloud.tick(&svc).await;
+                cloud.run(&svc).await;
+            }
+        });
+    }
     let listener = server::bind(&cfg.socket)?;
     info!(socket = %cfg.socket.display(), free_nics = service.pool().free_count(), "serving");
     server::serve(listener, service, shutdown_signal()).await;

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hostnic_netlink::Mac;
 
@@ -26,6 +27,11 @@ pub enum State {
     Held(Key),
     /// Not found in the node namespace; not handed out until it reappears.
     Missing,
+    /// Created and being attached by the cloud; free once its link appears.
+    Attaching,
+    /// The node's own NIC in its vxnet, configured in the node namespace
+    /// as the next hop for `gw 0.0.0.0` route templates. Never given to pods.
+    Gateway,
 }
 
 #[derive(Debug)]
@@ -36,6 +42,8 @@ struct Slot {
     /// False for a NIC we only know from a record (it left the config):
     /// it is served until released, then forgotten.
     configured: bool,
+    /// When it last became free, for idle trimming.
+    idle_since: Instant,
 }
 
 /// A NIC handed out for one operation.
@@ -63,8 +71,95 @@ impl Pool {
                 state,
                 lock: NicLock::default(),
                 configured,
+                idle_since: Instant::now(),
             },
         );
+    }
+
+    /// Forgets a NIC (detached and deleted from the cloud).
+    pub fn remove(&mut self, mac: Mac) -> Option<NicSpec> {
+        let slot = self.slots.remove(&mac)?;
+        if let State::Reserved(k) | State::Held(k) = &slot.state {
+            self.by_key.remove(k);
+        }
+        Some(slot.spec)
+    }
+
+    /// Reserves a free NIC in the first vxnet of `order` that has one.
+    pub fn reserve_in(&mut self, order: &[String], key: &Key) -> Option<Lease> {
+        let mac = order.iter().find_map(|v| {
+            self.slots
+                .values()
+                .find(|s| s.state == State::Free && s.spec.vxnet.as_ref() == Some(v))
+                .map(|s| s.spec.mac)
+        })?;
+        let slot = self.slots.get_mut(&mac)?;
+        slot.state = State::Reserved(key.clone());
+        self.by_key.insert(key.clone(), mac);
+        Some(Lease {
+            spec: slot.spec.clone(),
+            lock: slot.lock.clone(),
+        })
+    }
+
+    /// Sets a NIC's state outside the attachment life cycle (attaching →
+    /// free, free → gateway, missing → free …).
+    pub fn set_state(&mut self, mac: Mac, state: State) {
+        if let Some(s) = self.slots.get_mut(&mac) {
+            if state == State::Free && s.state != State::Free {
+                s.idle_since = Instant::now();
+            }
+            s.state = state;
+        }
+    }
+
+    pub fn state(&self, mac: Mac) -> Option<State> {
+        self.slots.get(&mac).map(|s| s.state.clone())
+    }
+
+    pub fn spec(&self, mac: Mac) -> Option<NicSpec> {
+        self.slots.get(&mac).map(|s| s.spec.clone())
+    }
+
+    /// How many NICs of `vxnet` are in each of these states.
+    pub fn count_in(&self, vxnet: &str, states: &[State]) -> usize {
+        self.slots
+            .values()
+            .filter(|s| s.spec.vxnet.as_deref() == Some(vxnet) && states.contains(&s.state))
+            .count()
+    }
+
+    /// Every NIC the pool knows, in any state.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Free NICs of `vxnet` idle for at least `idle`, longest idle first.
+    pub fn idle_in(&self, vxnet: &str, idle: Duration) -> Vec<Mac> {
+        let mut v: Vec<(Instant, Mac)> = self
+            .slots
+            .values()
+            .filter(|s| {
+                s.state == State::Free
+                    && s.spec.vxnet.as_deref() == Some(vxnet)
+                    && s.idle_since.elapsed() >= idle
+            })
+            .map(|s| (s.idle_since, s.spec.mac))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The node's gateway NIC in `vxnet`.
+    pub fn gateway_in(&self, vxnet: &str) -> Option<NicSpec> {
+        self.slots
+            .values()
+            .find(|s| s.state == State::Gateway && s.spec.vxnet.as_deref() == Some(vxnet))
+            .map(|s| s.spec.clone())
     }
 
     /// Reserves a free NIC for `key`: the lowest MAC, so runs are
@@ -101,6 +196,7 @@ impl Pool {
             return;
         }
         s.state = if present { State::Free } else { State::Missing };
+        s.idle_since = Instant::now();
     }
 
     /// The NIC an attachment holds, with its state.
@@ -206,6 +302,39 @@ mod tests {
         assert_eq!(p.missing(), vec![b.spec.mac]);
         p.mark_found(b.spec.mac);
         assert_eq!(p.free_count(), 2);
+    }
+
+    #[test]
+    fn reservation_follows_the_vxnet_order_and_skips_attaching_nics() {
+        let mut p = Pool::default();
+        let mut a = spec(1);
+        a.vxnet = Some("vxnet-a".into());
+        let mut b = spec(2);
+        b.vxnet = Some("vxnet-b".into());
+        let mut c = spec(3);
+        c.vxnet = Some("vxnet-b".into());
+        p.insert(a.clone(), State::Free, true);
+        p.insert(b.clone(), State::Attaching, true);
+        p.insert(c.clone(), State::Free, true);
+        let order = ["vxnet-b".to_string(), "vxnet-a".to_string()];
+        assert_eq!(p.reserve_in(&order, &key("x")).unwrap().spec.mac, c.mac);
+        assert_eq!(
+            p.reserve_in(&order, &key("y")).unwrap().spec.mac,
+            a.mac,
+            "vxnet-b has none free left"
+        );
+        assert!(
+            p.reserve_in(&order, &key("z")).is_none(),
+            "an attaching NIC is not free"
+        );
+        p.set_state(b.mac, State::Free);
+        assert_eq!(p.count_in("vxnet-b", &[State::Free]), 1);
+        assert_eq!(p.idle_in("vxnet-b", Duration::ZERO), vec![b.mac]);
+        assert!(p.idle_in("vxnet-b", Duration::from_secs(3600)).is_empty());
+        p.set_state(b.mac, State::Gateway);
+        assert_eq!(p.gateway_in("vxnet-b").unwrap().mac, b.mac);
+        assert!(p.remove(b.mac).is_some());
+        assert_eq!(p.len(), 2);
     }
 
     #[test]

@@ -27,7 +27,12 @@ use crate::plumb::{Plumber, Whereabouts};
 use crate::pool::{Pool, State};
 use crate::store::{Allocation, Phase, Store};
 
-pub async fn reconcile(cfg: &Config, plumber: &Plumber, store: &Store) -> anyhow::Result<Pool> {
+pub async fn reconcile(
+    cfg: &Config,
+    inventory: &[NicSpec],
+    plumber: &Plumber,
+    store: &Store,
+) -> anyhow::Result<Pool> {
     let mut records: BTreeMap<Mac, Allocation> = store
         .load()
         .with_context(|| {
@@ -51,7 +56,7 @@ pub async fn reconcile(cfg: &Config, plumber: &Plumber, store: &Store) -> anyhow
         );
     };
     if let Some(mac) = primary.mac
-        && cfg.inventory.nics.iter().any(|n| n.mac == mac)
+        && inventory.iter().any(|n| n.mac == mac)
     {
         bail!(
             "inventory NIC {mac} is the primary interface {}; hostnic never hands that out",
@@ -62,7 +67,7 @@ pub async fn reconcile(cfg: &Config, plumber: &Plumber, store: &Store) -> anyhow
 
     let mut pool = Pool::default();
     let (mut adopted, mut rolled_back, mut free, mut missing) = (0, 0, 0, 0);
-    for spec in &cfg.inventory.nics {
+    for spec in inventory {
         let state = match records.remove(&spec.mac) {
             Some(rec) if rec.phase == Phase::Committed => {
                 if on_node(spec.mac).is_some()
@@ -81,6 +86,8 @@ pub async fn reconcile(cfg: &Config, plumber: &Plumber, store: &Store) -> anyhow
                 release_record(plumber, store, &rec).await?
             }
             None => match on_node(spec.mac) {
+                // The node's gateway NIC keeps its name and address.
+                Some(link) if link.name == spec.mac.gateway_name() => State::Gateway,
                 Some(link) => {
                     plumber
                         .park(link)

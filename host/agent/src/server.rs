@@ -86,7 +86,7 @@ pub async fn serve(
     let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
-async fn handle(mut stream: UnixStream, service: &Service) {
+async fn handle(mut stream: UnixStream, service: &Arc<Service>) {
     let result = match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 => {
             match tokio::time::timeout(IO_TIMEOUT, read_request(&stream)).await {
@@ -137,7 +137,7 @@ async fn handle(mut stream: UnixStream, service: &Service) {
 }
 
 async fn dispatch(
-    service: &Service,
+    service: &Arc<Service>,
     request: Request,
     fd: Option<OwnedFd>,
 ) -> Result<rpc::Reply, CniError> {

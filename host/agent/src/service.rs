@@ -6,7 +6,8 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hostnic_netlink::{Mac, Netns};
 use hostnic_proto::cni::{
@@ -16,6 +17,7 @@ use hostnic_proto::rpc::{AddRequest, CheckRequest, DelRequest, GcRequest, Reply,
 use ipnet::{IpNet, Ipv4Net};
 use tracing::{info, warn};
 
+use crate::cloud::{CloudPool, ProvisionError};
 use crate::config::{Config, NicSpec};
 use crate::plumb::{PlumbError, Plumber, Whereabouts, Wiring};
 use crate::pool::{Pool, State};
@@ -34,6 +36,10 @@ pub struct Service {
     pub(crate) store: Store,
     pub(crate) pool: Mutex<Pool>,
     pub(crate) default_mtu: u32,
+    /// The cloud pool; `None` with a static inventory.
+    pub(crate) cloud: Option<CloudPool>,
+    /// How long a cold ADD waits for its NIC before "try again later".
+    cold_wait: Duration,
 }
 
 fn key_of(t: &Target) -> Key {
@@ -49,12 +55,20 @@ fn internal(what: impl std::fmt::Display) -> CniError {
 }
 
 impl Service {
-    pub fn new(cfg: &Config, plumber: Plumber, store: Store, pool: Pool) -> Service {
+    pub fn new(
+        cfg: &Config,
+        plumber: Plumber,
+        store: Store,
+        pool: Pool,
+        cloud: Option<CloudPool>,
+    ) -> Service {
         Service {
             plumber,
             store,
             pool: Mutex::new(pool),
             default_mtu: cfg.mtu,
+            cloud,
+            cold_wait: Duration::from_secs(cfg.cloud.cold_add_wait_seconds),
         }
     }
 
@@ -65,7 +79,11 @@ impl Service {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn add(&self, req: AddRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
+    pub async fn add(
+        self: &Arc<Self>,
+        req: AddRequest,
+        netns: Option<Netns>,
+    ) -> Result<Reply, CniError> {
         let netns = netns.ok_or_else(|| {
             CniError::new(code::INVALID_ENV, "ADD needs the pod's netns descriptor")
         })?;
@@ -100,10 +118,13 @@ impl Service {
         // A NIC found missing when we reach for it is marked so and the next
         // free one is tried; each turn retires one NIC, so this ends.
         loop {
-            let Some(lease) = self.reserve(&key).await else {
-                return Err(CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
-                    "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
-                ));
+            let lease = match &self.cloud {
+                None => self.reserve(&key).await.ok_or_else(|| {
+                    CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
+                        "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
+                    )
+                })?,
+                Some(_) => self.reserve_or_provision(&key).await?,
             };
             match self.add_with(&lease, &key, &req, mtu, &netns).await {
                 Err(AddFailure::Missing(mac)) => {
@@ -128,7 +149,14 @@ impl Service {
     ) -> Result<AddResult, AddFailure> {
         let _guard = lease.lock.lock().await;
         let nic = &lease.spec;
-        let wiring = wiring(nic, &req.target.ifname, mtu, &req.routes);
+        let node_gw = match self.node_gateway(nic, &req.routes).await {
+            Ok(gw) => gw,
+            Err(e) => {
+                self.pool().release(nic.mac, true);
+                return Err(AddFailure::Failed(e));
+            }
+        };
+        let wiring = wiring(nic, &req.target.ifname, mtu, &req.routes, node_gw);
         let mut record = Allocation {
             mac: nic.mac,
             phase: Phase::Reserved,
@@ -190,6 +218,103 @@ impl Service {
         info!(nic = %nic.mac, ip = %nic.address, container = %key.container_id, ifname = %key.ifname,
               pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD");
         Ok(result)
+    }
+
+    /// The next hop for `gw 0.0.0.0` templates: the node's gateway NIC in
+    /// the pod's vxnet (cloud), or the subnet gateway (static inventory,
+    /// where the node has no NIC of its own in the subnet).
+    async fn node_gateway(
+        &self,
+        nic: &NicSpec,
+        templates: &[RouteTemplate],
+    ) -> Result<Ipv4Addr, CniError> {
+        let wanted = templates
+            .iter()
+            .any(|t| t.gw.is_some_and(|g| g.is_unspecified()));
+        match (&self.cloud, &nic.vxnet) {
+            (Some(cloud), Some(vxnet)) if wanted => cloud.gateway(self, vxnet).await.map_err(|e| {
+                CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!("setting up the node's gateway NIC in {vxnet}: {e:#}"),
+                )
+            }),
+            _ => Ok(nic.gateway),
+        }
+    }
+
+    /// A warm NIC in the policy's vxnet order, or a new one: created and
+    /// attached for this pod on a task of its own, so that a runtime timeout
+    /// cannot cut it in half. If it is not ready within `cold_wait`, the ADD
+    /// answers "try again later" and the retried ADD finds the NIC warm.
+    async fn reserve_or_provision(
+        self: &Arc<Self>,
+        key: &Key,
+    ) -> Result<crate::pool::Lease, CniError> {
+        let Some(cloud) = &self.cloud else {
+            unreachable!("cloud mode")
+        };
+        let order = cloud.order();
+        if let Some(l) = self.pool().reserve_in(&order, key) {
+            return Ok(l);
+        }
+        let svc = self.clone();
+        let cold = tokio::spawn(async move {
+            let Some(cloud) = &svc.cloud else {
+                unreachable!("cloud mode")
+            };
+            let mut last = None;
+            for vxnet in order {
+                match cloud.provision(&svc, &vxnet, 1).await {
+                    Ok(macs) => return Ok(macs),
+                    Err(e) if matches!(e, ProvisionError::Limit { .. }) => return Err(e),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or(ProvisionError::Limit { have: 0, max: 0 }))
+        });
+        let macs = match tokio::time::timeout(self.cold_wait, cold).await {
+            Err(_) => {
+                return Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    "no warm NIC on this node; one is being attached for this pod, try again shortly",
+                ));
+            }
+            Ok(Err(join)) => {
+                return Err(internal(format!(
+                    "the NIC provisioning task failed: {join}"
+                )));
+            }
+            Ok(Ok(Err(e))) => {
+                let code = if e.is_transient() {
+                    code::TRY_AGAIN_LATER
+                } else {
+                    code::NO_FREE_NIC
+                };
+                return Err(CniError::new(
+                    code,
+                    format!("no warm NIC on this node and creating one failed: {e}"),
+                ));
+            }
+            Ok(Ok(Ok(macs))) => macs,
+        };
+        // Prefer the NIC made for this ADD; another ADD may have taken it
+        // meanwhile, any free one will do then.
+        let mut pool = self.pool();
+        let all = cloud.vxnets.keys().cloned().collect::<Vec<_>>();
+        for mac in macs {
+            if pool.state(mac) == Some(State::Free)
+                && let Some(spec) = pool.spec(mac)
+                && let Some(l) = pool.reserve_in(spec.vxnet.as_slice(), key)
+            {
+                return Ok(l);
+            }
+        }
+        pool.reserve_in(&all, key).ok_or_else(|| {
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the NIC attached for this pod was taken by another; try again",
+            )
+        })
     }
 
     /// Reserves a free NIC, looking once more for missing ones if none is free.
@@ -378,7 +503,12 @@ impl Service {
     /// pool, no syscalls.
     pub fn status(&self) -> Result<Reply, CniError> {
         let free = self.pool().free_count();
-        if free == 0 {
+        // With the cloud an ADD can still create a NIC while the VM has room.
+        let can_create = self
+            .cloud
+            .as_ref()
+            .is_some_and(|c| c.has_room(self.pool().len()));
+        if free == 0 && !can_create {
             return Err(CniError::new(
                 code::NOT_AVAILABLE,
                 "no free NIC on this node: ADD would fail",
@@ -397,12 +527,17 @@ fn validate_target(t: &Target) -> Result<(), CniError> {
 
 /// The pod's routes: the default route via the subnet gateway, then the
 /// templates. A template gateway of 0.0.0.0 means "the node's own NIC in the
-/// pod's vxnet" in the original plugin; with a static inventory there is no
-/// such NIC yet, so it resolves to the subnet gateway. A template without a
-/// gateway is an on-link route; a default-route template replaces ours.
-pub fn wiring(nic: &NicSpec, ifname: &str, mtu: u32, templates: &[RouteTemplate]) -> Wiring {
+/// pod's vxnet" (`node_gw`), as in the original plugin. A template without
+/// a gateway is an on-link route; a default-route template replaces ours.
+pub fn wiring(
+    nic: &NicSpec,
+    ifname: &str,
+    mtu: u32,
+    templates: &[RouteTemplate],
+    node_gw: Ipv4Addr,
+) -> Wiring {
     let resolve = |gw: Option<IpAddr>| match gw {
-        Some(IpAddr::V4(g)) if g.is_unspecified() => Some(nic.gateway),
+        Some(IpAddr::V4(g)) if g.is_unspecified() => Some(node_gw),
         Some(IpAddr::V4(g)) => Some(g),
         // IPv6 templates are refused by the executable's config validation.
         _ => None,
@@ -529,13 +664,16 @@ mod tests {
                 tpl("192.168.0.0/16", Some("10.0.1.254")),
                 tpl("172.16.0.0/16", None),
             ],
+            "10.0.1.9".parse().unwrap(),
         );
         let gw = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        // 0.0.0.0 is the node's own NIC in the vxnet; the default route
+        // stays on the vxnet gateway.
         assert_eq!(
             w.routes,
             vec![
                 ("0.0.0.0/0".parse().unwrap(), gw("10.0.1.1")),
-                ("10.96.0.0/12".parse().unwrap(), gw("10.0.1.1")),
+                ("10.96.0.0/12".parse().unwrap(), gw("10.0.1.9")),
                 ("192.168.0.0/16".parse().unwrap(), gw("10.0.1.254")),
                 ("172.16.0.0/16".parse().unwrap(), None),
             ]
@@ -546,6 +684,7 @@ mod tests {
             "eth0",
             1500,
             &[tpl("0.0.0.0/0", Some("10.0.1.254"))],
+            nic().gateway,
         );
         assert_eq!(
             w.routes,
@@ -560,6 +699,7 @@ mod tests {
             "eth1",
             9000,
             &[tpl("10.96.0.0/12", Some("0.0.0.0"))],
+            nic().gateway,
         );
         let r = add_result(&w, "/var/run/netns/p", nic().gateway);
         assert_eq!(wiring_from_result(&r, nic().mac).unwrap(), w);

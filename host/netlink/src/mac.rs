@@ -14,6 +14,13 @@ impl Mac {
         format!("hn{hex}")
     }
 
+    /// The name of the node's gateway NIC in a vxnet (see the agent's
+    /// cloud pool): `gw` + 12 hex digits.
+    pub fn gateway_name(&self) -> String {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        format!("gw{hex}")
+    }
+
     pub fn from_bytes(b: &[u8]) -> Option<Mac> {
         Some(Mac(b.try_into().ok()?))
     }

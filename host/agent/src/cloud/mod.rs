@@ -1,0 +1,644 @@
+//! The cloud NIC pool: NICs created, attached, kept warm, detached and
+//! deleted through the QingCloud API, reconciled against the kernel and the
+//! allocation record, with nothing leaked whatever fails.
+//!
+//! Every NIC the agent creates is named `hostnic-<cluster>-<instance>` and
+//! tagged `hostnic-<cluster>`: the name finds this node's NICs (also those
+//! whose create answer was lost), the tag lets any node find the cluster's
+//! leaks.
+//!
+//! Cloud calls happen outside the pool's lock: a cold ADD waiting for an
+//! attach never delays a warm ADD.
+
+mod rotation;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use hostnic_iaas::{
+    Client, Credentials, NicFilter, NicStatus, Options, ResourceTagPair, TagFilter, TagId,
+};
+use hostnic_netlink::{Mac, RouteEntry};
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use crate::config::{self, Config, NicSpec};
+use crate::pool::State;
+use crate::service::Service;
+use rotation::Rotation;
+
+/// A vxnet's addressing, from DescribeVxNets.
+#[derive(Clone, Copy, Debug)]
+pub struct VxnetInfo {
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// Why provisioning a NIC did not work.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("the node has {have} of its {max} NICs (primary and gateway NICs included)")]
+    Limit { have: usize, max: usize },
+    #[error("{0}")]
+    Cloud(#[from] hostnic_iaas::Error),
+    #[error("NIC {0} was attached but its link never appeared on the node")]
+    NoLink(Mac),
+}
+
+impl ProvisionError {
+    /// Worth retrying later: the cloud was busy, not a hard limit.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProvisionError::Cloud(e) => e.is_transient(),
+            ProvisionError::NoLink(_) => true,
+            ProvisionError::Limit { .. } => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CloudPool {
+    client: Client,
+    cfg: config::Cloud,
+    pub vxnets: BTreeMap<String, VxnetInfo>,
+    rotation: Mutex<Rotation>,
+    tag: TagId,
+    /// `hostnic-<cluster>-<instance>`: this node's NICs.
+    name: String,
+    /// The node's default route as found at start: (gateway, device index).
+    default_route: Mutex<Option<RouteEntry>>,
+}
+
+impl CloudPool {
+    /// Connects to the cloud: loads the credentials, checks every configured
+    /// vxnet exists, and finds or creates the cluster's tag.
+    pub async fn connect(cfg: &Config) -> anyhow::Result<CloudPool> {
+        let path = cfg
+            .iaas_credentials
+            .as_deref()
+            .context("iaas_credentials is not set")?;
+        let creds = Credentials::load(path)?;
+        let client = Client::new(creds, Options::default())?;
+        Self::with_client(cfg, client).await
+    }
+
+    pub async fn with_client(cfg: &Config, client: Client) -> anyhow::Result<CloudPool> {
+        let found = client
+            .describe_vxnets(&cfg.vxnets)
+            .await
+            .context("describing the configured vxnets")?;
+        let mut vxnets = BTreeMap::new();
+        for id in &cfg.vxnets {
+            let Some(v) = found.iter().find(|v| &v.vxnet_id == id) else {
+                bail!(
+                    "vxnet {id} (in vxnets) does not exist in zone {}",
+                    client.zone()
+                );
+            };
+            let router = v.router.as_ref();
+            let (Some(cidr), Some(gateway)) = (
+                router.and_then(|r| r.ip_network),
+                router.and_then(|r| r.manager_ip),
+            ) else {
+                bail!(
+                    "vxnet {id} has no router (ip_network, manager_ip); hostnic needs a managed vxnet"
+                );
+            };
+            vxnets.insert(id.clone(), VxnetInfo { cidr, gateway });
+        }
+        let tag_name = format!("hostnic-{}", cfg.cloud.cluster);
+        let tags = client
+            .describe_tags(&TagFilter {
+                search_word: Some(tag_name.clone()),
+                ..TagFilter::default()
+            })
+            .await
+            .context("looking up the cluster's tag")?;
+        let tag = match tags.into_iter().find(|t| t.tag_name == tag_name) {
+            Some(t) => t.tag_id,
+            None => client
+                .create_tag(&tag_name)
+                .await
+                .context("creating the cluster's tag")?,
+        };
+        Ok(CloudPool {
+            client,
+            name: format!("hostnic-{}-{}", cfg.cloud.cluster, cfg.cloud.instance_id),
+            cfg: cfg.cloud.clone(),
+            vxnets,
+            rotation: Mutex::new(Rotation::new(cfg.policy, cfg.vxnets.clone())),
+            tag,
+            default_route: Mutex::new(None),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the VM can take another NIC, with `pool_len` secondary NICs
+    /// (its primary takes one more place).
+    pub fn has_room(&self, pool_len: usize) -> bool {
+        pool_len + 1 < self.cfg.max_nics
+    }
+
+    fn rotation(&self) -> std::sync::MutexGuard<'_, Rotation> {
+        self.rotation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The vxnets to take a NIC from, best first.
+    pub fn order(&self) -> Vec<String> {
+        self.rotation().order()
+    }
+
+    /// What a cloud NIC looks like to the pool.
+    fn spec(&self, mac: Mac, vxnet: &str, ip: Ipv4Addr) -> Option<NicSpec> {
+        let v = self.vxnets.get(vxnet)?;
+        Some(NicSpec {
+            mac,
+            address: Ipv4Net::new(ip, v.cidr.prefix_len()).ok()?,
+            gateway: v.gateway,
+            vxnet: Some(vxnet.to_string()),
+        })
+    }
+
+    /// This node's secondary NICs as the cloud sees them: the inventory the
+    /// start-up reconciliation works on. One DescribeNics call.
+    pub async fn inventory(&self) -> anyhow::Result<Vec<NicSpec>> {
+        let nics = self
+            .client
+            .describe_nics(&NicFilter {
+                instances: vec![self.cfg.instance_id.clone()],
+                ..NicFilter::default()
+            })
+            .await
+            .context("describing this node's NICs")?;
+        Ok(nics
+            .iter()
+            .filter(|n| !n.is_primary() && n.nic_name == self.name)
+            .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
+            .collect())
+    }
+
+    /// Creates `count` NICs in `vxnet`, tags them, attaches them to this node
+    /// and parks them as they appear. Returns those that became free; any
+    /// that failed are detached and deleted again (or left to the leak
+    /// collector if even that fails).
+    pub async fn provision(
+        &self,
+        svc: &Service,
+        vxnet: &str,
+        count: usize,
+    ) -> Result<Vec<Mac>, ProvisionError> {
+        let have = svc.pool().len() + 1;
+        let count = count.min(self.cfg.max_nics.saturating_sub(have));
+        if count == 0 {
+            return Err(ProvisionError::Limit {
+                have,
+                max: self.cfg.max_nics,
+            });
+        }
+        let created = match self
+            .client
+            .create_nics(vxnet, &self.name, count as u32, &[])
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.rotation().failed(vxnet);
+                warn!(vxnet, error = %e, "creating NICs failed");
+                return Err(e.into());
+            }
+        };
+        let specs: Vec<NicSpec> = created
+            .iter()
+            .filter_map(|c| self.spec(c.nic_id.parse().ok()?, vxnet, c.private_ip?))
+            .collect();
+        let pairs: Vec<ResourceTagPair> = created
+            .iter()
+            .map(|c| ResourceTagPair {
+                tag_id: self.tag.clone(),
+                resource_type: "nic".into(),
+                resource_id: c.nic_id.clone(),
+            })
+            .collect();
+        // The name already marks them as ours; a missing tag only slows
+        // leak collection from other nodes.
+        if let Err(e) = self.client.attach_tags(&pairs).await {
+            warn!(error = %e, "tagging new NICs");
+        }
+        {
+            let mut pool = svc.pool();
+            for s in &specs {
+                pool.insert(s.clone(), State::Attaching, true);
+            }
+        }
+        let mut ready = Vec::new();
+        for chunk in specs.chunks(hostnic_iaas::MAX_NICS_PER_ATTACH) {
+            let macs: Vec<String> = chunk.iter().map(|s| s.mac.to_string()).collect();
+            let attached = match self.client.attach_nics(&macs, &self.cfg.instance_id).await {
+                Ok(job) => {
+                    let last = chunk.last().map(|s| s.mac);
+                    let early = async {
+                        if let Some(m) = last {
+                            wait_for_link(svc, m).await;
+                        }
+                    };
+                    self.client.wait_job(&job, early).await.map(|_| ())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = attached {
+                warn!(nics = ?macs, error = %e, "attaching NICs failed; deleting them");
+                self.discard(svc, chunk.iter().map(|s| s.mac).collect())
+                    .await;
+                if ready.is_empty() {
+                    return Err(e.into());
+                }
+                continue;
+            }
+            for s in chunk {
+                match self.adopt_link(svc, s.mac).await {
+                    true => ready.push(s.mac),
+                    false => self.discard(svc, vec![s.mac]).await,
+                }
+            }
+        }
+        info!(vxnet, count = ready.len(), "NICs attached and ready");
+        if ready.is_empty() {
+            return Err(ProvisionError::NoLink(specs[0].mac));
+        }
+        Ok(ready)
+    }
+
+    /// Waits for a freshly attached NIC's link, parks it and frees it.
+    async fn adopt_link(&self, svc: &Service, mac: Mac) -> bool {
+        let found = tokio::time::timeout(Duration::from_secs(30), wait_for_link(svc, mac)).await;
+        let link = match (found, svc.plumber.node().link_by_mac(mac, None).await) {
+            (Ok(()), Ok(Some(l))) => l,
+            _ => return false,
+        };
+        match svc.plumber.park(&link).await {
+            Ok(()) => {
+                svc.pool().set_state(mac, State::Free);
+                true
+            }
+            Err(e) => {
+                warn!(nic = %mac, error = %e, "parking a new NIC");
+                false
+            }
+        }
+    }
+
+    /// Detaches (if attached) and deletes NICs, and forgets them.
+    async fn discard(&self, svc: &Service, macs: Vec<Mac>) {
+        {
+            let mut pool = svc.pool();
+            for m in &macs {
+                pool.remove(*m);
+            }
+        }
+        let ids: Vec<String> = macs.iter().map(Mac::to_string).collect();
+        match self.client.detach_nics(&ids).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    if let Err(e) = self.client.wait_job(&job, std::future::pending()).await {
+                        warn!(error = %e, "waiting for a detach");
+                    }
+                }
+            }
+            // Not attached (a failed attach): nothing to detach.
+            Err(hostnic_iaas::Error::Denied { .. }) => {}
+            Err(e) => {
+                warn!(nics = ?ids, error = %e, "detaching NICs; the leak collector will retry")
+            }
+        }
+        if let Err(e) = self.client.delete_nics(&ids).await {
+            warn!(nics = ?ids, error = %e, "deleting NICs; the leak collector will retry");
+        }
+    }
+
+    /// Brings each vxnet up to `warm_min` free NICs.
+    pub async fn top_up(&self, svc: &Service) {
+        for vxnet in self.vxnets.keys() {
+            let have = svc.pool().count_in(vxnet, &[State::Free, State::Attaching]);
+            if have >= self.cfg.warm_min {
+                continue;
+            }
+            let want = (self.cfg.warm_min - have).min(self.cfg.warm_max);
+            if let Err(e) = self.provision(svc, vxnet, want).await {
+                warn!(vxnet, error = %e, "topping up the warm pool");
+            }
+        }
+    }
+
+    /// Detaches and deletes free NICs above `warm_max` that have been idle
+    /// for `idle_seconds`.
+    pub async fn trim(&self, svc: &Service) {
+        let idle = Duration::from_secs(self.cfg.idle_seconds);
+        for vxnet in self.vxnets.keys() {
+            let surplus = svc
+                .pool()
+                .count_in(vxnet, &[State::Free])
+                .saturating_sub(self.cfg.warm_max);
+            if surplus == 0 {
+                continue;
+            }
+            let victims: Vec<Mac> = svc
+                .pool()
+                .idle_in(vxnet, idle)
+                .into_iter()
+                .take(surplus)
+                .collect();
+            if !victims.is_empty() {
+                info!(
+                    vxnet,
+                    count = victims.len(),
+                    "releasing idle NICs above warm_max"
+                );
+                self.discard(svc, victims).await;
+            }
+        }
+    }
+
+    /// The node's own address in `vxnet`, on its gateway NIC, configured in
+    /// the node namespace (created if the node has none): the next hop for
+    /// `gw 0.0.0.0` route templates, so service traffic goes through the
+    /// node where kube-proxy handles it.
+    pub async fn gateway(&self, svc: &Service, vxnet: &str) -> anyhow::Result<Ipv4Addr> {
+        if let Some(gw) = svc.pool().gateway_in(vxnet) {
+            return Ok(gw.address.addr());
+        }
+        let mac = {
+            let mut pool = svc.pool();
+            let free = pool.idle_in(vxnet, Duration::ZERO).first().copied();
+            if let Some(m) = free {
+                pool.set_state(m, State::Gateway);
+            }
+            free
+        };
+        let mac = match mac {
+            Some(m) => m,
+            None => {
+                let m = *self
+                    .provision(svc, vxnet, 1)
+                    .await?
+                    .first()
+                    .context("no NIC provisioned")?;
+                svc.pool().set_state(m, State::Gateway);
+                m
+            }
+        };
+        let spec = svc
+            .pool()
+            .spec(mac)
+            .context("gateway NIC vanished from the pool")?;
+        configure_gateway(svc, &spec).await?;
+        info!(vxnet, nic = %mac, ip = %spec.address, "gateway NIC configured on the node");
+        Ok(spec.address.addr())
+    }
+
+    /// Remembers the node's default route; later ticks put it back if it
+    /// moves (a hot-plugged NIC's DHCP client takes it on some images).
+    pub async fn remember_default_route(&self, svc: &Service, iface: &str) -> anyhow::Result<()> {
+        let node = svc.plumber.node();
+        let link = node
+            .link_by_name(iface)
+            .await?
+            .with_context(|| format!("iface {iface} not found"))?;
+        let route = node
+            .routes()
+            .await?
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0 && r.oif == Some(link.index) && r.gw.is_some());
+        match &route {
+            Some(r) => info!(via = ?r.gw, dev = iface, "guarding the node's default route"),
+            None => warn!(
+                dev = iface,
+                "the node has no default route via its primary interface to guard"
+            ),
+        }
+        *self.default_route.lock().unwrap_or_else(|p| p.into_inner()) = route;
+        Ok(())
+    }
+
+    /// One reconciliation pass of the three truths, then the warm targets.
+    pub async fn tick(&self, svc: &Service) {
+        if let Err(e) = self.guard_default_route(svc).await {
+            warn!(error = %e, "checking the node's default route");
+        }
+        if let Err(e) = self.reconcile(svc).await {
+            warn!(error = %e, "reconciling with the cloud");
+        }
+        self.top_up(svc).await;
+        self.trim(svc).await;
+    }
+
+    async fn guard_default_route(&self, svc: &Service) -> anyhow::Result<()> {
+        let Some(want) = self
+            .default_route
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let node = svc.plumber.node();
+        let defaults: Vec<RouteEntry> = node
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|r| r.dst.prefix_len() == 0)
+            .collect();
+        if defaults == [want.clone()] {
+            return Ok(());
+        }
+        warn!(found = ?defaults, "the node's default route moved; putting it back on the primary interface");
+        let (Some(gw), Some(oif)) = (want.gw, want.oif) else {
+            return Ok(());
+        };
+        node.replace_default_route(gw, oif).await?;
+        // Whatever took it was a NIC of ours configured behind our back:
+        // park every free one again (down, no address).
+        for link in node.links().await? {
+            let Some(mac) = link.mac else { continue };
+            if svc.pool().state(mac) == Some(State::Free)
+                && (link.up || !node.addresses(link.index).await?.is_empty())
+            {
+                svc.plumber.park(&link).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cloud vs kernel vs pool. Adopts attached NICs of ours the pool does
+    /// not know, forgets NICs detached behind our back, and re-attaches
+    /// attached NICs whose link vanished from the node.
+    async fn reconcile(&self, svc: &Service) -> anyhow::Result<()> {
+        let attached = self.inventory().await?;
+        let links = svc.plumber.node().links().await?;
+        let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
+        for spec in &attached {
+            let state = svc.pool().state(spec.mac);
+            match state {
+                None => {
+                    if let Some(link) = on_node(spec.mac) {
+                        svc.plumber.park(link).await?;
+                        svc.pool().insert(spec.clone(), State::Free, true);
+                        info!(nic = %spec.mac, "adopted an attached NIC of ours");
+                    }
+                }
+                Some(State::Free | State::Gateway | State::Missing)
+                    if on_node(spec.mac).is_none() =>
+                {
+                    self.reattach(svc, spec.mac).await;
+                }
+                Some(State::Missing) => {
+                    if let Some(link) = on_node(spec.mac) {
+                        svc.plumber.park(link).await?;
+                        svc.pool().set_state(spec.mac, State::Free);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let gone: Vec<Mac> = {
+            let pool = svc.pool();
+            pool.snapshot()
+                .into_iter()
+                .filter(|(m, s)| {
+                    matches!(s, State::Free | State::Missing)
+                        && !attached.iter().any(|a| a.mac == *m)
+                })
+                .map(|(m, _)| m)
+                .collect()
+        };
+        for mac in gone {
+            warn!(nic = %mac, "NIC is no longer attached to this node in the cloud; forgetting it");
+            svc.pool().remove(mac);
+        }
+        Ok(())
+    }
+
+    /// The original plugin's known reboot problem: the cloud says attached,
+    /// the node has no such link. Detach and attach it again.
+    async fn reattach(&self, svc: &Service, mac: Mac) {
+        let was = svc.pool().state(mac);
+        warn!(nic = %mac, "NIC vanished from the node; re-attaching it");
+        svc.pool().set_state(mac, State::Attaching);
+        let id = [mac.to_string()];
+        let result = async {
+            for job in self.client.detach_nics(&id).await? {
+                self.client.wait_job(&job, std::future::pending()).await?;
+            }
+            let job = self.client.attach_nics(&id, &self.cfg.instance_id).await?;
+            self.client.wait_job(&job, wait_for_link(svc, mac)).await?;
+            Ok::<_, hostnic_iaas::Error>(())
+        }
+        .await;
+        let ok = result.is_ok() && self.adopt_link(svc, mac).await;
+        if ok {
+            if was == Some(State::Gateway) {
+                svc.pool().set_state(mac, State::Gateway);
+                let spec = svc.pool().spec(mac);
+                if let Some(spec) = spec
+                    && let Err(e) = configure_gateway(svc, &spec).await
+                {
+                    warn!(nic = %mac, error = %e, "reconfiguring the gateway NIC");
+                }
+            }
+            info!(nic = %mac, "re-attached");
+        } else {
+            warn!(nic = %mac, error = ?result.err(), "re-attaching failed; will retry");
+            svc.pool().set_state(mac, State::Missing);
+        }
+    }
+
+    /// Deletes detached NICs named for this cluster that are older than the
+    /// grace period and that no node is attaching (the grace covers a create
+    /// whose attach is still on its way).
+    pub async fn collect_leaks(&self, svc: &Service) -> anyhow::Result<usize> {
+        let prefix = format!("hostnic-{}-", self.cfg.cluster);
+        let nics = self
+            .client
+            .describe_nics(&NicFilter {
+                vxnets: self.vxnets.keys().cloned().collect(),
+                status: Some(NicStatus::Available),
+                ..NicFilter::default()
+            })
+            .await?;
+        let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
+        let now = SystemTime::now();
+        let leaked: Vec<String> = nics
+            .into_iter()
+            .filter(|n| n.nic_name.starts_with(&prefix) && n.instance_id.is_empty())
+            .filter(|n| {
+                hostnic_iaas::sign::parse_time_stamp(&n.create_time)
+                    .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= grace)
+            })
+            .filter(|n| {
+                n.nic_id
+                    .parse::<Mac>()
+                    .is_ok_and(|m| svc.pool().state(m).is_none())
+            })
+            .map(|n| n.nic_id)
+            .collect();
+        if !leaked.is_empty() {
+            warn!(nics = ?leaked, "deleting leaked NICs");
+            self.client.delete_nics(&leaked).await?;
+        }
+        Ok(leaked.len())
+    }
+
+    /// The reconcile timer, with the leak collector on a jittered period of
+    /// about five ticks so the nodes of a cluster do not all sweep at once.
+    pub async fn run(&self, svc: &Service) {
+        let every = Duration::from_secs(self.cfg.reconcile_seconds);
+        let mut until_sweep = 1 + fastrand::u32(0..5);
+        loop {
+            tokio::time::sleep(every).await;
+            self.tick(svc).await;
+            until_sweep -= 1;
+            if until_sweep == 0 {
+                until_sweep = 3 + fastrand::u32(0..5);
+                if let Err(e) = self.collect_leaks(svc).await {
+                    warn!(error = %e, "collecting leaked NICs");
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once a link with `mac` exists in the node namespace. Polling a
+/// dump every 20 ms costs little next to an attach that takes seconds.
+async fn wait_for_link(svc: &Service, mac: Mac) {
+    loop {
+        if let Ok(Some(_)) = svc.plumber.node().link_by_mac(mac, None).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The gateway NIC in the node: named `gw<mac>`, up, with its address.
+/// Only the vxnet's connected route comes with it, never a default route.
+async fn configure_gateway(svc: &Service, spec: &NicSpec) -> anyhow::Result<()> {
+    let node = svc.plumber.node();
+    let link = node
+        .link_by_mac(spec.mac, Some(&spec.mac.parked_name()))
+        .await?
+        .with_context(|| format!("gateway NIC {} is not on the node", spec.mac))?;
+    let name = spec.mac.gateway_name();
+    if link.name != name {
+        node.rename(link.index, &name).await?;
+    }
+    let addrs = node.addresses(link.index).await?;
+    if !addrs.contains(&ipnet::IpNet::V4(spec.address)) {
+        node.add_address(link.index, spec.address).await?;
+    }
+    node.set_mtu_up(link.index, link.mtu.max(68)).await?;
+    Ok(())
+}

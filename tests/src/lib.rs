@@ -6,6 +6,7 @@
 //! Everything lives in namespaces created here and removed on drop (also on
 //! panic); the machine's own interfaces and routes are never touched.
 
+pub mod cloudbed;
 pub mod images;
 pub mod netns;
 pub mod plugin;
@@ -96,7 +97,8 @@ impl Testbed {
         let node = Ns::new("node")?;
         let wire = Ns::new("wire")?;
         wire.ip_batch(&[
-            "link add br0 type bridge".into(),
+            // A fixed MAC, as a real gateway has (see sim/sdn.rs).
+            "link add br0 address 02:00:00:00:00:99 type bridge".into(),
             format!("addr add {GATEWAY}/24 dev br0"),
             "link set br0 up".into(),
         ])?;
@@ -178,30 +180,12 @@ impl Testbed {
 
     /// Starts `hostnic-agent` in the node namespace and waits until it serves.
     pub fn start_agent(&self) -> anyhow::Result<Agent> {
-        let config = self.dir.path().join("agent.toml");
-        std::fs::write(&config, self.agent_config())?;
-        let log_path = self.dir.path().join("agent.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let child = self
-            .node
-            .command(bin("hostnic-agent"))?
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting hostnic-agent")?;
-        let mut agent = Agent {
-            child: Some(child),
-            socket: self.socket(),
-            log: log_path,
-        };
-        agent.wait_ready(Duration::from_secs(20))?;
-        Ok(agent)
+        Agent::spawn(
+            &self.node,
+            self.dir.path(),
+            &self.agent_config(),
+            self.socket(),
+        )
     }
 
     /// A hostnic network config for this testbed.
@@ -259,6 +243,34 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts `hostnic-agent` inside `ns` with `config` (written to
+    /// `dir/agent.toml`, log in `dir/agent.log`) and waits until it serves.
+    pub fn spawn(ns: &Ns, dir: &Path, config: &str, socket: PathBuf) -> anyhow::Result<Agent> {
+        let config_path = dir.join("agent.toml");
+        std::fs::write(&config_path, config)?;
+        let log_path = dir.join("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = ns
+            .command(bin("hostnic-agent"))?
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting hostnic-agent")?;
+        let mut agent = Agent {
+            child: Some(child),
+            socket,
+            log: log_path,
+        };
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
     fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         while start.elapsed() < limit {

@@ -37,17 +37,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The inventory: the static list, or what the cloud says is attached to
     // this VM (one DescribeNics; a restart makes no other cloud call before
     // it serves).
-    let (cloud, inventory) = match cfg.inventory.source {
-        Source::Static => (None, cfg.inventory.nics.clone()),
+    let (cloud, inventory, in_flight) = match cfg.inventory.source {
+        Source::Static => (None, cfg.inventory.nics.clone(), Vec::new()),
         Source::Cloud => {
             let cloud = CloudPool::connect(&cfg).await?;
-            let inventory = cloud.inventory().await?;
-            (Some(cloud), inventory)
+            let (inventory, in_flight) = cloud.inventory().await?;
+            (Some(cloud), inventory, in_flight)
         }
     };
     let pool = reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
     let service = Arc::new(Service::new(&cfg, plumber, store, pool, cloud));
     if let Some(cloud) = &service.cloud {
+        cloud.adopt_in_flight(&service, in_flight);
         cloud.remember_default_route(&service, &cfg.iface).await?;
         // Warm the pool and keep reconciling in the background; ADDs are
         // served meanwhile (a cold one creates its own NIC).

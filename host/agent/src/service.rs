@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,25 @@ pub struct Service {
     pub(crate) cloud: Option<CloudPool>,
     /// How long a cold ADD waits for its NIC before "try again later".
     cold_wait: Duration,
+    /// Cold ADDs waiting for an attaching NIC, so that an ADD joins a NIC
+    /// already on its way rather than create one more.
+    cold_waiters: AtomicUsize,
+}
+
+/// Counts a cold ADD among the waiters while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn key_of(t: &Target) -> Key {
@@ -69,6 +89,7 @@ impl Service {
             default_mtu: cfg.mtu,
             cloud,
             cold_wait: Duration::from_secs(cfg.cloud.cold_add_wait_seconds),
+            cold_waiters: AtomicUsize::new(0),
         }
     }
 
@@ -256,6 +277,26 @@ impl Service {
         let order = cloud.order();
         if let Some(l) = self.pool().reserve_in(&order, key) {
             return Ok(l);
+        }
+        // More NICs attaching than ADDs waiting for them: wait for one (after
+        // a restart mid-attach, or in a burst) instead of creating another.
+        let attaching: usize = order
+            .iter()
+            .map(|v| self.pool().count_in(v, &[State::Attaching]))
+            .sum();
+        let _waiting = Waiting::new(&self.cold_waiters);
+        if attaching >= self.cold_waiters.load(Ordering::SeqCst) {
+            let deadline = tokio::time::Instant::now() + self.cold_wait;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                if let Some(l) = self.pool().reserve_in(&order, key) {
+                    return Ok(l);
+                }
+            }
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "no warm NIC on this node; NICs are being attached, try again shortly",
+            ));
         }
         let svc = self.clone();
         let cold = tokio::spawn(async move {

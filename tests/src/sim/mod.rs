@@ -225,6 +225,11 @@ impl Sim {
         )
     }
 
+    /// The SDN namespace (bridges per vxnet), for diagnostics.
+    pub fn sdn_ns(&self) -> &Ns {
+        &self.inner.sdn.ns
+    }
+
     pub fn config(&self) -> &SimConfig {
         &self.inner.cfg
     }
@@ -429,25 +434,26 @@ async fn move_default_route(State(sim): State<Arc<Inner>>, Json(body): Json<Valu
 /// What a DHCP client on a rebooted multi-NIC VM does: configure a
 /// secondary NIC and point the default route through it.
 fn steal_default_route(sim: &Inner, instance: &str) -> anyhow::Result<String> {
-    let (netns, nic, gw, prefix) = {
+    let (netns, candidates) = {
         let cloud = sim.cloud();
         let inst = cloud.instances.get(instance).context("no such instance")?;
-        let nic = cloud
+        let nics: Vec<(cloud::Nic, Ipv4Addr, u8)> = cloud
             .nics
             .values()
-            .find(|n| {
+            .filter(|n| {
                 n.instance.as_deref() == Some(instance)
                     && n.role == 0
                     && n.state == cloud::NicState::InUse
             })
-            .context("the instance has no secondary NIC attached")?;
-        let v = &cloud.vxnets[&nic.vxnet];
-        (
-            inst.netns.clone(),
-            nic.clone(),
-            v.gateway,
-            v.cidr.prefix_len(),
-        )
+            .map(|n| {
+                (
+                    n.clone(),
+                    cloud.vxnets[&n.vxnet].gateway,
+                    cloud.vxnets[&n.vxnet].cidr.prefix_len(),
+                )
+            })
+            .collect();
+        (inst.netns.clone(), nics)
     };
     let ns_name = netns
         .file_name()
@@ -457,12 +463,21 @@ fn steal_default_route(sim: &Inner, instance: &str) -> anyhow::Result<String> {
     let links = crate::netns::run(
         std::process::Command::new("ip").args(["-n", &ns_name, "-o", "link", "show"]),
     )?;
-    let dev = links
-        .lines()
-        .find(|l| l.contains(&nic.id))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|d| d.trim().split('@').next().unwrap_or_default().to_string())
-        .context("the NIC is not on the node")?;
+    // A NIC in the node namespace (not one a pod holds).
+    let (nic, gw, prefix, dev) = candidates
+        .into_iter()
+        .find_map(|(nic, gw, prefix)| {
+            let line = links.lines().find(|l| l.contains(&nic.id))?;
+            let dev = line
+                .split(':')
+                .nth(1)?
+                .trim()
+                .split('@')
+                .next()?
+                .to_string();
+            Some((nic, gw, prefix, dev))
+        })
+        .context("the instance has no secondary NIC in its namespace")?;
     for args in [
         vec!["link", "set", &dev, "up"],
         vec!["addr", "add", &format!("{}/{prefix}", nic.ip), "dev", &dev],

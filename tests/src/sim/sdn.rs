@@ -44,9 +44,17 @@ impl Sdn {
         cidr: Ipv4Net,
         gateway: std::net::Ipv4Addr,
     ) -> anyhow::Result<()> {
-        let br = format!("br{}", self.bridges.len());
+        let n = self.bridges.len();
+        let br = format!("br{n}");
+        // A fixed MAC: a bridge without one takes the lowest MAC among its
+        // ports and changes it as NICs come and go, leaving every pod's ARP
+        // entry for its gateway pointing nowhere. A cloud gateway's MAC
+        // never moves.
         self.ns.ip_batch(&[
-            format!("link add {br} type bridge"),
+            format!(
+                "link add {br} address 02:00:00:00:00:{:02x} type bridge",
+                n + 1
+            ),
             format!("addr add {gateway}/{} dev {br}", cidr.prefix_len()),
             format!("link set {br} up"),
         ])?;

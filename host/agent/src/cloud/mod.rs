@@ -166,8 +166,10 @@ impl CloudPool {
     }
 
     /// This node's secondary NICs as the cloud sees them: the inventory the
-    /// start-up reconciliation works on. One DescribeNics call.
-    pub async fn inventory(&self) -> anyhow::Result<Vec<NicSpec>> {
+    /// start-up reconciliation works on, and those among them whose attach
+    /// is still under way (attached to this VM, not yet in use). One
+    /// DescribeNics call.
+    pub async fn inventory(&self) -> anyhow::Result<(Vec<NicSpec>, Vec<Mac>)> {
         let nics = self
             .client
             .describe_nics(&NicFilter {
@@ -176,11 +178,38 @@ impl CloudPool {
             })
             .await
             .context("describing this node's NICs")?;
-        Ok(nics
+        let ours = nics
             .iter()
-            .filter(|n| !n.is_primary() && n.nic_name == self.name)
+            .filter(|n| !n.is_primary() && n.nic_name == self.name);
+        let specs = ours
+            .clone()
             .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
-            .collect())
+            .collect();
+        let attaching = ours
+            .filter(|n| n.status == NicStatus::Available)
+            .filter_map(|n| n.nic_id.parse().ok())
+            .collect();
+        Ok((specs, attaching))
+    }
+
+    /// NICs whose attach was under way when the agent (re)started: wait for
+    /// each link on a task of its own and free the NIC when it appears.
+    pub fn adopt_in_flight(&self, svc: &std::sync::Arc<Service>, macs: Vec<Mac>) {
+        for mac in macs {
+            if svc.pool().state(mac) != Some(State::Missing) {
+                continue;
+            }
+            svc.pool().set_state(mac, State::Attaching);
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let Some(cloud) = &svc.cloud else { return };
+                if cloud.adopt_link(&svc, mac).await {
+                    info!(nic = %mac, "adopted a NIC whose attach was under way at start");
+                } else {
+                    svc.pool().set_state(mac, State::Missing);
+                }
+            });
+        }
     }
 
     /// Creates `count` NICs in `vxnet`, tags them, attaches them to this node
@@ -478,7 +507,7 @@ impl CloudPool {
     /// not know, forgets NICs detached behind our back, and re-attaches
     /// attached NICs whose link vanished from the node.
     async fn reconcile(&self, svc: &Service) -> anyhow::Result<()> {
-        let attached = self.inventory().await?;
+        let (attached, _) = self.inventory().await?;
         let links = svc.plumber.node().links().await?;
         let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
         for spec in &attached {

@@ -1,0 +1,96 @@
+//! The cloud testbed: the IaaS simulator's node VMs, each with a real
+//! `hostnic-agent` whose NICs come from the simulated cloud.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::sim::{Sim, SimConfig};
+use crate::{Agent, CniCall, bin};
+
+#[derive(Debug)]
+pub struct CloudBed {
+    pub dir: tempfile::TempDir,
+    pub sim: Sim,
+}
+
+impl CloudBed {
+    pub fn new(cfg: SimConfig) -> anyhow::Result<CloudBed> {
+        let dir = tempfile::tempdir()?;
+        let sim = Sim::start(cfg)?;
+        std::fs::write(dir.path().join("qcsecret.yaml"), sim.credentials_yaml())?;
+        Ok(CloudBed { dir, sim })
+    }
+
+    fn node_dir(&self, node: usize) -> PathBuf {
+        self.dir.path().join(format!("node{node}"))
+    }
+
+    pub fn socket(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("agent.sock")
+    }
+
+    pub fn state_dir(&self, node: usize) -> PathBuf {
+        self.node_dir(node).join("state")
+    }
+
+    /// The agent config for `node`; `cloud` adds keys to its `[cloud]`
+    /// table (warm targets, timers).
+    pub fn agent_config(&self, node: usize, cloud: &str) -> String {
+        let vxnets: Vec<String> = self
+            .sim
+            .config()
+            .vxnets
+            .iter()
+            .map(|(id, _)| format!("{id:?}"))
+            .collect();
+        format!(
+            "socket = {:?}\nstate_dir = {:?}\niface = \"eth0\"\nvxnets = [{}]\npolicy = \"FailRotate\"\n\
+             iaas_credentials = {:?}\n[log]\nlevel = \"debug\"\n[inventory]\nsource = \"cloud\"\n\
+             [cloud]\ninstance_id = {:?}\ncluster = \"test\"\n{cloud}\n",
+            self.socket(node),
+            self.state_dir(node),
+            vxnets.join(", "),
+            self.dir.path().join("qcsecret.yaml"),
+            self.sim.nodes[node].instance,
+        )
+    }
+
+    pub fn start_agent(&self, node: usize, cloud: &str) -> anyhow::Result<Agent> {
+        std::fs::create_dir_all(self.node_dir(node))?;
+        Agent::spawn(
+            &self.sim.nodes[node].ns,
+            &self.node_dir(node),
+            &self.agent_config(node, cloud),
+            self.socket(node),
+        )
+    }
+
+    pub fn netconf(&self, node: usize, version: &str, routes: Value) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "hostnic-cloud",
+            "type": "hostnic",
+            "socket": self.socket(node),
+            "ipam": { "routes": routes },
+        })
+    }
+
+    /// The real `hostnic`, run in `node`'s namespace as its runtime would.
+    pub fn hostnic(&self, node: usize) -> CniCall {
+        CniCall::new(bin("hostnic"), Some(self.sim.nodes[node].ns.path()))
+    }
+
+    /// NICs the cloud knows that are neither attached to a VM nor on their
+    /// way to one: what a leak looks like.
+    pub fn leaked_nics(&self) -> Vec<Value> {
+        let inspect = self.sim.inspect();
+        inspect["nics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["state"] == "available")
+            .cloned()
+            .collect()
+    }
+}

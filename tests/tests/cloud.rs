@@ -1,0 +1,439 @@
+//! NICs from the (simulated) cloud: agents on simulated VMs create, attach,
+//! pool and return NICs through the signed API, and the simulated SDN
+//! carries the pods' traffic.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::sim::faults::ErrorRule;
+use hostnic_testbed::sim::{Faults, SimConfig};
+use hostnic_testbed::{CallEnv, CniCall, Ns, PluginError, require_root, wait_for};
+use serde_json::{Value, json};
+
+const TIMERS: &str = "warm_min = 1\nwarm_max = 3\nreconcile_seconds = 1\ncold_add_wait_seconds = 10\nidle_seconds = 3600";
+
+fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
+    CallEnv {
+        container_id: cid,
+        netns,
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+    }
+}
+
+/// ADD as kubelet does it: retried while the answer is "try again later".
+fn add(cni: &CniCall, conf: &Value, e: &CallEnv) -> Result<Value, PluginError> {
+    let start = Instant::now();
+    loop {
+        match cni.call("ADD", conf, e).expect("exec hostnic") {
+            Err(err) if err.code == Some(11) && start.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn ip_of(result: &Value) -> String {
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node() {
+    if !require_root("pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let a0 = bed.start_agent(0, TIMERS).unwrap();
+    let _a1 = bed.start_agent(1, TIMERS).unwrap();
+    let routes = json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]);
+
+    // Two pods on node 0, one on node 1.
+    let placement = [0usize, 0, 1];
+    let pods: Vec<Ns> = placement
+        .iter()
+        .map(|n| Ns::new(&format!("cp{n}")).unwrap())
+        .collect();
+    let paths: Vec<String> = pods
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
+    let mut results = Vec::new();
+    for (i, &node) in placement.iter().enumerate() {
+        let conf = bed.netconf(node, "1.0.0", routes.clone());
+        let r = add(&bed.hostnic(node), &conf, &env(&format!("c{i}"), &paths[i]))
+            .unwrap_or_else(|e| panic!("ADD pod {i}: {e}\n{}", a0.log_text()));
+        results.push(r);
+    }
+    let ips: Vec<String> = results.iter().map(ip_of).collect();
+    assert_eq!(
+        ips.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "one address per pod: {ips:?}"
+    );
+    assert!(ips.iter().all(|ip| ip.starts_with("10.100.0.")), "{ips:?}");
+
+    // Pod to gateway, and pod to pod across nodes through the SDN bridge.
+    assert!(
+        pods[0].ping("10.100.0.1"),
+        "pod 0 cannot reach its vxnet gateway"
+    );
+    assert!(
+        pods[0].ping(&ips[2]),
+        "pod on node 0 cannot reach the pod on node 1"
+    );
+    assert!(
+        pods[2].ping(&ips[1]),
+        "pod on node 1 cannot reach the second pod on node 0"
+    );
+
+    // Service traffic: the template's 0.0.0.0 is node 0's own NIC in the
+    // vxnet, and a DNAT rule there (as kube-proxy installs) answers.
+    let node0 = &bed.sim.nodes[0];
+    let gw_addr = node0.ns.ip(&["-o", "-4", "addr", "show"]).unwrap();
+    let gw_line = gw_addr
+        .lines()
+        .find(|l| l.contains(" gw") && l.contains("10.100.0."))
+        .unwrap_or_else(|| panic!("no gateway NIC on node 0: {gw_addr}"));
+    let gw_ip = gw_line
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let pod_routes = pods[0].ip(&["route"]).unwrap();
+    assert!(
+        pod_routes.contains(&format!("10.96.0.0/12 via {gw_ip} dev eth0")),
+        "{pod_routes}"
+    );
+    assert!(
+        pod_routes.contains("default via 10.100.0.1 dev eth0"),
+        "{pod_routes}"
+    );
+    let node_ip = node0.ip.to_string();
+    node0
+        .ns
+        .exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                "10.96.0.10",
+                "-p",
+                "icmp",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &node_ip,
+            ],
+        )
+        .unwrap();
+    assert!(
+        pods[0].ping("10.96.0.10"),
+        "the service IP is not reached through the node"
+    );
+    let counters = node0
+        .ns
+        .exec(
+            "iptables",
+            &["-t", "nat", "-L", "PREROUTING", "-v", "-n", "-x"],
+        )
+        .unwrap();
+    let hits: u64 = counters
+        .lines()
+        .find(|l| l.contains("10.96.0.10"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        hits > 0,
+        "the DNAT rule on the node saw no packet: {counters}"
+    );
+    // The gateway NIC never takes the node's default route.
+    assert!(
+        node0
+            .ns
+            .ip(&["route", "show", "default"])
+            .unwrap()
+            .contains("dev eth0")
+    );
+
+    for (i, &node) in placement.iter().enumerate() {
+        let conf = bed.netconf(node, "1.0.0", routes.clone());
+        bed.hostnic(node)
+            .call("DEL", &conf, &env(&format!("c{i}"), &paths[i]))
+            .unwrap()
+            .unwrap();
+        bed.hostnic(node)
+            .call("DEL", &conf, &env(&format!("c{i}"), ""))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        bed.leaked_nics().is_empty(),
+        "leaked: {:?}",
+        bed.leaked_nics()
+    );
+}
+
+#[test]
+fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
+    if !require_root("cloud_faults_leak_nothing_and_every_pod_that_got_success_works") {
+        return;
+    }
+    let faults = Faults {
+        errors: vec![
+            ErrorRule {
+                action: Some("CreateNics".into()),
+                code: 5000,
+                rate: 0.3,
+                count: None,
+            },
+            ErrorRule {
+                action: Some("AttachNics".into()),
+                code: 5100,
+                rate: 0.3,
+                count: None,
+            },
+            ErrorRule {
+                action: Some("DescribeNics".into()),
+                code: 5200,
+                rate: 0.2,
+                count: None,
+            },
+        ],
+        job_fail_rate: 0.3,
+        attach_latency_ms: 100,
+        ..Faults::default()
+    };
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let agent = bed.start_agent(0, "warm_min = 0\nwarm_max = 8\nreconcile_seconds = 1\ncold_add_wait_seconds = 5\nidle_seconds = 3600").unwrap();
+    let node = &bed.sim.nodes[0];
+    let default_before = node.ns.ip(&["route", "show", "default"]).unwrap();
+    let conf = bed.netconf(0, "1.0.0", json!([]));
+
+    // A burst of cold ADDs through errors, throttling and failed jobs.
+    const PODS: usize = 5;
+    let pods: Vec<Ns> = (0..PODS)
+        .map(|i| Ns::new(&format!("f{i}")).unwrap())
+        .collect();
+    let paths: Vec<String> = pods
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
+    let handles: Vec<_> = (0..PODS)
+        .map(|i| {
+            let (cni, conf, path) = (bed.hostnic(0), conf.clone(), paths[i].clone());
+            std::thread::spawn(move || add(&cni, &conf, &env(&format!("f{i}"), &path)))
+        })
+        .collect();
+    let results: Vec<Value> = handles
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("pod {i} never got a NIC: {e}\n{}", agent.log_text()))
+        })
+        .collect();
+    let ips: BTreeSet<String> = results.iter().map(ip_of).collect();
+    assert_eq!(ips.len(), PODS, "no address twice");
+    for (i, pod) in pods.iter().enumerate() {
+        assert!(
+            pod.ping("10.100.0.1"),
+            "pod {i} got success but cannot reach its gateway"
+        );
+    }
+
+    // A NIC vanishes from the node (the cloud still says attached): the
+    // agent re-attaches it.
+    bed.hostnic(0)
+        .call("DEL", &conf, &env("f0", &paths[0]))
+        .unwrap()
+        .unwrap();
+    let freed = results[0]["interfaces"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    bed.sim.set_faults(Faults {
+        attach_latency_ms: 100,
+        ..Faults::default()
+    });
+    post(&bed, "/control/vanish", json!({"nic": freed}));
+    let on_node = |mac: &str| {
+        node.ns
+            .ip(&["-o", "link", "show"])
+            .is_ok_and(|l| l.contains(mac))
+    };
+    wait_for(
+        "the vanished NIC to be re-attached",
+        Duration::from_secs(20),
+        || on_node(&freed),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+
+    // Something moves the node's default route to a NIC of ours: put back.
+    // (The re-attached NIC is the only one on the node; the simulator can
+    // configure it once its attach job has finished.)
+    wait_for(
+        "the simulator to move the default route",
+        Duration::from_secs(10),
+        || {
+            post(
+                &bed,
+                "/control/move-default-route",
+                json!({"instance": node.instance}),
+            )["ok"]
+                == true
+        },
+    )
+    .unwrap();
+    assert_ne!(
+        node.ns.ip(&["route", "show", "default"]).unwrap(),
+        default_before,
+        "the fault did not land"
+    );
+    // One default route again, via the original gateway on eth0 (restored
+    // as a static route).
+    let original = default_before
+        .split(" proto")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    wait_for(
+        "the default route to come back to eth0",
+        Duration::from_secs(20),
+        || {
+            node.ns
+                .ip(&["route", "show", "default"])
+                .is_ok_and(|r| r.lines().count() == 1 && r.starts_with(&original))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+
+    // Everything returned; nothing leaked in the cloud; the pods that are
+    // left still work.
+    for (i, path) in paths.iter().enumerate().skip(1) {
+        assert!(
+            pods[i].ping("10.100.0.1"),
+            "pod {i} ({}) lost its network during the faults: {}\n{}\n{}",
+            results[i]["interfaces"][0]["mac"],
+            pods[i].ip(&["addr"]).unwrap_or_default(),
+            diagnose(&bed, &pods[i]),
+            agent.log_text()
+        );
+        bed.hostnic(0)
+            .call("DEL", &conf, &env(&format!("f{i}"), path))
+            .unwrap()
+            .unwrap();
+    }
+    wait_for(
+        "failed creates and attaches to be cleaned up",
+        Duration::from_secs(20),
+        || bed.leaked_nics().is_empty(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", bed.leaked_nics(), agent.log_text()));
+}
+
+#[test]
+fn an_agent_killed_mid_attach_adopts_the_nic_after_restart() {
+    if !require_root("an_agent_killed_mid_attach_adopts_the_nic_after_restart") {
+        return;
+    }
+    let faults = Faults {
+        attach_latency_ms: 1500,
+        ..Faults::default()
+    };
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let timers = "warm_min = 0\nwarm_max = 4\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
+    let mut agent = bed.start_agent(0, timers).unwrap();
+    let conf = bed.netconf(0, "1.0.0", json!([]));
+    let pod = Ns::new("k").unwrap();
+    let path = pod.path().display().to_string();
+
+    let (cni, c, p) = (bed.hostnic(0), conf.clone(), path.clone());
+    let first = std::thread::spawn(move || cni.call("ADD", &c, &env("k1", &p)).unwrap());
+    // The NIC is created and its attach is on its way when the agent dies.
+    wait_for("the attach to start", Duration::from_secs(10), || {
+        bed.sim.calls().contains_key("AttachNics")
+    })
+    .unwrap();
+    agent.kill9();
+    assert!(
+        first.join().unwrap().is_err(),
+        "the cut ADD cannot have succeeded"
+    );
+
+    // The restarted agent adopts the NIC once the cloud attaches it; the
+    // runtime's retried ADD gets it.
+    agent = bed.start_agent(0, timers).unwrap();
+    let r = add(&bed.hostnic(0), &conf, &env("k1", &path))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(pod.ping("10.100.0.1"));
+    let nics = bed.sim.inspect()["nics"].as_array().unwrap().clone();
+    let ours: Vec<&Value> = nics.iter().filter(|n| n["role"] == 0).collect();
+    assert_eq!(ours.len(), 1, "one NIC created, not two: {ours:?}");
+    assert_eq!(ours[0]["id"], r["interfaces"][0]["mac"]);
+    bed.hostnic(0)
+        .call("DEL", &conf, &env("k1", &path))
+        .unwrap()
+        .unwrap();
+    assert!(bed.leaked_nics().is_empty());
+}
+
+fn post(bed: &CloudBed, path: &str, body: Value) -> Value {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-XPOST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg(format!("http://{}{path}", bed.sim.local_addr))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// What the pod and the SDN know, for a failed connectivity check.
+fn diagnose(bed: &CloudBed, pod: &Ns) -> String {
+    let sdn = bed.sim.sdn_ns();
+    format!(
+        "pod route:\n{}\npod neigh:\n{}\nsdn neigh:\n{}\nsdn links:\n{}\nsdn fdb:\n{}",
+        pod.ip(&["route"]).unwrap_or_default(),
+        pod.ip(&["neigh"]).unwrap_or_default(),
+        sdn.ip(&["neigh"]).unwrap_or_default(),
+        sdn.ip(&["-br", "link"]).unwrap_or_default(),
+        sdn.exec("bridge", &["fdb", "show", "br", "br1"])
+            .unwrap_or_default(),
+    )
+}

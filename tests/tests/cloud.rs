@@ -437,3 +437,127 @@ fn diagnose(bed: &CloudBed, pod: &Ns) -> String {
             .unwrap_or_default(),
     )
 }
+
+#[test]
+fn limits_trimming_leak_collection_and_a_cheap_restart() {
+    if !require_root("limits_trimming_leak_collection_and_a_cheap_restart") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults: Faults {
+            attach_latency_ms: 50,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    // max_nics 4: the primary, and three for pods (no gateway NIC here).
+    let timers = "warm_min = 0\nwarm_max = 1\nmax_nics = 4\nidle_seconds = 1\nleak_grace_seconds = 1\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
+    let mut agent = bed.start_agent(0, timers).unwrap();
+    let conf = bed.netconf(0, "1.1.0", json!([]));
+    let pods: Vec<Ns> = (0..4).map(|i| Ns::new(&format!("l{i}")).unwrap()).collect();
+    let paths: Vec<String> = pods
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
+    for i in 0..3 {
+        add(&bed.hostnic(0), &conf, &env(&format!("l{i}"), &paths[i]))
+            .unwrap_or_else(|e| panic!("pod {i}: {e}\n{}", agent.log_text()));
+    }
+    // The VM is full: the fourth pod is refused with the reason, and STATUS
+    // says no ADD can succeed.
+    let e = bed
+        .hostnic(0)
+        .call("ADD", &conf, &env("l3", &paths[3]))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(101), "{e}");
+    assert!(e.msg.contains("of its 4 NICs"), "{e}");
+    let status = bed
+        .hostnic(0)
+        .call("STATUS", &conf, &CallEnv::default())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code, Some(50));
+
+    // A restart with pods in place serves again at once, after only the
+    // calls reconciliation needs.
+    let before = bed.sim.calls().values().sum::<u64>();
+    agent.stop().unwrap();
+    let t = Instant::now();
+    agent = bed.start_agent(0, timers).unwrap();
+    let ready = t.elapsed();
+    let calls = bed.sim.calls().values().sum::<u64>() - before;
+    assert!(
+        ready < Duration::from_secs(5),
+        "serving again took {ready:?}"
+    );
+    // DescribeVxNets, DescribeTags, DescribeNics; a timer tick may add one
+    // more DescribeNics by the time we look.
+    assert!(
+        calls <= 4,
+        "a restart made {calls} cloud calls: {:?}",
+        bed.sim.calls()
+    );
+    println!("restart: serving after {ready:?} and {calls} cloud calls");
+
+    // Pods leave; free NICs above warm_max (1) go back to the cloud.
+    for i in 0..3 {
+        bed.hostnic(0)
+            .call("DEL", &conf, &env(&format!("l{i}"), &paths[i]))
+            .unwrap()
+            .unwrap();
+    }
+    let ours = |b: &CloudBed| {
+        b.sim.inspect()["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == 0)
+            .count()
+    };
+    wait_for(
+        "idle NICs above warm_max to be deleted",
+        Duration::from_secs(20),
+        || ours(&bed) == 1,
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}\n{}", bed.sim.inspect(), agent.log_text()));
+
+    // A NIC leaked by a node that died (our cluster's name, detached) is
+    // collected after the grace period; somebody else's NIC is not.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = hostnic_iaas::Client::new(
+        hostnic_iaas::Credentials::from_yaml(&bed.sim.local_credentials_yaml()).unwrap(),
+        hostnic_iaas::Options::default(),
+    )
+    .unwrap();
+    let (leak, foreign) = rt.block_on(async {
+        let leak = client
+            .create_nics("vxnet-pods", "hostnic-test-i-deadnode", 1, &[])
+            .await
+            .unwrap();
+        let foreign = client
+            .create_nics("vxnet-pods", "someone-elses-nic", 1, &[])
+            .await
+            .unwrap();
+        (leak[0].nic_id.clone(), foreign[0].nic_id.clone())
+    });
+    let exists = |id: &str| {
+        bed.sim.inspect()["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == id)
+    };
+    wait_for(
+        "the leaked NIC to be collected",
+        Duration::from_secs(30),
+        || !exists(&leak),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(
+        exists(&foreign),
+        "the collector deleted a NIC that is not ours"
+    );
+}

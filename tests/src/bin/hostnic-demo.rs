@@ -1,41 +1,46 @@
-//! `hostnic-demo`: the README's first command. A node (a network namespace)
-//! with a few NICs on a vxnet, the real agent, and pods that get a NIC each
-//! through the real `hostnic` executable, ping their gateway and each other,
-//! and give their NICs back. Everything happens in namespaces created here
-//! and removed at the end.
+//! `hostnic-demo`: the README's first command. A simulated QingCloud zone
+//! (the IaaS simulator: signed API, async jobs, an SDN of bridges) with two
+//! VMs, a real `hostnic-agent` on each taking its NICs from the cloud, and
+//! pods that get a NIC each through the real `hostnic` executable, talk
+//! across nodes, reach a service through their node, and give their NICs
+//! back. Everything lives in namespaces created here and removed at exit.
 
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use hostnic_testbed::{CallEnv, GATEWAY, Ns, Testbed};
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::sim::SimConfig;
+use hostnic_testbed::{CallEnv, Ns};
 use serde_json::{Value, json};
 
-const NICS: usize = 4;
-const PODS: [&str; 3] = ["web-0", "web-1", "db-0"];
+const PODS: [(&str, usize); 4] = [("web-0", 0), ("web-1", 1), ("db-0", 0), ("cache-0", 1)];
+const SERVICE_IP: &str = "10.96.0.10";
 
 fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("hostnic-demo needs root: it creates network namespaces (try: sudo scripts/demo)");
     }
-    let tb = Testbed::new(NICS)?;
+    let bed = CloudBed::new(SimConfig::default())?;
     say(&format!(
-        "node netns {} with {NICS} NICs on vxnet 10.99.0.0/24 (gateway {GATEWAY} in netns {})",
-        tb.node.name(),
-        tb.wire.name()
+        "simulated zone {} at http://{}/iaas/ (signed requests only), vxnet-pods 10.100.0.0/24",
+        bed.sim.config().zone,
+        bed.sim.local_addr
     ));
-    let default_route = tb.node_default_route()?;
-    say(&format!("node default route: {default_route}"));
+    let timers = "warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20";
+    let mut agents = Vec::new();
+    for (i, node) in bed.sim.nodes.iter().enumerate() {
+        agents.push(bed.start_agent(i, timers)?);
+        say(&format!(
+            "VM {} (netns {}, {}): hostnic-agent serving",
+            node.instance,
+            node.ns.name(),
+            node.ip
+        ));
+    }
+    let routes = json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]);
 
-    let agent = tb.start_agent()?;
-    say(&format!(
-        "hostnic-agent serving on {}",
-        agent.socket.display()
-    ));
-
-    let cni = tb.hostnic();
-    let conf = tb.netconf("1.1.0", json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]));
     let mut pods = Vec::new();
-    for (i, name) in PODS.iter().enumerate() {
+    for (i, (name, node)) in PODS.iter().enumerate() {
         let ns = Ns::new(name)?;
         let path = ns.path().display().to_string();
         let cid = format!("demo{i}");
@@ -46,20 +51,30 @@ fn main() -> anyhow::Result<()> {
             ifname: "eth0",
             args: &args,
         };
+        let conf = bed.netconf(*node, "1.1.0", routes.clone());
         let t = Instant::now();
-        let result = cni
-            .call("ADD", &conf, &env)?
-            .map_err(|e| anyhow::anyhow!("ADD {name}: {e}"))?;
+        // As kubelet does: retry while the answer is "try again later" (a
+        // cold NIC still attaching).
+        let result = loop {
+            match bed.hostnic(*node).call("ADD", &conf, &env)? {
+                Ok(r) => break r,
+                Err(e) if e.code == Some(11) && t.elapsed().as_secs() < 60 => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                Err(e) => bail!("ADD {name}: {e}"),
+            }
+        };
         say(&format!(
-            "ADD {name:6} -> eth0 {} {} ({:.1} ms)",
+            "ADD {name:8} on {} -> eth0 {} {} ({:.0} ms)",
+            bed.sim.nodes[*node].instance,
             result["interfaces"][0]["mac"].as_str().unwrap_or("?"),
             result["ips"][0]["address"].as_str().unwrap_or("?"),
             t.elapsed().as_secs_f64() * 1e3
         ));
-        pods.push((name, ns, path, cid, result));
+        pods.push((name, *node, ns, path, cid, result));
     }
 
-    let (first, first_ns, ..) = &pods[0];
+    let (first, _, first_ns, ..) = &pods[0];
     say(&format!("inside {first}:"));
     for line in first_ns
         .ip(&["-br", "addr"])?
@@ -68,54 +83,80 @@ fn main() -> anyhow::Result<()> {
     {
         println!("      {line}");
     }
-    for (name, ns, ..) in &pods {
-        check(
-            ns.ping(GATEWAY),
-            &format!("{name} pings its gateway {GATEWAY}"),
-        )?;
+    for a in &pods {
+        for b in &pods {
+            if a.1 != b.1 && a.0 < b.0 {
+                let to = ip_of(&b.5);
+                check(
+                    a.2.ping(&to),
+                    &format!(
+                        "{} (VM {}) pings {} (VM {}) at {to} over the SDN",
+                        a.0, a.1, b.0, b.1
+                    ),
+                )?;
+            }
+        }
     }
-    for w in pods.windows(2) {
-        let to = ip_of(&w[1].4);
+
+    // A service IP, DNAT'ed on VM 0 as kube-proxy would: pods on VM 0 reach
+    // it through the node's own NIC in the vxnet (the gw 0.0.0.0 template).
+    let vm0 = &bed.sim.nodes[0];
+    vm0.ns
+        .exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                SERVICE_IP,
+                "-p",
+                "icmp",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &vm0.ip.to_string(),
+            ],
+        )
+        .context("installing the demo's DNAT rule")?;
+    for (name, node, ns, ..) in pods.iter().filter(|p| p.1 == 0) {
         check(
-            w[0].1.ping(&to),
-            &format!("{} pings {} at {to} over the vxnet", w[0].0, w[1].0),
+            ns.ping(SERVICE_IP),
+            &format!("{name} (VM {node}) reaches service {SERVICE_IP} through its node"),
         )?;
     }
 
-    for (name, _, path, cid, result) in &pods {
-        let mut c = conf.clone();
-        c["prevResult"] = result.clone();
+    for (name, node, _, path, cid, _) in &pods {
         let env = CallEnv {
             container_id: cid,
             netns: path,
             ifname: "eth0",
             args: "",
         };
-        cni.call("CHECK", &c, &env)?
-            .map_err(|e| anyhow::anyhow!("CHECK {name}: {e}"))?;
-        say(&format!("CHECK {name}: the pod still has what ADD gave it"));
-    }
-    for (name, _, path, cid, _) in &pods {
-        let env = CallEnv {
-            container_id: cid,
-            netns: path,
-            ifname: "eth0",
-            args: "",
-        };
-        cni.call("DEL", &conf, &env)?
+        bed.hostnic(*node)
+            .call("DEL", &bed.netconf(*node, "1.1.0", routes.clone()), &env)?
             .map_err(|e| anyhow::anyhow!("DEL {name}: {e}"))?;
     }
-    let parked = tb.parked_macs()?;
+    say("DEL every pod: their NICs wait, warm, on their VMs");
+    let inspect = bed.sim.inspect();
+    let nics = inspect["nics"].as_array().cloned().unwrap_or_default();
+    for n in nics.iter().filter(|n| n["role"] == 0) {
+        println!(
+            "      {} {:13} {:8} on {}",
+            n["id"].as_str().unwrap_or("?"),
+            n["ip"].as_str().unwrap_or("?"),
+            n["state"].as_str().unwrap_or("?"),
+            n["instance"].as_str().unwrap_or("-")
+        );
+    }
+    check(bed.leaked_nics().is_empty(), "no NIC leaked in the cloud")?;
+    let calls: u64 = bed.sim.calls().values().sum();
     say(&format!(
-        "DEL all pods: {} of {NICS} NICs back in the pool",
-        parked.len()
+        "cloud API calls in the whole demo: {calls} ({:?})",
+        bed.sim.calls()
     ));
-    check(parked.len() == NICS, "every NIC came back")?;
-    check(
-        tb.node_default_route()? == default_route,
-        "the node's default route never moved",
-    )?;
-    drop(agent);
+    drop(agents);
     say("done; namespaces removed");
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod images;
 pub mod netns;
 pub mod plugin;
 pub mod sim;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};

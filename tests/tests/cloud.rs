@@ -196,29 +196,25 @@ fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
     if !require_root("cloud_faults_leak_nothing_and_every_pod_that_got_success_works") {
         return;
     }
+    // Every class of fault, each certain to land: the first two creates
+    // fail (5000), the first attach is busy (5100), the first attach job
+    // fails, describes fail at random, and the API throttles.
+    let rule = |action: &str, code: u32, rate: f64, count: Option<u32>| ErrorRule {
+        action: Some(action.into()),
+        code,
+        rate,
+        count,
+    };
     let faults = Faults {
         errors: vec![
-            ErrorRule {
-                action: Some("CreateNics".into()),
-                code: 5000,
-                rate: 0.3,
-                count: None,
-            },
-            ErrorRule {
-                action: Some("AttachNics".into()),
-                code: 5100,
-                rate: 0.3,
-                count: None,
-            },
-            ErrorRule {
-                action: Some("DescribeNics".into()),
-                code: 5200,
-                rate: 0.2,
-                count: None,
-            },
+            rule("CreateNics", 5000, 1.0, Some(2)),
+            rule("AttachNics", 5100, 1.0, Some(1)),
+            rule("DescribeNics", 5200, 0.2, None),
         ],
-        job_fail_rate: 0.3,
+        fail_next_jobs: 1,
         attach_latency_ms: 100,
+        // The API answers "busy" past 15 requests a second.
+        throttle_per_second: Some(15),
         ..Faults::default()
     };
     let bed = CloudBed::new(SimConfig {
@@ -258,6 +254,15 @@ fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
         .collect();
     let ips: BTreeSet<String> = results.iter().map(ip_of).collect();
     assert_eq!(ips.len(), PODS, "no address twice");
+    let injected = bed.sim.injected();
+    println!("faults injected during the burst (ret_code: count, 0 = failed job): {injected:?}");
+    for code in [5000, 5100, 0] {
+        // (0: a failed attach job)
+        assert!(
+            injected.get(&code).copied().unwrap_or(0) > 0,
+            "no {code} fault landed; the run proved nothing: {injected:?}"
+        );
+    }
     for (i, pod) in pods.iter().enumerate() {
         assert!(
             pod.ping("10.100.0.1"),
@@ -461,8 +466,8 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
         .iter()
         .map(|p| p.path().display().to_string())
         .collect();
-    for i in 0..3 {
-        add(&bed.hostnic(0), &conf, &env(&format!("l{i}"), &paths[i]))
+    for (i, path) in paths.iter().enumerate().take(3) {
+        add(&bed.hostnic(0), &conf, &env(&format!("l{i}"), path))
             .unwrap_or_else(|e| panic!("pod {i}: {e}\n{}", agent.log_text()));
     }
     // The VM is full: the fourth pod is refused with the reason, and STATUS
@@ -503,9 +508,9 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
     println!("restart: serving after {ready:?} and {calls} cloud calls");
 
     // Pods leave; free NICs above warm_max (1) go back to the cloud.
-    for i in 0..3 {
+    for (i, path) in paths.iter().enumerate().take(3) {
         bed.hostnic(0)
-            .call("DEL", &conf, &env(&format!("l{i}"), &paths[i]))
+            .call("DEL", &conf, &env(&format!("l{i}"), path))
             .unwrap()
             .unwrap();
     }

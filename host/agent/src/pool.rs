@@ -129,6 +129,14 @@ impl Pool {
             .count()
     }
 
+    /// How many NICs, in any vxnet, are in each of these states.
+    pub fn count_all(&self, states: &[State]) -> usize {
+        self.slots
+            .values()
+            .filter(|s| states.contains(&s.state))
+            .count()
+    }
+
     /// Every NIC the pool knows, in any state.
     pub fn len(&self) -> usize {
         self.slots.len()

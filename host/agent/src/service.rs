@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hostnic_netlink::{Mac, Netns};
 use hostnic_proto::cni::{
@@ -41,10 +41,16 @@ pub struct Service {
     pub(crate) cloud: Option<CloudPool>,
     /// How long a cold ADD waits for its NIC before "try again later".
     cold_wait: Duration,
-    /// Cold ADDs waiting for an attaching NIC, so that an ADD joins a NIC
-    /// already on its way rather than create one more.
+    /// Cold ADDs waiting for a NIC: the provisioner's demand.
     cold_waiters: AtomicUsize,
+    /// Whether the provisioner task is running.
+    provisioning: AtomicBool,
+    /// Its last failure, reported to the ADDs that were waiting then.
+    provision_failure: Mutex<Option<(Instant, CniError)>>,
 }
+
+/// NICs per provisioning batch (one CreateNics call).
+const MAX_BATCH: usize = 20;
 
 /// Counts a cold ADD among the waiters while it lives.
 struct Waiting<'a>(&'a AtomicUsize);
@@ -90,6 +96,8 @@ impl Service {
             cloud,
             cold_wait: Duration::from_secs(cfg.cloud.cold_add_wait_seconds),
             cold_waiters: AtomicUsize::new(0),
+            provisioning: AtomicBool::new(false),
+            provision_failure: Mutex::new(None),
         }
     }
 
@@ -263,10 +271,12 @@ impl Service {
         }
     }
 
-    /// A warm NIC in the policy's vxnet order, or a new one: created and
-    /// attached for this pod on a task of its own, so that a runtime timeout
-    /// cannot cut it in half. If it is not ready within `cold_wait`, the ADD
-    /// answers "try again later" and the retried ADD finds the NIC warm.
+    /// A warm NIC in the policy's vxnet order, or else one of the NICs the
+    /// node's provisioner creates for every waiting cold ADD at once (one
+    /// CreateNics for the whole demand, attaches in fives, in parallel). The
+    /// provisioner runs on a task of its own, so a runtime timeout cannot
+    /// cut an attach in half; an ADD that waits longer than `cold_wait`
+    /// answers "try again later" and its retry finds the NIC warm.
     async fn reserve_or_provision(
         self: &Arc<Self>,
         key: &Key,
@@ -278,84 +288,103 @@ impl Service {
         if let Some(l) = self.pool().reserve_in(&order, key) {
             return Ok(l);
         }
-        // More NICs attaching than ADDs waiting for them: wait for one (after
-        // a restart mid-attach, or in a burst) instead of creating another.
-        let attaching: usize = order
-            .iter()
-            .map(|v| self.pool().count_in(v, &[State::Attaching]))
-            .sum();
+        let started = Instant::now();
         let _waiting = Waiting::new(&self.cold_waiters);
-        if attaching >= self.cold_waiters.load(Ordering::SeqCst) {
-            let deadline = tokio::time::Instant::now() + self.cold_wait;
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-                if let Some(l) = self.pool().reserve_in(&order, key) {
-                    return Ok(l);
-                }
+        self.kick_provisioner();
+        loop {
+            if let Some(l) = self.pool().reserve_in(&order, key) {
+                return Ok(l);
             }
-            return Err(CniError::new(
-                code::TRY_AGAIN_LATER,
-                "no warm NIC on this node; NICs are being attached, try again shortly",
-            ));
-        }
-        let svc = self.clone();
-        let cold = tokio::spawn(async move {
-            let Some(cloud) = &svc.cloud else {
-                unreachable!("cloud mode")
-            };
-            let mut last = None;
-            for vxnet in order {
-                match cloud.provision(&svc, &vxnet, 1).await {
-                    Ok(macs) => return Ok(macs),
-                    Err(e) if matches!(e, ProvisionError::Limit { .. }) => return Err(e),
-                    Err(e) => last = Some(e),
-                }
+            if let Some(e) = self.provision_failure_since(started) {
+                return Err(e);
             }
-            Err(last.unwrap_or(ProvisionError::Limit { have: 0, max: 0 }))
-        });
-        let macs = match tokio::time::timeout(self.cold_wait, cold).await {
-            Err(_) => {
+            if started.elapsed() >= self.cold_wait {
                 return Err(CniError::new(
                     code::TRY_AGAIN_LATER,
-                    "no warm NIC on this node; one is being attached for this pod, try again shortly",
+                    "no warm NIC on this node; NICs are being attached for the waiting pods, try again shortly",
                 ));
             }
-            Ok(Err(join)) => {
-                return Err(internal(format!(
-                    "the NIC provisioning task failed: {join}"
-                )));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Cold ADDs waiting that no free or attaching NIC will serve.
+    fn unmet_demand(&self) -> usize {
+        let pool = self.pool();
+        let supply = pool.count_all(&[State::Free, State::Attaching]);
+        self.cold_waiters
+            .load(Ordering::SeqCst)
+            .saturating_sub(supply)
+    }
+
+    /// Starts the provisioner unless it is running.
+    fn kick_provisioner(self: &Arc<Self>) {
+        if self.provisioning.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let svc = self.clone();
+        tokio::spawn(async move { svc.provision_demand().await });
+    }
+
+    /// Creates NICs in batches while cold ADDs wait for more than are on
+    /// their way. One batch at a time: demand that arrives during a batch is
+    /// served by the next, so a burst of pods costs a few calls, not a few
+    /// per pod.
+    async fn provision_demand(self: Arc<Self>) {
+        let Some(cloud) = &self.cloud else { return };
+        loop {
+            let demand = self.unmet_demand();
+            if demand == 0 {
+                self.provisioning.store(false, Ordering::SeqCst);
+                // A waiter may have come between the look and the store.
+                if self.unmet_demand() > 0 && !self.provisioning.swap(true, Ordering::SeqCst) {
+                    continue;
+                }
+                return;
             }
-            Ok(Ok(Err(e))) => {
+            let batch = demand.min(MAX_BATCH);
+            let mut failure = None;
+            for vxnet in cloud.order() {
+                match cloud.provision(&self, &vxnet, batch).await {
+                    Ok(_) => {
+                        failure = None;
+                        break;
+                    }
+                    Err(e @ ProvisionError::Limit { .. }) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
                 let code = if e.is_transient() {
                     code::TRY_AGAIN_LATER
                 } else {
                     code::NO_FREE_NIC
                 };
-                return Err(CniError::new(
+                let err = CniError::new(
                     code,
                     format!("no warm NIC on this node and creating one failed: {e}"),
-                ));
-            }
-            Ok(Ok(Ok(macs))) => macs,
-        };
-        // Prefer the NIC made for this ADD; another ADD may have taken it
-        // meanwhile, any free one will do then.
-        let mut pool = self.pool();
-        let all = cloud.vxnets.keys().cloned().collect::<Vec<_>>();
-        for mac in macs {
-            if pool.state(mac) == Some(State::Free)
-                && let Some(spec) = pool.spec(mac)
-                && let Some(l) = pool.reserve_in(spec.vxnet.as_slice(), key)
-            {
-                return Ok(l);
+                );
+                *self
+                    .provision_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), err));
+                self.provisioning.store(false, Ordering::SeqCst);
+                return;
             }
         }
-        pool.reserve_in(&all, key).ok_or_else(|| {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                "the NIC attached for this pod was taken by another; try again",
-            )
-        })
+    }
+
+    fn provision_failure_since(&self, since: Instant) -> Option<CniError> {
+        let last = self
+            .provision_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, e)| e.clone())
     }
 
     /// Reserves a free NIC, looking once more for missing ones if none is free.

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hostnic_testbed::stats::{ms, pct};
 use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, reference_plugin_dir};
 use serde_json::{Value, json};
 
@@ -216,16 +217,4 @@ fn sample(
     mut f: impl FnMut() -> anyhow::Result<Duration>,
 ) -> anyhow::Result<Vec<Duration>> {
     (0..n).map(|_| f()).collect()
-}
-
-/// Nearest-rank percentile.
-fn pct(samples: &[Duration], p: usize) -> Duration {
-    let mut s = samples.to_vec();
-    s.sort();
-    let rank = (p * s.len()).div_ceil(100).max(1);
-    s[rank - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }

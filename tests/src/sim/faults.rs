@@ -41,6 +41,9 @@ pub struct Faults {
     /// Probability that an attach job fails (the NIC stays available).
     #[serde(default)]
     pub job_fail_rate: f64,
+    /// The next this many attach jobs fail, whatever the rate says.
+    #[serde(default)]
+    pub fail_next_jobs: u32,
 }
 
 fn default_attach_ms() -> u64 {
@@ -58,6 +61,7 @@ impl Default for Faults {
             attach_latency_ms: default_attach_ms(),
             detach_latency_ms: default_detach_ms(),
             job_fail_rate: 0.0,
+            fail_next_jobs: 0,
         }
     }
 }
@@ -69,6 +73,9 @@ pub struct Injector {
     pub faults: Faults,
     rng: fastrand::Rng,
     window: (Instant, u32),
+    /// What was injected so far, by ret_code (0 for failed jobs), so a test
+    /// can show its faults really happened.
+    pub injected: std::collections::BTreeMap<u32, u64>,
 }
 
 impl Injector {
@@ -77,6 +84,7 @@ impl Injector {
             faults: Faults::default(),
             rng: fastrand::Rng::with_seed(seed),
             window: (Instant::now(), 0),
+            injected: std::collections::BTreeMap::new(),
         }
     }
 
@@ -104,6 +112,7 @@ impl Injector {
                 if let Some(c) = &mut rule.count {
                     *c -= 1;
                 }
+                *self.injected.entry(rule.code).or_default() += 1;
                 return Some((
                     rule.code,
                     format!("{}, injected by the simulator", name_of(rule.code)),
@@ -114,7 +123,16 @@ impl Injector {
     }
 
     pub fn job_fails(&mut self) -> bool {
-        self.rng.f64() < self.faults.job_fail_rate
+        let fails = if self.faults.fail_next_jobs > 0 {
+            self.faults.fail_next_jobs -= 1;
+            true
+        } else {
+            self.rng.f64() < self.faults.job_fail_rate
+        };
+        if fails {
+            *self.injected.entry(0).or_default() += 1;
+        }
+        fails
     }
 }
 

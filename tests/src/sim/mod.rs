@@ -248,6 +248,11 @@ impl Sim {
         self.inner.injector().faults = faults;
     }
 
+    /// Faults injected so far, by ret_code (0: failed jobs).
+    pub fn injected(&self) -> BTreeMap<u32, u64> {
+        self.inner.injector().injected.clone()
+    }
+
     /// API calls answered so far, per action.
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.inner

@@ -265,42 +265,54 @@ impl CloudPool {
                 pool.insert(s.clone(), State::Attaching, true);
             }
         }
-        let mut ready = Vec::new();
-        for chunk in specs.chunks(hostnic_iaas::MAX_NICS_PER_ATTACH) {
-            let macs: Vec<String> = chunk.iter().map(|s| s.mac.to_string()).collect();
-            let attached = match self.client.attach_nics(&macs, &self.cfg.instance_id).await {
-                Ok(job) => {
-                    let last = chunk.last().map(|s| s.mac);
-                    let early = async {
-                        if let Some(m) = last {
-                            wait_for_link(svc, m).await;
-                        }
-                    };
-                    self.client.wait_job(&job, early).await.map(|_| ())
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = attached {
-                warn!(nics = ?macs, error = %e, "attaching NICs failed; deleting them");
-                self.discard(svc, chunk.iter().map(|s| s.mac).collect())
-                    .await;
-                if ready.is_empty() {
-                    return Err(e.into());
-                }
-                continue;
-            }
-            for s in chunk {
-                match self.adopt_link(svc, s.mac).await {
-                    true => ready.push(s.mac),
-                    false => self.discard(svc, vec![s.mac]).await,
-                }
-            }
-        }
+        // Attach in fives (the API's limit per call), all chunks at once:
+        // the token bucket paces the calls, the waits overlap.
+        let chunks = specs
+            .chunks(hostnic_iaas::MAX_NICS_PER_ATTACH)
+            .map(|chunk| self.attach_chunk(svc, chunk));
+        let ready: Vec<Mac> = futures::future::join_all(chunks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         info!(vxnet, count = ready.len(), "NICs attached and ready");
-        if ready.is_empty() {
-            return Err(ProvisionError::NoLink(specs[0].mac));
+        match (ready.is_empty(), specs.first()) {
+            (true, Some(first)) => Err(ProvisionError::NoLink(first.mac)),
+            _ => Ok(ready),
         }
-        Ok(ready)
+    }
+
+    /// Attaches up to five NICs with one call, waits for them, and frees
+    /// those whose links appeared; the others are detached and deleted.
+    async fn attach_chunk(&self, svc: &Service, chunk: &[NicSpec]) -> Vec<Mac> {
+        let macs: Vec<String> = chunk.iter().map(|s| s.mac.to_string()).collect();
+        let attached = match self.client.attach_nics(&macs, &self.cfg.instance_id).await {
+            Ok(job) => {
+                let last = chunk.last().map(|s| s.mac);
+                let early = async {
+                    if let Some(m) = last {
+                        wait_for_link(svc, m).await;
+                    }
+                };
+                self.client.wait_job(&job, early).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = attached {
+            warn!(nics = ?macs, error = %e, "attaching NICs failed; deleting them");
+            self.discard(svc, chunk.iter().map(|s| s.mac).collect())
+                .await;
+            return Vec::new();
+        }
+        let mut ready = Vec::new();
+        for s in chunk {
+            if self.adopt_link(svc, s.mac).await {
+                ready.push(s.mac);
+            } else {
+                self.discard(svc, vec![s.mac]).await;
+            }
+        }
+        ready
     }
 
     /// Waits for a freshly attached NIC's link, parks it and frees it.
@@ -641,14 +653,15 @@ impl CloudPool {
     }
 }
 
-/// Resolves once a link with `mac` exists in the node namespace. Polling a
-/// dump every 20 ms costs little next to an attach that takes seconds.
+/// Resolves once a link with `mac` exists in the node namespace. A link
+/// dump of a node is ~0.1 ms; every 5 ms during an attach is cheap and adds
+/// at most 5 ms to a cold ADD.
 async fn wait_for_link(svc: &Service, mac: Mac) {
     loop {
         if let Ok(Some(_)) = svc.plumber.node().link_by_mac(mac, None).await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

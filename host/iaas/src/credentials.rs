@@ -96,7 +96,9 @@ mod defaults {
 /// A credentials file that cannot be used. No variant carries the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("cannot read the QingCloud credentials file {}: {source}", path.display())]
+    // The io error is the source, not part of the message: printed as a
+    // chain ("…: No such file or directory") it would appear twice.
+    #[error("cannot read the QingCloud credentials file {}", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -133,7 +133,7 @@ pub enum Error {
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
 
-    #[error("cannot set up the HTTP client for the QingCloud API: {source}")]
+    #[error("cannot set up the HTTP client for the QingCloud API")]
     Setup {
         #[source]
         source: reqwest::Error,

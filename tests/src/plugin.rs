@@ -78,6 +78,39 @@ impl CniCall {
         self.call_raw(command, &stdin, env, &[])
     }
 
+    /// STATUS-like calls run as another user (the agent's root-only check).
+    pub fn call_as(
+        &self,
+        command: &str,
+        conf: &Value,
+        uid: u32,
+    ) -> anyhow::Result<Result<Value, PluginError>> {
+        let mut c = Command::new(&self.bin);
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        let mut child = c
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut pipe = child.stdin.take().context("stdin")?;
+        pipe.write_all(&serde_json::to_vec(conf)?)?;
+        drop(pipe);
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        if out.status.success() {
+            return Ok(Ok(v));
+        }
+        Ok(Err(PluginError {
+            code: v["code"].as_u64(),
+            msg: v["msg"].as_str().unwrap_or_default().to_string(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }))
+    }
+
     /// The same with raw stdin bytes and extra environment, for bad-input
     /// tests.
     pub fn call_raw(

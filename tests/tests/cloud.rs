@@ -189,6 +189,21 @@ fn pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node() {
         "leaked: {:?}",
         bed.leaked_nics()
     );
+    // Every NIC an agent made carries its cluster's and its node's tag.
+    let inspect = bed.sim.inspect();
+    for nic in inspect["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == 0)
+    {
+        let tags = nic["tag_names"].to_string();
+        let node = nic["instance"].as_str().unwrap();
+        assert!(
+            tags.contains("\"hostnic-test\"") && tags.contains(&format!("hostnic-test-{node}")),
+            "{nic}"
+        );
+    }
 }
 
 #[test]

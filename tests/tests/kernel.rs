@@ -266,3 +266,31 @@ fn a_vanished_nic_is_skipped_and_found_again() {
         102
     );
 }
+
+#[test]
+fn only_root_may_call_the_agent() {
+    if !require_root("only_root_may_call_the_agent") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tb = Testbed::new(1).unwrap();
+    let _agent = tb.start_agent().unwrap();
+    let mode = std::fs::metadata(tb.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the agent socket is mode {mode:o}");
+    // The executable run as nobody is refused (the socket's mode stops it
+    // first; the agent's peer-credential check is behind that).
+    let conf = tb.netconf("1.1.0", json!([]));
+    let nobody = hostnic_testbed::CniCall::new(hostnic_testbed::bin("hostnic"), None);
+    let e = nobody
+        .call_as("STATUS", &conf, 65534)
+        .unwrap()
+        .expect_err("a non-root caller was served");
+    assert!(e.msg.contains("Permission denied"), "{e}");
+    // With the mode opened up by mistake, the agent's own check refuses.
+    std::fs::set_permissions(tb.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = nobody
+        .call_as("STATUS", &conf, 65534)
+        .unwrap()
+        .expect_err("a non-root caller was served");
+    assert!(e.msg.contains("only serves root"), "{e}");
+}

@@ -3,9 +3,9 @@
 //! allocation record, with nothing leaked whatever fails.
 //!
 //! Every NIC the agent creates is named `hostnic-<cluster>-<instance>` and
-//! tagged `hostnic-<cluster>`: the name finds this node's NICs (also those
-//! whose create answer was lost), the tag lets any node find the cluster's
-//! leaks.
+//! tagged `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`: the name
+//! finds this node's NICs (also those whose create answer was lost), the
+//! tags let an operator, and any node, find the cluster's and a node's NICs.
 //!
 //! Cloud calls happen outside the pool's lock: a cold ADD waiting for an
 //! attach never delays a warm ADD.
@@ -65,7 +65,8 @@ pub struct CloudPool {
     cfg: config::Cloud,
     pub vxnets: BTreeMap<String, VxnetInfo>,
     rotation: Mutex<Rotation>,
-    tag: TagId,
+    /// `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`.
+    tags: [TagId; 2],
     /// `hostnic-<cluster>-<instance>`: this node's NICs.
     name: String,
     /// The node's default route as found at start: (gateway, device index).
@@ -109,28 +110,37 @@ impl CloudPool {
             };
             vxnets.insert(id.clone(), VxnetInfo { cidr, gateway });
         }
-        let tag_name = format!("hostnic-{}", cfg.cloud.cluster);
-        let tags = client
+        // One look-up finds both tags: the node's name starts with the
+        // cluster's.
+        let cluster_tag = format!("hostnic-{}", cfg.cloud.cluster);
+        let node_tag = format!("{cluster_tag}-{}", cfg.cloud.instance_id);
+        let existing = client
             .describe_tags(&TagFilter {
-                search_word: Some(tag_name.clone()),
+                search_word: Some(cluster_tag.clone()),
                 ..TagFilter::default()
             })
             .await
-            .context("looking up the cluster's tag")?;
-        let tag = match tags.into_iter().find(|t| t.tag_name == tag_name) {
-            Some(t) => t.tag_id,
-            None => client
-                .create_tag(&tag_name)
-                .await
-                .context("creating the cluster's tag")?,
-        };
+            .context("looking up the cluster's tags")?;
+        let mut tags = Vec::new();
+        for name in [&cluster_tag, &node_tag] {
+            tags.push(match existing.iter().find(|t| &t.tag_name == name) {
+                Some(t) => t.tag_id.clone(),
+                None => client
+                    .create_tag(name)
+                    .await
+                    .with_context(|| format!("creating the tag {name}"))?,
+            });
+        }
+        let tags: [TagId; 2] = tags
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two tags expected"))?;
         Ok(CloudPool {
             client,
             name: format!("hostnic-{}-{}", cfg.cloud.cluster, cfg.cloud.instance_id),
             cfg: cfg.cloud.clone(),
             vxnets,
             rotation: Mutex::new(Rotation::new(cfg.policy, cfg.vxnets.clone())),
-            tag,
+            tags,
             default_route: Mutex::new(None),
         })
     }
@@ -248,10 +258,12 @@ impl CloudPool {
             .collect();
         let pairs: Vec<ResourceTagPair> = created
             .iter()
-            .map(|c| ResourceTagPair {
-                tag_id: self.tag.clone(),
-                resource_type: "nic".into(),
-                resource_id: c.nic_id.clone(),
+            .flat_map(|c| {
+                self.tags.iter().map(|t| ResourceTagPair {
+                    tag_id: t.clone(),
+                    resource_type: "nic".into(),
+                    resource_id: c.nic_id.clone(),
+                })
             })
             .collect();
         // The name already marks them as ours; a missing tag only slows

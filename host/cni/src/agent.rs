@@ -62,7 +62,19 @@ impl Client {
             .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
             .map_err(|e| io_err("configuring the socket to", e))?;
 
-        send_with_fd(&mut stream, &frame, netns).map_err(|e| io_err("sending to", e))?;
+        if let Err(e) = send_with_fd(&mut stream, &frame, netns) {
+            // An agent that refuses a caller early (not root, wrong protocol)
+            // answers and closes without reading: our write then breaks, but
+            // its answer is already waiting in our receive queue.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) && let Ok(response) = rpc::read_frame::<Response>(&mut stream)
+            {
+                return response.result;
+            }
+            return Err(io_err("sending to", e));
+        }
         let response: Response = rpc::read_frame(&mut stream).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => CniError::new(
                 code::TRY_AGAIN_LATER,

@@ -1,0 +1,400 @@
+//! What address a pod must have, from its annotations and its namespace.
+//!
+//! In order, the first that applies:
+//!
+//! 1. the IP annotation (`hostnic.io/ip` unless configured otherwise):
+//!    exactly that address, which must be an IPv4 address of the vxnet and
+//!    neither its gateway nor its network or broadcast address;
+//! 2. `hostnic.io/sticky: "<key>"`: the address last given to that key
+//!    (a StatefulSet identity), else any;
+//! 3. the pod's namespace has a range in the config: an address from it;
+//! 4. any address of the vxnet.
+//!
+//! A pod's own annotations win over its namespace's range: they are the
+//! more specific request. A pod with both an IP and a sticky annotation is
+//! refused: which one the author meant is not ours to guess.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use guest_support::Cidr;
+use serde::Deserialize;
+
+use crate::bindings::hostnic::policy::types::IpRange;
+use crate::bindings::{IpRequest, Pod, Vxnet};
+
+/// The default annotation that pins a pod's address.
+pub const IP_ANNOTATION: &str = "hostnic.io/ip";
+/// The annotation whose value is a sticky key.
+pub const STICKY_ANNOTATION: &str = "hostnic.io/sticky";
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Config {
+    annotation: String,
+    namespaces: BTreeMap<String, Range>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    first: Ipv4Addr,
+    last: Ipv4Addr,
+}
+
+/// The config as written; [`parse_config`] checks it into a [`Config`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    annotation: Option<String>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, RawRange>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    first: String,
+    last: String,
+}
+
+/// Parses and checks the config string; empty is all defaults.
+pub fn parse_config(config: &str) -> Result<Config, String> {
+    let raw: RawConfig = guest_support::parse_config("ip-assign", config)?;
+    let annotation = raw.annotation.unwrap_or_else(|| IP_ANNOTATION.to_string());
+    if annotation.trim().is_empty() {
+        return Err("ip-assign config: annotation must not be empty".to_string());
+    }
+    if annotation == STICKY_ANNOTATION {
+        return Err(format!(
+            "ip-assign config: annotation {STICKY_ANNOTATION} is the sticky-key annotation; \
+             choose another for pinned addresses"
+        ));
+    }
+    let mut namespaces = BTreeMap::new();
+    for (ns, r) in raw.namespaces {
+        let addr = |field: &str, text: &str| {
+            text.parse::<Ipv4Addr>().map_err(|_| {
+                format!("ip-assign config: namespaces.{ns}.{field} {text:?} is not an IPv4 address")
+            })
+        };
+        let range = Range {
+            first: addr("first", &r.first)?,
+            last: addr("last", &r.last)?,
+        };
+        if range.first > range.last {
+            return Err(format!(
+                "ip-assign config: namespaces.{ns}: first {} is after last {}",
+                range.first, range.last
+            ));
+        }
+        namespaces.insert(ns, range);
+    }
+    Ok(Config {
+        annotation,
+        namespaces,
+    })
+}
+
+/// The address request for `pod` in `vxnet`, or the reason it has none.
+pub fn assign(config: &Config, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, String> {
+    let annotation = |key: &str| {
+        pod.annotations
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let pinned = annotation(&config.annotation);
+    let sticky = annotation(STICKY_ANNOTATION);
+    if pinned.is_some() && sticky.is_some() {
+        return Err(format!(
+            "pod {}/{} has both {} and {STICKY_ANNOTATION}; keep one",
+            pod.namespace, pod.name, config.annotation
+        ));
+    }
+    if let Some(text) = pinned {
+        let cidr = vxnet_cidr(vxnet)?;
+        let ip = pinned_address(&config.annotation, text, vxnet, cidr)?;
+        return Ok(IpRequest::Exact(ip.to_string()));
+    }
+    if let Some(key) = sticky {
+        if key.trim().is_empty() {
+            return Err(format!(
+                "annotation {STICKY_ANNOTATION} of pod {}/{} is empty; give it a key",
+                pod.namespace, pod.name
+            ));
+        }
+        return Ok(IpRequest::Sticky(key.to_string()));
+    }
+    if let Some(range) = config.namespaces.get(&pod.namespace) {
+        let cidr = vxnet_cidr(vxnet)?;
+        if !cidr.contains(range.first) || !cidr.contains(range.last) {
+            return Err(format!(
+                "namespace {}'s range {}-{} is not inside {} ({cidr})",
+                pod.namespace, range.first, range.last, vxnet.id
+            ));
+        }
+        return Ok(IpRequest::Range(IpRange {
+            first: range.first.to_string(),
+            last: range.last.to_string(),
+        }));
+    }
+    Ok(IpRequest::Any)
+}
+
+fn vxnet_cidr(vxnet: &Vxnet) -> Result<Cidr, String> {
+    // The host should never send this; say so rather than guess.
+    Cidr::parse(&vxnet.cidr).map_err(|e| format!("{}: the host gave the cidr {e}", vxnet.id))
+}
+
+/// Checks a pinned address against the vxnet. The reasons follow the
+/// contract's example: "annotation hostnic.io/ip: 10.0.9.9 is not in
+/// vxnet-abc".
+fn pinned_address(key: &str, text: &str, vxnet: &Vxnet, cidr: Cidr) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = text
+        .parse()
+        .map_err(|_| format!("annotation {key}: {text:?} is not an IPv4 address"))?;
+    let id = &vxnet.id;
+    if !cidr.contains(ip) {
+        return Err(format!("annotation {key}: {ip} is not in {id} ({cidr})"));
+    }
+    if vxnet.gateway.parse() == Ok(ip) {
+        return Err(format!("annotation {key}: {ip} is the gateway of {id}"));
+    }
+    // /31 and /32 have no network or broadcast address to avoid (RFC 3021).
+    if cidr.prefix_len() <= 30 {
+        if ip == cidr.network() {
+            return Err(format!(
+                "annotation {key}: {ip} is the network address of {id} ({cidr})"
+            ));
+        }
+        if ip == cidr.broadcast() {
+            return Err(format!(
+                "annotation {key}: {ip} is the broadcast address of {id} ({cidr})"
+            ));
+        }
+    }
+    Ok(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vxnet() -> Vxnet {
+        Vxnet {
+            id: "vxnet-abc".to_string(),
+            cidr: "10.0.1.0/24".to_string(),
+            gateway: "10.0.1.1".to_string(),
+            free_ips: 100,
+            warm_nics: 0,
+            used_nics: 0,
+            recent_failures: 0,
+        }
+    }
+
+    fn pod(namespace: &str, annotations: &[(&str, &str)]) -> Pod {
+        Pod {
+            namespace: namespace.to_string(),
+            name: "web-0".to_string(),
+            uid: "0a1b".to_string(),
+            labels: vec![],
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn config(text: &str) -> Config {
+        parse_config(text).unwrap()
+    }
+
+    const TEAM_A: &str =
+        r#"{"namespaces": {"team-a": {"first": "10.0.1.100", "last": "10.0.1.150"}}}"#;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = config("");
+        assert_eq!(c.annotation, IP_ANNOTATION);
+        assert!(c.namespaces.is_empty());
+        assert_eq!(config("{}"), c);
+    }
+
+    #[test]
+    fn config_refusals_name_the_problem() {
+        let cases = [
+            (r#"{"annotation": ""}"#, "annotation must not be empty"),
+            (
+                r#"{"annotation": "hostnic.io/sticky"}"#,
+                "is the sticky-key annotation",
+            ),
+            (
+                r#"{"namespaces": {"a": {"first": "10.0.1.9", "last": "10.0.1.1"}}}"#,
+                "namespaces.a: first 10.0.1.9 is after last 10.0.1.1",
+            ),
+            (
+                r#"{"namespaces": {"a": {"first": "10.0.1", "last": "10.0.1.1"}}}"#,
+                r#"namespaces.a.first "10.0.1" is not an IPv4 address"#,
+            ),
+            (
+                r#"{"namespaces": {"a": {"first": "10.0.1.1", "last": "fd00::1"}}}"#,
+                r#"namespaces.a.last "fd00::1" is not an IPv4 address"#,
+            ),
+            (
+                r#"{"namespaces": {"a": {"first": "10.0.1.1"}}}"#,
+                "missing field `last`",
+            ),
+            (r#"{"annotaton": "x"}"#, "unknown field `annotaton`"),
+            ("{", "not valid JSON"),
+        ];
+        for (text, want) in cases {
+            let e = parse_config(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_pod_without_annotations_or_range_gets_any() {
+        assert_eq!(
+            assign(&config(""), &pod("default", &[]), &vxnet()),
+            Ok(IpRequest::Any)
+        );
+        assert_eq!(
+            assign(&config(TEAM_A), &pod("team-b", &[]), &vxnet()),
+            Ok(IpRequest::Any)
+        );
+    }
+
+    #[test]
+    fn the_annotation_pins_the_address() {
+        let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
+        assert_eq!(
+            assign(&config(""), &p, &vxnet()),
+            Ok(IpRequest::Exact("10.0.1.5".to_string()))
+        );
+    }
+
+    #[test]
+    fn the_annotation_key_is_configurable() {
+        let c = config(r#"{"annotation": "example.com/address"}"#);
+        let p = pod("default", &[("example.com/address", "10.0.1.5")]);
+        assert_eq!(
+            assign(&c, &p, &vxnet()),
+            Ok(IpRequest::Exact("10.0.1.5".to_string()))
+        );
+        let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
+        assert_eq!(
+            assign(&c, &p, &vxnet()),
+            Ok(IpRequest::Any),
+            "the default key is off"
+        );
+    }
+
+    #[test]
+    fn the_annotation_beats_the_namespace_range() {
+        let p = pod("team-a", &[("hostnic.io/ip", "10.0.1.5")]);
+        assert_eq!(
+            assign(&config(TEAM_A), &p, &vxnet()),
+            Ok(IpRequest::Exact("10.0.1.5".to_string()))
+        );
+    }
+
+    #[test]
+    fn a_bad_pinned_address_is_refused_with_a_reason() {
+        let cases = [
+            (
+                "10.0.9.9",
+                "annotation hostnic.io/ip: 10.0.9.9 is not in vxnet-abc (10.0.1.0/24)",
+            ),
+            (
+                "banana",
+                r#"annotation hostnic.io/ip: "banana" is not an IPv4 address"#,
+            ),
+            (
+                "fd00::5",
+                r#"annotation hostnic.io/ip: "fd00::5" is not an IPv4 address"#,
+            ),
+            (
+                " 10.0.1.5",
+                r#"annotation hostnic.io/ip: " 10.0.1.5" is not an IPv4 address"#,
+            ),
+            (
+                "10.0.1.1",
+                "annotation hostnic.io/ip: 10.0.1.1 is the gateway of vxnet-abc",
+            ),
+            (
+                "10.0.1.0",
+                "annotation hostnic.io/ip: 10.0.1.0 is the network address of vxnet-abc (10.0.1.0/24)",
+            ),
+            (
+                "10.0.1.255",
+                "annotation hostnic.io/ip: 10.0.1.255 is the broadcast address of vxnet-abc (10.0.1.0/24)",
+            ),
+        ];
+        for (value, want) in cases {
+            let p = pod("default", &[("hostnic.io/ip", value)]);
+            assert_eq!(
+                assign(&config(""), &p, &vxnet()),
+                Err(want.to_string()),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn sticky_asks_for_the_keys_address() {
+        let p = pod("team-a", &[("hostnic.io/sticky", "db-0")]);
+        assert_eq!(
+            assign(&config(TEAM_A), &p, &vxnet()),
+            Ok(IpRequest::Sticky("db-0".to_string()))
+        );
+        let p = pod("default", &[("hostnic.io/sticky", " ")]);
+        let e = assign(&config(""), &p, &vxnet()).unwrap_err();
+        assert!(e.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn pinned_and_sticky_together_are_refused() {
+        let p = pod(
+            "default",
+            &[("hostnic.io/ip", "10.0.1.5"), ("hostnic.io/sticky", "db-0")],
+        );
+        assert_eq!(
+            assign(&config(""), &p, &vxnet()),
+            Err(
+                "pod default/web-0 has both hostnic.io/ip and hostnic.io/sticky; keep one"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn the_namespace_range_applies_to_its_pods() {
+        assert_eq!(
+            assign(&config(TEAM_A), &pod("team-a", &[]), &vxnet()),
+            Ok(IpRequest::Range(IpRange {
+                first: "10.0.1.100".to_string(),
+                last: "10.0.1.150".to_string(),
+            }))
+        );
+    }
+
+    #[test]
+    fn a_range_outside_the_vxnet_is_refused() {
+        let mut v = vxnet();
+        v.cidr = "10.0.2.0/24".to_string();
+        assert_eq!(
+            assign(&config(TEAM_A), &pod("team-a", &[]), &v),
+            Err("namespace team-a's range 10.0.1.100-10.0.1.150 is not inside vxnet-abc (10.0.2.0/24)"
+                .to_string())
+        );
+    }
+
+    #[test]
+    fn a_bad_vxnet_cidr_from_the_host_is_refused() {
+        let mut v = vxnet();
+        v.cidr = "10.0.1.0".to_string();
+        let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
+        let e = assign(&config(""), &p, &v).unwrap_err();
+        assert!(e.starts_with("vxnet-abc: the host gave the cidr"), "{e}");
+    }
+}

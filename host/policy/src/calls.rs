@@ -1,0 +1,113 @@
+//! The three decisions, with domain types in and out: convert the facts,
+//! call the guest with a fresh store, validate the answer.
+
+use std::net::Ipv4Addr;
+
+use crate::convert;
+use crate::error::PolicyError;
+use crate::guest::not_implemented;
+use crate::hook::{Hook, IpKind, RoutesKind, VxnetKind};
+use crate::types::{Decision, HookKind, IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet};
+use crate::validate;
+
+impl Hook<VxnetKind> {
+    /// Which vxnets the pod's NIC may come from, best first: ids of
+    /// `candidates`, each at most once. `random` is a fresh random number
+    /// (tests pass a fixed one).
+    pub fn select_vxnet(
+        &self,
+        pod: &Pod,
+        node: &Node,
+        candidates: &[Vxnet],
+        random: u64,
+    ) -> Result<Decision<Vec<String>>, PolicyError> {
+        let pod = convert::pod(pod);
+        let node = convert::node(node);
+        let wit_candidates: Vec<_> = candidates.iter().map(convert::vxnet).collect();
+        self.decide(|engine, guest, config, limits| {
+            guest.call(
+                engine,
+                HookKind::VxnetSelection,
+                limits,
+                "select-vxnet",
+                |store| {
+                    let pre = guest.compiled.vxnet.as_ref().ok_or_else(not_implemented)?;
+                    let inst = pre.instantiate(&mut *store)?;
+                    inst.call_select_vxnet(
+                        &mut *store,
+                        config,
+                        &pod,
+                        &node,
+                        &wit_candidates,
+                        random,
+                    )
+                },
+                |ids| validate::vxnet_ids(ids, candidates),
+            )
+        })
+    }
+}
+
+impl Hook<IpKind> {
+    /// What address the pod must have in `vxnet`.
+    pub fn assign_ip(&self, pod: &Pod, vxnet: &Vxnet) -> Result<Decision<IpRequest>, PolicyError> {
+        let wit_pod = convert::pod(pod);
+        let wit_vxnet = convert::vxnet(vxnet);
+        self.decide(|engine, guest, config, limits| {
+            guest.call(
+                engine,
+                HookKind::IpAssignment,
+                limits,
+                "assign-ip",
+                |store| {
+                    let pre = guest.compiled.ip.as_ref().ok_or_else(not_implemented)?;
+                    let inst = pre.instantiate(&mut *store)?;
+                    inst.call_assign_ip(&mut *store, config, &wit_pod, &wit_vxnet)
+                },
+                |req| validate::ip_request(req, vxnet),
+            )
+        })
+    }
+}
+
+impl Hook<RoutesKind> {
+    /// The routes to install in the pod, out of `nic`. `node_gateway` is the
+    /// node's own address in the pod's vxnet (its gateway NIC), if it has
+    /// one; `templates` are the network config's route templates.
+    pub fn routes(
+        &self,
+        pod: &Pod,
+        nic: &Nic,
+        vxnet: &Vxnet,
+        node_gateway: Option<Ipv4Addr>,
+        templates: &[RouteTemplate],
+    ) -> Result<Decision<Vec<Route>>, PolicyError> {
+        let wit_pod = convert::pod(pod);
+        let wit_nic = convert::nic(nic);
+        let wit_vxnet = convert::vxnet(vxnet);
+        let gateway = node_gateway.map(|g| g.to_string());
+        let wit_templates: Vec<_> = templates.iter().map(convert::route_template).collect();
+        self.decide(|engine, guest, config, limits| {
+            guest.call(
+                engine,
+                HookKind::RouteTemplating,
+                limits,
+                "routes",
+                |store| {
+                    let pre = guest.compiled.routes.as_ref().ok_or_else(not_implemented)?;
+                    let inst = pre.instantiate(&mut *store)?;
+                    inst.call_routes(
+                        &mut *store,
+                        config,
+                        &wit_pod,
+                        &wit_nic,
+                        &wit_vxnet,
+                        gateway.as_deref(),
+                        &wit_templates,
+                    )
+                },
+                |routes| validate::routes(routes, vxnet, nic),
+            )
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! hostnic's policy runtime: the three site decisions (which vxnet, which
+//! IP, which routes) run as sandboxed WebAssembly components that platform
+//! teams write and swap at run time. The contract is `wit/policy.wit`
+//! (package `hostnic:policy@0.1.0`).
+//!
+//! ```no_run
+//! use hostnic_policy::{HookConfig, Node, PolicyEngine, Pod, Vxnet, VxnetHook};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = PolicyEngine::new("/var/lib/hostnic/policy")?;
+//! // The built-in default guest (FailRotate).
+//! let hook = VxnetHook::load(&engine, HookConfig::default())?;
+//! # let (pod, node, candidates): (Pod, Node, Vec<Vxnet>) = Default::default();
+//! let decision = hook.select_vxnet(&pod, &node, &candidates, 42)?;
+//! println!("{} chose {:?}", decision.guest, decision.answer);
+//! # Ok(()) }
+//! ```
+//!
+//! How it is built:
+//!
+//! - `engine`: one wasmtime `Engine` (pooling allocator, epoch deadlines)
+//!   with its ticker thread, the linker, the compiled-guest cache;
+//! - `guest`: a component compiled once and pre-instantiated per hook it
+//!   implements; a fresh `Store` per call (`host::CallState`);
+//! - `hook`: a configured guest, swapped atomically on reload, with its
+//!   failure mode; `load`: building a generation (digest, compile, checks);
+//!   `calls`: the three decisions with domain types;
+//! - `validate`: the host's check of every answer;
+//! - `limits`: every sandbox number, with its reason;
+//! - `bindings`: the WIT bindings, generated there only; `host`, `wasi`,
+//!   `guest_log`, `kv`: what a guest can reach.
+
+mod bench;
+mod bindings;
+pub mod builtin;
+mod calls;
+mod convert;
+mod engine;
+mod error;
+mod guest;
+mod guest_log;
+mod hook;
+mod host;
+pub mod kv;
+pub mod limits;
+mod load;
+mod metrics;
+mod types;
+mod validate;
+mod wasi;
+
+pub use bench::{BenchResult, bench_hook};
+pub use engine::PolicyEngine;
+pub use error::{EngineError, LoadError, PolicyError, WasmError};
+pub use guest_log::{LogLevel, LogLine, LogSource};
+pub use hook::{
+    FailureMode, Hook, HookConfig, HookStatus, IpHook, IpKind, Kind, RoutesHook, RoutesKind,
+    VxnetHook, VxnetKind,
+};
+pub use limits::Limits;
+pub use metrics::{GuestMetrics, LATENCY_BUCKETS_US, Latency};
+pub use types::{
+    Decision, GuestId, HookKind, IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet,
+};
+
+/// An error and its causes on one line ("a: b: c"), for log fields.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        // wasmtime's backtrace context repeats across levels; keep it once.
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -14,7 +14,7 @@ pub mod sim;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -181,10 +181,15 @@ impl Testbed {
 
     /// Starts `hostnic-agent` in the node namespace and waits until it serves.
     pub fn start_agent(&self) -> anyhow::Result<Agent> {
+        self.start_agent_with("")
+    }
+
+    /// The same with extra config tables appended (e.g. `[hooks]`).
+    pub fn start_agent_with(&self, extra: &str) -> anyhow::Result<Agent> {
         Agent::spawn(
             &self.node,
             self.dir.path(),
-            &self.agent_config(),
+            &format!("{}{extra}", self.agent_config()),
             self.socket(),
         )
     }
@@ -302,6 +307,23 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The agent's resident memory, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// SIGHUP: re-read the config (the agent reloads its policy hooks).
+    pub fn hup(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("the agent is not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+        Ok(())
+    }
+
     /// kill -9: no chance to finish anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -349,6 +371,33 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> 
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// A policy guest built by the workspace build (`guests/`), e.g.
+/// `guest_wasm("vxnet_select")`.
+pub fn guest_wasm(name: &str) -> PathBuf {
+    let hostnic = bin("hostnic");
+    // target/<profile>/hostnic -> target/guests/wasm32-wasip2/release/
+    let target = hostnic.parent().and_then(Path::parent).expect("target dir");
+    let path = target
+        .join("guests/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is not built; the hostnic-policy build builds the guests",
+        path.display()
+    );
+    path
+}
+
+/// The sha256 of a file, hex, as `sha256sum` prints it.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let out = netns::run(Command::new("sha256sum").arg(path))?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// The reference plugins from Debian's containernetworking-plugins.

@@ -57,7 +57,7 @@ fn pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node() {
     .unwrap();
     let a0 = bed.start_agent(0, TIMERS).unwrap();
     let _a1 = bed.start_agent(1, TIMERS).unwrap();
-    let routes = json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]);
+    let routes = json!([{"dst": "10.96.0.0/16", "gw": "0.0.0.0"}]);
 
     // Two pods on node 0, one on node 1.
     let placement = [0usize, 0, 1];
@@ -116,7 +116,7 @@ fn pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node() {
         .to_string();
     let pod_routes = pods[0].ip(&["route"]).unwrap();
     assert!(
-        pod_routes.contains(&format!("10.96.0.0/12 via {gw_ip} dev eth0")),
+        pod_routes.contains(&format!("10.96.0.0/16 via {gw_ip} dev eth0")),
         "{pod_routes}"
     );
     assert!(

@@ -48,6 +48,84 @@ pub struct Config {
     pub inventory: Inventory,
     #[serde(default)]
     pub cloud: Cloud,
+    /// The three policy hooks (WebAssembly guests).
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// Where this config came from, so SIGHUP can read it again with the
+    /// same flags.
+    #[serde(skip)]
+    pub config_path: Option<PathBuf>,
+    #[serde(skip)]
+    pub overrides: Overrides,
+}
+
+/// The policy hooks. Each runs the built-in default guest unless `path`
+/// names another module; `enabled = false` bypasses all three with the
+/// agent's native code (for operators who want no WebAssembly on the path,
+/// and for the benchmark that prices the hooks).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often module files are checked for changes (a changed file is
+    /// compiled, validated and swapped in live).
+    #[serde(default = "default_watch")]
+    pub watch_seconds: u64,
+    #[serde(default)]
+    pub vxnet: HookSpec,
+    #[serde(default)]
+    pub ip: HookSpec,
+    #[serde(default)]
+    pub routes: HookSpec,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        toml::from_str("").expect("the [hooks] defaults parse")
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_watch() -> u64 {
+    2
+}
+
+/// One hook: which module, pinned by digest, with its configuration string,
+/// limits and what to do when it fails.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    /// The module; the built-in default guest when absent.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The module's sha256 (hex); a file with another digest is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The guest's configuration string (validated by the guest's
+    /// `validate-config` on every load).
+    #[serde(default)]
+    pub config: Option<String>,
+    #[serde(default)]
+    pub failure: Failure,
+    /// Per-call deadline and memory cap; the runtime's defaults when absent.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+}
+
+/// What an ADD does when a guest fails (trap, deadline, bad answer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failure {
+    /// The built-in default guest decides; a log line and a metric say so.
+    #[default]
+    Fallback,
+    /// The ADD fails with the guest's reason.
+    Fail,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -249,6 +327,8 @@ impl Config {
         })?;
         cfg.apply(overrides);
         cfg.validate()?;
+        cfg.config_path = path.map(Path::to_path_buf);
+        cfg.overrides = overrides.clone();
         Ok(cfg)
     }
 
@@ -347,6 +427,31 @@ impl Config {
             if !self.inventory.nics.is_empty() {
                 bail!("inventory.nics lists static NICs but inventory.source is \"cloud\"");
             }
+        }
+        for (name, h) in [
+            ("vxnet", &self.hooks.vxnet),
+            ("ip", &self.hooks.ip),
+            ("routes", &self.hooks.routes),
+        ] {
+            match (&h.path, &h.sha256) {
+                (Some(p), None) => bail!(
+                    "hooks.{name}.sha256 is required with hooks.{name}.path {}: modules are pinned by digest (sha256sum the file)",
+                    p.display()
+                ),
+                (None, Some(_)) => bail!("hooks.{name}.sha256 is set but hooks.{name}.path is not"),
+                _ => {}
+            }
+            if let Some(d) = &h.sha256
+                && (d.len() != 64 || !d.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                bail!("hooks.{name}.sha256 {d:?} is not a sha256 (64 hex digits)");
+            }
+            if h.deadline_ms == Some(0) || h.memory_mb == Some(0) {
+                bail!("hooks.{name}: deadline_ms and memory_mb must be at least 1");
+            }
+        }
+        if self.hooks.watch_seconds == 0 {
+            bail!("hooks.watch_seconds must be at least 1");
         }
         let mut macs = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -468,6 +573,24 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.cloud.max_nics, 64);
         assert_eq!(Config::parse("").unwrap().cloud.warm_max, 4);
+    }
+
+    #[test]
+    fn hooks_are_pinned_by_digest() {
+        assert!(
+            err("[hooks.vxnet]\npath = \"/p.wasm\"\n").contains("hooks.vxnet.sha256 is required")
+        );
+        assert!(err("[hooks.ip]\npath = \"/p.wasm\"\nsha256 = \"abc\"\n").contains("not a sha256"));
+        assert!(err("[hooks.routes]\nfailure = \"explode\"\n").contains("explode"));
+        let digest = "a".repeat(64);
+        let c = Config::parse(&format!(
+            "[hooks.vxnet]\npath = \"/p.wasm\"\nsha256 = \"{digest}\"\nconfig = '{{\"policy\":\"MostFree\"}}'\nfailure = \"fail\"\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.hooks.vxnet.failure, Failure::Fail);
+        assert_eq!(c.hooks.ip, HookSpec::default());
+        assert!(c.hooks.enabled);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod cloud;
 pub mod config;
 pub mod plumb;
+pub mod policy;
+pub mod policy_cli;
 pub mod pool;
 pub mod reconcile;
 pub mod server;
@@ -45,8 +47,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             (Some(cloud), inventory, in_flight)
         }
     };
+    let policies = match cfg.hooks.enabled {
+        true => Some(policy::Policies::load(&cfg)?),
+        false => {
+            info!("policy hooks disabled: the agent's native decisions apply");
+            None
+        }
+    };
     let pool = reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
-    let service = Arc::new(Service::new(&cfg, plumber, store, pool, cloud));
+    let service = Arc::new(Service::new(&cfg, plumber, store, pool, cloud, policies));
+    if service.policies.is_some() {
+        tokio::spawn(watch_policies(service.clone(), cfg.clone()));
+    }
     if let Some(cloud) = &service.cloud {
         cloud.adopt_in_flight(&service, in_flight);
         cloud.remember_default_route(&service, &cfg.iface).await?;
@@ -65,6 +77,58 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     server::serve(listener, service, shutdown_signal()).await;
     info!("stopped");
     Ok(())
+}
+
+/// Swaps in policy modules that changed on disk, and re-reads the config
+/// file's `[hooks]` when the file changes or on SIGHUP. Each new module is
+/// compiled and checked before it replaces the old one; a bad one is
+/// refused, loudly, and the old one keeps serving.
+async fn watch_policies(service: Arc<Service>, cfg: Config) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let every = std::time::Duration::from_secs(cfg.hooks.watch_seconds);
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = cfg.config_path.as_deref().and_then(stamp);
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let Some(policies) = &service.policies else {
+        return;
+    };
+    loop {
+        let hup_fired = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let reread = tokio::select! {
+            _ = tokio::time::sleep(every) => {
+                policy::call(|| policies.reload_changed());
+                let now = cfg.config_path.as_deref().and_then(stamp);
+                let changed = now != seen;
+                seen = now;
+                changed
+            }
+            _ = hup_fired => true,
+        };
+        if !reread {
+            continue;
+        }
+        match cfg
+            .config_path
+            .as_deref()
+            .map(|path| Config::load(Some(path), &cfg.overrides))
+        {
+            Some(Ok(new)) => {
+                info!("reloading the policy hooks from the config file");
+                policy::call(|| policies.reload_config(&new));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "the config file is invalid; keeping the current hooks")
+            }
+            None => {
+                tracing::warn!("the agent was started without a config file; nothing to reload")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -17,10 +17,32 @@ struct Cli {
     config: PathBuf,
     #[command(flatten)]
     overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Tools for policy authors: check, run and bench a policy module.
+    #[command(subcommand)]
+    Policy(hostnic_agent::policy_cli::PolicyCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Policy(cmd)) = cli.command {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .init();
+        return match hostnic_agent::policy_cli::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hostnic-agent policy: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Everything the agent creates (socket, records, logs) is root's alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let path = cli.config.exists().then_some(cli.config.as_path());

@@ -102,6 +102,39 @@ impl Pool {
         })
     }
 
+    /// Reserves a free NIC that `pred` accepts (the ip policy's address).
+    pub fn reserve_where(&mut self, key: &Key, pred: impl Fn(&NicSpec) -> bool) -> Option<Lease> {
+        let slot = self
+            .slots
+            .values_mut()
+            .find(|s| s.state == State::Free && pred(&s.spec))?;
+        slot.state = State::Reserved(key.clone());
+        self.by_key.insert(key.clone(), slot.spec.mac);
+        Some(Lease {
+            spec: slot.spec.clone(),
+            lock: slot.lock.clone(),
+        })
+    }
+
+    /// The free NIC `reserve` would take first.
+    pub fn first_free(&self) -> Option<NicSpec> {
+        self.slots
+            .values()
+            .find(|s| s.state == State::Free)
+            .map(|s| s.spec.clone())
+    }
+
+    /// NICs of `vxnet` that pods hold or are being given.
+    pub fn count_held_in(&self, vxnet: &str) -> usize {
+        self.slots
+            .values()
+            .filter(|s| {
+                s.spec.vxnet.as_deref() == Some(vxnet)
+                    && matches!(s.state, State::Held(_) | State::Reserved(_))
+            })
+            .count()
+    }
+
     /// Sets a NIC's state outside the attachment life cycle (attaching →
     /// free, free → gateway, missing → free …).
     pub fn set_state(&mut self, mac: Mac, state: State) {

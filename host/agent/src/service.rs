@@ -21,8 +21,10 @@ use tracing::{info, warn};
 use crate::cloud::{CloudPool, ProvisionError};
 use crate::config::{Config, NicSpec};
 use crate::plumb::{PlumbError, Plumber, Whereabouts, Wiring};
+use crate::policy::{self, Policies, Sticky};
 use crate::pool::{Pool, State};
 use crate::store::{Allocation, Key, Phase, Store};
+use hostnic_policy::IpRequest;
 
 /// Why an ADD with one NIC did not work out.
 enum AddFailure {
@@ -39,6 +41,11 @@ pub struct Service {
     pub(crate) default_mtu: u32,
     /// The cloud pool; `None` with a static inventory.
     pub(crate) cloud: Option<CloudPool>,
+    /// The policy hooks; `None` when `hooks.enabled = false` (native code).
+    pub(crate) policies: Option<Policies>,
+    sticky: Sticky,
+    /// The vxnet order of the latest cold ADD, for the provisioner.
+    last_order: Mutex<Vec<String>>,
     /// How long a cold ADD waits for its NIC before "try again later".
     cold_wait: Duration,
     /// Cold ADDs waiting for a NIC: the provisioner's demand.
@@ -51,6 +58,19 @@ pub struct Service {
 
 /// NICs per provisioning batch (one CreateNics call).
 const MAX_BATCH: usize = 20;
+/// Addresses of an ip-policy range considered (a range serves a few pods).
+const MAX_RANGE: usize = 1024;
+/// Creates tried for one ADD whose policy asks for specific addresses.
+const MAX_ADDRESS_TRIES: usize = 16;
+
+/// The vxnet facts of a NIC, for the hooks.
+fn nic_vxnet(nic: &NicSpec) -> hostnic_policy::Vxnet {
+    policy::vxnet(
+        nic.vxnet.as_deref().unwrap_or("static"),
+        nic.address.trunc(),
+        nic.gateway,
+    )
+}
 
 /// Counts a cold ADD among the waiters while it lives.
 struct Waiting<'a>(&'a AtomicUsize);
@@ -87,6 +107,7 @@ impl Service {
         store: Store,
         pool: Pool,
         cloud: Option<CloudPool>,
+        policies: Option<Policies>,
     ) -> Service {
         Service {
             plumber,
@@ -94,6 +115,9 @@ impl Service {
             pool: Mutex::new(pool),
             default_mtu: cfg.mtu,
             cloud,
+            policies,
+            sticky: Sticky::new(&cfg.state_dir),
+            last_order: Mutex::new(Vec::new()),
             cold_wait: Duration::from_secs(cfg.cloud.cold_add_wait_seconds),
             cold_waiters: AtomicUsize::new(0),
             provisioning: AtomicBool::new(false),
@@ -147,20 +171,20 @@ impl Service {
         // A NIC found missing when we reach for it is marked so and the next
         // free one is tried; each turn retires one NIC, so this ends.
         loop {
-            let lease = match &self.cloud {
-                None => self.reserve(&key).await.ok_or_else(|| {
-                    CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
-                        "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
-                    )
-                })?,
-                Some(_) => self.reserve_or_provision(&key).await?,
-            };
+            let (lease, sticky) = self.lease_for(&key, &req).await?;
             match self.add_with(&lease, &key, &req, mtu, &netns).await {
                 Err(AddFailure::Missing(mac)) => {
                     warn!(nic = %mac, "reserved NIC is not in the node namespace; marked missing, trying another");
                 }
                 Err(AddFailure::Failed(e)) => return Err(e),
-                Ok(result) => return Ok(Reply::Added(result)),
+                Ok(result) => {
+                    if let Some(k) = sticky
+                        && let Err(e) = self.sticky.set(&k, lease.spec.address.addr())
+                    {
+                        warn!(key = %k, error = %e, "remembering a sticky address");
+                    }
+                    return Ok(Reply::Added(result));
+                }
             }
         }
     }
@@ -185,7 +209,23 @@ impl Service {
                 return Err(AddFailure::Failed(e));
             }
         };
-        let wiring = wiring(nic, &req.target.ifname, mtu, &req.routes, node_gw);
+        let mut wiring = wiring(
+            nic,
+            &req.target.ifname,
+            mtu,
+            &req.routes,
+            node_gw.unwrap_or(nic.gateway),
+        );
+        if let Some(p) = &self.policies {
+            let facts = nic_vxnet(nic);
+            match policy::routes_for(p, &policy::pod(&req.pod), nic, &facts, node_gw, &req.routes) {
+                Ok(routes) => wiring.routes = routes,
+                Err(e) => {
+                    self.pool().release(nic.mac, true);
+                    return Err(AddFailure::Failed(e));
+                }
+            }
+        }
         let mut record = Allocation {
             mac: nic.mac,
             phase: Phase::Reserved,
@@ -256,19 +296,169 @@ impl Service {
         &self,
         nic: &NicSpec,
         templates: &[RouteTemplate],
-    ) -> Result<Ipv4Addr, CniError> {
+    ) -> Result<Option<Ipv4Addr>, CniError> {
         let wanted = templates
             .iter()
             .any(|t| t.gw.is_some_and(|g| g.is_unspecified()));
         match (&self.cloud, &nic.vxnet) {
-            (Some(cloud), Some(vxnet)) if wanted => cloud.gateway(self, vxnet).await.map_err(|e| {
-                CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    format!("setting up the node's gateway NIC in {vxnet}: {e:#}"),
-                )
-            }),
-            _ => Ok(nic.gateway),
+            (Some(cloud), Some(vxnet)) if wanted => {
+                cloud.gateway(self, vxnet).await.map(Some).map_err(|e| {
+                    CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        format!("setting up the node's gateway NIC in {vxnet}: {e:#}"),
+                    )
+                })
+            }
+            _ => Ok(None),
         }
+    }
+
+    /// The NIC for an ADD, as the policies decide: the vxnet order (cloud)
+    /// and the address the pod must have. Also returns the sticky key to
+    /// remember, if the ip policy gave one.
+    async fn lease_for(
+        self: &Arc<Self>,
+        key: &Key,
+        req: &AddRequest,
+    ) -> Result<(crate::pool::Lease, Option<String>), CniError> {
+        let pod = policy::pod(&req.pod);
+        let order = match &self.cloud {
+            Some(cloud) => Some(self.vxnet_order(cloud, &pod)?),
+            None => None,
+        };
+        let (want, sticky) = self.wanted_addresses(&pod, order.as_deref())?;
+        let lease = match (want, &order) {
+            (None, None) => self.reserve(key).await.ok_or_else(|| {
+                CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
+                    "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
+                )
+            })?,
+            (None, Some(order)) => self.reserve_or_provision(key, order).await?,
+            (Some(addrs), order) => self.reserve_address(key, &addrs, order.as_ref().and_then(|o| o.first())).await?,
+        };
+        Ok((lease, sticky))
+    }
+
+    /// The vxnets to take a NIC from, best first: the vxnet hook's answer
+    /// over the configured vxnets, or the native rotation.
+    fn vxnet_order(
+        &self,
+        cloud: &CloudPool,
+        pod: &hostnic_policy::Pod,
+    ) -> Result<Vec<String>, CniError> {
+        let order = match &self.policies {
+            None => cloud.order(),
+            Some(p) => {
+                let (candidates, node) = {
+                    let pool = self.pool();
+                    let candidates: Vec<hostnic_policy::Vxnet> = cloud
+                        .vxnets
+                        .iter()
+                        .map(|(id, info)| {
+                            let mut v = policy::vxnet(id, info.cidr, info.gateway);
+                            v.warm_nics = pool.count_in(id, &[State::Free]) as u32;
+                            v.used_nics = pool.count_held_in(id) as u32;
+                            v.recent_failures = cloud.recent_failures(id);
+                            v
+                        })
+                        .collect();
+                    (candidates, cloud.node_facts(pool.len()))
+                };
+                policy::decided(
+                    "vxnet",
+                    policy::call(|| {
+                        p.vxnet
+                            .select_vxnet(pod, &node, &candidates, fastrand::u64(..))
+                    }),
+                )?
+            }
+        };
+        *self.last_order.lock().unwrap_or_else(|p| p.into_inner()) = order.clone();
+        Ok(order)
+    }
+
+    /// What the ip hook asks for, as the addresses that would do (`None`:
+    /// any). A sticky key with a remembered address asks for that address.
+    #[allow(clippy::type_complexity)]
+    fn wanted_addresses(
+        &self,
+        pod: &hostnic_policy::Pod,
+        order: Option<&[String]>,
+    ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>), CniError> {
+        let Some(p) = &self.policies else {
+            return Ok((None, None));
+        };
+        let facts = match (order.and_then(|o| o.first()), &self.cloud) {
+            (Some(id), Some(cloud)) => match cloud.vxnets.get(id) {
+                Some(info) => policy::vxnet(id, info.cidr, info.gateway),
+                None => return Ok((None, None)),
+            },
+            // Static inventory: the subnet of the first free NIC.
+            _ => match self.pool().first_free() {
+                Some(nic) => nic_vxnet(&nic),
+                None => return Ok((None, None)),
+            },
+        };
+        Ok(match policy::ip_for(p, pod, &facts)? {
+            IpRequest::Any => (None, None),
+            IpRequest::Exact(ip) => (Some(vec![ip]), None),
+            IpRequest::OneOf(ips) => (Some(ips), None),
+            IpRequest::Range { first, last } => {
+                let (a, b) = (u32::from(first), u32::from(last));
+                (
+                    Some((a..=b).take(MAX_RANGE).map(Ipv4Addr::from).collect()),
+                    None,
+                )
+            }
+            IpRequest::Sticky(k) => (self.sticky.get(&k).map(|ip| vec![ip]), Some(k)),
+        })
+    }
+
+    /// A NIC with one of `addrs`: a free one already on the node, or (cloud)
+    /// one created with that address; the first address the cloud accepts
+    /// wins.
+    async fn reserve_address(
+        &self,
+        key: &Key,
+        addrs: &[Ipv4Addr],
+        vxnet: Option<&String>,
+    ) -> Result<crate::pool::Lease, CniError> {
+        if let Some(l) = self
+            .pool()
+            .reserve_where(key, |s| addrs.contains(&s.address.addr()))
+        {
+            return Ok(l);
+        }
+        let shown = addrs
+            .iter()
+            .take(4)
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (Some(cloud), Some(vxnet)) = (&self.cloud, vxnet) else {
+            return Err(CniError::new(
+                code::NO_FREE_NIC,
+                format!("no free NIC has the address the ip policy asked for ({shown})"),
+            ));
+        };
+        let mut last = None;
+        for ip in addrs.iter().take(MAX_ADDRESS_TRIES) {
+            match cloud.provision_with_ip(self, vxnet, *ip).await {
+                Ok(mac) => {
+                    if let Some(l) = self.pool().reserve_where(key, |s| s.mac == mac) {
+                        return Ok(l);
+                    }
+                }
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        Err(CniError::new(
+            code::NO_FREE_NIC,
+            format!(
+                "could not get a NIC with the address the ip policy asked for ({shown}) in {vxnet}: {}",
+                last.unwrap_or_default()
+            ),
+        ))
     }
 
     /// A warm NIC in the policy's vxnet order, or else one of the NICs the
@@ -280,19 +470,16 @@ impl Service {
     async fn reserve_or_provision(
         self: &Arc<Self>,
         key: &Key,
+        order: &[String],
     ) -> Result<crate::pool::Lease, CniError> {
-        let Some(cloud) = &self.cloud else {
-            unreachable!("cloud mode")
-        };
-        let order = cloud.order();
-        if let Some(l) = self.pool().reserve_in(&order, key) {
+        if let Some(l) = self.pool().reserve_in(order, key) {
             return Ok(l);
         }
         let started = Instant::now();
         let _waiting = Waiting::new(&self.cold_waiters);
         self.kick_provisioner();
         loop {
-            if let Some(l) = self.pool().reserve_in(&order, key) {
+            if let Some(l) = self.pool().reserve_in(order, key) {
                 return Ok(l);
             }
             if let Some(e) = self.provision_failure_since(started) {
@@ -344,7 +531,15 @@ impl Service {
             }
             let batch = demand.min(MAX_BATCH);
             let mut failure = None;
-            for vxnet in cloud.order() {
+            let mut order = self
+                .last_order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if order.is_empty() {
+                order = cloud.order();
+            }
+            for vxnet in order {
                 match cloud.provision(&self, &vxnet, batch).await {
                     Ok(_) => {
                         failure = None;

@@ -20,7 +20,13 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("hostnic-demo needs root: it creates network namespaces (try: sudo scripts/demo)");
     }
-    let bed = CloudBed::new(SimConfig::default())?;
+    let bed = CloudBed::new(SimConfig {
+        vxnets: vec![
+            ("vxnet-pods".into(), "10.100.0.0/24".parse()?),
+            ("vxnet-pods-b".into(), "10.101.0.0/24".parse()?),
+        ],
+        ..SimConfig::default()
+    })?;
     say(&format!(
         "simulated zone {} at http://{}/iaas/ (signed requests only), vxnet-pods 10.100.0.0/24",
         bed.sim.config().zone,
@@ -37,7 +43,9 @@ fn main() -> anyhow::Result<()> {
             node.ip
         ));
     }
-    let routes = json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]);
+    // The service CIDR must not overlap any pod vxnet: a pod would send its
+    // traffic for another vxnet to its node instead of its gateway.
+    let routes = json!([{"dst": "10.96.0.0/16", "gw": "0.0.0.0"}]);
 
     let mut pods = Vec::new();
     for (i, (name, node)) in PODS.iter().enumerate() {
@@ -151,6 +159,70 @@ fn main() -> anyhow::Result<()> {
         );
     }
     check(bed.leaked_nics().is_empty(), "no NIC leaked in the cloud")?;
+
+    // A live policy swap: the vxnet hook goes from the original FailRotate
+    // (every pod on the first vxnet) to RoundRotate by editing the agent's
+    // config; the agent compiles, checks and swaps the guest without a
+    // restart.
+    say(
+        "policy swap: hooks.vxnet config {\"policy\": \"RoundRotate\"} written to VM 0's agent config, SIGHUP",
+    );
+    let config =
+        bed.agent_config(0, timers) + "[hooks.vxnet]\nconfig = '{\"policy\": \"RoundRotate\"}'\n";
+    std::fs::write(bed.dir.path().join("node0/agent.toml"), config)?;
+    agents[0].hup()?;
+    let t = Instant::now();
+    while !agents[0].log_text().contains("policy hook reloaded") {
+        if t.elapsed().as_secs() > 10 {
+            bail!(
+                "the agent did not reload its hooks:\n{}",
+                agents[0].log_text()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    say(&format!(
+        "vxnet hook swapped in {:.0} ms, no restart",
+        t.elapsed().as_secs_f64() * 1e3
+    ));
+    let mut vxnets_seen = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let ns = Ns::new(&format!("rr{i}"))?;
+        let path = ns.path().display().to_string();
+        let cid = format!("rr{i}");
+        let env = CallEnv {
+            container_id: &cid,
+            netns: &path,
+            ifname: "eth0",
+            args: "",
+        };
+        let conf = bed.netconf(0, "1.1.0", json!([]));
+        let t = Instant::now();
+        let result = loop {
+            match bed.hostnic(0).call("ADD", &conf, &env)? {
+                Ok(r) => break r,
+                Err(e) if e.code == Some(11) && t.elapsed().as_secs() < 60 => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                Err(e) => bail!("ADD rr{i}: {e}"),
+            }
+        };
+        let ip = ip_of(&result);
+        let vxnet = if ip.starts_with("10.101.") {
+            "vxnet-pods-b"
+        } else {
+            "vxnet-pods"
+        };
+        vxnets_seen.insert(vxnet);
+        say(&format!("ADD rr{i} on VM 0 -> {ip} in {vxnet}"));
+        bed.hostnic(0)
+            .call("DEL", &conf, &env)?
+            .map_err(|e| anyhow::anyhow!("DEL rr{i}: {e}"))?;
+    }
+    check(
+        vxnets_seen.len() == 2,
+        "after the swap, pods rotate across both vxnets",
+    )?;
     let calls: u64 = bed.sim.calls().values().sum();
     say(&format!(
         "cloud API calls in the whole demo: {calls} ({:?})",

@@ -67,6 +67,9 @@ pub struct CloudPool {
     rotation: Mutex<Rotation>,
     /// `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`.
     tags: [TagId; 2],
+    /// Failed creates per vxnet since its last success: the vxnet policy's
+    /// `recent-failures` (FailRotate moves on when it is not zero).
+    failures: Mutex<BTreeMap<String, u32>>,
     /// `hostnic-<cluster>-<instance>`: this node's NICs.
     name: String,
     /// The node's default route as found at start: (gateway, device index).
@@ -141,12 +144,55 @@ impl CloudPool {
             vxnets,
             rotation: Mutex::new(Rotation::new(cfg.policy, cfg.vxnets.clone())),
             tags,
+            failures: Mutex::default(),
             default_route: Mutex::new(None),
         })
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Failed creates on `vxnet` since its last success.
+    pub fn recent_failures(&self, vxnet: &str) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(vxnet)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn note_create(&self, vxnet: &str, ok: bool) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            f.remove(vxnet);
+        } else {
+            *f.entry(vxnet.to_string()).or_default() += 1;
+        }
+    }
+
+    /// The node as the vxnet policy sees it, with `pool_len` secondary NICs.
+    pub fn node_facts(&self, pool_len: usize) -> hostnic_policy::Node {
+        crate::policy::node(
+            &self.cfg.instance_id,
+            (pool_len + 1) as u32,
+            self.cfg.max_nics as u32,
+        )
+    }
+
+    /// One NIC with exactly `ip` (the ip policy's address), created,
+    /// attached and parked; not batched.
+    pub async fn provision_with_ip(
+        &self,
+        svc: &Service,
+        vxnet: &str,
+        ip: Ipv4Addr,
+    ) -> Result<Mac, ProvisionError> {
+        let macs = self.provision_ips(svc, vxnet, 1, &[ip]).await?;
+        macs.into_iter()
+            .next()
+            .ok_or(ProvisionError::Limit { have: 0, max: 0 })
     }
 
     /// Whether the VM can take another NIC, with `pool_len` secondary NICs
@@ -232,6 +278,16 @@ impl CloudPool {
         vxnet: &str,
         count: usize,
     ) -> Result<Vec<Mac>, ProvisionError> {
+        self.provision_ips(svc, vxnet, count, &[]).await
+    }
+
+    async fn provision_ips(
+        &self,
+        svc: &Service,
+        vxnet: &str,
+        count: usize,
+        ips: &[Ipv4Addr],
+    ) -> Result<Vec<Mac>, ProvisionError> {
         let have = svc.pool().len() + 1;
         let count = count.min(self.cfg.max_nics.saturating_sub(have));
         if count == 0 {
@@ -242,11 +298,15 @@ impl CloudPool {
         }
         let created = match self
             .client
-            .create_nics(vxnet, &self.name, count as u32, &[])
+            .create_nics(vxnet, &self.name, count as u32, ips)
             .await
         {
-            Ok(c) => c,
+            Ok(c) => {
+                self.note_create(vxnet, true);
+                c
+            }
             Err(e) => {
+                self.note_create(vxnet, false);
                 self.rotation().failed(vxnet);
                 warn!(vxnet, error = %e, "creating NICs failed");
                 return Err(e.into());

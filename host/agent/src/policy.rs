@@ -1,0 +1,286 @@
+//! The agent's three policy hooks: which vxnet, which IP, which routes,
+//! decided by WebAssembly guests (`hostnic-policy`), loaded from the
+//! `[hooks]` config, watched for changes and swapped live.
+//!
+//! Guest calls are synchronous and bounded by their deadline (200 ms by
+//! default, tens of microseconds in practice); they run under
+//! `block_in_place` so a slow guest never stalls other tasks on the worker.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use hostnic_policy::{
+    Decision, FailureMode, HookConfig, IpHook, IpRequest, Limits, Nic, Node, Pod, PolicyEngine,
+    PolicyError, Route, RouteTemplate, RoutesHook, Vxnet, VxnetHook,
+};
+use hostnic_proto::cni::{CniError, code};
+use hostnic_proto::rpc;
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use crate::config::{Config, Failure, HookSpec, Policy};
+
+#[derive(Debug)]
+pub struct Policies {
+    pub vxnet: VxnetHook,
+    pub ip: IpHook,
+    pub routes: RoutesHook,
+}
+
+/// What a hook gets configured with, from its `[hooks.*]` table. The vxnet
+/// hook's default config carries the original agent's `policy` key.
+pub fn hook_config(spec: &HookSpec, default_config: String) -> anyhow::Result<HookConfig> {
+    let mut limits = Limits::default();
+    if let Some(ms) = spec.deadline_ms {
+        limits.deadline = Duration::from_millis(ms);
+    }
+    if let Some(mb) = spec.memory_mb {
+        limits.memory = usize::try_from(mb)?.saturating_mul(1 << 20);
+    }
+    Ok(HookConfig {
+        path: spec.path.clone(),
+        sha256: spec.sha256.clone(),
+        config: spec.config.clone().unwrap_or(default_config),
+        limits,
+        failure: match spec.failure {
+            Failure::Fail => FailureMode::Fail,
+            Failure::Fallback => FailureMode::Fallback,
+        },
+    })
+}
+
+/// `{"policy": "FailRotate"}` from the original top-level key.
+pub fn vxnet_default_config(policy: Policy) -> String {
+    let name = match policy {
+        Policy::FailRotate => "FailRotate",
+        Policy::RoundRotate => "RoundRotate",
+        Policy::Random => "Random",
+    };
+    format!("{{\"policy\":\"{name}\"}}")
+}
+
+impl Policies {
+    /// Compiles and validates the three hooks; a bad module, digest or
+    /// config refuses the start, naming the hook.
+    pub fn load(cfg: &Config) -> anyhow::Result<Policies> {
+        let engine = PolicyEngine::new(cfg.state_dir.join("policy"))
+            .context("starting the policy runtime")?;
+        let h = &cfg.hooks;
+        let vxnet = VxnetHook::load(
+            &engine,
+            hook_config(&h.vxnet, vxnet_default_config(cfg.policy))?,
+        )
+        .context("loading hooks.vxnet")?;
+        let ip = IpHook::load(&engine, hook_config(&h.ip, String::new())?)
+            .context("loading hooks.ip")?;
+        let routes = RoutesHook::load(&engine, hook_config(&h.routes, String::new())?)
+            .context("loading hooks.routes")?;
+        for (name, g) in [
+            ("vxnet", vxnet.guest()),
+            ("ip", ip.guest()),
+            ("routes", routes.guest()),
+        ] {
+            info!(hook = name, guest = %g, "policy hook loaded");
+        }
+        Ok(Policies { vxnet, ip, routes })
+    }
+
+    /// Reloads every hook whose module file changed; a module that fails to
+    /// compile or validate is refused, loudly, and the old one keeps serving.
+    pub fn reload_changed(&self) {
+        let results = [
+            ("vxnet", self.vxnet.reload_if_changed()),
+            ("ip", self.ip.reload_if_changed()),
+            ("routes", self.routes.reload_if_changed()),
+        ];
+        for (name, r) in results {
+            match r {
+                Some(Ok(g)) => {
+                    info!(hook = name, guest = %g, "policy module changed on disk: swapped in")
+                }
+                Some(Err(e)) => {
+                    warn!(hook = name, error = %hostnic_policy::error_chain(&e), "policy module changed on disk but was REFUSED; the previous one keeps serving")
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Applies a new `[hooks]` configuration (SIGHUP): each hook is
+    /// compiled and validated before it is swapped in.
+    pub fn reload_config(&self, cfg: &Config) {
+        let h = &cfg.hooks;
+        let results = [
+            (
+                "vxnet",
+                hook_config(&h.vxnet, vxnet_default_config(cfg.policy))
+                    .map(|c| self.vxnet.reload(c)),
+            ),
+            (
+                "ip",
+                hook_config(&h.ip, String::new()).map(|c| self.ip.reload(c)),
+            ),
+            (
+                "routes",
+                hook_config(&h.routes, String::new()).map(|c| self.routes.reload(c)),
+            ),
+        ];
+        for (name, r) in results {
+            match r {
+                Ok(Ok(g)) => info!(hook = name, guest = %g, "policy hook reloaded"),
+                Ok(Err(e)) => {
+                    warn!(hook = name, error = %hostnic_policy::error_chain(&e), "policy hook REFUSED on reload; the previous one keeps serving")
+                }
+                Err(e) => warn!(hook = name, error = %e, "policy hook config REFUSED on reload"),
+            }
+        }
+    }
+}
+
+/// The runtime's view of the pod, for guests. Labels come with the API
+/// server view (not wired yet); annotations come from the runtime.
+pub fn pod(p: &rpc::Pod) -> Pod {
+    Pod {
+        namespace: p.namespace.clone().unwrap_or_default(),
+        name: p.name.clone().unwrap_or_default(),
+        uid: p.uid.clone().unwrap_or_default(),
+        labels: BTreeMap::new(),
+        annotations: p.annotations.clone(),
+    }
+}
+
+pub fn vxnet(id: &str, cidr: ipnet::Ipv4Net, gateway: Ipv4Addr) -> Vxnet {
+    Vxnet {
+        id: id.to_string(),
+        cidr: cidr.trunc(),
+        gateway,
+        free_ips: 0,
+        warm_nics: 0,
+        used_nics: 0,
+        recent_failures: 0,
+    }
+}
+
+pub fn node(instance: &str, nics_in_use: u32, nic_limit: u32) -> Node {
+    Node {
+        instance: instance.to_string(),
+        zone: String::new(),
+        nics_in_use,
+        nic_limit,
+    }
+}
+
+/// A guest's answer for the pod's log line, and the error a refusal or a
+/// failure (in `fail` mode) becomes.
+pub fn decided<T: std::fmt::Debug>(
+    hook: &str,
+    r: Result<Decision<T>, PolicyError>,
+) -> Result<T, CniError> {
+    match r {
+        // (The runtime itself logs a fallback, with its cause.)
+        Ok(d) => {
+            tracing::debug!(hook, guest = %d.guest, answer = ?d.answer, elapsed_us = d.elapsed.as_micros() as u64, "policy decision");
+            Ok(d.answer)
+        }
+        Err(e @ PolicyError::Refused { .. }) => Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("{hook} policy: {e}"),
+        )),
+        Err(e) => Err(CniError::new(
+            code::INTERNAL,
+            format!("{hook} policy: {}", hostnic_policy::error_chain(&e)),
+        )),
+    }
+}
+
+/// Runs a guest call without stalling the other tasks on this worker.
+pub fn call<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Routes from the routes hook, as the plumbing installs them.
+pub fn routes_for(
+    policies: &Policies,
+    pod: &Pod,
+    nic: &crate::config::NicSpec,
+    vxnet: &Vxnet,
+    node_gw: Option<Ipv4Addr>,
+    templates: &[hostnic_proto::cni::RouteTemplate],
+) -> Result<Vec<(ipnet::Ipv4Net, Option<Ipv4Addr>)>, CniError> {
+    let templates: Vec<RouteTemplate> = templates
+        .iter()
+        .filter_map(|t| match (t.dst, t.gw) {
+            (IpNet::V4(dst), Some(std::net::IpAddr::V4(g))) => {
+                Some(RouteTemplate { dst, gw: Some(g) })
+            }
+            (IpNet::V4(dst), None) => Some(RouteTemplate { dst, gw: None }),
+            _ => None,
+        })
+        .collect();
+    let nic = Nic {
+        mac: nic.mac.to_string(),
+        ip: nic.address.addr(),
+        prefix_len: nic.address.prefix_len(),
+    };
+    let r = call(|| {
+        policies
+            .routes
+            .routes(pod, &nic, vxnet, node_gw, &templates)
+    });
+    let routes: Vec<Route> = decided("routes", r)?;
+    Ok(routes.into_iter().map(|r| (r.dst, r.gw)).collect())
+}
+
+/// The IP the pod must have, as the ip hook decides; `Sticky` keys are
+/// resolved against the agent's sticky record.
+pub fn ip_for(policies: &Policies, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, CniError> {
+    decided("ip", call(|| policies.ip.assign_ip(pod, vxnet)))
+}
+
+/// The remembered address of each sticky key, kept in the state dir.
+#[derive(Debug)]
+pub struct Sticky {
+    path: std::path::PathBuf,
+}
+
+impl Sticky {
+    pub fn new(state_dir: &Path) -> Sticky {
+        Sticky {
+            path: state_dir.join("sticky.json"),
+        }
+    }
+
+    fn load(&self) -> BTreeMap<String, Ipv4Addr> {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, key: &str) -> Option<Ipv4Addr> {
+        self.load().get(key).copied()
+    }
+
+    /// Remembers `key → ip` (atomically replaced file).
+    pub fn set(&self, key: &str, ip: Ipv4Addr) -> std::io::Result<()> {
+        let mut all = self.load();
+        if all.get(key) == Some(&ip) {
+            return Ok(());
+        }
+        all.insert(key.to_string(), ip);
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&all).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, &self.path)
+    }
+}

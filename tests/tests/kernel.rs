@@ -294,3 +294,31 @@ fn only_root_may_call_the_agent() {
         .expect_err("a non-root caller was served");
     assert!(e.msg.contains("only serves root"), "{e}");
 }
+
+#[test]
+fn with_the_hooks_bypassed_the_native_code_wires_the_same_routes() {
+    if !require_root("with_the_hooks_bypassed_the_native_code_wires_the_same_routes") {
+        return;
+    }
+    let tb = Testbed::new(1).unwrap();
+    let agent = tb.start_agent_with("[hooks]\nenabled = false\n").unwrap();
+    assert!(
+        agent.log_text().contains("policy hooks disabled"),
+        "{}",
+        agent.log_text()
+    );
+    let conf = tb.netconf("1.0.0", serde_json::from_str(SERVICE_ROUTES).unwrap());
+    let pod = Ns::new("bypass").unwrap();
+    let path = pod.path().display().to_string();
+    ok(tb.hostnic().call("ADD", &conf, &env("c", &path)));
+    let routes = pod.ip(&["route"]).unwrap();
+    assert!(
+        routes.contains(&format!("default via {GATEWAY} dev eth0")),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!("10.96.0.0/12 via {GATEWAY} dev eth0")),
+        "{routes}"
+    );
+    ok(tb.hostnic().call("DEL", &conf, &env("c", &path)));
+}

@@ -209,23 +209,37 @@ impl Service {
                 return Err(AddFailure::Failed(e));
             }
         };
-        let mut wiring = wiring(
-            nic,
-            &req.target.ifname,
-            mtu,
-            &req.routes,
-            node_gw.unwrap_or(nic.gateway),
-        );
-        if let Some(p) = &self.policies {
-            let facts = nic_vxnet(nic);
-            match policy::routes_for(p, &policy::pod(&req.pod), nic, &facts, node_gw, &req.routes) {
-                Ok(routes) => wiring.routes = routes,
-                Err(e) => {
-                    self.pool().release(nic.mac, true);
-                    return Err(AddFailure::Failed(e));
-                }
+        // The routes hook decides; with the hooks bypassed, the native
+        // templates (the same semantics as the default guest).
+        let routes = match &self.policies {
+            Some(p) => policy::routes_for(
+                p,
+                &policy::pod(&req.pod),
+                nic,
+                &nic_vxnet(nic),
+                node_gw,
+                &req.routes,
+            ),
+            None => Ok(native_routes(
+                nic,
+                &req.routes,
+                node_gw.unwrap_or(nic.gateway),
+            )),
+        };
+        let routes = match routes {
+            Ok(r) => r,
+            Err(e) => {
+                self.pool().release(nic.mac, true);
+                return Err(AddFailure::Failed(e));
             }
-        }
+        };
+        let wiring = Wiring {
+            mac: nic.mac,
+            ifname: req.target.ifname.clone(),
+            address: nic.address,
+            mtu,
+            routes,
+        };
         let mut record = Allocation {
             mac: nic.mac,
             phase: Phase::Reserved,
@@ -794,13 +808,11 @@ fn validate_target(t: &Target) -> Result<(), CniError> {
 /// templates. A template gateway of 0.0.0.0 means "the node's own NIC in the
 /// pod's vxnet" (`node_gw`), as in the original plugin. A template without
 /// a gateway is an on-link route; a default-route template replaces ours.
-pub fn wiring(
+pub fn native_routes(
     nic: &NicSpec,
-    ifname: &str,
-    mtu: u32,
     templates: &[RouteTemplate],
     node_gw: Ipv4Addr,
-) -> Wiring {
+) -> Vec<(Ipv4Net, Option<Ipv4Addr>)> {
     let resolve = |gw: Option<IpAddr>| match gw {
         Some(IpAddr::V4(g)) if g.is_unspecified() => Some(node_gw),
         Some(IpAddr::V4(g)) => Some(g),
@@ -818,13 +830,7 @@ pub fn wiring(
             routes.push((dst, resolve(t.gw)));
         }
     }
-    Wiring {
-        mac: nic.mac,
-        ifname: ifname.to_string(),
-        address: nic.address,
-        mtu,
-        routes,
-    }
+    routes
 }
 
 fn add_result(w: &Wiring, sandbox: &str, gateway: Ipv4Addr) -> AddResult {
@@ -920,10 +926,8 @@ mod tests {
 
     #[test]
     fn templates_follow_the_original_semantics() {
-        let w = wiring(
+        let routes = native_routes(
             &nic(),
-            "eth0",
-            1500,
             &[
                 tpl("10.96.0.0/12", Some("0.0.0.0")),
                 tpl("192.168.0.0/16", Some("10.0.1.254")),
@@ -935,7 +939,7 @@ mod tests {
         // 0.0.0.0 is the node's own NIC in the vxnet; the default route
         // stays on the vxnet gateway.
         assert_eq!(
-            w.routes,
+            routes,
             vec![
                 ("0.0.0.0/0".parse().unwrap(), gw("10.0.1.1")),
                 ("10.96.0.0/12".parse().unwrap(), gw("10.0.1.9")),
@@ -944,28 +948,30 @@ mod tests {
             ]
         );
         // A default-route template replaces the built-in default.
-        let w = wiring(
+        let routes = native_routes(
             &nic(),
-            "eth0",
-            1500,
             &[tpl("0.0.0.0/0", Some("10.0.1.254"))],
             nic().gateway,
         );
         assert_eq!(
-            w.routes,
+            routes,
             vec![("0.0.0.0/0".parse().unwrap(), gw("10.0.1.254"))]
         );
     }
 
     #[test]
     fn result_and_wiring_round_trip() {
-        let w = wiring(
-            &nic(),
-            "eth1",
-            9000,
-            &[tpl("10.96.0.0/12", Some("0.0.0.0"))],
-            nic().gateway,
-        );
+        let w = Wiring {
+            mac: nic().mac,
+            ifname: "eth1".into(),
+            address: nic().address,
+            mtu: 9000,
+            routes: native_routes(
+                &nic(),
+                &[tpl("10.96.0.0/12", Some("0.0.0.0"))],
+                nic().gateway,
+            ),
+        };
         let r = add_result(&w, "/var/run/netns/p", nic().gateway);
         assert_eq!(wiring_from_result(&r, nic().mac).unwrap(), w);
         assert!(check_prev_result(&r, None).is_ok());

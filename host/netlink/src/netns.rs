@@ -46,16 +46,6 @@ impl Netns {
         &self.label
     }
 
-    pub fn try_clone(&self) -> Result<Netns> {
-        Ok(Netns {
-            fd: self
-                .fd
-                .try_clone()
-                .map_err(Error::io("duplicating a netns descriptor"))?,
-            label: self.label.clone(),
-        })
-    }
-
     /// Opens an rtnetlink connection inside this namespace.
     ///
     /// The socket is created on a dedicated OS thread that enters the

@@ -39,7 +39,6 @@ fn main() -> anyhow::Result<()> {
         let agent = tb.start_agent_with("[hooks]\nenabled = false\n")?;
         let row = add_del(
             "hostnic, policy hooks bypassed",
-            &tb,
             &tb.hostnic(),
             pods,
             |_| conf.clone(),
@@ -50,7 +49,6 @@ fn main() -> anyhow::Result<()> {
     let agent = tb.start_agent()?;
     rows.push(add_del(
         "hostnic (warm NIC, default guests)",
-        &tb,
         &tb.hostnic(),
         pods,
         |_| conf.clone(),
@@ -85,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         "ipam": {"type": "host-local", "subnet": "10.98.0.0/16", "dataDir": data_dir,
                  "routes": [{"dst": "0.0.0.0/0"}]}
     });
-    rows.push(add_del("ptp + host-local", &tb2, &ptp, pods, |_| {
+    rows.push(add_del("ptp + host-local", &ptp, pods, |_| {
         ptp_conf.clone()
     })?);
 
@@ -94,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     let tb3 = Testbed::new(pods)?;
     let hd = CniCall::new(plugins.join("host-device"), Some(tb3.node.path()));
     let nics = tb3.nics.clone();
-    rows.push(add_del("host-device + static", &tb3, &hd, pods, |i| {
+    rows.push(add_del("host-device + static", &hd, pods, |i| {
         json!({
             "cniVersion": "1.0.0", "name": "hd-bench", "type": "host-device",
             "device": nics[i].node_name,
@@ -194,7 +192,6 @@ struct Row {
 /// Namespaces are created before and removed after the timed calls.
 fn add_del(
     name: &'static str,
-    tb: &Testbed,
     cni: &CniCall,
     pods: usize,
     conf: impl Fn(usize) -> Value,
@@ -229,9 +226,7 @@ fn add_del(
             .with_context(|| format!("{name}: DEL of pod {i}"))?;
         del.push(t.elapsed());
     }
-    // Keep the testbed alive until the namespaces are gone.
     drop(nss);
-    let _ = tb;
     Ok(Row { name, add, del })
 }
 

@@ -149,10 +149,6 @@ impl CloudPool {
         })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Failed creates on `vxnet` since its last success.
     pub fn recent_failures(&self, vxnet: &str) -> u32 {
         self.failures

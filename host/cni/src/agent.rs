@@ -45,8 +45,16 @@ impl Client {
             .with_details("is the hostnic-agent DaemonSet pod running on this node?")
         })?;
         let io_err = |stage: &str, e: io::Error| {
+            // An agent that died or restarted mid-request (reset, EOF, a
+            // broken pipe) or that is too busy to answer is transient:
+            // "try again later", which runtimes retry.
             let code = match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => code::TRY_AGAIN_LATER,
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof => code::TRY_AGAIN_LATER,
                 _ => code::IO,
             };
             CniError::new(

@@ -100,7 +100,11 @@ fn dispatch(
     if verb == Verb::Version {
         return Ok(Some(version_reply(&stdin)));
     }
-    let conf = NetConf::decode(&stdin).inspect_err(|_| {
+    let decoded = match verb {
+        Verb::Del => NetConf::decode_for_del(&stdin),
+        _ => NetConf::decode(&stdin).map(|c| (c, Vec::new())),
+    };
+    let (conf, ignored) = decoded.inspect_err(|_| {
         // Stamp the error with the version the runtime asked for, if any
         // part of stdin says it.
         if let Some(v) = asked_version(&stdin) {
@@ -108,7 +112,14 @@ fn dispatch(
         }
     })?;
     version_label.clone_from(&conf.cni_version);
-    conf.validate()?;
+    for warning in &ignored {
+        // stdout is the runtime's to parse; stderr lands in its log.
+        eprintln!("hostnic: {warning}");
+    }
+    match verb {
+        Verb::Del => conf.validate_for_del()?,
+        _ => conf.validate()?,
+    }
     let version = Version::parse(&conf.cni_version)?;
     if !version.allows(verb) {
         return Err(CniError::new(
@@ -270,9 +281,12 @@ fn version_reply(stdin: &[u8]) -> Value {
     cni::version_info(asked.as_deref().unwrap_or(Version::LATEST.as_str()))
 }
 
-/// The `cniVersion` of stdin when it is JSON with one.
+/// The `cniVersion` of stdin when it starts with a JSON object with one.
 fn asked_version(stdin: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(stdin).ok()?;
+    let v: Value = serde_json::Deserializer::from_slice(stdin)
+        .into_iter()
+        .next()?
+        .ok()?;
     Some(v.get("cniVersion")?.as_str()?.to_string())
 }
 

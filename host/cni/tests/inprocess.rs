@@ -284,6 +284,93 @@ fn del_without_a_netns_and_gc_and_status() {
     assert_eq!(seen[3].request["op"], "status");
 }
 
+/// containerd sends `"io.kubernetes.cri.pod-annotations": null` for a
+/// sandbox without annotations: ADD and DEL must both work.
+#[test]
+fn a_pod_without_annotations_is_served() {
+    let agent = FakeAgent::start(vec![Ok(added()), Ok(Reply::Deleted)]);
+    let mut c = conf("1.0.0", &agent.socket);
+    c["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": null});
+    assert!(matches!(
+        run(&env("ADD"), stdin(&c)),
+        Outcome::Success(Some(_))
+    ));
+    assert_eq!(run(&env("DEL"), stdin(&c)), Outcome::Success(None));
+    let seen = agent.seen();
+    assert_eq!(seen[0].request["pod"]["annotations"], json!({}));
+    assert_eq!(seen[1].request["op"], "del");
+}
+
+/// DEL succeeds whenever it can identify the attachment: an optional field
+/// it cannot parse is ignored, never a reason to strand the pod's NIC.
+#[test]
+fn del_ignores_optional_fields_it_cannot_parse() {
+    let broken: Vec<(&str, Value)> = vec![
+        (
+            "runtimeConfig",
+            json!({"io.kubernetes.cri.pod-annotations": 7}),
+        ),
+        ("runtimeConfig", json!("not an object")),
+        ("ipam", json!({"routes": "everywhere"})),
+        ("mtu", json!("big")),
+        ("prevResult", json!("a string")),
+        ("prevResult", json!({"interfaces": 3})),
+        ("capabilities", json!([1, 2])),
+        ("timeoutSeconds", json!(-1)),
+    ];
+    let agent = FakeAgent::start(broken.iter().map(|_| Ok(Reply::Deleted)).collect());
+    for (field, value) in &broken {
+        let mut c = conf("1.0.0", &agent.socket);
+        c[*field] = value.clone();
+        assert_eq!(
+            run(&env("DEL"), stdin(&c)),
+            Outcome::Success(None),
+            "DEL with {field} = {value}"
+        );
+        // ADD with the same config is refused, naming the field.
+        let (code, msg) = failure(run(&env("ADD"), stdin(&c)), "1.0.0");
+        assert!(
+            code == 7 || code == 2,
+            "ADD with {field} = {value}: {code} {msg}"
+        );
+        assert!(msg.contains(field), "ADD with {field}: {msg}");
+    }
+    let seen = agent.seen();
+    assert_eq!(seen.len(), broken.len());
+    assert!(
+        seen.iter()
+            .all(|s| s.request["target"]["container_id"] == "abc123")
+    );
+    // What DEL cannot do without still fails: no name, not JSON.
+    let mut c = conf("1.0.0", Path::new("/unused.sock"));
+    c.as_object_mut().unwrap().remove("name");
+    assert_eq!(failure(run(&env("DEL"), stdin(&c)), "1.0.0").0, 7);
+    assert_eq!(
+        failure(run(&env("DEL"), Ok(b"{\"cniVersion\":".to_vec())), "1.1.0").0,
+        6
+    );
+}
+
+/// The agent dies after reading the request: the reset (or EOF) is "try
+/// again later" (11), which runtimes retry, not an I/O error (5).
+#[test]
+fn an_agent_reset_mid_request_is_try_again_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let t = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        // Close with unread data in the receive queue: the kernel answers
+        // the peer with a reset, as when an agent is killed mid-read.
+        let mut one = [0u8; 1];
+        (&s).read_exact(&mut one).unwrap();
+        drop(s);
+    });
+    let (code, msg) = failure(run(&env("ADD"), stdin(&conf("1.0.0", &socket))), "1.0.0");
+    t.join().unwrap();
+    assert_eq!(code, 11, "{msg}");
+}
+
 #[test]
 fn agent_errors_reach_the_runtime_unchanged() {
     let agent = FakeAgent::start(vec![Err(
@@ -536,6 +623,42 @@ fn bad_inputs_get_the_right_code_and_name_the_problem() {
             1,
             "Check",
             "0.3.1",
+        ),
+        (
+            "trailing bytes after the JSON",
+            env("ADD"),
+            {
+                let mut b = serde_json::to_vec(&good).unwrap();
+                b.extend_from_slice(b" {\"name\": \"other\"}");
+                Ok(b)
+            },
+            6,
+            "trailing",
+            "1.0.0",
+        ),
+        (
+            "prevResult is a string",
+            env("ADD"),
+            edited(&|c| c["prevResult"] = json!("10.0.0.1/24")),
+            7,
+            "prevResult",
+            "1.0.0",
+        ),
+        (
+            "prevResult interfaces is not a list",
+            env("ADD"),
+            edited(&|c| c["prevResult"] = json!({"interfaces": {"name": "lo"}})),
+            7,
+            "interfaces",
+            "1.0.0",
+        ),
+        (
+            "relative socket path",
+            env("ADD"),
+            edited(&|c| c["socket"] = json!("run/agent.sock")),
+            7,
+            "relative",
+            "1.0.0",
         ),
         (
             "GC in 1.0.0",

@@ -194,7 +194,13 @@ pub struct Ipam {
 /// plugins in the chain (portmap reads `portMappings`, bandwidth `bandwidth`).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RuntimeConfig {
-    #[serde(default, rename = "io.kubernetes.cri.pod-annotations")]
+    /// containerd sends `null` for a sandbox without annotations: that is
+    /// "none", not a malformed config.
+    #[serde(
+        default,
+        rename = "io.kubernetes.cri.pod-annotations",
+        deserialize_with = "null_as_empty"
+    )]
     pub pod_annotations: BTreeMap<String, String>,
     /// Capabilities that would ask us for something we cannot give: the NIC's
     /// address and MAC are the cloud's, not the runtime's to choose.
@@ -202,6 +208,14 @@ pub struct RuntimeConfig {
     pub ips: Option<Value>,
     #[serde(default)]
     pub mac: Option<Value>,
+}
+
+/// Reads `null` as an empty map.
+fn null_as_empty<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<BTreeMap<String, String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// One entry of `cni.dev/valid-attachments` (GC).
@@ -257,10 +271,11 @@ impl NetConf {
     }
 
     /// Decodes without validating, so a caller can learn `cniVersion` (to
-    /// stamp its errors with) before judging the rest.
+    /// stamp its errors with) before judging the rest. Exactly one JSON
+    /// document: trailing bytes are an error, not something to ignore.
     pub fn decode(bytes: &[u8]) -> Result<Self, CniError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let conf: NetConf = serde_path_to_error::deserialize(de).map_err(|e| {
+        let conf: NetConf = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let code = if e.inner().is_data() {
                 code::INVALID_CONFIG
             } else {
@@ -276,14 +291,78 @@ impl NetConf {
                 format!("network configuration on stdin{at}: {}", e.inner()),
             )
         })?;
+        de.end().map_err(|e| {
+            CniError::new(
+                code::DECODE,
+                format!("network configuration on stdin: {e} after the JSON document"),
+            )
+        })?;
         Ok(conf)
     }
 
-    pub fn validate(&self) -> Result<(), CniError> {
+    /// Decodes for DEL, which must succeed whenever it can identify the
+    /// attachment: the runtime needs only `cniVersion` and `name` (and the
+    /// environment) for that. A field that does not parse is dropped and
+    /// named in the returned warnings instead of failing the DEL — a failed
+    /// DEL strands the pod and its NIC. Syntax errors and a missing or
+    /// malformed `cniVersion`/`name`/`type` still fail.
+    pub fn decode_for_del(bytes: &[u8]) -> Result<(Self, Vec<String>), CniError> {
+        let mut warnings = Vec::new();
+        let strict_err = match Self::decode(bytes) {
+            Ok(conf) => return Ok((conf, warnings)),
+            Err(e) if e.code == code::DECODE => return Err(e),
+            Err(e) => e,
+        };
+        let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(bytes) else {
+            return Err(strict_err);
+        };
+        // Drop every optional top-level field that does not decode on its
+        // own; the required ones decide.
+        const REQUIRED: [&str; 3] = ["cniVersion", "name", "type"];
+        let optional: Vec<String> = fields
+            .keys()
+            .filter(|k| !REQUIRED.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in optional {
+            let alone: serde_json::Map<String, Value> = REQUIRED
+                .iter()
+                .filter_map(|r| fields.get(*r).map(|v| (r.to_string(), v.clone())))
+                .chain(std::iter::once((key.clone(), fields[&key].clone())))
+                .collect();
+            if let Err(e) = serde_json::from_value::<NetConf>(Value::Object(alone))
+                && !e.to_string().contains("missing field")
+            {
+                warnings.push(format!("ignored \"{key}\" on DEL: {e}"));
+                fields.remove(&key);
+            }
+        }
+        let conf =
+            serde_json::from_value::<NetConf>(Value::Object(fields)).map_err(|_| strict_err)?;
+        Ok((conf, warnings))
+    }
+
+    /// What every verb needs, DEL included: the attachment's network name
+    /// and where the agent listens.
+    pub fn validate_for_del(&self) -> Result<(), CniError> {
         let invalid = |msg: String| Err(CniError::new(code::INVALID_CONFIG, msg));
         if self.name.is_empty() {
             return invalid("network configuration: \"name\" is empty".into());
         }
+        if let Some(socket) = &self.socket
+            && !socket.is_absolute()
+        {
+            return invalid(format!(
+                "network configuration: \"socket\" {} is a relative path; give the agent socket's absolute path",
+                socket.display()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), CniError> {
+        self.validate_for_del()?;
+        let invalid = |msg: String| Err(CniError::new(code::INVALID_CONFIG, msg));
         if let Some(mtu) = self.mtu
             && !MTU_RANGE.contains(&mtu)
         {
@@ -292,6 +371,14 @@ impl NetConf {
                 MTU_RANGE.start(),
                 MTU_RANGE.end()
             ));
+        }
+        if let Some(prev) = &self.prev_result {
+            validate_prev_result(prev).map_err(|what| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("network configuration: \"prevResult\" {what}"),
+                )
+            })?;
         }
         if self.timeout_seconds == Some(0) {
             return invalid("network configuration: \"timeoutSeconds\" must be at least 1".into());
@@ -327,6 +414,21 @@ impl NetConf {
         }
         Ok(())
     }
+}
+
+/// A chained `prevResult` is a result object: we append to its lists, so a
+/// malformed one must be refused, never silently replaced.
+fn validate_prev_result(prev: &Value) -> Result<(), String> {
+    let Value::Object(obj) = prev else {
+        return Err(format!("must be a JSON object (a CNI result), not {prev}"));
+    };
+    for list in ["interfaces", "ips", "routes"] {
+        match obj.get(list) {
+            None | Some(Value::Array(_)) => {}
+            Some(other) => return Err(format!("field \"{list}\" must be a list, not {other}")),
+        }
+    }
+    Ok(())
 }
 
 fn not_empty(v: &Value) -> bool {

@@ -16,6 +16,7 @@ use crate::guest::{Compiled, Guest};
 use crate::host::CallState;
 use crate::kv::KvStore;
 use crate::limits::*;
+use crate::precompiled::DiskCache;
 use crate::types::HookKind;
 
 /// The policy runtime. Create one per process and share it (it is a
@@ -30,6 +31,8 @@ pub(crate) struct Inner {
     pub linker: Linker<CallState>,
     ticker: Ticker,
     state_dir: Option<PathBuf>,
+    /// Compiled guests on disk (under `state_dir`), for fast restarts.
+    disk: Option<DiskCache>,
     pooling: bool,
     /// Compiled components by sha256, so that a reload of the same module
     /// (a config change) or two hooks on one module compile it once. Weak:
@@ -73,11 +76,13 @@ impl PolicyEngine {
         let linker = crate::host::linker(&engine)
             .map_err(|e| EngineError::Linker(e.into_boxed_dyn_error()))?;
         let ticker = Ticker::start(engine.clone())?;
+        let disk = state_dir.as_deref().map(|d| DiskCache::new(d, &engine));
         Ok(PolicyEngine {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 ticker,
+                disk,
                 state_dir,
                 pooling,
                 compiled: Mutex::new(HashMap::new()),
@@ -124,6 +129,30 @@ impl PolicyEngine {
         cache.retain(|_, w| w.strong_count() > 0);
         cache.insert(sha256.to_owned(), Arc::downgrade(&compiled));
         Ok(compiled)
+    }
+
+    /// The component for `bytes`: from the on-disk cache of compiled
+    /// guests when it holds a valid one, else compiled now (and cached).
+    /// Returns whether it was compiled.
+    pub(crate) fn component(
+        &self,
+        sha256: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(wasmtime::component::Component, bool)> {
+        let engine = &self.inner.engine;
+        if let Some(c) = self
+            .inner
+            .disk
+            .as_ref()
+            .and_then(|d| d.load(engine, sha256))
+        {
+            return Ok((c, false));
+        }
+        let component = wasmtime::component::Component::new(engine, bytes)?;
+        if let Some(d) = &self.inner.disk {
+            d.store(sha256, &component);
+        }
+        Ok((component, true))
     }
 
     /// The kv store of the guest called `name` (built-in defaults have

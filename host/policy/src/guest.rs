@@ -45,11 +45,14 @@ impl Compiled {
         };
         let wasm = &engine.inner.engine;
         let start = Instant::now();
-        let component = Component::new(wasm, bytes).map_err(|e| LoadError::Compile {
-            name: name.to_owned(),
-            sha256: sha256.to_owned(),
-            source: e.into_boxed_dyn_error(),
-        })?;
+        let (component, _compiled) =
+            engine
+                .component(sha256, bytes)
+                .map_err(|e| LoadError::Compile {
+                    name: name.to_owned(),
+                    sha256: sha256.to_owned(),
+                    source: e.into_boxed_dyn_error(),
+                })?;
         let compile_time = start.elapsed();
         let pre = engine
             .inner

@@ -44,6 +44,7 @@ pub mod kv;
 pub mod limits;
 mod load;
 mod metrics;
+mod precompiled;
 mod types;
 mod validate;
 mod wasi;

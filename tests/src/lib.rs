@@ -10,6 +10,7 @@ pub mod cloudbed;
 pub mod images;
 pub mod netns;
 pub mod plugin;
+pub mod rawclient;
 pub mod sim;
 pub mod stats;
 

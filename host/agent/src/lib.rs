@@ -4,6 +4,7 @@
 
 pub mod cloud;
 pub mod config;
+pub mod fds;
 pub mod plumb;
 pub mod policy;
 pub mod policy_cli;

@@ -12,9 +12,10 @@ use hostnic_agent::config::{Config, LogFormat, Overrides};
     about = "hostnic node agent: gives every pod its own cloud NIC"
 )]
 struct Cli {
-    /// The agent's TOML config file.
-    #[arg(long, short, default_value = "/etc/hostnic/agent.toml")]
-    config: PathBuf,
+    /// The agent's TOML config file [default: /etc/hostnic/agent.toml,
+    /// which may be absent; a path given here must exist].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     overrides: Overrides,
     #[command(subcommand)]
@@ -26,10 +27,28 @@ enum Command {
     /// Tools for policy authors: check, run and bench a policy module.
     #[command(subcommand)]
     Policy(hostnic_agent::policy_cli::PolicyCmd),
+    /// Asks the running agent whether an ADD could succeed now (its CNI
+    /// STATUS); exits 0 if so. For the DaemonSet's readiness and liveness
+    /// probes.
+    Probe {
+        /// The agent's socket.
+        #[arg(long, default_value = hostnic_proto::rpc::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Exit 0 whenever the agent answers, ready or not (liveness: a
+        /// node out of NICs is alive and must not be restarted).
+        #[arg(long)]
+        alive: bool,
+    },
 }
+
+/// Where the agent looks for its config when `--config` is not given.
+const DEFAULT_CONFIG: &str = "/etc/hostnic/agent.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { socket, alive }) = &cli.command {
+        return probe(socket, *alive);
+    }
     if let Some(Command::Policy(cmd)) = cli.command {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -45,7 +64,20 @@ fn main() -> ExitCode {
     }
     // Everything the agent creates (socket, records, logs) is root's alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let path = cli.config.exists().then_some(cli.config.as_path());
+    // Only the default path may be absent (built-in defaults): a path the
+    // operator named that does not exist is a typo or an unmounted
+    // ConfigMap, and starting without NICs would hide it.
+    let path = match &cli.config {
+        Some(p) if !p.exists() => {
+            eprintln!(
+                "hostnic-agent: the config file {} given with --config does not exist",
+                p.display()
+            );
+            return ExitCode::from(2);
+        }
+        Some(p) => Some(p.as_path()),
+        None => Some(std::path::Path::new(DEFAULT_CONFIG)).filter(|p| p.exists()),
+    };
     let cfg = match Config::load(path, &cli.overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -56,6 +88,9 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cfg) {
         eprintln!("hostnic-agent: {e:#}");
         return ExitCode::from(2);
+    }
+    if let Err(e) = hostnic_agent::fds::raise_fd_limit() {
+        tracing::warn!(error = %e, "raising the descriptor limit; keeping the default");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,4 +145,41 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().with_writer(writer).init(),
     }
     Ok(())
+}
+
+/// `hostnic-agent probe`: one STATUS round trip over the socket.
+fn probe(socket: &std::path::Path, alive: bool) -> ExitCode {
+    use hostnic_proto::rpc::{self, Op, PROTOCOL_VERSION, Request, Response};
+    let answer = (|| -> std::io::Result<Response> {
+        let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+        let limit = Some(std::time::Duration::from_secs(5));
+        stream.set_read_timeout(limit)?;
+        stream.set_write_timeout(limit)?;
+        rpc::write_frame(
+            &mut stream,
+            &Request {
+                version: PROTOCOL_VERSION,
+                op: Op::Status,
+            },
+        )?;
+        rpc::read_frame(&mut stream)
+    })();
+    match answer {
+        Ok(Response { result: Ok(_), .. }) => {
+            println!("ready");
+            ExitCode::SUCCESS
+        }
+        Ok(Response { result: Err(e), .. }) => {
+            println!("not ready: {e}");
+            if alive {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            println!("hostnic-agent at {} did not answer: {e}", socket.display());
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use hostnic_netlink::{Link, Mac, Netlink, Netns, RouteEntry};
+use hostnic_netlink::{Link, Mac, Netlink, Netns, NsId, RouteEntry};
 use ipnet::{IpNet, Ipv4Net};
 
 /// What an attachment configures inside the pod.
@@ -24,6 +24,8 @@ pub enum PlumbError {
     NicMissing(Mac),
     #[error("the pod already has an interface named {0}")]
     NameTaken(String),
+    #[error(transparent)]
+    NotAPod(NotAPod),
     #[error("{0}")]
     Kernel(#[from] hostnic_netlink::Error),
     #[error("{what}; undoing it also failed: {undo}")]
@@ -47,11 +49,76 @@ pub enum Whereabouts {
 pub struct Plumber {
     node_ns: Netns,
     node: Netlink,
+    /// Namespaces that are never a pod's: the node's (where NICs wait), the
+    /// one the agent runs in, and init's (the machine's own, on a real node
+    /// `/proc/1/ns/net`). Wiring a NIC into one of them would hand the node's
+    /// routes to a pod's NIC.
+    not_pods: Vec<(NsId, &'static str)>,
+}
+
+/// Why a namespace cannot be a pod's.
+#[derive(Debug, thiserror::Error)]
+#[error("{label} is {which}, not a pod's network namespace")]
+pub struct NotAPod {
+    pub label: String,
+    pub which: &'static str,
 }
 
 impl Plumber {
     pub fn new(node_ns: Netns, node: Netlink) -> Plumber {
-        Plumber { node_ns, node }
+        let mut not_pods = Vec::new();
+        if let Ok(id) = node_ns.id() {
+            not_pods.push((id, "the node's network namespace"));
+        }
+        for (path, which) in [
+            ("/proc/self/ns/net", "the namespace hostnic-agent runs in"),
+            (
+                "/proc/1/ns/net",
+                "the init process's (the machine's own) namespace",
+            ),
+        ] {
+            // /proc/1 may be out of sight in a container: then there is
+            // nothing of it to refuse.
+            if let Ok(id) = Netns::open(std::path::Path::new(path)).and_then(|n| n.id()) {
+                not_pods.push((id, which));
+            }
+        }
+        Plumber {
+            node_ns,
+            node,
+            not_pods,
+        }
+    }
+
+    /// The identity of a pod's namespace, refusing the node's own (and the
+    /// agent's, and init's).
+    pub fn pod_ns_id(&self, ns: &Netns) -> Result<NsId, PlumbError> {
+        let id = ns.id()?;
+        match self.not_pods.iter().find(|(n, _)| *n == id) {
+            Some((_, which)) => Err(PlumbError::NotAPod(NotAPod {
+                label: ns.label().to_string(),
+                which,
+            })),
+            None => Ok(id),
+        }
+    }
+
+    /// Re-opens a recorded netns path, but only if it still names the
+    /// namespace it named when recorded (and never the node's): a path can
+    /// be re-bound, or reused by another pod, between ADD and DEL. Records
+    /// older than the identity check carry no identity; then only the node
+    /// namespaces are refused.
+    pub fn reopen(&self, path: &str, recorded: Option<NsId>) -> Option<Netns> {
+        let ns = Netns::open(std::path::Path::new(path)).ok()?;
+        let id = self.pod_ns_id(&ns).ok()?;
+        match recorded {
+            Some(r) if r != id => {
+                tracing::warn!(netns = path, recorded = %r, now = %id,
+                    "the recorded netns path names another namespace now; not reaching into it");
+                None
+            }
+            _ => Some(ns),
+        }
     }
 
     pub fn node(&self) -> &Netlink {

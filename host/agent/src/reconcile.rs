@@ -15,10 +15,9 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use anyhow::{Context, bail};
-use hostnic_netlink::{Mac, Netns};
+use hostnic_netlink::Mac;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
@@ -71,7 +70,10 @@ pub async fn reconcile(
         let state = match records.remove(&spec.mac) {
             Some(rec) if rec.phase == Phase::Committed => {
                 if on_node(spec.mac).is_some()
-                    && !rec.netns.as_deref().is_some_and(|p| Path::new(p).exists())
+                    && rec
+                        .netns
+                        .as_deref()
+                        .is_none_or(|p| plumber.reopen(p, rec.netns_id).is_none())
                 {
                     warn!(nic = %spec.mac, container = %rec.key.container_id, "pod is gone; releasing its NIC");
                     release_record(plumber, store, &rec).await?
@@ -141,7 +143,7 @@ async fn release_record(
     let netns = rec
         .netns
         .as_deref()
-        .and_then(|p| Netns::open(Path::new(p)).ok());
+        .and_then(|p| plumber.reopen(p, rec.netns_id));
     let whereabouts = plumber
         .detach(rec.mac, netns.as_ref())
         .await

@@ -2,18 +2,18 @@
 //! of [`hostnic_proto::rpc`], one request per connection, each connection
 //! served on its own task.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hostnic_netlink::Netns;
 use hostnic_proto::cni::{CniError, code};
 use hostnic_proto::rpc::{self, Op, PROTOCOL_VERSION, Request, Response};
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -21,13 +21,23 @@ use tracing::{debug, warn};
 
 use crate::service::Service;
 
-/// How long a client may take to send its request or read the answer. The
-/// executable sends its request at once; this only bounds a stuck peer.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its whole request, and to read the
+/// answer. The executable writes its request in one go right after
+/// connecting; this only cuts off a stuck or hostile peer (an idle or a
+/// byte-a-second client), which never holds anything a real request needs.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Requests served at once. Each holds a task, a couple of netlink sockets
-/// and maybe a thread while it creates them; a node runs at most ~64 pods.
+/// Requests *served* at once (after they were read). Each holds a task, a
+/// couple of netlink sockets and maybe a thread while it creates them; a
+/// node runs at most ~64 pods. Connections still sending their request do
+/// not count: they cost a task and a descriptor, nothing more.
 const MAX_IN_FLIGHT: usize = 128;
+
+/// Connections open at once (reading, served or answering). Past this a new
+/// connection is closed at once (the executable answers "try again later");
+/// it bounds the descriptors hostile clients can pin to well below the
+/// agent's limit (raised at start, see `raise_fd_limit`).
+const MAX_CONNECTIONS: usize = 4096;
 
 /// Binds the socket, refusing to steal it from a running agent.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -55,26 +65,37 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Serves until `shutdown` resolves, then waits for requests in flight.
+///
+/// Accepting never waits on anything: a connection gets a slot for serving
+/// only once its whole request has arrived, so idle and slow clients cannot
+/// starve real ones.
 pub async fn serve(
     listener: UnixListener,
     service: Arc<Service>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                    let service = service.clone();
+                    if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        debug!("too many open connections; closing a new one");
+                        continue;
+                    }
+                    let (service, slots, open) = (service.clone(), slots.clone(), open.clone());
                     tokio::spawn(async move {
-                        handle(stream, &service).await;
-                        drop(permit);
+                        handle(stream, &service, &slots).await;
+                        open.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
                 Err(e) => {
+                    // EMFILE/ENFILE: the descriptor table is full. Back off
+                    // rather than spin; STATUS reports the node not ready.
                     warn!(error = %e, "accepting a connection");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -86,11 +107,17 @@ pub async fn serve(
     let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
-async fn handle(mut stream: UnixStream, service: &Arc<Service>) {
+async fn handle(mut stream: UnixStream, service: &Arc<Service>, slots: &Semaphore) {
     let result = match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 => {
-            match tokio::time::timeout(IO_TIMEOUT, read_request(&stream)).await {
-                Ok(Ok((request, fd))) => dispatch(service, request, fd).await,
+            match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await {
+                Ok(Ok((request, fd))) => match slots.acquire().await {
+                    Ok(_permit) => dispatch(service, request, fd).await,
+                    Err(_) => Err(CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        "the agent is stopping",
+                    )),
+                },
                 Ok(Err(e)) => Err(CniError::new(
                     code::DECODE,
                     format!("reading the request: {e}"),
@@ -123,7 +150,7 @@ async fn handle(mut stream: UnixStream, service: &Arc<Service>) {
     };
     // The client may have given up; what we did is recorded either way and
     // the runtime follows a failed ADD with DEL.
-    if let Err(e) = tokio::time::timeout(IO_TIMEOUT, stream.write_all(&frame))
+    if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&frame))
         .await
         .unwrap_or_else(|_| {
             Err(io::Error::new(
@@ -156,20 +183,32 @@ async fn dispatch(
             .clone()
             .unwrap_or_else(|| "(passed by descriptor)".into())
     };
+    // The descriptor must be a network namespace: checked before anything
+    // is recorded or moved for it.
+    let netns = |fd: Option<OwnedFd>, t: &rpc::Target| -> Result<Option<Netns>, CniError> {
+        fd.map(|fd| Netns::from_fd(fd, label(t)))
+            .transpose()
+            .map_err(|e| CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {e}")))
+    };
     let started = std::time::Instant::now();
     let result = match request.op {
-        Op::Add(r) => {
-            let ns = fd.map(|fd| Netns::from_fd(fd, label(&r.target)));
-            service.add(r, ns).await
-        }
+        Op::Add(r) => match netns(fd, &r.target) {
+            Ok(ns) => service.add(r, ns).await,
+            Err(e) => Err(e),
+        },
+        // DEL must succeed when it can identify the attachment: a bad
+        // descriptor is dropped and the recorded namespace tried instead.
         Op::Del(r) => {
-            let ns = fd.map(|fd| Netns::from_fd(fd, label(&r.target)));
+            let ns = netns(fd, &r.target).unwrap_or_else(|e| {
+                warn!(container = %r.target.container_id, error = %e.msg, "ignoring the descriptor sent with DEL");
+                None
+            });
             service.del(r, ns).await
         }
-        Op::Check(r) => {
-            let ns = fd.map(|fd| Netns::from_fd(fd, label(&r.target)));
-            service.check(r, ns).await
-        }
+        Op::Check(r) => match netns(fd, &r.target) {
+            Ok(ns) => service.check(r, ns).await,
+            Err(e) => Err(e),
+        },
         Op::Gc(r) => service.gc(r).await,
         Op::Status => service.status(),
     };
@@ -220,34 +259,75 @@ async fn read_exact_with_fds(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
+        // A request carries at most one descriptor: stop reading at once
+        // rather than let a client pile up more (they are closed on return).
+        if fds.len() > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected at most one descriptor, got {}", fds.len()),
+            ));
+        }
     }
     Ok(())
 }
 
+/// The most descriptors the kernel lets a sender attach to one message
+/// (`SCM_MAX_FD`). The control buffer has room for all of them, so a
+/// message is only ever truncated when our descriptor table is full.
+const SCM_MAX_FD: usize = 253;
+
+/// One `recvmsg`, collecting every descriptor the kernel installed for us.
+///
+/// Every installed descriptor becomes an [`OwnedFd`] in `fds` *before* any
+/// check can fail, so each is closed on every path: a message with more than
+/// the one descriptor we expect, a truncated control message (the kernel
+/// installs what fits, or what the table has room for, and sets
+/// `MSG_CTRUNC`), a frame that then fails to parse.
 fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        sock,
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )?;
-    let cmsgs = msg.cmsgs().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "too many descriptors in one message",
-        )
-    })?;
-    for c in cmsgs {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            // SAFETY: the kernel just installed these descriptors in our
-            // table for us; nothing else owns them.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+    // u64s keep the buffer aligned for `cmsghdr`.
+    let mut control = [0u64; (SCM_MAX_FD * 4 + 64) / 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is a plain C struct for which all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at `iov` (over `buf`) and `control`, both alive
+    // and writable for the call, with their true lengths.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `msg` was filled in by the kernel; CMSG_FIRSTHDR/NXTHDR stay
+    // within msg_control/msg_controllen, and CMSG_DATA of an SCM_RIGHTS
+    // header holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    // The kernel just installed these descriptors in our
+                    // table for us; nothing else owns them.
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok(msg.bytes)
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the request's control data was truncated ({} descriptors installed); the agent's descriptor table may be full",
+                fds.len()
+            ),
+        ));
+    }
+    Ok(n as usize)
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hostnic_netlink::{Mac, Netns};
+use hostnic_netlink::{Mac, Netns, NsId};
 use hostnic_proto::cni::{
     self, AddResult, AttachmentKey, CniError, Interface, IpConfig, Route, RouteTemplate, code,
 };
@@ -140,6 +140,14 @@ impl Service {
         let netns = netns.ok_or_else(|| {
             CniError::new(code::INVALID_ENV, "ADD needs the pod's netns descriptor")
         })?;
+        // Before anything is recorded or moved: never wire a NIC into the
+        // node's own namespace (CNI_NETNS=/proc/1/ns/net on a real node).
+        let netns_id = self.plumber.pod_ns_id(&netns).map_err(|e| {
+            CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_NETNS: {e}; refusing to wire a NIC into it"),
+            )
+        })?;
         validate_target(&req.target)?;
         let mtu = req.mtu.unwrap_or(self.default_mtu);
         if !cni::MTU_RANGE.contains(&mtu) {
@@ -172,7 +180,10 @@ impl Service {
         // free one is tried; each turn retires one NIC, so this ends.
         loop {
             let (lease, sticky) = self.lease_for(&key, &req).await?;
-            match self.add_with(&lease, &key, &req, mtu, &netns).await {
+            match self
+                .add_with(&lease, &key, &req, mtu, (&netns, netns_id))
+                .await
+            {
                 Err(AddFailure::Missing(mac)) => {
                     warn!(nic = %mac, "reserved NIC is not in the node namespace; marked missing, trying another");
                 }
@@ -198,7 +209,7 @@ impl Service {
         key: &Key,
         req: &AddRequest,
         mtu: u32,
-        netns: &Netns,
+        (netns, netns_id): (&Netns, NsId),
     ) -> Result<AddResult, AddFailure> {
         let _guard = lease.lock.lock().await;
         let nic = &lease.spec;
@@ -245,6 +256,7 @@ impl Service {
             phase: Phase::Reserved,
             key: key.clone(),
             netns: req.target.netns.clone(),
+            netns_id: Some(netns_id),
             pod: req.pod.clone(),
             result: None,
         };
@@ -678,11 +690,25 @@ impl Service {
         netns: Option<Netns>,
         path: Option<&str>,
     ) -> Result<(), CniError> {
-        let recorded_path = self.store.get(mac).ok().flatten().and_then(|a| a.netns);
-        let netns = netns.or_else(|| {
-            let p = path.map(str::to_string).or(recorded_path)?;
-            Netns::open(std::path::Path::new(&p)).ok()
+        // A descriptor naming the node's own namespace is no pod's: ignore
+        // it rather than reach into the node, and still release the NIC.
+        let netns = netns.filter(|ns| match self.plumber.pod_ns_id(ns) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(nic = %mac, container = %key.container_id, error = %e, "ignoring the netns sent with DEL");
+                false
+            }
         });
+        let netns = match netns {
+            Some(ns) => Some(ns),
+            None => {
+                let record = self.store.get(mac).ok().flatten();
+                let recorded_id = record.as_ref().and_then(|a| a.netns_id);
+                path.map(str::to_string)
+                    .or_else(|| record.and_then(|a| a.netns))
+                    .and_then(|p| self.plumber.reopen(&p, recorded_id))
+            }
+        };
         let whereabouts = self
             .plumber
             .detach(mac, netns.as_ref())
@@ -781,6 +807,21 @@ impl Service {
     /// Cheap by design (kubelet polls it every few seconds): a look at the
     /// pool, no syscalls.
     pub fn status(&self) -> Result<Reply, CniError> {
+        // Ready means "an ADD could succeed now": it must be able to record
+        // its reservation and to open its descriptors.
+        let not_available = |msg: String| Err(CniError::new(code::NOT_AVAILABLE, msg));
+        if let Err(e) = self.store.writable() {
+            return not_available(format!("{e}: ADD would fail"));
+        }
+        match crate::fds::usage() {
+            Ok((open, limit)) if open + crate::fds::ADD_HEADROOM > limit => {
+                return not_available(format!(
+                    "the agent has {open} of its {limit} descriptors open: ADD would fail"
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return not_available(format!("counting the agent's descriptors: {e}")),
+        }
         let free = self.pool().free_count();
         // With the cloud an ADD can still create a NIC while the VM has room.
         let can_create = self

@@ -19,7 +19,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use hostnic_netlink::Mac;
+use hostnic_netlink::{Mac, NsId};
 use hostnic_proto::cni::AddResult;
 use hostnic_proto::rpc::Pod;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,10 @@ pub struct Allocation {
     pub key: Key,
     /// The runtime's netns path, to find the NIC again after a restart.
     pub netns: Option<String>,
+    /// The identity of the namespace that path named at ADD: the path is
+    /// only trusted again while it still names the same namespace.
+    #[serde(default)]
+    pub netns_id: Option<NsId>,
     #[serde(default)]
     pub pod: Pod,
     /// What ADD answered; present once committed.
@@ -88,6 +92,24 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a record could be written now (STATUS: an ADD that cannot
+    /// record its reservation fails). Writes and removes a probe file.
+    pub fn writable(&self) -> io::Result<()> {
+        let probe = self.dir.join(".probe.tmp");
+        File::create(&probe)
+            .and_then(|mut f| f.write_all(b"probe"))
+            .and_then(|()| fs::remove_file(&probe))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the allocation record directory {} is not writable: {e}",
+                        self.dir.display()
+                    ),
+                )
+            })
+    }
+
     /// Forgets a NIC's record. Already gone is fine.
     pub fn remove(&self, mac: Mac) -> io::Result<()> {
         match fs::remove_file(self.path(mac)) {
@@ -105,8 +127,17 @@ impl Store {
         }
     }
 
-    /// Every record on disk. A file that cannot be read or parsed is an
-    /// error naming it: guessing could give one NIC to two pods.
+    /// Every record on disk.
+    ///
+    /// A record that cannot be trusted — zero-length or half-written (a
+    /// `reserved` record is not fsynced, so a power cut can leave one), not
+    /// JSON, or in a file whose name is not its NIC's — is moved aside as
+    /// `<name>.corrupt-<unix time>` with a loud error, and the agent starts
+    /// without it: its NIC is then reconciled from the kernel (and the
+    /// cloud) like a NIC with no record. That never gives one NIC to two
+    /// pods: a NIC not parked on the node is marked missing, not free.
+    /// Refusing to start instead would leave the node down until someone
+    /// acts.
     pub fn load(&self) -> io::Result<Vec<Allocation>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
@@ -121,10 +152,39 @@ impl Store {
                 }
                 _ => continue,
             }
-            out.push(parse(&path, &fs::read(&path)?)?);
+            let problem = match parse(&path, &fs::read(&path)?) {
+                Ok(a) if self.path(a.mac) == path => {
+                    out.push(a);
+                    continue;
+                }
+                Ok(a) => format!(
+                    "allocation record {} holds NIC {}, whose record is {}",
+                    path.display(),
+                    a.mac,
+                    self.path(a.mac).display()
+                ),
+                Err(e) => e.to_string(),
+            };
+            let aside = self.move_aside(&path)?;
+            tracing::error!(
+                record = %path.display(),
+                moved_to = %aside.display(),
+                "{problem}; moved it aside, its NIC is reconciled from the kernel and the cloud"
+            );
         }
         out.sort_by_key(|a| a.mac);
         Ok(out)
+    }
+
+    fn move_aside(&self, path: &Path) -> io::Result<PathBuf> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let aside = self.dir.join(format!("{name}.corrupt-{stamp}"));
+        fs::rename(path, &aside)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(aside)
     }
 }
 
@@ -132,10 +192,7 @@ fn parse(path: &Path, bytes: &[u8]) -> io::Result<Allocation> {
     serde_json::from_slice(bytes).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "allocation record {} is corrupt: {e}; move it aside after checking which pod holds the NIC",
-                path.display()
-            ),
+            format!("allocation record {} is corrupt: {e}", path.display()),
         )
     })
 }
@@ -154,6 +211,10 @@ mod tests {
                 ifname: "eth0".into(),
             },
             netns: Some("/var/run/netns/x".into()),
+            netns_id: Some(NsId {
+                dev: 4,
+                ino: 4026532000,
+            }),
             pod: Pod::default(),
             result: None,
         }
@@ -178,13 +239,48 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_record_is_an_error_that_names_it_and_leftovers_are_dropped() {
+    fn untrustworthy_records_are_moved_aside_and_the_rest_load() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        fs::write(dir.path().join("allocations/hn525400000009.tmp"), b"{half").unwrap();
-        assert!(s.load().unwrap().is_empty());
-        fs::write(dir.path().join("allocations/hn525400000009.json"), b"{half").unwrap();
-        let e = s.load().unwrap_err().to_string();
-        assert!(e.contains("hn525400000009.json"), "{e}");
+        let good = alloc("52:54:00:00:00:01", Phase::Committed);
+        s.put(&good).unwrap();
+        let records = dir.path().join("allocations");
+        fs::write(records.join("hn525400000009.tmp"), b"{half").unwrap();
+        // A power cut: zero-length and half-written records.
+        fs::write(records.join("hn525400000002.json"), b"").unwrap();
+        fs::write(records.join("hn525400000003.json"), b"{\"mac\": \"52:54").unwrap();
+        // A record under another NIC's name.
+        let other = alloc("52:54:00:00:00:05", Phase::Committed);
+        fs::write(
+            records.join("hn525400000004.json"),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.load().unwrap(), vec![good.clone()]);
+        let mut names: Vec<String> = fs::read_dir(&records)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(names[0], "hn525400000001.json");
+        for (i, n) in ["2", "3", "4"].iter().enumerate() {
+            assert!(
+                names[i + 1].starts_with(&format!("hn52540000000{n}.json.corrupt-")),
+                "{names:?}"
+            );
+        }
+        // Loading again finds the same (the moved files are not records).
+        assert_eq!(s.load().unwrap(), vec![good]);
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.writable().unwrap();
+        fs::remove_dir_all(dir.path().join("allocations")).unwrap();
+        let e = s.writable().unwrap_err().to_string();
+        assert!(e.contains("not writable"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ mod netns;
 mod ops;
 
 pub use mac::Mac;
-pub use netns::Netns;
+pub use netns::{Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};
 
 /// A failed namespace or netlink operation, naming what was attempted.
@@ -26,6 +26,8 @@ pub enum Error {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("the descriptor for {label} is not a network namespace ({what})")]
+    NotNetns { label: String, what: String },
     #[error("{op}: {source}")]
     Io {
         op: String,

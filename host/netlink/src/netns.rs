@@ -3,9 +3,29 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::sched::{CloneFlags, setns};
+use serde::{Deserialize, Serialize};
 
 use crate::ops::Netlink;
 use crate::{Error, Result};
+
+/// A namespace's identity: the device and inode of its `nsfs` file. Two
+/// handles name the same namespace exactly when their identities are equal;
+/// a path can be re-bound to another namespace, an identity cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl std::fmt::Display for NsId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "net:[{}] on device {}", self.ino, self.dev)
+    }
+}
+
+// `NS_GET_NSTYPE` from <linux/nsfs.h>: `_IO(0xb7, 0x3)`. It answers the
+// `CLONE_NEW*` type of an nsfs descriptor and ENOTTY for anything else.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
 
 /// A handle on a network namespace: an open `nsfs` file. Holding it keeps
 /// the namespace alive, whatever happens to the path it was opened from.
@@ -32,14 +52,38 @@ impl Netns {
     }
 
     /// Wraps a descriptor received from elsewhere (the CNI executable sends
-    /// the pod's netns over the agent socket). Whether it really is a network
-    /// namespace is checked by [`Netns::connect`], where `setns` refuses
-    /// anything else.
-    pub fn from_fd(fd: OwnedFd, label: impl Into<String>) -> Netns {
-        Netns {
-            fd,
-            label: label.into(),
+    /// the pod's netns over the agent socket), refusing anything that is not
+    /// a network namespace: a pipe, a socket, a mount namespace. Checked
+    /// before the agent records or moves anything for it.
+    pub fn from_fd(fd: OwnedFd, label: impl Into<String>) -> Result<Netns> {
+        let label = label.into();
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the
+        // descriptor, which `fd` keeps open for the duration of the call.
+        let kind = unsafe { ns_get_nstype(fd.as_raw_fd()) };
+        match kind {
+            Ok(k) if k == CloneFlags::CLONE_NEWNET.bits() => Ok(Netns { fd, label }),
+            Ok(_) => Err(Error::NotNetns {
+                label,
+                what: "a namespace of another kind".into(),
+            }),
+            Err(nix::errno::Errno::ENOTTY) => Err(Error::NotNetns {
+                label,
+                what: "not a namespace at all".into(),
+            }),
+            Err(e) => Err(Error::io(format!("asking what descriptor {label} is"))(
+                e.into(),
+            )),
         }
+    }
+
+    /// This namespace's identity.
+    pub fn id(&self) -> Result<NsId> {
+        let st = nix::sys::stat::fstat(&self.fd)
+            .map_err(|e| Error::io(format!("stat of netns {}", self.label))(e.into()))?;
+        Ok(NsId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
     }
 
     pub fn label(&self) -> &str {

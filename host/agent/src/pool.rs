@@ -25,6 +25,9 @@ pub enum State {
     Reserved(Key),
     /// A pod has it (the ADD committed).
     Held(Key),
+    /// DEL answered; the NIC is on its way back from the pod. Not handed
+    /// out until it is parked again.
+    Releasing,
     /// Not found in the node namespace; not handed out until it reappears.
     Missing,
     /// Created and being attached by the cloud; free once its link appears.
@@ -221,6 +224,18 @@ impl Pool {
         {
             s.state = State::Held(k.clone());
         }
+    }
+
+    /// The attachment holding the NIC is gone (DEL answered): the key no
+    /// longer finds it, and the NIC is not free until [`Pool::release`].
+    pub fn start_release(&mut self, mac: Mac) {
+        let Some(s) = self.slots.get_mut(&mac) else {
+            return;
+        };
+        if let State::Reserved(k) | State::Held(k) = &s.state {
+            self.by_key.remove(k);
+        }
+        s.state = State::Releasing;
     }
 
     /// Ends whatever holds the NIC; it becomes free if it is back in the node

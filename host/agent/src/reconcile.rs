@@ -7,6 +7,7 @@
 //! | committed   | (anywhere)                 | adopt: the pod was told success          |
 //! | reserved    | node, or the recorded netns| roll back: the ADD never answered        |
 //! | reserved    | nowhere                    | drop the record, NIC missing             |
+//! | releasing   | (anywhere)                 | finish the DEL: as reserved              |
 //! | none        | node                       | park it, free                            |
 //! | none        | nowhere                    | missing until it reappears               |
 //!
@@ -84,7 +85,14 @@ pub async fn reconcile(
             }
             Some(rec) => {
                 rolled_back += 1;
-                info!(nic = %spec.mac, container = %rec.key.container_id, "rolling back an ADD that never answered");
+                match rec.phase {
+                    Phase::Releasing => {
+                        info!(nic = %spec.mac, container = %rec.key.container_id, "finishing a DEL that answered before the agent stopped")
+                    }
+                    _ => {
+                        info!(nic = %spec.mac, container = %rec.key.container_id, "rolling back an ADD that never answered")
+                    }
+                }
                 release_record(plumber, store, &rec).await?
             }
             None => match on_node(spec.mac) {

@@ -60,6 +60,8 @@ pub struct Service {
 const MAX_BATCH: usize = 20;
 /// Addresses of an ip-policy range considered (a range serves a few pods).
 const MAX_RANGE: usize = 1024;
+/// How long an ADD with no free NIC waits for one a DEL is bringing back.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// Creates tried for one ADD whose policy asks for specific addresses.
 const MAX_ADDRESS_TRIES: usize = 16;
 
@@ -450,8 +452,8 @@ impl Service {
         vxnet: Option<&String>,
     ) -> Result<crate::pool::Lease, CniError> {
         if let Some(l) = self
-            .pool()
-            .reserve_where(key, |s| addrs.contains(&s.address.addr()))
+            .wait_for_release(|p| p.reserve_where(key, |s| addrs.contains(&s.address.addr())))
+            .await
         {
             return Ok(l);
         }
@@ -498,7 +500,7 @@ impl Service {
         key: &Key,
         order: &[String],
     ) -> Result<crate::pool::Lease, CniError> {
-        if let Some(l) = self.pool().reserve_in(order, key) {
+        if let Some(l) = self.wait_for_release(|p| p.reserve_in(order, key)).await {
             return Ok(l);
         }
         let started = Instant::now();
@@ -524,7 +526,7 @@ impl Service {
     /// Cold ADDs waiting that no free or attaching NIC will serve.
     fn unmet_demand(&self) -> usize {
         let pool = self.pool();
-        let supply = pool.count_all(&[State::Free, State::Attaching]);
+        let supply = pool.count_all(&[State::Free, State::Attaching, State::Releasing]);
         self.cold_waiters
             .load(Ordering::SeqCst)
             .saturating_sub(supply)
@@ -608,13 +610,34 @@ impl Service {
             .map(|(_, e)| e.clone())
     }
 
-    /// Reserves a free NIC, looking once more for missing ones if none is free.
+    /// Reserves a free NIC, waiting for one a DEL is bringing back, then
+    /// looking once more for missing ones if none is free.
     async fn reserve(&self, key: &Key) -> Option<crate::pool::Lease> {
-        if let Some(l) = self.pool().reserve(key) {
+        if let Some(l) = self.wait_for_release(|p| p.reserve(key)).await {
             return Some(l);
         }
         self.rescan_missing().await;
         self.pool().reserve(key)
+    }
+
+    /// Tries `take` until it gives a NIC, while NICs that DELs answered for
+    /// are still on their way back (a device move: ~20 ms each, serialised
+    /// by the kernel), for at most [`RELEASE_WAIT`].
+    async fn wait_for_release<T>(&self, take: impl Fn(&mut Pool) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        loop {
+            let releasing = {
+                let mut pool = self.pool();
+                if let Some(t) = take(&mut pool) {
+                    return Some(t);
+                }
+                pool.count_all(&[State::Releasing])
+            };
+            if releasing == 0 || Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// NICs that reappeared in the node namespace become free again.
@@ -664,61 +687,119 @@ impl Service {
         self.pool().release(mac, present);
     }
 
-    pub async fn del(&self, req: DelRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
+    /// DEL answers as soon as the release is recorded; the NIC comes back
+    /// from the pod in the background (a device move costs ~20 ms of
+    /// kernel time the runtime need not wait for). The task holds the pod's
+    /// netns descriptor, so the namespace — and the NIC in it — lives until
+    /// the NIC is out, whatever the runtime does after the answer; it holds
+    /// the NIC's lock, and the NIC is not free until it is parked. A crash
+    /// after the answer is finished by start-up reconciliation.
+    pub async fn del(
+        self: &Arc<Self>,
+        req: DelRequest,
+        netns: Option<Netns>,
+    ) -> Result<Reply, CniError> {
         let key = key_of(&req.target);
         let Some((lease, _)) = self.pool().lookup(&key) else {
             // Nothing recorded: already deleted, or never added. Both fine.
             return Ok(Reply::Deleted);
         };
-        let _guard = lease.lock.lock().await;
+        let guard = lease.lock.clone().lock_owned().await;
         // Re-check under the NIC's lock: a concurrent DEL may have won.
         match self.pool().lookup(&key) {
             Some((l, _)) if l.spec.mac == lease.spec.mac => {}
             _ => return Ok(Reply::Deleted),
         }
-        self.release(lease.spec.mac, &key, netns, req.target.netns.as_deref())
-            .await?;
+        let mac = lease.spec.mac;
+        let netns = self.release_netns(mac, &key, netns, req.target.netns.as_deref());
+        if let Err(e) = self.mark_releasing(mac) {
+            // Without the record a crash could lose the release: do it now.
+            warn!(nic = %mac, error = %e, "recording a release; releasing in the foreground");
+            self.release(mac, &key, netns.as_ref()).await?;
+            return Ok(Reply::Deleted);
+        }
+        self.pool().start_release(mac);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            svc.finish_release(mac, &key, netns).await;
+        });
         Ok(Reply::Deleted)
     }
 
-    /// Brings a NIC back from wherever its attachment put it and frees it.
-    /// Without a netns descriptor, the recorded netns path is tried.
-    async fn release(
+    /// Rewrites the NIC's record as `releasing` (not fsynced: see store).
+    fn mark_releasing(&self, mac: Mac) -> std::io::Result<()> {
+        match self.store.get(mac)? {
+            Some(mut record) => {
+                record.phase = Phase::Releasing;
+                self.store.put(&record)
+            }
+            // No record to update: nothing for a restart to finish either.
+            None => Ok(()),
+        }
+    }
+
+    /// The background half of DEL. A kernel error is retried; if the NIC
+    /// still will not come back, it is marked missing (never free) and its
+    /// `releasing` record stays for the next start.
+    async fn finish_release(&self, mac: Mac, key: &Key, netns: Option<Netns>) {
+        let mut delay = std::time::Duration::from_millis(50);
+        for attempt in 1..=4 {
+            match self.release(mac, key, netns.as_ref()).await {
+                Ok(()) => return,
+                Err(e) if attempt < 4 => {
+                    warn!(nic = %mac, attempt, error = %e.msg, "bringing a NIC back after DEL; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(e) => {
+                    tracing::error!(nic = %mac, error = %e.msg, "bringing a NIC back after DEL failed; marked missing until it reappears or the agent restarts");
+                    self.pool().release(mac, false);
+                }
+            }
+        }
+    }
+
+    /// The pod's namespace to bring a NIC back from: the descriptor DEL
+    /// sent if it is the namespace the NIC was recorded in, else the
+    /// recorded path if it still names that namespace. Never the node's.
+    fn release_netns(
         &self,
         mac: Mac,
         key: &Key,
-        netns: Option<Netns>,
+        sent: Option<Netns>,
         path: Option<&str>,
-    ) -> Result<(), CniError> {
-        // A descriptor naming the node's own namespace is no pod's: ignore
-        // it rather than reach into the node, and still release the NIC.
-        let netns = netns.filter(|ns| match self.plumber.pod_ns_id(ns) {
-            Ok(_) => true,
+    ) -> Option<Netns> {
+        let record = self.store.get(mac).ok().flatten();
+        let recorded_id = record.as_ref().and_then(|a| a.netns_id);
+        let sent = sent.filter(|ns| match self.plumber.pod_ns_id(ns) {
+            Ok(id) if recorded_id.is_none_or(|r| r == id) => true,
+            Ok(id) => {
+                warn!(nic = %mac, container = %key.container_id, sent = %id, recorded = ?recorded_id,
+                      "the netns sent with DEL is not the one the NIC went into; using the recorded one");
+                false
+            }
             Err(e) => {
                 warn!(nic = %mac, container = %key.container_id, error = %e, "ignoring the netns sent with DEL");
                 false
             }
         });
-        let netns = match netns {
-            Some(ns) => Some(ns),
-            None => {
-                let record = self.store.get(mac).ok().flatten();
-                let recorded_id = record.as_ref().and_then(|a| a.netns_id);
-                path.map(str::to_string)
-                    .or_else(|| record.and_then(|a| a.netns))
-                    .and_then(|p| self.plumber.reopen(&p, recorded_id))
-            }
-        };
-        let whereabouts = self
-            .plumber
-            .detach(mac, netns.as_ref())
-            .await
-            .map_err(|e| {
-                internal(format!(
-                    "returning NIC {mac} from container {}: {e}",
-                    key.container_id
-                ))
-            })?;
+        sent.or_else(|| {
+            path.map(str::to_string)
+                .or_else(|| record.and_then(|a| a.netns))
+                .and_then(|p| self.plumber.reopen(&p, recorded_id))
+        })
+    }
+
+    /// Brings a NIC back from the pod's namespace (if reachable) and frees
+    /// it, or marks it missing if it is nowhere to be found.
+    async fn release(&self, mac: Mac, key: &Key, netns: Option<&Netns>) -> Result<(), CniError> {
+        let whereabouts = self.plumber.detach(mac, netns).await.map_err(|e| {
+            internal(format!(
+                "returning NIC {mac} from container {}: {e}",
+                key.container_id
+            ))
+        })?;
         if whereabouts == Whereabouts::Gone {
             warn!(nic = %mac, container = %key.container_id, "NIC not found in the pod or the node; marked missing");
         }
@@ -788,7 +869,8 @@ impl Service {
             if !matches!(self.pool().lookup(&key), Some((l, State::Held(_))) if l.spec.mac == mac) {
                 continue;
             }
-            match self.release(mac, &key, None, None).await {
+            let netns = self.release_netns(mac, &key, None, None);
+            match self.release(mac, &key, netns.as_ref()).await {
                 Ok(()) => released += 1,
                 Err(e) => errors.push(e.msg),
             }
@@ -822,7 +904,8 @@ impl Service {
             Ok(_) => {}
             Err(e) => return not_available(format!("counting the agent's descriptors: {e}")),
         }
-        let free = self.pool().free_count();
+        // A NIC on its way back from a DEL serves the next ADD in ms.
+        let free = self.pool().count_all(&[State::Free, State::Releasing]);
         // With the cloud an ADD can still create a NIC while the VM has room.
         let can_create = self
             .cloud

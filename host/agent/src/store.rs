@@ -14,6 +14,11 @@
 //!   netns is gone too, and reconciliation releases the stale record.)
 //! - `committed` is written and fsynced (file and directory) before ADD
 //!   answers: a pod that was told "success" is on disk.
+//! - `releasing` is written before DEL answers, while the NIC is still in
+//!   the pod: the NIC comes back in the background, and a restart finishes
+//!   what a killed agent did not. Like `reserved` it only has to survive
+//!   the process, not a power loss (after which the pod's netns is gone,
+//!   and a `committed` record whose netns is gone is released at start).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -37,6 +42,9 @@ pub struct Key {
 pub enum Phase {
     Reserved,
     Committed,
+    /// DEL answered; the NIC is being brought back in the background. A
+    /// restart finishes the release.
+    Releasing,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

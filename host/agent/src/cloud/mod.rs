@@ -433,7 +433,9 @@ impl CloudPool {
     /// Brings each vxnet up to `warm_min` free NICs.
     pub async fn top_up(&self, svc: &Service) {
         for vxnet in self.vxnets.keys() {
-            let have = svc.pool().count_in(vxnet, &[State::Free, State::Attaching]);
+            let have = svc
+                .pool()
+                .count_in(vxnet, &[State::Free, State::Attaching, State::Releasing]);
             if have >= self.cfg.warm_min {
                 continue;
             }

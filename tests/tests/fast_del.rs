@@ -1,0 +1,130 @@
+//! DEL answers once the release is recorded and brings the NIC back in the
+//! background: the guarantees stay those of a synchronous DEL.
+
+use std::time::Duration;
+
+use hostnic_testbed::{CallEnv, Ns, Testbed, require_root, wait_for};
+use serde_json::{Value, json};
+
+fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
+    CallEnv {
+        container_id: cid,
+        netns,
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
+    }
+}
+
+fn ok(r: anyhow::Result<Result<Value, hostnic_testbed::PluginError>>) -> Value {
+    match r.expect("exec") {
+        Ok(v) => v,
+        Err(e) => panic!("plugin failed: {e}"),
+    }
+}
+
+fn records(tb: &Testbed) -> Vec<String> {
+    std::fs::read_dir(tb.state_dir().join("allocations"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The runtime destroys the pod's namespace right after DEL answered: the
+/// agent's descriptor keeps it alive until the NIC is out, so the NIC comes
+/// back parked and serves the next pod.
+#[test]
+fn the_nic_comes_back_after_the_runtime_destroys_the_namespace() {
+    if !require_root("the_nic_comes_back_after_the_runtime_destroys_the_namespace") {
+        return;
+    }
+    let tb = Testbed::new(2).unwrap();
+    let _agent = tb.start_agent().unwrap();
+    let conf = tb.netconf("1.0.0", json!([]));
+    let cni = tb.hostnic();
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let pod = Ns::new(&format!("p{i}")).unwrap();
+        ok(cni.call(
+            "ADD",
+            &conf,
+            &env(&format!("c{i}"), &pod.path().display().to_string()),
+        ));
+        pods.push(pod);
+    }
+    for (i, pod) in pods.drain(..).enumerate() {
+        ok(cni.call(
+            "DEL",
+            &conf,
+            &env(&format!("c{i}"), &pod.path().display().to_string()),
+        ));
+        // The runtime tears the sandbox down at once.
+        drop(pod);
+    }
+    wait_for(
+        "both NICs parked on the node",
+        Duration::from_secs(10),
+        || tb.parked_macs().unwrap().len() == 2,
+    )
+    .unwrap();
+    wait_for("no records left", Duration::from_secs(5), || {
+        records(&tb).is_empty()
+    })
+    .unwrap();
+    // A second DEL (no netns) of a released attachment is fine.
+    ok(cni.call("DEL", &conf, &env("c0", "")));
+    // Both NICs serve new pods.
+    let again: Vec<Ns> = (0..2).map(|i| Ns::new(&format!("q{i}")).unwrap()).collect();
+    for (i, pod) in again.iter().enumerate() {
+        ok(cni.call(
+            "ADD",
+            &conf,
+            &env(&format!("d{i}"), &pod.path().display().to_string()),
+        ));
+    }
+}
+
+/// kill -9 right after a burst of DELs answered: the releases the agent did
+/// not finish are finished at start; every NIC is parked and free, no record
+/// is left, no pod keeps a NIC.
+#[test]
+fn a_kill_after_dels_answered_is_finished_at_start() {
+    if !require_root("a_kill_after_dels_answered_is_finished_at_start") {
+        return;
+    }
+    let tb = Testbed::new(6).unwrap();
+    let mut agent = tb.start_agent().unwrap();
+    let conf = tb.netconf("1.0.0", json!([]));
+    let cni = tb.hostnic();
+    let pods: Vec<Ns> = (0..6).map(|i| Ns::new(&format!("p{i}")).unwrap()).collect();
+    let path = |p: &Ns| p.path().display().to_string();
+    for (i, pod) in pods.iter().enumerate() {
+        ok(cni.call("ADD", &conf, &env(&format!("c{i}"), &path(pod))));
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        ok(cni.call("DEL", &conf, &env(&format!("c{i}"), &path(pod))));
+    }
+    agent.kill9();
+    let left = records(&tb).len();
+    let parked = tb.parked_macs().unwrap().len();
+    eprintln!("at the kill: {left} releases recorded but unfinished, {parked} of 6 NICs parked");
+    let _agent = tb.start_agent().unwrap();
+    assert_eq!(
+        tb.parked_macs().unwrap().len(),
+        6,
+        "every NIC parked after the restart"
+    );
+    assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+    for pod in &pods {
+        assert!(
+            pod.ip(&["link", "show", "dev", "eth0"]).is_err(),
+            "a pod kept its NIC"
+        );
+    }
+    // All six free: six new pods get one each.
+    let again: Vec<Ns> = (0..6).map(|i| Ns::new(&format!("q{i}")).unwrap()).collect();
+    for (i, pod) in again.iter().enumerate() {
+        ok(cni.call("ADD", &conf, &env(&format!("d{i}"), &path(pod))));
+    }
+}

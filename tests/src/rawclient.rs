@@ -55,7 +55,7 @@ pub fn send(s: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
 }
 
 /// Reads one answer frame.
-pub fn read_answer(s: &mut UnixStream) -> io::Result<Value> {
+pub fn read_answer(mut s: impl Read) -> io::Result<Value> {
     let mut header = [0u8; 4];
     s.read_exact(&mut header)?;
     let mut body = vec![0u8; u32::from_be_bytes(header) as usize];

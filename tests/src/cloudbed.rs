@@ -56,6 +56,12 @@ impl CloudBed {
         )
     }
 
+    /// Waits until node's agent has brought back every NIC it answered a
+    /// DEL for.
+    pub fn settle(&self, node: usize) {
+        crate::wait_for_releases(&self.state_dir(node)).expect("releases to finish");
+    }
+
     pub fn start_agent(&self, node: usize, cloud: &str) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(self.node_dir(node))?;
         Agent::spawn(

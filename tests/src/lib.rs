@@ -221,6 +221,12 @@ impl Testbed {
             .to_string())
     }
 
+    /// Waits until every NIC a DEL was answered for is back (see
+    /// [`wait_for_releases`]).
+    pub fn settle(&self) {
+        wait_for_releases(&self.state_dir()).expect("releases to finish");
+    }
+
     /// Which inventory NICs sit parked in the node namespace now.
     pub fn parked_macs(&self) -> anyhow::Result<Vec<String>> {
         let out = self.node.ip(&["-o", "link", "show"])?;
@@ -292,7 +298,8 @@ impl Agent {
                     self.log_text()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Fine-grained: the benchmark times agent starts with this.
+            std::thread::sleep(Duration::from_millis(1));
         }
         bail!(
             "hostnic-agent did not serve within {limit:?}:\n{}",
@@ -360,6 +367,28 @@ impl Drop for Agent {
             self.kill9();
         }
     }
+}
+
+/// Waits until the agent whose state is in `state_dir` has brought back
+/// every NIC it answered a DEL for: DEL answers once the release is
+/// recorded, and the NIC returns in the background.
+pub fn wait_for_releases(state_dir: &Path) -> anyhow::Result<()> {
+    let releasing = || {
+        std::fs::read_dir(state_dir.join("allocations"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("\"phase\": \"releasing\""))
+            })
+    };
+    wait_for(
+        "the NICs DELs answered for to be back",
+        Duration::from_secs(10),
+        || !releasing(),
+    )
 }
 
 /// Waits for `path` to disappear or appear, for tests that watch files.

@@ -291,6 +291,7 @@ fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
         .call("DEL", &conf, &env("f0", &paths[0]))
         .unwrap()
         .unwrap();
+    bed.settle(0);
     let freed = results[0]["interfaces"][0]["mac"]
         .as_str()
         .unwrap()
@@ -473,7 +474,7 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
     })
     .unwrap();
     // max_nics 4: the primary, and three for pods (no gateway NIC here).
-    let timers = "warm_min = 0\nwarm_max = 1\nmax_nics = 4\nidle_seconds = 1\nleak_grace_seconds = 1\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
+    let timers = "warm_min = 0\nwarm_max = 1\nmax_nics = 4\nidle_seconds = 1\nleak_grace_seconds = 1\nreconcile_seconds = 1\ncloud_poll_seconds = 1\ncold_add_wait_seconds = 10";
     let mut agent = bed.start_agent(0, timers).unwrap();
     let conf = bed.netconf(0, "1.1.0", json!([]));
     let pods: Vec<Ns> = (0..4).map(|i| Ns::new(&format!("l{i}")).unwrap()).collect();
@@ -544,24 +545,32 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
     )
     .unwrap_or_else(|e| panic!("{e}: {}\n{}", bed.sim.inspect(), agent.log_text()));
 
-    // A NIC leaked by a node that died (our cluster's name, detached) is
-    // collected after the grace period; somebody else's NIC is not.
+    // Leaks: a NIC this node created and lost (its name, detached), one of
+    // a node that died (the cluster's name), and somebody else's. Every
+    // node sweeps its own; only the node doing the cluster's sweep
+    // (leak_sweep = "cluster") takes the dead node's; nobody takes the
+    // foreign one.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = hostnic_iaas::Client::new(
         hostnic_iaas::Credentials::from_yaml(&bed.sim.local_credentials_yaml()).unwrap(),
         hostnic_iaas::Options::default(),
     )
     .unwrap();
-    let (leak, foreign) = rt.block_on(async {
-        let leak = client
-            .create_nics("vxnet-pods", "hostnic-test-i-deadnode", 1, &[])
-            .await
-            .unwrap();
-        let foreign = client
-            .create_nics("vxnet-pods", "someone-elses-nic", 1, &[])
-            .await
-            .unwrap();
-        (leak[0].nic_id.clone(), foreign[0].nic_id.clone())
+    let own_name = format!("hostnic-test-{}", bed.sim.nodes[0].instance);
+    let (own, leak, foreign) = rt.block_on(async {
+        let mut ids = Vec::new();
+        for name in [
+            own_name.as_str(),
+            "hostnic-test-i-deadnode",
+            "someone-elses-nic",
+        ] {
+            let nic = client
+                .create_nics("vxnet-pods", name, 1, &[])
+                .await
+                .unwrap();
+            ids.push(nic[0].nic_id.clone());
+        }
+        (ids[0].clone(), ids[1].clone(), ids[2].clone())
     });
     let exists = |id: &str| {
         bed.sim.inspect()["nics"]
@@ -571,7 +580,20 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
             .any(|n| n["id"] == id)
     };
     wait_for(
-        "the leaked NIC to be collected",
+        "this node's leaked NIC to be collected",
+        Duration::from_secs(30),
+        || !exists(&own),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    // A few more polls: the dead node's NIC is not this node's to take.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(exists(&leak), "a node swept another node's NIC");
+    agent.stop().unwrap();
+    let agent = bed
+        .start_agent(0, &format!("{timers}\nleak_sweep = \"cluster\""))
+        .unwrap();
+    wait_for(
+        "the dead node's leaked NIC to be collected",
         Duration::from_secs(30),
         || !exists(&leak),
     )
@@ -580,4 +602,100 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
         exists(&foreign),
         "the collector deleted a NIC that is not ours"
     );
+}
+
+/// A node at rest asks the cloud nothing between its slow polls, and sees
+/// kernel changes (a NIC gone, the default route taken) from netlink
+/// notifications, not from a timer: both timers here are an hour.
+#[test]
+fn at_rest_no_cloud_calls_and_kernel_changes_are_seen_from_netlink() {
+    if !require_root("at_rest_no_cloud_calls_and_kernel_changes_are_seen_from_netlink") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults: Faults {
+            attach_latency_ms: 50,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let node = &bed.sim.nodes[0];
+    let default_before = node.ns.ip(&["route", "show", "default"]).unwrap();
+    let agent = bed
+        .start_agent(
+            0,
+            "warm_min = 1\nwarm_max = 2\nreconcile_seconds = 3600\ncloud_poll_seconds = 3600\ncold_add_wait_seconds = 10",
+        )
+        .unwrap();
+    let total = |b: &CloudBed| b.sim.calls().values().sum::<u64>();
+    let parked = |n: &Ns| {
+        n.ip(&["-o", "link", "show"])
+            .map(|l| l.lines().filter(|l| l.contains(": hn")).count())
+            .unwrap_or(0)
+    };
+    // The start-up tick warms the pool: one NIC per vxnet.
+    let vxnets = bed.sim.config().vxnets.len();
+    wait_for("the warm pool", Duration::from_secs(20), || {
+        parked(&node.ns) == vxnets
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    std::thread::sleep(Duration::from_millis(500));
+    let settled = total(&bed);
+    std::thread::sleep(Duration::from_secs(5));
+    let at_rest = total(&bed) - settled;
+    eprintln!("cloud calls in 5 s at rest: {at_rest} (after {settled} to start and warm up)");
+    assert_eq!(at_rest, 0, "calls at rest: {:?}", bed.sim.calls());
+
+    // The default route taken: put back at once (the timer is an hour).
+    assert_eq!(
+        post(
+            &bed,
+            "/control/move-default-route",
+            json!({"instance": node.instance})
+        )["ok"],
+        true
+    );
+    let original = default_before
+        .split(" proto")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    wait_for(
+        "the default route back on eth0",
+        Duration::from_secs(5),
+        || {
+            node.ns
+                .ip(&["route", "show", "default"])
+                .is_ok_and(|r| r.lines().count() == 1 && r.starts_with(&original))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert_eq!(total(&bed), settled, "restoring the route asked the cloud");
+
+    // A NIC vanishes from the node: the cloud is asked then, and only then,
+    // and the NIC is re-attached.
+    let inspect = bed.sim.inspect();
+    let victim = inspect["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == 0 && n["state"] == "in-use")
+        .and_then(|n| n["id"].as_str())
+        .unwrap()
+        .to_string();
+    post(&bed, "/control/vanish", json!({"nic": victim}));
+    wait_for(
+        "the vanished NIC re-attached",
+        Duration::from_secs(10),
+        || {
+            node.ns
+                .ip(&["-o", "link", "show"])
+                .is_ok_and(|l| l.contains(&victim))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(total(&bed) > settled, "re-attaching made no cloud call?");
 }

@@ -143,6 +143,7 @@ fn containerd_cri_runs_pod_sandboxes_on_hostnic() {
     // NICs return to the pool and their records go.
     for pod in &pods {
         cri.stop_pod(&pod.id).unwrap();
+        tb.settle();
         let nic = tb.nics.iter().find(|n| n.ip == pod.ip).unwrap();
         assert!(
             tb.parked_macs().unwrap().contains(&nic.mac),

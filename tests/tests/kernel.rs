@@ -90,6 +90,7 @@ fn add_check_del_gc_on_a_real_kernel() {
     // DEL returns the NIC to the node, parked; DEL again and DEL without a
     // netns (containerd's second DEL) are fine.
     ok(cni.call("DEL", &conf, &env("c1", &p1path)));
+    tb.settle();
     assert!(tb.parked_macs().unwrap().contains(&tb.nics[0].mac));
     assert!(
         p1.ip(&["link", "show", "dev", "eth0"]).is_err(),

@@ -150,6 +150,7 @@ fn podman_container_on_hostnic_with_portmap_and_bandwidth() {
     // Removal: the chain's DEL returns the NIC to the pool and podman
     // removes the pod's netns; portmap's rules go too.
     podman.run(&["rm", "--force", "--time", "0", &id]).unwrap();
+    tb.settle();
     assert!(
         tb.parked_macs().unwrap().contains(&nic.mac),
         "NIC {} is not back in the pool",

@@ -99,6 +99,7 @@ fn kill_9_mid_burst_loses_and_duplicates_nothing() {
 
         // Where is every NIC? In exactly one place, and only with a pod that
         // was told success, with the address it was told.
+        tb.settle();
         let mut owner: BTreeMap<String, String> = BTreeMap::new();
         for mac in tb.parked_macs().unwrap() {
             owner.insert(mac, "pool".into());
@@ -147,6 +148,7 @@ fn kill_9_mid_burst_loses_and_duplicates_nothing() {
             };
             tb.hostnic().call("DEL", &conf, &env).unwrap().unwrap();
         }
+        tb.settle();
         assert_eq!(tb.parked_macs().unwrap().len(), PODS);
         if cut_short > 0 && round >= 1 {
             break;

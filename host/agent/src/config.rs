@@ -216,14 +216,38 @@ pub struct Cloud {
     /// A detached NIC with our name older than this is a leak.
     #[serde(default = "default_leak_grace")]
     pub leak_grace_seconds: u64,
-    /// How often the cloud, the kernel and the record are reconciled.
+    /// How often the node is checked without asking the cloud: the
+    /// default route, NICs gone from the node, the warm pool's targets.
+    /// Kernel changes (a link gone, a route changed) also trigger the check
+    /// at once, from netlink notifications.
     #[serde(default = "default_reconcile")]
     pub reconcile_seconds: u64,
+    /// How often the cloud is asked what is attached to this VM (one
+    /// DescribeNics of the NICs named for this node, which also finds the
+    /// ones it created and lost), jittered ±20% so nodes spread out. Slow
+    /// by design: a node at rest costs 3600 / this calls an hour.
+    #[serde(default = "default_cloud_poll")]
+    pub cloud_poll_seconds: u64,
+    /// Which leaked NICs this agent deletes: `node`, only those named for
+    /// this node (what every node does); `cluster`, every detached NIC named
+    /// for the cluster, those of dead nodes too — a duty for one node at a
+    /// time (see the Lease election), never for all at once.
+    #[serde(default)]
+    pub leak_sweep: LeakSweep,
     /// How long a cold ADD waits for its NIC before answering "try again
     /// later"; the attach goes on and the retried ADD finds it warm. Keep it
     /// under the runtime's CNI timeout.
     #[serde(default = "default_cold_wait")]
     pub cold_add_wait_seconds: u64,
+}
+
+/// See [`Cloud::leak_sweep`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakSweep {
+    #[default]
+    Node,
+    Cluster,
 }
 
 impl Default for Cloud {
@@ -233,6 +257,9 @@ impl Default for Cloud {
     }
 }
 
+fn default_cloud_poll() -> u64 {
+    1200
+}
 fn default_cluster() -> String {
     "kubernetes".into()
 }
@@ -421,8 +448,11 @@ impl Config {
                     c.cluster
                 );
             }
-            if c.reconcile_seconds == 0 || c.cold_add_wait_seconds == 0 {
-                bail!("cloud.reconcile_seconds and cloud.cold_add_wait_seconds must be at least 1");
+            if c.reconcile_seconds == 0 || c.cold_add_wait_seconds == 0 || c.cloud_poll_seconds == 0
+            {
+                bail!(
+                    "cloud.reconcile_seconds, cloud.cloud_poll_seconds and cloud.cold_add_wait_seconds must be at least 1"
+                );
             }
             if !self.inventory.nics.is_empty() {
                 bail!("inventory.nics lists static NICs but inventory.source is \"cloud\"");

@@ -125,6 +125,11 @@ impl Plumber {
         &self.node
     }
 
+    /// The node's namespace (to watch it).
+    pub fn node_ns(&self) -> &Netns {
+        &self.node_ns
+    }
+
     /// Moves the NIC into the pod under `w.ifname` and configures it. On
     /// failure the NIC is brought back and parked before the error returns.
     /// A NIC that fails to come back is reported in the error; the caller

@@ -14,7 +14,7 @@ mod netns;
 mod ops;
 
 pub use mac::Mac;
-pub use netns::{Netns, NsId};
+pub use netns::{Change, Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};
 
 /// A failed namespace or netlink operation, naming what was attempted.

@@ -98,6 +98,40 @@ impl Netns {
     /// failed restore to leave a thread in the wrong namespace. The
     /// connection's I/O then runs on the caller's tokio runtime.
     pub async fn connect(&self) -> Result<Netlink> {
+        let (handle, _) = self.socket(0).await?;
+        Ok(handle)
+    }
+
+    /// Kernel notifications from this namespace: a link added, changed or
+    /// removed, an IPv4 route added or removed. The agent reacts to these
+    /// instead of polling the node. The stream ends if the socket fails;
+    /// the kernel drops notifications a slow reader does not take (the
+    /// caller re-reads the whole state on every event, so a lost one only
+    /// delays the next look).
+    pub async fn watch(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<Change>> {
+        use rtnetlink::constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK};
+        let (_, mut messages) = self.socket(RTMGRP_LINK | RTMGRP_IPV4_ROUTE).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            use netlink_packet_route::RouteNetlinkMessage as M;
+            use rtnetlink::packet_core::NetlinkPayload;
+            while let Some((msg, _)) = messages.next().await {
+                let change = match msg.payload {
+                    NetlinkPayload::InnerMessage(M::NewLink(_) | M::DelLink(_)) => Change::Link,
+                    NetlinkPayload::InnerMessage(M::NewRoute(_) | M::DelRoute(_)) => Change::Route,
+                    _ => continue,
+                };
+                if tx.send(change).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// A connection in this namespace, subscribed to `groups` (0: none).
+    async fn socket(&self, groups: u32) -> Result<(Netlink, Messages)> {
         let fd = self
             .fd
             .try_clone()
@@ -118,20 +152,43 @@ impl Netns {
                         // The netlink socket registers with the runtime's
                         // reactor, so it needs the runtime's context.
                         let _ctx = runtime.enter();
-                        rtnetlink::new_connection()
-                            .map_err(Error::io(format!("opening rtnetlink in netns {label}")))
+                        let (mut conn, handle, messages) = rtnetlink::new_connection()
+                            .map_err(Error::io(format!("opening rtnetlink in netns {label}")))?;
+                        if groups != 0 {
+                            use rtnetlink::sys::{AsyncSocket, SocketAddr};
+                            conn.socket_mut()
+                                .socket_mut()
+                                .bind(&SocketAddr::new(0, groups))
+                                .map_err(Error::io(format!(
+                                    "subscribing to rtnetlink notifications in netns {label}"
+                                )))?;
+                        }
+                        Ok((conn, handle, messages))
                     });
                 // If the receiver is gone the caller was cancelled; the
                 // connection is dropped with the message.
                 let _ = tx.send(result);
             })
             .map_err(Error::io("spawning the netns thread"))?;
-        let (connection, handle, _) = rx.await.map_err(|_| {
+        let (connection, handle, messages) = rx.await.map_err(|_| {
             Error::io("netns thread")(std::io::Error::other("exited without an answer"))
         })??;
         tokio::spawn(connection);
-        Ok(Netlink::new(handle, self.label.clone()))
+        Ok((Netlink::new(handle, self.label.clone()), messages))
     }
+}
+
+/// The notifications' receiving end, as rtnetlink hands it out.
+type Messages = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+/// What changed in a watched namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Link,
+    Route,
 }
 
 impl AsFd for Netns {

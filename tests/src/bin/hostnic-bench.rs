@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
             |_| conf.clone(),
         )?;
         let rss = agent.rss_kib();
+        tb.settle();
         (row, rss)
     };
     let agent = tb.start_agent()?;
@@ -54,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         |_| conf.clone(),
     )?);
     let rss_guests = agent.rss_kib();
+    tb.settle();
     let exec_version = sample(EXEC_SAMPLES, || {
         let t = Instant::now();
         expect_ok(tb.hostnic().call(
@@ -72,7 +74,9 @@ fn main() -> anyhow::Result<()> {
         )?;
         Ok(t.elapsed())
     })?;
+    let status_idle = status_with_idle_clients(&tb, &status_conf)?;
     drop(agent);
+    let restarts = restart_to_serving(&tb)?;
 
     // ptp + host-local: a veth pair per pod and an IP from a file store.
     let tb2 = Testbed::new(0)?;
@@ -179,7 +183,73 @@ fn main() -> anyhow::Result<()> {
         ms(pct(&exec_status, 50)),
         ms(pct(&exec_status, 99))
     );
+    println!(
+        "| STATUS while 900 idle and 100 byte-a-second clients are connected (target p99 <= 100 ms) | {} | {} |",
+        ms(pct(&status_idle, 50)),
+        ms(pct(&status_idle, 99))
+    );
+    println!();
+    println!(
+        "| agent start to serving, {} starts each | p50 | max |",
+        restarts.0.len()
+    );
+    println!("|---|---|---|");
+    for (what, v) in [
+        (
+            "compiled-guest cache empty (compiles the three default guests)",
+            &restarts.0,
+        ),
+        ("compiled-guest cache warm (target <= 100 ms)", &restarts.1),
+    ] {
+        println!("| {what} | {} | {} |", ms(pct(v, 50)), ms(pct(v, 100)));
+    }
     Ok(())
+}
+
+/// STATUS through the executable while 900 idle and 100 slow clients hold
+/// connections to the agent.
+fn status_with_idle_clients(tb: &Testbed, conf: &Value) -> anyhow::Result<Vec<Duration>> {
+    use std::os::unix::net::UnixStream;
+    let idle: Vec<UnixStream> = (0..900)
+        .map(|_| UnixStream::connect(tb.socket()))
+        .collect::<Result<_, _>>()?;
+    let slow: Vec<UnixStream> = (0..100)
+        .map(|_| -> anyhow::Result<UnixStream> {
+            let s = UnixStream::connect(tb.socket())?;
+            hostnic_testbed::rawclient::send(&s, &1000u32.to_be_bytes(), &[])?;
+            Ok(s)
+        })
+        .collect::<Result<_, _>>()?;
+    let took = sample(EXEC_SAMPLES, || {
+        for s in &slow {
+            // The agent cuts slow clients off after 3 s; that is fine.
+            let _ = hostnic_testbed::rawclient::send(s, b" ", &[]);
+        }
+        let t = Instant::now();
+        expect_ok(tb.hostnic().call("STATUS", conf, &CallEnv::default()))?;
+        Ok(t.elapsed())
+    })?;
+    drop((idle, slow));
+    Ok(took)
+}
+
+/// Agent start to serving (its socket accepts), with the compiled-guest
+/// cache emptied before each start, then warm.
+fn restart_to_serving(tb: &Testbed) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let cache = tb.state_dir().join("policy/compiled");
+    let time = |cold: bool| -> anyhow::Result<Duration> {
+        if cold && cache.exists() {
+            std::fs::remove_dir_all(&cache)?;
+        }
+        let t = Instant::now();
+        let agent = tb.start_agent()?;
+        let took = t.elapsed();
+        drop(agent);
+        Ok(took)
+    };
+    let cold = (0..5).map(|_| time(true)).collect::<Result<_, _>>()?;
+    let warm = (0..5).map(|_| time(false)).collect::<Result<_, _>>()?;
+    Ok((cold, warm))
 }
 
 struct Row {

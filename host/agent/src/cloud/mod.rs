@@ -25,7 +25,7 @@ use hostnic_netlink::{Mac, RouteEntry};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
-use crate::config::{self, Config, NicSpec};
+use crate::config::{self, Config, LeakSweep, NicSpec};
 use crate::pool::State;
 use crate::service::Service;
 use rotation::Rotation;
@@ -537,15 +537,87 @@ impl CloudPool {
     }
 
     /// One reconciliation pass of the three truths, then the warm targets.
+    /// The node's periodic check: the kernel and the pool, then the warm
+    /// pool's targets. No cloud call unless something needs one: a NIC gone
+    /// from the node (only the cloud can say whether it was detached or
+    /// vanished), the warm pool below `warm_min`, idle NICs above
+    /// `warm_max`.
     pub async fn tick(&self, svc: &Service) {
+        self.check_node(svc).await;
+        self.top_up(svc).await;
+        self.trim(svc).await;
+    }
+
+    /// What the kernel alone can tell: the default route, NICs that left or
+    /// came back. Runs on every netlink notification too.
+    async fn check_node(&self, svc: &Service) {
         if let Err(e) = self.guard_default_route(svc).await {
             warn!(error = %e, "checking the node's default route");
         }
-        if let Err(e) = self.reconcile(svc).await {
-            warn!(error = %e, "reconciling with the cloud");
+        match self.check_links(svc).await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = self.poll(svc).await {
+                    warn!(error = %e, "asking the cloud about a NIC gone from the node");
+                }
+            }
+            Err(e) => warn!(error = %e, "checking the node's NICs"),
         }
-        self.top_up(svc).await;
-        self.trim(svc).await;
+    }
+
+    /// Parks and frees missing NICs that are back on the node; returns
+    /// whether a NIC the pool has on the node (free, or the gateway NIC) is
+    /// gone from it.
+    async fn check_links(&self, svc: &Service) -> anyhow::Result<bool> {
+        let links = svc.plumber.node().links().await?;
+        let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
+        let mut vanished = false;
+        let snapshot = svc.pool().snapshot();
+        for (mac, state) in snapshot {
+            match state {
+                State::Free | State::Gateway => vanished |= on_node(mac).is_none(),
+                State::Missing => {
+                    if let Some(link) = on_node(mac) {
+                        svc.plumber.park(link).await?;
+                        svc.pool().set_state(mac, State::Free);
+                        info!(nic = %mac, "missing NIC is back on the node");
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(vanished)
+    }
+
+    /// The slow cloud poll: one DescribeNics of the NICs named for this
+    /// node, which is both what is attached here (reconciled with the pool
+    /// and the kernel) and what this node created and lost (its leaks).
+    pub async fn poll(&self, svc: &Service) -> anyhow::Result<()> {
+        let named: Vec<hostnic_iaas::Nic> = self
+            .client
+            .describe_nics(&NicFilter {
+                nic_name: Some(self.name.clone()),
+                ..NicFilter::default()
+            })
+            .await
+            .context("describing the NICs named for this node")?
+            .into_iter()
+            .filter(|n| n.nic_name == self.name && !n.is_primary())
+            .collect();
+        let attached: Vec<NicSpec> = named
+            .iter()
+            .filter(|n| n.instance_id == self.cfg.instance_id)
+            .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
+            .collect();
+        self.reconcile(svc, &attached).await?;
+        let deleted = match self.cfg.leak_sweep {
+            LeakSweep::Node => self.delete_leaks(svc, named).await?,
+            LeakSweep::Cluster => self.collect_leaks(svc).await?,
+        };
+        if deleted > 0 {
+            info!(deleted, "deleted leaked NICs");
+        }
+        Ok(())
     }
 
     async fn guard_default_route(&self, svc: &Service) -> anyhow::Result<()> {
@@ -588,11 +660,10 @@ impl CloudPool {
     /// Cloud vs kernel vs pool. Adopts attached NICs of ours the pool does
     /// not know, forgets NICs detached behind our back, and re-attaches
     /// attached NICs whose link vanished from the node.
-    async fn reconcile(&self, svc: &Service) -> anyhow::Result<()> {
-        let (attached, _) = self.inventory().await?;
+    async fn reconcile(&self, svc: &Service, attached: &[NicSpec]) -> anyhow::Result<()> {
         let links = svc.plumber.node().links().await?;
         let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
-        for spec in &attached {
+        for spec in attached {
             let state = svc.pool().state(spec.mac);
             match state {
                 None => {
@@ -668,11 +739,10 @@ impl CloudPool {
         }
     }
 
-    /// Deletes detached NICs named for this cluster that are older than the
-    /// grace period and that no node is attaching (the grace covers a create
-    /// whose attach is still on its way).
+    /// The cluster-wide sweep (`leak_sweep = "cluster"`): deletes detached
+    /// NICs named for this cluster — those of dead nodes too — older than
+    /// the grace period. One node at a time does this, never every node.
     pub async fn collect_leaks(&self, svc: &Service) -> anyhow::Result<usize> {
-        let prefix = format!("hostnic-{}-", self.cfg.cluster);
         let nics = self
             .client
             .describe_nics(&NicFilter {
@@ -681,6 +751,18 @@ impl CloudPool {
                 ..NicFilter::default()
             })
             .await?;
+        self.delete_leaks(svc, nics).await
+    }
+
+    /// Deletes those of `nics` that are leaks: named for this cluster,
+    /// detached, older than the grace period (which covers a create whose
+    /// attach is still on its way) and unknown to the pool.
+    async fn delete_leaks(
+        &self,
+        svc: &Service,
+        nics: Vec<hostnic_iaas::Nic>,
+    ) -> anyhow::Result<usize> {
+        let prefix = format!("hostnic-{}-", self.cfg.cluster);
         let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
         let now = SystemTime::now();
         let leaked: Vec<String> = nics
@@ -704,19 +786,55 @@ impl CloudPool {
         Ok(leaked.len())
     }
 
-    /// The reconcile timer, with the leak collector on a jittered period of
-    /// about five ticks so the nodes of a cluster do not all sweep at once.
+    /// The agent's loop: the node check on every kernel notification
+    /// (debounced) and every `reconcile_seconds`, with the warm pool's
+    /// targets on the timer; the cloud poll every `cloud_poll_seconds`,
+    /// jittered so the nodes of a cluster spread out.
     pub async fn run(&self, svc: &Service) {
-        let every = Duration::from_secs(self.cfg.reconcile_seconds);
-        let mut until_sweep = 1 + fastrand::u32(0..5);
+        let local = Duration::from_secs(self.cfg.reconcile_seconds);
+        let poll_every = || {
+            Duration::from_secs(self.cfg.cloud_poll_seconds).mul_f64(0.8 + 0.4 * fastrand::f64())
+        };
+        let mut events = match svc.plumber.node_ns().watch().await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                warn!(error = %e, "watching the node's links and routes; checking every reconcile_seconds only");
+                None
+            }
+        };
+        let mut next_tick = tokio::time::Instant::now() + local;
+        let mut next_poll = tokio::time::Instant::now() + poll_every();
         loop {
-            tokio::time::sleep(every).await;
-            self.tick(svc).await;
-            until_sweep -= 1;
-            if until_sweep == 0 {
-                until_sweep = 3 + fastrand::u32(0..5);
-                if let Err(e) = self.collect_leaks(svc).await {
-                    warn!(error = %e, "collecting leaked NICs");
+            let changed = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    self.tick(svc).await;
+                    next_tick = tokio::time::Instant::now() + local;
+                }
+                _ = tokio::time::sleep_until(next_poll) => {
+                    if let Err(e) = self.poll(svc).await {
+                        warn!(error = %e, "polling the cloud");
+                    }
+                    next_poll = tokio::time::Instant::now() + poll_every();
+                }
+                change = changed => {
+                    if change.is_none() {
+                        warn!("the node's netlink notifications stopped; checking every reconcile_seconds only");
+                        events = None;
+                        continue;
+                    }
+                    // A NIC move or a route change is a burst of messages:
+                    // look once they settle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(rx) = events.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                    self.check_node(svc).await;
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! `hostnic-agent` whose NICs come from the simulated cloud.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -63,12 +64,23 @@ impl CloudBed {
     }
 
     pub fn start_agent(&self, node: usize, cloud: &str) -> anyhow::Result<Agent> {
+        self.start_agent_within(node, cloud, Duration::from_secs(20))
+    }
+
+    /// The same, waiting up to `limit` for the agent to serve.
+    pub fn start_agent_within(
+        &self,
+        node: usize,
+        cloud: &str,
+        limit: Duration,
+    ) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(self.node_dir(node))?;
-        Agent::spawn(
+        Agent::spawn_within(
             &self.sim.nodes[node].ns,
             &self.node_dir(node),
             &self.agent_config(node, cloud),
             self.socket(node),
+            limit,
         )
     }
 

@@ -259,6 +259,18 @@ impl Agent {
     /// Starts `hostnic-agent` inside `ns` with `config` (written to
     /// `dir/agent.toml`, log in `dir/agent.log`) and waits until it serves.
     pub fn spawn(ns: &Ns, dir: &Path, config: &str, socket: PathBuf) -> anyhow::Result<Agent> {
+        Self::spawn_within(ns, dir, config, socket, Duration::from_secs(20))
+    }
+
+    /// The same, waiting up to `limit` for it to serve (many agents
+    /// starting at once against a rate-limited cloud take longer).
+    pub fn spawn_within(
+        ns: &Ns,
+        dir: &Path,
+        config: &str,
+        socket: PathBuf,
+        limit: Duration,
+    ) -> anyhow::Result<Agent> {
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config)?;
         let log_path = dir.join("agent.log");
@@ -280,7 +292,7 @@ impl Agent {
             socket,
             log: log_path,
         };
-        agent.wait_ready(Duration::from_secs(20))?;
+        agent.wait_ready(limit)?;
         Ok(agent)
     }
 

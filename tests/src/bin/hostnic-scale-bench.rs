@@ -1,0 +1,194 @@
+//! `hostnic-scale-bench`: a cluster's share of the cloud API. Many VMs — an
+//! agent in each VM's namespace — bring up pods from a cold start against
+//! one simulator with an account-wide API rate limit, as kubelet would:
+//! every ADD an exec of the real `hostnic`, retried on "try again later"
+//! within the runtime's timeout.
+//!
+//! Usage: `hostnic-scale-bench [VMS] [PODS_PER_VM] [ACCOUNT_CALLS_PER_SECOND]`
+//! (default 50 × 20, 20 calls/s). Prints the time until every pod runs,
+//! ADD p50/p99, API calls per second at peak and at rest, calls throttled
+//! and pods that failed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::sim::{Faults, SimConfig};
+use hostnic_testbed::stats::{ms, pct};
+use hostnic_testbed::{Agent, CallEnv, Ns};
+use serde_json::json;
+
+/// How long a runtime keeps retrying an ADD (kubelet's sandbox creation
+/// is retried for minutes; 4 is what containerd's CNI setup tolerates).
+const RUNTIME_TIMEOUT: Duration = Duration::from_secs(240);
+/// ADDs one node runs at once (kubelet starts pods in parallel).
+const PER_NODE_PARALLEL: usize = 5;
+
+fn main() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("hostnic-scale-bench needs root: it creates network namespaces");
+    }
+    let arg = |i: usize, default: u64| -> anyhow::Result<u64> {
+        std::env::args().nth(i).map_or(Ok(default), |v| {
+            v.parse()
+                .context("usage: hostnic-scale-bench [VMS] [PODS_PER_VM] [CALLS_PER_SECOND]")
+        })
+    };
+    let (vms, per_vm, rate) = (
+        arg(1, 50)? as usize,
+        arg(2, 20)? as usize,
+        arg(3, 20)? as u32,
+    );
+    println!(
+        "hostnic-scale-bench: {vms} VMs × {per_vm} pods, cold start, account limit {rate} calls/s, attach 1 s\n"
+    );
+    let setup = Instant::now();
+    let bed = CloudBed::new(SimConfig {
+        nodes: vms,
+        vxnets: vec![("vxnet-pods".into(), "10.100.0.0/19".parse()?)],
+        faults: Faults {
+            attach_latency_ms: 1000,
+            throttle_per_second: Some(rate),
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })?;
+    // The defaults an operator runs with, cold (no NIC exists yet), but no
+    // warm NIC beyond the pods': the simulator's vxnet is one Linux bridge,
+    // whose 1,024-port limit 1,000 pod NICs nearly fill.
+    let timers = "warm_min = 0\nwarm_max = 4\ncold_add_wait_seconds = 20";
+    let start = Instant::now();
+    let calls = || -> u64 { bed.sim.calls().values().sum() };
+    // Agents start as the DaemonSet starts them: all at once.
+    let agents: Vec<Agent> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..vms)
+            .map(|n| {
+                let bed = &bed;
+                s.spawn(move || bed.start_agent_within(n, timers, Duration::from_secs(300)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("agent thread"))
+            .collect::<Result<_, _>>()
+    })?;
+    println!(
+        "{vms} agents serving {:.1} s after their start ({:.1} s of testbed setup before)",
+        start.elapsed().as_secs_f64(),
+        (start - setup).as_secs_f64()
+    );
+    let pods: Vec<Vec<Ns>> = (0..vms)
+        .map(|n| (0..per_vm).map(|i| Ns::new(&format!("s{n}x{i}"))).collect())
+        .collect::<Result<_, _>>()?;
+
+    // Sample the API rate every second while the pods come up.
+    let done = AtomicBool::new(false);
+    let (times, failures, samples) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut per_second = Vec::new();
+            let mut last = calls();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(1));
+                let now = calls();
+                per_second.push(now - last);
+                last = now;
+            }
+            per_second
+        });
+        let workers: Vec<_> = (0..vms)
+            .flat_map(|n| (0..PER_NODE_PARALLEL).map(move |w| (n, w)))
+            .map(|(n, w)| {
+                let (bed, pods) = (&bed, &pods);
+                s.spawn(move || {
+                    let conf = bed.netconf(n, "1.0.0", json!([]));
+                    let mut out = Vec::new();
+                    for i in (w..per_vm).step_by(PER_NODE_PARALLEL) {
+                        let id = format!("s{n}x{i}");
+                        let path = pods[n][i].path().display().to_string();
+                        let env = CallEnv {
+                            container_id: &id,
+                            netns: &path,
+                            ifname: "eth0",
+                            args: "",
+                        };
+                        let t = Instant::now();
+                        let r = loop {
+                            match bed.hostnic(n).call("ADD", &conf, &env) {
+                                Ok(Ok(_)) => break Ok(t.elapsed()),
+                                Ok(Err(e))
+                                    if e.code == Some(11) && t.elapsed() < RUNTIME_TIMEOUT =>
+                                {
+                                    std::thread::sleep(Duration::from_secs(1));
+                                }
+                                Ok(Err(e)) => break Err(format!("{id}: {e}")),
+                                Err(e) => break Err(format!("{id}: {e:#}")),
+                            }
+                        };
+                        out.push(r);
+                    }
+                    out
+                })
+            })
+            .collect();
+        let results: Vec<Result<Duration, String>> = workers
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect();
+        done.store(true, Ordering::SeqCst);
+        let samples = sampler.join().expect("sampler");
+        let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        (
+            ok.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            failed
+                .into_iter()
+                .map(|e| e.unwrap_err())
+                .collect::<Vec<_>>(),
+            samples,
+        )
+    });
+    let all_running = start.elapsed();
+    let during = calls();
+    let throttled: u64 = bed.sim.injected().get(&5100).copied().unwrap_or(0);
+
+    // At rest: every pod running, nothing to do.
+    let rest_window = Duration::from_secs(60);
+    let before_rest = calls();
+    std::thread::sleep(rest_window);
+    let at_rest = calls() - before_rest;
+
+    let total = vms * per_vm;
+    println!("| {vms} VMs × {per_vm} pods, account limit {rate} calls/s | value |");
+    println!("|---|---|");
+    println!("| pods running | {} of {total} |", times.len());
+    println!(
+        "| all running after (from the agents' start) | {:.1} s |",
+        all_running.as_secs_f64()
+    );
+    if !times.is_empty() {
+        println!(
+            "| pod ADD p50 / p99 (with the runtime's retries) | {} / {} |",
+            ms(pct(&times, 50)),
+            ms(pct(&times, 99))
+        );
+    }
+    println!(
+        "| cloud API calls to bring them up | {during} ({:.2} per pod) |",
+        during as f64 / total as f64
+    );
+    println!(
+        "| API calls per second at peak | {} |",
+        samples.iter().max().copied().unwrap_or(0)
+    );
+    println!("| calls throttled by the account limit (ret_code 5100) | {throttled} |");
+    println!("| pods failed (target 0) | {} |", failures.len());
+    println!(
+        "| API calls in {} s at rest, all {vms} nodes | {at_rest} |",
+        rest_window.as_secs()
+    );
+    for f in failures.iter().take(5) {
+        println!("failed: {f}");
+    }
+    drop(agents);
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The client core: one signed GET per attempt, and what to do with each
-//! `ret_code` (see [`crate::error`]). Its tuning is in [`crate::options`],
+//! `ret_code` (see [`crate::error`]; the answer is read by
+//! [`crate::response`]). Its tuning is in [`crate::options`],
 //! the typed actions in [`crate::actions`], job waiting in [`crate::job`].
 
 use std::collections::BTreeMap;
@@ -10,11 +11,10 @@ use serde::de::DeserializeOwned;
 
 use crate::Credentials;
 use crate::budget::Limiter;
-use crate::error::{Class, Error, classify};
+use crate::error::Error;
 use crate::options::Options;
 use crate::params::Params;
-use crate::sign;
-use crate::types::Envelope;
+use crate::{response, sign};
 
 /// A QingCloud API client. Cheap to clone; clones share budgets, cool-downs
 /// and call counters.
@@ -45,7 +45,7 @@ impl fmt::Debug for Client {
 }
 
 /// How one attempt ended, when it did not succeed.
-enum Attempt {
+pub(crate) enum Attempt {
     /// Worth another try after a backoff.
     Retry(Failure),
     /// 1300: worth one more try with a fresh signature.
@@ -55,7 +55,7 @@ enum Attempt {
 }
 
 /// The last retryable failure, reported once retries run out.
-enum Failure {
+pub(crate) enum Failure {
     Code { code: i64, message: String },
     Transport(reqwest::Error),
 }
@@ -255,35 +255,7 @@ impl Client {
         let status = resp.status();
         let body = resp.bytes().await.map_err(transport)?;
 
-        let bad_body = |source| {
-            Attempt::Final(Error::Response {
-                action: action.to_string(),
-                endpoint: inner.endpoint.clone(),
-                status: status.as_u16(),
-                source,
-            })
-        };
-        let envelope = match serde_json::from_slice::<Envelope>(&body) {
-            Ok(e) => e,
-            // A proxy or load balancer in trouble: as good as 5000.
-            Err(_) if status.is_server_error() => {
-                return Err(Attempt::Retry(Failure::Code {
-                    code: 5000,
-                    message: format!("HTTP {status} without an API answer"),
-                }));
-            }
-            Err(e) => return Err(bad_body(e)),
-        };
-        if envelope.ret_code == 0 {
-            return serde_json::from_slice(&body).map_err(bad_body);
-        }
-        let (code, message) = (envelope.ret_code, envelope.message);
-        Err(match classify(code) {
-            Class::Busy => Attempt::Retry(Failure::Code { code, message }),
-            Class::Expired => Attempt::Expired(message),
-            Class::Quota => Attempt::Quota(message),
-            Class::Final => Attempt::Final(Error::from_ret_code(action, code, message)),
-        })
+        response::decode(action, &inner.endpoint, status, &body)
     }
 }
 

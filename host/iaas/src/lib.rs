@@ -23,6 +23,7 @@ mod error;
 mod job;
 mod options;
 pub mod params;
+mod response;
 mod secret;
 pub mod sign;
 mod types;
@@ -39,3 +40,55 @@ pub use types::{
     CreatedNic, Instance, InstanceNic, Job, JobId, JobStatus, Nic, NicStatus, ResourceTagPair,
     Router, Tag, TagId, VxNet,
 };
+
+/// Entry points for the fuzz targets (`fuzz/`): not part of the API.
+///
+/// Each runs the client's response decoder on `body` as the answer to one
+/// action with HTTP `status` (ignored outside 100..=999), exactly as
+/// [`Client`] reads it, and discards the outcome. Panics only on a bug.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::response::exercise;
+    use crate::types::{
+        CreateNicsResponse, CreateTagResponse, DescribeInstancesResponse, DescribeJobsResponse,
+        DescribeNicsResponse, DescribeTagsResponse, DescribeVxNetsResponse, Empty, JobResponse,
+    };
+
+    pub fn describe_nics(status: u16, body: &[u8]) {
+        exercise::<DescribeNicsResponse>("DescribeNics", status, body);
+    }
+
+    pub fn describe_vxnets(status: u16, body: &[u8]) {
+        exercise::<DescribeVxNetsResponse>("DescribeVxNets", status, body);
+    }
+
+    pub fn describe_instances(status: u16, body: &[u8]) {
+        exercise::<DescribeInstancesResponse>("DescribeInstances", status, body);
+    }
+
+    pub fn describe_jobs(status: u16, body: &[u8]) {
+        exercise::<DescribeJobsResponse>("DescribeJobs", status, body);
+    }
+
+    pub fn describe_tags(status: u16, body: &[u8]) {
+        exercise::<DescribeTagsResponse>("DescribeTags", status, body);
+    }
+
+    pub fn create_nics(status: u16, body: &[u8]) {
+        exercise::<CreateNicsResponse>("CreateNics", status, body);
+    }
+
+    /// AttachNics; DetachNics answers the same shape.
+    pub fn attach_nics(status: u16, body: &[u8]) {
+        exercise::<JobResponse>("AttachNics", status, body);
+    }
+
+    pub fn create_tag(status: u16, body: &[u8]) {
+        exercise::<CreateTagResponse>("CreateTag", status, body);
+    }
+
+    /// AttachTags; DeleteNics answers the same (empty) shape.
+    pub fn attach_tags(status: u16, body: &[u8]) {
+        exercise::<Empty>("AttachTags", status, body);
+    }
+}

@@ -137,7 +137,7 @@ impl Netns {
             .try_clone()
             .map_err(Error::io("duplicating a netns descriptor"))?;
         let label = self.label.clone();
-        let runtime = tokio::runtime::Handle::current();
+        let runtime = io_runtime()?.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("netns-connect".into())
@@ -149,8 +149,8 @@ impl Netns {
                         ))(e.into())
                     })
                     .and_then(|()| {
-                        // The netlink socket registers with the runtime's
-                        // reactor, so it needs the runtime's context.
+                        // The netlink socket registers with the I/O
+                        // runtime's reactor, so it needs its context.
                         let _ctx = runtime.enter();
                         let (mut conn, handle, messages) = rtnetlink::new_connection()
                             .map_err(Error::io(format!("opening rtnetlink in netns {label}")))?;
@@ -173,9 +173,39 @@ impl Netns {
         let (connection, handle, messages) = rx.await.map_err(|_| {
             Error::io("netns thread")(std::io::Error::other("exited without an answer"))
         })??;
-        tokio::spawn(connection);
+        io_runtime()?.spawn(connection);
         Ok((Netlink::new(handle, self.label.clone()), messages))
     }
+}
+
+/// The runtime that drives every netlink socket's I/O, on one OS thread of
+/// its own.
+///
+/// The kernel executes an rtnetlink request inside the `sendmsg()` that
+/// carries it, and most requests take RTNL: a device move holds it for
+/// ~20 ms (two `synchronize_net()` and an `rcu_barrier()`), and every other
+/// request waits behind it. Driven from the agent's async workers, those
+/// waits stalled the workers and the tasks queued on them — a DEL's answer
+/// waited behind the background release of the previous DEL. Here only
+/// this thread waits; callers await channels (rtnetlink's handles are
+/// runtime-agnostic), so every namespace's sockets share it.
+fn io_runtime() -> Result<&'static tokio::runtime::Handle> {
+    static IO: std::sync::OnceLock<std::result::Result<tokio::runtime::Handle, String>> =
+        std::sync::OnceLock::new();
+    IO.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("netlink-io".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .map_err(|e| e.to_string())?;
+        Ok(handle)
+    })
+    .as_ref()
+    .map_err(|e| Error::io("starting the netlink I/O thread")(std::io::Error::other(e.clone())))
 }
 
 /// The notifications' receiving end, as rtnetlink hands it out.

@@ -221,6 +221,16 @@ impl Testbed {
             .to_string())
     }
 
+    /// The files in the allocation record directory.
+    pub fn records(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_dir().join("allocations"))
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Waits until every NIC a DEL was answered for is back (see
     /// [`wait_for_releases`]).
     pub fn settle(&self) {
@@ -378,6 +388,33 @@ impl Drop for Agent {
         if self.stop().is_err() {
             self.kill9();
         }
+    }
+}
+
+/// The CNI environment of pod `cid` (netns `netns`, interface eth0), with
+/// the `CNI_ARGS` containerd sends.
+pub fn pod_env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
+    CallEnv {
+        container_id: cid,
+        netns,
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
+    }
+}
+
+/// The result of a call that must succeed.
+pub fn ok(r: anyhow::Result<Result<serde_json::Value, PluginError>>) -> serde_json::Value {
+    match r.expect("exec") {
+        Ok(v) => v,
+        Err(e) => panic!("plugin failed: {e}"),
+    }
+}
+
+/// The CNI error code of a call that must fail.
+pub fn err_code(r: anyhow::Result<Result<serde_json::Value, PluginError>>) -> u64 {
+    match r.expect("exec") {
+        Ok(v) => panic!("expected an error, got {v}"),
+        Err(e) => e.code.unwrap_or_else(|| panic!("no CNI error JSON: {e}")),
     }
 }
 

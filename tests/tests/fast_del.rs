@@ -3,33 +3,8 @@
 
 use std::time::Duration;
 
-use hostnic_testbed::{CallEnv, Ns, Testbed, require_root, wait_for};
-use serde_json::{Value, json};
-
-fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
-    CallEnv {
-        container_id: cid,
-        netns,
-        ifname: "eth0",
-        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
-    }
-}
-
-fn ok(r: anyhow::Result<Result<Value, hostnic_testbed::PluginError>>) -> Value {
-    match r.expect("exec") {
-        Ok(v) => v,
-        Err(e) => panic!("plugin failed: {e}"),
-    }
-}
-
-fn records(tb: &Testbed) -> Vec<String> {
-    std::fs::read_dir(tb.state_dir().join("allocations"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use hostnic_testbed::{Ns, Testbed, ok, pod_env, require_root, wait_for};
+use serde_json::json;
 
 /// The runtime destroys the pod's namespace right after DEL answered: the
 /// agent's descriptor keeps it alive until the NIC is out, so the NIC comes
@@ -49,7 +24,7 @@ fn the_nic_comes_back_after_the_runtime_destroys_the_namespace() {
         ok(cni.call(
             "ADD",
             &conf,
-            &env(&format!("c{i}"), &pod.path().display().to_string()),
+            &pod_env(&format!("c{i}"), &pod.path().display().to_string()),
         ));
         pods.push(pod);
     }
@@ -57,7 +32,7 @@ fn the_nic_comes_back_after_the_runtime_destroys_the_namespace() {
         ok(cni.call(
             "DEL",
             &conf,
-            &env(&format!("c{i}"), &pod.path().display().to_string()),
+            &pod_env(&format!("c{i}"), &pod.path().display().to_string()),
         ));
         // The runtime tears the sandbox down at once.
         drop(pod);
@@ -69,18 +44,18 @@ fn the_nic_comes_back_after_the_runtime_destroys_the_namespace() {
     )
     .unwrap();
     wait_for("no records left", Duration::from_secs(5), || {
-        records(&tb).is_empty()
+        tb.records().is_empty()
     })
     .unwrap();
     // A second DEL (no netns) of a released attachment is fine.
-    ok(cni.call("DEL", &conf, &env("c0", "")));
+    ok(cni.call("DEL", &conf, &pod_env("c0", "")));
     // Both NICs serve new pods.
     let again: Vec<Ns> = (0..2).map(|i| Ns::new(&format!("q{i}")).unwrap()).collect();
     for (i, pod) in again.iter().enumerate() {
         ok(cni.call(
             "ADD",
             &conf,
-            &env(&format!("d{i}"), &pod.path().display().to_string()),
+            &pod_env(&format!("d{i}"), &pod.path().display().to_string()),
         ));
     }
 }
@@ -100,13 +75,13 @@ fn a_kill_after_dels_answered_is_finished_at_start() {
     let pods: Vec<Ns> = (0..6).map(|i| Ns::new(&format!("p{i}")).unwrap()).collect();
     let path = |p: &Ns| p.path().display().to_string();
     for (i, pod) in pods.iter().enumerate() {
-        ok(cni.call("ADD", &conf, &env(&format!("c{i}"), &path(pod))));
+        ok(cni.call("ADD", &conf, &pod_env(&format!("c{i}"), &path(pod))));
     }
     for (i, pod) in pods.iter().enumerate() {
-        ok(cni.call("DEL", &conf, &env(&format!("c{i}"), &path(pod))));
+        ok(cni.call("DEL", &conf, &pod_env(&format!("c{i}"), &path(pod))));
     }
     agent.kill9();
-    let left = records(&tb).len();
+    let left = tb.records().len();
     let parked = tb.parked_macs().unwrap().len();
     eprintln!("at the kill: {left} releases recorded but unfinished, {parked} of 6 NICs parked");
     let _agent = tb.start_agent().unwrap();
@@ -115,7 +90,7 @@ fn a_kill_after_dels_answered_is_finished_at_start() {
         6,
         "every NIC parked after the restart"
     );
-    assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+    assert!(tb.records().is_empty(), "{:?}", tb.records());
     for pod in &pods {
         assert!(
             pod.ip(&["link", "show", "dev", "eth0"]).is_err(),
@@ -125,6 +100,6 @@ fn a_kill_after_dels_answered_is_finished_at_start() {
     // All six free: six new pods get one each.
     let again: Vec<Ns> = (0..6).map(|i| Ns::new(&format!("q{i}")).unwrap()).collect();
     for (i, pod) in again.iter().enumerate() {
-        ok(cni.call("ADD", &conf, &env(&format!("d{i}"), &path(pod))));
+        ok(cni.call("ADD", &conf, &pod_env(&format!("d{i}"), &path(pod))));
     }
 }

@@ -8,33 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use hostnic_testbed::rawclient::{self, add_request, error_code, fd_count, frame};
-use hostnic_testbed::{CallEnv, Ns, Testbed, bin, require_root, wait_for};
-use serde_json::{Value, json};
-
-fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
-    CallEnv {
-        container_id: cid,
-        netns,
-        ifname: "eth0",
-        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
-    }
-}
-
-fn code_of(r: anyhow::Result<Result<Value, hostnic_testbed::PluginError>>) -> u64 {
-    match r.expect("exec") {
-        Ok(v) => panic!("expected an error, got {v}"),
-        Err(e) => e.code.unwrap_or_else(|| panic!("no CNI error JSON: {e}")),
-    }
-}
-
-fn records(tb: &Testbed) -> Vec<String> {
-    std::fs::read_dir(tb.state_dir().join("allocations"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use hostnic_testbed::{CallEnv, Ns, Testbed, bin, err_code, pod_env, require_root, wait_for};
+use serde_json::json;
 
 fn node_view(tb: &Testbed) -> (String, String) {
     (
@@ -64,18 +39,22 @@ fn the_node_namespace_is_never_a_pod() {
         &conf,
         &CallEnv {
             ifname: "pod0",
-            ..env("c1", &node_path)
+            ..pod_env("c1", &node_path)
         },
     );
-    assert_eq!(code_of(r), 4);
+    assert_eq!(err_code(r), 4);
     assert_eq!(node_view(&tb), before, "the node's addresses and routes");
-    assert!(records(&tb).is_empty(), "recorded: {:?}", records(&tb));
+    assert!(tb.records().is_empty(), "recorded: {:?}", tb.records());
     assert_eq!(tb.parked_macs().unwrap(), vec![tb.nics[0].mac.clone()]);
     // The NIC is still free for a real pod.
     let pod = Ns::new("pod").unwrap();
     let r = tb
         .hostnic()
-        .call("ADD", &conf, &env("c2", &pod.path().display().to_string()))
+        .call(
+            "ADD",
+            &conf,
+            &pod_env("c2", &pod.path().display().to_string()),
+        )
         .unwrap();
     assert!(r.is_ok(), "{r:?}");
 }
@@ -104,7 +83,7 @@ fn a_descriptor_that_is_not_a_netns_is_refused() {
         assert_eq!(error_code(&answer), Some(4), "{what}: {answer}");
         let msg = answer["result"]["Err"]["msg"].as_str().unwrap();
         assert!(msg.contains("not a network namespace"), "{what}: {msg}");
-        assert!(records(&tb).is_empty(), "{what}: {:?}", records(&tb));
+        assert!(tb.records().is_empty(), "{what}: {:?}", tb.records());
     }
     assert_eq!(tb.parked_macs().unwrap().len(), 1);
 }
@@ -143,12 +122,16 @@ fn descriptor_floods_leak_nothing() {
         || fd_count(pid) <= baseline + 2,
     )
     .unwrap_or_else(|e| panic!("{e}: {} open, baseline {baseline}", fd_count(pid)));
-    assert!(records(&tb).is_empty());
+    assert!(tb.records().is_empty());
     let pod = Ns::new("pod").unwrap();
     let conf = tb.netconf("1.0.0", json!([]));
     let r = tb
         .hostnic()
-        .call("ADD", &conf, &env("c1", &pod.path().display().to_string()))
+        .call(
+            "ADD",
+            &conf,
+            &pod_env("c1", &pod.path().display().to_string()),
+        )
         .unwrap();
     assert!(r.is_ok(), "{r:?}");
 }
@@ -280,7 +263,7 @@ fn unreadable_records_are_moved_aside_and_the_agent_starts() {
     let agent = tb.start_agent().unwrap();
     let log = agent.log_text();
     assert_eq!(log.matches("moved it aside").count(), 3, "{log}");
-    let left = records(&tb);
+    let left = tb.records();
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(
         left.iter().all(|n| n.contains(".json.corrupt-")),
@@ -295,7 +278,7 @@ fn unreadable_records_are_moved_aside_and_the_agent_starts() {
             .call(
                 "ADD",
                 &conf,
-                &env(&format!("c{i}"), &p.path().display().to_string()),
+                &pod_env(&format!("c{i}"), &p.path().display().to_string()),
             )
             .unwrap();
         assert!(r.is_ok(), "{r:?}");
@@ -315,7 +298,10 @@ fn a_recorded_netns_path_rebound_to_another_namespace_is_not_entered() {
     let conf = tb.netconf("1.0.0", json!([]));
     let pod = Ns::new("pod").unwrap();
     let path = pod.path().display().to_string();
-    let r = tb.hostnic().call("ADD", &conf, &env("c1", &path)).unwrap();
+    let r = tb
+        .hostnic()
+        .call("ADD", &conf, &pod_env("c1", &path))
+        .unwrap();
     assert!(r.is_ok(), "{r:?}");
     // Keep the pod's namespace alive, then bind its path to a new one that
     // holds an interface with the NIC's MAC.
@@ -339,14 +325,14 @@ fn a_recorded_netns_path_rebound_to_another_namespace_is_not_entered() {
         "name",
         "other1",
     ]);
-    let r = tb.hostnic().call("DEL", &conf, &env("c1", "")).unwrap();
+    let r = tb.hostnic().call("DEL", &conf, &pod_env("c1", "")).unwrap();
     assert!(r.is_ok(), "{r:?}");
     let links = pod.ip(&["-o", "link"]).unwrap();
     assert!(
         links.contains("other0"),
         "the agent reached into the new namespace: {links}"
     );
-    assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+    assert!(tb.records().is_empty(), "{:?}", tb.records());
 }
 
 /// `--config` naming a file that does not exist refuses to start and names
@@ -471,7 +457,7 @@ fn hostile_clients_leave_the_agent_whole() {
         .call(
             "ADD",
             &conf,
-            &env("real", &pod.path().display().to_string()),
+            &pod_env("real", &pod.path().display().to_string()),
         )
         .unwrap();
     assert!(r.is_ok(), "{r:?}");

@@ -103,3 +103,36 @@ fn a_kill_after_dels_answered_is_finished_at_start() {
         ok(cni.call("ADD", &conf, &pod_env(&format!("d{i}"), &path(pod))));
     }
 }
+
+/// A runtime that re-connects a running container (podman's network
+/// disconnect + connect) sends ADD into the same namespace, with the same
+/// interface name, right after DEL answered: the ADD waits for the NIC that
+/// is still on its way out instead of meeting its interface. Driven over
+/// the socket so the ADD arrives within microseconds of the DEL's answer.
+#[test]
+fn an_add_right_after_del_into_the_same_namespace_succeeds() {
+    if !require_root("an_add_right_after_del_into_the_same_namespace_succeeds") {
+        return;
+    }
+    use hostnic_testbed::rawclient::{self, add_request, frame};
+    use std::os::fd::AsRawFd;
+    let tb = Testbed::new(2).unwrap();
+    // The native code decides (no guests): the ADD reaches the pod sooner.
+    let _agent = tb.start_agent_with("[hooks]\nenabled = false\n").unwrap();
+    let pod = Ns::new("again").unwrap();
+    let ns = std::fs::File::open(pod.path()).unwrap();
+    let add = frame(&add_request("hostnic-test", "c"));
+    let mut del = add_request("hostnic-test", "c");
+    del["op"] = json!("del");
+    let del = frame(&del);
+    for round in 0..20 {
+        let a = rawclient::call(&tb.socket(), &add, &[ns.as_raw_fd()]).unwrap();
+        assert!(a["result"]["Ok"].is_object(), "round {round}: ADD {a}");
+        let d = rawclient::call(&tb.socket(), &del, &[ns.as_raw_fd()]).unwrap();
+        assert!(d["result"]["Ok"].is_string(), "round {round}: DEL {d}");
+    }
+    let _ = rawclient::call(&tb.socket(), &del, &[ns.as_raw_fd()]).unwrap();
+    tb.settle();
+    assert_eq!(tb.parked_macs().unwrap().len(), 2);
+    assert!(tb.records().is_empty(), "{:?}", tb.records());
+}

@@ -4,7 +4,7 @@
 //! did: a request that fails leaves the NIC parked and free, never half
 //! wired, and never recorded for a pod that was not told "success".
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +54,50 @@ pub struct Service {
     provisioning: AtomicBool,
     /// Its last failure, reported to the ADDs that were waiting then.
     provision_failure: Mutex<Option<(Instant, CniError)>>,
+    /// Releases under way per pod namespace: a NIC a DEL answered for may
+    /// still sit in the pod under its interface name, so an ADD into the
+    /// same namespace (a runtime re-connecting a container) waits for it.
+    releasing_in: Mutex<HashMap<NsId, usize>>,
+}
+
+/// Counts a release under way in a namespace while it lives: taken before
+/// DEL answers, dropped by the background task when the NIC is out.
+struct ReleasingIn {
+    svc: Arc<Service>,
+    ns: Option<NsId>,
+}
+
+impl ReleasingIn {
+    fn new(svc: &Arc<Service>, ns: Option<NsId>) -> Self {
+        if let Some(id) = ns {
+            *svc.releasing_in
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id)
+                .or_default() += 1;
+        }
+        ReleasingIn {
+            svc: svc.clone(),
+            ns,
+        }
+    }
+}
+
+impl Drop for ReleasingIn {
+    fn drop(&mut self) {
+        let Some(id) = self.ns else { return };
+        let mut map = self
+            .svc
+            .releasing_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&id);
+            }
+        }
+    }
 }
 
 /// NICs per provisioning batch (one CreateNics call).
@@ -124,6 +168,7 @@ impl Service {
             cold_waiters: AtomicUsize::new(0),
             provisioning: AtomicBool::new(false),
             provision_failure: Mutex::new(None),
+            releasing_in: Mutex::new(HashMap::new()),
         }
     }
 
@@ -151,6 +196,7 @@ impl Service {
             )
         })?;
         validate_target(&req.target)?;
+        self.wait_for_releases_in(netns_id).await;
         let mtu = req.mtu.unwrap_or(self.default_mtu);
         if !cni::MTU_RANGE.contains(&mtu) {
             return Err(CniError::new(
@@ -719,12 +765,29 @@ impl Service {
             return Ok(Reply::Deleted);
         }
         self.pool().start_release(mac);
+        let counted = ReleasingIn::new(self, netns.as_ref().and_then(|n| n.id().ok()));
         let svc = self.clone();
         tokio::spawn(async move {
-            let _guard = guard;
+            let (_guard, _counted) = (guard, counted);
             svc.finish_release(mac, &key, netns).await;
         });
         Ok(Reply::Deleted)
+    }
+
+    /// Waits (at most [`RELEASE_WAIT`]) until no NIC is on its way out of
+    /// namespace `ns`, so an ADD never meets an interface a DEL answered
+    /// for.
+    async fn wait_for_releases_in(&self, ns: NsId) {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        let busy = || {
+            self.releasing_in
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&ns)
+        };
+        while busy() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Rewrites the NIC's record as `releasing` (not fsynced: see store).

@@ -699,3 +699,35 @@ fn at_rest_no_cloud_calls_and_kernel_changes_are_seen_from_netlink() {
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
     assert!(total(&bed) > settled, "re-attaching made no cloud call?");
 }
+
+/// A whole cluster starting at once can meet the account's rate limit: an
+/// agent whose start-up calls stay throttled past the client's own retries
+/// keeps trying (with backoff) and serves, instead of exiting into a crash
+/// loop. Found by hostnic-scale-bench (50 agents, 20 calls/s).
+#[test]
+fn a_throttled_start_keeps_trying_and_serves() {
+    if !require_root("a_throttled_start_keeps_trying_and_serves") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults: Faults {
+            // More refusals in a row than the client retries (4 attempts).
+            errors: vec![ErrorRule {
+                action: Some("DescribeVxNets".into()),
+                code: 5100,
+                rate: 1.0,
+                count: Some(6),
+            }],
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let agent = bed
+        .start_agent_within(0, "warm_min = 0", Duration::from_secs(60))
+        .unwrap();
+    let log = agent.log_text();
+    assert!(log.contains("the cloud is busy; retrying"), "{log}");
+    assert_eq!(bed.sim.injected().get(&5100), Some(&6));
+}

@@ -43,8 +43,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (cloud, inventory, in_flight) = match cfg.inventory.source {
         Source::Static => (None, cfg.inventory.nics.clone(), Vec::new()),
         Source::Cloud => {
-            let cloud = CloudPool::connect(&cfg).await?;
-            let (inventory, in_flight) = cloud.inventory().await?;
+            let cloud =
+                cloud::patiently("connecting to the cloud", || CloudPool::connect(&cfg)).await?;
+            let (inventory, in_flight) =
+                cloud::patiently("describing this node's NICs", || cloud.inventory()).await?;
             (Some(cloud), inventory, in_flight)
         }
     };

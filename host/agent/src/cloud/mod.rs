@@ -30,6 +30,44 @@ use crate::pool::State;
 use crate::service::Service;
 use rotation::Rotation;
 
+/// How long start-up keeps retrying a busy or throttled cloud.
+const START_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Runs a start-up cloud step until it succeeds, retrying transient
+/// failures (busy, throttled, unreachable) with jittered backoff — 1 s
+/// doubling to 30 s — for up to [`START_PATIENCE`]. A whole cluster's agents
+/// start at once in a DaemonSet rollout and can meet the account's rate
+/// limit together; exiting would only turn that into a crash loop that
+/// calls again sooner. Anything else (credentials, a missing vxnet) fails
+/// at once.
+pub async fn patiently<T, F, Fut>(what: &str, mut step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match step().await {
+            Ok(t) => return Ok(t),
+            Err(e) if is_transient(&e) && started.elapsed() < START_PATIENCE => {
+                let wait = delay.mul_f64(0.5 + fastrand::f64());
+                warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "{what}: the cloud is busy; retrying");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<hostnic_iaas::Error>()
+            .is_some_and(|e| e.is_transient())
+    })
+}
+
 /// A vxnet's addressing, from DescribeVxNets.
 #[derive(Clone, Copy, Debug)]
 pub struct VxnetInfo {

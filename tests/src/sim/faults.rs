@@ -98,6 +98,7 @@ impl Injector {
             }
             *n += 1;
             if *n > limit {
+                *self.injected.entry(5100).or_default() += 1;
                 return Some((
                     5100,
                     format!("ServerBusy, more than {limit} requests per second"),

@@ -1,7 +1,7 @@
 //! An example vxnet-selection policy, the one GUIDE.md walks through.
 //!
-//! The decision: a pod may name the vxnet it wants in its label
-//! `hostnic.io/vxnet`. If that vxnet is a candidate it goes first; every
+//! The decision: a pod may name the vxnet it wants in its annotation (or
+//! label) `hostnic.io/vxnet`. If that vxnet is a candidate it goes first; every
 //! other candidate follows, the one with the most free addresses first, so
 //! the host still has somewhere to go when the preferred vxnet is full.
 //!
@@ -28,8 +28,21 @@ wit_bindgen::generate!({
 
 use hostnic::policy::host::{Level, log};
 
-/// The label a pod sets to ask for a vxnet ("vxnet-abc1234").
-pub const VXNET_LABEL: &str = "hostnic.io/vxnet";
+/// The annotation (or label) a pod sets to ask for a vxnet
+/// ("vxnet-abc1234"). Annotations reach the agent from the runtime
+/// (containerd's `io.kubernetes.cri.pod-annotations`).
+pub const VXNET_KEY: &str = "hostnic.io/vxnet";
+
+/// The vxnet the pod asks for: its annotation, else its label.
+pub fn wanted(pod: &Pod) -> Option<&str> {
+    fn find(pairs: &[(String, String)]) -> Option<&str> {
+        pairs
+            .iter()
+            .find(|(key, _)| key == VXNET_KEY)
+            .map(|(_, value)| value.trim())
+    }
+    find(&pod.annotations).or_else(|| find(&pod.labels))
+}
 
 // --- 2. The decision ---------------------------------------------------------
 
@@ -94,11 +107,7 @@ impl Guest for ExamplePolicy {
         if candidates.is_empty() {
             return Err("no candidate vxnets".to_string());
         }
-        let wanted = pod
-            .labels
-            .iter()
-            .find(|(key, _)| key == VXNET_LABEL)
-            .map(|(_, value)| value.as_str());
+        let wanted = wanted(&pod);
         if let Some(w) = wanted
             && !candidates.iter().any(|v| v.id == w)
         {
@@ -166,6 +175,24 @@ mod tests {
             order(Some("vxnet-zzz"), &candidates()),
             ["vxnet-c", "vxnet-b", "vxnet-a"]
         );
+    }
+
+    #[test]
+    fn the_annotation_wins_over_the_label() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let mut pod = Pod {
+            namespace: "default".into(),
+            name: "web-0".into(),
+            uid: String::new(),
+            labels: vec![pair(VXNET_KEY, "vxnet-a")],
+            annotations: Vec::new(),
+        };
+        assert_eq!(wanted(&pod), Some("vxnet-a"));
+        pod.annotations.push(pair(VXNET_KEY, " vxnet-b "));
+        assert_eq!(wanted(&pod), Some("vxnet-b"));
+        pod.labels.clear();
+        pod.annotations.clear();
+        assert_eq!(wanted(&pod), None);
     }
 
     #[test]

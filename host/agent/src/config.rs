@@ -515,6 +515,38 @@ impl Config {
                 );
             }
         }
+        self.validate_static_vxnets()
+    }
+
+    /// A static inventory gives every NIC a vxnet or none (the vxnet hook
+    /// chooses among vxnets; a NIC outside all of them could never be
+    /// chosen), and the NICs of one vxnet share its subnet and gateway.
+    fn validate_static_vxnets(&self) -> anyhow::Result<()> {
+        let nics = &self.inventory.nics;
+        let with = nics.iter().filter(|n| n.vxnet.is_some()).count();
+        if with > 0 && with < nics.len() {
+            let i = nics.iter().position(|n| n.vxnet.is_none()).unwrap_or(0);
+            bail!(
+                "inventory.nics[{i}] has no vxnet while other NICs have one: give every static NIC a vxnet, or none"
+            );
+        }
+        for (i, nic) in nics.iter().enumerate() {
+            let first = nics
+                .iter()
+                .position(|n| n.vxnet.is_some() && n.vxnet == nic.vxnet)
+                .unwrap_or(i);
+            let f = &nics[first];
+            if f.address.trunc() != nic.address.trunc() || f.gateway != nic.gateway {
+                bail!(
+                    "inventory.nics[{i}] is in vxnet {} with subnet {} via {}, but inventory.nics[{first}] puts that vxnet at {} via {}",
+                    nic.vxnet.as_deref().unwrap_or_default(),
+                    nic.address.trunc(),
+                    nic.gateway,
+                    f.address.trunc(),
+                    f.gateway
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -603,6 +635,37 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.cloud.max_nics, 64);
         assert_eq!(Config::parse("").unwrap().cloud.warm_max, 4);
+    }
+
+    #[test]
+    fn static_vxnets_are_all_or_nothing_and_consistent() {
+        let nic = |mac: u8, addr: &str, gw: &str, vxnet: Option<&str>| {
+            let mut t = format!(
+                "[[inventory.nics]]\nmac = \"52:54:00:00:00:{mac:02x}\"\naddress = \"{addr}\"\ngateway = \"{gw}\"\n"
+            );
+            if let Some(v) = vxnet {
+                t += &format!("vxnet = \"{v}\"\n");
+            }
+            t
+        };
+        let mixed = nic(1, "10.0.1.10/24", "10.0.1.1", Some("vxnet-a"))
+            + &nic(2, "10.0.1.11/24", "10.0.1.1", None);
+        assert!(
+            err(&mixed).contains("inventory.nics[1] has no vxnet"),
+            "{}",
+            err(&mixed)
+        );
+        let split = nic(1, "10.0.1.10/24", "10.0.1.1", Some("vxnet-a"))
+            + &nic(2, "10.0.2.11/24", "10.0.2.1", Some("vxnet-a"));
+        assert!(
+            err(&split).contains("inventory.nics[1] is in vxnet vxnet-a"),
+            "{}",
+            err(&split)
+        );
+        let good = nic(1, "10.0.1.10/24", "10.0.1.1", Some("vxnet-a"))
+            + &nic(2, "10.0.2.11/24", "10.0.2.1", Some("vxnet-b"))
+            + &nic(3, "10.0.1.12/24", "10.0.1.1", Some("vxnet-a"));
+        Config::parse(&good).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! into pods over netlink, records who holds which, and answers the CNI
 //! executable over a root-only unix socket.
 
+pub mod client;
 pub mod cloud;
 pub mod config;
+pub mod decisions;
+pub mod facts;
 pub mod fds;
 pub mod plumb;
 pub mod policy;

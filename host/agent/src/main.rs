@@ -149,21 +149,8 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
 
 /// `hostnic-agent probe`: one STATUS round trip over the socket.
 fn probe(socket: &std::path::Path, alive: bool) -> ExitCode {
-    use hostnic_proto::rpc::{self, Op, PROTOCOL_VERSION, Request, Response};
-    let answer = (|| -> std::io::Result<Response> {
-        let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-        let limit = Some(std::time::Duration::from_secs(5));
-        stream.set_read_timeout(limit)?;
-        stream.set_write_timeout(limit)?;
-        rpc::write_frame(
-            &mut stream,
-            &Request {
-                version: PROTOCOL_VERSION,
-                op: Op::Status,
-            },
-        )?;
-        rpc::read_frame(&mut stream)
-    })();
+    use hostnic_proto::rpc::{Op, Response};
+    let answer = hostnic_agent::client::call(socket, Op::Status, std::time::Duration::from_secs(5));
     match answer {
         Ok(Response { result: Ok(_), .. }) => {
             println!("ready");

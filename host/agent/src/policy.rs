@@ -21,18 +21,41 @@ use hostnic_proto::rpc;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::config::{Config, Failure, HookSpec, Policy};
+use crate::config::{Config, Failure, HookSpec, Policy, Source};
+use crate::decisions::{DecisionLog, For};
+use crate::facts::{self, Facts, HookName};
 
 #[derive(Debug)]
 pub struct Policies {
     pub vxnet: VxnetHook,
     pub ip: IpHook,
     pub routes: RoutesHook,
+    /// The latest calls, for `policy decisions` and `policy replay`.
+    pub log: DecisionLog,
 }
 
-/// What a hook gets configured with, from its `[hooks.*]` table. The vxnet
-/// hook's default config carries the original agent's `policy` key.
-pub fn hook_config(spec: &HookSpec, default_config: String) -> anyhow::Result<HookConfig> {
+/// Why a configured vxnet module can never be called on this node, if so:
+/// the hook chooses among vxnets, and a static inventory without vxnets
+/// offers no choice.
+pub fn vxnet_hook_idle(cfg: &Config) -> Option<String> {
+    let path = cfg.hooks.vxnet.path.as_ref()?;
+    let static_vxnets = cfg.inventory.nics.iter().any(|n| n.vxnet.is_some());
+    (cfg.inventory.source == Source::Static && !static_vxnets).then(|| {
+        format!(
+            "hooks.vxnet names {} but it will NEVER be called: this node's static inventory \
+             gives no NIC a vxnet, so there is no vxnet to choose (set `vxnet` on \
+             inventory.nics, or use inventory.source = \"cloud\")",
+            path.display()
+        )
+    })
+}
+
+/// What a hook gets configured with, from its `[hooks.*]` table.
+/// `builtin_config` is the config the built-in default guest gets when the
+/// table sets none (the vxnet hook's carries the original agent's `policy`
+/// key); a module of the operator's own gets an empty one, never a config
+/// written for another guest.
+pub fn hook_config(spec: &HookSpec, builtin_config: String) -> anyhow::Result<HookConfig> {
     let mut limits = Limits::default();
     if let Some(ms) = spec.deadline_ms {
         limits.deadline = Duration::from_millis(ms);
@@ -43,7 +66,11 @@ pub fn hook_config(spec: &HookSpec, default_config: String) -> anyhow::Result<Ho
     Ok(HookConfig {
         path: spec.path.clone(),
         sha256: spec.sha256.clone(),
-        config: spec.config.clone().unwrap_or(default_config),
+        config: match (&spec.config, &spec.path) {
+            (Some(c), _) => c.clone(),
+            (None, None) => builtin_config,
+            (None, Some(_)) => String::new(),
+        },
         limits,
         failure: match spec.failure {
             Failure::Fail => FailureMode::Fail,
@@ -85,7 +112,15 @@ impl Policies {
         ] {
             info!(hook = name, guest = %g, "policy hook loaded");
         }
-        Ok(Policies { vxnet, ip, routes })
+        if let Some(why) = vxnet_hook_idle(cfg) {
+            warn!("{why}");
+        }
+        Ok(Policies {
+            vxnet,
+            ip,
+            routes,
+            log: DecisionLog::default(),
+        })
     }
 
     /// Reloads every hook whose module file changed; a module that fails to
@@ -137,6 +172,39 @@ impl Policies {
                 Err(e) => warn!(hook = name, error = %e, "policy hook config REFUSED on reload"),
             }
         }
+        if let Some(why) = vxnet_hook_idle(cfg) {
+            warn!("{why}");
+        }
+    }
+
+    /// The vxnets to try, best first, as the vxnet hook decides.
+    pub fn select_vxnet(
+        &self,
+        who: For<'_>,
+        pod: &Pod,
+        node: &Node,
+        candidates: &[Vxnet],
+    ) -> Result<Vec<String>, CniError> {
+        let random = fastrand::u64(..);
+        let r = call(|| self.vxnet.select_vxnet(pod, node, candidates, random));
+        let facts = Facts::for_vxnet(pod, node, candidates, random);
+        self.log
+            .record(who, HookName::Vxnet, facts, &r, |a| facts::vxnets_json(a));
+        decided("vxnet", r)
+    }
+
+    /// The IP the pod must have, as the ip hook decides; `Sticky` keys are
+    /// resolved by the caller against the agent's sticky record.
+    pub fn ip_for(&self, who: For<'_>, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, CniError> {
+        let r = call(|| self.ip.assign_ip(pod, vxnet));
+        self.log.record(
+            who,
+            HookName::Ip,
+            Facts::for_ip(pod, vxnet),
+            &r,
+            facts::ip_json,
+        );
+        decided("ip", r)
     }
 }
 
@@ -209,6 +277,7 @@ pub fn call<T>(f: impl FnOnce() -> T) -> T {
 /// Routes from the routes hook, as the plumbing installs them.
 pub fn routes_for(
     policies: &Policies,
+    who: For<'_>,
     pod: &Pod,
     nic: &crate::config::NicSpec,
     vxnet: &Vxnet,
@@ -235,14 +304,12 @@ pub fn routes_for(
             .routes
             .routes(pod, &nic, vxnet, node_gw, &templates)
     });
+    let facts = Facts::for_routes(pod, &nic, vxnet, node_gw, &templates);
+    policies
+        .log
+        .record(who, HookName::Routes, facts, &r, |a| facts::routes_json(a));
     let routes: Vec<Route> = decided("routes", r)?;
     Ok(routes.into_iter().map(|r| (r.dst, r.gw)).collect())
-}
-
-/// The IP the pod must have, as the ip hook decides; `Sticky` keys are
-/// resolved against the agent's sticky record.
-pub fn ip_for(policies: &Policies, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, CniError> {
-    decided("ip", call(|| policies.ip.assign_ip(pod, vxnet)))
 }
 
 /// The remembered address of each sticky key, kept in the state dir.

@@ -211,6 +211,7 @@ async fn dispatch(
         },
         Op::Gc(r) => service.gc(r).await,
         Op::Status => service.status(),
+        Op::Decisions { limit } => service.decisions(limit),
     };
     match &result {
         Ok(_) => debug!(

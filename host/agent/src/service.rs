@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::cloud::{CloudPool, ProvisionError};
 use crate::config::{Config, NicSpec};
+use crate::decisions::For;
 use crate::plumb::{PlumbError, Plumber, Whereabouts, Wiring};
 use crate::policy::{self, Policies, Sticky};
 use crate::pool::{Pool, State};
@@ -44,6 +45,9 @@ pub struct Service {
     /// The policy hooks; `None` when `hooks.enabled = false` (native code).
     pub(crate) policies: Option<Policies>,
     sticky: Sticky,
+    /// The static inventory's vxnets (id, prefix, gateway) in the order
+    /// they first appear in it: the vxnet hook's candidates without a cloud.
+    static_vxnets: Vec<(String, Ipv4Net, Ipv4Addr)>,
     /// The vxnet order of the latest cold ADD, for the provisioner.
     last_order: Mutex<Vec<String>>,
     /// How long a cold ADD waits for its NIC before "try again later".
@@ -134,6 +138,26 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// The distinct vxnets of a static inventory, in order of appearance.
+fn static_vxnets(nics: &[NicSpec]) -> Vec<(String, Ipv4Net, Ipv4Addr)> {
+    let mut out: Vec<(String, Ipv4Net, Ipv4Addr)> = Vec::new();
+    for n in nics {
+        if let Some(id) = &n.vxnet
+            && !out.iter().any(|(v, ..)| v == id)
+        {
+            out.push((id.clone(), n.address.trunc(), n.gateway));
+        }
+    }
+    out
+}
+
+fn who(key: &Key) -> For<'_> {
+    For {
+        container_id: &key.container_id,
+        ifname: &key.ifname,
+    }
+}
+
 fn key_of(t: &Target) -> Key {
     Key {
         network: t.network.clone(),
@@ -163,6 +187,7 @@ impl Service {
             cloud,
             policies,
             sticky: Sticky::new(&cfg.state_dir),
+            static_vxnets: static_vxnets(&cfg.inventory.nics),
             last_order: Mutex::new(Vec::new()),
             cold_wait: Duration::from_secs(cfg.cloud.cold_add_wait_seconds),
             cold_waiters: AtomicUsize::new(0),
@@ -273,6 +298,7 @@ impl Service {
         let routes = match &self.policies {
             Some(p) => policy::routes_for(
                 p,
+                who(key),
                 &policy::pod(&req.pod),
                 nic,
                 &nic_vxnet(nic),
@@ -387,68 +413,103 @@ impl Service {
         }
     }
 
-    /// The NIC for an ADD, as the policies decide: the vxnet order (cloud)
-    /// and the address the pod must have. Also returns the sticky key to
-    /// remember, if the ip policy gave one.
+    /// The NIC for an ADD, as the policies decide: the vxnet order and the
+    /// address the pod must have. Also returns the sticky key to remember,
+    /// if the ip policy gave one.
     async fn lease_for(
         self: &Arc<Self>,
         key: &Key,
         req: &AddRequest,
     ) -> Result<(crate::pool::Lease, Option<String>), CniError> {
         let pod = policy::pod(&req.pod);
-        let order = match &self.cloud {
-            Some(cloud) => Some(self.vxnet_order(cloud, &pod)?),
-            None => None,
-        };
-        let (want, sticky) = self.wanted_addresses(&pod, order.as_deref())?;
+        let order = self.vxnet_order(key, &pod)?;
+        let (want, sticky) = self.wanted_addresses(key, &pod, order.as_deref())?;
         let lease = match (want, &order) {
             (None, None) => self.reserve(key).await.ok_or_else(|| {
                 CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
                     "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
                 )
             })?,
-            (None, Some(order)) => self.reserve_or_provision(key, order).await?,
-            (Some(addrs), order) => self.reserve_address(key, &addrs, order.as_ref().and_then(|o| o.first())).await?,
+            (None, Some(order)) if self.cloud.is_some() => {
+                self.reserve_or_provision(key, order).await?
+            }
+            (None, Some(order)) => self
+                .wait_for_release(|p| p.reserve_in(order, key))
+                .await
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::NO_FREE_NIC,
+                        format!(
+                            "no free NIC on this node in the vxnets the vxnet policy chose ({})",
+                            order.join(", ")
+                        ),
+                    )
+                })?,
+            (Some(addrs), order) => {
+                self.reserve_address(key, &addrs, order.as_ref().and_then(|o| o.first()))
+                    .await?
+            }
         };
         Ok((lease, sticky))
     }
 
     /// The vxnets to take a NIC from, best first: the vxnet hook's answer
-    /// over the configured vxnets, or the native rotation.
+    /// over the configured vxnets (the cloud's, or the static inventory's),
+    /// or the native rotation. `None`: there is no vxnet to choose (a
+    /// static inventory without vxnets).
     fn vxnet_order(
         &self,
-        cloud: &CloudPool,
+        key: &Key,
         pod: &hostnic_policy::Pod,
-    ) -> Result<Vec<String>, CniError> {
-        let order = match &self.policies {
-            None => cloud.order(),
-            Some(p) => {
+    ) -> Result<Option<Vec<String>>, CniError> {
+        let order = match (&self.policies, &self.cloud) {
+            (None, Some(cloud)) => cloud.order(),
+            (None, None) => return Ok(None),
+            (Some(_), None) if self.static_vxnets.is_empty() => return Ok(None),
+            (Some(p), cloud) => {
                 let (candidates, node) = {
                     let pool = self.pool();
-                    let candidates: Vec<hostnic_policy::Vxnet> = cloud
-                        .vxnets
-                        .iter()
-                        .map(|(id, info)| {
-                            let mut v = policy::vxnet(id, info.cidr, info.gateway);
-                            v.warm_nics = pool.count_in(id, &[State::Free]) as u32;
-                            v.used_nics = pool.count_held_in(id) as u32;
-                            v.recent_failures = cloud.recent_failures(id);
+                    let candidates: Vec<hostnic_policy::Vxnet> = self
+                        .vxnet_list()
+                        .into_iter()
+                        .map(|(id, cidr, gateway)| {
+                            let mut v = policy::vxnet(&id, cidr, gateway);
+                            v.warm_nics = pool.count_in(&id, &[State::Free]) as u32;
+                            v.used_nics = pool.count_held_in(&id) as u32;
+                            match cloud {
+                                Some(c) => v.recent_failures = c.recent_failures(&id),
+                                // A static NIC is an address the node can give.
+                                None => v.free_ips = v.warm_nics,
+                            }
                             v
                         })
                         .collect();
-                    (candidates, cloud.node_facts(pool.len()))
+                    let node = match cloud {
+                        Some(c) => c.node_facts(pool.len()),
+                        // Every static NIC is attached already.
+                        None => policy::node("", pool.len() as u32, pool.len() as u32),
+                    };
+                    (candidates, node)
                 };
-                policy::decided(
-                    "vxnet",
-                    policy::call(|| {
-                        p.vxnet
-                            .select_vxnet(pod, &node, &candidates, fastrand::u64(..))
-                    }),
-                )?
+                p.select_vxnet(who(key), pod, &node, &candidates)?
             }
         };
-        *self.last_order.lock().unwrap_or_else(|p| p.into_inner()) = order.clone();
-        Ok(order)
+        if self.cloud.is_some() {
+            *self.last_order.lock().unwrap_or_else(|p| p.into_inner()) = order.clone();
+        }
+        Ok(Some(order))
+    }
+
+    /// The vxnets to choose from, in configured order: (id, prefix, gateway).
+    fn vxnet_list(&self) -> Vec<(String, Ipv4Net, Ipv4Addr)> {
+        match &self.cloud {
+            Some(cloud) => cloud
+                .vxnets
+                .iter()
+                .map(|(id, info)| (id.clone(), info.cidr, info.gateway))
+                .collect(),
+            None => self.static_vxnets.clone(),
+        }
     }
 
     /// What the ip hook asks for, as the addresses that would do (`None`:
@@ -456,24 +517,26 @@ impl Service {
     #[allow(clippy::type_complexity)]
     fn wanted_addresses(
         &self,
+        key: &Key,
         pod: &hostnic_policy::Pod,
         order: Option<&[String]>,
     ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>), CniError> {
         let Some(p) = &self.policies else {
             return Ok((None, None));
         };
-        let facts = match (order.and_then(|o| o.first()), &self.cloud) {
-            (Some(id), Some(cloud)) => match cloud.vxnets.get(id) {
-                Some(info) => policy::vxnet(id, info.cidr, info.gateway),
+        let facts = match order.and_then(|o| o.first()) {
+            Some(first) => match self.vxnet_list().into_iter().find(|(id, ..)| id == first) {
+                Some((id, cidr, gateway)) => policy::vxnet(&id, cidr, gateway),
                 None => return Ok((None, None)),
             },
-            // Static inventory: the subnet of the first free NIC.
-            _ => match self.pool().first_free() {
+            // Static inventory without vxnets: the subnet of the first
+            // free NIC.
+            None => match self.pool().first_free() {
                 Some(nic) => nic_vxnet(&nic),
                 None => return Ok((None, None)),
             },
         };
-        Ok(match policy::ip_for(p, pod, &facts)? {
+        Ok(match p.ip_for(who(key), pod, &facts)? {
             IpRequest::Any => (None, None),
             IpRequest::Exact(ip) => (Some(vec![ip]), None),
             IpRequest::OneOf(ips) => (Some(ips), None),
@@ -982,6 +1045,24 @@ impl Service {
         }
         Ok(Reply::Status {
             free_nics: free as u32,
+        })
+    }
+}
+
+impl Service {
+    /// The latest policy decisions, as many as fit in a reply frame.
+    pub fn decisions(&self, limit: Option<u32>) -> Result<Reply, CniError> {
+        let Some(p) = &self.policies else {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "policy hooks are disabled on this agent (hooks.enabled = false): it records no decisions",
+            ));
+        };
+        let limit = limit.map_or(usize::MAX, |n| n as usize);
+        // Leave room in the frame for the envelope.
+        let budget = hostnic_proto::rpc::MAX_FRAME - 4096;
+        Ok(Reply::Decisions {
+            calls: p.log.export(limit, budget),
         })
     }
 }

@@ -30,17 +30,23 @@ pub struct BenchResult {
 /// templates. Note that calls count in the hook's metrics and may change
 /// its guest's kv state, as real calls do.
 pub fn bench_hook<K: Kind>(hook: &Hook<K>, n: usize) -> BenchResult {
+    bench_calls(n, || K::sample_call(hook))
+}
+
+/// Times `n` calls of `call` (after a few warm-up calls): for a hook called
+/// on facts of the caller's choosing.
+pub fn bench_calls<T>(n: usize, mut call: impl FnMut() -> Result<T, PolicyError>) -> BenchResult {
     for _ in 0..n.min(10) {
         // Warm-up: fault in the pooling allocator's slot and the caches.
         // Errors are counted below, in the measured calls.
-        let _ = K::sample_call(hook);
+        let _ = call();
     }
     let mut times = Vec::with_capacity(n);
     let mut errors = 0;
     let mut first_error = None;
     for _ in 0..n {
         let start = Instant::now();
-        let r = K::sample_call(hook);
+        let r = call();
         times.push(start.elapsed());
         if let Err(e) = r {
             errors += 1;

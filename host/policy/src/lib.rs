@@ -49,7 +49,7 @@ mod types;
 mod validate;
 mod wasi;
 
-pub use bench::{BenchResult, bench_hook};
+pub use bench::{BenchResult, bench_calls, bench_hook};
 pub use engine::PolicyEngine;
 pub use error::{EngineError, LoadError, PolicyError, WasmError};
 pub use guest_log::{LogLevel, LogLine, LogSource};

@@ -60,6 +60,13 @@ pub enum Op {
     Check(CheckRequest),
     Gc(GcRequest),
     Status,
+    /// The agent's latest policy decisions, oldest first (for `hostnic-agent
+    /// policy decisions` and `policy replay`). Not a CNI verb.
+    Decisions {
+        /// At most this many calls; all that fit in a frame without it.
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 impl Op {
@@ -70,6 +77,7 @@ impl Op {
             Op::Check(_) => "check",
             Op::Gc(_) => "gc",
             Op::Status => "status",
+            Op::Decisions { .. } => "decisions",
         }
     }
 }
@@ -146,8 +154,16 @@ pub enum Reply {
     Added(AddResult),
     Deleted,
     Checked,
-    Collected { released: u32 },
-    Status { free_nics: u32 },
+    Collected {
+        released: u32,
+    },
+    Status {
+        free_nics: u32,
+    },
+    /// One JSON object per hook call (the agent's `decisions::Recorded`).
+    Decisions {
+        calls: Vec<Value>,
+    },
 }
 
 /// Serialises `msg` as one frame (length prefix included).

@@ -4,10 +4,17 @@
 //! pods that get a NIC each through the real `hostnic` executable, talk
 //! across nodes, reach a service through their node, and give their NICs
 //! back. Everything lives in namespaces created here and removed at exit.
+//!
+//! `--vxnet-guest FILE` tells another story: the policy author's own vxnet
+//! guest placing pods on two vxnets (`guest.rs`).
 
+mod guest;
+
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use clap::Parser;
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::{CallEnv, Ns};
@@ -16,9 +23,26 @@ use serde_json::{Value, json};
 const PODS: [(&str, usize); 4] = [("web-0", 0), ("web-1", 1), ("db-0", 0), ("cache-0", 1)];
 const SERVICE_IP: &str = "10.96.0.10";
 
+/// hostnic's demo: a simulated QingCloud zone with two VMs, a real agent on
+/// each, pods getting cloud NICs through the real CNI executable, and a live
+/// policy swap. Needs root; everything it creates is removed at exit.
+#[derive(Debug, Parser)]
+#[command(name = "hostnic-demo")]
+struct Cli {
+    /// Run your vxnet-selection guest (a .wasm component) on both agents
+    /// instead, and show which vxnet it placed each pod in. Pods ask for a
+    /// vxnet with the annotation hostnic.io/vxnet.
+    #[arg(long, value_name = "FILE")]
+    vxnet_guest: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     if !nix::unistd::geteuid().is_root() {
         bail!("hostnic-demo needs root: it creates network namespaces (try: sudo scripts/demo)");
+    }
+    if let Some(file) = cli.vxnet_guest {
+        return guest::run(&file);
     }
     let bed = CloudBed::new(SimConfig {
         vxnets: vec![
@@ -233,16 +257,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ip_of(result: &Value) -> String {
+pub(crate) fn ip_of(result: &Value) -> String {
     let cidr = result["ips"][0]["address"].as_str().unwrap_or_default();
     cidr.split('/').next().unwrap_or_default().to_string()
 }
 
-fn say(s: &str) {
+pub(crate) fn say(s: &str) {
     println!("==> {s}");
 }
 
-fn check(ok: bool, what: &str) -> anyhow::Result<()> {
+pub(crate) fn check(ok: bool, what: &str) -> anyhow::Result<()> {
     println!("    [{}] {what}", if ok { "ok" } else { "FAILED" });
     if ok {
         Ok(())

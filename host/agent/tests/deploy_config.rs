@@ -1,0 +1,58 @@
+//! The agent config shipped in `deploy/configmap.yaml` is one the agent
+//! accepts, and so is its commented `[hooks.vxnet]` example once an operator
+//! uncomments it and fills in the digest.
+
+use hostnic_agent::config::Config;
+
+/// The `agent.toml: |` block of the ConfigMap, unindented.
+fn shipped_agent_toml() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/configmap.yaml");
+    let yaml = std::fs::read_to_string(path).expect("deploy/configmap.yaml");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "agent.toml: |");
+    lines.next().expect("an agent.toml block");
+    lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn accepted(toml: &str) -> Config {
+    let mut cfg = Config::parse(toml).unwrap_or_else(|e| panic!("{e:#}\n{toml}"));
+    // The DaemonSet passes it per node (--instance-id).
+    cfg.cloud.instance_id = "i-12345678".into();
+    cfg.validate().unwrap_or_else(|e| panic!("{e:#}\n{toml}"));
+    cfg
+}
+
+#[test]
+fn the_shipped_agent_config_is_accepted() {
+    let cfg = accepted(&shipped_agent_toml());
+    assert_eq!(cfg.vxnets.len(), 2);
+    assert!(cfg.hooks.vxnet.path.is_none());
+}
+
+#[test]
+fn its_commented_hooks_example_is_accepted_once_uncommented() {
+    let text = shipped_agent_toml();
+    let start = text
+        .find("# [hooks.vxnet]")
+        .expect("a commented [hooks.vxnet]");
+    let mut out = text[..start].to_string();
+    for line in text[start..].lines() {
+        match line.strip_prefix("# ") {
+            Some(l) if !l.starts_with(' ') => out += l,
+            _ => out += line,
+        }
+        out.push('\n');
+    }
+    let out = out.replace("<64 hex digits: sha256sum of the file>", &"ab".repeat(32));
+    let cfg = accepted(&out);
+    assert_eq!(
+        cfg.hooks.vxnet.path.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/hostnic/policy/my_vxnet_policy.wasm"
+        ))
+    );
+    assert_eq!(cfg.hooks.vxnet.deadline_ms, Some(200));
+}

@@ -101,9 +101,10 @@ impl Guest for ExamplePolicy {
         _random: u64,
     ) -> Result<Vec<String>, Reason> {
         check_config(&config)?;
-        // An error is a refusal: the host logs the reason and applies the
-        // hook's failure mode ("fallback" to the built-in policy, or
-        // "fail" the pod's network setup).
+        // An error is a refusal: the pod's network setup fails with this
+        // reason, which the runtime reports. The built-in policy never
+        // overrides a refusal; it stands in only when a guest fails (a trap,
+        // the deadline), and only with `failure = "fallback"`.
         if candidates.is_empty() {
             return Err("no candidate vxnets".to_string());
         }

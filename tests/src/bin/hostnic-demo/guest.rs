@@ -25,7 +25,7 @@ const PODS: [(&str, usize, Option<&str>); 6] = [
     ("batch-0", 1, Some("vxnet-elsewhere")),
 ];
 
-pub fn run(module: &Path) -> anyhow::Result<()> {
+pub fn run(module: &Path, decisions_out: Option<&Path>) -> anyhow::Result<()> {
     let module = std::fs::canonicalize(module)
         .with_context(|| format!("the vxnet guest {}", module.display()))?;
     let digest = sha256_file(&module)?;
@@ -96,7 +96,14 @@ pub fn run(module: &Path) -> anyhow::Result<()> {
                 Err(e) => break format!("failed: {e}"),
             }
         };
-        let order = guest_order(&bed, *node, &cid)?;
+        let order = match decisions(&bed, *node)?
+            .iter()
+            .rev()
+            .find(|c| c["hook"] == "vxnet" && c["container_id"] == cid.as_str())
+        {
+            Some(c) => shown_order(c),
+            None => "(not called)".to_string(),
+        };
         rows.push((name, node, wants.unwrap_or("-"), order, got));
         pods.push((*node, ns, path, cid, conf));
     }
@@ -113,6 +120,19 @@ pub fn run(module: &Path) -> anyhow::Result<()> {
         placed > 0,
         &format!("{placed} of {} pods got a NIC", rows.len()),
     )?;
+    if let Some(out) = decisions_out {
+        let mut lines = String::new();
+        for node in 0..bed.sim.nodes.len() {
+            for call in decisions(&bed, node)? {
+                lines += &format!("{call}\n");
+            }
+        }
+        std::fs::write(out, lines).with_context(|| format!("writing {}", out.display()))?;
+        say(&format!(
+            "the agents' decisions saved to {} (hostnic-agent policy replay FILE --decisions {0})",
+            out.display()
+        ));
+    }
 
     for (node, _ns, path, cid, conf) in &pods {
         let env = CallEnv {
@@ -144,9 +164,9 @@ fn vxnet_of(ip: &str) -> &'static str {
     }
 }
 
-/// The vxnet order the guest answered for container `cid`, from the
-/// agent's decision log (`hostnic-agent policy decisions`).
-fn guest_order(bed: &CloudBed, node: usize, cid: &str) -> anyhow::Result<String> {
+/// The decisions `node`'s agent recorded (`hostnic-agent policy
+/// decisions`), oldest first.
+fn decisions(bed: &CloudBed, node: usize) -> anyhow::Result<Vec<Value>> {
     let out = Command::new(bin("hostnic-agent"))
         .args(["policy", "decisions", "--socket"])
         .arg(bed.socket(node))
@@ -158,22 +178,21 @@ fn guest_order(bed: &CloudBed, node: usize, cid: &str) -> anyhow::Result<String>
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let call = text
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|c| c["hook"] == "vxnet" && c["container_id"] == cid);
-    Ok(match call {
-        Some(c) => match (&c["answer"], &c["error"]) {
-            (Value::Array(ids), _) => ids
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
-            (_, Value::String(e)) => format!("refused: {e}"),
-            _ => "?".to_string(),
-        },
-        None => "(not called)".to_string(),
-    })
+        .map(|l| serde_json::from_str(l).context("a recorded decision"))
+        .collect()
+}
+
+/// The vxnet order a recorded call answered, or its refusal.
+fn shown_order(call: &Value) -> String {
+    match (&call["answer"], &call["error"]) {
+        (Value::Array(ids), _) => ids
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        (_, Value::String(e)) => format!("refused: {e}"),
+        _ => "?".to_string(),
+    }
 }

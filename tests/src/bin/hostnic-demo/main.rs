@@ -34,6 +34,10 @@ struct Cli {
     /// vxnet with the annotation hostnic.io/vxnet.
     #[arg(long, value_name = "FILE")]
     vxnet_guest: Option<PathBuf>,
+    /// With --vxnet-guest: save the decisions both agents recorded (JSON
+    /// lines) for `hostnic-agent policy replay --decisions FILE`.
+    #[arg(long, value_name = "FILE", requires = "vxnet_guest")]
+    decisions_out: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         bail!("hostnic-demo needs root: it creates network namespaces (try: sudo scripts/demo)");
     }
     if let Some(file) = cli.vxnet_guest {
-        return guest::run(&file);
+        return guest::run(&file, cli.decisions_out.as_deref());
     }
     let bed = CloudBed::new(SimConfig {
         vxnets: vec![

@@ -98,6 +98,13 @@ mod defaults {
 pub enum CredentialsError {
     // The io error is the source, not part of the message: printed as a
     // chain ("…: No such file or directory") it would appear twice.
+    #[error(
+        "the QingCloud credentials directory {} has neither config.yaml nor client.yaml \
+         (create the Secret with: kubectl -n kube-system create secret generic qcsecret \
+         --from-file=./config.yaml)",
+        dir.display()
+    )]
+    NotInDir { dir: PathBuf },
     #[error("cannot read the QingCloud credentials file {}", path.display())]
     Read {
         path: PathBuf,
@@ -126,6 +133,9 @@ fn origin(path: &Option<PathBuf>) -> String {
         .unwrap_or_default()
 }
 
+/// The file names looked for in a credentials directory, in order.
+const DIR_FILES: [&str; 2] = ["config.yaml", "client.yaml"];
+
 impl Credentials {
     /// Credentials with every optional key at its default.
     pub fn new(
@@ -146,12 +156,27 @@ impl Credentials {
         }
     }
 
+    /// Reads the credentials file at `path`, or, when `path` is a
+    /// directory (the `qcsecret` Secret mounted as a volume), its
+    /// `config.yaml` (the original project's key: `kubectl create secret
+    /// generic qcsecret --from-file=./config.yaml`), else its `client.yaml`.
     pub fn load(path: &Path) -> Result<Credentials, CredentialsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
-            path: path.to_owned(),
+        let file = if path.is_dir() {
+            DIR_FILES
+                .iter()
+                .map(|name| path.join(name))
+                .find(|f| f.exists())
+                .ok_or_else(|| CredentialsError::NotInDir {
+                    dir: path.to_owned(),
+                })?
+        } else {
+            path.to_owned()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| CredentialsError::Read {
+            path: file.clone(),
             source,
         })?;
-        Self::parse(&text, Some(path))
+        Self::parse(&text, Some(&file))
     }
 
     pub fn from_yaml(text: &str) -> Result<Credentials, CredentialsError> {
@@ -277,6 +302,28 @@ mod tests {
         let mut v6 = c.clone();
         v6.host = "::1".into();
         assert_eq!(v6.endpoint(), "http://[::1]:8080/api/");
+    }
+
+    #[test]
+    fn a_mounted_secret_directory_is_read_as_the_original_secret_or_client_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Credentials::load(dir.path()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("neither config.yaml nor client.yaml"),
+            "{e}"
+        );
+        let yaml = |zone: &str| {
+            format!("qy_access_key_id: AKID\nqy_secret_access_key: \"{SECRET}\"\nzone: {zone}\n")
+        };
+        std::fs::write(dir.path().join("client.yaml"), yaml("client")).unwrap();
+        assert_eq!(Credentials::load(dir.path()).unwrap().zone, "client");
+        // The original project's key wins.
+        std::fs::write(dir.path().join("config.yaml"), yaml("original")).unwrap();
+        assert_eq!(Credentials::load(dir.path()).unwrap().zone, "original");
+        // A file path still names the file.
+        let c = Credentials::load(&dir.path().join("client.yaml")).unwrap();
+        assert_eq!(c.zone, "client");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! panic); the machine's own interfaces and routes are never touched.
 
 pub mod cloudbed;
+pub mod controlplane;
 pub mod images;
 pub mod netns;
 pub mod plugin;

@@ -51,12 +51,63 @@ pub struct Config {
     /// The three policy hooks (WebAssembly guests).
     #[serde(default)]
     pub hooks: Hooks,
+    /// The API server's view: the node's VM, its pods, the Lease.
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
     /// Where this config came from, so SIGHUP can read it again with the
     /// same flags.
     #[serde(skip)]
     pub config_path: Option<PathBuf>,
     #[serde(skip)]
     pub overrides: Overrides,
+}
+
+/// The API server, for the DaemonSet: this node's VM from its Node's
+/// `spec.providerID` (when `cloud.instance_id` is not set), the labels and
+/// owner of its pods from a watch, and the Lease that elects the node doing
+/// cluster-wide duties (`cloud.leak_sweep = "cluster"`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A kubeconfig file; without it, the pod's ServiceAccount.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (the DaemonSet passes `spec.nodeName` as
+    /// `--node-name`).
+    #[serde(default)]
+    pub node_name: String,
+    /// How long an ADD waits for a pod the watch has not delivered yet,
+    /// before it goes on with what the runtime sent.
+    #[serde(default = "default_pod_wait")]
+    pub pod_wait_ms: u64,
+    /// The Lease of the cluster-wide duties.
+    #[serde(default = "default_lease_namespace")]
+    pub lease_namespace: String,
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        toml::from_str("").expect("the [kubernetes] defaults parse")
+    }
+}
+
+fn default_pod_wait() -> u64 {
+    1000
+}
+fn default_lease_namespace() -> String {
+    "kube-system".into()
+}
+fn default_lease_name() -> String {
+    "hostnic-cluster-duties".into()
+}
+fn default_lease_seconds() -> u64 {
+    30
 }
 
 /// The policy hooks. Each runs the built-in default guest unless `path`
@@ -338,6 +389,9 @@ pub struct Overrides {
     /// This node's VM instance id (cloud inventory).
     #[arg(long)]
     pub instance_id: Option<String>,
+    /// This node's Kubernetes name (kubernetes.node_name).
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 impl Config {
@@ -386,6 +440,9 @@ impl Config {
         if let Some(v) = &o.instance_id {
             self.cloud.instance_id.clone_from(v);
         }
+        if let Some(v) = &o.node_name {
+            self.kubernetes.node_name.clone_from(v);
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -411,9 +468,9 @@ impl Config {
         })?;
         if self.inventory.source == Source::Cloud {
             let c = &self.cloud;
-            if c.instance_id.is_empty() {
+            if c.instance_id.is_empty() && !self.kubernetes.enabled {
                 bail!(
-                    "cloud.instance_id is required with inventory.source = \"cloud\" (or pass --instance-id)"
+                    "cloud.instance_id is required with inventory.source = \"cloud\" (or pass --instance-id, or enable [kubernetes] to read it from the Node's spec.providerID)"
                 );
             }
             if self.iaas_credentials.is_none() {
@@ -478,6 +535,17 @@ impl Config {
             }
             if h.deadline_ms == Some(0) || h.memory_mb == Some(0) {
                 bail!("hooks.{name}: deadline_ms and memory_mb must be at least 1");
+            }
+        }
+        let k = &self.kubernetes;
+        if k.enabled {
+            if k.node_name.is_empty() {
+                bail!(
+                    "kubernetes.node_name is required with kubernetes.enabled (the DaemonSet passes --node-name=$(NODE_NAME))"
+                );
+            }
+            if k.lease_seconds < 3 || k.pod_wait_ms > 60_000 {
+                bail!("kubernetes.lease_seconds must be at least 3 and pod_wait_ms at most 60000");
             }
         }
         if self.hooks.watch_seconds == 0 {

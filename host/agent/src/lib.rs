@@ -2,6 +2,7 @@
 //! into pods over netlink, records who holds which, and answers the CNI
 //! executable over a root-only unix socket.
 
+pub mod apiserver;
 pub mod client;
 pub mod cloud;
 pub mod config;
@@ -31,7 +32,20 @@ use crate::store::Store;
 
 /// Runs the agent until SIGTERM or SIGINT. The namespace the agent starts
 /// in is "the node": NICs wait there and return there.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
+    // The API server first: it may say which VM this is.
+    let kube = match cfg.kubernetes.enabled {
+        false => None,
+        true => {
+            let client = apiserver::client(&cfg.kubernetes).await?;
+            if cfg.inventory.source == Source::Cloud && cfg.cloud.instance_id.is_empty() {
+                cfg.cloud.instance_id =
+                    apiserver::instance_id(&client, &cfg.kubernetes.node_name).await?;
+                info!(instance = %cfg.cloud.instance_id, node = %cfg.kubernetes.node_name, "this node's VM, from its Node's spec.providerID");
+            }
+            Some(apiserver::KubeView::start(client, &cfg.kubernetes))
+        }
+    };
     let node_ns = Netns::current().context("opening the node's network namespace")?;
     let node = node_ns
         .connect()
@@ -61,7 +75,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let pool = reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
-    let service = Arc::new(Service::new(&cfg, plumber, store, pool, cloud, policies));
+    let service = Arc::new(Service::new(
+        &cfg, plumber, store, pool, cloud, policies, kube,
+    ));
     if service.policies.is_some() {
         tokio::spawn(watch_policies(service.clone(), cfg.clone()));
     }

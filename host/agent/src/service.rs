@@ -44,6 +44,8 @@ pub struct Service {
     pub(crate) cloud: Option<CloudPool>,
     /// The policy hooks; `None` when `hooks.enabled = false` (native code).
     pub(crate) policies: Option<Policies>,
+    /// The API server's view; `None` outside Kubernetes.
+    pub(crate) kube: Option<crate::apiserver::KubeView>,
     sticky: Sticky,
     /// The static inventory's vxnets (id, prefix, gateway) in the order
     /// they first appear in it: the vxnet hook's candidates without a cloud.
@@ -178,6 +180,7 @@ impl Service {
         pool: Pool,
         cloud: Option<CloudPool>,
         policies: Option<Policies>,
+        kube: Option<crate::apiserver::KubeView>,
     ) -> Service {
         Service {
             plumber,
@@ -186,6 +189,7 @@ impl Service {
             default_mtu: cfg.mtu,
             cloud,
             policies,
+            kube,
             sticky: Sticky::new(&cfg.state_dir),
             static_vxnets: static_vxnets(&cfg.inventory.nics),
             last_order: Mutex::new(Vec::new()),
@@ -249,12 +253,15 @@ impl Service {
             };
         }
 
+        // The pod as the guests see it: the runtime's view, with labels
+        // (and annotations the runtime did not send) from the API server.
+        let pod = crate::apiserver::pod_for_guests(self.kube.as_ref(), &req.pod).await;
         // A NIC found missing when we reach for it is marked so and the next
         // free one is tried; each turn retires one NIC, so this ends.
         loop {
-            let (lease, sticky) = self.lease_for(&key, &req).await?;
+            let (lease, sticky) = self.lease_for(&key, &pod).await?;
             match self
-                .add_with(&lease, &key, &req, mtu, (&netns, netns_id))
+                .add_with(&lease, &key, (&req, &pod), mtu, (&netns, netns_id))
                 .await
             {
                 Err(AddFailure::Missing(mac)) => {
@@ -280,7 +287,7 @@ impl Service {
         &self,
         lease: &crate::pool::Lease,
         key: &Key,
-        req: &AddRequest,
+        (req, pod): (&AddRequest, &hostnic_policy::Pod),
         mtu: u32,
         (netns, netns_id): (&Netns, NsId),
     ) -> Result<AddResult, AddFailure> {
@@ -296,15 +303,9 @@ impl Service {
         // The routes hook decides; with the hooks bypassed, the native
         // templates (the same semantics as the default guest).
         let routes = match &self.policies {
-            Some(p) => policy::routes_for(
-                p,
-                who(key),
-                &policy::pod(&req.pod),
-                nic,
-                &nic_vxnet(nic),
-                node_gw,
-                &req.routes,
-            ),
+            Some(p) => {
+                policy::routes_for(p, who(key), pod, nic, &nic_vxnet(nic), node_gw, &req.routes)
+            }
             None => Ok(native_routes(
                 nic,
                 &req.routes,
@@ -419,11 +420,10 @@ impl Service {
     async fn lease_for(
         self: &Arc<Self>,
         key: &Key,
-        req: &AddRequest,
+        pod: &hostnic_policy::Pod,
     ) -> Result<(crate::pool::Lease, Option<String>), CniError> {
-        let pod = policy::pod(&req.pod);
-        let order = self.vxnet_order(key, &pod)?;
-        let (want, sticky) = self.wanted_addresses(key, &pod, order.as_deref())?;
+        let order = self.vxnet_order(key, pod)?;
+        let (want, sticky) = self.wanted_addresses(key, pod, order.as_deref())?;
         let lease = match (want, &order) {
             (None, None) => self.reserve(key).await.ok_or_else(|| {
                 CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
@@ -598,9 +598,10 @@ impl Service {
         ))
     }
 
-    /// A warm NIC in the policy's vxnet order, or else one of the NICs the
+    /// A warm NIC in the policy's first vxnet, or else one of the NICs the
     /// node's provisioner creates for every waiting cold ADD at once (one
-    /// CreateNics for the whole demand, attaches in fives, in parallel). The
+    /// CreateNics for the whole demand, attaches in fives, in parallel),
+    /// moving down the policy's order only as creating fails. The
     /// provisioner runs on a task of its own, so a runtime timeout cannot
     /// cut an attach in half; an ADD that waits longer than `cold_wait`
     /// answers "try again later" and its retry finds the NIC warm.
@@ -609,14 +610,23 @@ impl Service {
         key: &Key,
         order: &[String],
     ) -> Result<crate::pool::Lease, CniError> {
-        if let Some(l) = self.wait_for_release(|p| p.reserve_in(order, key)).await {
+        let Some(cloud) = &self.cloud else {
+            return Err(internal("cold provisioning without a cloud"));
+        };
+        // The policy's first choice, warm; a vxnet further down the order
+        // only once creating a NIC in those before it has failed.
+        if let Some(l) = self
+            .wait_for_release(|p| p.reserve_in(&order[..1.min(order.len())], key))
+            .await
+        {
             return Ok(l);
         }
         let started = Instant::now();
         let _waiting = Waiting::new(&self.cold_waiters);
         self.kick_provisioner();
         loop {
-            if let Some(l) = self.pool().reserve_in(order, key) {
+            let accepted = cloud.accepted(order, started);
+            if let Some(l) = self.pool().reserve_in(accepted, key) {
                 return Ok(l);
             }
             if let Some(e) = self.provision_failure_since(started) {

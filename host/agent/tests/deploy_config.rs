@@ -19,8 +19,9 @@ fn shipped_agent_toml() -> String {
 
 fn accepted(toml: &str) -> Config {
     let mut cfg = Config::parse(toml).unwrap_or_else(|e| panic!("{e:#}\n{toml}"));
-    // The DaemonSet passes it per node (--instance-id).
-    cfg.cloud.instance_id = "i-12345678".into();
+    // The DaemonSet passes it per node (--node-name); the VM comes from the
+    // Node's provider id.
+    cfg.kubernetes.node_name = "node-1".into();
     cfg.validate().unwrap_or_else(|e| panic!("{e:#}\n{toml}"));
     cfg
 }
@@ -30,6 +31,12 @@ fn the_shipped_agent_config_is_accepted() {
     let cfg = accepted(&shipped_agent_toml());
     assert_eq!(cfg.vxnets.len(), 2);
     assert!(cfg.hooks.vxnet.path.is_none());
+    assert!(cfg.kubernetes.enabled);
+    assert!(cfg.cloud.instance_id.is_empty());
+    assert_eq!(
+        cfg.cloud.leak_sweep,
+        hostnic_agent::config::LeakSweep::Cluster
+    );
 }
 
 #[test]

@@ -107,7 +107,7 @@ pub struct CloudPool {
     tags: [TagId; 2],
     /// Failed creates per vxnet since its last success: the vxnet policy's
     /// `recent-failures` (FailRotate moves on when it is not zero).
-    failures: Mutex<BTreeMap<String, u32>>,
+    failures: Mutex<BTreeMap<String, (u32, std::time::Instant)>>,
     /// `hostnic-<cluster>-<instance>`: this node's NICs.
     name: String,
     /// The node's default route as found at start: (gateway, device index).
@@ -193,8 +193,20 @@ impl CloudPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(vxnet)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |(n, _)| *n)
+    }
+
+    /// The vxnets of `order` a cold ADD that began at `since` takes a NIC
+    /// from: its first choice, and each next one only once creating in all
+    /// before it has failed since then.
+    pub fn accepted<'a>(&self, order: &'a [String], since: std::time::Instant) -> &'a [String] {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let failed = |v: &String| f.get(v).is_some_and(|(_, at)| *at >= since);
+        let k = order
+            .iter()
+            .position(|v| !failed(v))
+            .unwrap_or(order.len().saturating_sub(1));
+        &order[..(k + 1).min(order.len())]
     }
 
     fn note_create(&self, vxnet: &str, ok: bool) {
@@ -202,7 +214,10 @@ impl CloudPool {
         if ok {
             f.remove(vxnet);
         } else {
-            *f.entry(vxnet.to_string()).or_default() += 1;
+            let e = f
+                .entry(vxnet.to_string())
+                .or_insert((0, std::time::Instant::now()));
+            *e = (e.0 + 1, std::time::Instant::now());
         }
     }
 
@@ -648,9 +663,12 @@ impl CloudPool {
             .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
             .collect();
         self.reconcile(svc, &attached).await?;
+        // The cluster-wide sweep is one node's duty: the Lease holder's
+        // in Kubernetes; the others delete their own leaks only.
+        let sweeper = svc.kube.as_ref().is_none_or(|k| k.elector.holds());
         let deleted = match self.cfg.leak_sweep {
-            LeakSweep::Node => self.delete_leaks(svc, named).await?,
-            LeakSweep::Cluster => self.collect_leaks(svc).await?,
+            LeakSweep::Cluster if sweeper => self.collect_leaks(svc).await?,
+            LeakSweep::Node | LeakSweep::Cluster => self.delete_leaks(svc, named).await?,
         };
         if deleted > 0 {
             info!(deleted, "deleted leaked NICs");

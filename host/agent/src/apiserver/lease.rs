@@ -1,0 +1,158 @@
+//! Once-per-cluster duties (the cluster-wide leak sweep) go to one node at
+//! a time, elected with a `coordination.k8s.io/v1` Lease, by the protocol
+//! client-go's leader election uses:
+//!
+//! - the holder renews `renewTime` every third of `leaseDurationSeconds`;
+//! - another node takes the Lease only once it has seen the same record,
+//!   unchanged, for a whole lease duration by its own clock (so clock skew
+//!   between nodes does not matter);
+//! - every write carries the `resourceVersion` it read, so of two nodes
+//!   racing for the Lease the API server accepts one and refuses the other
+//!   (409 Conflict).
+//!
+//! A holder that cannot renew in time stops acting as the holder before
+//! the others may take over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Api;
+use kube::api::PostParams;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct Elector {
+    held: Arc<AtomicBool>,
+}
+
+impl Elector {
+    /// Starts competing for Lease `namespace/name` as `identity` (the node's
+    /// name).
+    pub fn start(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Elector {
+        let held = Arc::new(AtomicBool::new(false));
+        let mut election = Election {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            duration,
+            observed: None,
+        };
+        let flag = held.clone();
+        tokio::spawn(async move {
+            let mut renewed = Instant::now();
+            loop {
+                let result = election.round().await;
+                let was = flag.load(Ordering::SeqCst);
+                let now = match result {
+                    Ok(holds) => {
+                        if holds {
+                            renewed = Instant::now();
+                        }
+                        holds
+                    }
+                    Err(e) => {
+                        warn!(lease = %election.name, error = %e, "the Lease could not be read or renewed");
+                        // Keep acting as the holder only while the last
+                        // renewal is surely still valid for the others.
+                        was && renewed.elapsed() < duration * 2 / 3
+                    }
+                };
+                if now != was {
+                    info!(lease = %election.name, holder = now, "{}", if now { "this node holds the Lease: it does the cluster-wide duties" } else { "this node no longer holds the Lease" });
+                }
+                flag.store(now, Ordering::SeqCst);
+                tokio::time::sleep(duration / 3).await;
+            }
+        });
+        Elector { held }
+    }
+
+    /// Whether this node holds the Lease now.
+    pub fn holds(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+/// What identifies a version of the Lease's record: its holder and renewal.
+type Record = (Option<String>, Option<MicroTime>);
+
+struct Election {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    /// The last record seen (holder, renewTime) and when, by our clock.
+    observed: Option<(Record, Instant)>,
+}
+
+impl Election {
+    /// One try to take or renew the Lease; whether we hold it after.
+    async fn round(&mut self) -> Result<bool, kube::Error> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return conflict_is_false(self.api.create(&PostParams::default(), &lease).await);
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let seen_since = match &self.observed {
+            Some((r, at)) if *r == record => *at,
+            _ => Instant::now(),
+        };
+        self.observed = Some((record, seen_since));
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let vacant = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+        let their_duration = spec
+            .lease_duration_seconds
+            .map_or(self.duration, |s| Duration::from_secs(s.max(0) as u64));
+        if !ours && !vacant && seen_since.elapsed() < their_duration {
+            return Ok(false);
+        }
+        if !ours {
+            spec.holder_identity = Some(self.identity.clone());
+            spec.acquire_time = Some(now.clone());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.renew_time = Some(now);
+        spec.lease_duration_seconds = Some(seconds);
+        // The read resourceVersion stays in `lease.metadata`: a write over a
+        // newer record is refused.
+        conflict_is_false(
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await,
+        )
+    }
+}
+
+/// A write refused because someone else wrote first: we do not hold it.
+fn conflict_is_false(r: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}

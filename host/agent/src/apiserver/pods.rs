@@ -1,0 +1,144 @@
+//! The pods of this node as the API server has them, from a watch (a
+//! kube-rs reflector with the field selector `spec.nodeName=<node>`): an
+//! ADD reads the pod's labels and owner from memory and never waits on a
+//! GET. A pod the watch has not delivered yet is waited for a bounded
+//! moment; after that the ADD goes on with what the runtime sent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tracing::{info, warn};
+
+/// What the API server adds to the runtime's view of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The controller that owns the pod, if any.
+    pub owner: Option<Owner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+    /// A StatefulSet pod's ordinal (`web-3` of StatefulSet `web`: 3).
+    pub ordinal: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PodCache {
+    store: Store<Pod>,
+    wait: Duration,
+}
+
+impl PodCache {
+    /// Starts watching the pods bound to `node`. The watch restarts with
+    /// backoff on errors; the cache serves what it has meanwhile.
+    pub fn start(client: kube::Client, node: &str, wait: Duration) -> PodCache {
+        let (store, writer) = reflector::store();
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let stream = watcher(Api::<Pod>::all(client), config)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        let node = node.to_string();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut healthy = true;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(_) if !healthy => {
+                        healthy = true;
+                        info!(node = %node, "the pod watch is back");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if healthy {
+                            warn!(node = %node, error = %e, "the pod watch failed; retrying with backoff, ADDs use the runtime's view meanwhile");
+                        }
+                        healthy = false;
+                    }
+                }
+            }
+        });
+        PodCache { store, wait }
+    }
+
+    /// Pod `namespace/name`, waiting up to the configured moment for the
+    /// watch to deliver it. With `uid` (the runtime's `K8S_POD_UID`), a
+    /// cached pod of that name but another uid (a StatefulSet pod recreated)
+    /// does not count.
+    pub async fn get(&self, namespace: &str, name: &str, uid: Option<&str>) -> Option<PodFacts> {
+        let key = ObjectRef::new(name).within(namespace);
+        let deadline = Instant::now() + self.wait;
+        loop {
+            if let Some(pod) = self.store.get(&key) {
+                let facts = facts(&pod);
+                if uid.is_none_or(|u| u.is_empty() || u == facts.uid) {
+                    return Some(facts);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Pods in the cache now.
+    pub fn len(&self) -> usize {
+        self.store.state().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn facts(pod: &Arc<Pod>) -> PodFacts {
+    let meta = &pod.metadata;
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| Owner {
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+            ordinal: (o.kind == "StatefulSet")
+                .then(|| ordinal(meta.name.as_deref().unwrap_or_default(), &o.name))
+                .flatten(),
+        });
+    PodFacts {
+        uid: meta.uid.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        annotations: meta.annotations.clone().unwrap_or_default(),
+        owner,
+    }
+}
+
+/// The ordinal of StatefulSet `set`'s pod `pod` (`<set>-<ordinal>`).
+fn ordinal(pod: &str, set: &str) -> Option<u32> {
+    pod.strip_prefix(set)?.strip_prefix('-')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statefulset_ordinals() {
+        assert_eq!(ordinal("web-3", "web"), Some(3));
+        assert_eq!(ordinal("web-db-0", "web-db"), Some(0));
+        assert_eq!(ordinal("web-x", "web"), None);
+        assert_eq!(ordinal("other-1", "web"), None);
+    }
+}

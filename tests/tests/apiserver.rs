@@ -1,0 +1,281 @@
+//! The agent against a real Kubernetes API server (built from source, see
+//! `tests/src/controlplane.rs`), running under exactly the ServiceAccount
+//! and RBAC of `deploy/namespace-rbac.yaml`: its VM from its Node's
+//! `spec.providerID`, its pods' labels from a watch reaching the policy
+//! guests, and one node at a time holding the cluster-duties Lease.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::controlplane::ControlPlane;
+use hostnic_testbed::sim::SimConfig;
+use hostnic_testbed::{Agent, CallEnv, Ns, bin, guest_wasm, require_root, sha256_file, wait_for};
+use serde_json::{Value, json};
+
+const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/namespace-rbac.yaml");
+const LEASE: &str = "hostnic-cluster-duties";
+
+fn bed() -> CloudBed {
+    CloudBed::new(SimConfig {
+        nodes: 2,
+        vxnets: vec![
+            ("vxnet-a".into(), "10.100.0.0/24".parse().unwrap()),
+            ("vxnet-b".into(), "10.101.0.0/24".parse().unwrap()),
+        ],
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
+/// The control plane on the VMs' primary network, with the agent's
+/// ServiceAccount and RBAC applied as deploy/README.md says, and the Node
+/// objects of the two VMs (`node-1` without a provider id when `bare`).
+fn cluster(bed: &CloudBed, bare: bool) -> ControlPlane {
+    let addr: Ipv4Addr = match bed.sim.node_addr.ip() {
+        std::net::IpAddr::V4(a) => a,
+        other => panic!("the simulator's node address {other} is not IPv4"),
+    };
+    let cp = ControlPlane::start(bed.sim.sdn_ns(), addr).unwrap();
+    cp.kubectl(&["apply", "-f", RBAC]).unwrap();
+    for (i, node) in bed.sim.nodes.iter().enumerate() {
+        let provider = if bare && i == 1 {
+            Value::Null
+        } else {
+            json!(format!("qingcloud://{}", node.instance))
+        };
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("node-{i}")},
+            "spec": {"providerID": provider},
+        });
+        cp.apply(&obj.to_string()).unwrap();
+    }
+    // The pods' namespace needs its ServiceAccount (no controller manager
+    // makes it here).
+    cp.apply(r#"{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}"#)
+        .unwrap();
+    cp
+}
+
+/// An agent on VM `i` as the DaemonSet runs it: no instance id, the node's
+/// name, the API server through the hostnic ServiceAccount's token.
+fn agent(bed: &CloudBed, cp: &ControlPlane, i: usize, extra: &str) -> anyhow::Result<Agent> {
+    let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
+    let instance = format!("instance_id = {:?}\n", bed.sim.nodes[i].instance);
+    let config = bed
+        .agent_config(
+            i,
+            "warm_min = 1\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 20\n",
+        )
+        .replace(&instance, "")
+        + &format!(
+            "{extra}\n[kubernetes]\nenabled = true\nkubeconfig = {kubeconfig:?}\nnode_name = \"node-{i}\"\npod_wait_ms = 300\nlease_seconds = 3\n"
+        );
+    let dir = bed.socket(i).parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    Agent::spawn_within(
+        &bed.sim.nodes[i].ns,
+        &dir,
+        &config,
+        bed.socket(i),
+        Duration::from_secs(30),
+    )
+}
+
+fn add(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Value {
+    let path = ns.path().display().to_string();
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
+    let env = CallEnv {
+        container_id: cid,
+        netns: &path,
+        ifname: "eth0",
+        args: &args,
+    };
+    let conf = bed.netconf(0, "1.1.0", json!([]));
+    let start = Instant::now();
+    loop {
+        match bed.hostnic(0).call("ADD", &conf, &env).unwrap() {
+            Ok(r) => return r,
+            Err(e) if e.code == Some(11) && start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("ADD {pod}: {e}"),
+        }
+    }
+}
+
+fn decisions(bed: &CloudBed) -> Vec<Value> {
+    let out = std::process::Command::new(bin("hostnic-agent"))
+        .args(["policy", "decisions", "--socket"])
+        .arg(bed.socket(0))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server() {
+    if !require_root("an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server")
+    {
+        return;
+    }
+    let bed = bed();
+    let cp = cluster(&bed, true);
+
+    // What the ServiceAccount may do: exactly what the agent needs.
+    let sa = "system:serviceaccount:kube-system:hostnic";
+    let can = |args: &[&str]| -> bool {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--as", sa]);
+        match cp.kubectl(&all) {
+            Ok(out) => out.trim() == "yes",
+            Err(e) if e.to_string().contains("kubectl auth can-i") => false,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    for allowed in [
+        &["get", "nodes/node-0"][..],
+        &["list", "pods", "--all-namespaces"],
+        &["watch", "pods", "--all-namespaces"],
+        &["create", "leases", "-n", "kube-system"],
+        &["update", &format!("leases/{LEASE}"), "-n", "kube-system"],
+    ] {
+        assert!(can(allowed), "the agent needs {allowed:?}");
+    }
+    for forbidden in [
+        &["get", "secrets", "-n", "kube-system"][..],
+        &["delete", "pods", "-n", "default"],
+        &["patch", "nodes/node-0"],
+        &["update", "leases/kube-scheduler", "-n", "kube-system"],
+        &["create", "leases", "-n", "default"],
+        &["list", "nodes"],
+    ] {
+        assert!(!can(forbidden), "the agent must not {forbidden:?}");
+    }
+
+    // Its VM from the Node's provider id, not from the node's name.
+    let module = guest_wasm("example_policy");
+    let hooks = format!(
+        "[hooks.vxnet]\npath = {module:?}\nsha256 = \"{}\"\n",
+        sha256_file(&module).unwrap()
+    );
+    let a0 = agent(&bed, &cp, 0, &hooks).unwrap();
+    assert!(
+        a0.log_text().contains(&format!(
+            "this node's VM, from its Node's spec.providerID instance={} node=node-0",
+            bed.sim.nodes[0].instance
+        )),
+        "{}",
+        a0.log_text()
+    );
+    // A Node without one: the agent says what to set, and does not start.
+    let e = agent(&bed, &cp, 1, "").unwrap_err().to_string();
+    assert!(e.contains("node node-1 has no spec.providerID"), "{e}");
+    assert!(e.contains("--provider-id=qingcloud://"), "{e}");
+
+    // A pod's label, known only to the API server, reaches the guest: the
+    // example policy places it in the vxnet the label names.
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "default",
+                     "labels": {"app": "web", "hostnic.io/vxnet": "vxnet-b"}},
+        "spec": {"nodeName": "node-0", "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "busybox"}]},
+    });
+    cp.apply(&pod.to_string()).unwrap();
+    let web = Ns::new("web0").unwrap();
+    let r = add(&bed, "k8s-web-0", &web, "web-0");
+    let ip = r["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(
+        ip.starts_with("10.101."),
+        "web-0 got {ip}, not from vxnet-b; the decisions: {:#?}",
+        decisions(&bed)
+    );
+    let calls = decisions(&bed);
+    let call = calls
+        .iter()
+        .find(|c| c["hook"] == "vxnet" && c["container_id"] == "k8s-web-0")
+        .unwrap();
+    assert_eq!(call["facts"]["pod"]["labels"]["app"], "web", "{call}");
+    assert_eq!(call["answer"][0], "vxnet-b", "{call}");
+
+    // A pod the API server does not know: after a bounded wait the ADD
+    // goes on with what the runtime sent, and says so.
+    let ghost = Ns::new("ghost").unwrap();
+    let started = Instant::now();
+    add(&bed, "k8s-ghost", &ghost, "ghost");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        a0.log_text()
+            .contains("the pod is not in the API server's view yet"),
+        "{}",
+        a0.log_text()
+    );
+}
+
+/// A field of the Lease's spec (`holderIdentity`, `leaseTransitions`),
+/// if the Lease exists and the field is set.
+fn lease(cp: &ControlPlane, field: &str) -> Option<String> {
+    let path = format!("jsonpath={{.spec.{field}}}");
+    cp.kubectl(&["get", "lease", LEASE, "-n", "kube-system", "-o", &path])
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+fn lease_holder(cp: &ControlPlane) -> Option<String> {
+    lease(cp, "holderIdentity")
+}
+
+#[test]
+fn one_node_at_a_time_holds_the_cluster_duties_lease() {
+    if !require_root("one_node_at_a_time_holds_the_cluster_duties_lease") {
+        return;
+    }
+    let bed = bed();
+    let cp = cluster(&bed, false);
+    let sweep = "leak_sweep = \"cluster\"";
+    // The sweep key belongs to [cloud], which agent() appends to.
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| agent(&bed, &cp, i, sweep).unwrap())
+        .collect();
+    wait_for("a Lease holder", Duration::from_secs(20), || {
+        lease_holder(&cp).is_some()
+    })
+    .unwrap();
+    let holder = lease_holder(&cp).unwrap();
+    let i: usize = holder.strip_prefix("node-").unwrap().parse().unwrap();
+    // Only the holder says it holds the Lease; it keeps it while alive.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lease_holder(&cp).as_deref(), Some(holder.as_str()));
+    let holds = |a: &Agent| a.log_text().contains("this node holds the Lease");
+    assert!(holds(&agents[i]), "{}", agents[i].log_text());
+    assert!(!holds(&agents[1 - i]), "{}", agents[1 - i].log_text());
+
+    // The holder dies; the other node takes over once the Lease expires
+    // (3 s, by its own clock), not before.
+    let killed = Instant::now();
+    agents[i].kill9();
+    let other = format!("node-{}", 1 - i);
+    wait_for(
+        "the other node to take the Lease",
+        Duration::from_secs(20),
+        || lease_holder(&cp).as_deref() == Some(other.as_str()),
+    )
+    .unwrap();
+    let took = killed.elapsed();
+    assert!(took >= Duration::from_secs(2), "taken over after {took:?}");
+    assert!(holds(&agents[1 - i]), "{}", agents[1 - i].log_text());
+    let transitions = lease(&cp, "leaseTransitions").unwrap_or_default();
+    assert_eq!(transitions.trim(), "1");
+    eprintln!("lease: taken over {took:?} after the holder was killed (lease 3 s)");
+}

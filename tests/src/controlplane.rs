@@ -82,6 +82,7 @@ impl ControlPlane {
                 "http://127.0.0.1:2379",
                 "--listen-peer-urls",
                 "http://127.0.0.1:2380",
+                "--unsafe-no-fsync",
                 "--log-level",
                 "warn",
             ],
@@ -104,7 +105,18 @@ impl ControlPlane {
                 &format!("--service-account-signing-key-file={}", file("sa.key")),
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
                 "--allow-privileged=true",
+                &format!(
+                    "--kubelet-client-certificate={}",
+                    file("apiserver-kubelet-client.crt")
+                ),
+                &format!(
+                    "--kubelet-client-key={}",
+                    file("apiserver-kubelet-client.key")
+                ),
+                &format!("--kubelet-certificate-authority={}", file("ca.crt")),
+                "--kubelet-preferred-address-types=InternalIP",
                 "--v=1",
             ],
         )?;
@@ -124,82 +136,228 @@ impl ControlPlane {
             .with_context(|| format!("starting {name}"))
     }
 
-    fn certificates(&self) -> anyhow::Result<()> {
+    fn openssl(&self, args: &[&str]) -> anyhow::Result<()> {
+        run(Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path()))
+        .map(drop)
+    }
+
+    /// An ECDSA P-256 key (an order of magnitude faster to make than RSA).
+    fn key(&self, name: &str) -> anyhow::Result<()> {
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ])
+    }
+
+    /// A certificate `name.crt` (key `name.key`) signed by the test CA.
+    fn sign(
+        &self,
+        name: &str,
+        subject: &str,
+        usage: &str,
+        san: Option<&str>,
+    ) -> anyhow::Result<()> {
         let d = self.dir.path();
-        let openssl = |args: &[&str]| -> anyhow::Result<()> {
-            run(Command::new("openssl").args(args).current_dir(d)).map(drop)
-        };
-        openssl(&[
+        let mut ext = format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
+        );
+        if let Some(san) = san {
+            ext += &format!("subjectAltName={san}\n");
+        }
+        std::fs::write(d.join(format!("{name}.ext")), ext)?;
+        self.key(&format!("{name}.key"))?;
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            subject,
+            "-out",
+            &format!("{name}.csr"),
+        ])?;
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.crt"),
+        ])
+    }
+
+    fn certificates(&self) -> anyhow::Result<()> {
+        self.key("ca.key")?;
+        self.openssl(&[
             "req",
             "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
+            "-new",
+            "-key",
             "ca.key",
-            "-out",
-            "ca.crt",
+            "-sha256",
             "-days",
             "2",
             "-subj",
             "/CN=hostnic-test-ca",
+            "-out",
+            "ca.crt",
         ])?;
-        let sign = |name: &str, subject: &str, ext: &str| -> anyhow::Result<()> {
-            std::fs::write(d.join(format!("{name}.ext")), ext)?;
-            openssl(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                subject,
-            ])?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ])
-        };
-        sign(
+        self.sign(
             "apiserver",
             "/CN=kube-apiserver",
-            &format!(
-                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
-                 extendedKeyUsage=serverAuth\nsubjectAltName=IP:{},IP:127.0.0.1,IP:10.96.0.1,\
-                 DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\n",
+            "serverAuth",
+            Some(&format!(
+                "IP:{},IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
                 self.addr
-            ),
+            )),
         )?;
-        sign(
-            "admin",
-            "/O=system:masters/CN=admin",
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        self.sign(
+            "apiserver-kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            "clientAuth",
+            None,
         )?;
-        openssl(&["genrsa", "-out", "sa.key", "2048"])?;
-        openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
-        let admin = self.kubeconfig(&format!(
-            "client-certificate: {}\n    client-key: {}",
-            d.join("admin.crt").display(),
-            d.join("admin.key").display()
-        ));
-        std::fs::write(self.admin_kubeconfig(), admin)?;
+        self.sign("admin", "/O=system:masters/CN=admin", "clientAuth", None)?;
+        self.key("sa.key")?;
+        self.openssl(&["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+        std::fs::write(self.admin_kubeconfig(), self.cert_kubeconfig("admin"))?;
         Ok(())
+    }
+
+    /// A kubeconfig authenticating with certificate `name.crt`.
+    fn cert_kubeconfig(&self, name: &str) -> String {
+        let d = self.dir.path();
+        self.kubeconfig(&format!(
+            "client-certificate: {}\n    client-key: {}",
+            d.join(format!("{name}.crt")).display(),
+            d.join(format!("{name}.key")).display()
+        ))
+    }
+
+    /// Starts the controller manager (service accounts, deployments,
+    /// endpoints, garbage collection) and the scheduler, and waits until
+    /// the default ServiceAccount exists.
+    pub fn start_controllers(&mut self, ns: &Ns) -> anyhow::Result<()> {
+        for (name, cn) in [
+            ("controller-manager", "system:kube-controller-manager"),
+            ("scheduler", "system:kube-scheduler"),
+        ] {
+            self.sign(name, &format!("/CN={cn}"), "clientAuth", None)?;
+            std::fs::write(
+                self.dir.path().join(format!("{name}.kubeconfig")),
+                self.cert_kubeconfig(name),
+            )?;
+        }
+        let d = self.dir.path().to_path_buf();
+        let kc = |n: &str| d.join(format!("{n}.kubeconfig")).display().to_string();
+        let f = |n: &str| d.join(n).display().to_string();
+        let cm = self.spawn(
+            "kube-controller-manager",
+            ns,
+            &[
+                &format!("--kubeconfig={}", kc("controller-manager")),
+                &format!("--authentication-kubeconfig={}", kc("controller-manager")),
+                &format!("--authorization-kubeconfig={}", kc("controller-manager")),
+                "--bind-address=127.0.0.1",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                &format!("--service-account-private-key-file={}", f("sa.key")),
+                &format!("--root-ca-file={}", f("ca.crt")),
+                &format!("--cluster-signing-cert-file={}", f("ca.crt")),
+                &format!("--cluster-signing-key-file={}", f("ca.key")),
+                "--allocate-node-cidrs=false",
+                "--controllers=*,-nodeipam",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+            ],
+        )?;
+        self.procs.push(("kube-controller-manager", cm));
+        let sched = self.spawn(
+            "kube-scheduler",
+            ns,
+            &[
+                &format!("--kubeconfig={}", kc("scheduler")),
+                &format!("--authentication-kubeconfig={}", kc("scheduler")),
+                &format!("--authorization-kubeconfig={}", kc("scheduler")),
+                "--bind-address=127.0.0.1",
+                "--leader-elect=false",
+            ],
+        )?;
+        self.procs.push(("kube-scheduler", sched));
+        let start = Instant::now();
+        while self
+            .kubectl(&["-n", "default", "get", "serviceaccount", "default"])
+            .is_err()
+        {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the controller manager made no default ServiceAccount:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Node `name`'s credentials: a kubeconfig (system:node:<name>), and a
+    /// serving certificate for `ip`, as (kubeconfig, cert, key).
+    pub fn node_credentials(&self, name: &str, ip: Ipv4Addr) -> anyhow::Result<[PathBuf; 3]> {
+        let client = format!("kubelet-{name}");
+        let serving = format!("kubelet-{name}-serving");
+        self.sign(
+            &client,
+            &format!("/O=system:nodes/CN=system:node:{name}"),
+            "clientAuth",
+            None,
+        )?;
+        self.sign(
+            &serving,
+            &format!("/O=system:nodes/CN=system:node:{name}"),
+            "serverAuth",
+            Some(&format!("IP:{ip},DNS:{name}")),
+        )?;
+        let d = self.dir.path();
+        let kubeconfig = d.join(format!("{client}.kubeconfig"));
+        std::fs::write(&kubeconfig, self.cert_kubeconfig(&client))?;
+        Ok([
+            kubeconfig,
+            d.join(format!("{serving}.crt")),
+            d.join(format!("{serving}.key")),
+        ])
+    }
+
+    /// kube-proxy's kubeconfig (system:kube-proxy).
+    pub fn kube_proxy_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("kube-proxy.kubeconfig");
+        if !path.exists() {
+            self.sign("kube-proxy", "/CN=system:kube-proxy", "clientAuth", None)?;
+            std::fs::write(&path, self.cert_kubeconfig("kube-proxy"))?;
+        }
+        Ok(path)
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     fn kubeconfig(&self, user: &str) -> String {
@@ -314,15 +472,17 @@ impl ControlPlane {
     /// The tails of etcd's and the API server's logs, for failures.
     pub fn logs(&self) -> String {
         let mut text = String::new();
-        for name in ["etcd", "kube-apiserver"] {
-            let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-                .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            text += &format!("--- {name}\n");
-            for l in tail.into_iter().rev() {
-                text += l;
-                text.push('\n');
-            }
+        for name in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
+            let Ok(log) = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+            else {
+                continue;
+            };
+            text += &crate::log_tail(name, &log, 20);
         }
         text
     }

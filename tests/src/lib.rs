@@ -7,6 +7,7 @@
 //! panic); the machine's own interfaces and routes are never touched.
 
 pub mod cloudbed;
+pub mod cluster;
 pub mod controlplane;
 pub mod images;
 pub mod netns;
@@ -401,6 +402,19 @@ pub fn pod_env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
         ifname: "eth0",
         args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
     }
+}
+
+/// The last `n` lines of a log, under a `--- title` line, for failure
+/// messages.
+pub fn log_tail(title: &str, log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    let mut text = format!("--- {title}\n");
+    for l in &lines[from..] {
+        text += l;
+        text.push('\n');
+    }
+    text
 }
 
 /// The result of a call that must succeed.

@@ -1,0 +1,646 @@
+//! A real Kubernetes cluster on the simulated cloud: the control plane
+//! (`controlplane.rs`) on the VMs' primary network, and on each VM a real
+//! containerd, kubelet and kube-proxy (built from source by
+//! `scripts/k8s-build`), with hostnic as the node's CNI: the real agent on
+//! the VM taking NICs from the simulated cloud, and the real executable in
+//! the node's CNI directory, called by containerd's CRI plugin for every pod
+//! the kubelet starts.
+//!
+//! Each node lives in its VM's network namespace and in a mount namespace
+//! of its own (held by a `sleep` process), where the directories a node
+//! owns — /var/lib/kubelet, /var/log, /run/containerd, /var/lib/cni — are
+//! the node's own, so two nodes share nothing. Its containers run in cgroup
+//! `/hostnic-test-<vm>` of every v1 controller. Everything is stopped and
+//! removed on drop, also when a test fails.
+//!
+//! Two facts of this machine, found by the spike that preceded this file:
+//! it refuses to lower any process's `oom_score_adj` (so containerd
+//! restricts it, and kubelet and kube-proxy keep 0), and `ip netns exec`
+//! hides the cgroup mounts (so everything enters the VM's namespace with
+//! setns, never through `ip netns exec`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::cloudbed::CloudBed;
+use crate::controlplane::{ControlPlane, k8s_bin};
+use crate::netns::run;
+use crate::{Agent, bin};
+
+/// The pod (pause) and test (busybox) images' references.
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:hostnic-test";
+/// The Service CIDR, routed from pods through their node (`gw 0.0.0.0`).
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+const CGROUP_CONTROLLERS: [&str; 9] = [
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd",
+];
+/// The directories a node owns, bind-mounted from its own directory.
+const NODE_DIRS: [(&str, &str); 4] = [
+    ("kubelet", "/var/lib/kubelet"),
+    ("varlog", "/var/log"),
+    ("run-containerd", "/run/containerd"),
+    ("var-lib-cni", "/var/lib/cni"),
+];
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<KubeNode>,
+    pub agents: Vec<Agent>,
+    pub cp: ControlPlane,
+    pub bed: CloudBed,
+}
+
+/// One VM as a Kubernetes node.
+#[derive(Debug)]
+pub struct KubeNode {
+    pub name: String,
+    pub dir: PathBuf,
+    cgroup: String,
+    holder: Child,
+    procs: Vec<(&'static str, Child)>,
+}
+
+impl Cluster {
+    /// The control plane, then every VM of `bed` as a node `node-<i>` with
+    /// hostnic as its CNI, `agent_extra` appended to each agent's config.
+    /// Returns once every node is Ready.
+    pub fn start(bed: CloudBed, agent_extra: &str) -> anyhow::Result<Cluster> {
+        let addr = match bed.sim.node_addr.ip() {
+            std::net::IpAddr::V4(a) => a,
+            other => bail!("the simulator's node address {other} is not IPv4"),
+        };
+        let mut cp = ControlPlane::start(bed.sim.sdn_ns(), addr)?;
+        cp.start_controllers(bed.sim.sdn_ns())?;
+        let images = images(&bed.dir.path().join("images"))?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            agents: Vec::new(),
+            cp,
+            bed,
+        };
+        for i in 0..cluster.bed.sim.nodes.len() {
+            let agent = cluster
+                .bed
+                .start_agent(i, &format!("warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n{agent_extra}"))?;
+            cluster.agents.push(agent);
+            let node = KubeNode::start(&cluster, i, &images)?;
+            cluster.nodes.push(node);
+        }
+        for n in &cluster.nodes {
+            cluster.wait(
+                &format!("node {} Ready", n.name),
+                Duration::from_secs(120),
+                || {
+                    cluster
+                        .cp
+                        .kubectl(&[
+                            "get",
+                            "node",
+                            &n.name,
+                            "-o",
+                            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                        ])
+                        .is_ok_and(|s| s == "True")
+                },
+            )?;
+        }
+        Ok(cluster)
+    }
+
+    /// Waits for `cond`, failing with the cluster's logs.
+    pub fn wait(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while !cond() {
+            if start.elapsed() > limit {
+                bail!("{what}: not within {limit:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// `kubectl` as the cluster admin.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.cp.kubectl(args)
+    }
+
+    /// The tails of every component's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut text = self.cp.logs();
+        for n in &self.nodes {
+            for name in ["containerd", "kubelet", "kube-proxy"] {
+                let log =
+                    std::fs::read_to_string(n.dir.join(format!("{name}.log"))).unwrap_or_default();
+                text += &format!("--- {} {name}\n", n.name);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                for l in tail.into_iter().rev() {
+                    text += l;
+                    text.push('\n');
+                }
+            }
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            text += &crate::log_tail(&format!("agent {i}"), &a.log_text(), 15);
+        }
+        text
+    }
+}
+
+// Fields drop in order: the nodes (their containers) first, then the
+// agents, the control plane and the simulated cloud.
+
+impl Drop for KubeNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The pause and busybox images as docker archives made here: one layer
+/// each, from the static pause binary `scripts/k8s-build` makes and
+/// Debian's static busybox. No registry, no image builder.
+fn images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let k8s = k8s_bin()?;
+    std::fs::create_dir_all(dir)?;
+    let pause_root = dir.join("pause-root");
+    std::fs::create_dir_all(&pause_root)?;
+    std::fs::copy(k8s.join("pause"), pause_root.join("pause"))?;
+    let bb_root = dir.join("busybox-root");
+    std::fs::create_dir_all(bb_root.join("bin"))?;
+    std::fs::create_dir_all(bb_root.join("tmp"))?;
+    std::fs::copy("/bin/busybox", bb_root.join("bin/busybox"))
+        .context("Debian's busybox-static (scripts/setup installs it)")?;
+    for applet in [
+        "sh", "sleep", "ping", "ip", "wget", "nc", "httpd", "cat", "timeout",
+    ] {
+        std::os::unix::fs::symlink("busybox", bb_root.join("bin").join(applet))?;
+    }
+    Ok(vec![
+        docker_archive(
+            dir,
+            PAUSE_IMAGE,
+            &pause_root,
+            json!({"Entrypoint": ["/pause"], "User": "65535:65535"}),
+        )?,
+        docker_archive(
+            dir,
+            BUSYBOX_IMAGE,
+            &bb_root,
+            json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}),
+        )?,
+    ])
+}
+
+/// A `docker save` archive of one layer made of `root`: manifest.json, the
+/// image config, the layer, named by their sha256 as the format wants.
+fn docker_archive(
+    dir: &Path,
+    reference: &str,
+    root: &Path,
+    config: serde_json::Value,
+) -> anyhow::Result<PathBuf> {
+    let name = reference.replace(['/', ':'], "_");
+    let work = dir.join(format!("{name}.d"));
+    std::fs::create_dir_all(&work)?;
+    let layer = work.join("layer.tar");
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(root)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."))?;
+    let digest = |p: &Path| -> anyhow::Result<String> {
+        Ok(run(Command::new("sha256sum").arg(p))?
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let diff = digest(&layer)?;
+    std::fs::create_dir_all(work.join(&diff))?;
+    std::fs::rename(&layer, work.join(&diff).join("layer.tar"))?;
+    let image_config = json!({
+        "architecture": "amd64", "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff}")]},
+    });
+    let config_path = work.join("config.json");
+    std::fs::write(&config_path, image_config.to_string())?;
+    let c = digest(&config_path)?;
+    std::fs::rename(&config_path, work.join(format!("{c}.json")))?;
+    std::fs::write(
+        work.join("manifest.json"),
+        json!([{"Config": format!("{c}.json"), "RepoTags": [reference], "Layers": [format!("{diff}/layer.tar")]}]).to_string(),
+    )?;
+    let out = dir.join(format!("{name}.tar"));
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(&work)
+        .arg("-cf")
+        .arg(&out)
+        .args(["manifest.json", &format!("{c}.json"), &diff]))?;
+    Ok(out)
+}
+
+impl KubeNode {
+    fn start(cluster: &Cluster, i: usize, images: &[PathBuf]) -> anyhow::Result<KubeNode> {
+        let vm = &cluster.bed.sim.nodes[i];
+        let name = format!("node-{i}");
+        let dir = cluster.bed.dir.path().join(format!("kube-{name}"));
+        let k8s = k8s_bin()?;
+        let cgroup = format!("hostnic-test-{}", vm.ns.name());
+        for c in CGROUP_CONTROLLERS {
+            std::fs::create_dir_all(format!("/sys/fs/cgroup/{c}/{cgroup}"))
+                .with_context(|| format!("creating cgroup {c}/{cgroup}"))?;
+        }
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let v = std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/{f}"))?;
+            std::fs::write(format!("/sys/fs/cgroup/cpuset/{cgroup}/{f}"), v.trim())?;
+        }
+        // A node routes: Service traffic, translated by kube-proxy, leaves
+        // again towards the endpoint pod.
+        vm.ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        for (own, _) in NODE_DIRS {
+            std::fs::create_dir_all(dir.join(own))?;
+        }
+        for d in [
+            "containerd/root",
+            "containerd/state",
+            "cni/net.d",
+            "opt",
+            "runc",
+        ] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        for (_, host) in NODE_DIRS {
+            // Mount points; empty, and left so (other tools may use them).
+            std::fs::create_dir_all(host)?;
+        }
+        // The node's mount namespace, held by a sleep, with its own dirs.
+        let mounts: String = NODE_DIRS
+            .iter()
+            .map(|(own, host)| format!("mount --bind {} {host} && ", dir.join(own).display()))
+            .collect();
+        let holder = vm
+            .ns
+            .command("unshare")?
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!("{mounts}exec sleep infinity"))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the node's mount namespace")?;
+        let mut node = KubeNode {
+            name: name.clone(),
+            dir: dir.clone(),
+            cgroup: cgroup.clone(),
+            holder,
+            procs: Vec::new(),
+        };
+        let pid = node.holder.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "sleep")
+        {
+            if Instant::now() > deadline {
+                bail!("the node's mount namespace did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        // hostnic as the node's CNI: the conflist an operator installs, with
+        // this node's agent socket and the Service CIDR through the node.
+        let conflist = json!({
+            "cniVersion": "1.0.0", "name": "hostnic",
+            "plugins": [{
+                "type": "hostnic",
+                "socket": cluster.bed.socket(i),
+                "ipam": {"routes": [{"dst": SERVICE_CIDR, "gw": "0.0.0.0"}]},
+                "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+            }],
+        });
+        std::fs::write(
+            dir.join("cni/net.d/10-hostnic.conflist"),
+            conflist.to_string(),
+        )?;
+        let hostnic_dir = bin("hostnic").parent().expect("bin dir").to_path_buf();
+        let d = |p: &str| dir.join(p).display().to_string();
+        let sock = d("containerd/containerd.sock");
+        std::fs::write(
+            dir.join("containerd.toml"),
+            format!(
+                r#"version = 3
+root = '{root}'
+state = '{state}'
+disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.snapshotter.v1.btrfs',
+  'io.containerd.snapshotter.v1.zfs', 'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.blockfile', 'io.containerd.tracing.processor.v1.otlp',
+  'io.containerd.internal.v1.tracing']
+[grpc]
+  address = '{sock}'
+[ttrpc]
+  address = '{sock}.ttrpc'
+[debug]
+  address = '{debug}'
+[metrics]
+  address = ''
+[plugins.'io.containerd.internal.v1.opt']
+  path = '{opt}'
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = '127.0.0.1'
+  stream_server_port = '0'
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = '{PAUSE_IMAGE}'
+[plugins.'io.containerd.cri.v1.runtime']
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = 'runc'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = '{runc}'
+        Root = '{runc_root}'
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ['{hostnic}', '/usr/lib/cni']
+    conf_dir = '{conf}'
+    max_conf_num = 1
+"#,
+                root = d("containerd/root"),
+                state = d("containerd/state"),
+                debug = d("containerd/debug.sock"),
+                opt = d("opt"),
+                runc = k8s.join("runc").display(),
+                runc_root = d("runc"),
+                hostnic = hostnic_dir.display(),
+                conf = d("cni/net.d"),
+            ),
+        )?;
+        let containerd = node.spawn(
+            "containerd",
+            &k8s.join("containerd"),
+            &["--config", &d("containerd.toml")],
+        )?;
+        node.procs.push(("containerd", containerd));
+        let ctr = |args: &[&str]| -> anyhow::Result<String> {
+            run(node
+                .enter(&k8s.join("ctr"))?
+                .args(["--address", &sock])
+                .args(args))
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ctr(&["version"]).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "containerd on {name} did not serve:\n{}",
+                    node.log("containerd")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for image in images {
+            ctr(&[
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                &image.display().to_string(),
+            ])?;
+        }
+
+        let [kubeconfig, cert, key] = cluster.cp.node_credentials(&name, vm.ip)?;
+        std::fs::write(
+            dir.join("kubelet.yaml"),
+            format!(
+                r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://{sock}
+cgroupDriver: cgroupfs
+cgroupRoot: /{cgroup}
+cgroupsPerQOS: true
+failSwapOn: false
+failCgroupV1: false
+address: {ip}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+tlsCertFile: {cert}
+tlsPrivateKeyFile: {key}
+authentication:
+  anonymous: {{ enabled: false }}
+  webhook: {{ enabled: true }}
+  x509: {{ clientCAFile: {ca} }}
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+resolvConf: /etc/resolv.conf
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "0%"
+  nodefs.available: "0%"
+  nodefs.inodesFree: "0%"
+  imagefs.available: "0%"
+  imagefs.inodesFree: "0%"
+serializeImagePulls: false
+registerNode: true
+maxPods: 110
+staticPodPath: ""
+oomScoreAdj: 0
+"#,
+                ip = vm.ip,
+                cert = cert.display(),
+                key = key.display(),
+                ca = cluster.cp.ca().display(),
+            ),
+        )?;
+        let kubelet = node.spawn(
+            "kubelet",
+            &k8s.join("kubelet"),
+            &[
+                &format!("--config={}", d("kubelet.yaml")),
+                &format!("--kubeconfig={}", kubeconfig.display()),
+                &format!("--hostname-override={name}"),
+                &format!("--node-ip={}", vm.ip),
+                &format!("--provider-id=qingcloud://{}", vm.instance),
+                "--root-dir=/var/lib/kubelet",
+                "--v=2",
+            ],
+        )?;
+        node.procs.push(("kubelet", kubelet));
+
+        // kube-proxy, masquerading service traffic so that the answer comes
+        // back through the node that translated it (the pods of a vxnet
+        // otherwise answer each other directly over the vxnet).
+        std::fs::write(
+            dir.join("kube-proxy.yaml"),
+            format!(
+                r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+oomScoreAdj: 0
+clientConnection:
+  kubeconfig: {kc}
+hostnameOverride: {name}
+bindAddress: {ip}
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+  udpTimeout: 0s
+  udpStreamTimeout: 0s
+iptables:
+  masqueradeAll: true
+  syncPeriod: 30s
+  minSyncPeriod: 1s
+"#,
+                kc = cluster.cp.kube_proxy_kubeconfig()?.display(),
+                ip = vm.ip,
+            ),
+        )?;
+        let proxy = node.spawn(
+            "kube-proxy",
+            &k8s.join("kube-proxy"),
+            &[&format!("--config={}", d("kube-proxy.yaml")), "--v=2"],
+        )?;
+        node.procs.push(("kube-proxy", proxy));
+        Ok(node)
+    }
+
+    /// A command in this node's network and mount namespaces.
+    fn enter(&self, program: &Path) -> anyhow::Result<Command> {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.holder.id().to_string(), "-m", "-n", "--"])
+            .arg(program)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        Ok(cmd)
+    }
+
+    fn spawn(&self, name: &str, program: &Path, args: &[&str]) -> anyhow::Result<Child> {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        self.enter(program)?
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name} on {}", self.name))
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Stops the node: kubelet and kube-proxy, every container (the
+    /// processes of its cgroups, and the shims of its containerd), then
+    /// containerd and the mount namespace; removes its cgroups.
+    fn stop(&mut self) {
+        for (name, child) in self.procs.iter_mut().rev() {
+            if *name != "containerd" {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // The containers' processes, by cgroup.
+        for _ in 0..3 {
+            for pid in cgroup_pids(&format!("/sys/fs/cgroup/pids/{}", self.cgroup)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The shims of this node's containerd (they outlive it otherwise).
+        let address = self
+            .dir
+            .join("containerd/containerd.sock")
+            .display()
+            .to_string();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.contains("containerd-shim") && cmdline.contains(&address) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        for (_, child) in self.procs.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        for c in CGROUP_CONTROLLERS {
+            remove_cgroup(Path::new(&format!("/sys/fs/cgroup/{c}/{}", self.cgroup)));
+        }
+    }
+}
+
+/// Every pid in cgroup `dir` and below.
+fn cgroup_pids(dir: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![PathBuf::from(dir)];
+    while let Some(d) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    pids
+}
+
+/// Removes cgroup `dir` and its children, deepest first.
+fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}

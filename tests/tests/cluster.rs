@@ -1,0 +1,281 @@
+//! hostnic in a real Kubernetes cluster built from source: real kubelets
+//! (through containerd's CRI plugin) call the real `hostnic` executable for
+//! every pod of a Deployment, pods get NICs from the simulated cloud, talk
+//! across nodes, reach a ClusterIP Service through the real kube-proxy, and
+//! give their NICs back when the Deployment scales to zero.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::cluster::{BUSYBOX_IMAGE, Cluster};
+use hostnic_testbed::require_root;
+use hostnic_testbed::sim::SimConfig;
+use serde_json::{Value, json};
+
+const REPLICAS: usize = 10;
+
+fn deployment(replicas: usize) -> String {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "automountServiceAccountToken": false,
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": {"app": "web"}},
+                    }],
+                    "containers": [{
+                        "name": "httpd", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c",
+                            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                    }],
+                },
+            },
+        },
+    })
+    .to_string()
+}
+
+/// The running pods of the Deployment: name → (node, IP).
+fn web_pods(cluster: &Cluster) -> BTreeMap<String, (String, String)> {
+    let out = cluster
+        .kubectl(&["get", "pods", "-l", "app=web", "-o", "json"])
+        .unwrap_or_default();
+    let list: Value = serde_json::from_str(&out).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                (
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["status"]["podIP"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
+    if !require_root("a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        vxnets: vec![("vxnet-pods".into(), "10.100.0.0/24".parse().unwrap())],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let cluster = Cluster::start(bed, "").unwrap();
+    eprintln!(
+        "cluster: control plane and 2 nodes Ready in {:?}",
+        started.elapsed()
+    );
+
+    let created = Instant::now();
+    cluster.cp.apply(&deployment(REPLICAS)).unwrap();
+    cluster
+        .wait(
+            &format!("{REPLICAS} web pods Running"),
+            Duration::from_secs(180),
+            || web_pods(&cluster).len() == REPLICAS,
+        )
+        .unwrap();
+    eprintln!(
+        "cluster: {REPLICAS} pods Running {:?} after the Deployment was created",
+        created.elapsed()
+    );
+    let pods = web_pods(&cluster);
+    // Cloud NICs: addresses of the vxnet, each once, on both nodes, and the
+    // cloud says each is attached to its pod's VM.
+    let ips: BTreeSet<&str> = pods.values().map(|(_, ip)| ip.as_str()).collect();
+    assert_eq!(ips.len(), REPLICAS, "{pods:?}");
+    assert!(ips.iter().all(|ip| ip.starts_with("10.100.0.")), "{pods:?}");
+    let nodes: BTreeSet<&str> = pods.values().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "{pods:?}");
+    let inspect = cluster.bed.sim.inspect();
+    for (node, ip) in pods.values() {
+        let i: usize = node.strip_prefix("node-").unwrap().parse().unwrap();
+        let instance = &cluster.bed.sim.nodes[i].instance;
+        let nic = inspect["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["ip"] == ip.as_str())
+            .unwrap_or_else(|| panic!("no cloud NIC has {ip}"));
+        assert_eq!(nic["instance"], instance.as_str(), "{nic}");
+    }
+
+    // Across nodes, over the SDN.
+    let on = |node: &str| {
+        pods.iter()
+            .find(|(_, (n, _))| n == node)
+            .map(|(name, (_, ip))| (name.clone(), ip.clone()))
+            .unwrap()
+    };
+    let (a, _) = on("node-0");
+    let (_, b_ip) = on("node-1");
+    cluster
+        .kubectl(&["exec", &a, "--", "ping", "-c", "1", "-W", "2", &b_ip])
+        .unwrap();
+
+    // A ClusterIP Service through kube-proxy: pods route the Service CIDR
+    // through their node's own NIC in the vxnet (gw 0.0.0.0).
+    cluster
+        .cp
+        .apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            })
+            .to_string(),
+        )
+        .unwrap();
+    let cluster_ip = cluster
+        .kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap();
+    let mut answered = String::new();
+    cluster
+        .wait(
+            "the Service to answer",
+            Duration::from_secs(60),
+            || match cluster.kubectl(&[
+                "exec",
+                &a,
+                "--",
+                "timeout",
+                "3",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://{cluster_ip}/"),
+            ]) {
+                Ok(out) => {
+                    answered = out;
+                    true
+                }
+                Err(_) => false,
+            },
+        )
+        .unwrap();
+    assert!(
+        pods.contains_key(answered.trim()),
+        "the Service answered {answered:?}, not one of the pods"
+    );
+
+    // A pod that asks for its address gets it (the ip policy's
+    // hostnic.io/ip annotation, from containerd's pod annotations).
+    let pinned = "10.100.0.200";
+    cluster
+        .cp
+        .apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "pinned", "namespace": "default",
+                             "annotations": {"hostnic.io/ip": pinned}},
+                "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": false,
+                         "containers": [{"name": "c", "image": BUSYBOX_IMAGE,
+                                         "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]},
+            })
+            .to_string(),
+        )
+        .unwrap();
+    let pod_ip = || {
+        cluster
+            .kubectl(&["get", "pod", "pinned", "-o", "jsonpath={.status.podIP}"])
+            .unwrap_or_default()
+    };
+    cluster
+        .wait("the pinned pod's address", Duration::from_secs(60), || {
+            !pod_ip().is_empty()
+        })
+        .unwrap();
+    assert_eq!(pod_ip(), pinned);
+    cluster
+        .kubectl(&["delete", "pod", "pinned", "--wait=true"])
+        .unwrap();
+
+    // Draining a node: its pods move, and its NICs go back to its pool.
+    cluster
+        .kubectl(&[
+            "drain",
+            "node-1",
+            "--ignore-daemonsets",
+            "--force",
+            "--grace-period=1",
+            "--timeout=90s",
+        ])
+        .unwrap();
+    cluster
+        .wait(
+            "the pods to run on node-0 only",
+            Duration::from_secs(120),
+            || {
+                let now = web_pods(&cluster);
+                now.len() == REPLICAS && now.values().all(|(n, _)| n == "node-0")
+            },
+        )
+        .unwrap();
+    cluster.bed.settle(1);
+    let held_on_1 = std::fs::read_dir(cluster.bed.state_dir(1).join("allocations"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        held_on_1, 0,
+        "node-1 still records attachments after the drain"
+    );
+
+    // Scale to zero: every NIC goes back to its node's warm pool, none is
+    // left in a pod, none leaks in the cloud.
+    cluster.cp.apply(&deployment(0)).unwrap();
+    cluster
+        .wait("the web pods to go", Duration::from_secs(120), || {
+            cluster
+                .kubectl(&["get", "pods", "-l", "app=web", "-o", "name"])
+                .is_ok_and(|o| o.trim().is_empty())
+        })
+        .unwrap();
+    for i in 0..2 {
+        cluster.bed.settle(i);
+    }
+    let inspect = cluster.bed.sim.inspect();
+    let still_used: Vec<&Value> = inspect["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| ips.contains(n["ip"].as_str().unwrap_or_default()))
+        .filter(|n| n["instance"].as_str().unwrap_or_default().is_empty())
+        .collect();
+    assert!(still_used.is_empty(), "detached pod NICs: {still_used:?}");
+    assert!(
+        cluster.bed.leaked_nics().is_empty(),
+        "{:?}",
+        cluster.bed.leaked_nics()
+    );
+}

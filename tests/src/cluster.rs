@@ -19,6 +19,7 @@
 //! hides the cgroup mounts (so everything enters the VM's namespace with
 //! setns, never through `ip netns exec`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,13 +41,31 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 const CGROUP_CONTROLLERS: [&str; 9] = [
     "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd",
 ];
-/// The directories a node owns, bind-mounted from its own directory.
-const NODE_DIRS: [(&str, &str); 4] = [
+/// The directories a node owns, bind-mounted from its own directory: the
+/// kubelet's and containerd's, and those the DaemonSet's hostPath volumes
+/// name.
+const NODE_DIRS: [(&str, &str); 8] = [
     ("kubelet", "/var/lib/kubelet"),
     ("varlog", "/var/log"),
     ("run-containerd", "/run/containerd"),
     ("var-lib-cni", "/var/lib/cni"),
+    ("opt-cni-bin", "/opt/cni/bin"),
+    ("etc-cni-net.d", "/etc/cni/net.d"),
+    ("run-hostnic", "/run/hostnic"),
+    ("var-lib-hostnic", "/var/lib/hostnic"),
 ];
+
+/// How hostnic comes to the nodes.
+#[derive(Debug, Clone)]
+pub enum Install {
+    /// The test runs an agent on each VM (its config gets this appended)
+    /// and puts the executable and conflist in the node's CNI directories.
+    Agents(String),
+    /// Nothing: the test applies `deploy/` with kubectl, as an operator
+    /// does; each node has the hostnic image (`scripts/image`) and the
+    /// standard CNI, hostnic and kubelet directories of its own.
+    DaemonSet(PathBuf),
+}
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -68,16 +87,20 @@ pub struct KubeNode {
 
 impl Cluster {
     /// The control plane, then every VM of `bed` as a node `node-<i>` with
-    /// hostnic as its CNI, `agent_extra` appended to each agent's config.
-    /// Returns once every node is Ready.
-    pub fn start(bed: CloudBed, agent_extra: &str) -> anyhow::Result<Cluster> {
+    /// hostnic installed as `install` says. With test-run agents it returns
+    /// once every node is Ready; with the DaemonSet, once every node has
+    /// registered (it turns Ready when hostnic's conflist is installed).
+    pub fn start(bed: CloudBed, install: Install) -> anyhow::Result<Cluster> {
         let addr = match bed.sim.node_addr.ip() {
             std::net::IpAddr::V4(a) => a,
             other => bail!("the simulator's node address {other} is not IPv4"),
         };
         let mut cp = ControlPlane::start(bed.sim.sdn_ns(), addr)?;
         cp.start_controllers(bed.sim.sdn_ns())?;
-        let images = images(&bed.dir.path().join("images"))?;
+        let mut images = images(&bed.dir.path().join("images"))?;
+        if let Install::DaemonSet(image) = &install {
+            images.push(image.clone());
+        }
         let mut cluster = Cluster {
             nodes: Vec::new(),
             agents: Vec::new(),
@@ -85,32 +108,93 @@ impl Cluster {
             bed,
         };
         for i in 0..cluster.bed.sim.nodes.len() {
-            let agent = cluster
-                .bed
-                .start_agent(i, &format!("warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n{agent_extra}"))?;
-            cluster.agents.push(agent);
-            let node = KubeNode::start(&cluster, i, &images)?;
+            if let Install::Agents(extra) = &install {
+                let agent = cluster.bed.start_agent(
+                    i,
+                    &format!("warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n{extra}"),
+                )?;
+                cluster.agents.push(agent);
+            }
+            let node = KubeNode::start(&cluster, i, &images, &install)?;
             cluster.nodes.push(node);
         }
+        let want = match install {
+            Install::Agents(_) => "True",
+            Install::DaemonSet(_) => "",
+        };
         for n in &cluster.nodes {
             cluster.wait(
-                &format!("node {} Ready", n.name),
+                &format!("node {} registered", n.name),
                 Duration::from_secs(120),
                 || {
                     cluster
-                        .cp
-                        .kubectl(&[
-                            "get",
-                            "node",
-                            &n.name,
-                            "-o",
-                            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                        ])
-                        .is_ok_and(|s| s == "True")
+                        .node_ready(&n.name)
+                        .is_some_and(|r| want.is_empty() || r == want)
                 },
             )?;
         }
         Ok(cluster)
+    }
+
+    /// The logs of the DaemonSet's agent pods (init containers included),
+    /// the last `tail` lines of each, prefixed with pod and container.
+    pub fn agent_pod_logs(&self, tail: i32) -> String {
+        self.kubectl(&[
+            "logs",
+            "-n",
+            "kube-system",
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--prefix",
+            &format!("--tail={tail}"),
+            "--all-containers",
+        ])
+        .unwrap_or_else(|e| e.to_string())
+    }
+
+    /// Waits until no pod that `selector` picks is left (terminated).
+    pub fn wait_gone(&self, selector: &str, limit: Duration) -> anyhow::Result<()> {
+        self.wait(&format!("the pods {selector} to go"), limit, || {
+            self.kubectl(&["get", "pods", "-l", selector, "-o", "name"])
+                .is_ok_and(|o| o.trim().is_empty())
+        })
+    }
+
+    /// The Running (and not terminating) pods that `selector` picks in the
+    /// default namespace: name → (node, IP).
+    pub fn running_pods(&self, selector: &str) -> BTreeMap<String, (String, String)> {
+        let out = self
+            .kubectl(&["get", "pods", "-l", selector, "-o", "json"])
+            .unwrap_or_default();
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .map(|p| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    s(&p["metadata"]["name"]),
+                    (s(&p["spec"]["nodeName"]), s(&p["status"]["podIP"])),
+                )
+            })
+            .collect()
+    }
+
+    /// Node `name`'s Ready condition ("True", "False", …) once registered.
+    pub fn node_ready(&self, name: &str) -> Option<String> {
+        self.cp
+            .kubectl(&[
+                "get",
+                "node",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .ok()
     }
 
     /// Waits for `cond`, failing with the cluster's logs.
@@ -135,9 +219,18 @@ impl Cluster {
         self.cp.kubectl(args)
     }
 
-    /// The tails of every component's log, for a failure message.
+    /// The tails of every component's log, the pods and the latest events,
+    /// for a failure message.
     pub fn logs(&self) -> String {
         let mut text = self.cp.logs();
+        let show = |args: &[&str]| self.kubectl(args).unwrap_or_else(|e| e.to_string());
+        text += &crate::log_tail("pods", &show(&["get", "pods", "-A", "-o", "wide"]), 40);
+        text += &crate::log_tail(
+            "events",
+            &show(&["get", "events", "-A", "--sort-by=.lastTimestamp"]),
+            30,
+        );
+        text += &crate::log_tail("hostnic agent pods", &self.agent_pod_logs(30), 60);
         for n in &self.nodes {
             for name in ["containerd", "kubelet", "kube-proxy"] {
                 let log =
@@ -164,6 +257,37 @@ impl Drop for KubeNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A Deployment `name` of busybox httpd pods (label `app=<name>`, answering
+/// their hostname on port 8080), spread over the nodes.
+pub fn deployment(name: &str, replicas: usize) -> String {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "automountServiceAccountToken": false,
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": {"app": name}},
+                    }],
+                    "containers": [{
+                        "name": "httpd", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c",
+                            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                    }],
+                },
+            },
+        },
+    })
+    .to_string()
 }
 
 /// The pause and busybox images as docker archives made here: one layer
@@ -266,7 +390,12 @@ fn docker_archive(
 }
 
 impl KubeNode {
-    fn start(cluster: &Cluster, i: usize, images: &[PathBuf]) -> anyhow::Result<KubeNode> {
+    fn start(
+        cluster: &Cluster,
+        i: usize,
+        images: &[PathBuf],
+        install: &Install,
+    ) -> anyhow::Result<KubeNode> {
         let vm = &cluster.bed.sim.nodes[i];
         let name = format!("node-{i}");
         let dir = cluster.bed.dir.path().join(format!("kube-{name}"));
@@ -307,7 +436,10 @@ impl KubeNode {
         let holder = vm
             .ns
             .command("unshare")?
-            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            // Slave: the machine's mounts reach the node (kubelet wants a
+            // shared or slave mount for HostToContainer propagation), the
+            // node's never reach the machine.
+            .args(["-m", "--propagation", "slave", "--", "sh", "-c"])
             .arg(format!("{mounts}exec sleep infinity"))
             .stdin(Stdio::null())
             .spawn()
@@ -330,22 +462,51 @@ impl KubeNode {
             std::thread::sleep(Duration::from_millis(20));
         }
 
-        // hostnic as the node's CNI: the conflist an operator installs, with
-        // this node's agent socket and the Service CIDR through the node.
-        let conflist = json!({
-            "cniVersion": "1.0.0", "name": "hostnic",
-            "plugins": [{
-                "type": "hostnic",
-                "socket": cluster.bed.socket(i),
-                "ipam": {"routes": [{"dst": SERVICE_CIDR, "gw": "0.0.0.0"}]},
-                "capabilities": {"io.kubernetes.cri.pod-annotations": true},
-            }],
-        });
-        std::fs::write(
-            dir.join("cni/net.d/10-hostnic.conflist"),
-            conflist.to_string(),
-        )?;
-        let hostnic_dir = bin("hostnic").parent().expect("bin dir").to_path_buf();
+        let d = |p: &str| dir.join(p).display().to_string();
+        // hostnic as the node's CNI: with test-run agents, the conflist an
+        // operator installs (this node's agent socket, the Service CIDR
+        // through the node) and the executable where the tests built it;
+        // with the DaemonSet, the standard directories its init container
+        // fills.
+        let (bin_dirs, conf_dir) = match install {
+            Install::Agents(_) => {
+                let conflist = json!({
+                    "cniVersion": "1.0.0", "name": "hostnic",
+                    "plugins": [{
+                        "type": "hostnic",
+                        "socket": cluster.bed.socket(i),
+                        "ipam": {"routes": [{"dst": SERVICE_CIDR, "gw": "0.0.0.0"}]},
+                        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+                    }],
+                });
+                std::fs::write(
+                    dir.join("cni/net.d/10-hostnic.conflist"),
+                    conflist.to_string(),
+                )?;
+                let hostnic_dir = bin("hostnic")
+                    .parent()
+                    .expect("bin dir")
+                    .display()
+                    .to_string();
+                (format!("'{hostnic_dir}', '/usr/lib/cni'"), d("cni/net.d"))
+            }
+            Install::DaemonSet(_) => {
+                // The reference plugins a node has before any CNI is
+                // installed (kubeadm's kubernetes-cni package): containerd
+                // runs `loopback` for every pod, the conflist chains
+                // portmap, bandwidth and tuning.
+                for entry in std::fs::read_dir("/usr/lib/cni")
+                    .context("the reference CNI plugins (scripts/setup installs them)")?
+                {
+                    let entry = entry?;
+                    std::fs::copy(
+                        entry.path(),
+                        dir.join("opt-cni-bin").join(entry.file_name()),
+                    )?;
+                }
+                ("'/opt/cni/bin'".to_string(), "/etc/cni/net.d".to_string())
+            }
+        };
         let d = |p: &str| dir.join(p).display().to_string();
         let sock = d("containerd/containerd.sock");
         std::fs::write(
@@ -387,8 +548,8 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.snapshotter.v1.bt
         BinaryName = '{runc}'
         Root = '{runc_root}'
   [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ['{hostnic}', '/usr/lib/cni']
-    conf_dir = '{conf}'
+    bin_dirs = [{bin_dirs}]
+    conf_dir = '{conf_dir}'
     max_conf_num = 1
 "#,
                 root = d("containerd/root"),
@@ -397,8 +558,6 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.snapshotter.v1.bt
                 opt = d("opt"),
                 runc = k8s.join("runc").display(),
                 runc_root = d("runc"),
-                hostnic = hostnic_dir.display(),
-                conf = d("cni/net.d"),
             ),
         )?;
         let containerd = node.spawn(

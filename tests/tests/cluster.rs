@@ -4,79 +4,16 @@
 //! across nodes, reach a ClusterIP Service through the real kube-proxy, and
 //! give their NICs back when the Deployment scales to zero.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hostnic_testbed::cloudbed::CloudBed;
-use hostnic_testbed::cluster::{BUSYBOX_IMAGE, Cluster};
+use hostnic_testbed::cluster::{self, BUSYBOX_IMAGE, Cluster, Install};
 use hostnic_testbed::require_root;
 use hostnic_testbed::sim::SimConfig;
 use serde_json::{Value, json};
 
 const REPLICAS: usize = 10;
-
-fn deployment(replicas: usize) -> String {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "automountServiceAccountToken": false,
-                    "topologySpreadConstraints": [{
-                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                        "whenUnsatisfiable": "ScheduleAnyway",
-                        "labelSelector": {"matchLabels": {"app": "web"}},
-                    }],
-                    "containers": [{
-                        "name": "httpd", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-                        "command": ["/bin/sh", "-c",
-                            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
-                    }],
-                },
-            },
-        },
-    })
-    .to_string()
-}
-
-/// The running pods of the Deployment: name → (node, IP).
-fn web_pods(cluster: &Cluster) -> BTreeMap<String, (String, String)> {
-    let out = cluster
-        .kubectl(&["get", "pods", "-l", "app=web", "-o", "json"])
-        .unwrap_or_default();
-    let list: Value = serde_json::from_str(&out).unwrap_or_default();
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| {
-            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
-        })
-        .map(|p| {
-            (
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                (
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    p["status"]["podIP"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
@@ -90,26 +27,29 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
     })
     .unwrap();
     let started = Instant::now();
-    let cluster = Cluster::start(bed, "").unwrap();
+    let cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
     eprintln!(
         "cluster: control plane and 2 nodes Ready in {:?}",
         started.elapsed()
     );
 
     let created = Instant::now();
-    cluster.cp.apply(&deployment(REPLICAS)).unwrap();
+    cluster
+        .cp
+        .apply(&cluster::deployment("web", REPLICAS))
+        .unwrap();
     cluster
         .wait(
             &format!("{REPLICAS} web pods Running"),
             Duration::from_secs(180),
-            || web_pods(&cluster).len() == REPLICAS,
+            || cluster.running_pods("app=web").len() == REPLICAS,
         )
         .unwrap();
     eprintln!(
         "cluster: {REPLICAS} pods Running {:?} after the Deployment was created",
         created.elapsed()
     );
-    let pods = web_pods(&cluster);
+    let pods = cluster.running_pods("app=web");
     // Cloud NICs: addresses of the vxnet, each once, on both nodes, and the
     // cloud says each is attached to its pod's VM.
     let ips: BTreeSet<&str> = pods.values().map(|(_, ip)| ip.as_str()).collect();
@@ -237,7 +177,7 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
             "the pods to run on node-0 only",
             Duration::from_secs(120),
             || {
-                let now = web_pods(&cluster);
+                let now = cluster.running_pods("app=web");
                 now.len() == REPLICAS && now.values().all(|(n, _)| n == "node-0")
             },
         )
@@ -253,13 +193,9 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
 
     // Scale to zero: every NIC goes back to its node's warm pool, none is
     // left in a pod, none leaks in the cloud.
-    cluster.cp.apply(&deployment(0)).unwrap();
+    cluster.cp.apply(&cluster::deployment("web", 0)).unwrap();
     cluster
-        .wait("the web pods to go", Duration::from_secs(120), || {
-            cluster
-                .kubectl(&["get", "pods", "-l", "app=web", "-o", "name"])
-                .is_ok_and(|o| o.trim().is_empty())
-        })
+        .wait_gone("app=web", Duration::from_secs(120))
         .unwrap();
     for i in 0..2 {
         cluster.bed.settle(i);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decisions;
 pub mod facts;
 pub mod fds;
+pub mod install;
 pub mod plumb;
 pub mod policy;
 pub mod policy_cli;

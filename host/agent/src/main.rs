@@ -27,6 +27,9 @@ enum Command {
     /// Tools for policy authors: check, run and bench a policy module.
     #[command(subcommand)]
     Policy(hostnic_agent::policy_cli::PolicyCmd),
+    /// Installs the CNI executable and the network config on the node,
+    /// atomically (the DaemonSet's init container runs this).
+    InstallCni(hostnic_agent::install::InstallCni),
     /// Asks the running agent whether an ADD could succeed now (its CNI
     /// STATUS); exits 0 if so. For the DaemonSet's readiness and liveness
     /// probes.
@@ -48,6 +51,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Probe { socket, alive }) = &cli.command {
         return probe(socket, *alive);
+    }
+    if let Some(Command::InstallCni(args)) = &cli.command {
+        return match hostnic_agent::install::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hostnic-agent install-cni: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::Policy(cmd)) = cli.command {
         tracing_subscriber::fmt()

@@ -173,6 +173,73 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     assert_eq!(ips.len(), replicas, "{pods:?}");
     assert!(ips.iter().all(|ip| ip.starts_with("10.100.0.")), "{pods:?}");
 
+    // A rolling restart of the agents while pods are being created and
+    // running pods talk across nodes: no creation fails for good (the
+    // kubelet retries an ADD answered "try again later"), and not one
+    // packet of a running pod is lost — its NIC is in its namespace, not
+    // in the agent.
+    let on = |node: &str| {
+        pods.iter()
+            .find(|(_, (n, _))| n == node)
+            .map(|(name, (_, ip))| (name.clone(), ip.clone()))
+            .unwrap()
+    };
+    let ((from, _), (_, to)) = (on("node-0"), on("node-1"));
+    let pinger = {
+        let kubeconfig = cluster.cp.admin_kubeconfig();
+        let kubectl = cluster.cp.bin.join("kubectl");
+        let sdn = cluster.bed.sim.sdn_ns().command(kubectl).unwrap();
+        let mut cmd = sdn;
+        cmd.arg("--kubeconfig").arg(kubeconfig).args([
+            "exec", &from, "--", "ping", "-c", "150", "-i", "0.2", "-W", "1", &to,
+        ]);
+        std::thread::spawn(move || cmd.output())
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = Instant::now();
+    cluster
+        .kubectl(&[
+            "rollout",
+            "restart",
+            "ds/hostnic-agent",
+            "-n",
+            "kube-system",
+        ])
+        .unwrap();
+    let more = 12;
+    cluster.cp.apply(&cluster::deployment("web", more)).unwrap();
+    cluster
+        .kubectl(&[
+            "rollout",
+            "status",
+            "ds/hostnic-agent",
+            "-n",
+            "kube-system",
+            "--timeout=180s",
+        ])
+        .unwrap();
+    eprintln!(
+        "daemonset: rolling restart of both agents done in {:?}",
+        restarted.elapsed()
+    );
+    cluster
+        .wait(
+            "the web pods Running after the restart",
+            Duration::from_secs(180),
+            || cluster.running_pods("app=web").len() == more,
+        )
+        .unwrap();
+    let ping = pinger.join().unwrap().unwrap();
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        out.contains("150 packets transmitted, 150 packets received"),
+        "packets lost across the agents' restart:\n{out}{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    let after = cluster.running_pods("app=web");
+    let ips: BTreeSet<&str> = after.values().map(|(_, ip)| ip.as_str()).collect();
+    assert_eq!(ips.len(), more, "{after:?}");
+
     cluster.cp.apply(&cluster::deployment("web", 0)).unwrap();
     cluster
         .wait_gone("app=web", Duration::from_secs(120))

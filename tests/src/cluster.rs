@@ -65,6 +65,9 @@ pub enum Install {
     /// does; each node has the hostnic image (`scripts/image`) and the
     /// standard CNI, hostnic and kubelet directories of its own.
     DaemonSet(PathBuf),
+    /// The reference `ptp` plugin with `host-local` addresses (a /24 per
+    /// node, 10.244.<i>.0/24) instead of hostnic: the benchmark's yardstick.
+    Ptp,
 }
 
 #[derive(Debug)]
@@ -109,17 +112,25 @@ impl Cluster {
         };
         for i in 0..cluster.bed.sim.nodes.len() {
             if let Install::Agents(extra) = &install {
-                let agent = cluster.bed.start_agent(
-                    i,
-                    &format!("warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n{extra}"),
-                )?;
+                // The testbed's [cloud] timers, unless the test sets them.
+                let defaults: String = [
+                    "warm_min = 1",
+                    "warm_max = 4",
+                    "reconcile_seconds = 2",
+                    "cold_add_wait_seconds = 20",
+                ]
+                .iter()
+                .filter(|kv| !extra.contains(kv.split(' ').next().unwrap_or_default()))
+                .map(|kv| format!("{kv}\n"))
+                .collect();
+                let agent = cluster.bed.start_agent(i, &format!("{defaults}{extra}"))?;
                 cluster.agents.push(agent);
             }
             let node = KubeNode::start(&cluster, i, &images, &install)?;
             cluster.nodes.push(node);
         }
         let want = match install {
-            Install::Agents(_) => "True",
+            Install::Agents(_) | Install::Ptp => "True",
             Install::DaemonSet(_) => "",
         };
         for n in &cluster.nodes {
@@ -489,6 +500,19 @@ impl KubeNode {
                     .display()
                     .to_string();
                 (format!("'{hostnic_dir}', '/usr/lib/cni'"), d("cni/net.d"))
+            }
+            Install::Ptp => {
+                let conflist = json!({
+                    "cniVersion": "1.0.0", "name": "ptp",
+                    "plugins": [{
+                        "type": "ptp",
+                        "ipam": {"type": "host-local", "dataDir": d("cni/ipam"),
+                                 "ranges": [[{"subnet": format!("10.244.{i}.0/24")}]],
+                                 "routes": [{"dst": "0.0.0.0/0"}]},
+                    }],
+                });
+                std::fs::write(dir.join("cni/net.d/10-ptp.conflist"), conflist.to_string())?;
+                ("'/usr/lib/cni'".to_string(), d("cni/net.d"))
             }
             Install::DaemonSet(_) => {
                 // The reference plugins a node has before any CNI is

@@ -348,19 +348,7 @@ fn docker_archive(
     let work = dir.join(format!("{name}.d"));
     std::fs::create_dir_all(&work)?;
     let layer = work.join("layer.tar");
-    run(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(root)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("."))?;
+    tar(root, &layer, &["."])?;
     let digest = |p: &Path| -> anyhow::Result<String> {
         Ok(run(Command::new("sha256sum").arg(p))?
             .split_whitespace()
@@ -384,6 +372,12 @@ fn docker_archive(
         json!([{"Config": format!("{c}.json"), "RepoTags": [reference], "Layers": [format!("{diff}/layer.tar")]}]).to_string(),
     )?;
     let out = dir.join(format!("{name}.tar"));
+    tar(&work, &out, &["manifest.json", &format!("{c}.json"), &diff])?;
+    Ok(out)
+}
+
+/// A reproducible tar of `entries` of `dir` (sorted, root-owned, time 0).
+fn tar(dir: &Path, out: &Path, entries: &[&str]) -> anyhow::Result<()> {
     run(Command::new("tar")
         .args([
             "--sort=name",
@@ -393,11 +387,11 @@ fn docker_archive(
             "--mtime=@0",
             "-C",
         ])
-        .arg(&work)
+        .arg(dir)
         .arg("-cf")
-        .arg(&out)
-        .args(["manifest.json", &format!("{c}.json"), &diff]))?;
-    Ok(out)
+        .arg(out)
+        .args(entries))
+    .map(drop)
 }
 
 impl KubeNode {

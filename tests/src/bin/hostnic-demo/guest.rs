@@ -135,15 +135,7 @@ pub fn run(module: &Path, decisions_out: Option<&Path>) -> anyhow::Result<()> {
     }
 
     for (node, _ns, path, cid, conf) in &pods {
-        let env = CallEnv {
-            container_id: cid,
-            netns: path,
-            ifname: "eth0",
-            args: "",
-        };
-        bed.hostnic(*node)
-            .call("DEL", conf, &env)?
-            .map_err(|e| anyhow::anyhow!("DEL {cid}: {e}"))?;
+        crate::del(&bed, *node, conf, cid, path)?;
     }
     for i in 0..bed.sim.nodes.len() {
         bed.settle(i);

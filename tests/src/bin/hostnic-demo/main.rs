@@ -163,16 +163,14 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
 
-    for (name, node, _, path, cid, _) in &pods {
-        let env = CallEnv {
-            container_id: cid,
-            netns: path,
-            ifname: "eth0",
-            args: "",
-        };
-        bed.hostnic(*node)
-            .call("DEL", &bed.netconf(*node, "1.1.0", routes.clone()), &env)?
-            .map_err(|e| anyhow::anyhow!("DEL {name}: {e}"))?;
+    for (_, node, _, path, cid, _) in &pods {
+        del(
+            &bed,
+            *node,
+            &bed.netconf(*node, "1.1.0", routes.clone()),
+            cid,
+            path,
+        )?;
     }
     say("DEL every pod: their NICs wait, warm, on their VMs");
     let inspect = bed.sim.inspect();
@@ -259,6 +257,26 @@ fn main() -> anyhow::Result<()> {
     drop(agents);
     say("done; namespaces removed");
     Ok(())
+}
+
+/// DEL of pod `cid` (netns `netns`) on VM `node`, as its runtime sends it.
+pub(crate) fn del(
+    bed: &CloudBed,
+    node: usize,
+    conf: &Value,
+    cid: &str,
+    netns: &str,
+) -> anyhow::Result<()> {
+    let env = CallEnv {
+        container_id: cid,
+        netns,
+        ifname: "eth0",
+        args: "",
+    };
+    bed.hostnic(node)
+        .call("DEL", conf, &env)?
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("DEL {cid}: {e}"))
 }
 
 pub(crate) fn ip_of(result: &Value) -> String {

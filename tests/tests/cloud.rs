@@ -206,6 +206,111 @@ fn pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node() {
     }
 }
 
+/// The agent's log without its DEBUG lines, for a failure message.
+fn quiet(agent: &hostnic_testbed::Agent) -> String {
+    agent
+        .log_text()
+        .lines()
+        .filter(|l| !l.contains(" DEBUG "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A node's first pods arrive together, none warm, and each wants the
+/// node's gateway NIC (`gw 0.0.0.0`) while the others wait for theirs. The
+/// node gets one gateway NIC, and no pod's NIC is ever taken for it — or
+/// later re-attached out of the pod by a reconcile that mistook it for
+/// the gateway NIC gone missing.
+#[test]
+fn a_burst_of_first_pods_makes_one_gateway_nic_and_keeps_every_pod_nic() {
+    if !require_root("a_burst_of_first_pods_makes_one_gateway_nic_and_keeps_every_pod_nic") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let agent = bed
+        .start_agent(
+            0,
+            "warm_min = 0\nwarm_max = 8\nreconcile_seconds = 1\ncold_add_wait_seconds = 10\nidle_seconds = 3600",
+        )
+        .unwrap();
+    let routes = json!([{"dst": "10.96.0.0/16", "gw": "0.0.0.0"}]);
+    let conf = bed.netconf(0, "1.0.0", routes);
+    let pods: Vec<Ns> = (0..6)
+        .map(|i| Ns::new(&format!("gb{i}")).unwrap())
+        .collect();
+    let paths: Vec<String> = pods
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let adds: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let (conf, cni) = (&conf, bed.hostnic(0));
+                s.spawn(move || add(&cni, conf, &env(&format!("g{i}"), path)))
+            })
+            .collect();
+        adds.into_iter()
+            .map(|a| match a.join().unwrap() {
+                Ok(r) => ip_of(&r),
+                Err(e) => panic!("ADD: {e}\n{}", quiet(&agent)),
+            })
+            .collect()
+    });
+    assert_eq!(
+        ips.iter().collect::<BTreeSet<_>>().len(),
+        ips.len(),
+        "{ips:?}"
+    );
+
+    let gateways = || {
+        let addrs = bed.sim.nodes[0]
+            .ns
+            .ip(&["-o", "-4", "addr", "show"])
+            .unwrap();
+        addrs
+            .lines()
+            .filter(|l| l.contains("10.100.0."))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // Three reconcile periods: a NIC the agent thinks vanished from the
+    // node would be re-attached, out of its pod, by now.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        gateways().len(),
+        1,
+        "one gateway NIC on the node: {:?}\n{}",
+        gateways(),
+        quiet(&agent)
+    );
+    for (pod, ip) in pods.iter().zip(&ips) {
+        let addrs = pod
+            .ip(&["-o", "-4", "addr", "show", "eth0"])
+            .unwrap_or_default();
+        assert!(
+            addrs.contains(&format!("{ip}/")),
+            "the pod lost its NIC {ip}: {addrs}\n{}",
+            quiet(&agent)
+        );
+        assert!(pod.ping("10.100.0.1"), "pod {ip} cannot reach its gateway");
+    }
+    assert!(!quiet(&agent).contains("re-attaching"), "{}", quiet(&agent));
+
+    for (i, path) in paths.iter().enumerate() {
+        bed.hostnic(0)
+            .call("DEL", &conf, &env(&format!("g{i}"), path))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}
+
 #[test]
 fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
     if !require_root("cloud_faults_leak_nothing_and_every_pod_that_got_success_works") {

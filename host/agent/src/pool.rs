@@ -45,8 +45,18 @@ struct Slot {
     /// False for a NIC we only know from a record (it left the config):
     /// it is served until released, then forgotten.
     configured: bool,
-    /// When it last became free, for idle trimming.
-    idle_since: Instant,
+    /// When its state last changed: for a free NIC, how long it has idled.
+    changed: Instant,
+}
+
+impl Slot {
+    /// Every state change goes through here, so `changed` is never stale.
+    fn set(&mut self, state: State) -> State {
+        if state != self.state {
+            self.changed = Instant::now();
+        }
+        std::mem::replace(&mut self.state, state)
+    }
 }
 
 /// A NIC handed out for one operation.
@@ -74,18 +84,48 @@ impl Pool {
                 state,
                 lock: NicLock::default(),
                 configured,
-                idle_since: Instant::now(),
+                changed: Instant::now(),
             },
         );
     }
 
-    /// Forgets a NIC (detached and deleted from the cloud).
-    pub fn remove(&mut self, mac: Mac) -> Option<NicSpec> {
-        let slot = self.slots.remove(&mac)?;
-        if let State::Reserved(k) | State::Held(k) = &slot.state {
-            self.by_key.remove(k);
+    /// Adds a NIC the pool does not know yet; false if it knows it (an ADD
+    /// or a provision got there first).
+    pub fn insert_new(&mut self, spec: NicSpec, state: State) -> bool {
+        if self.slots.contains_key(&spec.mac) {
+            return false;
         }
-        Some(slot.spec)
+        self.insert(spec, state, true);
+        true
+    }
+
+    /// Forgets a NIC if it is in one of the states `from` and has been
+    /// since `since` (the moment the caller's view of the cloud or the
+    /// kernel was taken); `None`, and nothing changes, otherwise.
+    pub fn remove_if(&mut self, mac: Mac, from: &[State], since: Instant) -> Option<NicSpec> {
+        let s = self.slots.get(&mac)?;
+        if !from.contains(&s.state) || s.changed > since {
+            return None;
+        }
+        self.slots.remove(&mac).map(|s| s.spec)
+    }
+
+    /// Moves a NIC from one of the states `from` to `to`, returning the
+    /// state it left. `None`, and nothing changes, if it is in none of them:
+    /// someone acted on it since the caller looked. Work outside the
+    /// attachment life cycle (reconcile, adoption, trim, the gateway NIC)
+    /// changes a NIC's state only through this, so a stale look never
+    /// overrides an ADD that reserved the NIC in the meantime.
+    pub fn transition(&mut self, mac: Mac, from: &[State], to: State) -> Option<State> {
+        debug_assert!(
+            !matches!(to, State::Reserved(_) | State::Held(_)),
+            "attachments begin with reserve and end with release"
+        );
+        let s = self.slots.get_mut(&mac)?;
+        if !from.contains(&s.state) {
+            return None;
+        }
+        Some(s.set(to))
     }
 
     /// Reserves a free NIC in the first vxnet of `order` that has one.
@@ -97,7 +137,7 @@ impl Pool {
                 .map(|s| s.spec.mac)
         })?;
         let slot = self.slots.get_mut(&mac)?;
-        slot.state = State::Reserved(key.clone());
+        slot.set(State::Reserved(key.clone()));
         self.by_key.insert(key.clone(), mac);
         Some(Lease {
             spec: slot.spec.clone(),
@@ -111,7 +151,7 @@ impl Pool {
             .slots
             .values_mut()
             .find(|s| s.state == State::Free && pred(&s.spec))?;
-        slot.state = State::Reserved(key.clone());
+        slot.set(State::Reserved(key.clone()));
         self.by_key.insert(key.clone(), slot.spec.mac);
         Some(Lease {
             spec: slot.spec.clone(),
@@ -136,17 +176,6 @@ impl Pool {
                     && matches!(s.state, State::Held(_) | State::Reserved(_))
             })
             .count()
-    }
-
-    /// Sets a NIC's state outside the attachment life cycle (attaching →
-    /// free, free → gateway, missing → free …).
-    pub fn set_state(&mut self, mac: Mac, state: State) {
-        if let Some(s) = self.slots.get_mut(&mac) {
-            if state == State::Free && s.state != State::Free {
-                s.idle_since = Instant::now();
-            }
-            s.state = state;
-        }
     }
 
     pub fn state(&self, mac: Mac) -> Option<State> {
@@ -190,9 +219,9 @@ impl Pool {
             .filter(|s| {
                 s.state == State::Free
                     && s.spec.vxnet.as_deref() == Some(vxnet)
-                    && s.idle_since.elapsed() >= idle
+                    && s.changed.elapsed() >= idle
             })
-            .map(|s| (s.idle_since, s.spec.mac))
+            .map(|s| (s.changed, s.spec.mac))
             .collect();
         v.sort();
         v.into_iter().map(|(_, m)| m).collect()
@@ -210,7 +239,7 @@ impl Pool {
     /// reproducible.
     pub fn reserve(&mut self, key: &Key) -> Option<Lease> {
         let slot = self.slots.values_mut().find(|s| s.state == State::Free)?;
-        slot.state = State::Reserved(key.clone());
+        slot.set(State::Reserved(key.clone()));
         self.by_key.insert(key.clone(), slot.spec.mac);
         Some(Lease {
             spec: slot.spec.clone(),
@@ -222,7 +251,8 @@ impl Pool {
         if let Some(s) = self.slots.get_mut(&mac)
             && let State::Reserved(k) = &s.state
         {
-            s.state = State::Held(k.clone());
+            let held = State::Held(k.clone());
+            s.set(held);
         }
     }
 
@@ -235,7 +265,7 @@ impl Pool {
         if let State::Reserved(k) | State::Held(k) = &s.state {
             self.by_key.remove(k);
         }
-        s.state = State::Releasing;
+        s.set(State::Releasing);
     }
 
     /// Ends whatever holds the NIC; it becomes free if it is back in the node
@@ -251,8 +281,7 @@ impl Pool {
             self.slots.remove(&mac);
             return;
         }
-        s.state = if present { State::Free } else { State::Missing };
-        s.idle_since = Instant::now();
+        s.set(if present { State::Free } else { State::Missing });
     }
 
     /// The NIC an attachment holds, with its state.
@@ -293,7 +322,7 @@ impl Pool {
         if let Some(s) = self.slots.get_mut(&mac)
             && s.state == State::Missing
         {
-            s.state = State::Free;
+            s.set(State::Free);
         }
     }
 
@@ -383,14 +412,50 @@ mod tests {
             p.reserve_in(&order, &key("z")).is_none(),
             "an attaching NIC is not free"
         );
-        p.set_state(b.mac, State::Free);
+        p.transition(b.mac, &[State::Attaching], State::Free)
+            .unwrap();
         assert_eq!(p.count_in("vxnet-b", &[State::Free]), 1);
         assert_eq!(p.idle_in("vxnet-b", Duration::ZERO), vec![b.mac]);
         assert!(p.idle_in("vxnet-b", Duration::from_secs(3600)).is_empty());
-        p.set_state(b.mac, State::Gateway);
+        p.transition(b.mac, &[State::Free], State::Gateway).unwrap();
         assert_eq!(p.gateway_in("vxnet-b").unwrap().mac, b.mac);
-        assert!(p.remove(b.mac).is_some());
+        assert!(
+            p.remove_if(b.mac, &[State::Gateway], Instant::now())
+                .is_some()
+        );
         assert_eq!(p.len(), 2);
+    }
+
+    /// The background loop decides from a look taken earlier; an ADD that
+    /// reserved the NIC since must win. (A trim or a re-attach that went
+    /// ahead detached a NIC out of a running pod.)
+    #[test]
+    fn a_stale_look_never_overrides_a_reservation() {
+        let mut p = Pool::default();
+        p.insert(spec(1), State::Free, true);
+        let looked = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        let mac = p.reserve(&key("a")).unwrap().spec.mac;
+        assert_eq!(p.transition(mac, &[State::Free], State::Attaching), None);
+        assert_eq!(p.remove_if(mac, &[State::Free], Instant::now()), None);
+        assert_eq!(p.lookup(&key("a")).unwrap().1, State::Reserved(key("a")));
+
+        // Freed again after the look: still not the NIC the look saw.
+        p.release(mac, true);
+        assert_eq!(p.remove_if(mac, &[State::Free], looked), None);
+        assert!(p.remove_if(mac, &[State::Free], Instant::now()).is_some());
+
+        p.insert(spec(2), State::Missing, true);
+        let m2 = spec(2).mac;
+        assert_eq!(
+            p.transition(m2, &[State::Free, State::Missing], State::Attaching),
+            Some(State::Missing)
+        );
+        assert!(
+            !p.insert_new(spec(2), State::Free),
+            "known NICs stay as they are"
+        );
+        assert_eq!(p.state(m2), Some(State::Attaching));
     }
 
     #[test]

@@ -629,6 +629,11 @@ impl Service {
             if let Some(l) = self.pool().reserve_in(accepted, key) {
                 return Ok(l);
             }
+            // A NIC counted as on its way may have gone elsewhere (the
+            // node's gateway NIC): the demand is looked at again.
+            if self.unmet_demand() > 0 {
+                self.kick_provisioner();
+            }
             if let Some(e) = self.provision_failure_since(started) {
                 return Err(e);
             }

@@ -15,7 +15,7 @@ mod rotation;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use hostnic_iaas::{
@@ -112,6 +112,9 @@ pub struct CloudPool {
     name: String,
     /// The node's default route as found at start: (gateway, device index).
     default_route: Mutex<Option<RouteEntry>>,
+    /// Held while a gateway NIC is set up, so concurrent ADDs that need
+    /// one in the same vxnet make one, not one each.
+    gateway_setup: tokio::sync::Mutex<()>,
 }
 
 impl CloudPool {
@@ -184,6 +187,7 @@ impl CloudPool {
             tags,
             failures: Mutex::default(),
             default_route: Mutex::new(None),
+            gateway_setup: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -238,7 +242,9 @@ impl CloudPool {
         vxnet: &str,
         ip: Ipv4Addr,
     ) -> Result<Mac, ProvisionError> {
-        let macs = self.provision_ips(svc, vxnet, 1, &[ip]).await?;
+        let macs = self
+            .provision_ips(svc, vxnet, 1, &[ip], State::Free)
+            .await?;
         macs.into_iter()
             .next()
             .ok_or(ProvisionError::Limit { have: 0, max: 0 })
@@ -301,17 +307,21 @@ impl CloudPool {
     /// each link on a task of its own and free the NIC when it appears.
     pub fn adopt_in_flight(&self, svc: &std::sync::Arc<Service>, macs: Vec<Mac>) {
         for mac in macs {
-            if svc.pool().state(mac) != Some(State::Missing) {
+            if svc
+                .pool()
+                .transition(mac, &[State::Missing], State::Attaching)
+                .is_none()
+            {
                 continue;
             }
-            svc.pool().set_state(mac, State::Attaching);
             let svc = svc.clone();
             tokio::spawn(async move {
                 let Some(cloud) = &svc.cloud else { return };
-                if cloud.adopt_link(&svc, mac).await {
+                if cloud.adopt_link(&svc, mac, State::Free).await {
                     info!(nic = %mac, "adopted a NIC whose attach was under way at start");
                 } else {
-                    svc.pool().set_state(mac, State::Missing);
+                    svc.pool()
+                        .transition(mac, &[State::Attaching], State::Missing);
                 }
             });
         }
@@ -327,15 +337,20 @@ impl CloudPool {
         vxnet: &str,
         count: usize,
     ) -> Result<Vec<Mac>, ProvisionError> {
-        self.provision_ips(svc, vxnet, count, &[]).await
+        self.provision_ips(svc, vxnet, count, &[], State::Free)
+            .await
     }
 
+    /// Creates, attaches and parks NICs; those that come up go from
+    /// `Attaching` straight to `then` (free, or the node's gateway NIC,
+    /// which no ADD may take in between).
     async fn provision_ips(
         &self,
         svc: &Service,
         vxnet: &str,
         count: usize,
         ips: &[Ipv4Addr],
+        then: State,
     ) -> Result<Vec<Mac>, ProvisionError> {
         let have = svc.pool().len() + 1;
         let count = count.min(self.cfg.max_nics.saturating_sub(have));
@@ -390,7 +405,7 @@ impl CloudPool {
         // the token bucket paces the calls, the waits overlap.
         let chunks = specs
             .chunks(hostnic_iaas::MAX_NICS_PER_ATTACH)
-            .map(|chunk| self.attach_chunk(svc, chunk));
+            .map(|chunk| self.attach_chunk(svc, chunk, &then));
         let ready: Vec<Mac> = futures::future::join_all(chunks)
             .await
             .into_iter()
@@ -405,7 +420,7 @@ impl CloudPool {
 
     /// Attaches up to five NICs with one call, waits for them, and frees
     /// those whose links appeared; the others are detached and deleted.
-    async fn attach_chunk(&self, svc: &Service, chunk: &[NicSpec]) -> Vec<Mac> {
+    async fn attach_chunk(&self, svc: &Service, chunk: &[NicSpec], then: &State) -> Vec<Mac> {
         let macs: Vec<String> = chunk.iter().map(|s| s.mac.to_string()).collect();
         let attached = match self.client.attach_nics(&macs, &self.cfg.instance_id).await {
             Ok(job) => {
@@ -421,33 +436,34 @@ impl CloudPool {
         };
         if let Err(e) = attached {
             warn!(nics = ?macs, error = %e, "attaching NICs failed; deleting them");
-            self.discard(svc, chunk.iter().map(|s| s.mac).collect())
-                .await;
+            let macs = chunk.iter().map(|s| s.mac).collect();
+            self.discard(svc, macs, &[State::Attaching]).await;
             return Vec::new();
         }
         let mut ready = Vec::new();
         for s in chunk {
-            if self.adopt_link(svc, s.mac).await {
+            if self.adopt_link(svc, s.mac, then.clone()).await {
                 ready.push(s.mac);
             } else {
-                self.discard(svc, vec![s.mac]).await;
+                self.discard(svc, vec![s.mac], &[State::Attaching]).await;
             }
         }
         ready
     }
 
-    /// Waits for a freshly attached NIC's link, parks it and frees it.
-    async fn adopt_link(&self, svc: &Service, mac: Mac) -> bool {
+    /// Waits for a freshly attached NIC's link, parks it and moves it from
+    /// `Attaching` (the state of a NIC on its way) to `then`.
+    async fn adopt_link(&self, svc: &Service, mac: Mac, then: State) -> bool {
         let found = tokio::time::timeout(Duration::from_secs(30), wait_for_link(svc, mac)).await;
         let link = match (found, svc.plumber.node().link_by_mac(mac, None).await) {
             (Ok(()), Ok(Some(l))) => l,
             _ => return false,
         };
         match svc.plumber.park(&link).await {
-            Ok(()) => {
-                svc.pool().set_state(mac, State::Free);
-                true
-            }
+            Ok(()) => svc
+                .pool()
+                .transition(mac, &[State::Attaching], then)
+                .is_some(),
             Err(e) => {
                 warn!(nic = %mac, error = %e, "parking a new NIC");
                 false
@@ -455,13 +471,19 @@ impl CloudPool {
         }
     }
 
-    /// Detaches (if attached) and deletes NICs, and forgets them.
-    async fn discard(&self, svc: &Service, macs: Vec<Mac>) {
-        {
+    /// Forgets those of `macs` still in one of the states `from`, then
+    /// detaches (if attached) and deletes them. A NIC that changed state
+    /// since the caller chose it (an ADD reserved it) is left alone.
+    async fn discard(&self, svc: &Service, macs: Vec<Mac>, from: &[State]) {
+        let macs: Vec<Mac> = {
             let mut pool = svc.pool();
-            for m in &macs {
-                pool.remove(*m);
-            }
+            let now = Instant::now();
+            macs.into_iter()
+                .filter(|m| pool.remove_if(*m, from, now).is_some())
+                .collect()
+        };
+        if macs.is_empty() {
+            return;
         }
         let ids: Vec<String> = macs.iter().map(Mac::to_string).collect();
         match self.client.detach_nics(&ids).await {
@@ -523,7 +545,7 @@ impl CloudPool {
                     count = victims.len(),
                     "releasing idle NICs above warm_max"
                 );
-                self.discard(svc, victims).await;
+                self.discard(svc, victims, &[State::Free]).await;
             }
         }
     }
@@ -536,25 +558,25 @@ impl CloudPool {
         if let Some(gw) = svc.pool().gateway_in(vxnet) {
             return Ok(gw.address.addr());
         }
-        let mac = {
-            let mut pool = svc.pool();
-            let free = pool.idle_in(vxnet, Duration::ZERO).first().copied();
-            if let Some(m) = free {
-                pool.set_state(m, State::Gateway);
-            }
-            free
-        };
-        let mac = match mac {
+        let _one = self.gateway_setup.lock().await;
+        if let Some(gw) = svc.pool().gateway_in(vxnet) {
+            return Ok(gw.address.addr());
+        }
+        // A free NIC of the vxnet (claimed, so no ADD takes it meanwhile),
+        // else a new one that becomes the gateway as it comes up.
+        let free = svc.pool().idle_in(vxnet, Duration::ZERO);
+        let claimed = free.into_iter().find(|m| {
+            svc.pool()
+                .transition(*m, &[State::Free], State::Gateway)
+                .is_some()
+        });
+        let mac = match claimed {
             Some(m) => m,
-            None => {
-                let m = *self
-                    .provision(svc, vxnet, 1)
-                    .await?
-                    .first()
-                    .context("no NIC provisioned")?;
-                svc.pool().set_state(m, State::Gateway);
-                m
-            }
+            None => *self
+                .provision_ips(svc, vxnet, 1, &[], State::Gateway)
+                .await?
+                .first()
+                .context("no NIC provisioned")?,
         };
         let spec = svc
             .pool()
@@ -632,8 +654,13 @@ impl CloudPool {
                 State::Missing => {
                     if let Some(link) = on_node(mac) {
                         svc.plumber.park(link).await?;
-                        svc.pool().set_state(mac, State::Free);
-                        info!(nic = %mac, "missing NIC is back on the node");
+                        if svc
+                            .pool()
+                            .transition(mac, &[State::Missing], State::Free)
+                            .is_some()
+                        {
+                            info!(nic = %mac, "missing NIC is back on the node");
+                        }
                     }
                 }
                 _ => {}
@@ -646,6 +673,7 @@ impl CloudPool {
     /// node, which is both what is attached here (reconciled with the pool
     /// and the kernel) and what this node created and lost (its leaks).
     pub async fn poll(&self, svc: &Service) -> anyhow::Result<()> {
+        let described = Instant::now();
         let named: Vec<hostnic_iaas::Nic> = self
             .client
             .describe_nics(&NicFilter {
@@ -662,7 +690,7 @@ impl CloudPool {
             .filter(|n| n.instance_id == self.cfg.instance_id)
             .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
             .collect();
-        self.reconcile(svc, &attached).await?;
+        self.reconcile(svc, &attached, described).await?;
         // The cluster-wide sweep is one node's duty: the Lease holder's
         // in Kubernetes; the others delete their own leaks only.
         let sweeper = svc.kube.as_ref().is_none_or(|k| k.elector.holds());
@@ -716,7 +744,14 @@ impl CloudPool {
     /// Cloud vs kernel vs pool. Adopts attached NICs of ours the pool does
     /// not know, forgets NICs detached behind our back, and re-attaches
     /// attached NICs whose link vanished from the node.
-    async fn reconcile(&self, svc: &Service, attached: &[NicSpec]) -> anyhow::Result<()> {
+    /// `described` is when the cloud was asked: a NIC freed since then
+    /// (a new one, or one a DEL returned) may be missing from its answer.
+    async fn reconcile(
+        &self,
+        svc: &Service,
+        attached: &[NicSpec],
+        described: Instant,
+    ) -> anyhow::Result<()> {
         let links = svc.plumber.node().links().await?;
         let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
         for spec in attached {
@@ -725,8 +760,9 @@ impl CloudPool {
                 None => {
                     if let Some(link) = on_node(spec.mac) {
                         svc.plumber.park(link).await?;
-                        svc.pool().insert(spec.clone(), State::Free, true);
-                        info!(nic = %spec.mac, "adopted an attached NIC of ours");
+                        if svc.pool().insert_new(spec.clone(), State::Free) {
+                            info!(nic = %spec.mac, "adopted an attached NIC of ours");
+                        }
                     }
                 }
                 Some(State::Free | State::Gateway | State::Missing)
@@ -737,7 +773,8 @@ impl CloudPool {
                 Some(State::Missing) => {
                     if let Some(link) = on_node(spec.mac) {
                         svc.plumber.park(link).await?;
-                        svc.pool().set_state(spec.mac, State::Free);
+                        svc.pool()
+                            .transition(spec.mac, &[State::Missing], State::Free);
                     }
                 }
                 _ => {}
@@ -755,8 +792,12 @@ impl CloudPool {
                 .collect()
         };
         for mac in gone {
-            warn!(nic = %mac, "NIC is no longer attached to this node in the cloud; forgetting it");
-            svc.pool().remove(mac);
+            let forgotten = svc
+                .pool()
+                .remove_if(mac, &[State::Free, State::Missing], described);
+            if forgotten.is_some() {
+                warn!(nic = %mac, "NIC is no longer attached to this node in the cloud; forgetting it");
+            }
         }
         Ok(())
     }
@@ -764,9 +805,17 @@ impl CloudPool {
     /// The original plugin's known reboot problem: the cloud says attached,
     /// the node has no such link. Detach and attach it again.
     async fn reattach(&self, svc: &Service, mac: Mac) {
-        let was = svc.pool().state(mac);
+        let reattachable = [State::Free, State::Gateway, State::Missing];
+        let Some(was) = svc.pool().transition(mac, &reattachable, State::Attaching) else {
+            return; // an ADD took it since the look
+        };
+        // The look at the node is older than the claim: a DEL may have
+        // brought the NIC back since. Only a NIC absent now has vanished.
+        if let Ok(Some(_)) = svc.plumber.node().link_by_mac(mac, None).await {
+            svc.pool().transition(mac, &[State::Attaching], was);
+            return;
+        }
         warn!(nic = %mac, "NIC vanished from the node; re-attaching it");
-        svc.pool().set_state(mac, State::Attaching);
         let id = [mac.to_string()];
         let result = async {
             for job in self.client.detach_nics(&id).await? {
@@ -777,10 +826,14 @@ impl CloudPool {
             Ok::<_, hostnic_iaas::Error>(())
         }
         .await;
-        let ok = result.is_ok() && self.adopt_link(svc, mac).await;
+        // A gateway NIC comes back as the gateway, never free for a moment.
+        let then = match was {
+            State::Gateway => State::Gateway,
+            _ => State::Free,
+        };
+        let ok = result.is_ok() && self.adopt_link(svc, mac, then.clone()).await;
         if ok {
-            if was == Some(State::Gateway) {
-                svc.pool().set_state(mac, State::Gateway);
+            if then == State::Gateway {
                 let spec = svc.pool().spec(mac);
                 if let Some(spec) = spec
                     && let Err(e) = configure_gateway(svc, &spec).await
@@ -791,7 +844,8 @@ impl CloudPool {
             info!(nic = %mac, "re-attached");
         } else {
             warn!(nic = %mac, error = ?result.err(), "re-attaching failed; will retry");
-            svc.pool().set_state(mac, State::Missing);
+            svc.pool()
+                .transition(mac, &[State::Attaching], State::Missing);
         }
     }
 

@@ -184,7 +184,7 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
             .map(|(name, (_, ip))| (name.clone(), ip.clone()))
             .unwrap()
     };
-    let ((from, _), (_, to)) = (on("node-0"), on("node-1"));
+    let ((from, _), (to_pod, to)) = (on("node-0"), on("node-1"));
     let pinger = {
         let kubeconfig = cluster.cp.admin_kubeconfig();
         let kubectl = cluster.cp.bin.join("kubectl");
@@ -196,6 +196,13 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
         std::thread::spawn(move || cmd.output())
     };
     std::thread::sleep(Duration::from_secs(2));
+    // The agents about to be replaced, for a failure message.
+    let before = cluster.agent_pod_logs(-1);
+    let wiring = |pod: &str| {
+        cluster
+            .kubectl(&["exec", pod, "--", "sh", "-c", "ip addr; ip route"])
+            .unwrap_or_else(|e| e.to_string())
+    };
     let restarted = Instant::now();
     cluster
         .kubectl(&[
@@ -233,8 +240,13 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     let out = String::from_utf8_lossy(&ping.stdout);
     assert!(
         out.contains("150 packets transmitted, 150 packets received"),
-        "packets lost across the agents' restart:\n{out}{}",
-        String::from_utf8_lossy(&ping.stderr)
+        "packets lost across the agents' restart:\n{out}{}\n\
+         --- {from}\n{}\n--- {to_pod}\n{}\n{}{}",
+        String::from_utf8_lossy(&ping.stderr),
+        wiring(&from),
+        wiring(&to_pod),
+        hostnic_testbed::log_tail("the agents before the restart", &before, 200),
+        cluster.logs(),
     );
     let after = cluster.running_pods("app=web");
     let ips: BTreeSet<&str> = after.values().map(|(_, ip)| ip.as_str()).collect();

@@ -504,9 +504,8 @@ impl Service {
     fn vxnet_list(&self) -> Vec<(String, Ipv4Net, Ipv4Addr)> {
         match &self.cloud {
             Some(cloud) => cloud
-                .vxnets
-                .iter()
-                .map(|(id, info)| (id.clone(), info.cidr, info.gateway))
+                .vxnets()
+                .map(|(id, info)| (id.to_string(), info.cidr, info.gateway))
                 .collect(),
             None => self.static_vxnets.clone(),
         }

@@ -101,7 +101,9 @@ impl ProvisionError {
 pub struct CloudPool {
     client: Client,
     cfg: config::Cloud,
-    pub vxnets: BTreeMap<String, VxnetInfo>,
+    /// The configured vxnets, in the configured order: the order the
+    /// vxnet guest gets its candidates in (FailRotate starts at the first).
+    vxnets: Vec<(String, VxnetInfo)>,
     rotation: Mutex<Rotation>,
     /// `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`.
     tags: [TagId; 2],
@@ -135,7 +137,7 @@ impl CloudPool {
             .describe_vxnets(&cfg.vxnets)
             .await
             .context("describing the configured vxnets")?;
-        let mut vxnets = BTreeMap::new();
+        let mut vxnets = Vec::new();
         for id in &cfg.vxnets {
             let Some(v) = found.iter().find(|v| &v.vxnet_id == id) else {
                 bail!(
@@ -152,7 +154,7 @@ impl CloudPool {
                     "vxnet {id} has no router (ip_network, manager_ip); hostnic needs a managed vxnet"
                 );
             };
-            vxnets.insert(id.clone(), VxnetInfo { cidr, gateway });
+            vxnets.push((id.clone(), VxnetInfo { cidr, gateway }));
         }
         // One look-up finds both tags: the node's name starts with the
         // cluster's.
@@ -189,6 +191,18 @@ impl CloudPool {
             default_route: Mutex::new(None),
             gateway_setup: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The configured vxnets with their addressing, in the configured order.
+    pub fn vxnets(&self) -> impl Iterator<Item = (&str, &VxnetInfo)> {
+        self.vxnets.iter().map(|(id, v)| (id.as_str(), v))
+    }
+
+    fn vxnet(&self, id: &str) -> Option<&VxnetInfo> {
+        self.vxnets
+            .iter()
+            .find(|(v, _)| v == id)
+            .map(|(_, info)| info)
     }
 
     /// Failed creates on `vxnet` since its last success.
@@ -267,7 +281,7 @@ impl CloudPool {
 
     /// What a cloud NIC looks like to the pool.
     fn spec(&self, mac: Mac, vxnet: &str, ip: Ipv4Addr) -> Option<NicSpec> {
-        let v = self.vxnets.get(vxnet)?;
+        let v = self.vxnet(vxnet)?;
         Some(NicSpec {
             mac,
             address: Ipv4Net::new(ip, v.cidr.prefix_len()).ok()?,
@@ -507,7 +521,7 @@ impl CloudPool {
 
     /// Brings each vxnet up to `warm_min` free NICs.
     pub async fn top_up(&self, svc: &Service) {
-        for vxnet in self.vxnets.keys() {
+        for (vxnet, _) in &self.vxnets {
             let have = svc
                 .pool()
                 .count_in(vxnet, &[State::Free, State::Attaching, State::Releasing]);
@@ -525,7 +539,7 @@ impl CloudPool {
     /// for `idle_seconds`.
     pub async fn trim(&self, svc: &Service) {
         let idle = Duration::from_secs(self.cfg.idle_seconds);
-        for vxnet in self.vxnets.keys() {
+        for (vxnet, _) in &self.vxnets {
             let surplus = svc
                 .pool()
                 .count_in(vxnet, &[State::Free])
@@ -856,7 +870,7 @@ impl CloudPool {
         let nics = self
             .client
             .describe_nics(&NicFilter {
-                vxnets: self.vxnets.keys().cloned().collect(),
+                vxnets: self.vxnets.iter().map(|(id, _)| id.clone()).collect(),
                 status: Some(NicStatus::Available),
                 ..NicFilter::default()
             })

@@ -273,6 +273,16 @@ impl Drop for KubeNode {
 /// A Deployment `name` of busybox httpd pods (label `app=<name>`, answering
 /// their hostname on port 8080), spread over the nodes.
 pub fn deployment(name: &str, replicas: usize) -> String {
+    labelled_deployment(name, replicas, &[])
+}
+
+/// The same, its pods also carrying `labels`.
+pub fn labelled_deployment(name: &str, replicas: usize, labels: &[(&str, &str)]) -> String {
+    let mut pod_labels = serde_json::Map::new();
+    pod_labels.insert("app".into(), name.into());
+    for (k, v) in labels {
+        pod_labels.insert(k.to_string(), v.to_string().into());
+    }
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": "default"},
@@ -280,7 +290,7 @@ pub fn deployment(name: &str, replicas: usize) -> String {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": name}},
+                "metadata": {"labels": pod_labels},
                 "spec": {
                     "terminationGracePeriodSeconds": 1,
                     "automountServiceAccountToken": false,
@@ -650,6 +660,9 @@ registerNode: true
 maxPods: 110
 staticPodPath: ""
 oomScoreAdj: 0
+# How often each pod is synced, which is when an updated ConfigMap reaches
+# its volume: 1m by default, shortened so a policy swap lands in seconds.
+syncFrequency: 10s
 "#,
                 ip = vm.ip,
                 cert = cert.display(),

@@ -7,7 +7,7 @@
 //! the Nodes, install the executable and the conflist, turn the nodes
 //! Ready, and serve a Deployment's pods.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,19 +40,17 @@ fn image() -> PathBuf {
 
 /// deploy/configmap.yaml with what deploy/README.md tells a site to edit:
 /// its zone and vxnets, and its Service CIDR in the conflist's routes.
-fn site_configmap(zone: &str) -> String {
+fn site_configmap(zone: &str, vxnets: &[&str]) -> String {
     let text = std::fs::read_to_string(repo().join("deploy/configmap.yaml")).unwrap();
+    let list = format!("vxnets = {vxnets:?}");
     let edited = text
         .replace("zone = \"pek3a\"", &format!("zone = \"{zone}\""))
-        .replace(
-            "vxnets = [\"vxnet-xxxxxxx\", \"vxnet-yyyyyyy\"]",
-            "vxnets = [\"vxnet-pods\"]",
-        )
+        .replace("vxnets = [\"vxnet-xxxxxxx\", \"vxnet-yyyyyyy\"]", &list)
         .replace(
             "\"dst\": \"10.96.0.0/12\"",
             &format!("\"dst\": \"{}\"", cluster::SERVICE_CIDR),
         );
-    for edit in ["vxnet-pods", zone, cluster::SERVICE_CIDR] {
+    for edit in [&list, zone, cluster::SERVICE_CIDR] {
         assert!(
             edited.contains(edit),
             "deploy/configmap.yaml changed: {edit} not set"
@@ -61,15 +59,19 @@ fn site_configmap(zone: &str) -> String {
     edited
 }
 
-#[test]
-fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
-    if !require_root("kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics") {
-        return;
-    }
+/// A two-node cluster on a simulated cloud with `vxnets`, with hostnic
+/// installed as deploy/README.md orders: RBAC, the site's ConfigMap, the
+/// credentials Secret in the original form, the DaemonSet. Returns once
+/// both agents and both nodes are Ready, with how long that took from the
+/// first `kubectl apply`.
+fn install(vxnets: &[(&str, &str)]) -> (Cluster, Duration) {
     let image = image();
     let bed = CloudBed::new(SimConfig {
         nodes: 2,
-        vxnets: vec![("vxnet-pods".into(), "10.100.0.0/24".parse().unwrap())],
+        vxnets: vxnets
+            .iter()
+            .map(|(id, cidr)| (id.to_string(), cidr.parse().unwrap()))
+            .collect(),
         ..SimConfig::default()
     })
     .unwrap();
@@ -96,7 +98,8 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
             &deploy.join("namespace-rbac.yaml").display().to_string(),
         ])
         .unwrap();
-    cluster.cp.apply(&site_configmap(&zone)).unwrap();
+    let ids: Vec<&str> = vxnets.iter().map(|(id, _)| *id).collect();
+    cluster.cp.apply(&site_configmap(&zone, &ids)).unwrap();
     cluster
         .kubectl(&[
             "create",
@@ -142,10 +145,17 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
                 .all(|n| cluster.node_ready(n).as_deref() == Some("True"))
         })
         .unwrap();
-    eprintln!(
-        "daemonset: kubectl apply to both agents and nodes Ready in {:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
+    (cluster, took)
+}
+
+#[test]
+fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
+    if !require_root("kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics") {
+        return;
+    }
+    let (cluster, took) = install(&[("vxnet-pods", "10.100.0.0/24")]);
+    eprintln!("daemonset: kubectl apply to both agents and nodes Ready in {took:?}");
 
     // The agents learnt their VMs from the Nodes' provider ids.
     let logs = cluster.agent_pod_logs(-1);
@@ -255,6 +265,176 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     cluster.cp.apply(&cluster::deployment("web", 0)).unwrap();
     cluster
         .wait_gone("app=web", Duration::from_secs(120))
+        .unwrap();
+    assert!(
+        cluster.bed.leaked_nics().is_empty(),
+        "{:?}",
+        cluster.bed.leaked_nics()
+    );
+}
+
+/// A policy module delivered as deploy/README.md says: a binaryData key of
+/// the hostnic ConfigMap, beside the agent.toml that pins its digest, so
+/// one `kubectl apply` changes both at once. Applied while pods are being
+/// created, the running agents swap it in live (same pods, no restart), no
+/// pod creation fails, and the pods created afterwards are placed by it.
+#[test]
+fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_agents() {
+    if !require_root(
+        "a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_agents",
+    ) {
+        return;
+    }
+    let (cluster, _) = install(&[
+        ("vxnet-pods", "10.100.0.0/24"),
+        ("vxnet-b", "10.101.0.0/24"),
+    ]);
+    // name -> (uid, restarts) of the agent pods.
+    let agents = || -> BTreeMap<String, String> {
+        let out = cluster
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                "kube-system",
+                "-l",
+                "app.kubernetes.io/component=agent",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} \
+                 {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+            ])
+            .unwrap();
+        out.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, rest)| (n.to_string(), rest.to_string()))
+            .collect()
+    };
+    let before = agents();
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // Pods that ask for vxnet-b by label. The built-in vxnet guest orders
+    // by `policy` and reads no label: they land in vxnet-pods.
+    let want = [("hostnic.io/vxnet", "vxnet-b")];
+    let placed = |n| cluster::labelled_deployment("placed", n, &want);
+    let c = &cluster;
+    let running = |n: usize| move || c.running_pods("app=placed").len() == n;
+    cluster.cp.apply(&placed(4)).unwrap();
+    cluster
+        .wait("4 pods Running", Duration::from_secs(180), running(4))
+        .unwrap();
+    let first = cluster.running_pods("app=placed");
+    assert!(
+        first.values().all(|(_, ip)| ip.starts_with("10.100.0.")),
+        "{first:?}"
+    );
+
+    // The site's ConfigMap as files, the module added and pinned.
+    let module = hostnic_testbed::guest_wasm("example_policy");
+    let digest = hostnic_testbed::sha256_file(&module).unwrap();
+    let site = cluster.bed.dir.path().join("hostnic-config");
+    std::fs::create_dir_all(&site).unwrap();
+    let key = |k: &str| {
+        cluster
+            .kubectl(&[
+                "get",
+                "configmap",
+                "hostnic",
+                "-n",
+                "kube-system",
+                "-o",
+                &format!("jsonpath={{.data.{}}}", k.replace('.', "\\.")),
+            ])
+            .unwrap()
+    };
+    let toml = format!(
+        "{}\n[hooks.vxnet]\npath = \"/etc/hostnic/vxnet.wasm\"\nsha256 = \"{digest}\"\n",
+        key("agent.toml")
+    );
+    std::fs::write(site.join("agent.toml"), toml).unwrap();
+    std::fs::write(site.join("10-hostnic.conflist"), key("10-hostnic.conflist")).unwrap();
+    std::fs::copy(&module, site.join("vxnet.wasm")).unwrap();
+    let yaml = cluster
+        .kubectl(&[
+            "create",
+            "configmap",
+            "hostnic",
+            "-n",
+            "kube-system",
+            &format!("--from-file={}", site.display()),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])
+        .unwrap();
+    assert!(yaml.contains("binaryData:"), "{yaml}");
+
+    // The swap, while six more pods are being created.
+    cluster.cp.apply(&placed(10)).unwrap();
+    let applied = Instant::now();
+    cluster.cp.apply(&yaml).unwrap();
+    let swapped = |logs: &str| {
+        logs.lines()
+            .filter(|l| {
+                l.contains("policy hook reloaded") && l.contains(&format!("@{}", &digest[..12]))
+            })
+            .filter_map(|l| l.split_whitespace().next())
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    cluster
+        .wait(
+            "both agents swapping the module in",
+            Duration::from_secs(120),
+            || swapped(&cluster.agent_pod_logs(-1)) == 2,
+        )
+        .unwrap();
+    eprintln!(
+        "daemonset: the module swapped in on both agents {:?} after kubectl apply",
+        applied.elapsed()
+    );
+    cluster
+        .wait("10 pods Running", Duration::from_secs(180), running(10))
+        .unwrap();
+
+    // Pods created after the swap go where the module sends them.
+    let during = cluster.running_pods("app=placed");
+    cluster.cp.apply(&placed(14)).unwrap();
+    cluster
+        .wait("14 pods Running", Duration::from_secs(180), running(14))
+        .unwrap();
+    let after = cluster.running_pods("app=placed");
+    let new: Vec<&(String, String)> = after
+        .iter()
+        .filter(|(name, _)| !during.contains_key(*name))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(new.len(), 4, "{after:?}");
+    assert!(
+        new.iter().all(|(_, ip)| ip.starts_with("10.101.0.")),
+        "pods created after the swap are not in vxnet-b: {new:?}"
+    );
+    let ips: BTreeSet<&str> = after.values().map(|(_, ip)| ip.as_str()).collect();
+    assert_eq!(ips.len(), 14, "{after:?}");
+
+    // Swapped live: the same agent pods, never restarted; no creation
+    // failed for good.
+    assert_eq!(agents(), before);
+    let failed = cluster
+        .kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=placed",
+            "--field-selector=status.phase=Failed",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert!(failed.trim().is_empty(), "{failed}");
+
+    cluster.cp.apply(&placed(0)).unwrap();
+    cluster
+        .wait_gone("app=placed", Duration::from_secs(120))
         .unwrap();
     assert!(
         cluster.bed.leaked_nics().is_empty(),

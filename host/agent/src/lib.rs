@@ -124,10 +124,16 @@ async fn watch_policies(service: Arc<Service>, cfg: Config) {
         };
         let reread = tokio::select! {
             _ = tokio::time::sleep(every) => {
-                policy::call(|| policies.reload_changed());
+                // A ConfigMap update swaps the config and the modules it
+                // pins in one step: a changed config reloads every hook
+                // from it, so a new module is never checked against the
+                // old digest first.
                 let now = cfg.config_path.as_deref().and_then(stamp);
                 let changed = now != seen;
                 seen = now;
+                if !changed {
+                    policy::call(|| policies.reload_changed());
+                }
                 changed
             }
             _ = hup_fired => true,

@@ -57,9 +57,7 @@ fn its_commented_hooks_example_is_accepted_once_uncommented() {
     let cfg = accepted(&out);
     assert_eq!(
         cfg.hooks.vxnet.path.as_deref(),
-        Some(std::path::Path::new(
-            "/etc/hostnic/policy/my_vxnet_policy.wasm"
-        ))
+        Some(std::path::Path::new("/etc/hostnic/my_vxnet_policy.wasm"))
     );
     assert_eq!(cfg.hooks.vxnet.deadline_ms, Some(200));
 }

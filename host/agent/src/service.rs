@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use hostnic_proto::rpc::{AddRequest, CheckRequest, DelRequest, GcRequest, Reply,
 use ipnet::{IpNet, Ipv4Net};
 use tracing::{info, warn};
 
-use crate::cloud::{CloudPool, ProvisionError};
+use crate::cloud::CloudPool;
 use crate::config::{Config, NicSpec};
 use crate::decisions::For;
 use crate::plumb::{PlumbError, Plumber, Whereabouts, Wiring};
@@ -50,16 +49,6 @@ pub struct Service {
     /// The static inventory's vxnets (id, prefix, gateway) in the order
     /// they first appear in it: the vxnet hook's candidates without a cloud.
     static_vxnets: Vec<(String, Ipv4Net, Ipv4Addr)>,
-    /// The vxnet order of the latest cold ADD, for the provisioner.
-    last_order: Mutex<Vec<String>>,
-    /// How long a cold ADD waits for its NIC before "try again later".
-    cold_wait: Duration,
-    /// Cold ADDs waiting for a NIC: the provisioner's demand.
-    cold_waiters: AtomicUsize,
-    /// Whether the provisioner task is running.
-    provisioning: AtomicBool,
-    /// Its last failure, reported to the ADDs that were waiting then.
-    provision_failure: Mutex<Option<(Instant, CniError)>>,
     /// Releases under way per pod namespace: a NIC a DEL answered for may
     /// still sit in the pod under its interface name, so an ADD into the
     /// same namespace (a runtime re-connecting a container) waits for it.
@@ -106,8 +95,6 @@ impl Drop for ReleasingIn {
     }
 }
 
-/// NICs per provisioning batch (one CreateNics call).
-const MAX_BATCH: usize = 20;
 /// Addresses of an ip-policy range considered (a range serves a few pods).
 const MAX_RANGE: usize = 1024;
 /// How long an ADD with no free NIC waits for one a DEL is bringing back.
@@ -122,22 +109,6 @@ fn nic_vxnet(nic: &NicSpec) -> hostnic_policy::Vxnet {
         nic.address.trunc(),
         nic.gateway,
     )
-}
-
-/// Counts a cold ADD among the waiters while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::SeqCst);
-        Waiting(n)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// The distinct vxnets of a static inventory, in order of appearance.
@@ -192,11 +163,6 @@ impl Service {
             kube,
             sticky: Sticky::new(&cfg.state_dir),
             static_vxnets: static_vxnets(&cfg.inventory.nics),
-            last_order: Mutex::new(Vec::new()),
-            cold_wait: Duration::from_secs(cfg.cloud.cold_add_wait_seconds),
-            cold_waiters: AtomicUsize::new(0),
-            provisioning: AtomicBool::new(false),
-            provision_failure: Mutex::new(None),
             releasing_in: Mutex::new(HashMap::new()),
         }
     }
@@ -494,8 +460,8 @@ impl Service {
                 p.select_vxnet(who(key), pod, &node, &candidates)?
             }
         };
-        if self.cloud.is_some() {
-            *self.last_order.lock().unwrap_or_else(|p| p.into_inner()) = order.clone();
+        if let Some(cloud) = &self.cloud {
+            cloud.provisioner.note_order(&order);
         }
         Ok(Some(order))
     }
@@ -597,13 +563,8 @@ impl Service {
         ))
     }
 
-    /// A warm NIC in the policy's first vxnet, or else one of the NICs the
-    /// node's provisioner creates for every waiting cold ADD at once (one
-    /// CreateNics for the whole demand, attaches in fives, in parallel),
-    /// moving down the policy's order only as creating fails. The
-    /// provisioner runs on a task of its own, so a runtime timeout cannot
-    /// cut an attach in half; an ADD that waits longer than `cold_wait`
-    /// answers "try again later" and its retry finds the NIC warm.
+    /// A warm NIC in the policy's first vxnet, or else one the node's
+    /// provisioner makes for this cold ADD ([`crate::cloud::provisioner`]).
     async fn reserve_or_provision(
         self: &Arc<Self>,
         key: &Key,
@@ -620,117 +581,7 @@ impl Service {
         {
             return Ok(l);
         }
-        let started = Instant::now();
-        let _waiting = Waiting::new(&self.cold_waiters);
-        self.kick_provisioner();
-        loop {
-            let accepted = cloud.accepted(order, started);
-            if let Some(l) = self.pool().reserve_in(accepted, key) {
-                return Ok(l);
-            }
-            // A NIC counted as on its way may have gone elsewhere (the
-            // node's gateway NIC): the demand is looked at again.
-            if self.unmet_demand() > 0 {
-                self.kick_provisioner();
-            }
-            if let Some(e) = self.provision_failure_since(started) {
-                return Err(e);
-            }
-            if started.elapsed() >= self.cold_wait {
-                return Err(CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    "no warm NIC on this node; NICs are being attached for the waiting pods, try again shortly",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Cold ADDs waiting that no free or attaching NIC will serve.
-    fn unmet_demand(&self) -> usize {
-        let pool = self.pool();
-        let supply = pool.count_all(&[State::Free, State::Attaching, State::Releasing]);
-        self.cold_waiters
-            .load(Ordering::SeqCst)
-            .saturating_sub(supply)
-    }
-
-    /// Starts the provisioner unless it is running.
-    fn kick_provisioner(self: &Arc<Self>) {
-        if self.provisioning.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let svc = self.clone();
-        tokio::spawn(async move { svc.provision_demand().await });
-    }
-
-    /// Creates NICs in batches while cold ADDs wait for more than are on
-    /// their way. One batch at a time: demand that arrives during a batch is
-    /// served by the next, so a burst of pods costs a few calls, not a few
-    /// per pod.
-    async fn provision_demand(self: Arc<Self>) {
-        let Some(cloud) = &self.cloud else { return };
-        loop {
-            let demand = self.unmet_demand();
-            if demand == 0 {
-                self.provisioning.store(false, Ordering::SeqCst);
-                // A waiter may have come between the look and the store.
-                if self.unmet_demand() > 0 && !self.provisioning.swap(true, Ordering::SeqCst) {
-                    continue;
-                }
-                return;
-            }
-            let batch = demand.min(MAX_BATCH);
-            let mut failure = None;
-            let mut order = self
-                .last_order
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if order.is_empty() {
-                order = cloud.order();
-            }
-            for vxnet in order {
-                match cloud.provision(&self, &vxnet, batch).await {
-                    Ok(_) => {
-                        failure = None;
-                        break;
-                    }
-                    Err(e @ ProvisionError::Limit { .. }) => {
-                        failure = Some(e);
-                        break;
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            }
-            if let Some(e) = failure {
-                let code = if e.is_transient() {
-                    code::TRY_AGAIN_LATER
-                } else {
-                    code::NO_FREE_NIC
-                };
-                let err = CniError::new(
-                    code,
-                    format!("no warm NIC on this node and creating one failed: {e}"),
-                );
-                *self
-                    .provision_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), err));
-                self.provisioning.store(false, Ordering::SeqCst);
-                return;
-            }
-        }
-    }
-
-    fn provision_failure_since(&self, since: Instant) -> Option<CniError> {
-        let last = self
-            .provision_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        last.as_ref()
-            .filter(|(at, _)| *at >= since)
-            .map(|(_, e)| e.clone())
+        cloud.provisioner.wait_for_nic(self, key, order).await
     }
 
     /// Reserves a free NIC, waiting for one a DEL is bringing back, then

@@ -10,6 +10,7 @@
 //! Cloud calls happen outside the pool's lock: a cold ADD waiting for an
 //! attach never delays a warm ADD.
 
+pub mod provisioner;
 mod rotation;
 
 use std::collections::BTreeMap;
@@ -117,6 +118,8 @@ pub struct CloudPool {
     /// Held while a gateway NIC is set up, so concurrent ADDs that need
     /// one in the same vxnet make one, not one each.
     gateway_setup: tokio::sync::Mutex<()>,
+    /// Creates NICs for the cold ADDs waiting.
+    pub provisioner: provisioner::Provisioner,
 }
 
 impl CloudPool {
@@ -190,6 +193,9 @@ impl CloudPool {
             failures: Mutex::default(),
             default_route: Mutex::new(None),
             gateway_setup: tokio::sync::Mutex::new(()),
+            provisioner: provisioner::Provisioner::new(Duration::from_secs(
+                cfg.cloud.cold_add_wait_seconds,
+            )),
         })
     }
 

@@ -311,6 +311,68 @@ fn a_burst_of_first_pods_makes_one_gateway_nic_and_keeps_every_pod_nic() {
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
 }
 
+/// The cold ADD's demand is per vxnet: a warm NIC in a vxnet the pod does
+/// not take is no supply for it. (Counted as one, the provisioner created
+/// nothing, and the pod waited for the warm-pool timer or answered "try
+/// again later".)
+#[test]
+fn a_warm_nic_in_another_vxnet_does_not_hold_back_a_cold_add() {
+    if !require_root("a_warm_nic_in_another_vxnet_does_not_hold_back_a_cold_add") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        vxnets: vec![
+            ("vxnet-pods".into(), "10.100.0.0/24".parse().unwrap()),
+            ("vxnet-b".into(), "10.101.0.0/24".parse().unwrap()),
+        ],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    // One warm NIC per vxnet, and no top-up for a minute.
+    let agent = bed
+        .start_agent(
+            0,
+            "warm_min = 1\nwarm_max = 4\nreconcile_seconds = 60\ncold_add_wait_seconds = 10\nidle_seconds = 3600",
+        )
+        .unwrap();
+    wait_for("a warm NIC in each vxnet", Duration::from_secs(20), || {
+        bed.sim.inspect()["nics"]
+            .as_array()
+            .is_some_and(|n| n.iter().filter(|n| n["role"] == 0).count() == 2)
+    })
+    .unwrap();
+    let conf = bed.netconf(0, "1.0.0", json!([]));
+    let pods: Vec<Ns> = (0..2)
+        .map(|i| Ns::new(&format!("wv{i}")).unwrap())
+        .collect();
+    let mut ips = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let path = pod.path().display().to_string();
+        let started = Instant::now();
+        // One call each, as the runtime makes it: no retry on 11.
+        let r = bed
+            .hostnic(0)
+            .call("ADD", &conf, &env(&format!("w{i}"), &path))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("ADD {i}: {e}\n{}", quiet(&agent)));
+        eprintln!("cloud: ADD {i} answered in {:?}", started.elapsed());
+        ips.push(ip_of(&r));
+    }
+    assert!(
+        ips.iter().all(|ip| ip.starts_with("10.100.0.")),
+        "both in the first vxnet: {ips:?}"
+    );
+    for (i, pod) in pods.iter().enumerate() {
+        let path = pod.path().display().to_string();
+        bed.hostnic(0)
+            .call("DEL", &conf, &env(&format!("w{i}"), &path))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}
+
 #[test]
 fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
     if !require_root("cloud_faults_leak_nothing_and_every_pod_that_got_success_works") {

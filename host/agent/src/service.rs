@@ -460,9 +460,6 @@ impl Service {
                 p.select_vxnet(who(key), pod, &node, &candidates)?
             }
         };
-        if let Some(cloud) = &self.cloud {
-            cloud.provisioner.note_order(&order);
-        }
         Ok(Some(order))
     }
 

@@ -220,19 +220,6 @@ impl CloudPool {
             .map_or(0, |(n, _)| *n)
     }
 
-    /// The vxnets of `order` a cold ADD that began at `since` takes a NIC
-    /// from: its first choice, and each next one only once creating in all
-    /// before it has failed since then.
-    pub fn accepted<'a>(&self, order: &'a [String], since: std::time::Instant) -> &'a [String] {
-        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let failed = |v: &String| f.get(v).is_some_and(|(_, at)| *at >= since);
-        let k = order
-            .iter()
-            .position(|v| !failed(v))
-            .unwrap_or(order.len().saturating_sub(1));
-        &order[..(k + 1).min(order.len())]
-    }
-
     fn note_create(&self, vxnet: &str, ok: bool) {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if ok {

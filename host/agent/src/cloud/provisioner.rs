@@ -6,8 +6,9 @@
 //! an attach in half; an ADD that waits longer than `cold_wait` answers
 //! "try again later" and its retry finds the NIC warm.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hostnic_proto::cni::{CniError, code};
@@ -24,78 +25,65 @@ const MAX_BATCH: usize = 20;
 pub struct Provisioner {
     /// How long a cold ADD waits for its NIC before "try again later".
     cold_wait: Duration,
-    /// The vxnet order of the latest cold ADD.
-    last_order: Mutex<Vec<String>>,
-    /// Cold ADDs waiting for a NIC: the demand.
-    waiters: AtomicUsize,
+    /// The cold ADDs waiting, each with its vxnet order and when it began:
+    /// the demand, per vxnet.
+    waiters: Mutex<HashMap<u64, (Vec<String>, Instant)>>,
+    next_waiter: AtomicU64,
     /// Whether the provisioner task is running.
     running: AtomicBool,
-    /// Its last failure, reported to the ADDs that were waiting then.
-    failure: Mutex<Option<(Instant, CniError)>>,
+    /// The VM had no room for another NIC: when, and the answer for the
+    /// ADDs waiting then.
+    full: Mutex<Option<(Instant, CniError)>>,
+    /// The latest failure to provide NICs in each vxnet: when, and the
+    /// answer for an ADD whose every vxnet failed while it waited.
+    failed: Mutex<BTreeMap<String, (Instant, CniError)>>,
 }
 
-/// Counts a cold ADD among the waiters while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::SeqCst);
-        Waiting(n)
-    }
-}
+/// A cold ADD among the waiters while it lives.
+struct Waiting<'a>(&'a Provisioner, u64);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.0.waiters).remove(&self.1);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Provisioner {
     pub fn new(cold_wait: Duration) -> Provisioner {
         Provisioner {
             cold_wait,
-            last_order: Mutex::new(Vec::new()),
-            waiters: AtomicUsize::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(0),
             running: AtomicBool::new(false),
-            failure: Mutex::new(None),
+            full: Mutex::new(None),
+            failed: Mutex::new(BTreeMap::new()),
         }
-    }
-
-    /// Remembers the vxnet order the policy gave an ADD.
-    pub fn note_order(&self, order: &[String]) {
-        *self.last_order.lock().unwrap_or_else(|p| p.into_inner()) = order.to_vec();
     }
 
     /// A NIC for a cold ADD: waits while the provisioner creates NICs, and
     /// takes one from the vxnets of `order` the ADD accepts by now (its
-    /// first choice, and each next one once creating in those before it
-    /// has failed since the wait began).
+    /// first choice, and each next one once providing NICs in those before
+    /// it has failed since the wait began).
     pub async fn wait_for_nic(
         &self,
         svc: &Arc<Service>,
         key: &Key,
         order: &[String],
     ) -> Result<Lease, CniError> {
-        let Some(cloud) = &svc.cloud else {
-            return Err(CniError::new(
-                code::INTERNAL,
-                "cold provisioning without a cloud",
-            ));
-        };
         let started = Instant::now();
-        let _waiting = Waiting::new(&self.waiters);
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        lock(&self.waiters).insert(id, (order.to_vec(), started));
+        let _waiting = Waiting(self, id);
         self.kick(svc);
         loop {
-            let accepted = cloud.accepted(order, started);
-            if let Some(l) = svc.pool().reserve_in(accepted, key) {
+            if let Some(l) = svc.pool().reserve_in(self.accepted(order, started), key) {
                 return Ok(l);
             }
-            // A NIC counted as on its way may have gone elsewhere (the
-            // node's gateway NIC): the demand is looked at again.
-            if self.unmet_demand(svc) > 0 {
-                self.kick(svc);
-            }
-            if let Some(e) = self.failure_since(started) {
+            if let Some(e) = self.gave_up(order, started) {
                 return Err(e);
             }
             if started.elapsed() >= self.cold_wait {
@@ -104,15 +92,77 @@ impl Provisioner {
                     "no warm NIC on this node; NICs are being attached for the waiting pods, try again shortly",
                 ));
             }
+            // A NIC counted as on its way may have gone elsewhere (the
+            // node's gateway NIC): the demand is looked at again.
+            if !self.unmet_demand(svc).is_empty() {
+                self.kick(svc);
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Cold ADDs waiting that no free or attaching NIC will serve.
-    fn unmet_demand(&self, svc: &Service) -> usize {
+    /// The vxnets of `order` an ADD waiting since `since` takes a NIC
+    /// from: its first choice, and each next one only once providing NICs
+    /// in all before it has failed since then.
+    fn accepted<'a>(&self, order: &'a [String], since: Instant) -> &'a [String] {
+        let failed = lock(&self.failed);
+        let k = order
+            .iter()
+            .position(|v| failed.get(v).is_none_or(|(at, _)| *at < since))
+            .unwrap_or(order.len().saturating_sub(1));
+        &order[..(k + 1).min(order.len())]
+    }
+
+    /// The vxnet an ADD waiting since `since` needs a NIC created in: the
+    /// last it accepts, unless that failed too.
+    fn target(&self, order: &[String], since: Instant) -> Option<String> {
+        let last = self.accepted(order, since).last()?;
+        let failed = lock(&self.failed);
+        let gone = failed.get(last).is_some_and(|(at, _)| *at >= since);
+        (!gone).then(|| last.clone())
+    }
+
+    /// The answer for an ADD waiting since `since` that can no longer get
+    /// a NIC: the VM is full, or every vxnet of its order failed.
+    fn gave_up(&self, order: &[String], since: Instant) -> Option<CniError> {
+        if let Some((at, e)) = &*lock(&self.full)
+            && *at >= since
+        {
+            return Some(e.clone());
+        }
+        if order.is_empty() {
+            return Some(CniError::new(
+                code::NO_FREE_NIC,
+                "the vxnet policy named no vxnet to create a NIC in",
+            ));
+        }
+        if self.target(order, since).is_some() {
+            return None;
+        }
+        let failed = lock(&self.failed);
+        order
+            .last()
+            .and_then(|v| failed.get(v))
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Per vxnet, the cold ADDs waiting for a NIC there that no free,
+    /// attaching or returning NIC of that vxnet will serve.
+    fn unmet_demand(&self, svc: &Service) -> Vec<(String, usize)> {
+        let waiters: Vec<(Vec<String>, Instant)> = lock(&self.waiters).values().cloned().collect();
+        let mut want: BTreeMap<String, usize> = BTreeMap::new();
+        for (order, since) in &waiters {
+            if let Some(v) = self.target(order, *since) {
+                *want.entry(v).or_default() += 1;
+            }
+        }
         let pool = svc.pool();
-        let supply = pool.count_all(&[State::Free, State::Attaching, State::Releasing]);
-        self.waiters.load(Ordering::SeqCst).saturating_sub(supply)
+        want.into_iter()
+            .filter_map(|(v, n)| {
+                let supply = pool.count_in(&v, &[State::Free, State::Attaching, State::Releasing]);
+                (n > supply).then(|| (v, n - supply))
+            })
+            .collect()
     }
 
     /// Starts the provisioner task unless it is running.
@@ -128,46 +178,28 @@ impl Provisioner {
         });
     }
 
-    /// Creates NICs in batches while cold ADDs wait for more than are on
-    /// their way. One batch at a time: demand that arrives during a batch is
-    /// served by the next, so a burst of pods costs a few calls, not a few
-    /// per pod.
+    /// Creates NICs while cold ADDs wait for more than are on their way:
+    /// per vxnet, one batch for all the ADDs waiting for one there. Demand
+    /// that arrives during a batch is served by the next, so a burst of
+    /// pods costs a few calls, not a few per pod. A failure in a vxnet
+    /// moves its waiters on to the next vxnet of their order.
     async fn run(&self, svc: &Arc<Service>) {
         let Some(cloud) = &svc.cloud else { return };
         loop {
             let demand = self.unmet_demand(svc);
-            if demand == 0 {
+            if demand.is_empty() {
                 self.running.store(false, Ordering::SeqCst);
                 // A waiter may have come between the look and the store.
-                if self.unmet_demand(svc) > 0 && !self.running.swap(true, Ordering::SeqCst) {
+                if !self.unmet_demand(svc).is_empty() && !self.running.swap(true, Ordering::SeqCst)
+                {
                     continue;
                 }
                 return;
             }
-            let batch = demand.min(MAX_BATCH);
-            let mut failure = None;
-            let mut order = self
-                .last_order
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if order.is_empty() {
-                order = cloud.order();
-            }
-            for vxnet in order {
-                match cloud.provision(svc, &vxnet, batch).await {
-                    Ok(_) => {
-                        failure = None;
-                        break;
-                    }
-                    Err(e @ ProvisionError::Limit { .. }) => {
-                        failure = Some(e);
-                        break;
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            }
-            if let Some(e) = failure {
+            for (vxnet, n) in demand {
+                let Err(e) = cloud.provision(svc, &vxnet, n.min(MAX_BATCH)).await else {
+                    continue;
+                };
                 let code = if e.is_transient() {
                     code::TRY_AGAIN_LATER
                 } else {
@@ -177,18 +209,13 @@ impl Provisioner {
                     code,
                     format!("no warm NIC on this node and creating one failed: {e}"),
                 );
-                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), err));
-                self.running.store(false, Ordering::SeqCst);
-                return;
+                if let ProvisionError::Limit { .. } = e {
+                    *lock(&self.full) = Some((Instant::now(), err));
+                    self.running.store(false, Ordering::SeqCst);
+                    return;
+                }
+                lock(&self.failed).insert(vxnet, (Instant::now(), err));
             }
         }
-    }
-
-    fn failure_since(&self, since: Instant) -> Option<CniError> {
-        let last = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref()
-            .filter(|(at, _)| *at >= since)
-            .map(|(_, e)| e.clone())
     }
 }

@@ -9,6 +9,7 @@
 pub mod cloudbed;
 pub mod cluster;
 pub mod controlplane;
+pub mod deploy;
 pub mod images;
 pub mod netns;
 pub mod plugin;

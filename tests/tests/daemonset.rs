@@ -8,153 +8,20 @@
 //! Ready, and serve a Deployment's pods.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hostnic_testbed::cloudbed::CloudBed;
-use hostnic_testbed::cluster::{self, Cluster, Install};
-use hostnic_testbed::require_root;
-use hostnic_testbed::sim::SimConfig;
+use hostnic_testbed::{cluster, deploy, require_root};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The hostnic image, built by `scripts/image` in the tests' profile.
-fn image() -> PathBuf {
-    let profile = hostnic_testbed::bin("hostnic")
-        .parent()
-        .and_then(Path::file_name)
-        .and_then(|p| p.to_str())
-        .unwrap()
-        .to_string();
-    let out = Command::new(repo().join("scripts/image"))
-        .arg(profile)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "scripts/image failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
-}
-
-/// deploy/configmap.yaml with what deploy/README.md tells a site to edit:
-/// its zone and vxnets, and its Service CIDR in the conflist's routes.
-fn site_configmap(zone: &str, vxnets: &[&str]) -> String {
-    let text = std::fs::read_to_string(repo().join("deploy/configmap.yaml")).unwrap();
-    let list = format!("vxnets = {vxnets:?}");
-    let edited = text
-        .replace("zone = \"pek3a\"", &format!("zone = \"{zone}\""))
-        .replace("vxnets = [\"vxnet-xxxxxxx\", \"vxnet-yyyyyyy\"]", &list)
-        .replace(
-            "\"dst\": \"10.96.0.0/12\"",
-            &format!("\"dst\": \"{}\"", cluster::SERVICE_CIDR),
-        );
-    for edit in [&list, zone, cluster::SERVICE_CIDR] {
-        assert!(
-            edited.contains(edit),
-            "deploy/configmap.yaml changed: {edit} not set"
-        );
-    }
-    edited
-}
-
-/// A two-node cluster on a simulated cloud with `vxnets`, with hostnic
-/// installed as deploy/README.md orders: RBAC, the site's ConfigMap, the
-/// credentials Secret in the original form, the DaemonSet. Returns once
-/// both agents and both nodes are Ready, with how long that took from the
-/// first `kubectl apply`.
-fn install(vxnets: &[(&str, &str)]) -> (Cluster, Duration) {
-    let image = image();
-    let bed = CloudBed::new(SimConfig {
-        nodes: 2,
-        vxnets: vxnets
-            .iter()
-            .map(|(id, cidr)| (id.to_string(), cidr.parse().unwrap()))
-            .collect(),
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let credentials = bed.dir.path().join("site");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::write(credentials.join("config.yaml"), bed.sim.credentials_yaml()).unwrap();
-    let zone = bed.sim.config().zone.clone();
-    let cluster = Cluster::start(bed, Install::DaemonSet(image)).unwrap();
-    for n in ["node-0", "node-1"] {
-        assert_ne!(
-            cluster.node_ready(n).as_deref(),
-            Some("True"),
-            "{n} is Ready without a CNI"
-        );
-    }
-
-    // deploy/README.md, in its order.
-    let started = Instant::now();
-    let deploy = repo().join("deploy");
-    cluster
-        .kubectl(&[
-            "apply",
-            "-f",
-            &deploy.join("namespace-rbac.yaml").display().to_string(),
-        ])
-        .unwrap();
-    let ids: Vec<&str> = vxnets.iter().map(|(id, _)| *id).collect();
-    cluster.cp.apply(&site_configmap(&zone, &ids)).unwrap();
-    cluster
-        .kubectl(&[
-            "create",
-            "secret",
-            "generic",
-            "qcsecret",
-            &format!("--from-file={}", credentials.join("config.yaml").display()),
-            "-n",
-            "kube-system",
-        ])
-        .unwrap();
-    cluster
-        .kubectl(&[
-            "apply",
-            "-f",
-            &deploy.join("daemonset.yaml").display().to_string(),
-        ])
-        .unwrap();
-    // (A failure shows the pods, the events and the agents' logs.)
-    cluster
-        .wait(
-            "the agents Ready on both nodes",
-            Duration::from_secs(180),
-            || {
-                cluster
-                    .kubectl(&[
-                        "get",
-                        "ds",
-                        "hostnic-agent",
-                        "-n",
-                        "kube-system",
-                        "-o",
-                        "jsonpath={.status.numberReady}",
-                    ])
-                    .is_ok_and(|n| n == "2")
-            },
-        )
-        .unwrap();
-    cluster
-        .wait("both nodes Ready", Duration::from_secs(60), || {
-            ["node-0", "node-1"]
-                .iter()
-                .all(|n| cluster.node_ready(n).as_deref() == Some("True"))
-        })
-        .unwrap();
-    let took = started.elapsed();
-    (cluster, took)
-}
+/// One cluster at a time: two on two cores starve each other's kubelets.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     if !require_root("kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics") {
         return;
     }
-    let (cluster, took) = install(&[("vxnet-pods", "10.100.0.0/24")]);
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let (cluster, took) = deploy::install(&[("vxnet-pods", "10.100.0.0/24")]).unwrap();
     eprintln!("daemonset: kubectl apply to both agents and nodes Ready in {took:?}");
 
     // The agents learnt their VMs from the Nodes' provider ids.
@@ -285,10 +152,12 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
     ) {
         return;
     }
-    let (cluster, _) = install(&[
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let (cluster, _) = deploy::install(&[
         ("vxnet-pods", "10.100.0.0/24"),
         ("vxnet-b", "10.101.0.0/24"),
-    ]);
+    ])
+    .unwrap();
     // name -> (uid, restarts) of the agent pods.
     let agents = || -> BTreeMap<String, String> {
         let out = cluster
@@ -328,70 +197,11 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
         "{first:?}"
     );
 
-    // The site's ConfigMap as files, the module added and pinned.
-    let module = hostnic_testbed::guest_wasm("example_policy");
-    let digest = hostnic_testbed::sha256_file(&module).unwrap();
-    let site = cluster.bed.dir.path().join("hostnic-config");
-    std::fs::create_dir_all(&site).unwrap();
-    let key = |k: &str| {
-        cluster
-            .kubectl(&[
-                "get",
-                "configmap",
-                "hostnic",
-                "-n",
-                "kube-system",
-                "-o",
-                &format!("jsonpath={{.data.{}}}", k.replace('.', "\\.")),
-            ])
-            .unwrap()
-    };
-    let toml = format!(
-        "{}\n[hooks.vxnet]\npath = \"/etc/hostnic/vxnet.wasm\"\nsha256 = \"{digest}\"\n",
-        key("agent.toml")
-    );
-    std::fs::write(site.join("agent.toml"), toml).unwrap();
-    std::fs::write(site.join("10-hostnic.conflist"), key("10-hostnic.conflist")).unwrap();
-    std::fs::copy(&module, site.join("vxnet.wasm")).unwrap();
-    let yaml = cluster
-        .kubectl(&[
-            "create",
-            "configmap",
-            "hostnic",
-            "-n",
-            "kube-system",
-            &format!("--from-file={}", site.display()),
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ])
-        .unwrap();
-    assert!(yaml.contains("binaryData:"), "{yaml}");
-
     // The swap, while six more pods are being created.
     cluster.cp.apply(&placed(10)).unwrap();
-    let applied = Instant::now();
-    cluster.cp.apply(&yaml).unwrap();
-    let swapped = |logs: &str| {
-        logs.lines()
-            .filter(|l| {
-                l.contains("policy hook reloaded") && l.contains(&format!("@{}", &digest[..12]))
-            })
-            .filter_map(|l| l.split_whitespace().next())
-            .collect::<BTreeSet<_>>()
-            .len()
-    };
-    cluster
-        .wait(
-            "both agents swapping the module in",
-            Duration::from_secs(120),
-            || swapped(&cluster.agent_pod_logs(-1)) == 2,
-        )
-        .unwrap();
-    eprintln!(
-        "daemonset: the module swapped in on both agents {:?} after kubectl apply",
-        applied.elapsed()
-    );
+    let module = hostnic_testbed::guest_wasm("example_policy");
+    let took = deploy::swap_module(&cluster, "vxnet", &module).unwrap();
+    eprintln!("daemonset: the module swapped in on both agents {took:?} after kubectl apply");
     cluster
         .wait("10 pods Running", Duration::from_secs(180), running(10))
         .unwrap();

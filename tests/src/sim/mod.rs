@@ -73,6 +73,19 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// The default zone with these vxnets (id, CIDR), in this order.
+    pub fn with_vxnets(vxnets: &[(&str, &str)]) -> anyhow::Result<SimConfig> {
+        Ok(SimConfig {
+            vxnets: vxnets
+                .iter()
+                .map(|(id, cidr)| Ok((id.to_string(), cidr.parse()?)))
+                .collect::<anyhow::Result<_>>()?,
+            ..SimConfig::default()
+        })
+    }
+}
+
 /// A simulated VM: its namespace, instance id and primary address.
 #[derive(Debug)]
 pub struct Node {

@@ -33,13 +33,7 @@ pub fn run(module: &Path, decisions_out: Option<&Path>) -> anyhow::Result<()> {
         ("vxnet-pods", "10.100.0.0/24"),
         ("vxnet-pods-b", "10.101.0.0/24"),
     ];
-    let bed = CloudBed::new(SimConfig {
-        vxnets: vxnets
-            .iter()
-            .map(|(id, cidr)| Ok((id.to_string(), cidr.parse()?)))
-            .collect::<anyhow::Result<_>>()?,
-        ..SimConfig::default()
-    })?;
+    let bed = CloudBed::new(SimConfig::with_vxnets(&vxnets)?)?;
     say(&format!(
         "simulated zone {}: vxnet-pods 10.100.0.0/24 and vxnet-pods-b 10.101.0.0/24, candidates in that order",
         bed.sim.config().zone

@@ -6,9 +6,11 @@
 //! back. Everything lives in namespaces created here and removed at exit.
 //!
 //! `--vxnet-guest FILE` tells another story: the policy author's own vxnet
-//! guest placing pods on two vxnets (`guest.rs`).
+//! guest placing pods on two vxnets (`guest.rs`). `--kubernetes` tells this
+//! one on a real cluster built from source (`kubernetes.rs`).
 
 mod guest;
+mod kubernetes;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +40,12 @@ struct Cli {
     /// lines) for `hostnic-agent policy replay --decisions FILE`.
     #[arg(long, value_name = "FILE", requires = "vxnet_guest")]
     decisions_out: Option<PathBuf>,
+    /// The story on a real Kubernetes cluster built from source (the first
+    /// build takes about 10 minutes): hostnic installed with kubectl from
+    /// deploy/, a Deployment's pods with cloud NICs, a policy module
+    /// swapped by one kubectl apply.
+    #[arg(long, conflicts_with = "vxnet_guest")]
+    kubernetes: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +55,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(file) = cli.vxnet_guest {
         return guest::run(&file, cli.decisions_out.as_deref());
+    }
+    if cli.kubernetes {
+        return kubernetes::run();
     }
     let bed = CloudBed::new(SimConfig {
         vxnets: vec![

@@ -1,0 +1,211 @@
+//! hostnic installed on the cluster testbed as an operator installs it:
+//! the image from `deploy/Containerfile`, `deploy/` applied with kubectl in
+//! the order deploy/README.md gives with a site's edits, and a policy
+//! module swapped in the way its "Policy modules" section tells. The
+//! DaemonSet tests and `scripts/demo --kubernetes` both go through here.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use crate::cloudbed::CloudBed;
+use crate::cluster::{self, Cluster, Install};
+use crate::sim::SimConfig;
+
+/// The checkout this crate is part of.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The hostnic image, built by `scripts/image` from the binaries of the
+/// profile the testbed runs (`bin("hostnic")`'s): a docker archive. Built
+/// once per process (podman's storage takes one build at a time).
+pub fn image() -> anyhow::Result<PathBuf> {
+    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| build_image().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_image() -> anyhow::Result<PathBuf> {
+    let profile = crate::bin("hostnic")
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|p| p.to_str())
+        .context("the profile of the hostnic binary")?
+        .to_string();
+    let script = repo().join("scripts/image");
+    let out = Command::new(&script)
+        .arg(profile)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "scripts/image failed ({})",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .last()
+        .map(PathBuf::from)
+        .context("scripts/image printed no archive")
+}
+
+/// deploy/configmap.yaml with what deploy/README.md tells a site to edit:
+/// its zone and vxnets, and its Service CIDR in the conflist's routes.
+pub fn site_configmap(zone: &str, vxnets: &[&str]) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(repo().join("deploy/configmap.yaml"))?;
+    let list = format!("vxnets = {vxnets:?}");
+    let edited = text
+        .replace("zone = \"pek3a\"", &format!("zone = \"{zone}\""))
+        .replace("vxnets = [\"vxnet-xxxxxxx\", \"vxnet-yyyyyyy\"]", &list)
+        .replace(
+            "\"dst\": \"10.96.0.0/12\"",
+            &format!("\"dst\": \"{}\"", cluster::SERVICE_CIDR),
+        );
+    for edit in [&list, zone, cluster::SERVICE_CIDR] {
+        ensure!(
+            edited.contains(edit),
+            "deploy/configmap.yaml changed: {edit} not set"
+        );
+    }
+    Ok(edited)
+}
+
+/// A two-node cluster on a simulated cloud with `vxnets` (id, CIDR), with
+/// hostnic installed as deploy/README.md orders: RBAC, the site's
+/// ConfigMap, the credentials Secret in the original form, the DaemonSet.
+/// Returns once both agents and both nodes are Ready, with how long that
+/// took from the first `kubectl apply`.
+pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
+    let image = image()?;
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        ..SimConfig::with_vxnets(vxnets)?
+    })?;
+    let credentials = bed.dir.path().join("site");
+    std::fs::create_dir_all(&credentials)?;
+    std::fs::write(credentials.join("config.yaml"), bed.sim.credentials_yaml())?;
+    let zone = bed.sim.config().zone.clone();
+    let cluster = Cluster::start(bed, Install::DaemonSet(image))?;
+    for n in ["node-0", "node-1"] {
+        if cluster.node_ready(n).as_deref() == Some("True") {
+            bail!("{n} is Ready without a CNI");
+        }
+    }
+
+    // deploy/README.md, in its order.
+    let started = Instant::now();
+    let deploy = repo().join("deploy");
+    let apply_file =
+        |name: &str| cluster.kubectl(&["apply", "-f", &deploy.join(name).display().to_string()]);
+    apply_file("namespace-rbac.yaml")?;
+    let ids: Vec<&str> = vxnets.iter().map(|(id, _)| *id).collect();
+    cluster.cp.apply(&site_configmap(&zone, &ids)?)?;
+    cluster.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "qcsecret",
+        &format!("--from-file={}", credentials.join("config.yaml").display()),
+        "-n",
+        "kube-system",
+    ])?;
+    apply_file("daemonset.yaml")?;
+    // (A failure shows the pods, the events and the agents' logs.)
+    cluster.wait(
+        "the agents Ready on both nodes",
+        Duration::from_secs(180),
+        || {
+            cluster
+                .kubectl(&[
+                    "get",
+                    "ds",
+                    "hostnic-agent",
+                    "-n",
+                    "kube-system",
+                    "-o",
+                    "jsonpath={.status.numberReady}",
+                ])
+                .is_ok_and(|n| n == "2")
+        },
+    )?;
+    cluster.wait("both nodes Ready", Duration::from_secs(60), || {
+        ["node-0", "node-1"]
+            .iter()
+            .all(|n| cluster.node_ready(n).as_deref() == Some("True"))
+    })?;
+    let took = started.elapsed();
+    Ok((cluster, took))
+}
+
+/// Swaps `module` in as the `hook` guest ("vxnet", "ip" or "routes") the
+/// way deploy/README.md's "Policy modules" tells: the ConfigMap's keys as
+/// files, the module beside them and pinned at the end of agent.toml, the
+/// directory applied with `kubectl create configmap --from-file --dry-run
+/// | kubectl apply`. Waits until both agents log the module's digest and
+/// returns how long that took from the apply.
+pub fn swap_module(cluster: &Cluster, hook: &str, module: &Path) -> anyhow::Result<Duration> {
+    let digest = crate::sha256_file(module)?;
+    let site = cluster.bed.dir.path().join("hostnic-config");
+    std::fs::create_dir_all(&site)?;
+    let key = |k: &str| {
+        cluster.kubectl(&[
+            "get",
+            "configmap",
+            "hostnic",
+            "-n",
+            "kube-system",
+            "-o",
+            &format!("jsonpath={{.data.{}}}", k.replace('.', "\\.")),
+        ])
+    };
+    let file = format!("{hook}.wasm");
+    let toml = format!(
+        "{}\n[hooks.{hook}]\npath = \"/etc/hostnic/{file}\"\nsha256 = \"{digest}\"\n",
+        key("agent.toml")?
+    );
+    std::fs::write(site.join("agent.toml"), toml)?;
+    std::fs::write(
+        site.join("10-hostnic.conflist"),
+        key("10-hostnic.conflist")?,
+    )?;
+    std::fs::copy(module, site.join(&file))?;
+    let yaml = cluster.kubectl(&[
+        "create",
+        "configmap",
+        "hostnic",
+        "-n",
+        "kube-system",
+        &format!("--from-file={}", site.display()),
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ])?;
+    ensure!(
+        yaml.contains("binaryData:"),
+        "kubectl did not put the module in binaryData:\n{yaml}"
+    );
+    let applied = Instant::now();
+    cluster.cp.apply(&yaml)?;
+    // One line per agent pod: `[pod/…/agent] … policy hook reloaded hook="vxnet" guest=guest vxnet@<digest>`.
+    let reloaded = format!("guest {hook}@{}", &digest[..12]);
+    let swapped = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("policy hook reloaded") && l.contains(&reloaded))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    cluster.wait(
+        "both agents swapping the module in",
+        Duration::from_secs(120),
+        || swapped(&cluster.agent_pod_logs(-1)) == 2,
+    )?;
+    Ok(applied.elapsed())
+}

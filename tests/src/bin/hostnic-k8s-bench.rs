@@ -7,12 +7,19 @@
 //! The time is the client's: from `kubectl apply` of the pod to the first
 //! `kubectl get` that shows it Running (polled every ~50 ms, each poll a
 //! kubectl process), so both columns carry the same overhead.
+//!
+//! Then the agent's restart inside the cluster, installed from deploy/ as
+//! an operator does: node-0's agent pod deleted while pods hold NICs there,
+//! timed to its replacement Ready (the DaemonSet controller, kubelet, the
+//! init container, the agent's start and its readiness probe), and the
+//! agent's own part from its log (first line to "serving").
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hostnic_testbed::cloudbed::CloudBed;
-use hostnic_testbed::cluster::{BUSYBOX_IMAGE, Cluster, Install};
+use hostnic_testbed::cluster::{self, BUSYBOX_IMAGE, Cluster, Install};
+use hostnic_testbed::deploy;
 use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::stats::{ms, pct};
 use serde_json::json;
@@ -77,7 +84,96 @@ fn main() -> anyhow::Result<()> {
             hostnic.as_secs_f64() / ptp.as_secs_f64().max(1e-9)
         );
     }
+    restarts(5)
+}
+
+/// Deletes node-0's agent pod `n` times while 3 pods hold NICs on that
+/// node, and prints how long until its replacement is Ready and how long
+/// the agent in it took from its first log line to serving.
+fn restarts(n: usize) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "agent restart to serving in the cluster (DaemonSet from deploy/), {n} restarts of node-0's agent with 3 pods holding NICs there (p50 / max)"
+    );
+    let (cluster, _) = deploy::install(&[("vxnet-pods", "10.100.0.0/24")])?;
+    cluster.cp.apply(&cluster::deployment("hold", 6))?;
+    cluster.wait("6 pods Running", Duration::from_secs(180), || {
+        cluster.running_pods("app=hold").len() == 6
+    })?;
+    // (pod, Ready) of node-0's agent pods, the one being deleted included.
+    let agent_pods = || -> anyhow::Result<Vec<(String, bool)>> {
+        let out = cluster.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--field-selector=spec.nodeName=node-0",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} \
+             {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next() == Some("True")))
+            })
+            .collect())
+    };
+    let (mut gone, mut ready, mut start) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let old = match &agent_pods()?[..] {
+            [(name, true)] => name.clone(),
+            other => bail!("node-0's agent pods: {other:?}"),
+        };
+        let t = Instant::now();
+        cluster.kubectl(&["delete", "pod", "-n", "kube-system", &old, "--wait=false"])?;
+        let (mut new, mut old_gone) = (String::new(), None);
+        cluster.wait("the new agent Ready", Duration::from_secs(120), || {
+            let pods = agent_pods().unwrap_or_default();
+            if old_gone.is_none() && !pods.iter().any(|(p, _)| *p == old) {
+                old_gone = Some(t.elapsed());
+            }
+            match pods.iter().find(|(p, ready)| *p != old && *ready) {
+                Some((p, _)) => {
+                    new = p.clone();
+                    true
+                }
+                None => false,
+            }
+        })?;
+        ready.push(t.elapsed());
+        gone.push(old_gone.unwrap_or_default());
+        let log = cluster.kubectl(&["logs", "-n", "kube-system", &new, "-c", "agent"])?;
+        start.push(serving_after(&log).context("no 'serving' line in the new agent's log")?);
+    }
+    let row = |name: &str, s: &[Duration]| {
+        println!(
+            "  {name:42} {} / {}",
+            ms(pct(s, 50)),
+            ms(*s.iter().max().unwrap_or(&Duration::ZERO))
+        );
+    };
+    row("agent pod deleted -> old pod gone", &gone);
+    row("agent pod deleted -> replacement Ready", &ready);
+    row("agent process: first log line -> serving", &start);
+    let running = cluster.running_pods("app=hold").len();
+    println!("  pods still Running afterwards: {running} of 6");
     Ok(())
+}
+
+/// From the agent's first log line to its "serving" line, by the
+/// timestamps it logged.
+fn serving_after(log: &str) -> Option<Duration> {
+    let at = |line: &str| humantime::parse_rfc3339(line.split_whitespace().next()?).ok();
+    let first = log.lines().find_map(at)?;
+    let serving = log
+        .lines()
+        .filter(|l| l.contains(" serving "))
+        .find_map(at)?;
+    serving.duration_since(first).ok()
 }
 
 /// Creates `n` pods one after another, alternating nodes, and times each

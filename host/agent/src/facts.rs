@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Context;
-use hostnic_policy::{IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet};
+use hostnic_policy::{IpRequest, Nic, Node, Owner, Pod, Route, RouteTemplate, Vxnet};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -82,6 +82,17 @@ pub struct FactPod {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<FactOwner>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FactOwner {
+    pub kind: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordinal: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +196,11 @@ impl Facts {
             uid: p.uid.clone(),
             labels: p.labels.clone(),
             annotations: p.annotations.clone(),
+            owner: p.owner.as_ref().map(|o| Owner {
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                ordinal: o.ordinal,
+            }),
         }
     }
 
@@ -248,6 +264,11 @@ impl From<&Pod> for FactPod {
             uid: p.uid.clone(),
             labels: p.labels.clone(),
             annotations: p.annotations.clone(),
+            owner: p.owner.as_ref().map(|o| FactOwner {
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                ordinal: o.ordinal,
+            }),
         }
     }
 }
@@ -371,6 +392,11 @@ mod tests {
             namespace: "default".into(),
             name: "web-0".into(),
             annotations: [("a".to_string(), "b".to_string())].into(),
+            owner: Some(Owner {
+                kind: "StatefulSet".into(),
+                name: "web".into(),
+                ordinal: Some(0),
+            }),
             ..Pod::default()
         };
         let node = Node {

@@ -208,8 +208,8 @@ impl Policies {
     }
 }
 
-/// The runtime's view of the pod, for guests. Labels come with the API
-/// server view (not wired yet); annotations come from the runtime.
+/// The runtime's view of the pod, for guests: its annotations. Labels and
+/// the owner come from the API server (`apiserver::pod_for_guests`).
 pub fn pod(p: &rpc::Pod) -> Pod {
     Pod {
         namespace: p.namespace.clone().unwrap_or_default(),
@@ -217,6 +217,7 @@ pub fn pod(p: &rpc::Pod) -> Pod {
         uid: p.uid.clone().unwrap_or_default(),
         labels: BTreeMap::new(),
         annotations: p.annotations.clone(),
+        owner: None,
     }
 }
 

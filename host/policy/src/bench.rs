@@ -93,6 +93,7 @@ pub(crate) fn sample_pod() -> Pod {
         uid: "00000000-0000-0000-0000-000000000000".into(),
         labels: [("app".to_owned(), "bench".to_owned())].into(),
         annotations: Default::default(),
+        owner: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use crate::convert;
 use crate::error::PolicyError;
-use crate::guest::not_implemented;
+use crate::guest::{CallSpec, not_implemented};
 use crate::hook::{Hook, IpKind, RoutesKind, VxnetKind};
 use crate::types::{Decision, HookKind, IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet};
 use crate::validate;
@@ -21,15 +21,19 @@ impl Hook<VxnetKind> {
         candidates: &[Vxnet],
         random: u64,
     ) -> Result<Decision<Vec<String>>, PolicyError> {
+        let owner = pod.owner.clone();
         let pod = convert::pod(pod);
         let node = convert::node(node);
         let wit_candidates: Vec<_> = candidates.iter().map(convert::vxnet).collect();
         self.decide(|engine, guest, config, limits| {
             guest.call(
                 engine,
-                HookKind::VxnetSelection,
+                CallSpec {
+                    kind: HookKind::VxnetSelection,
+                    export: "select-vxnet",
+                    owner: owner.clone(),
+                },
                 limits,
-                "select-vxnet",
                 |store| {
                     let pre = guest.compiled.vxnet.as_ref().ok_or_else(not_implemented)?;
                     let inst = pre.instantiate(&mut *store)?;
@@ -51,14 +55,18 @@ impl Hook<VxnetKind> {
 impl Hook<IpKind> {
     /// What address the pod must have in `vxnet`.
     pub fn assign_ip(&self, pod: &Pod, vxnet: &Vxnet) -> Result<Decision<IpRequest>, PolicyError> {
+        let owner = pod.owner.clone();
         let wit_pod = convert::pod(pod);
         let wit_vxnet = convert::vxnet(vxnet);
         self.decide(|engine, guest, config, limits| {
             guest.call(
                 engine,
-                HookKind::IpAssignment,
+                CallSpec {
+                    kind: HookKind::IpAssignment,
+                    export: "assign-ip",
+                    owner: owner.clone(),
+                },
                 limits,
-                "assign-ip",
                 |store| {
                     let pre = guest.compiled.ip.as_ref().ok_or_else(not_implemented)?;
                     let inst = pre.instantiate(&mut *store)?;
@@ -82,6 +90,7 @@ impl Hook<RoutesKind> {
         node_gateway: Option<Ipv4Addr>,
         templates: &[RouteTemplate],
     ) -> Result<Decision<Vec<Route>>, PolicyError> {
+        let owner = pod.owner.clone();
         let wit_pod = convert::pod(pod);
         let wit_nic = convert::nic(nic);
         let wit_vxnet = convert::vxnet(vxnet);
@@ -90,9 +99,12 @@ impl Hook<RoutesKind> {
         self.decide(|engine, guest, config, limits| {
             guest.call(
                 engine,
-                HookKind::RouteTemplating,
+                CallSpec {
+                    kind: HookKind::RouteTemplating,
+                    export: "routes",
+                    owner: owner.clone(),
+                },
                 limits,
-                "routes",
                 |store| {
                     let pre = guest.compiled.routes.as_ref().ok_or_else(not_implemented)?;
                     let inst = pre.instantiate(&mut *store)?;

@@ -2,8 +2,9 @@
 //! for answers, is `validate.rs`: an answer is parsed and checked in one
 //! step, so that nothing unchecked ever becomes a domain value.
 
+use crate::bindings::vxnet::hostnic::policy::pod_facts;
 use crate::bindings::vxnet::hostnic::policy::types as wit;
-use crate::types::{Nic, Node, Pod, RouteTemplate, Vxnet};
+use crate::types::{Nic, Node, Owner, Pod, RouteTemplate, Vxnet};
 
 fn pairs(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -16,6 +17,14 @@ pub(crate) fn pod(p: &Pod) -> wit::Pod {
         uid: p.uid.clone(),
         labels: pairs(&p.labels),
         annotations: pairs(&p.annotations),
+    }
+}
+
+pub(crate) fn owner(o: &Owner) -> pod_facts::Owner {
+    pod_facts::Owner {
+        kind: o.kind.clone(),
+        name: o.name.clone(),
+        ordinal: o.ordinal,
     }
 }
 

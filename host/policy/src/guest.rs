@@ -16,7 +16,15 @@ use crate::guest_log::{CallLogHandle, LogLine, Speaker, cut};
 use crate::host::CallState;
 use crate::kv::KvStore;
 use crate::limits::{HOSTCALL_FUEL, Limits, MAX_REASON_BYTES};
-use crate::types::{GuestId, HookKind};
+use crate::types::{GuestId, HookKind, Owner};
+
+/// What one call is: the hook, the export called, and the facts the guest
+/// may ask the host for while it runs.
+pub(crate) struct CallSpec {
+    pub kind: HookKind,
+    pub export: &'static str,
+    pub owner: Option<Owner>,
+}
 
 /// A compiled, pre-instantiated component. Shared (by sha256) between
 /// every hook and generation that loads the same bytes.
@@ -188,9 +196,12 @@ impl Guest {
         let c = &self.compiled;
         let (result, _log) = self.call(
             engine,
-            kind,
+            CallSpec {
+                kind,
+                export: "validate-config",
+                owner: None,
+            },
             limits,
-            "validate-config",
             |store| match kind {
                 HookKind::VxnetSelection => {
                     let pre = c.vxnet.as_ref().ok_or_else(not_implemented)?;
@@ -234,18 +245,23 @@ impl Guest {
     pub fn call<W, R>(
         &self,
         engine: &PolicyEngine,
-        kind: HookKind,
+        spec: CallSpec,
         limits: &Limits,
-        export: &'static str,
         call: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<Result<W, String>>,
         accept: impl FnOnce(W) -> Result<R, Rejected>,
     ) -> (Result<R, PolicyError>, Vec<LogLine>) {
         let log = CallLogHandle::new(Speaker {
             guest: self.name.clone(),
             version: self.version.clone(),
-            hook: kind.world(),
+            hook: spec.kind.world(),
         });
-        let mut store = CallState::store(&engine.inner.engine, limits, log, self.kv.clone());
+        let mut store = CallState::store(
+            &engine.inner.engine,
+            limits,
+            log,
+            self.kv.clone(),
+            spec.owner,
+        );
         let raw = {
             let _busy = engine.busy();
             call(&mut store)
@@ -256,7 +272,7 @@ impl Guest {
                 guest: self.id.clone(),
                 reason: cut(&reason, MAX_REASON_BYTES),
             }),
-            Err(e) => Err(self.classify(e, store.data(), limits, export)),
+            Err(e) => Err(self.classify(e, store.data(), limits, spec.export)),
         };
         let lines = store.data().log().finish();
         let answered = matches!(&result, Ok(_) | Err(PolicyError::Refused { .. }));

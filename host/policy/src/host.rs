@@ -1,5 +1,6 @@
-//! What a guest's store holds during one call, and the `host` interface
-//! the guest imports (`log`, `kv-get`, `kv-set`).
+//! What a guest's store holds during one call, and the interfaces the
+//! guest imports: `host` (`log`, `kv-get`, `kv-set`) and, since 0.1.1,
+//! `pod-facts` (`pod-owner`).
 //!
 //! The host functions only translate between WIT values and the domain
 //! (`guest_log`, `kv`); the decisions about limits are made there.
@@ -11,11 +12,13 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::vxnet::hostnic::policy::host as wit;
+use crate::bindings::vxnet::hostnic::policy::pod_facts;
 use crate::guest_log::{CallLogHandle, LogLevel};
 use crate::kv::{KvStore, KvTxn};
 use crate::limits::{
     HOSTCALL_FUEL, Limits, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES,
 };
+use crate::types::Owner;
 
 /// The data of one call's `Store`.
 pub(crate) struct CallState {
@@ -25,6 +28,8 @@ pub(crate) struct CallState {
     log: CallLogHandle,
     kv: Arc<KvStore>,
     txn: KvTxn,
+    /// The owner of the pod this call decides for (`pod-facts.pod-owner`).
+    owner: Option<Owner>,
 }
 
 impl CallState {
@@ -36,6 +41,7 @@ impl CallState {
         limits: &Limits,
         log: CallLogHandle,
         kv: Arc<KvStore>,
+        owner: Option<Owner>,
     ) -> Store<CallState> {
         let state = CallState {
             limiter: GuestLimiter {
@@ -47,6 +53,7 @@ impl CallState {
             log,
             kv,
             txn: KvTxn::default(),
+            owner,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -145,15 +152,20 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<CallS
         &mut linker,
         |s| s,
     )?;
+    pod_facts::add_to_linker::<CallState, HostData>(&mut linker, |s| s)?;
     crate::wasi::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
 /// The interface names the linker offers, without versions.
 pub(crate) fn offered_imports() -> impl Iterator<Item = &'static str> {
-    ["hostnic:policy/host", "hostnic:policy/types"]
-        .into_iter()
-        .chain(crate::wasi::OFFERED.iter().copied())
+    [
+        "hostnic:policy/host",
+        "hostnic:policy/types",
+        "hostnic:policy/pod-facts",
+    ]
+    .into_iter()
+    .chain(crate::wasi::OFFERED.iter().copied())
 }
 
 struct HostData;
@@ -184,3 +196,9 @@ impl wit::Host for CallState {
 }
 
 impl crate::bindings::vxnet::hostnic::policy::types::Host for CallState {}
+
+impl pod_facts::Host for CallState {
+    fn pod_owner(&mut self) -> Option<pod_facts::Owner> {
+        self.owner.as_ref().map(crate::convert::owner)
+    }
+}

@@ -23,6 +23,19 @@ pub struct Pod {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// From the API server; guests ask for it (`pod-facts.pod-owner`, since
+    /// contract 0.1.1) rather than find it in the `pod` record.
+    pub owner: Option<Owner>,
+}
+
+/// The controller that owns a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// "StatefulSet", "ReplicaSet", "DaemonSet", "Job", ...
+    pub kind: String,
+    pub name: String,
+    /// A StatefulSet pod's ordinal (`web-3` of StatefulSet `web`: 3).
+    pub ordinal: Option<u32>,
 }
 
 /// The node (VM) the pod runs on.

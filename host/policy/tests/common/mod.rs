@@ -56,6 +56,7 @@ pub fn pod(annotations: &[(&str, &str)]) -> Pod {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        owner: None,
     }
 }
 

@@ -311,6 +311,33 @@ pub fn labelled_deployment(name: &str, replicas: usize, labels: &[(&str, &str)])
     .to_string()
 }
 
+/// A StatefulSet `name` of busybox pods (label `app=<name>`, pods
+/// `<name>-0` … `<name>-<replicas - 1>`), all started at once.
+pub fn statefulset(name: &str, replicas: usize) -> String {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["sleep", "3600"],
+                    }],
+                },
+            },
+        },
+    })
+    .to_string()
+}
+
 /// The pause and busybox images as docker archives made here: one layer
 /// each, from the static pause binary `scripts/k8s-build` makes and
 /// Debian's static busybox. No registry, no image builder.

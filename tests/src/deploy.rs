@@ -144,6 +144,24 @@ pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
     Ok((cluster, took))
 }
 
+/// `toml` without the table `header` (its header line up to the next
+/// table's, or the end), for a swap that replaces an earlier one.
+fn without_table(toml: &str, header: &str) -> String {
+    let mut inside = false;
+    let mut out = String::new();
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == header;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Swaps `module` in as the `hook` guest ("vxnet", "ip" or "routes") the
 /// way deploy/README.md's "Policy modules" tells: the ConfigMap's keys as
 /// files, the module beside them and pinned at the end of agent.toml, the
@@ -168,7 +186,7 @@ pub fn swap_module(cluster: &Cluster, hook: &str, module: &Path) -> anyhow::Resu
     let file = format!("{hook}.wasm");
     let toml = format!(
         "{}\n[hooks.{hook}]\npath = \"/etc/hostnic/{file}\"\nsha256 = \"{digest}\"\n",
-        key("agent.toml")?
+        without_table(&key("agent.toml")?, &format!("[hooks.{hook}]"))
     );
     std::fs::write(site.join("agent.toml"), toml)?;
     std::fs::write(

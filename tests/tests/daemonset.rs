@@ -242,9 +242,36 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
         .unwrap();
     assert!(failed.trim().is_empty(), "{failed}");
 
+    // A second swap, to a module that reads the pod's owner (pod-facts,
+    // contract 0.1.1, from the agent's watch): a StatefulSet's pods spread
+    // over the vxnets by ordinal.
+    let spread = hostnic_testbed::guest_wasm("spread_ordinals");
+    deploy::swap_module(&cluster, "vxnet", &spread).unwrap();
+    cluster.cp.apply(&cluster::statefulset("db", 4)).unwrap();
+    cluster
+        .wait("4 db pods Running", Duration::from_secs(180), || {
+            cluster.running_pods("app=db").len() == 4
+        })
+        .unwrap();
+    let db = cluster.running_pods("app=db");
+    for k in 0..4 {
+        let (_, ip) = &db[&format!("db-{k}")];
+        let want = ["10.100.0.", "10.101.0."][k % 2];
+        assert!(
+            ip.starts_with(want),
+            "db-{k} got {ip}, not in {want}x: {db:?}"
+        );
+    }
+
     cluster.cp.apply(&placed(0)).unwrap();
     cluster
+        .kubectl(&["delete", "statefulset", "db", "--wait=false"])
+        .unwrap();
+    cluster
         .wait_gone("app=placed", Duration::from_secs(120))
+        .unwrap();
+    cluster
+        .wait_gone("app=db", Duration::from_secs(120))
         .unwrap();
     assert!(
         cluster.bed.leaked_nics().is_empty(),

@@ -65,8 +65,8 @@ impl KubeView {
 }
 
 /// The pod as the policy guests see it: the runtime's view (its
-/// annotations win when it sent any), with the labels, and the annotations
-/// it did not send, from the API server's watch.
+/// annotations win when it sent any), with the labels, the owner, and the
+/// annotations it did not send, from the API server's watch.
 pub async fn pod_for_guests(view: Option<&KubeView>, p: &rpc::Pod) -> hostnic_policy::Pod {
     let mut pod = policy::pod(p);
     let (Some(view), Some(namespace), Some(name)) = (view, &p.namespace, &p.name) else {
@@ -75,6 +75,7 @@ pub async fn pod_for_guests(view: Option<&KubeView>, p: &rpc::Pod) -> hostnic_po
     match view.pods.get(namespace, name, p.uid.as_deref()).await {
         Some(facts) => {
             pod.labels = facts.labels;
+            pod.owner = facts.owner;
             if p.annotations.is_empty() {
                 pod.annotations = facts.annotations;
             }

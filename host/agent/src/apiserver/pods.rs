@@ -25,13 +25,7 @@ pub struct PodFacts {
     pub owner: Option<Owner>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub kind: String,
-    pub name: String,
-    /// A StatefulSet pod's ordinal (`web-3` of StatefulSet `web`: 3).
-    pub ordinal: Option<u32>,
-}
+pub use hostnic_policy::Owner;
 
 #[derive(Debug, Clone)]
 pub struct PodCache {

@@ -93,8 +93,9 @@ impl Provisioner {
                 ));
             }
             // A NIC counted as on its way may have gone elsewhere (the
-            // node's gateway NIC): the demand is looked at again.
-            if !self.unmet_demand(svc).is_empty() {
+            // node's gateway NIC) after the provisioner stopped: the demand
+            // is looked at again.
+            if !self.running.load(Ordering::SeqCst) && !self.unmet_demand(svc).is_empty() {
                 self.kick(svc);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

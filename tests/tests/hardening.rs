@@ -12,8 +12,14 @@ use hostnic_testbed::{CallEnv, Ns, Testbed, bin, err_code, pod_env, require_root
 use serde_json::json;
 
 fn node_view(tb: &Testbed) -> (String, String) {
+    // The kernel's duplicate address detection clears an IPv6 address's
+    // "tentative" flag on its own a second or so after the link came up:
+    // not a change anyone made.
     (
-        tb.node.ip(&["-o", "addr"]).unwrap(),
+        tb.node
+            .ip(&["-o", "addr"])
+            .unwrap()
+            .replace(" tentative", ""),
         tb.node.ip(&["route", "show", "table", "all"]).unwrap(),
     )
 }

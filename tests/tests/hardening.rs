@@ -333,6 +333,8 @@ fn a_recorded_netns_path_rebound_to_another_namespace_is_not_entered() {
     ]);
     let r = tb.hostnic().call("DEL", &conf, &pod_env("c1", "")).unwrap();
     assert!(r.is_ok(), "{r:?}");
+    // DEL answers before the NIC is back; its record goes when it is.
+    tb.settle();
     let links = pod.ip(&["-o", "link"]).unwrap();
     assert!(
         links.contains("other0"),

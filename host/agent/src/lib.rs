@@ -10,6 +10,7 @@ pub mod decisions;
 pub mod facts;
 pub mod fds;
 pub mod install;
+pub mod nics;
 pub mod plumb;
 pub mod policy;
 pub mod policy_cli;
@@ -17,6 +18,7 @@ pub mod pool;
 pub mod reconcile;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod store;
 
 use std::sync::Arc;
@@ -26,9 +28,13 @@ use hostnic_netlink::Netns;
 use tracing::info;
 
 use crate::cloud::CloudPool;
+use crate::cloud::source::CloudSource;
 use crate::config::{Config, Source};
+use crate::nics::Nics;
 use crate::plumb::Plumber;
 use crate::service::Service;
+use crate::source::NicSource;
+use crate::source::inventory::StaticInventory;
 use crate::store::Store;
 
 /// Runs the agent until SIGTERM or SIGINT. The namespace the agent starts
@@ -61,11 +67,14 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let (cloud, inventory, in_flight) = match cfg.inventory.source {
         Source::Static => (None, cfg.inventory.nics.clone(), Vec::new()),
         Source::Cloud => {
-            let cloud =
-                cloud::patiently("connecting to the cloud", || CloudPool::connect(&cfg)).await?;
+            let elector = kube.as_ref().map(|k| k.elector.clone());
+            let cloud = cloud::patiently("connecting to the cloud", || {
+                CloudPool::connect(&cfg, elector.clone())
+            })
+            .await?;
             let (inventory, in_flight) =
                 cloud::patiently("describing this node's NICs", || cloud.inventory()).await?;
-            (Some(cloud), inventory, in_flight)
+            (Some(Arc::new(cloud)), inventory, in_flight)
         }
     };
     let policies = match cfg.hooks.enabled {
@@ -76,27 +85,35 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         }
     };
     let pool = reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
+    let nics = Arc::new(Nics::new(plumber, pool));
+    let source: Arc<dyn NicSource> = match &cloud {
+        Some(cloud) => Arc::new(CloudSource::new(cloud.clone(), nics.clone())),
+        None => Arc::new(StaticInventory::new(nics.clone(), &cfg.inventory.nics)),
+    };
     let service = Arc::new(Service::new(
-        &cfg, plumber, store, pool, cloud, policies, kube,
+        &cfg,
+        nics.clone(),
+        source,
+        store,
+        policies,
+        kube,
     ));
     if service.policies.is_some() {
         tokio::spawn(watch_policies(service.clone(), cfg.clone()));
     }
-    if let Some(cloud) = &service.cloud {
-        cloud.adopt_in_flight(&service, in_flight);
-        cloud.remember_default_route(&service, &cfg.iface).await?;
+    if let Some(cloud) = cloud {
+        cloud.adopt_in_flight(&nics, in_flight);
+        cloud.remember_default_route(&nics, &cfg.iface).await?;
         // Warm the pool and keep reconciling in the background; ADDs are
         // served meanwhile (a cold one creates its own NIC).
-        let svc = service.clone();
+        let nics = nics.clone();
         tokio::spawn(async move {
-            if let Some(cloud) = &svc.cloud {
-                cloud.tick(&svc).await;
-                cloud.run(&svc).await;
-            }
+            cloud.tick(&nics).await;
+            cloud.run(&nics).await;
         });
     }
     let listener = server::bind(&cfg.socket)?;
-    info!(socket = %cfg.socket.display(), free_nics = service.pool().free_count(), "serving");
+    info!(socket = %cfg.socket.display(), free_nics = nics.pool().free_count(), "serving");
     server::serve(listener, service, shutdown_signal()).await;
     info!("stopped");
     Ok(())

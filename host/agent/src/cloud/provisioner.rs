@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use hostnic_proto::cni::{CniError, code};
 
-use super::ProvisionError;
+use super::{CloudPool, ProvisionError};
+use crate::nics::Nics;
 use crate::pool::{Lease, State};
-use crate::service::Service;
 use crate::store::Key;
 
 /// NICs per provisioning batch (one CreateNics call).
@@ -70,7 +70,7 @@ impl Provisioner {
     /// it has failed since the wait began).
     pub async fn wait_for_nic(
         &self,
-        svc: &Arc<Service>,
+        (cloud, nics): (&Arc<CloudPool>, &Arc<Nics>),
         key: &Key,
         order: &[String],
     ) -> Result<Lease, CniError> {
@@ -78,9 +78,9 @@ impl Provisioner {
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         lock(&self.waiters).insert(id, (order.to_vec(), started));
         let _waiting = Waiting(self, id);
-        self.kick(svc);
+        self.kick(cloud, nics);
         loop {
-            if let Some(l) = svc.pool().reserve_in(self.accepted(order, started), key) {
+            if let Some(l) = nics.pool().reserve_in(self.accepted(order, started), key) {
                 return Ok(l);
             }
             if let Some(e) = self.gave_up(order, started) {
@@ -95,8 +95,8 @@ impl Provisioner {
             // A NIC counted as on its way may have gone elsewhere (the
             // node's gateway NIC) after the provisioner stopped: the demand
             // is looked at again.
-            if !self.running.load(Ordering::SeqCst) && !self.unmet_demand(svc).is_empty() {
-                self.kick(svc);
+            if !self.running.load(Ordering::SeqCst) && !self.unmet_demand(nics).is_empty() {
+                self.kick(cloud, nics);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -149,7 +149,7 @@ impl Provisioner {
 
     /// Per vxnet, the cold ADDs waiting for a NIC there that no free,
     /// attaching or returning NIC of that vxnet will serve.
-    fn unmet_demand(&self, svc: &Service) -> Vec<(String, usize)> {
+    fn unmet_demand(&self, nics: &Nics) -> Vec<(String, usize)> {
         let waiters: Vec<(Vec<String>, Instant)> = lock(&self.waiters).values().cloned().collect();
         let mut want: BTreeMap<String, usize> = BTreeMap::new();
         for (order, since) in &waiters {
@@ -157,7 +157,7 @@ impl Provisioner {
                 *want.entry(v).or_default() += 1;
             }
         }
-        let pool = svc.pool();
+        let pool = nics.pool();
         want.into_iter()
             .filter_map(|(v, n)| {
                 let supply = pool.count_in(&v, &[State::Free, State::Attaching, State::Releasing]);
@@ -167,16 +167,12 @@ impl Provisioner {
     }
 
     /// Starts the provisioner task unless it is running.
-    fn kick(&self, svc: &Arc<Service>) {
+    fn kick(&self, cloud: &Arc<CloudPool>, nics: &Arc<Nics>) {
         if self.running.swap(true, Ordering::SeqCst) {
             return;
         }
-        let svc = svc.clone();
-        tokio::spawn(async move {
-            if let Some(cloud) = &svc.cloud {
-                cloud.provisioner.run(&svc).await;
-            }
-        });
+        let (cloud, nics) = (cloud.clone(), nics.clone());
+        tokio::spawn(async move { cloud.provisioner.run(&cloud, &nics).await });
     }
 
     /// Creates NICs while cold ADDs wait for more than are on their way:
@@ -184,21 +180,20 @@ impl Provisioner {
     /// that arrives during a batch is served by the next, so a burst of
     /// pods costs a few calls, not a few per pod. A failure in a vxnet
     /// moves its waiters on to the next vxnet of their order.
-    async fn run(&self, svc: &Arc<Service>) {
-        let Some(cloud) = &svc.cloud else { return };
+    async fn run(&self, cloud: &CloudPool, nics: &Nics) {
         loop {
-            let demand = self.unmet_demand(svc);
+            let demand = self.unmet_demand(nics);
             if demand.is_empty() {
                 self.running.store(false, Ordering::SeqCst);
                 // A waiter may have come between the look and the store.
-                if !self.unmet_demand(svc).is_empty() && !self.running.swap(true, Ordering::SeqCst)
+                if !self.unmet_demand(nics).is_empty() && !self.running.swap(true, Ordering::SeqCst)
                 {
                     continue;
                 }
                 return;
             }
             for (vxnet, n) in demand {
-                let Err(e) = cloud.provision(svc, &vxnet, n.min(MAX_BATCH)).await else {
+                let Err(e) = cloud.provision(nics, &vxnet, n.min(MAX_BATCH)).await else {
                     continue;
                 };
                 let code = if e.is_transient() {

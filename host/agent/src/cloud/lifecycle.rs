@@ -1,0 +1,350 @@
+//! A cloud NIC's life on this node: created, tagged, attached, parked and
+//! handed to the pool, or detached and deleted again; the warm pool's
+//! targets; and the node's own gateway NIC in a vxnet.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hostnic_iaas::ResourceTagPair;
+use hostnic_netlink::Mac;
+use tracing::{info, warn};
+
+use super::{CloudPool, ProvisionError};
+use crate::config::NicSpec;
+use crate::nics::Nics;
+use crate::pool::State;
+
+impl CloudPool {
+    /// One NIC with exactly `ip` (the ip policy's address), created,
+    /// attached and parked; not batched.
+    pub async fn provision_with_ip(
+        &self,
+        nics: &Nics,
+        vxnet: &str,
+        ip: Ipv4Addr,
+    ) -> Result<Mac, ProvisionError> {
+        let macs = self
+            .provision_ips(nics, vxnet, 1, &[ip], State::Free)
+            .await?;
+        macs.into_iter()
+            .next()
+            .ok_or(ProvisionError::Limit { have: 0, max: 0 })
+    }
+
+    /// NICs whose attach was under way when the agent (re)started: wait for
+    /// each link on a task of its own and free the NIC when it appears.
+    pub fn adopt_in_flight(self: &Arc<Self>, nics: &Arc<Nics>, macs: Vec<Mac>) {
+        for mac in macs {
+            if nics
+                .pool()
+                .transition(mac, &[State::Missing], State::Attaching)
+                .is_none()
+            {
+                continue;
+            }
+            let (cloud, nics) = (self.clone(), nics.clone());
+            tokio::spawn(async move {
+                if cloud.adopt_link(&nics, mac, State::Free).await {
+                    info!(nic = %mac, "adopted a NIC whose attach was under way at start");
+                } else {
+                    nics.pool()
+                        .transition(mac, &[State::Attaching], State::Missing);
+                }
+            });
+        }
+    }
+
+    /// Creates `count` NICs in `vxnet`, tags them, attaches them to this node
+    /// and parks them as they appear. Returns those that became free; any
+    /// that failed are detached and deleted again (or left to the leak
+    /// collector if even that fails).
+    pub async fn provision(
+        &self,
+        nics: &Nics,
+        vxnet: &str,
+        count: usize,
+    ) -> Result<Vec<Mac>, ProvisionError> {
+        self.provision_ips(nics, vxnet, count, &[], State::Free)
+            .await
+    }
+
+    /// Creates, attaches and parks NICs; those that come up go from
+    /// `Attaching` straight to `then` (free, or the node's gateway NIC,
+    /// which no ADD may take in between).
+    async fn provision_ips(
+        &self,
+        nics: &Nics,
+        vxnet: &str,
+        count: usize,
+        ips: &[Ipv4Addr],
+        then: State,
+    ) -> Result<Vec<Mac>, ProvisionError> {
+        let have = nics.pool().len() + 1;
+        let count = count.min(self.cfg.max_nics.saturating_sub(have));
+        if count == 0 {
+            return Err(ProvisionError::Limit {
+                have,
+                max: self.cfg.max_nics,
+            });
+        }
+        let created = match self
+            .client
+            .create_nics(vxnet, &self.name, count as u32, ips)
+            .await
+        {
+            Ok(c) => {
+                self.note_create(vxnet, true);
+                c
+            }
+            Err(e) => {
+                self.note_create(vxnet, false);
+                self.rotation().failed(vxnet);
+                warn!(vxnet, error = %e, "creating NICs failed");
+                return Err(e.into());
+            }
+        };
+        let specs: Vec<NicSpec> = created
+            .iter()
+            .filter_map(|c| self.spec(c.nic_id.parse().ok()?, vxnet, c.private_ip?))
+            .collect();
+        let pairs: Vec<ResourceTagPair> = created
+            .iter()
+            .flat_map(|c| {
+                self.tags.iter().map(|t| ResourceTagPair {
+                    tag_id: t.clone(),
+                    resource_type: "nic".into(),
+                    resource_id: c.nic_id.clone(),
+                })
+            })
+            .collect();
+        // The name already marks them as ours; a missing tag only slows
+        // leak collection from other nodes.
+        if let Err(e) = self.client.attach_tags(&pairs).await {
+            warn!(error = %e, "tagging new NICs");
+        }
+        {
+            let mut pool = nics.pool();
+            for s in &specs {
+                pool.insert(s.clone(), State::Attaching, true);
+            }
+        }
+        // Attach in fives (the API's limit per call), all chunks at once:
+        // the token bucket paces the calls, the waits overlap.
+        let chunks = specs
+            .chunks(hostnic_iaas::MAX_NICS_PER_ATTACH)
+            .map(|chunk| self.attach_chunk(nics, chunk, &then));
+        let ready: Vec<Mac> = futures::future::join_all(chunks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        info!(vxnet, count = ready.len(), "NICs attached and ready");
+        match (ready.is_empty(), specs.first()) {
+            (true, Some(first)) => Err(ProvisionError::NoLink(first.mac)),
+            _ => Ok(ready),
+        }
+    }
+
+    /// Attaches up to five NICs with one call, waits for them, and frees
+    /// those whose links appeared; the others are detached and deleted.
+    async fn attach_chunk(&self, nics: &Nics, chunk: &[NicSpec], then: &State) -> Vec<Mac> {
+        let macs: Vec<String> = chunk.iter().map(|s| s.mac.to_string()).collect();
+        let attached = match self.client.attach_nics(&macs, &self.cfg.instance_id).await {
+            Ok(job) => {
+                let last = chunk.last().map(|s| s.mac);
+                let early = async {
+                    if let Some(m) = last {
+                        wait_for_link(nics, m).await;
+                    }
+                };
+                self.client.wait_job(&job, early).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = attached {
+            warn!(nics = ?macs, error = %e, "attaching NICs failed; deleting them");
+            let macs = chunk.iter().map(|s| s.mac).collect();
+            self.discard(nics, macs, &[State::Attaching]).await;
+            return Vec::new();
+        }
+        let mut ready = Vec::new();
+        for s in chunk {
+            if self.adopt_link(nics, s.mac, then.clone()).await {
+                ready.push(s.mac);
+            } else {
+                self.discard(nics, vec![s.mac], &[State::Attaching]).await;
+            }
+        }
+        ready
+    }
+
+    /// Waits for a freshly attached NIC's link, parks it and moves it from
+    /// `Attaching` (the state of a NIC on its way) to `then`.
+    pub(super) async fn adopt_link(&self, nics: &Nics, mac: Mac, then: State) -> bool {
+        let found = tokio::time::timeout(Duration::from_secs(30), wait_for_link(nics, mac)).await;
+        let link = match (found, nics.plumber.node().link_by_mac(mac, None).await) {
+            (Ok(()), Ok(Some(l))) => l,
+            _ => return false,
+        };
+        match nics.plumber.park(&link).await {
+            Ok(()) => nics
+                .pool()
+                .transition(mac, &[State::Attaching], then)
+                .is_some(),
+            Err(e) => {
+                warn!(nic = %mac, error = %e, "parking a new NIC");
+                false
+            }
+        }
+    }
+
+    /// Forgets those of `macs` still in one of the states `from`, then
+    /// detaches (if attached) and deletes them. A NIC that changed state
+    /// since the caller chose it (an ADD reserved it) is left alone.
+    async fn discard(&self, nics: &Nics, macs: Vec<Mac>, from: &[State]) {
+        let macs: Vec<Mac> = {
+            let mut pool = nics.pool();
+            let now = Instant::now();
+            macs.into_iter()
+                .filter(|m| pool.remove_if(*m, from, now).is_some())
+                .collect()
+        };
+        if macs.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = macs.iter().map(Mac::to_string).collect();
+        match self.client.detach_nics(&ids).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    if let Err(e) = self.client.wait_job(&job, std::future::pending()).await {
+                        warn!(error = %e, "waiting for a detach");
+                    }
+                }
+            }
+            // Not attached (a failed attach): nothing to detach.
+            Err(hostnic_iaas::Error::Denied { .. }) => {}
+            Err(e) => {
+                warn!(nics = ?ids, error = %e, "detaching NICs; the leak collector will retry")
+            }
+        }
+        if let Err(e) = self.client.delete_nics(&ids).await {
+            warn!(nics = ?ids, error = %e, "deleting NICs; the leak collector will retry");
+        }
+    }
+
+    /// Brings each vxnet up to `warm_min` free NICs.
+    pub async fn top_up(&self, nics: &Nics) {
+        for (vxnet, _) in &self.vxnets {
+            let have = nics
+                .pool()
+                .count_in(vxnet, &[State::Free, State::Attaching, State::Releasing]);
+            if have >= self.cfg.warm_min {
+                continue;
+            }
+            let want = (self.cfg.warm_min - have).min(self.cfg.warm_max);
+            if let Err(e) = self.provision(nics, vxnet, want).await {
+                warn!(vxnet, error = %e, "topping up the warm pool");
+            }
+        }
+    }
+
+    /// Detaches and deletes free NICs above `warm_max` that have been idle
+    /// for `idle_seconds`.
+    pub async fn trim(&self, nics: &Nics) {
+        let idle = Duration::from_secs(self.cfg.idle_seconds);
+        for (vxnet, _) in &self.vxnets {
+            let surplus = nics
+                .pool()
+                .count_in(vxnet, &[State::Free])
+                .saturating_sub(self.cfg.warm_max);
+            if surplus == 0 {
+                continue;
+            }
+            let victims: Vec<Mac> = nics
+                .pool()
+                .idle_in(vxnet, idle)
+                .into_iter()
+                .take(surplus)
+                .collect();
+            if !victims.is_empty() {
+                info!(
+                    vxnet,
+                    count = victims.len(),
+                    "releasing idle NICs above warm_max"
+                );
+                self.discard(nics, victims, &[State::Free]).await;
+            }
+        }
+    }
+
+    /// The node's own address in `vxnet`, on its gateway NIC, configured in
+    /// the node namespace (created if the node has none): the next hop for
+    /// `gw 0.0.0.0` route templates, so service traffic goes through the
+    /// node where kube-proxy handles it.
+    pub async fn gateway(&self, nics: &Nics, vxnet: &str) -> anyhow::Result<Ipv4Addr> {
+        if let Some(gw) = nics.pool().gateway_in(vxnet) {
+            return Ok(gw.address.addr());
+        }
+        let _one = self.gateway_setup.lock().await;
+        if let Some(gw) = nics.pool().gateway_in(vxnet) {
+            return Ok(gw.address.addr());
+        }
+        // A free NIC of the vxnet (claimed, so no ADD takes it meanwhile),
+        // else a new one that becomes the gateway as it comes up.
+        let free = nics.pool().idle_in(vxnet, Duration::ZERO);
+        let claimed = free.into_iter().find(|m| {
+            nics.pool()
+                .transition(*m, &[State::Free], State::Gateway)
+                .is_some()
+        });
+        let mac = match claimed {
+            Some(m) => m,
+            None => *self
+                .provision_ips(nics, vxnet, 1, &[], State::Gateway)
+                .await?
+                .first()
+                .context("no NIC provisioned")?,
+        };
+        let spec = nics
+            .pool()
+            .spec(mac)
+            .context("gateway NIC vanished from the pool")?;
+        configure_gateway(nics, &spec).await?;
+        info!(vxnet, nic = %mac, ip = %spec.address, "gateway NIC configured on the node");
+        Ok(spec.address.addr())
+    }
+}
+
+/// Resolves once a link with `mac` exists in the node namespace. A link
+/// dump of a node is ~0.1 ms; every 5 ms during an attach is cheap and adds
+/// at most 5 ms to a cold ADD.
+pub(super) async fn wait_for_link(nics: &Nics, mac: Mac) {
+    loop {
+        if let Ok(Some(_)) = nics.plumber.node().link_by_mac(mac, None).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The gateway NIC in the node: named `gw<mac>`, up, with its address.
+/// Only the vxnet's connected route comes with it, never a default route.
+pub(super) async fn configure_gateway(nics: &Nics, spec: &NicSpec) -> anyhow::Result<()> {
+    let node = nics.plumber.node();
+    let link = node
+        .link_by_mac(spec.mac, Some(&spec.mac.parked_name()))
+        .await?
+        .with_context(|| format!("gateway NIC {} is not on the node", spec.mac))?;
+    let name = spec.mac.gateway_name();
+    if link.name != name {
+        node.rename(link.index, &name).await?;
+    }
+    let addrs = node.addresses(link.index).await?;
+    if !addrs.contains(&ipnet::IpNet::V4(spec.address)) {
+        node.add_address(link.index, spec.address).await?;
+    }
+    node.set_mtu_up(link.index, link.mtu.max(68)).await?;
+    Ok(())
+}

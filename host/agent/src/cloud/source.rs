@@ -1,0 +1,139 @@
+//! The cloud pool as an ADD's NIC source: a warm NIC where the plan wants
+//! one, else one the provisioner creates for this cold ADD.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use hostnic_proto::cni::{CniError, code};
+
+use super::CloudPool;
+use crate::nics::Nics;
+use crate::pool::{Lease, Pool};
+use crate::source::{NicSource, VxnetAddr, counted, shown, warm_with_address};
+use crate::store::Key;
+
+/// Creates tried for one ADD whose policy asks for specific addresses.
+const MAX_ADDRESS_TRIES: usize = 16;
+
+#[derive(Debug)]
+pub struct CloudSource {
+    cloud: Arc<CloudPool>,
+    nics: Arc<Nics>,
+}
+
+impl CloudSource {
+    pub fn new(cloud: Arc<CloudPool>, nics: Arc<Nics>) -> CloudSource {
+        CloudSource { cloud, nics }
+    }
+}
+
+#[async_trait::async_trait]
+impl NicSource for CloudSource {
+    fn vxnets(&self) -> Vec<VxnetAddr> {
+        self.cloud
+            .vxnets()
+            .map(|(id, info)| (id.to_string(), info.cidr, info.gateway))
+            .collect()
+    }
+
+    /// The original agent's rotation over the configured vxnets.
+    fn native_order(&self) -> Option<Vec<String>> {
+        Some(self.cloud.order())
+    }
+
+    fn facts(&self, pool: &Pool) -> (Vec<hostnic_policy::Vxnet>, hostnic_policy::Node) {
+        let candidates = self
+            .vxnets()
+            .iter()
+            .map(|v| {
+                let mut facts = counted(pool, v);
+                facts.recent_failures = self.cloud.recent_failures(&v.0);
+                facts
+            })
+            .collect();
+        (candidates, self.cloud.node_facts(pool.len()))
+    }
+
+    /// The plan's first choice, warm; a vxnet further down the order only
+    /// once creating a NIC in those before it has failed
+    /// ([`super::provisioner`]).
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Lease, CniError> {
+        let native;
+        let order = match order {
+            Some(o) => o,
+            None => {
+                native = self.cloud.order();
+                &native
+            }
+        };
+        if let Some(l) = self
+            .nics
+            .wait_for_release(|p| p.reserve_in(&order[..1.min(order.len())], key))
+            .await
+        {
+            return Ok(l);
+        }
+        self.cloud
+            .provisioner
+            .wait_for_nic((&self.cloud, &self.nics), key, order)
+            .await
+    }
+
+    /// A free NIC already on the node with one of `addrs`, or one created
+    /// with that address; the first address the cloud accepts wins.
+    async fn acquire_address(
+        &self,
+        key: &Key,
+        addrs: &[Ipv4Addr],
+        vxnet: Option<&str>,
+    ) -> Result<Lease, CniError> {
+        if let Some(l) = warm_with_address(&self.nics, key, addrs).await {
+            return Ok(l);
+        }
+        let Some(vxnet) = vxnet else {
+            return Err(CniError::new(
+                code::NO_FREE_NIC,
+                format!(
+                    "no free NIC has the address the ip policy asked for ({})",
+                    shown(addrs)
+                ),
+            ));
+        };
+        let mut last = None;
+        for ip in addrs.iter().take(MAX_ADDRESS_TRIES) {
+            match self.cloud.provision_with_ip(&self.nics, vxnet, *ip).await {
+                Ok(mac) => {
+                    if let Some(l) = self.nics.pool().reserve_where(key, |s| s.mac == mac) {
+                        return Ok(l);
+                    }
+                }
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        Err(CniError::new(
+            code::NO_FREE_NIC,
+            format!(
+                "could not get a NIC with the address the ip policy asked for ({}) in {vxnet}: {}",
+                shown(addrs),
+                last.unwrap_or_default()
+            ),
+        ))
+    }
+
+    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>, CniError> {
+        self.cloud
+            .gateway(&self.nics, vxnet)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!("setting up the node's gateway NIC in {vxnet}: {e:#}"),
+                )
+            })
+    }
+
+    fn can_create(&self, pool_len: usize) -> bool {
+        self.cloud.has_room(pool_len)
+    }
+}

@@ -1,0 +1,383 @@
+//! Keeping the pool true: the node's check on every kernel notification
+//! and timer (the default route, NICs that left or came back, the warm
+//! targets), and the slow cloud poll that reconciles the cloud, the kernel
+//! and the pool and deletes leaked NICs.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use hostnic_iaas::{NicFilter, NicStatus};
+use hostnic_netlink::{Mac, RouteEntry};
+use tracing::{info, warn};
+
+use super::CloudPool;
+use super::lifecycle::{configure_gateway, wait_for_link};
+use crate::apiserver::lease::Elector;
+use crate::config::{LeakSweep, NicSpec};
+use crate::nics::Nics;
+use crate::pool::State;
+
+impl CloudPool {
+    /// Remembers the node's default route; later ticks put it back if it
+    /// moves (a hot-plugged NIC's DHCP client takes it on some images).
+    pub async fn remember_default_route(&self, nics: &Nics, iface: &str) -> anyhow::Result<()> {
+        let node = nics.plumber.node();
+        let link = node
+            .link_by_name(iface)
+            .await?
+            .with_context(|| format!("iface {iface} not found"))?;
+        let route = node
+            .routes()
+            .await?
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0 && r.oif == Some(link.index) && r.gw.is_some());
+        match &route {
+            Some(r) => info!(via = ?r.gw, dev = iface, "guarding the node's default route"),
+            None => warn!(
+                dev = iface,
+                "the node has no default route via its primary interface to guard"
+            ),
+        }
+        *self.default_route.lock().unwrap_or_else(|p| p.into_inner()) = route;
+        Ok(())
+    }
+
+    /// One reconciliation pass of the three truths, then the warm targets.
+    /// The node's periodic check: the kernel and the pool, then the warm
+    /// pool's targets. No cloud call unless something needs one: a NIC gone
+    /// from the node (only the cloud can say whether it was detached or
+    /// vanished), the warm pool below `warm_min`, idle NICs above
+    /// `warm_max`.
+    pub async fn tick(&self, nics: &Nics) {
+        self.check_node(nics).await;
+        self.top_up(nics).await;
+        self.trim(nics).await;
+    }
+
+    /// What the kernel alone can tell: the default route, NICs that left or
+    /// came back. Runs on every netlink notification too.
+    async fn check_node(&self, nics: &Nics) {
+        if let Err(e) = self.guard_default_route(nics).await {
+            warn!(error = %e, "checking the node's default route");
+        }
+        match self.check_links(nics).await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = self.poll(nics).await {
+                    warn!(error = %e, "asking the cloud about a NIC gone from the node");
+                }
+            }
+            Err(e) => warn!(error = %e, "checking the node's NICs"),
+        }
+    }
+
+    /// Parks and frees missing NICs that are back on the node; returns
+    /// whether a NIC the pool has on the node (free, or the gateway NIC) is
+    /// gone from it.
+    async fn check_links(&self, nics: &Nics) -> anyhow::Result<bool> {
+        let links = nics.plumber.node().links().await?;
+        let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
+        let mut vanished = false;
+        let snapshot = nics.pool().snapshot();
+        for (mac, state) in snapshot {
+            match state {
+                State::Free | State::Gateway => vanished |= on_node(mac).is_none(),
+                State::Missing => {
+                    if let Some(link) = on_node(mac) {
+                        nics.plumber.park(link).await?;
+                        if nics
+                            .pool()
+                            .transition(mac, &[State::Missing], State::Free)
+                            .is_some()
+                        {
+                            info!(nic = %mac, "missing NIC is back on the node");
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(vanished)
+    }
+
+    /// The slow cloud poll: one DescribeNics of the NICs named for this
+    /// node, which is both what is attached here (reconciled with the pool
+    /// and the kernel) and what this node created and lost (its leaks).
+    pub async fn poll(&self, nics: &Nics) -> anyhow::Result<()> {
+        let described = Instant::now();
+        let named: Vec<hostnic_iaas::Nic> = self
+            .client
+            .describe_nics(&NicFilter {
+                nic_name: Some(self.name.clone()),
+                ..NicFilter::default()
+            })
+            .await
+            .context("describing the NICs named for this node")?
+            .into_iter()
+            .filter(|n| n.nic_name == self.name && !n.is_primary())
+            .collect();
+        let attached: Vec<NicSpec> = named
+            .iter()
+            .filter(|n| n.instance_id == self.cfg.instance_id)
+            .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
+            .collect();
+        self.reconcile(nics, &attached, described).await?;
+        // The cluster-wide sweep is one node's duty: the Lease holder's
+        // in Kubernetes; the others delete their own leaks only.
+        let sweeper = self.elector.as_ref().is_none_or(Elector::holds);
+        let deleted = match self.cfg.leak_sweep {
+            LeakSweep::Cluster if sweeper => self.collect_leaks(nics).await?,
+            LeakSweep::Node | LeakSweep::Cluster => self.delete_leaks(nics, named).await?,
+        };
+        if deleted > 0 {
+            info!(deleted, "deleted leaked NICs");
+        }
+        Ok(())
+    }
+
+    async fn guard_default_route(&self, nics: &Nics) -> anyhow::Result<()> {
+        let Some(want) = self
+            .default_route
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let node = nics.plumber.node();
+        let defaults: Vec<RouteEntry> = node
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|r| r.dst.prefix_len() == 0)
+            .collect();
+        if defaults == [want.clone()] {
+            return Ok(());
+        }
+        warn!(found = ?defaults, "the node's default route moved; putting it back on the primary interface");
+        let (Some(gw), Some(oif)) = (want.gw, want.oif) else {
+            return Ok(());
+        };
+        node.replace_default_route(gw, oif).await?;
+        // Whatever took it was a NIC of ours configured behind our back:
+        // park every free one again (down, no address).
+        for link in node.links().await? {
+            let Some(mac) = link.mac else { continue };
+            if nics.pool().state(mac) == Some(State::Free)
+                && (link.up || !node.addresses(link.index).await?.is_empty())
+            {
+                nics.plumber.park(&link).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cloud vs kernel vs pool. Adopts attached NICs of ours the pool does
+    /// not know, forgets NICs detached behind our back, and re-attaches
+    /// attached NICs whose link vanished from the node.
+    /// `described` is when the cloud was asked: a NIC freed since then
+    /// (a new one, or one a DEL returned) may be missing from its answer.
+    async fn reconcile(
+        &self,
+        nics: &Nics,
+        attached: &[NicSpec],
+        described: Instant,
+    ) -> anyhow::Result<()> {
+        let links = nics.plumber.node().links().await?;
+        let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
+        for spec in attached {
+            let state = nics.pool().state(spec.mac);
+            match state {
+                None => {
+                    if let Some(link) = on_node(spec.mac) {
+                        nics.plumber.park(link).await?;
+                        if nics.pool().insert_new(spec.clone(), State::Free) {
+                            info!(nic = %spec.mac, "adopted an attached NIC of ours");
+                        }
+                    }
+                }
+                Some(State::Free | State::Gateway | State::Missing)
+                    if on_node(spec.mac).is_none() =>
+                {
+                    self.reattach(nics, spec.mac).await;
+                }
+                Some(State::Missing) => {
+                    if let Some(link) = on_node(spec.mac) {
+                        nics.plumber.park(link).await?;
+                        nics.pool()
+                            .transition(spec.mac, &[State::Missing], State::Free);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let gone: Vec<Mac> = {
+            let pool = nics.pool();
+            pool.snapshot()
+                .into_iter()
+                .filter(|(m, s)| {
+                    matches!(s, State::Free | State::Missing)
+                        && !attached.iter().any(|a| a.mac == *m)
+                })
+                .map(|(m, _)| m)
+                .collect()
+        };
+        for mac in gone {
+            let forgotten = nics
+                .pool()
+                .remove_if(mac, &[State::Free, State::Missing], described);
+            if forgotten.is_some() {
+                warn!(nic = %mac, "NIC is no longer attached to this node in the cloud; forgetting it");
+            }
+        }
+        Ok(())
+    }
+
+    /// The original plugin's known reboot problem: the cloud says attached,
+    /// the node has no such link. Detach and attach it again.
+    async fn reattach(&self, nics: &Nics, mac: Mac) {
+        let reattachable = [State::Free, State::Gateway, State::Missing];
+        let Some(was) = nics.pool().transition(mac, &reattachable, State::Attaching) else {
+            return; // an ADD took it since the look
+        };
+        // The look at the node is older than the claim: a DEL may have
+        // brought the NIC back since. Only a NIC absent now has vanished.
+        if let Ok(Some(_)) = nics.plumber.node().link_by_mac(mac, None).await {
+            nics.pool().transition(mac, &[State::Attaching], was);
+            return;
+        }
+        warn!(nic = %mac, "NIC vanished from the node; re-attaching it");
+        let id = [mac.to_string()];
+        let result = async {
+            for job in self.client.detach_nics(&id).await? {
+                self.client.wait_job(&job, std::future::pending()).await?;
+            }
+            let job = self.client.attach_nics(&id, &self.cfg.instance_id).await?;
+            self.client.wait_job(&job, wait_for_link(nics, mac)).await?;
+            Ok::<_, hostnic_iaas::Error>(())
+        }
+        .await;
+        // A gateway NIC comes back as the gateway, never free for a moment.
+        let then = match was {
+            State::Gateway => State::Gateway,
+            _ => State::Free,
+        };
+        let ok = result.is_ok() && self.adopt_link(nics, mac, then.clone()).await;
+        if ok {
+            if then == State::Gateway {
+                let spec = nics.pool().spec(mac);
+                if let Some(spec) = spec
+                    && let Err(e) = configure_gateway(nics, &spec).await
+                {
+                    warn!(nic = %mac, error = %e, "reconfiguring the gateway NIC");
+                }
+            }
+            info!(nic = %mac, "re-attached");
+        } else {
+            warn!(nic = %mac, error = ?result.err(), "re-attaching failed; will retry");
+            nics.pool()
+                .transition(mac, &[State::Attaching], State::Missing);
+        }
+    }
+
+    /// The cluster-wide sweep (`leak_sweep = "cluster"`): deletes detached
+    /// NICs named for this cluster — those of dead nodes too — older than
+    /// the grace period. One node at a time does this, never every node.
+    pub async fn collect_leaks(&self, nics: &Nics) -> anyhow::Result<usize> {
+        let detached = self
+            .client
+            .describe_nics(&NicFilter {
+                vxnets: self.vxnets.iter().map(|(id, _)| id.clone()).collect(),
+                status: Some(NicStatus::Available),
+                ..NicFilter::default()
+            })
+            .await?;
+        self.delete_leaks(nics, detached).await
+    }
+
+    /// Deletes those of `found` that are leaks: named for this cluster,
+    /// detached, older than the grace period (which covers a create whose
+    /// attach is still on its way) and unknown to the pool.
+    async fn delete_leaks(
+        &self,
+        nics: &Nics,
+        found: Vec<hostnic_iaas::Nic>,
+    ) -> anyhow::Result<usize> {
+        let prefix = format!("hostnic-{}-", self.cfg.cluster);
+        let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
+        let now = SystemTime::now();
+        let leaked: Vec<String> = found
+            .into_iter()
+            .filter(|n| n.nic_name.starts_with(&prefix) && n.instance_id.is_empty())
+            .filter(|n| {
+                hostnic_iaas::sign::parse_time_stamp(&n.create_time)
+                    .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= grace)
+            })
+            .filter(|n| {
+                n.nic_id
+                    .parse::<Mac>()
+                    .is_ok_and(|m| nics.pool().state(m).is_none())
+            })
+            .map(|n| n.nic_id)
+            .collect();
+        if !leaked.is_empty() {
+            warn!(nics = ?leaked, "deleting leaked NICs");
+            self.client.delete_nics(&leaked).await?;
+        }
+        Ok(leaked.len())
+    }
+
+    /// The agent's loop: the node check on every kernel notification
+    /// (debounced) and every `reconcile_seconds`, with the warm pool's
+    /// targets on the timer; the cloud poll every `cloud_poll_seconds`,
+    /// jittered so the nodes of a cluster spread out.
+    pub async fn run(&self, nics: &Nics) {
+        let local = Duration::from_secs(self.cfg.reconcile_seconds);
+        let poll_every = || {
+            Duration::from_secs(self.cfg.cloud_poll_seconds).mul_f64(0.8 + 0.4 * fastrand::f64())
+        };
+        let mut events = match nics.plumber.node_ns().watch().await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                warn!(error = %e, "watching the node's links and routes; checking every reconcile_seconds only");
+                None
+            }
+        };
+        let mut next_tick = tokio::time::Instant::now() + local;
+        let mut next_poll = tokio::time::Instant::now() + poll_every();
+        loop {
+            let changed = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    self.tick(nics).await;
+                    next_tick = tokio::time::Instant::now() + local;
+                }
+                _ = tokio::time::sleep_until(next_poll) => {
+                    if let Err(e) = self.poll(nics).await {
+                        warn!(error = %e, "polling the cloud");
+                    }
+                    next_poll = tokio::time::Instant::now() + poll_every();
+                }
+                change = changed => {
+                    if change.is_none() {
+                        warn!("the node's netlink notifications stopped; checking every reconcile_seconds only");
+                        events = None;
+                        continue;
+                    }
+                    // A NIC move or a route change is a burst of messages:
+                    // look once they settle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(rx) = events.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                    self.check_node(nics).await;
+                }
+            }
+        }
+    }
+}

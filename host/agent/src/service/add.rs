@@ -1,0 +1,223 @@
+//! ADD: validate → plan → acquire → wire → record.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use hostnic_netlink::{Mac, Netns, NsId};
+use hostnic_proto::cni::{self, AddResult, CniError, Interface, IpConfig, Route, code};
+use hostnic_proto::rpc::{AddRequest, Reply};
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use super::plan::Plan;
+use super::{Service, internal, key_of, validate_target};
+use crate::plumb::{PlumbError, Whereabouts, Wiring};
+use crate::pool::{Lease, State};
+use crate::store::{Allocation, Key, Phase};
+
+/// Why an ADD with one NIC did not work out.
+enum AddFailure {
+    /// The NIC was not in the node namespace: try another.
+    Missing(Mac),
+    Failed(CniError),
+}
+
+impl Service {
+    pub async fn add(
+        self: &Arc<Self>,
+        req: AddRequest,
+        netns: Option<Netns>,
+    ) -> Result<Reply, CniError> {
+        // Validate: nothing is recorded or moved before these pass.
+        let netns = netns.ok_or_else(|| {
+            CniError::new(code::INVALID_ENV, "ADD needs the pod's netns descriptor")
+        })?;
+        // Never wire a NIC into the node's own namespace
+        // (CNI_NETNS=/proc/1/ns/net on a real node).
+        let netns_id = self.nics.plumber.pod_ns_id(&netns).map_err(|e| {
+            CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_NETNS: {e}; refusing to wire a NIC into it"),
+            )
+        })?;
+        validate_target(&req.target)?;
+        self.wait_for_releases_in(netns_id).await;
+        let mtu = req.mtu.unwrap_or(self.default_mtu);
+        if !cni::MTU_RANGE.contains(&mtu) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("mtu {mtu} is out of range"),
+            ));
+        }
+        let key = key_of(&req.target);
+
+        // A retried ADD for an attachment we already made answers as before.
+        let existing = self.nics.pool().lookup(&key);
+        if let Some((lease, state)) = existing {
+            return match state {
+                State::Held(_) => {
+                    let _g = lease.lock.lock().await;
+                    self.recorded_result(lease.spec.mac)
+                }
+                _ => Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "an ADD for container {} {} is still in progress",
+                        key.container_id, key.ifname
+                    ),
+                )),
+            };
+        }
+
+        // The pod as the guests see it: the runtime's view, with labels
+        // (and annotations the runtime did not send) from the API server.
+        let pod = crate::apiserver::pod_for_guests(self.kube.as_ref(), &req.pod).await;
+        // A NIC found missing when we reach for it is marked so and the next
+        // free one is tried; each turn retires one NIC, so this ends.
+        loop {
+            let plan = self.plan(&key, &pod)?;
+            let lease = self.acquire(&key, &plan).await?;
+            match self
+                .wire_and_record(&lease, &key, (&req, &pod), mtu, (&netns, netns_id))
+                .await
+            {
+                Err(AddFailure::Missing(mac)) => {
+                    warn!(nic = %mac, "reserved NIC is not in the node namespace; marked missing, trying another");
+                }
+                Err(AddFailure::Failed(e)) => return Err(e),
+                Ok(result) => {
+                    self.remember_sticky(&plan, &lease.spec);
+                    return Ok(Reply::Added(result));
+                }
+            }
+        }
+    }
+
+    /// The NIC the plan asks for, reserved for `key`.
+    async fn acquire(&self, key: &Key, plan: &Plan) -> Result<Lease, CniError> {
+        match &plan.addresses {
+            Some(addrs) => {
+                self.source
+                    .acquire_address(key, addrs, plan.first_vxnet())
+                    .await
+            }
+            None => self.source.acquire(key, plan.order.as_deref()).await,
+        }
+    }
+
+    /// ADD with one reserved NIC: decide its routes, record the
+    /// reservation, wire the NIC, commit. Any failure leaves the NIC parked
+    /// (or marked missing) and no record behind.
+    async fn wire_and_record(
+        &self,
+        lease: &Lease,
+        key: &Key,
+        (req, pod): (&AddRequest, &hostnic_policy::Pod),
+        mtu: u32,
+        (netns, netns_id): (&Netns, NsId),
+    ) -> Result<AddResult, AddFailure> {
+        let _guard = lease.lock.lock().await;
+        let nic = &lease.spec;
+        let routes = match self.routes(key, pod, nic, &req.routes).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.nics.pool().release(nic.mac, true);
+                return Err(AddFailure::Failed(e));
+            }
+        };
+        let wiring = Wiring {
+            mac: nic.mac,
+            ifname: req.target.ifname.clone(),
+            address: nic.address,
+            mtu,
+            routes,
+        };
+        let mut record = Allocation {
+            mac: nic.mac,
+            phase: Phase::Reserved,
+            key: key.clone(),
+            netns: req.target.netns.clone(),
+            netns_id: Some(netns_id),
+            pod: req.pod.clone(),
+            result: None,
+        };
+        if let Err(e) = self.store.put(&record) {
+            self.nics.pool().release(nic.mac, true);
+            return Err(AddFailure::Failed(internal(format!(
+                "recording the reservation of NIC {}: {e}",
+                nic.mac
+            ))));
+        }
+
+        if let Err(e) = self.nics.plumber.attach(&wiring, netns).await {
+            // Ask the kernel where the NIC is rather than infer it from the
+            // error: free only if it is back in the node namespace.
+            let present = matches!(
+                self.nics
+                    .plumber
+                    .node()
+                    .link_by_mac(nic.mac, Some(&nic.mac.parked_name()))
+                    .await,
+                Ok(Some(_))
+            );
+            self.forget(nic.mac, present);
+            if let PlumbError::NicMissing(mac) = e {
+                return Err(AddFailure::Missing(mac));
+            }
+            warn!(nic = %nic.mac, container = %key.container_id, error = %e, "ADD failed; NIC released");
+            let code = match e {
+                PlumbError::NameTaken(_) => code::INVALID_ENV,
+                _ => code::INTERNAL,
+            };
+            return Err(AddFailure::Failed(CniError::new(
+                code,
+                format!("attaching NIC {} as {}: {e}", nic.mac, key.ifname),
+            )));
+        }
+
+        let result = add_result(
+            &wiring,
+            req.target.netns.as_deref().unwrap_or_default(),
+            nic.gateway,
+        );
+        record.phase = Phase::Committed;
+        record.result = Some(result.clone());
+        if let Err(e) = self.store.put(&record) {
+            // Not recorded, so not given: take the NIC back.
+            let undo = self.nics.plumber.detach(nic.mac, Some(netns)).await;
+            self.forget(nic.mac, matches!(undo, Ok(Whereabouts::Parked)));
+            return Err(AddFailure::Failed(internal(format!(
+                "recording the allocation of NIC {}: {e}",
+                nic.mac
+            ))));
+        }
+        self.nics.pool().commit(nic.mac);
+        info!(nic = %nic.mac, ip = %nic.address, container = %key.container_id, ifname = %key.ifname,
+              pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD");
+        Ok(result)
+    }
+}
+
+/// The CNI result of a wired NIC.
+pub(super) fn add_result(w: &Wiring, sandbox: &str, gateway: Ipv4Addr) -> AddResult {
+    AddResult {
+        interface: Interface {
+            name: w.ifname.clone(),
+            mac: w.mac.to_string(),
+            sandbox: sandbox.to_string(),
+            mtu: w.mtu,
+        },
+        ips: vec![IpConfig {
+            address: IpNet::V4(w.address),
+            gateway: Some(IpAddr::V4(gateway)),
+        }],
+        routes: w
+            .routes
+            .iter()
+            .map(|(dst, gw)| Route {
+                dst: IpNet::V4(*dst),
+                gw: gw.map(IpAddr::V4),
+            })
+            .collect(),
+    }
+}

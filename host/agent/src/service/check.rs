@@ -1,0 +1,132 @@
+//! CHECK: the pod's NIC is still wired as the ADD recorded.
+
+use std::net::IpAddr;
+
+use hostnic_netlink::{Mac, Netns};
+use hostnic_proto::cni::{AddResult, CniError, code};
+use hostnic_proto::rpc::{CheckRequest, Reply};
+use ipnet::IpNet;
+
+use super::{Service, internal, key_of};
+use crate::plumb::Wiring;
+use crate::pool::State;
+
+impl Service {
+    pub async fn check(&self, req: CheckRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
+        let netns = netns.ok_or_else(|| {
+            CniError::new(code::INVALID_ENV, "CHECK needs the pod's netns descriptor")
+        })?;
+        let key = key_of(&req.target);
+        let (lease, state) = self.nics.pool().lookup(&key).ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "hostnic has no attachment for container {} {}",
+                    key.container_id, key.ifname
+                ),
+            )
+        })?;
+        if !matches!(state, State::Held(_)) {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the attachment's ADD is still in progress",
+            ));
+        }
+        let _guard = lease.lock.lock().await;
+        let Reply::Added(result) = self.recorded_result(lease.spec.mac)? else {
+            unreachable!("recorded_result only returns Added")
+        };
+        check_prev_result(&result, req.prev_result.as_ref())?;
+        let w = wiring_from_result(&result, lease.spec.mac)?;
+        match self.nics.plumber.verify(&w, &netns).await {
+            Ok(Ok(())) => Ok(Reply::Checked),
+            Ok(Err(diff)) => Err(CniError::new(code::CHECK_FAILED, diff)),
+            Err(e) => Err(internal(format!(
+                "checking container {}: {e}",
+                key.container_id
+            ))),
+        }
+    }
+}
+
+fn wiring_from_result(r: &AddResult, mac: Mac) -> Result<Wiring, CniError> {
+    let address = match r.ips.first().map(|i| i.address) {
+        Some(IpNet::V4(a)) => a,
+        _ => return Err(internal("the recorded result has no IPv4 address")),
+    };
+    let v4 = |gw: Option<IpAddr>| match gw {
+        Some(IpAddr::V4(g)) => Some(g),
+        _ => None,
+    };
+    Ok(Wiring {
+        mac,
+        ifname: r.interface.name.clone(),
+        address,
+        mtu: r.interface.mtu,
+        routes: r
+            .routes
+            .iter()
+            .filter_map(|rt| match rt.dst {
+                IpNet::V4(d) => Some((d, v4(rt.gw))),
+                IpNet::V6(_) => None,
+            })
+            .collect(),
+    })
+}
+
+/// The runtime's cached result must still show our address.
+fn check_prev_result(ours: &AddResult, prev: Option<&serde_json::Value>) -> Result<(), CniError> {
+    let Some(prev) = prev else { return Ok(()) };
+    let want = ours
+        .ips
+        .first()
+        .map(|i| i.address.to_string())
+        .unwrap_or_default();
+    let listed = prev["ips"]
+        .as_array()
+        .is_some_and(|ips| ips.iter().any(|ip| ip["address"].as_str() == Some(&want)));
+    if listed {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::CHECK_FAILED,
+            format!(
+                "prevResult does not list the address {want} that hostnic gave this attachment"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::add::add_result;
+    use super::super::plan::native_routes;
+    use super::super::plan::tests::{nic, tpl};
+    use super::*;
+    use hostnic_proto::cni;
+
+    #[test]
+    fn result_and_wiring_round_trip() {
+        let w = Wiring {
+            mac: nic().mac,
+            ifname: "eth1".into(),
+            address: nic().address,
+            mtu: 9000,
+            routes: native_routes(
+                &nic(),
+                &[tpl("10.96.0.0/12", Some("0.0.0.0"))],
+                nic().gateway,
+            ),
+        };
+        let r = add_result(&w, "/var/run/netns/p", nic().gateway);
+        assert_eq!(wiring_from_result(&r, nic().mac).unwrap(), w);
+        assert!(check_prev_result(&r, None).is_ok());
+        let prev = r.encode(cni::Version::V1_0_0, None);
+        assert!(check_prev_result(&r, Some(&prev)).is_ok());
+        let other = serde_json::json!({"ips": [{"address": "10.9.9.9/24"}]});
+        assert_eq!(
+            check_prev_result(&r, Some(&other)).unwrap_err().code,
+            code::CHECK_FAILED
+        );
+    }
+}

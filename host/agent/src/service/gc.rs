@@ -1,0 +1,59 @@
+//! GC: the runtime lists the attachments it still has; every other one of
+//! the network is released.
+
+use std::collections::BTreeSet;
+
+use hostnic_netlink::Mac;
+use hostnic_proto::cni::{AttachmentKey, CniError};
+use hostnic_proto::rpc::{GcRequest, Reply};
+use tracing::info;
+
+use super::{Service, internal};
+use crate::pool::State;
+use crate::store::Key;
+
+impl Service {
+    /// Releases every attachment of the network that the runtime no longer
+    /// lists. Errors are collected; one bad NIC does not stop the rest.
+    pub async fn gc(&self, req: GcRequest) -> Result<Reply, CniError> {
+        let valid: BTreeSet<AttachmentKey> = req.valid.into_iter().collect();
+        let stale: Vec<(Key, Mac)> = self
+            .nics
+            .pool()
+            .held_in(&req.network)
+            .into_iter()
+            .filter(|(k, _)| {
+                !valid.contains(&AttachmentKey {
+                    container_id: k.container_id.clone(),
+                    ifname: k.ifname.clone(),
+                })
+            })
+            .collect();
+        let mut released = 0;
+        let mut errors = Vec::new();
+        for (key, mac) in stale {
+            let Some(lease) = self.nics.pool().lease(mac) else {
+                continue;
+            };
+            let _guard = lease.lock.lock().await;
+            if !matches!(self.nics.pool().lookup(&key), Some((l, State::Held(_))) if l.spec.mac == mac)
+            {
+                continue;
+            }
+            let netns = self.release_netns(mac, &key, None, None);
+            match self.release(mac, &key, netns.as_ref()).await {
+                Ok(()) => released += 1,
+                Err(e) => errors.push(e.msg),
+            }
+        }
+        info!(network = %req.network, released, failed = errors.len(), "GC");
+        if errors.is_empty() {
+            Ok(Reply::Collected { released })
+        } else {
+            Err(internal(format!(
+                "GC released {released} attachments but failed on: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The agent's answers to ADD, DEL, CHECK, GC and STATUS, one verb per
+//! module. An attachment — (network, container, interface) — is the unit
+//! each verb works on.
+//!
+//! ADD is a pipeline a reader can follow in [`add`]: **plan** (the policy
+//! guests decide the vxnet order and the address; [`plan`]) → **acquire**
+//! (a NIC from the node's [`NicSource`]: the static inventory or the cloud
+//! pool) → **wire** (the routes are decided for that NIC, then netlink moves
+//! and configures it) → **record** (the allocation is committed to the
+//! store before the pod is told). Each handler validates first, then acts,
+//! and on failure undoes what it did: a request that fails leaves the NIC
+//! parked and free, never half wired, and never recorded for a pod that was
+//! not told "success".
+
+mod add;
+mod check;
+mod del;
+mod gc;
+mod plan;
+mod status;
+
+pub use plan::native_routes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hostnic_netlink::{Mac, NsId};
+use hostnic_proto::cni::{self, CniError, code};
+use hostnic_proto::rpc::{Reply, Target};
+use tracing::warn;
+
+use crate::config::Config;
+use crate::decisions::For;
+use crate::nics::Nics;
+use crate::policy::{Policies, Sticky};
+use crate::source::NicSource;
+use crate::store::{Key, Store};
+
+#[derive(Debug)]
+pub struct Service {
+    /// The node's NICs: the pool and the plumber.
+    pub(crate) nics: Arc<Nics>,
+    /// Where an ADD's NIC comes from: the static inventory or the cloud.
+    pub(crate) source: Arc<dyn NicSource>,
+    /// The allocation records: the durable truth of who holds which NIC.
+    pub(crate) store: Store,
+    pub(crate) default_mtu: u32,
+    /// The policy hooks; `None` when `hooks.enabled = false` (native code).
+    pub(crate) policies: Option<Policies>,
+    /// The API server's view; `None` outside Kubernetes.
+    pub(crate) kube: Option<crate::apiserver::KubeView>,
+    sticky: Sticky,
+    /// Releases under way per pod namespace: a NIC a DEL answered for may
+    /// still sit in the pod under its interface name, so an ADD into the
+    /// same namespace (a runtime re-connecting a container) waits for it.
+    releasing_in: Mutex<HashMap<NsId, usize>>,
+}
+
+impl Service {
+    pub fn new(
+        cfg: &Config,
+        nics: Arc<Nics>,
+        source: Arc<dyn NicSource>,
+        store: Store,
+        policies: Option<Policies>,
+        kube: Option<crate::apiserver::KubeView>,
+    ) -> Service {
+        Service {
+            nics,
+            source,
+            store,
+            default_mtu: cfg.mtu,
+            policies,
+            kube,
+            sticky: Sticky::new(&cfg.state_dir),
+            releasing_in: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The answer an earlier ADD of this NIC's attachment recorded.
+    fn recorded_result(&self, mac: Mac) -> Result<Reply, CniError> {
+        self.store
+            .get(mac)
+            .map_err(|e| internal(format!("reading the allocation record of NIC {mac}: {e}")))?
+            .and_then(|a| a.result)
+            .map(Reply::Added)
+            .ok_or_else(|| internal(format!("NIC {mac} is held but its record has no result")))
+    }
+
+    /// Drops the record and returns the NIC to the pool (or marks it missing).
+    fn forget(&self, mac: Mac, present: bool) {
+        if let Err(e) = self.store.remove(mac) {
+            // The stale reservation is rolled back at the next start.
+            warn!(nic = %mac, error = %e, "removing an allocation record");
+        }
+        self.nics.pool().release(mac, present);
+    }
+}
+
+fn who(key: &Key) -> For<'_> {
+    For {
+        container_id: &key.container_id,
+        ifname: &key.ifname,
+    }
+}
+
+fn key_of(t: &Target) -> Key {
+    Key {
+        network: t.network.clone(),
+        container_id: t.container_id.clone(),
+        ifname: t.ifname.clone(),
+    }
+}
+
+fn validate_target(t: &Target) -> Result<(), CniError> {
+    cni::validate_container_id(&t.container_id)?;
+    cni::validate_ifname(&t.ifname)
+}
+
+fn internal(what: impl std::fmt::Display) -> CniError {
+    CniError::new(code::INTERNAL, what.to_string())
+}

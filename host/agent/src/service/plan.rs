@@ -1,0 +1,253 @@
+//! The plan: what the policy guests decide for an ADD — the vxnet order
+//! and the address before a NIC is taken, the routes once it is known.
+//! With the hooks bypassed (`hooks.enabled = false`) the native code
+//! decides the same way the default guests do.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use hostnic_policy::IpRequest;
+use hostnic_proto::cni::{CniError, RouteTemplate};
+use ipnet::{IpNet, Ipv4Net};
+
+use super::{Service, who};
+use crate::config::NicSpec;
+use crate::policy;
+use crate::store::Key;
+
+/// Addresses of an ip-policy range considered (a range serves a few pods).
+const MAX_RANGE: usize = 1024;
+
+/// The guests' decisions for one ADD, before any NIC is taken.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// The vxnets to take a NIC from, best first; `None`: there is no
+    /// vxnet to choose (any free NIC will do).
+    pub order: Option<Vec<String>>,
+    /// The addresses that would do (the ip hook's answer); `None`: any.
+    pub addresses: Option<Vec<Ipv4Addr>>,
+    /// The sticky key to remember the pod's address under, if the ip hook
+    /// gave one.
+    pub sticky: Option<String>,
+}
+
+impl Plan {
+    /// The vxnet a NIC must be made in when none fits: the first choice.
+    pub fn first_vxnet(&self) -> Option<&str> {
+        self.order.as_ref()?.first().map(String::as_str)
+    }
+}
+
+/// Routes as the plumbing installs them: (destination, next hop).
+pub(super) type Routes = Vec<(Ipv4Net, Option<Ipv4Addr>)>;
+
+/// The vxnet facts of a NIC, for the hooks.
+fn nic_vxnet(nic: &NicSpec) -> hostnic_policy::Vxnet {
+    policy::vxnet(
+        nic.vxnet.as_deref().unwrap_or("static"),
+        nic.address.trunc(),
+        nic.gateway,
+    )
+}
+
+impl Service {
+    pub(super) fn plan(&self, key: &Key, pod: &hostnic_policy::Pod) -> Result<Plan, CniError> {
+        let order = self.vxnet_order(key, pod)?;
+        let (addresses, sticky) = self.wanted_addresses(key, pod, order.as_deref())?;
+        Ok(Plan {
+            order,
+            addresses,
+            sticky,
+        })
+    }
+
+    /// The vxnets to take a NIC from, best first: the vxnet hook's answer
+    /// over the source's vxnets, or the native order.
+    fn vxnet_order(
+        &self,
+        key: &Key,
+        pod: &hostnic_policy::Pod,
+    ) -> Result<Option<Vec<String>>, CniError> {
+        let Some(p) = &self.policies else {
+            return Ok(self.source.native_order());
+        };
+        if self.source.vxnets().is_empty() {
+            return Ok(None);
+        }
+        let (candidates, node) = self.source.facts(&self.nics.pool());
+        p.select_vxnet(who(key), pod, &node, &candidates).map(Some)
+    }
+
+    /// What the ip hook asks for, as the addresses that would do (`None`:
+    /// any). A sticky key with a remembered address asks for that address.
+    #[allow(clippy::type_complexity)]
+    fn wanted_addresses(
+        &self,
+        key: &Key,
+        pod: &hostnic_policy::Pod,
+        order: Option<&[String]>,
+    ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>), CniError> {
+        let Some(p) = &self.policies else {
+            return Ok((None, None));
+        };
+        let facts = match order.and_then(|o| o.first()) {
+            Some(first) => match self
+                .source
+                .vxnets()
+                .into_iter()
+                .find(|(id, ..)| id == first)
+            {
+                Some((id, cidr, gateway)) => policy::vxnet(&id, cidr, gateway),
+                None => return Ok((None, None)),
+            },
+            // Static inventory without vxnets: the subnet of the first
+            // free NIC.
+            None => match self.nics.pool().first_free() {
+                Some(nic) => nic_vxnet(&nic),
+                None => return Ok((None, None)),
+            },
+        };
+        Ok(match p.ip_for(who(key), pod, &facts)? {
+            IpRequest::Any => (None, None),
+            IpRequest::Exact(ip) => (Some(vec![ip]), None),
+            IpRequest::OneOf(ips) => (Some(ips), None),
+            IpRequest::Range { first, last } => {
+                let (a, b) = (u32::from(first), u32::from(last));
+                (
+                    Some((a..=b).take(MAX_RANGE).map(Ipv4Addr::from).collect()),
+                    None,
+                )
+            }
+            IpRequest::Sticky(k) => (self.sticky.get(&k).map(|ip| vec![ip]), Some(k)),
+        })
+    }
+
+    /// Remembers the address a sticky pod got, for its next ADD.
+    pub(super) fn remember_sticky(&self, plan: &Plan, nic: &NicSpec) {
+        if let Some(k) = &plan.sticky
+            && let Err(e) = self.sticky.set(k, nic.address.addr())
+        {
+            tracing::warn!(key = %k, error = %e, "remembering a sticky address");
+        }
+    }
+
+    /// The pod's routes through `nic`: the routes hook decides; with the
+    /// hooks bypassed, the native templates (the same semantics as the
+    /// default guest).
+    pub(super) async fn routes(
+        &self,
+        key: &Key,
+        pod: &hostnic_policy::Pod,
+        nic: &NicSpec,
+        templates: &[RouteTemplate],
+    ) -> Result<Routes, CniError> {
+        let node_gw = self.node_gateway(nic, templates).await?;
+        match &self.policies {
+            Some(p) => {
+                policy::routes_for(p, who(key), pod, nic, &nic_vxnet(nic), node_gw, templates)
+            }
+            None => Ok(native_routes(
+                nic,
+                templates,
+                node_gw.unwrap_or(nic.gateway),
+            )),
+        }
+    }
+
+    /// The next hop for `gw 0.0.0.0` templates: the node's gateway NIC in
+    /// the pod's vxnet (cloud), or the subnet gateway (static inventory,
+    /// where the node has no NIC of its own in the subnet).
+    async fn node_gateway(
+        &self,
+        nic: &NicSpec,
+        templates: &[RouteTemplate],
+    ) -> Result<Option<Ipv4Addr>, CniError> {
+        let wanted = templates
+            .iter()
+            .any(|t| t.gw.is_some_and(|g| g.is_unspecified()));
+        match &nic.vxnet {
+            Some(vxnet) if wanted => self.source.node_gateway(vxnet).await,
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The pod's routes: the default route via the subnet gateway, then the
+/// templates. A template gateway of 0.0.0.0 means "the node's own NIC in the
+/// pod's vxnet" (`node_gw`), as in the original plugin. A template without
+/// a gateway is an on-link route; a default-route template replaces ours.
+pub fn native_routes(nic: &NicSpec, templates: &[RouteTemplate], node_gw: Ipv4Addr) -> Routes {
+    let resolve = |gw: Option<IpAddr>| match gw {
+        Some(IpAddr::V4(g)) if g.is_unspecified() => Some(node_gw),
+        Some(IpAddr::V4(g)) => Some(g),
+        // IPv6 templates are refused by the executable's config validation.
+        _ => None,
+    };
+    let mut routes = Vec::new();
+    if !templates.iter().any(|t| t.dst.prefix_len() == 0) {
+        routes.push((Ipv4Net::default(), Some(nic.gateway)));
+    }
+    for t in templates {
+        if let IpNet::V4(dst) = t.dst
+            && !routes.iter().any(|(d, _)| *d == dst)
+        {
+            routes.push((dst, resolve(t.gw)));
+        }
+    }
+    routes
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub fn nic() -> NicSpec {
+        NicSpec {
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            address: "10.0.1.10/24".parse().unwrap(),
+            gateway: "10.0.1.1".parse().unwrap(),
+            vxnet: None,
+        }
+    }
+
+    pub fn tpl(dst: &str, gw: Option<&str>) -> RouteTemplate {
+        RouteTemplate {
+            dst: dst.parse().unwrap(),
+            gw: gw.map(|g| g.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn templates_follow_the_original_semantics() {
+        let routes = native_routes(
+            &nic(),
+            &[
+                tpl("10.96.0.0/12", Some("0.0.0.0")),
+                tpl("192.168.0.0/16", Some("10.0.1.254")),
+                tpl("172.16.0.0/16", None),
+            ],
+            "10.0.1.9".parse().unwrap(),
+        );
+        let gw = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        // 0.0.0.0 is the node's own NIC in the vxnet; the default route
+        // stays on the vxnet gateway.
+        assert_eq!(
+            routes,
+            vec![
+                ("0.0.0.0/0".parse().unwrap(), gw("10.0.1.1")),
+                ("10.96.0.0/12".parse().unwrap(), gw("10.0.1.9")),
+                ("192.168.0.0/16".parse().unwrap(), gw("10.0.1.254")),
+                ("172.16.0.0/16".parse().unwrap(), None),
+            ]
+        );
+        // A default-route template replaces the built-in default.
+        let routes = native_routes(
+            &nic(),
+            &[tpl("0.0.0.0/0", Some("10.0.1.254"))],
+            nic().gateway,
+        );
+        assert_eq!(
+            routes,
+            vec![("0.0.0.0/0".parse().unwrap(), gw("10.0.1.254"))]
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! The static inventory: NICs listed in the config, attached to the node
+//! already. Nothing is ever created; an ADD gets a free one or an error.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use hostnic_proto::cni::{CniError, code};
+
+use super::{NicSource, VxnetAddr, counted, shown, warm_with_address};
+use crate::config::NicSpec;
+use crate::nics::Nics;
+use crate::pool::{Lease, Pool};
+use crate::store::Key;
+
+#[derive(Debug)]
+pub struct StaticInventory {
+    nics: Arc<Nics>,
+    /// The inventory's vxnets in the order they first appear in it: the
+    /// vxnet hook's candidates without a cloud.
+    vxnets: Vec<VxnetAddr>,
+}
+
+impl StaticInventory {
+    pub fn new(nics: Arc<Nics>, inventory: &[NicSpec]) -> StaticInventory {
+        StaticInventory {
+            nics,
+            vxnets: vxnets_of(inventory),
+        }
+    }
+}
+
+/// The distinct vxnets of a static inventory, in order of appearance.
+fn vxnets_of(nics: &[NicSpec]) -> Vec<VxnetAddr> {
+    let mut out: Vec<VxnetAddr> = Vec::new();
+    for n in nics {
+        if let Some(id) = &n.vxnet
+            && !out.iter().any(|(v, ..)| v == id)
+        {
+            out.push((id.clone(), n.address.trunc(), n.gateway));
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl NicSource for StaticInventory {
+    fn vxnets(&self) -> Vec<VxnetAddr> {
+        self.vxnets.clone()
+    }
+
+    /// Natively, any free NIC: the inventory's order is the config's.
+    fn native_order(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    fn facts(&self, pool: &Pool) -> (Vec<hostnic_policy::Vxnet>, hostnic_policy::Node) {
+        let candidates = self
+            .vxnets
+            .iter()
+            .map(|v| {
+                let mut v = counted(pool, v);
+                // A static NIC is an address the node can give.
+                v.free_ips = v.warm_nics;
+                v
+            })
+            .collect();
+        // Every static NIC is attached already.
+        let node = crate::policy::node("", pool.len() as u32, pool.len() as u32);
+        (candidates, node)
+    }
+
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Lease, CniError> {
+        let Some(order) = order else {
+            // Any free NIC; with none, look once more for missing ones.
+            if let Some(l) = self.nics.wait_for_release(|p| p.reserve(key)).await {
+                return Ok(l);
+            }
+            self.nics.rescan_missing().await;
+            return self.nics.pool().reserve(key).ok_or_else(|| {
+                CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
+                    "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
+                )
+            });
+        };
+        self.nics
+            .wait_for_release(|p| p.reserve_in(order, key))
+            .await
+            .ok_or_else(|| {
+                CniError::new(
+                    code::NO_FREE_NIC,
+                    format!(
+                        "no free NIC on this node in the vxnets the vxnet policy chose ({})",
+                        order.join(", ")
+                    ),
+                )
+            })
+    }
+
+    async fn acquire_address(
+        &self,
+        key: &Key,
+        addrs: &[Ipv4Addr],
+        _vxnet: Option<&str>,
+    ) -> Result<Lease, CniError> {
+        warm_with_address(&self.nics, key, addrs)
+            .await
+            .ok_or_else(|| {
+                CniError::new(
+                    code::NO_FREE_NIC,
+                    format!(
+                        "no free NIC has the address the ip policy asked for ({})",
+                        shown(addrs)
+                    ),
+                )
+            })
+    }
+
+    /// The node has no NIC of its own in a static subnet.
+    async fn node_gateway(&self, _vxnet: &str) -> Result<Option<Ipv4Addr>, CniError> {
+        Ok(None)
+    }
+
+    fn can_create(&self, _pool_len: usize) -> bool {
+        false
+    }
+}

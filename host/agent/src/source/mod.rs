@@ -1,0 +1,80 @@
+//! Where an ADD's NIC comes from: the step "acquire" of the ADD pipeline.
+//! Two sources implement [`NicSource`]: the static inventory
+//! ([`inventory::StaticInventory`]) and the cloud pool
+//! ([`crate::cloud::source::CloudSource`]), which can also create NICs.
+//! The caller has already decided (the plan); a source only finds, waits
+//! for or makes the NIC the plan asks for.
+
+pub mod inventory;
+
+use std::net::Ipv4Addr;
+
+use hostnic_proto::cni::CniError;
+use ipnet::Ipv4Net;
+
+use crate::nics::Nics;
+use crate::pool::{Lease, Pool, State};
+use crate::store::Key;
+
+/// A vxnet an ADD can take a NIC from: (id, prefix, gateway).
+pub type VxnetAddr = (String, Ipv4Net, Ipv4Addr);
+
+#[async_trait::async_trait]
+pub trait NicSource: Send + Sync + std::fmt::Debug {
+    /// The vxnets to choose from, in configured order. Empty: there is no
+    /// choice of vxnet (a static inventory without vxnets).
+    fn vxnets(&self) -> Vec<VxnetAddr>;
+
+    /// The vxnet order when the policy hooks are bypassed (native code);
+    /// `None` when the source takes any free NIC.
+    fn native_order(&self) -> Option<Vec<String>>;
+
+    /// The vxnet guest's candidates (the configured vxnets with what the
+    /// node knows of them) and the node, from a look at the pool.
+    fn facts(&self, pool: &Pool) -> (Vec<hostnic_policy::Vxnet>, hostnic_policy::Node);
+
+    /// A NIC from the vxnets of `order` (best first; `None`: any), waiting
+    /// for one a DEL is bringing back, or making one where the source can.
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Lease, CniError>;
+
+    /// A NIC with one of `addrs` (the ip policy's answer), in `vxnet` when
+    /// the source must make one.
+    async fn acquire_address(
+        &self,
+        key: &Key,
+        addrs: &[Ipv4Addr],
+        vxnet: Option<&str>,
+    ) -> Result<Lease, CniError>;
+
+    /// The next hop for `gw 0.0.0.0` route templates in `vxnet`: the
+    /// node's own NIC there, set up if need be. `None`: the source has no
+    /// such NIC, and the subnet gateway serves.
+    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>, CniError>;
+
+    /// Whether an ADD could still get a NIC with none free (STATUS).
+    fn can_create(&self, pool_len: usize) -> bool;
+}
+
+/// A candidate vxnet with the pool's counts: its warm and its held NICs.
+pub fn counted(pool: &Pool, (id, cidr, gateway): &VxnetAddr) -> hostnic_policy::Vxnet {
+    let mut v = crate::policy::vxnet(id, *cidr, *gateway);
+    v.warm_nics = pool.count_in(id, &[State::Free]) as u32;
+    v.used_nics = pool.count_held_in(id) as u32;
+    v
+}
+
+/// A free NIC already on the node with one of `addrs`.
+pub async fn warm_with_address(nics: &Nics, key: &Key, addrs: &[Ipv4Addr]) -> Option<Lease> {
+    nics.wait_for_release(|p| p.reserve_where(key, |s| addrs.contains(&s.address.addr())))
+        .await
+}
+
+/// The first few of `addrs`, for an error message.
+pub fn shown(addrs: &[Ipv4Addr]) -> String {
+    addrs
+        .iter()
+        .take(4)
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -75,11 +75,11 @@ impl Limiter {
         }
     }
 
-    /// Waits until `action` may send one more request.
-    pub(crate) async fn acquire(&self, action: &str) {
+    /// Waits until `action` may send one more request; returns the wait.
+    pub(crate) async fn acquire(&self, action: &str) -> Duration {
         let budget = self.per_action.get(action).copied().unwrap_or(self.default);
         if budget.per_second.is_infinite() {
-            return;
+            return Duration::ZERO;
         }
         let wait = {
             let now = Instant::now();
@@ -107,6 +107,7 @@ impl Limiter {
             );
             tokio::time::sleep(wait).await;
         }
+        wait
     }
 
     /// The cloud's quota message and the time left, while `action` is

@@ -147,7 +147,12 @@ impl Client {
         }
         let (mut retries, mut resigned, mut sent) = (0u32, false, 0u32);
         loop {
-            inner.limiter.acquire(action).await;
+            let waited = inner.limiter.acquire(action).await;
+            if let Some(o) = &inner.opts.observer
+                && !waited.is_zero()
+            {
+                o.budget_wait(action, waited);
+            }
             sent += 1;
             let failure = match self.attempt(action, params).await {
                 Ok(answer) => return Ok(answer),
@@ -237,6 +242,17 @@ impl Client {
         let url = format!("{}?{query}", inner.endpoint);
 
         tracing::debug!(action, "calling QingCloud");
+        let started = std::time::Instant::now();
+        let outcome = self.send(action, url).await;
+        if let Some(o) = &inner.opts.observer {
+            o.request(action, answered_code(&outcome), started.elapsed());
+        }
+        outcome
+    }
+
+    /// Sends one signed request and reads the answer.
+    async fn send<T: DeserializeOwned>(&self, action: &str, url: String) -> Result<T, Attempt> {
+        let inner = &*self.inner;
         let sent = inner.http.get(url).send().await;
         // Counted once the request may have reached the cloud: a refused
         // connection (or failed TLS handshake) sent nothing.
@@ -256,6 +272,18 @@ impl Client {
         let body = resp.bytes().await.map_err(transport)?;
 
         response::decode(action, &inner.endpoint, status, &body)
+    }
+}
+
+/// The `ret_code` the cloud answered an attempt with, if it answered.
+fn answered_code<T>(outcome: &Result<T, Attempt>) -> Option<i64> {
+    match outcome {
+        Ok(_) => Some(0),
+        Err(Attempt::Retry(Failure::Code { code, .. })) => Some(*code),
+        Err(Attempt::Retry(Failure::Transport(_))) => None,
+        Err(Attempt::Expired(_)) => Some(1300),
+        Err(Attempt::Quota(_)) => Some(2500),
+        Err(Attempt::Final(e)) => e.ret_code(),
     }
 }
 

@@ -34,7 +34,7 @@ pub use client::Client;
 pub use credentials::{Credentials, CredentialsError, Protocol};
 pub use error::Error;
 pub use job::JobOutcome;
-pub use options::{Backoff, Clock, Options};
+pub use options::{Backoff, Clock, Observer, Options};
 pub use secret::SecretKey;
 pub use types::{
     CreatedNic, Instance, InstanceNic, Job, JobId, JobStatus, Nic, NicStatus, ResourceTagPair,

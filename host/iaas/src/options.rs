@@ -26,6 +26,20 @@ pub struct Options {
     pub job_timeout: Duration,
     /// The source of `time_stamp`s.
     pub clock: Clock,
+    /// Sees every request sent and every wait on a budget (metrics).
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Sees what the client does, for metrics. Called on the calling task, so
+/// it must be cheap and must not block.
+pub trait Observer: Send + Sync + fmt::Debug {
+    /// One HTTP request and how it ended: the API's `ret_code` (0 for
+    /// success; a proxy's 5xx without an API answer counts as 5000), or
+    /// `None` when no answer arrived (a transport failure, or a body that
+    /// was not the API's).
+    fn request(&self, action: &str, ret_code: Option<i64>, elapsed: Duration);
+    /// Time a request of `action` waited for its budget before it was sent.
+    fn budget_wait(&self, action: &str, waited: Duration);
 }
 
 impl Default for Options {
@@ -38,6 +52,7 @@ impl Default for Options {
             job_poll_interval: Duration::from_secs(5),
             job_timeout: Duration::from_secs(300),
             clock: Clock::default(),
+            observer: None,
         }
     }
 }

@@ -266,3 +266,57 @@ async fn logs_never_show_the_secret() {
     }
     assert!(!logs.contains(crate::server::SECRET), "{logs}");
 }
+
+/// Every request the client sends, with its answer, reaches the observer;
+/// so does every wait on a budget.
+#[tokio::test]
+async fn the_observer_sees_each_request_and_each_budget_wait() {
+    #[derive(Debug, Default)]
+    struct Seen {
+        requests: std::sync::Mutex<Vec<(String, Option<i64>)>>,
+        waited: std::sync::Mutex<Duration>,
+    }
+    impl hostnic_iaas::Observer for Seen {
+        fn request(&self, action: &str, ret_code: Option<i64>, _elapsed: Duration) {
+            self.requests
+                .lock()
+                .unwrap()
+                .push((action.to_string(), ret_code));
+        }
+        fn budget_wait(&self, _action: &str, waited: Duration) {
+            *self.waited.lock().unwrap() += waited;
+        }
+    }
+    let srv = Server::start(|_, n| {
+        if n == 0 {
+            fail(5100, "ServerBusy")
+        } else {
+            vxnets()
+        }
+    })
+    .await;
+    let seen = std::sync::Arc::new(Seen::default());
+    let opts = Options {
+        // Two requests at 20/s with a burst of 1: the second waits ~50 ms.
+        budget: hostnic_iaas::Budget {
+            per_second: 20.0,
+            burst: 1,
+        },
+        observer: Some(seen.clone()),
+        ..fast()
+    };
+    let c = srv.client(opts);
+    c.describe_vxnets(&["vxnet-a"]).await.unwrap();
+    assert_eq!(
+        *seen.requests.lock().unwrap(),
+        [
+            ("DescribeVxNets".to_string(), Some(5100)),
+            ("DescribeVxNets".to_string(), Some(0))
+        ]
+    );
+    let waited = *seen.waited.lock().unwrap();
+    assert!(
+        waited >= Duration::from_millis(20) && waited <= Duration::from_millis(100),
+        "{waited:?}"
+    );
+}

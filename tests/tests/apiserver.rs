@@ -2,13 +2,16 @@
 //! `tests/src/controlplane.rs`), running under exactly the ServiceAccount
 //! and RBAC of `deploy/namespace-rbac.yaml`: its VM from its Node's
 //! `spec.providerID`, its pods' labels from a watch reaching the policy
-//! guests, and one node at a time holding the cluster-duties Lease.
+//! guests, and one node at a time holding the cluster-duties Lease; what
+//! the agent tells an operator: each pod's decision as annotations, failed
+//! ADDs as events, `hostnic-agent status` and the metrics.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::controlplane::ControlPlane;
+use hostnic_testbed::plugin::PluginError;
 use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::{Agent, CallEnv, Ns, bin, guest_wasm, require_root, sha256_file, wait_for};
 use serde_json::{Value, json};
@@ -61,14 +64,26 @@ fn cluster(bed: &CloudBed, bare: bool) -> ControlPlane {
 /// An agent on VM `i` as the DaemonSet runs it: no instance id, the node's
 /// name, the API server through the hostnic ServiceAccount's token.
 fn agent(bed: &CloudBed, cp: &ControlPlane, i: usize, extra: &str) -> anyhow::Result<Agent> {
+    agent_with(
+        bed,
+        cp,
+        i,
+        "warm_min = 1\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 20\n",
+        extra,
+    )
+}
+
+/// The same with the `[cloud]` keys `cloud`.
+fn agent_with(
+    bed: &CloudBed,
+    cp: &ControlPlane,
+    i: usize,
+    cloud: &str,
+    extra: &str,
+) -> anyhow::Result<Agent> {
     let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
     let instance = format!("instance_id = {:?}\n", bed.sim.nodes[i].instance);
-    let config = bed
-        .agent_config(
-            i,
-            "warm_min = 1\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 20\n",
-        )
-        .replace(&instance, "")
+    let config = bed.agent_config(i, cloud).replace(&instance, "")
         + &format!(
             "{extra}\n[kubernetes]\nenabled = true\nkubeconfig = {kubeconfig:?}\nnode_name = \"node-{i}\"\npod_wait_ms = 300\nlease_seconds = 3\n"
         );
@@ -84,6 +99,20 @@ fn agent(bed: &CloudBed, cp: &ControlPlane, i: usize, extra: &str) -> anyhow::Re
 }
 
 fn add(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        match add_once(bed, cid, ns, pod) {
+            Ok(r) => return r,
+            Err(e) if e.code == Some(11) && start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("ADD {pod}: {e}"),
+        }
+    }
+}
+
+/// One ADD of pod `pod` (namespace default) as containerd sends it.
+fn add_once(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Result<Value, PluginError> {
     let path = ns.path().display().to_string();
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
     let env = CallEnv {
@@ -93,16 +122,7 @@ fn add(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Value {
         args: &args,
     };
     let conf = bed.netconf(0, "1.1.0", json!([]));
-    let start = Instant::now();
-    loop {
-        match bed.hostnic(0).call("ADD", &conf, &env).unwrap() {
-            Ok(r) => return r,
-            Err(e) if e.code == Some(11) && start.elapsed() < Duration::from_secs(30) => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            Err(e) => panic!("ADD {pod}: {e}"),
-        }
-    }
+    bed.hostnic(0).call("ADD", &conf, &env).unwrap()
 }
 
 fn decisions(bed: &CloudBed) -> Vec<Value> {
@@ -149,6 +169,10 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["watch", "pods", "--all-namespaces"],
         &["create", "leases", "-n", "kube-system"],
         &["update", &format!("leases/{LEASE}"), "-n", "kube-system"],
+        &["get", "pods", "-n", "default"],
+        &["patch", "pods", "-n", "default"],
+        &["create", "events.events.k8s.io", "-n", "default"],
+        &["patch", "events.events.k8s.io", "-n", "default"],
     ] {
         assert!(can(allowed), "the agent needs {allowed:?}");
     }
@@ -159,6 +183,9 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["update", "leases/kube-scheduler", "-n", "kube-system"],
         &["create", "leases", "-n", "default"],
         &["list", "nodes"],
+        &["update", "pods", "-n", "default"],
+        &["delete", "events.events.k8s.io", "-n", "default"],
+        &["create", "events", "-n", "default"],
     ] {
         assert!(!can(forbidden), "the agent must not {forbidden:?}");
     }
@@ -278,4 +305,261 @@ fn one_node_at_a_time_holds_the_cluster_duties_lease() {
     let transitions = lease(&cp, "leaseTransitions").unwrap_or_default();
     assert_eq!(transitions.trim(), "1");
     eprintln!("lease: taken over {took:?} after the holder was killed (lease 3 s)");
+}
+
+fn pod_object(name: &str) -> String {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": "node-0", "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "busybox"}]},
+    })
+    .to_string()
+}
+
+/// The agent's metrics, scraped in node 0's namespace, as (series, value).
+fn scrape(bed: &CloudBed) -> Vec<(String, f64)> {
+    let text = bed.sim.nodes[0]
+        .ns
+        .exec("curl", &["-sf", "http://127.0.0.1:9273/metrics"])
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of the one series named `name` with every label of `labels`.
+fn metric(samples: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(s, _)| s.split('{').next() == Some(name) && labels.iter().all(|l| s.contains(l)))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+#[test]
+fn an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event() {
+    if !require_root("an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event") {
+        return;
+    }
+    // One small vxnet: .2 to .6, five pods' worth of addresses.
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        vxnets: vec![("vxnet-small".into(), "10.102.0.0/29".parse().unwrap())],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let cp = cluster(&bed, false);
+    let a0 = agent_with(
+        &bed,
+        &cp,
+        0,
+        "warm_min = 0\nwarm_max = 0\ncold_add_wait_seconds = 5\n",
+        "",
+    )
+    .unwrap();
+    let before = scrape(&bed);
+    assert_eq!(
+        metric(
+            &before,
+            "hostnic_build_info",
+            &[&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&before, "hostnic_nics", &["state=\"held\""]), 0.0);
+    assert!(
+        metric(
+            &before,
+            "hostnic_cloud_api_requests_total",
+            &["action=\"DescribeNics\"", "ret_code=\"0\""]
+        ) >= 1.0
+    );
+
+    // Five pods take the vxnet's five addresses, each NIC created for its
+    // ADD; each pod carries its network-status and the reason.
+    let mut pods = Vec::new();
+    for i in 0..5 {
+        let name = format!("p{i}");
+        cp.apply(&pod_object(&name)).unwrap();
+        let ns = Ns::new(&format!("obs{i}")).unwrap();
+        let r = add(&bed, &format!("k8s-{name}"), &ns, &name);
+        pods.push((name, ns, r));
+    }
+    for (name, _, r) in &pods {
+        let ip = r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut annotations = Value::Null;
+        wait_for("the pod's annotations", Duration::from_secs(10), || {
+            annotations = serde_json::from_str(
+                &cp.kubectl(&[
+                    "get",
+                    "pod",
+                    name,
+                    "-n",
+                    "default",
+                    "-o",
+                    "jsonpath={.metadata.annotations}",
+                ])
+                .unwrap_or_default(),
+            )
+            .unwrap_or(Value::Null);
+            annotations["hostnic.io/decision"].is_string()
+        })
+        .unwrap();
+        let status: Value = serde_json::from_str(
+            annotations["k8s.v1.cni.cncf.io/network-status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            status,
+            json!([{"name": "hostnic-cloud", "interface": "eth0", "ips": [ip], "mac": r["interfaces"][0]["mac"],
+                    "default": true, "dns": {}, "gateway": ["10.102.0.1"]}]),
+            "{name}: {annotations:#}"
+        );
+        let reason = annotations["hostnic.io/decision"].as_str().unwrap();
+        assert!(
+            reason.starts_with(
+                "vxnet-small: a NIC created for this ADD; order vxnet-small; ip any -> "
+            ),
+            "{name}: {reason}"
+        );
+    }
+
+    // The sixth finds the vxnet exhausted: the ADD says so, and so does an
+    // event on the pod, with the cloud's ret_code and message.
+    cp.apply(&pod_object("p5")).unwrap();
+    let ns5 = Ns::new("obs5").unwrap();
+    let e = add_once(&bed, "k8s-p5", &ns5, "p5").unwrap_err();
+    assert!(e.msg.contains("ResourceInsufficient"), "{e:?}");
+    let mut events = Value::Null;
+    wait_for("the pod's event", Duration::from_secs(10), || {
+        events = serde_json::from_str(
+            &cp.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"])
+                .unwrap_or_default(),
+        )
+        .unwrap_or(Value::Null);
+        events["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|ev| ev["regarding"]["name"] == "p5"))
+    })
+    .unwrap();
+    let event = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ev| ev["regarding"]["name"] == "p5")
+        .unwrap();
+    assert_eq!(event["type"], "Warning", "{event:#}");
+    assert_eq!(event["reason"], "VxnetExhausted", "{event:#}");
+    assert_eq!(event["reportingController"], "hostnic-agent", "{event:#}");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("ret_code 1400") && note.contains("vxnet-small"),
+        "{note}"
+    );
+
+    // The metrics moved with it.
+    let after = scrape(&bed);
+    assert_eq!(
+        metric(
+            &after,
+            "hostnic_nics",
+            &["vxnet=\"vxnet-small\"", "state=\"held\""]
+        ),
+        5.0,
+        "{after:?}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "hostnic_cni_request_duration_seconds_count",
+            &["verb=\"add\"", "code=\"0\""]
+        ),
+        5.0
+    );
+    assert!(
+        metric(
+            &after,
+            "hostnic_cni_request_duration_seconds_count",
+            &["verb=\"add\"", "code=\"11\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &after,
+            "hostnic_cloud_api_requests_total",
+            &["action=\"CreateNics\"", "ret_code=\"0\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &after,
+            "hostnic_cloud_api_requests_total",
+            &["action=\"CreateNics\"", "ret_code=\"1400\""]
+        ) >= 1.0
+    );
+    assert_eq!(metric(&after, "hostnic_vm_nic_limit", &[]), 64.0);
+    assert!(
+        metric(
+            &after,
+            "hostnic_policy_calls_total",
+            &["hook=\"vxnet\"", "result=\"ok\""]
+        ) >= 6.0
+    );
+
+    // `hostnic-agent status` names every pod with its NIC, and the failure.
+    let out = std::process::Command::new(bin("hostnic-agent"))
+        .args(["status", "--json", "--socket"])
+        .arg(bed.socket(0))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, _, r) in &pods {
+        let mac = r["interfaces"][0]["mac"].as_str().unwrap();
+        let row = status["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["mac"] == mac)
+            .unwrap();
+        assert_eq!(row["pod"], format!("default/{name}"), "{row}");
+        assert_eq!(row["state"], "held", "{row}");
+    }
+    let last = status["decisions"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["pod"], "p5");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("ResourceInsufficient"),
+        "{last}"
+    );
+    let tables = std::process::Command::new(bin("hostnic-agent"))
+        .args(["status", "--socket"])
+        .arg(bed.socket(0))
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        tables.contains("default/p4") && tables.contains("CreateNics"),
+        "{tables}"
+    );
+    drop(a0);
 }

@@ -12,14 +12,18 @@ use hostnic_testbed::{CallEnv, Ns, Testbed, bin, err_code, pod_env, require_root
 use serde_json::json;
 
 fn node_view(tb: &Testbed) -> (String, String) {
-    // The kernel's duplicate address detection clears an IPv6 address's
-    // "tentative" flag on its own a second or so after the link came up:
-    // not a change anyone made.
+    // The kernel's duplicate address detection finishes on its own a
+    // second or so after a link came up: it clears an IPv6 address's
+    // "tentative" flag and only then adds its local route. Not a change
+    // anyone made, so the view waits for it to end.
+    wait_for(
+        "IPv6 duplicate address detection",
+        Duration::from_secs(10),
+        || !tb.node.ip(&["-o", "addr"]).unwrap().contains("tentative"),
+    )
+    .unwrap();
     (
-        tb.node
-            .ip(&["-o", "addr"])
-            .unwrap()
-            .replace(" tentative", ""),
+        tb.node.ip(&["-o", "addr"]).unwrap(),
         tb.node.ip(&["route", "show", "table", "all"]).unwrap(),
     )
 }

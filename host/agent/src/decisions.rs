@@ -96,6 +96,18 @@ impl DecisionLog {
                 Duration::ZERO,
             ),
         };
+        let result = match outcome {
+            Ok(d) if d.fallback => "fallback",
+            Ok(_) => "ok",
+            Err(PolicyError::Refused { .. }) => "refused",
+            Err(_) => "error",
+        };
+        crate::metrics::metrics().guest_call(
+            hook.name(),
+            &guest.sha256,
+            result,
+            outcome.as_ref().ok().map(|d| d.elapsed),
+        );
         let entry = Recorded {
             at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -37,13 +37,19 @@ pub enum HookName {
     Routes,
 }
 
-impl std::fmt::Display for HookName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl HookName {
+    pub fn name(self) -> &'static str {
+        match self {
             HookName::Vxnet => "vxnet",
             HookName::Ip => "ip",
             HookName::Routes => "routes",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for HookName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -3,19 +3,24 @@
 //! executable over a root-only unix socket.
 
 pub mod apiserver;
+pub mod audit;
 pub mod client;
 pub mod cloud;
 pub mod config;
 pub mod decisions;
 pub mod facts;
 pub mod fds;
+pub mod inspect;
 pub mod install;
+pub mod metrics;
 pub mod nics;
 pub mod plumb;
 pub mod policy;
 pub mod policy_cli;
 pub mod pool;
+pub mod publish;
 pub mod reconcile;
+pub mod scrape;
 pub mod server;
 pub mod service;
 pub mod source;
@@ -50,7 +55,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                     apiserver::instance_id(&client, &cfg.kubernetes.node_name).await?;
                 info!(instance = %cfg.cloud.instance_id, node = %cfg.kubernetes.node_name, "this node's VM, from its Node's spec.providerID");
             }
-            Some(apiserver::KubeView::start(client, &cfg.kubernetes))
+            let k = &cfg.kubernetes;
+            publish::install(client.clone(), &k.node_name, k.annotate, k.events);
+            Some(apiserver::KubeView::start(client, k))
         }
     };
     let node_ns = Netns::current().context("opening the node's network namespace")?;
@@ -111,6 +118,15 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             cloud.tick(&nics).await;
             cloud.run(&nics).await;
         });
+    }
+    if !cfg.metrics.address.is_empty() {
+        // Pods come first: a metrics port taken by something else is
+        // reported, and the agent serves CNI without metrics.
+        if let Err(e) =
+            scrape::serve(&cfg.metrics.address, nics.clone(), service.source.clone()).await
+        {
+            tracing::error!(error = %format!("{e:#}"), "metrics are OFF");
+        }
     }
     let listener = server::bind(&cfg.socket)?;
     info!(socket = %cfg.socket.display(), free_nics = nics.pool().free_count(), "serving");

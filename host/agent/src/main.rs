@@ -30,6 +30,17 @@ enum Command {
     /// Installs the CNI executable and the network config on the node,
     /// atomically (the DaemonSet's init container runs this).
     InstallCni(hostnic_agent::install::InstallCni),
+    /// Shows what the running agent holds: its NICs (with the pods holding
+    /// them), its policy guests, its latest ADD decisions and why, and its
+    /// cloud API calls.
+    Status {
+        /// The agent's socket.
+        #[arg(long, default_value = hostnic_proto::rpc::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// JSON instead of tables, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Asks the running agent whether an ADD could succeed now (its CNI
     /// STATUS); exits 0 if so. For the DaemonSet's readiness and liveness
     /// probes.
@@ -51,6 +62,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Probe { socket, alive }) = &cli.command {
         return probe(socket, *alive);
+    }
+    if let Some(Command::Status { socket, json }) = &cli.command {
+        return status(socket, *json);
     }
     if let Some(Command::InstallCni(args)) = &cli.command {
         return match hostnic_agent::install::run(args) {
@@ -178,6 +192,54 @@ fn probe(socket: &std::path::Path, alive: bool) -> ExitCode {
         }
         Err(e) => {
             println!("hostnic-agent at {} did not answer: {e}", socket.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(socket: &std::path::Path, json: bool) -> ExitCode {
+    use hostnic_agent::inspect::{Inspection, render};
+    use hostnic_proto::rpc::{Op, Reply, Response};
+    let answer =
+        hostnic_agent::client::call(socket, Op::Inspect, std::time::Duration::from_secs(5));
+    let state = match answer {
+        Ok(Response {
+            result: Ok(Reply::Inspection { state }),
+            ..
+        }) => state,
+        Ok(Response { result: Err(e), .. }) => {
+            eprintln!("hostnic-agent status: {e}");
+            return ExitCode::FAILURE;
+        }
+        Ok(other) => {
+            eprintln!(
+                "hostnic-agent status: unexpected answer {:?}; is the agent older than this command?",
+                other.result
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!(
+                "hostnic-agent status: the agent at {} did not answer: {e}",
+                socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&state).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_value::<Inspection>(state) {
+        Ok(i) => {
+            print!("{}", render(&i));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hostnic-agent status: the agent's answer does not parse: {e}");
             ExitCode::FAILURE
         }
     }

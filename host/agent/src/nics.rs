@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::metrics::Reconciled;
 use crate::plumb::Plumber;
 use crate::pool::{Pool, State};
 
@@ -73,6 +74,7 @@ impl Nics {
         {
             match self.plumber.park(link).await {
                 Ok(()) => {
+                    crate::metrics::metrics().reconciled(Reconciled::MissingFound, 1);
                     info!(nic = ?link.mac, "missing NIC is back in the node namespace");
                     if let Some(mac) = link.mac {
                         self.pool().mark_found(mac);

@@ -24,6 +24,8 @@ use tracing::{info, warn};
 use crate::config::{Config, Failure, HookSpec, Policy, Source};
 use crate::decisions::{DecisionLog, For};
 use crate::facts::{self, Facts, HookName};
+use crate::metrics::metrics;
+use crate::publish::{self, NodeEvent};
 
 #[derive(Debug)]
 pub struct Policies {
@@ -134,9 +136,22 @@ impl Policies {
         for (name, r) in results {
             match r {
                 Some(Ok(g)) => {
+                    metrics().guest_swap(name, true);
+                    publish::node_event(
+                        NodeEvent::PolicyModuleSwapped,
+                        format!("hooks.{name}: {g} swapped in"),
+                    );
                     info!(hook = name, guest = %g, "policy module changed on disk: swapped in")
                 }
                 Some(Err(e)) => {
+                    metrics().guest_swap(name, false);
+                    publish::node_event(
+                        NodeEvent::PolicyModuleRefused,
+                        format!(
+                            "hooks.{name}: the new module was refused, the previous one keeps serving: {}",
+                            hostnic_policy::error_chain(&e)
+                        ),
+                    );
                     warn!(hook = name, error = %hostnic_policy::error_chain(&e), "policy module changed on disk but was REFUSED; the previous one keeps serving")
                 }
                 None => {}
@@ -148,6 +163,7 @@ impl Policies {
     /// compiled and validated before it is swapped in.
     pub fn reload_config(&self, cfg: &Config) {
         let h = &cfg.hooks;
+        let before = self.guests();
         let results = [
             (
                 "vxnet",
@@ -163,7 +179,30 @@ impl Policies {
                 hook_config(&h.routes, String::new()).map(|c| self.routes.reload(c)),
             ),
         ];
-        for (name, r) in results {
+        for ((name, r), (_, was)) in results.into_iter().zip(before) {
+            // A reload that keeps the same module is no swap.
+            let same = matches!(&r, Ok(Ok(g)) if g.sha256 == was.sha256);
+            if !same {
+                metrics().guest_swap(name, matches!(r, Ok(Ok(_))));
+            }
+            match &r {
+                Ok(Ok(_)) if same => {}
+                Ok(Ok(g)) => publish::node_event(
+                    NodeEvent::PolicyModuleSwapped,
+                    format!("hooks.{name}: {g} loaded from the new config"),
+                ),
+                Ok(Err(e)) => publish::node_event(
+                    NodeEvent::PolicyModuleRefused,
+                    format!(
+                        "hooks.{name}: refused on reload, the previous one keeps serving: {}",
+                        hostnic_policy::error_chain(e)
+                    ),
+                ),
+                Err(e) => publish::node_event(
+                    NodeEvent::PolicyModuleRefused,
+                    format!("hooks.{name}: config refused on reload: {e}"),
+                ),
+            }
             match r {
                 Ok(Ok(g)) => info!(hook = name, guest = %g, "policy hook reloaded"),
                 Ok(Err(e)) => {
@@ -175,6 +214,15 @@ impl Policies {
         if let Some(why) = vxnet_hook_idle(cfg) {
             warn!("{why}");
         }
+    }
+
+    /// The guest serving each hook now: (hook, guest).
+    pub fn guests(&self) -> [(&'static str, hostnic_policy::GuestId); 3] {
+        [
+            ("vxnet", self.vxnet.guest()),
+            ("ip", self.ip.guest()),
+            ("routes", self.routes.guest()),
+        ]
     }
 
     /// The vxnets to try, best first, as the vxnet hook decides.

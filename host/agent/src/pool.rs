@@ -37,6 +37,32 @@ pub enum State {
     Gateway,
 }
 
+impl State {
+    /// Every state's name, as [`State::name`] spells it.
+    pub const NAMES: [&'static str; 7] = [
+        "free",
+        "reserved",
+        "held",
+        "releasing",
+        "missing",
+        "attaching",
+        "gateway",
+    ];
+
+    /// The state's name in metrics and `status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Free => "free",
+            State::Reserved(_) => "reserved",
+            State::Held(_) => "held",
+            State::Releasing => "releasing",
+            State::Missing => "missing",
+            State::Attaching => "attaching",
+            State::Gateway => "gateway",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     spec: NicSpec,
@@ -338,6 +364,29 @@ impl Pool {
     }
 
     /// (mac, state) of every NIC, for logs and tests.
+    /// Every NIC with its state and how long it has been in it.
+    pub fn rows(&self) -> Vec<(NicSpec, State, Duration)> {
+        self.slots
+            .values()
+            .map(|s| (s.spec.clone(), s.state.clone(), s.changed.elapsed()))
+            .collect()
+    }
+
+    /// NICs per (vxnet, state), every state listed for every vxnet the
+    /// pool has (a static NIC without a vxnet counts under ""), for the
+    /// metrics.
+    pub fn counts(&self) -> BTreeMap<(String, &'static str), usize> {
+        let mut out = BTreeMap::new();
+        for slot in self.slots.values() {
+            let vxnet = slot.spec.vxnet.clone().unwrap_or_default();
+            for state in State::NAMES {
+                out.entry((vxnet.clone(), state)).or_insert(0);
+            }
+            *out.entry((vxnet, slot.state.name())).or_default() += 1;
+        }
+        out
+    }
+
     pub fn snapshot(&self) -> Vec<(Mac, State)> {
         self.slots
             .iter()

@@ -212,7 +212,13 @@ async fn dispatch(
         Op::Gc(r) => service.gc(r).await,
         Op::Status => service.status(),
         Op::Decisions { limit } => service.decisions(limit),
+        Op::Inspect => service.inspect(),
     };
+    crate::metrics::metrics().cni_request(
+        op_name,
+        result.as_ref().err().map_or(0, |e| e.code),
+        started.elapsed(),
+    );
     match &result {
         Ok(_) => debug!(
             op = op_name,

@@ -67,6 +67,9 @@ pub enum Op {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// The agent's state for `hostnic-agent status`: its NICs, guests,
+    /// latest ADD decisions and cloud calls. Not a CNI verb.
+    Inspect,
 }
 
 impl Op {
@@ -78,6 +81,7 @@ impl Op {
             Op::Gc(_) => "gc",
             Op::Status => "status",
             Op::Decisions { .. } => "decisions",
+            Op::Inspect => "inspect",
         }
     }
 }
@@ -163,6 +167,10 @@ pub enum Reply {
     /// One JSON object per hook call (the agent's `decisions::Recorded`).
     Decisions {
         calls: Vec<Value>,
+    },
+    /// The agent's `status::Inspection`, as JSON.
+    Inspection {
+        state: Value,
     },
 }
 

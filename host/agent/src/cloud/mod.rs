@@ -141,7 +141,11 @@ impl CloudPool {
             .as_deref()
             .context("iaas_credentials is not set")?;
         let creds = Credentials::load(path)?;
-        let client = Client::new(creds, Options::default())?;
+        let opts = Options {
+            observer: Some(crate::metrics::CloudObserver::shared()),
+            ..Options::default()
+        };
+        let client = Client::new(creds, opts)?;
         Self::with_client(cfg, client, elector).await
     }
 
@@ -212,6 +216,19 @@ impl CloudPool {
             )),
             elector,
         })
+    }
+
+    /// Requests sent so far per action, and the client's budget in words.
+    pub fn calls(&self) -> (BTreeMap<String, u64>, String) {
+        let opts = self.client.options();
+        let mut budget = format!(
+            "{}/s, burst {} per action",
+            opts.budget.per_second, opts.budget.burst
+        );
+        for (action, b) in &opts.budgets {
+            budget += &format!("; {action} {}/s, burst {}", b.per_second, b.burst);
+        }
+        (self.client.calls(), budget)
     }
 
     /// The configured vxnets with their addressing, in the configured order.

@@ -16,6 +16,7 @@ use hostnic_proto::cni::{CniError, code};
 use super::{CloudPool, ProvisionError};
 use crate::nics::Nics;
 use crate::pool::{Lease, State};
+use crate::source::STILL_ATTACHING;
 use crate::store::Key;
 
 /// NICs per provisioning batch (one CreateNics call).
@@ -64,6 +65,11 @@ impl Provisioner {
         }
     }
 
+    /// The cold ADDs waiting now.
+    pub fn waiting(&self) -> usize {
+        lock(&self.waiters).len()
+    }
+
     /// A NIC for a cold ADD: waits while the provisioner creates NICs, and
     /// takes one from the vxnets of `order` the ADD accepts by now (its
     /// first choice, and each next one once providing NICs in those before
@@ -87,10 +93,7 @@ impl Provisioner {
                 return Err(e);
             }
             if started.elapsed() >= self.cold_wait {
-                return Err(CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    "no warm NIC on this node; NICs are being attached for the waiting pods, try again shortly",
-                ));
+                return Err(CniError::new(code::TRY_AGAIN_LATER, STILL_ATTACHING));
             }
             // A NIC counted as on its way may have gone elsewhere (the
             // node's gateway NIC) after the provisioner stopped: the demand

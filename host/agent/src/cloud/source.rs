@@ -8,8 +8,8 @@ use hostnic_proto::cni::{CniError, code};
 
 use super::CloudPool;
 use crate::nics::Nics;
-use crate::pool::{Lease, Pool};
-use crate::source::{NicSource, VxnetAddr, counted, shown, warm_with_address};
+use crate::pool::Pool;
+use crate::source::{Acquired, How, NicSource, VxnetAddr, counted, shown, warm_with_address};
 use crate::store::Key;
 
 /// Creates tried for one ADD whose policy asks for specific addresses.
@@ -57,7 +57,7 @@ impl NicSource for CloudSource {
     /// The plan's first choice, warm; a vxnet further down the order only
     /// once creating a NIC in those before it has failed
     /// ([`super::provisioner`]).
-    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Lease, CniError> {
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired, CniError> {
         let native;
         let order = match order {
             Some(o) => o,
@@ -71,12 +71,17 @@ impl NicSource for CloudSource {
             .wait_for_release(|p| p.reserve_in(&order[..1.min(order.len())], key))
             .await
         {
-            return Ok(l);
+            return Ok(Acquired::warm(l));
         }
-        self.cloud
+        let lease = self
+            .cloud
             .provisioner
             .wait_for_nic((&self.cloud, &self.nics), key, order)
-            .await
+            .await?;
+        Ok(Acquired {
+            lease,
+            how: How::Created,
+        })
     }
 
     /// A free NIC already on the node with one of `addrs`, or one created
@@ -86,9 +91,9 @@ impl NicSource for CloudSource {
         key: &Key,
         addrs: &[Ipv4Addr],
         vxnet: Option<&str>,
-    ) -> Result<Lease, CniError> {
+    ) -> Result<Acquired, CniError> {
         if let Some(l) = warm_with_address(&self.nics, key, addrs).await {
-            return Ok(l);
+            return Ok(Acquired::warm(l));
         }
         let Some(vxnet) = vxnet else {
             return Err(CniError::new(
@@ -103,8 +108,11 @@ impl NicSource for CloudSource {
         for ip in addrs.iter().take(MAX_ADDRESS_TRIES) {
             match self.cloud.provision_with_ip(&self.nics, vxnet, *ip).await {
                 Ok(mac) => {
-                    if let Some(l) = self.nics.pool().reserve_where(key, |s| s.mac == mac) {
-                        return Ok(l);
+                    if let Some(lease) = self.nics.pool().reserve_where(key, |s| s.mac == mac) {
+                        return Ok(Acquired {
+                            lease,
+                            how: How::Created,
+                        });
                     }
                 }
                 Err(e) => last = Some(e.to_string()),
@@ -135,5 +143,18 @@ impl NicSource for CloudSource {
 
     fn can_create(&self, pool_len: usize) -> bool {
         self.cloud.has_room(pool_len)
+    }
+
+    fn vm_nics(&self, pool_len: usize) -> Option<(usize, usize)> {
+        let node = self.cloud.node_facts(pool_len);
+        Some((node.nics_in_use as usize, node.nic_limit as usize))
+    }
+
+    fn cold_adds_waiting(&self) -> usize {
+        self.cloud.provisioner.waiting()
+    }
+
+    fn cloud_calls(&self) -> Option<(std::collections::BTreeMap<String, u64>, String)> {
+        Some(self.cloud.calls())
     }
 }

@@ -14,8 +14,10 @@ use super::CloudPool;
 use super::lifecycle::{configure_gateway, wait_for_link};
 use crate::apiserver::lease::Elector;
 use crate::config::{LeakSweep, NicSpec};
+use crate::metrics::{Reconciled, metrics};
 use crate::nics::Nics;
 use crate::pool::State;
+use crate::publish::{self, NodeEvent};
 
 impl CloudPool {
     /// Remembers the node's default route; later ticks put it back if it
@@ -90,6 +92,7 @@ impl CloudPool {
                             .transition(mac, &[State::Missing], State::Free)
                             .is_some()
                         {
+                            metrics().reconciled(Reconciled::MissingFound, 1);
                             info!(nic = %mac, "missing NIC is back on the node");
                         }
                     }
@@ -130,6 +133,11 @@ impl CloudPool {
             LeakSweep::Node | LeakSweep::Cluster => self.delete_leaks(nics, named).await?,
         };
         if deleted > 0 {
+            metrics().reconciled(Reconciled::LeakedDeleted, deleted as u64);
+            publish::node_event(
+                NodeEvent::LeakedNicsDeleted,
+                format!("deleted {deleted} leaked NICs"),
+            );
             info!(deleted, "deleted leaked NICs");
         }
         Ok(())
@@ -159,6 +167,13 @@ impl CloudPool {
             return Ok(());
         };
         node.replace_default_route(gw, oif).await?;
+        metrics().reconciled(Reconciled::DefaultRouteRestored, 1);
+        publish::node_event(
+            NodeEvent::DefaultRouteRestored,
+            format!(
+                "the default route had moved ({defaults:?}); put back via {gw} on the primary interface"
+            ),
+        );
         // Whatever took it was a NIC of ours configured behind our back:
         // park every free one again (down, no address).
         for link in node.links().await? {
@@ -192,6 +207,7 @@ impl CloudPool {
                     if let Some(link) = on_node(spec.mac) {
                         nics.plumber.park(link).await?;
                         if nics.pool().insert_new(spec.clone(), State::Free) {
+                            metrics().reconciled(Reconciled::Adopted, 1);
                             info!(nic = %spec.mac, "adopted an attached NIC of ours");
                         }
                     }
@@ -227,6 +243,7 @@ impl CloudPool {
                 .pool()
                 .remove_if(mac, &[State::Free, State::Missing], described);
             if forgotten.is_some() {
+                metrics().reconciled(Reconciled::Forgotten, 1);
                 warn!(nic = %mac, "NIC is no longer attached to this node in the cloud; forgetting it");
             }
         }
@@ -272,8 +289,14 @@ impl CloudPool {
                     warn!(nic = %mac, error = %e, "reconfiguring the gateway NIC");
                 }
             }
+            metrics().reconciled(Reconciled::Reattached, 1);
+            publish::node_event(
+                NodeEvent::NicReattached,
+                format!("NIC {mac} had vanished from the node; re-attached"),
+            );
             info!(nic = %mac, "re-attached");
         } else {
+            metrics().reconciled(Reconciled::ReattachFailed, 1);
             warn!(nic = %mac, error = ?result.err(), "re-attaching failed; will retry");
             nics.pool()
                 .transition(mac, &[State::Attaching], State::Missing);

@@ -32,6 +32,14 @@ pub struct Kubernetes {
     pub lease_name: String,
     #[serde(default = "default_lease_seconds")]
     pub lease_seconds: u64,
+    /// Write each ADD's decision on its pod: the NPWG
+    /// `k8s.v1.cni.cncf.io/network-status` and `hostnic.io/decision`.
+    #[serde(default = "yes")]
+    pub annotate: bool,
+    /// Publish events (events.k8s.io/v1): failed ADDs on the pod,
+    /// agent-level facts on the node.
+    #[serde(default = "yes")]
+    pub events: bool,
 }
 
 impl Default for Kubernetes {
@@ -40,6 +48,9 @@ impl Default for Kubernetes {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_pod_wait() -> u64 {
     1000
 }

@@ -60,6 +60,9 @@ pub struct Config {
     /// The API server's view: the node's VM, its pods, the Lease.
     #[serde(default)]
     pub kubernetes: Kubernetes,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: Metrics,
     /// Where this config came from, so SIGHUP can read it again with the
     /// same flags.
     #[serde(skip)]
@@ -98,6 +101,28 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `[metrics]`: where `GET /metrics` is served.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// `host:port`; loopback by default, so nothing leaves the node unless
+    /// the operator says so. `""` turns the endpoint off.
+    #[serde(default = "default_metrics_address")]
+    pub address: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            address: default_metrics_address(),
+        }
+    }
+}
+
+fn default_metrics_address() -> String {
+    "127.0.0.1:9273".into()
 }
 
 /// The original agent's vxnet rotation policies (names as it spelled them,
@@ -153,6 +178,9 @@ pub struct Overrides {
     /// This node's Kubernetes name (kubernetes.node_name).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// Where to serve metrics (metrics.address; "" turns them off).
+    #[arg(long)]
+    pub metrics_address: Option<String>,
 }
 
 impl Config {
@@ -204,6 +232,9 @@ impl Config {
         if let Some(v) = &o.node_name {
             self.kubernetes.node_name.clone_from(v);
         }
+        if let Some(v) = &o.metrics_address {
+            self.metrics.address.clone_from(v);
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -245,6 +276,18 @@ impl Config {
                 bail!("inventory.nics lists static NICs but inventory.source is \"cloud\"");
             }
             self.cloud.validate()?;
+        }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            bail!(
+                "metrics.address {:?} is not host:port with an IP address (e.g. \"127.0.0.1:9273\", or \"\" to turn metrics off)",
+                self.metrics.address
+            );
         }
         self.hooks.validate()?;
         self.kubernetes.validate()?;

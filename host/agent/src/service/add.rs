@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use hostnic_netlink::{Mac, Netns, NsId};
 use hostnic_proto::cni::{self, AddResult, CniError, Interface, IpConfig, Route, code};
@@ -11,8 +12,11 @@ use tracing::{info, warn};
 
 use super::plan::Plan;
 use super::{Service, internal, key_of, validate_target};
+use crate::audit::Audited;
 use crate::plumb::{PlumbError, Whereabouts, Wiring};
 use crate::pool::{Lease, State};
+use crate::publish;
+use crate::source::{Acquired, STILL_ATTACHING};
 use crate::store::{Allocation, Key, Phase};
 
 /// Why an ADD with one NIC did not work out.
@@ -72,29 +76,89 @@ impl Service {
         // The pod as the guests see it: the runtime's view, with labels
         // (and annotations the runtime did not send) from the API server.
         let pod = crate::apiserver::pod_for_guests(self.kube.as_ref(), &req.pod).await;
-        // A NIC found missing when we reach for it is marked so and the next
-        // free one is tried; each turn retires one NIC, so this ends.
+        let mut audit = Audited {
+            at_ms: Audited::now_ms(),
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            network: key.network.clone(),
+            container_id: key.container_id.clone(),
+            ifname: key.ifname.clone(),
+            ..Audited::default()
+        };
+        let added = self
+            .plan_acquire_wire(&key, (&req, &pod), mtu, (&netns, netns_id), &mut audit)
+            .await;
+        match &added {
+            Ok(result) => publish::added(&audit, result),
+            Err(e) => {
+                audit.error = Some(e.to_string());
+                // A cold ADD told to come back while its NIC is still being
+                // attached has not failed.
+                if e.msg != STILL_ATTACHING {
+                    publish::add_failed(&audit, e);
+                }
+            }
+        }
+        self.audit.record(audit);
+        added.map(Reply::Added)
+    }
+
+    /// The pipeline. A NIC found missing when we reach for it is marked so
+    /// and the next free one is tried; each turn retires one NIC, so this
+    /// ends.
+    async fn plan_acquire_wire(
+        &self,
+        key: &Key,
+        (req, pod): (&AddRequest, &hostnic_policy::Pod),
+        mtu: u32,
+        netns: (&Netns, NsId),
+        audit: &mut Audited,
+    ) -> Result<AddResult, CniError> {
         loop {
-            let plan = self.plan(&key, &pod)?;
-            let lease = self.acquire(&key, &plan).await?;
-            match self
-                .wire_and_record(&lease, &key, (&req, &pod), mtu, (&netns, netns_id))
-                .await
-            {
+            let started = Instant::now();
+            let plan = self.plan(key, pod)?;
+            audit.order = plan.order.clone().unwrap_or_default();
+            audit.ip_request.clone_from(&plan.ip_request);
+            audit.guests = self.guest_digests();
+            let planned = Instant::now();
+            let acquired = self.acquire(key, &plan).await?;
+            let lease = &acquired.lease;
+            audit.how = acquired.how.describe().to_string();
+            audit.vxnet.clone_from(&lease.spec.vxnet);
+            audit.passed_over = passed_over(&audit.order, audit.vxnet.as_deref());
+            audit.mac = lease.spec.mac.to_string();
+            let acquired_at = Instant::now();
+            let wired = self
+                .wire_and_record(lease, key, (req, pod), mtu, netns)
+                .await;
+            audit.plan_us = (planned - started).as_micros() as u64;
+            audit.acquire_us = (acquired_at - planned).as_micros() as u64;
+            audit.wire_us = acquired_at.elapsed().as_micros() as u64;
+            match wired {
                 Err(AddFailure::Missing(mac)) => {
                     warn!(nic = %mac, "reserved NIC is not in the node namespace; marked missing, trying another");
                 }
                 Err(AddFailure::Failed(e)) => return Err(e),
                 Ok(result) => {
                     self.remember_sticky(&plan, &lease.spec);
-                    return Ok(Reply::Added(result));
+                    describe_result(audit, &result);
+                    return Ok(result);
                 }
             }
         }
     }
 
+    /// The guests deciding now, by hook (12 hex digits of each sha256).
+    fn guest_digests(&self) -> std::collections::BTreeMap<String, String> {
+        self.policies
+            .iter()
+            .flat_map(|p| p.guests())
+            .map(|(hook, g)| (hook.to_string(), g.short().to_string()))
+            .collect()
+    }
+
     /// The NIC the plan asks for, reserved for `key`.
-    async fn acquire(&self, key: &Key, plan: &Plan) -> Result<Lease, CniError> {
+    async fn acquire(&self, key: &Key, plan: &Plan) -> Result<Acquired, CniError> {
         match &plan.addresses {
             Some(addrs) => {
                 self.source
@@ -196,6 +260,31 @@ impl Service {
               pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD");
         Ok(result)
     }
+}
+
+/// The vxnets of `order` ahead of the one used.
+fn passed_over(order: &[String], used: Option<&str>) -> Vec<String> {
+    match used.and_then(|u| order.iter().position(|v| v == u)) {
+        Some(i) => order[..i].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// The result's address, gateway and routes, into the audit.
+fn describe_result(audit: &mut Audited, r: &AddResult) {
+    if let Some(ip) = r.ips.first() {
+        audit.address = ip.address.to_string();
+        audit.gateway = ip.gateway.map(|g| g.to_string()).unwrap_or_default();
+    }
+    audit.routes = r
+        .routes
+        .iter()
+        .map(|rt| match rt.gw {
+            Some(gw) => format!("{} via {gw}", rt.dst),
+            None => format!("{} dev {}", rt.dst, r.interface.name),
+        })
+        .collect();
+    audit.default_route = r.routes.iter().any(|rt| rt.dst.prefix_len() == 0);
 }
 
 /// The CNI result of a wired NIC.

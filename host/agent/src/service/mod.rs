@@ -29,6 +29,7 @@ use hostnic_proto::cni::{self, CniError, code};
 use hostnic_proto::rpc::{Reply, Target};
 use tracing::warn;
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::decisions::For;
 use crate::nics::Nics;
@@ -49,6 +50,8 @@ pub struct Service {
     pub(crate) policies: Option<Policies>,
     /// The API server's view; `None` outside Kubernetes.
     pub(crate) kube: Option<crate::apiserver::KubeView>,
+    /// Each ADD's decision and why, the latest ones.
+    pub(crate) audit: Audit,
     sticky: Sticky,
     /// Releases under way per pod namespace: a NIC a DEL answered for may
     /// still sit in the pod under its interface name, so an ADD into the
@@ -72,6 +75,7 @@ impl Service {
             default_mtu: cfg.mtu,
             policies,
             kube,
+            audit: Audit::default(),
             sticky: Sticky::new(&cfg.state_dir),
             releasing_in: Mutex::new(HashMap::new()),
         }

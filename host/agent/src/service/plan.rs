@@ -28,6 +28,8 @@ pub(super) struct Plan {
     /// The sticky key to remember the pod's address under, if the ip hook
     /// gave one.
     pub sticky: Option<String>,
+    /// The ip hook's answer, for the decision audit.
+    pub ip_request: String,
 }
 
 impl Plan {
@@ -52,11 +54,12 @@ fn nic_vxnet(nic: &NicSpec) -> hostnic_policy::Vxnet {
 impl Service {
     pub(super) fn plan(&self, key: &Key, pod: &hostnic_policy::Pod) -> Result<Plan, CniError> {
         let order = self.vxnet_order(key, pod)?;
-        let (addresses, sticky) = self.wanted_addresses(key, pod, order.as_deref())?;
+        let (addresses, sticky, ip_request) = self.wanted_addresses(key, pod, order.as_deref())?;
         Ok(Plan {
             order,
             addresses,
             sticky,
+            ip_request,
         })
     }
 
@@ -78,16 +81,17 @@ impl Service {
     }
 
     /// What the ip hook asks for, as the addresses that would do (`None`:
-    /// any). A sticky key with a remembered address asks for that address.
+    /// any), the sticky key to remember, and the answer in words. A sticky
+    /// key with a remembered address asks for that address.
     #[allow(clippy::type_complexity)]
     fn wanted_addresses(
         &self,
         key: &Key,
         pod: &hostnic_policy::Pod,
         order: Option<&[String]>,
-    ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>), CniError> {
+    ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>, String), CniError> {
         let Some(p) = &self.policies else {
-            return Ok((None, None));
+            return Ok((None, None, "any (hooks off)".into()));
         };
         let facts = match order.and_then(|o| o.first()) {
             Some(first) => match self
@@ -97,27 +101,38 @@ impl Service {
                 .find(|(id, ..)| id == first)
             {
                 Some((id, cidr, gateway)) => policy::vxnet(&id, cidr, gateway),
-                None => return Ok((None, None)),
+                None => return Ok((None, None, "any (not asked)".into())),
             },
             // Static inventory without vxnets: the subnet of the first
             // free NIC.
             None => match self.nics.pool().first_free() {
                 Some(nic) => nic_vxnet(&nic),
-                None => return Ok((None, None)),
+                None => return Ok((None, None, "any (not asked)".into())),
             },
         };
         Ok(match p.ip_for(who(key), pod, &facts)? {
-            IpRequest::Any => (None, None),
-            IpRequest::Exact(ip) => (Some(vec![ip]), None),
-            IpRequest::OneOf(ips) => (Some(ips), None),
+            IpRequest::Any => (None, None, "any".into()),
+            IpRequest::Exact(ip) => (Some(vec![ip]), None, format!("exact {ip}")),
+            IpRequest::OneOf(ips) => {
+                let said = format!("one of {} addresses", ips.len());
+                (Some(ips), None, said)
+            }
             IpRequest::Range { first, last } => {
                 let (a, b) = (u32::from(first), u32::from(last));
                 (
                     Some((a..=b).take(MAX_RANGE).map(Ipv4Addr::from).collect()),
                     None,
+                    format!("range {first}-{last}"),
                 )
             }
-            IpRequest::Sticky(k) => (self.sticky.get(&k).map(|ip| vec![ip]), Some(k)),
+            IpRequest::Sticky(k) => match self.sticky.get(&k) {
+                Some(ip) => (
+                    Some(vec![ip]),
+                    Some(k.clone()),
+                    format!("sticky {k} (remembered {ip})"),
+                ),
+                None => (None, Some(k.clone()), format!("sticky {k} (first time)")),
+            },
         })
     }
 

@@ -5,6 +5,9 @@ use hostnic_proto::cni::{CniError, code};
 use hostnic_proto::rpc::Reply;
 
 use super::Service;
+use crate::audit;
+use crate::inspect::{CloudRow, GuestRow, Inspection, NicRow};
+use crate::metrics::metrics;
 use crate::pool::State;
 
 impl Service {
@@ -58,5 +61,81 @@ impl Service {
         Ok(Reply::Decisions {
             calls: p.log.export(limit, budget),
         })
+    }
+
+    /// What `hostnic-agent status` shows: a look at the pool (the pods'
+    /// names from their records), the guests and their counts, the latest
+    /// decisions, the cloud's calls. Not on any CNI path.
+    pub fn inspect(&self) -> Result<Reply, CniError> {
+        let rows = self.nics.pool().rows();
+        let nics = rows
+            .into_iter()
+            .map(|(spec, state, since)| {
+                let key = match &state {
+                    State::Held(k) | State::Reserved(k) => Some(k.clone()),
+                    _ => None,
+                };
+                let pod = key
+                    .as_ref()
+                    .and_then(|_| self.store.get(spec.mac).ok().flatten())
+                    .map(|a| {
+                        format!(
+                            "{}/{}",
+                            a.pod.namespace.unwrap_or_default(),
+                            a.pod.name.unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default();
+                NicRow {
+                    mac: spec.mac.to_string(),
+                    vxnet: spec.vxnet.clone().unwrap_or_default(),
+                    address: spec.address.to_string(),
+                    state: state.name().to_string(),
+                    pod: if pod == "/" { String::new() } else { pod },
+                    container: key
+                        .as_ref()
+                        .map(|k| k.container_id.clone())
+                        .unwrap_or_default(),
+                    ifname: key.map(|k| k.ifname).unwrap_or_default(),
+                    since_s: since.as_secs(),
+                }
+            })
+            .collect();
+        let guests = self
+            .policies
+            .iter()
+            .flat_map(|p| p.guests())
+            .map(|(hook, g)| {
+                let count = |result| metrics().guest_calls(hook, &g.sha256, result);
+                let (ok, refused, error, fallback) = (
+                    count("ok"),
+                    count("refused"),
+                    count("error"),
+                    count("fallback"),
+                );
+                GuestRow {
+                    hook: hook.to_string(),
+                    module: g.name.clone(),
+                    sha256: g.sha256.clone(),
+                    builtin: g.builtin,
+                    calls: ok + refused + error + fallback,
+                    errors: refused + error,
+                    fallbacks: fallback,
+                }
+            })
+            .collect();
+        let cloud = self
+            .source
+            .cloud_calls()
+            .map(|(calls, budget)| CloudRow { calls, budget });
+        let inspection = Inspection {
+            nics,
+            guests,
+            decisions: self.audit.latest(20.min(audit::CAPACITY)),
+            cloud,
+        };
+        let state = serde_json::to_value(&inspection)
+            .map_err(|e| CniError::new(code::INTERNAL, format!("encoding the status: {e}")))?;
+        Ok(Reply::Inspection { state })
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use hostnic_proto::cni::{CniError, code};
 
-use super::{NicSource, VxnetAddr, counted, shown, warm_with_address};
+use super::{Acquired, NicSource, VxnetAddr, counted, shown, warm_with_address};
 use crate::config::NicSpec;
 use crate::nics::Nics;
-use crate::pool::{Lease, Pool};
+use crate::pool::Pool;
 use crate::store::Key;
 
 #[derive(Debug)]
@@ -69,22 +69,24 @@ impl NicSource for StaticInventory {
         (candidates, node)
     }
 
-    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Lease, CniError> {
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired, CniError> {
         let Some(order) = order else {
             // Any free NIC; with none, look once more for missing ones.
             if let Some(l) = self.nics.wait_for_release(|p| p.reserve(key)).await {
-                return Ok(l);
+                return Ok(Acquired::warm(l));
             }
             self.nics.rescan_missing().await;
-            return self.nics.pool().reserve(key).ok_or_else(|| {
+            let lease = self.nics.pool().reserve(key).ok_or_else(|| {
                 CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
                     "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
                 )
-            });
+            })?;
+            return Ok(Acquired::warm(lease));
         };
         self.nics
             .wait_for_release(|p| p.reserve_in(order, key))
             .await
+            .map(Acquired::warm)
             .ok_or_else(|| {
                 CniError::new(
                     code::NO_FREE_NIC,
@@ -101,9 +103,10 @@ impl NicSource for StaticInventory {
         key: &Key,
         addrs: &[Ipv4Addr],
         _vxnet: Option<&str>,
-    ) -> Result<Lease, CniError> {
+    ) -> Result<Acquired, CniError> {
         warm_with_address(&self.nics, key, addrs)
             .await
+            .map(Acquired::warm)
             .ok_or_else(|| {
                 CniError::new(
                     code::NO_FREE_NIC,

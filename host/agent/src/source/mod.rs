@@ -1,7 +1,7 @@
 //! Where an ADD's NIC comes from: the step "acquire" of the ADD pipeline.
 //! Two sources implement [`NicSource`]: the static inventory
-//! ([`inventory::StaticInventory`]) and the cloud pool
-//! ([`crate::cloud::source::CloudSource`]), which can also create NICs.
+//! ([`inventory::StaticInventory`]) and the cloud pool (`CloudSource` in
+//! `cloud/source.rs`), which can also create NICs.
 //! The caller has already decided (the plan); a source only finds, waits
 //! for or makes the NIC the plan asks for.
 
@@ -16,8 +16,47 @@ use crate::nics::Nics;
 use crate::pool::{Lease, Pool, State};
 use crate::store::Key;
 
+/// The answer of a cold ADD that waited its time while its NIC is still
+/// on its way: no failure, the retry finds it warm.
+pub const STILL_ATTACHING: &str =
+    "no warm NIC on this node; NICs are being attached for the waiting pods, try again shortly";
+
 /// A vxnet an ADD can take a NIC from: (id, prefix, gateway).
 pub type VxnetAddr = (String, Ipv4Net, Ipv4Addr);
+
+/// A NIC reserved for an ADD, and how the source came by it.
+#[derive(Debug)]
+pub struct Acquired {
+    pub lease: Lease,
+    pub how: How,
+}
+
+/// How a source came by a NIC (the decision audit's "why").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// Free on the node already (or brought back by a DEL meanwhile).
+    Warm,
+    /// Created and attached for the ADDs waiting, this one among them.
+    Created,
+}
+
+impl How {
+    pub fn describe(self) -> &'static str {
+        match self {
+            How::Warm => "a warm NIC",
+            How::Created => "a NIC created for this ADD",
+        }
+    }
+}
+
+impl Acquired {
+    pub fn warm(lease: Lease) -> Acquired {
+        Acquired {
+            lease,
+            how: How::Warm,
+        }
+    }
+}
 
 #[async_trait::async_trait]
 pub trait NicSource: Send + Sync + std::fmt::Debug {
@@ -35,7 +74,7 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
 
     /// A NIC from the vxnets of `order` (best first; `None`: any), waiting
     /// for one a DEL is bringing back, or making one where the source can.
-    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Lease, CniError>;
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired, CniError>;
 
     /// A NIC with one of `addrs` (the ip policy's answer), in `vxnet` when
     /// the source must make one.
@@ -44,7 +83,7 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
         key: &Key,
         addrs: &[Ipv4Addr],
         vxnet: Option<&str>,
-    ) -> Result<Lease, CniError>;
+    ) -> Result<Acquired, CniError>;
 
     /// The next hop for `gw 0.0.0.0` route templates in `vxnet`: the
     /// node's own NIC there, set up if need be. `None`: the source has no
@@ -53,6 +92,23 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
 
     /// Whether an ADD could still get a NIC with none free (STATUS).
     fn can_create(&self, pool_len: usize) -> bool;
+
+    /// The VM's NICs (its primary included) and its limit, with `pool_len`
+    /// NICs in the pool; `None` where the source has no VM to ask about.
+    fn vm_nics(&self, _pool_len: usize) -> Option<(usize, usize)> {
+        None
+    }
+
+    /// ADDs waiting for a NIC to be made for them.
+    fn cold_adds_waiting(&self) -> usize {
+        0
+    }
+
+    /// Cloud API requests sent so far per action, and the client's budget
+    /// in words; `None` without a cloud.
+    fn cloud_calls(&self) -> Option<(std::collections::BTreeMap<String, u64>, String)> {
+        None
+    }
 }
 
 /// A candidate vxnet with the pool's counts: its warm and its held NICs.

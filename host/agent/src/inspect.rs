@@ -1,0 +1,187 @@
+//! `hostnic-agent status`: what a running agent holds, asked over its
+//! root-only socket (no new network surface) and printed as tables, or as
+//! JSON for scripts. The agent builds an [`Inspection`] in
+//! `service/status.rs`; this module is its shape and its printing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Audited;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Inspection {
+    pub nics: Vec<NicRow>,
+    pub guests: Vec<GuestRow>,
+    /// The latest ADD decisions, oldest first.
+    pub decisions: Vec<Audited>,
+    /// Without a cloud (static inventory): none.
+    #[serde(default)]
+    pub cloud: Option<CloudRow>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct NicRow {
+    pub mac: String,
+    pub vxnet: String,
+    pub address: String,
+    pub state: String,
+    /// namespace/name of the pod holding it (held or reserved).
+    pub pod: String,
+    pub container: String,
+    pub ifname: String,
+    /// Seconds in this state.
+    pub since_s: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct GuestRow {
+    pub hook: String,
+    pub module: String,
+    pub sha256: String,
+    pub builtin: bool,
+    pub calls: u64,
+    pub errors: u64,
+    pub fallbacks: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CloudRow {
+    /// Requests sent per action, retries included.
+    pub calls: BTreeMap<String, u64>,
+    pub budget: String,
+}
+
+/// Column-aligned rows under a header.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut l = String::new();
+        for (c, w) in cells.iter().zip(&width) {
+            let _ = write!(l, "{c:<w$}  ");
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(header.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+/// The readable form of `i`.
+pub fn render(i: &Inspection) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "NICs ({})", i.nics.len());
+    let rows: Vec<Vec<String>> = i
+        .nics
+        .iter()
+        .map(|n| {
+            vec![
+                n.mac.clone(),
+                dash(&n.vxnet),
+                n.address.clone(),
+                n.state.clone(),
+                dash(&n.pod),
+                dash(&n.ifname),
+                format!("{}s", n.since_s),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &["MAC", "VXNET", "ADDRESS", "STATE", "POD", "IF", "SINCE"],
+        &rows,
+    );
+
+    let _ = writeln!(out, "\nGuests");
+    if i.guests.is_empty() {
+        out.push_str("(hooks disabled: native decisions)\n");
+    } else {
+        let rows: Vec<Vec<String>> = i
+            .guests
+            .iter()
+            .map(|g| {
+                vec![
+                    g.hook.clone(),
+                    g.module.clone() + if g.builtin { " (built-in)" } else { "" },
+                    g.sha256.chars().take(12).collect(),
+                    g.calls.to_string(),
+                    g.errors.to_string(),
+                    g.fallbacks.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["HOOK", "MODULE", "SHA256", "CALLS", "ERRORS", "FALLBACKS"],
+            &rows,
+        );
+    }
+
+    let _ = writeln!(out, "\nLatest decisions ({})", i.decisions.len());
+    let rows: Vec<Vec<String>> = i
+        .decisions
+        .iter()
+        .map(|d| {
+            vec![
+                format!("{}/{}", dash(&d.namespace), dash(&d.pod)),
+                d.ifname.clone(),
+                d.reason(),
+            ]
+        })
+        .collect();
+    table(&mut out, &["POD", "IF", "DECISION"], &rows);
+
+    let _ = writeln!(out, "\nCloud");
+    match &i.cloud {
+        None => out.push_str("(static inventory: no cloud calls)\n"),
+        Some(c) => {
+            let total: u64 = c.calls.values().sum();
+            let _ = writeln!(out, "budget: {}", c.budget);
+            let _ = writeln!(out, "requests sent: {total}");
+            let rows: Vec<Vec<String>> = c
+                .calls
+                .iter()
+                .map(|(a, n)| vec![a.clone(), n.to_string()])
+                .collect();
+            table(&mut out, &["ACTION", "REQUESTS"], &rows);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_name_every_section() {
+        let i = Inspection {
+            nics: vec![NicRow {
+                mac: "52:54:00:00:00:01".into(),
+                vxnet: "vxnet-a".into(),
+                address: "10.0.1.5/24".into(),
+                state: "held".into(),
+                pod: "default/web-0".into(),
+                ifname: "eth0".into(),
+                since_s: 12,
+                ..NicRow::default()
+            }],
+            ..Inspection::default()
+        };
+        let text = render(&i);
+        assert!(text.contains("MAC                VXNET    ADDRESS      STATE  POD            IF    SINCE\n52:54:00:00:00:01  vxnet-a  10.0.1.5/24  held   default/web-0  eth0  12s\n"), "{text}");
+        assert!(text.contains("(hooks disabled"), "{text}");
+        assert!(text.contains("(static inventory"), "{text}");
+    }
+}

@@ -125,18 +125,24 @@ fn add_once(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Result<Value, Plug
     bed.hostnic(0).call("ADD", &conf, &env).unwrap()
 }
 
-fn decisions(bed: &CloudBed) -> Vec<Value> {
+/// `hostnic-agent ARGS --socket <node 0's>`'s output; it must succeed.
+fn agent_cli(bed: &CloudBed, args: &[&str]) -> String {
     let out = std::process::Command::new(bin("hostnic-agent"))
-        .args(["policy", "decisions", "--socket"])
+        .args(args)
+        .arg("--socket")
         .arg(bed.socket(0))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "hostnic-agent {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn decisions(bed: &CloudBed) -> Vec<Value> {
+    agent_cli(bed, &["policy", "decisions"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -520,17 +526,7 @@ fn an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event() {
     );
 
     // `hostnic-agent status` names every pod with its NIC, and the failure.
-    let out = std::process::Command::new(bin("hostnic-agent"))
-        .args(["status", "--json", "--socket"])
-        .arg(bed.socket(0))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: Value = serde_json::from_str(&agent_cli(&bed, &["status", "--json"])).unwrap();
     for (name, _, r) in &pods {
         let mac = r["interfaces"][0]["mac"].as_str().unwrap();
         let row = status["nics"]
@@ -551,12 +547,7 @@ fn an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event() {
             .contains("ResourceInsufficient"),
         "{last}"
     );
-    let tables = std::process::Command::new(bin("hostnic-agent"))
-        .args(["status", "--socket"])
-        .arg(bed.socket(0))
-        .output()
-        .unwrap();
-    let tables = String::from_utf8_lossy(&tables.stdout);
+    let tables = agent_cli(&bed, &["status"]);
     assert!(
         tables.contains("default/p4") && tables.contains("CreateNics"),
         "{tables}"

@@ -163,6 +163,25 @@ impl Cluster {
         .unwrap_or_else(|e| e.to_string())
     }
 
+    /// The DaemonSet's agent pods (on `node` only, if given), as the API
+    /// server has them: the `items` of `kubectl get pods -o json`.
+    pub fn agent_pods(&self, node: Option<&str>) -> anyhow::Result<Vec<serde_json::Value>> {
+        let on_node = node.map(|n| format!("--field-selector=spec.nodeName={n}"));
+        let mut args = vec![
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "-o",
+            "json",
+        ];
+        args.extend(on_node.as_deref());
+        let list: serde_json::Value = serde_json::from_str(&self.kubectl(&args)?)?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
     /// Waits until no pod that `selector` picks is left (terminated).
     pub fn wait_gone(&self, selector: &str, limit: Duration) -> anyhow::Result<()> {
         self.wait(&format!("the pods {selector} to go"), limit, || {

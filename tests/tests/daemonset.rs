@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use hostnic_testbed::cluster::Cluster;
 use hostnic_testbed::{cluster, deploy, require_root};
 
 /// One cluster at a time: two on two cores starve each other's kubelets.
@@ -35,6 +36,8 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     }
 
     // Pods get NICs from the cloud through the installed executable.
+    let held_before = held(&cluster);
+    assert_eq!(held_before, 0.0);
     let replicas = 6;
     cluster
         .cp
@@ -49,6 +52,7 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     let ips: BTreeSet<&str> = pods.values().map(|(_, ip)| ip.as_str()).collect();
     assert_eq!(ips.len(), replicas, "{pods:?}");
     assert!(ips.iter().all(|ip| ip.starts_with("10.100.0.")), "{pods:?}");
+    what_an_operator_sees(&cluster, &pods);
 
     // A rolling restart of the agents while pods are being created and
     // running pods talk across nodes: no creation fails for good (the
@@ -160,22 +164,23 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
     .unwrap();
     // name -> (uid, restarts) of the agent pods.
     let agents = || -> BTreeMap<String, String> {
-        let out = cluster
-            .kubectl(&[
-                "get",
-                "pods",
-                "-n",
-                "kube-system",
-                "-l",
-                "app.kubernetes.io/component=agent",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} \
-                 {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
-            ])
-            .unwrap();
-        out.lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, rest)| (n.to_string(), rest.to_string()))
+        cluster
+            .agent_pods(None)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    format!(
+                        "{} {}",
+                        p["metadata"]["uid"].as_str().unwrap_or_default(),
+                        p["status"]["containerStatuses"][0]["restartCount"]
+                    ),
+                )
+            })
             .collect()
     };
     let before = agents();
@@ -278,4 +283,80 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
         "{:?}",
         cluster.bed.leaked_nics()
     );
+}
+
+/// NICs held by pods on both nodes, from each agent's metrics (scraped in
+/// the node's namespace, where the agent runs with hostNetwork).
+fn held(cluster: &Cluster) -> f64 {
+    cluster
+        .bed
+        .sim
+        .nodes
+        .iter()
+        .map(|n| {
+            let text =
+                n.ns.exec("curl", &["-sf", "http://127.0.0.1:9273/metrics"])
+                    .unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("hostnic_nics{") && l.contains("state=\"held\""))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// Issue 9 on the real cluster: every pod carries its network-status and
+/// the reason for its NIC, the agents' metrics count the pods, and
+/// `hostnic-agent status` inside the agent pod lists its node's pods.
+fn what_an_operator_sees(cluster: &Cluster, pods: &BTreeMap<String, (String, String)>) {
+    for (pod, (_, ip)) in pods {
+        let mut annotations = serde_json::Value::Null;
+        cluster
+            .wait(
+                "the pod's decision annotations",
+                Duration::from_secs(20),
+                || {
+                    annotations = cluster
+                        .kubectl(&["get", "pod", pod, "-o", "jsonpath={.metadata.annotations}"])
+                        .ok()
+                        .and_then(|o| serde_json::from_str(&o).ok())
+                        .unwrap_or_default();
+                    annotations["hostnic.io/decision"].is_string()
+                },
+            )
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_str(
+            annotations["k8s.v1.cni.cncf.io/network-status"]
+                .as_str()
+                .unwrap_or_default(),
+        )
+        .unwrap();
+        assert_eq!(status[0]["interface"], "eth0", "{pod}: {status}");
+        assert_eq!(status[0]["ips"][0], ip.as_str(), "{pod}: {status}");
+        assert_eq!(status[0]["default"], true, "{pod}: {status}");
+        let reason = annotations["hostnic.io/decision"].as_str().unwrap();
+        assert!(reason.starts_with("vxnet-pods: "), "{pod}: {reason}");
+    }
+    assert_eq!(held(cluster), pods.len() as f64);
+    let agent = cluster.agent_pods(Some("node-0")).unwrap();
+    let agent = agent[0]["metadata"]["name"].as_str().unwrap();
+    let status = cluster
+        .kubectl(&[
+            "exec",
+            "-n",
+            "kube-system",
+            agent,
+            "--",
+            "hostnic-agent",
+            "status",
+        ])
+        .unwrap();
+    for (pod, (node, _)) in pods {
+        if node == "node-0" {
+            assert!(
+                status.contains(&format!("default/{pod}")),
+                "{pod} missing:\n{status}"
+            );
+        }
+    }
 }

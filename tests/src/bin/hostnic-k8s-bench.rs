@@ -102,23 +102,22 @@ fn restarts(n: usize) -> anyhow::Result<()> {
     })?;
     // (pod, Ready) of node-0's agent pods, the one being deleted included.
     let agent_pods = || -> anyhow::Result<Vec<(String, bool)>> {
-        let out = cluster.kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            "kube-system",
-            "-l",
-            "app.kubernetes.io/component=agent",
-            "--field-selector=spec.nodeName=node-0",
-            "-o",
-            "jsonpath={range .items[*]}{.metadata.name} \
-             {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ])?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                Some((f.next()?.to_string(), f.next() == Some("True")))
+        Ok(cluster
+            .agent_pods(Some("node-0"))?
+            .iter()
+            .map(|p| {
+                let ready = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    ready,
+                )
             })
             .collect())
     };

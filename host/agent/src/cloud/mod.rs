@@ -140,7 +140,10 @@ impl CloudPool {
             .iaas_credentials
             .as_deref()
             .context("iaas_credentials is not set")?;
-        let creds = Credentials::load(path)?;
+        let mut creds = Credentials::load(path)?;
+        if let Some(zone) = &cfg.zone {
+            creds.zone.clone_from(zone);
+        }
         let opts = Options {
             observer: Some(crate::metrics::CloudObserver::shared()),
             ..Options::default()

@@ -41,9 +41,13 @@ pub struct Config {
     #[serde(default)]
     pub log: Log,
     /// Original agent settings, kept for its users; the cloud pool reads
-    /// them.
+    /// them. `zone`, when set, is the zone the API is called in (over the
+    /// credentials file's).
     #[serde(default)]
     pub zone: Option<String>,
+    /// The original agent's spelling of `log.level`, at the top level.
+    #[serde(default)]
+    pub loglevel: Option<String>,
     #[serde(default)]
     pub vxnets: Vec<String>,
     #[serde(default)]
@@ -208,6 +212,9 @@ impl Config {
     }
 
     fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = self.loglevel.take() {
+            self.log.level = v;
+        }
         if let Some(v) = &o.socket {
             self.socket.clone_from(v);
         }
@@ -335,6 +342,21 @@ mod tests {
         assert_eq!(c.vxnets.len(), 2);
         assert_eq!(c.log.level, "debug");
         assert_eq!(c.inventory.nics[0].mac.to_string(), "52:54:00:00:00:01");
+
+        // The original agent's top-level spelling, as its users wrote it.
+        let path = std::env::temp_dir().join(format!("hostnic-cfg-{}.toml", std::process::id()));
+        std::fs::write(&path, "loglevel = \"warn\"\n").unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.log.level, "warn");
+        let bad = std::env::temp_dir().join(format!("hostnic-bad-{}.toml", std::process::id()));
+        std::fs::write(&bad, "loglevel = \"hostnic=loud\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            Config::load(Some(&bad), &Overrides::default()).unwrap_err()
+        );
+        std::fs::remove_file(&bad).unwrap();
+        assert!(e.contains("log.level \"hostnic=loud\""), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod controlplane;
 pub mod deploy;
 pub mod images;
+pub mod kubebed;
 pub mod netns;
 pub mod plugin;
 pub mod rawclient;

@@ -6,17 +6,16 @@
 //! the agent tells an operator: each pod's decision as annotations, failed
 //! ADDs as events, `hostnic-agent status` and the metrics.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::controlplane::ControlPlane;
+use hostnic_testbed::kubebed;
 use hostnic_testbed::plugin::PluginError;
 use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::{Agent, CallEnv, Ns, bin, guest_wasm, require_root, sha256_file, wait_for};
 use serde_json::{Value, json};
 
-const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/namespace-rbac.yaml");
 const LEASE: &str = "hostnic-cluster-duties";
 
 fn bed() -> CloudBed {
@@ -31,70 +30,20 @@ fn bed() -> CloudBed {
     .unwrap()
 }
 
-/// The control plane on the VMs' primary network, with the agent's
-/// ServiceAccount and RBAC applied as deploy/README.md says, and the Node
-/// objects of the two VMs (`node-1` without a provider id when `bare`).
 fn cluster(bed: &CloudBed, bare: bool) -> ControlPlane {
-    let addr: Ipv4Addr = match bed.sim.node_addr.ip() {
-        std::net::IpAddr::V4(a) => a,
-        other => panic!("the simulator's node address {other} is not IPv4"),
-    };
-    let cp = ControlPlane::start(bed.sim.sdn_ns(), addr).unwrap();
-    cp.kubectl(&["apply", "-f", RBAC]).unwrap();
-    for (i, node) in bed.sim.nodes.iter().enumerate() {
-        let provider = if bare && i == 1 {
-            Value::Null
-        } else {
-            json!(format!("qingcloud://{}", node.instance))
-        };
-        let obj = json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": format!("node-{i}")},
-            "spec": {"providerID": provider},
-        });
-        cp.apply(&obj.to_string()).unwrap();
-    }
-    // The pods' namespace needs its ServiceAccount (no controller manager
-    // makes it here).
-    cp.apply(r#"{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}"#)
-        .unwrap();
-    cp
+    kubebed::control_plane(bed, bare.then_some(1)).unwrap()
 }
 
-/// An agent on VM `i` as the DaemonSet runs it: no instance id, the node's
-/// name, the API server through the hostnic ServiceAccount's token.
 fn agent(bed: &CloudBed, cp: &ControlPlane, i: usize, extra: &str) -> anyhow::Result<Agent> {
-    agent_with(
+    kubebed::agent(
         bed,
         cp,
         i,
-        "warm_min = 1\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 20\n",
+        (
+            "warm_min = 1\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 20\n",
+            "",
+        ),
         extra,
-    )
-}
-
-/// The same with the `[cloud]` keys `cloud`.
-fn agent_with(
-    bed: &CloudBed,
-    cp: &ControlPlane,
-    i: usize,
-    cloud: &str,
-    extra: &str,
-) -> anyhow::Result<Agent> {
-    let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
-    let instance = format!("instance_id = {:?}\n", bed.sim.nodes[i].instance);
-    let config = bed.agent_config(i, cloud).replace(&instance, "")
-        + &format!(
-            "{extra}\n[kubernetes]\nenabled = true\nkubeconfig = {kubeconfig:?}\nnode_name = \"node-{i}\"\npod_wait_ms = 300\nlease_seconds = 3\n"
-        );
-    let dir = bed.socket(i).parent().unwrap().to_path_buf();
-    std::fs::create_dir_all(&dir)?;
-    Agent::spawn_within(
-        &bed.sim.nodes[i].ns,
-        &dir,
-        &config,
-        bed.socket(i),
-        Duration::from_secs(30),
     )
 }
 
@@ -313,16 +262,6 @@ fn one_node_at_a_time_holds_the_cluster_duties_lease() {
     eprintln!("lease: taken over {took:?} after the holder was killed (lease 3 s)");
 }
 
-fn pod_object(name: &str) -> String {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"nodeName": "node-0", "automountServiceAccountToken": false,
-                 "containers": [{"name": "c", "image": "busybox"}]},
-    })
-    .to_string()
-}
-
 /// The agent's metrics, scraped in node 0's namespace, as (series, value).
 fn scrape(bed: &CloudBed) -> Vec<(String, f64)> {
     let text = bed.sim.nodes[0]
@@ -360,11 +299,14 @@ fn an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event() {
     })
     .unwrap();
     let cp = cluster(&bed, false);
-    let a0 = agent_with(
+    let a0 = kubebed::agent(
         &bed,
         &cp,
         0,
-        "warm_min = 0\nwarm_max = 0\ncold_add_wait_seconds = 5\n",
+        (
+            "warm_min = 0\nwarm_max = 0\ncold_add_wait_seconds = 5\n",
+            "",
+        ),
         "",
     )
     .unwrap();
@@ -391,7 +333,7 @@ fn an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event() {
     let mut pods = Vec::new();
     for i in 0..5 {
         let name = format!("p{i}");
-        cp.apply(&pod_object(&name)).unwrap();
+        cp.apply(&kubebed::pod_object(&name, "node-0")).unwrap();
         let ns = Ns::new(&format!("obs{i}")).unwrap();
         let r = add(&bed, &format!("k8s-{name}"), &ns, &name);
         pods.push((name, ns, r));
@@ -445,7 +387,7 @@ fn an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event() {
 
     // The sixth finds the vxnet exhausted: the ADD says so, and so does an
     // event on the pod, with the cloud's ret_code and message.
-    cp.apply(&pod_object("p5")).unwrap();
+    cp.apply(&kubebed::pod_object("p5", "node-0")).unwrap();
     let ns5 = Ns::new("obs5").unwrap();
     let e = add_once(&bed, "k8s-p5", &ns5, "p5").unwrap_err();
     assert!(e.msg.contains("ResourceInsufficient"), "{e:?}");

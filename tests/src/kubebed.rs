@@ -1,0 +1,91 @@
+//! A cloud testbed with a real Kubernetes API server and no kubelet: the
+//! control plane on the simulated VMs' primary network, the agent's
+//! ServiceAccount and RBAC from `deploy/`, a Node object per VM, and agents
+//! run as the DaemonSet runs them. The API-server tests and the
+//! observability benchmark share it.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::{Value, json};
+
+use crate::Agent;
+use crate::cloudbed::CloudBed;
+use crate::controlplane::ControlPlane;
+
+/// The agent's ServiceAccount and RBAC, as operators apply them.
+pub const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/namespace-rbac.yaml");
+
+/// The control plane for `bed`, with the RBAC applied as deploy/README.md
+/// says and a Node object per VM (`node-<i>`, its provider id naming the
+/// VM; none for node `bare`), and the default namespace's ServiceAccount.
+pub fn control_plane(bed: &CloudBed, bare: Option<usize>) -> anyhow::Result<ControlPlane> {
+    let addr: Ipv4Addr = match bed.sim.node_addr.ip() {
+        std::net::IpAddr::V4(a) => a,
+        other => bail!("the simulator's node address {other} is not IPv4"),
+    };
+    let cp = ControlPlane::start(bed.sim.sdn_ns(), addr)?;
+    cp.kubectl(&["apply", "-f", RBAC])?;
+    for (i, node) in bed.sim.nodes.iter().enumerate() {
+        let provider = if bare == Some(i) {
+            Value::Null
+        } else {
+            json!(format!("qingcloud://{}", node.instance))
+        };
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("node-{i}")},
+            "spec": {"providerID": provider},
+        });
+        cp.apply(&obj.to_string())?;
+    }
+    // The pods' namespace needs its ServiceAccount (no controller manager
+    // makes it here).
+    cp.apply(r#"{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "default"}}"#)?;
+    Ok(cp)
+}
+
+/// An agent on VM `i` as the DaemonSet runs it: no instance id, the node's
+/// name, the API server through the hostnic ServiceAccount's token; `cloud`
+/// are its `[cloud]` keys, `kube` more `[kubernetes]` keys, `extra` more
+/// tables.
+pub fn agent(
+    bed: &CloudBed,
+    cp: &ControlPlane,
+    i: usize,
+    (cloud, kube): (&str, &str),
+    extra: &str,
+) -> anyhow::Result<Agent> {
+    let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
+    let instance = format!("instance_id = {:?}\n", bed.sim.nodes[i].instance);
+    let config = bed.agent_config(i, cloud).replace(&instance, "")
+        + &format!(
+            "{extra}\n[kubernetes]\nenabled = true\nkubeconfig = {kubeconfig:?}\nnode_name = \"node-{i}\"\npod_wait_ms = 300\nlease_seconds = 3\n{kube}"
+        );
+    let dir = bed
+        .socket(i)
+        .parent()
+        .expect("a socket has a directory")
+        .to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    Agent::spawn_within(
+        &bed.sim.nodes[i].ns,
+        &dir,
+        &config,
+        bed.socket(i),
+        Duration::from_secs(30),
+    )
+}
+
+/// A pod object bound to node `node` (namespace default), as the
+/// scheduler would leave it.
+pub fn pod_object(name: &str, node: &str) -> String {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": node, "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "busybox"}]},
+    })
+    .to_string()
+}

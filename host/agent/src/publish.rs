@@ -64,6 +64,13 @@ impl NodeEvent {
     }
 }
 
+/// An annotation of a pod as the agent's pod cache last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub resource_version: String,
+    pub value: Option<String>,
+}
+
 #[derive(Debug)]
 enum Job {
     Annotate {
@@ -71,6 +78,7 @@ enum Job {
         pod: String,
         entry: Value,
         decision: String,
+        seen: Option<Seen>,
     },
     Event {
         regarding: ObjectReference,
@@ -112,7 +120,9 @@ fn send(job: Job) {
 }
 
 /// A successful ADD: its network-status entry and reason, for the pod.
-pub fn added(audit: &Audited, result: &AddResult) {
+/// `seen` is the pod's network-status as the pod cache has it, to write
+/// over without reading the pod first.
+pub fn added(audit: &Audited, result: &AddResult, seen: Option<Seen>) {
     let Some(p) = PUBLISHER.get() else { return };
     if !p.annotate || audit.pod.is_empty() || audit.namespace.is_empty() {
         return;
@@ -122,6 +132,7 @@ pub fn added(audit: &Audited, result: &AddResult) {
         pod: audit.pod.clone(),
         entry: network_status(&audit.network, result, audit.default_route),
         decision: audit.reason(),
+        seen,
     });
 }
 
@@ -238,8 +249,10 @@ async fn run(client: kube::Client, node: String, mut jobs: mpsc::Receiver<Job>) 
                 pod,
                 entry,
                 decision,
+                seen,
             } => {
-                if let Err(e) = annotate(&client, &namespace, &pod, &entry, &decision).await {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+                if let Err(e) = annotate(&api, &pod, (&entry, &decision), seen).await {
                     warn!(pod = %format!("{namespace}/{pod}"), error = %e, "writing the network-status annotation");
                 }
             }
@@ -277,31 +290,34 @@ async fn run(client: kube::Client, node: String, mut jobs: mpsc::Receiver<Job>) 
     }
 }
 
-/// Read, merge, write with the read's resourceVersion: a concurrent
-/// writer (Multus, kubelet) makes the write fail with 409 and it is done
-/// again on what that writer left.
+/// Merge and write, guarded by the resourceVersion the merge started
+/// from: first from the pod cache's copy (one call), then, when a
+/// concurrent writer (Multus, kubelet) changed the pod since (409), from a
+/// fresh read of what that writer left.
 async fn annotate(
-    client: &kube::Client,
-    namespace: &str,
+    api: &Api<Pod>,
     pod: &str,
-    entry: &Value,
-    decision: &str,
+    (entry, decision): (&Value, &str),
+    mut seen: Option<Seen>,
 ) -> Result<(), kube::Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     for _ in 0..5 {
-        let current = api.get_metadata(pod).await?;
-        let status = merge_status(
-            current
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(NETWORK_STATUS))
-                .map(String::as_str),
-            entry,
-        );
+        let base = match seen.take() {
+            Some(s) => s,
+            None => {
+                let current = api.get_metadata(pod).await?;
+                Seen {
+                    resource_version: current.metadata.resource_version.unwrap_or_default(),
+                    value: current
+                        .metadata
+                        .annotations
+                        .and_then(|mut a| a.remove(NETWORK_STATUS)),
+                }
+            }
+        };
+        let status = merge_status(base.value.as_deref(), entry);
         let patch = json!({
             "metadata": {
-                "resourceVersion": current.metadata.resource_version,
+                "resourceVersion": base.resource_version,
                 "annotations": {
                     NETWORK_STATUS: serde_json::to_string_pretty(&status).unwrap_or_default(),
                     DECISION: decision,

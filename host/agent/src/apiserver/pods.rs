@@ -27,6 +27,8 @@ pub struct PodFacts {
 
 pub use hostnic_policy::Owner;
 
+use crate::publish::Seen;
+
 #[derive(Debug, Clone)]
 pub struct PodCache {
     store: Store<Pod>,
@@ -85,6 +87,22 @@ impl PodCache {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Pod `namespace/name` as the cache has it now, without waiting: its
+    /// resourceVersion and annotation `key` (what a guarded write of that
+    /// annotation starts from).
+    pub fn peek(&self, namespace: &str, name: &str, key: &str) -> Option<Seen> {
+        let pod = self.store.get(&ObjectRef::new(name).within(namespace))?;
+        Some(Seen {
+            resource_version: pod.metadata.resource_version.clone()?,
+            value: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .cloned(),
+        })
     }
 
     /// Pods in the cache now.

@@ -89,7 +89,13 @@ impl Service {
             .plan_acquire_wire(&key, (&req, &pod), mtu, (&netns, netns_id), &mut audit)
             .await;
         match &added {
-            Ok(result) => publish::added(&audit, result),
+            Ok(result) => {
+                let seen = self.kube.as_ref().and_then(|k| {
+                    k.pods
+                        .peek(&audit.namespace, &audit.pod, publish::NETWORK_STATUS)
+                });
+                publish::added(&audit, result, seen)
+            }
             Err(e) => {
                 audit.error = Some(e.to_string());
                 // A cold ADD told to come back while its NIC is still being

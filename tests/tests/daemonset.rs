@@ -360,3 +360,71 @@ fn what_an_operator_sees(cluster: &Cluster, pods: &BTreeMap<String, (String, Str
         }
     }
 }
+
+/// A vxnet with five addresses and six pods to place: the pod that cannot
+/// get one is told why where an operator looks — a Warning event on it
+/// (`kubectl get events`), with the cloud's ret_code and message — while
+/// the pods that got an address run.
+#[test]
+fn an_exhausted_vxnet_is_an_event_on_the_pod_it_holds_back() {
+    if !require_root("an_exhausted_vxnet_is_an_event_on_the_pod_it_holds_back") {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let (cluster, _) = deploy::install(&[("vxnet-tiny", "10.103.0.0/29")]).unwrap();
+    cluster.cp.apply(&cluster::deployment("web", 6)).unwrap();
+    let mut event = serde_json::Value::Null;
+    cluster
+        .wait(
+            "a VxnetExhausted event on a web pod",
+            Duration::from_secs(180),
+            || {
+                let list: serde_json::Value = cluster
+                    .kubectl(&["get", "events.events.k8s.io", "-o", "json"])
+                    .ok()
+                    .and_then(|o| serde_json::from_str(&o).ok())
+                    .unwrap_or_default();
+                event = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["reason"] == "VxnetExhausted" && e["regarding"]["kind"] == "Pod")
+                    .cloned()
+                    .unwrap_or_default();
+                !event.is_null()
+            },
+        )
+        .unwrap();
+    assert_eq!(event["type"], "Warning", "{event:#}");
+    assert_eq!(event["reportingController"], "hostnic-agent", "{event:#}");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("ret_code 1400") && note.contains("vxnet-tiny"),
+        "{note}"
+    );
+    let held_back = event["regarding"]["name"].as_str().unwrap().to_string();
+    assert!(held_back.starts_with("web-"), "{event:#}");
+    // Five addresses for six pods (and the nodes' gateway NICs): the pod
+    // the event names is not running; some others are.
+    cluster
+        .wait(
+            "the pods with an address Running",
+            Duration::from_secs(120),
+            || !cluster.running_pods("app=web").is_empty(),
+        )
+        .unwrap();
+    let running = cluster.running_pods("app=web");
+    assert!(
+        !running.contains_key(&held_back),
+        "{held_back} runs: {running:?}"
+    );
+    assert!(
+        (1..=5).contains(&running.len()),
+        "{} web pods run on a vxnet of five addresses",
+        running.len()
+    );
+    cluster.cp.apply(&cluster::deployment("web", 0)).unwrap();
+    cluster
+        .wait_gone("app=web", Duration::from_secs(120))
+        .unwrap();
+}

@@ -102,14 +102,16 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Keeps `a` (the oldest makes room) and logs it as one line.
-    pub fn record(&self, a: Audited) {
+    /// Keeps `a` (the oldest makes room) and logs it as one line with
+    /// `reason`, its [`Audited::reason`] (made once per ADD by the caller,
+    /// which also writes it on the pod).
+    pub fn record(&self, a: Audited, reason: &str) {
         match &a.error {
             None => tracing::info!(
                 pod = %format!("{}/{}", a.namespace, a.pod),
                 container = %a.container_id,
                 ifname = %a.ifname,
-                reason = %a.reason(),
+                reason,
                 decision = %serde_json::to_string(&a).unwrap_or_default(),
                 "decision"
             ),
@@ -144,10 +146,13 @@ mod tests {
     fn the_ring_keeps_the_newest_and_the_reason_says_why() {
         let audit = Audit::default();
         for i in 0..CAPACITY + 3 {
-            audit.record(Audited {
-                pod: format!("p{i}"),
-                ..Audited::default()
-            });
+            audit.record(
+                Audited {
+                    pod: format!("p{i}"),
+                    ..Audited::default()
+                },
+                "",
+            );
         }
         let latest = audit.latest(2);
         assert_eq!(latest.len(), 2);

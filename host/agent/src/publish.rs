@@ -122,7 +122,7 @@ fn send(job: Job) {
 /// A successful ADD: its network-status entry and reason, for the pod.
 /// `seen` is the pod's network-status as the pod cache has it, to write
 /// over without reading the pod first.
-pub fn added(audit: &Audited, result: &AddResult, seen: Option<Seen>) {
+pub fn added(audit: &Audited, reason: &str, result: &AddResult, seen: Option<Seen>) {
     let Some(p) = PUBLISHER.get() else { return };
     if !p.annotate || audit.pod.is_empty() || audit.namespace.is_empty() {
         return;
@@ -131,7 +131,7 @@ pub fn added(audit: &Audited, result: &AddResult, seen: Option<Seen>) {
         namespace: audit.namespace.clone(),
         pod: audit.pod.clone(),
         entry: network_status(&audit.network, result, audit.default_route),
-        decision: audit.reason(),
+        decision: reason.to_string(),
         seen,
     });
 }

@@ -88,24 +88,24 @@ impl Service {
         let added = self
             .plan_acquire_wire(&key, (&req, &pod), mtu, (&netns, netns_id), &mut audit)
             .await;
+        if let Err(e) = &added {
+            audit.error = Some(e.to_string());
+        }
+        let reason = audit.reason();
         match &added {
             Ok(result) => {
                 let seen = self.kube.as_ref().and_then(|k| {
                     k.pods
                         .peek(&audit.namespace, &audit.pod, publish::NETWORK_STATUS)
                 });
-                publish::added(&audit, result, seen)
+                publish::added(&audit, &reason, result, seen)
             }
-            Err(e) => {
-                audit.error = Some(e.to_string());
-                // A cold ADD told to come back while its NIC is still being
-                // attached has not failed.
-                if e.msg != STILL_ATTACHING {
-                    publish::add_failed(&audit, e);
-                }
-            }
+            // A cold ADD told to come back while its NIC is still being
+            // attached has not failed.
+            Err(e) if e.msg == STILL_ATTACHING => {}
+            Err(e) => publish::add_failed(&audit, e),
         }
-        self.audit.record(audit);
+        self.audit.record(audit, &reason);
         added.map(Reply::Added)
     }
 

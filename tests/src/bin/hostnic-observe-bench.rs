@@ -171,6 +171,16 @@ fn wait_warm(bed: &CloudBed, n: usize) -> anyhow::Result<()> {
     bail!("the warm pool did not reach {n} free NICs in 60 s")
 }
 
+/// How the runtime calls for a pod (container id, netns path, CNI_ARGS).
+fn env((cid, path, args): &(String, String, String)) -> CallEnv<'_> {
+    CallEnv {
+        container_id: cid,
+        netns: path,
+        ifname: "eth0",
+        args,
+    }
+}
+
 /// ADD then DEL of `n` pods (`p<first>`…), each timed through the
 /// executable as a runtime calls it.
 fn add_del(bed: &CloudBed, first: usize, n: usize, s: &mut Samples) -> anyhow::Result<()> {
@@ -178,40 +188,37 @@ fn add_del(bed: &CloudBed, first: usize, n: usize, s: &mut Samples) -> anyhow::R
     let nss: Vec<Ns> = (0..n)
         .map(|i| Ns::new(&format!("ob{i}")))
         .collect::<Result<_, _>>()?;
-    let mut added = Vec::new();
-    for (i, ns) in nss.iter().enumerate() {
-        let (cid, path) = (format!("obs{}", first + i), ns.path().display().to_string());
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p{}",
-            (first + i) % 100
-        );
-        let env = CallEnv {
-            container_id: &cid,
-            netns: &path,
-            ifname: "eth0",
-            args: &args,
-        };
+    let pods: Vec<(String, String, String)> = nss
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            (
+                format!("obs{}", first + i),
+                ns.path().display().to_string(),
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p{}",
+                    (first + i) % 100
+                ),
+            )
+        })
+        .collect();
+    let mut results = Vec::new();
+    for pod in &pods {
         let t = Instant::now();
-        match bed.hostnic(0).call("ADD", &conf, &env)? {
+        match bed.hostnic(0).call("ADD", &conf, &env(pod))? {
             Ok(r) => {
                 s.add.push(t.elapsed());
-                added.push((cid, path, args, r));
+                results.push(r);
             }
-            Err(e) => bail!("ADD {cid}: {e}"),
+            Err(e) => bail!("ADD {}: {e}", pod.0),
         }
     }
-    for (cid, path, args, prev) in added {
+    for (pod, prev) in pods.iter().zip(results) {
         let mut c = conf.clone();
         c["prevResult"] = prev;
-        let env = CallEnv {
-            container_id: &cid,
-            netns: &path,
-            ifname: "eth0",
-            args: &args,
-        };
         let t = Instant::now();
-        if let Err(e) = bed.hostnic(0).call("DEL", &c, &env)? {
-            bail!("DEL {cid}: {e}");
+        if let Err(e) = bed.hostnic(0).call("DEL", &c, &env(pod))? {
+            bail!("DEL {}: {e}", pod.0);
         }
         s.del.push(t.elapsed());
     }

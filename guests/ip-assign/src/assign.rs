@@ -7,12 +7,16 @@
 //!    neither its gateway nor its network or broadcast address;
 //! 2. `hostnic.io/sticky: "<key>"`: the address last given to that key
 //!    (a StatefulSet identity), else any;
-//! 3. the pod's namespace has a range in the config: an address from it;
-//! 4. any address of the vxnet.
+//! 3. the attachment's network, or else the pod's namespace, is bound to a
+//!    tenant pool (`pools`) inside the vxnet: an address from the pool;
+//! 4. the pod's namespace has a range in the config: an address from it;
+//! 5. any address of the vxnet.
 //!
 //! A pod's own annotations win over its namespace's range: they are the
-//! more specific request. A pod with both an IP and a sticky annotation is
-//! refused: which one the author meant is not ours to guess.
+//! more specific request. A pool is a boundary, not a preference: a pinned
+//! address outside the pool that binds the pod is refused, naming the pool
+//! (Genie's LogicalNetwork). A pod with both an IP and a sticky annotation
+//! is refused: which one the author meant is not ours to guess.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -32,6 +36,15 @@ pub const STICKY_ANNOTATION: &str = "hostnic.io/sticky";
 pub struct Config {
     annotation: String,
     namespaces: BTreeMap<String, Range>,
+    pools: BTreeMap<String, Pool>,
+}
+
+/// A tenant pool: a range bound to networks and namespaces.
+#[derive(Debug, PartialEq, Eq)]
+struct Pool {
+    range: Range,
+    networks: Vec<String>,
+    namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +60,19 @@ struct RawConfig {
     annotation: Option<String>,
     #[serde(default)]
     namespaces: BTreeMap<String, RawRange>,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    first: String,
+    last: String,
+    #[serde(default)]
+    networks: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,31 +97,88 @@ pub fn parse_config(config: &str) -> Result<Config, String> {
     }
     let mut namespaces = BTreeMap::new();
     for (ns, r) in raw.namespaces {
-        let addr = |field: &str, text: &str| {
-            text.parse::<Ipv4Addr>().map_err(|_| {
-                format!("ip-assign config: namespaces.{ns}.{field} {text:?} is not an IPv4 address")
-            })
-        };
-        let range = Range {
-            first: addr("first", &r.first)?,
-            last: addr("last", &r.last)?,
-        };
-        if range.first > range.last {
+        let range = range(&format!("namespaces.{ns}"), &r.first, &r.last)?;
+        namespaces.insert(ns, range);
+    }
+    let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
+    for (name, p) in raw.pools {
+        let at = format!("pools.{name}");
+        if p.networks.is_empty() && p.namespaces.is_empty() {
             return Err(format!(
-                "ip-assign config: namespaces.{ns}: first {} is after last {}",
-                range.first, range.last
+                "ip-assign config: {at} binds no network and no namespace"
             ));
         }
-        namespaces.insert(ns, range);
+        for (other, q) in &pools {
+            let shared = p
+                .networks
+                .iter()
+                .chain(&p.namespaces)
+                .find(|b| q.networks.contains(b) || q.namespaces.contains(b));
+            if let Some(b) = shared {
+                return Err(format!(
+                    "ip-assign config: {b} is bound to both pools.{other} and {at}"
+                ));
+            }
+        }
+        let pool = Pool {
+            range: range(&at, &p.first, &p.last)?,
+            networks: p.networks,
+            namespaces: p.namespaces,
+        };
+        pools.insert(name, pool);
     }
     Ok(Config {
         annotation,
         namespaces,
+        pools,
     })
 }
 
-/// The address request for `pod` in `vxnet`, or the reason it has none.
-pub fn assign(config: &Config, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, String> {
+/// A range of the config, checked; `at` names it in a refusal.
+fn range(at: &str, first: &str, last: &str) -> Result<Range, String> {
+    let addr = |field: &str, text: &str| {
+        text.parse::<Ipv4Addr>()
+            .map_err(|_| format!("ip-assign config: {at}.{field} {text:?} is not an IPv4 address"))
+    };
+    let range = Range {
+        first: addr("first", first)?,
+        last: addr("last", last)?,
+    };
+    if range.first > range.last {
+        return Err(format!(
+            "ip-assign config: {at}: first {} is after last {}",
+            range.first, range.last
+        ));
+    }
+    Ok(range)
+}
+
+impl Config {
+    /// The pool that binds this attachment in `cidr`, by its network first,
+    /// else by the pod's namespace. A pool whose range is in another vxnet
+    /// does not bind (the pod's other networks' vxnets).
+    fn pool(&self, network: &str, namespace: &str, cidr: Cidr) -> Option<(&str, Range)> {
+        let inside = |p: &&Pool| cidr.contains(p.range.first) && cidr.contains(p.range.last);
+        let find = |bound: &dyn Fn(&Pool) -> bool| {
+            self.pools
+                .iter()
+                .filter(|(_, p)| bound(p))
+                .find(|(_, p)| inside(p))
+                .map(|(n, p)| (n.as_str(), p.range))
+        };
+        find(&|p| p.networks.iter().any(|n| n == network))
+            .or_else(|| find(&|p| p.namespaces.iter().any(|n| n == namespace)))
+    }
+}
+
+/// The address request for `pod`'s attachment to `network` in `vxnet`, or
+/// the reason it has none.
+pub fn assign(
+    config: &Config,
+    pod: &Pod,
+    network: &str,
+    vxnet: &Vxnet,
+) -> Result<IpRequest, String> {
     let annotation = |key: &str| {
         pod.annotations
             .iter()
@@ -110,9 +193,28 @@ pub fn assign(config: &Config, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, St
             pod.namespace, pod.name, config.annotation
         ));
     }
+    let pool = match config.pools.is_empty() {
+        true => None,
+        false => config.pool(network, &pod.namespace, vxnet_cidr(vxnet)?),
+    };
     if let Some(text) = pinned {
         let cidr = vxnet_cidr(vxnet)?;
         let ip = pinned_address(&config.annotation, text, vxnet, cidr)?;
+        if let Some((name, r)) = pool
+            && !(r.first..=r.last).contains(&ip)
+        {
+            return Err(format!(
+                "annotation {}: {ip} is outside pool {name} ({}-{}), which binds {}",
+                config.annotation,
+                r.first,
+                r.last,
+                if config.pools[name].networks.iter().any(|n| n == network) {
+                    format!("network {network}")
+                } else {
+                    format!("namespace {}", pod.namespace)
+                }
+            ));
+        }
         return Ok(IpRequest::Exact(ip.to_string()));
     }
     if let Some(key) = sticky {
@@ -123,6 +225,12 @@ pub fn assign(config: &Config, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, St
             ));
         }
         return Ok(IpRequest::Sticky(key.to_string()));
+    }
+    if let Some((_, r)) = pool {
+        return Ok(IpRequest::Range(IpRange {
+            first: r.first.to_string(),
+            last: r.last.to_string(),
+        }));
     }
     if let Some(range) = config.namespaces.get(&pod.namespace) {
         let cidr = vxnet_cidr(vxnet)?;
@@ -255,11 +363,11 @@ mod tests {
     #[test]
     fn a_pod_without_annotations_or_range_gets_any() {
         assert_eq!(
-            assign(&config(""), &pod("default", &[]), &vxnet()),
+            assign(&config(""), &pod("default", &[]), "hostnic", &vxnet()),
             Ok(IpRequest::Any)
         );
         assert_eq!(
-            assign(&config(TEAM_A), &pod("team-b", &[]), &vxnet()),
+            assign(&config(TEAM_A), &pod("team-b", &[]), "hostnic", &vxnet()),
             Ok(IpRequest::Any)
         );
     }
@@ -268,7 +376,7 @@ mod tests {
     fn the_annotation_pins_the_address() {
         let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
         assert_eq!(
-            assign(&config(""), &p, &vxnet()),
+            assign(&config(""), &p, "hostnic", &vxnet()),
             Ok(IpRequest::Exact("10.0.1.5".to_string()))
         );
     }
@@ -278,22 +386,78 @@ mod tests {
         let c = config(r#"{"annotation": "example.com/address"}"#);
         let p = pod("default", &[("example.com/address", "10.0.1.5")]);
         assert_eq!(
-            assign(&c, &p, &vxnet()),
+            assign(&c, &p, "hostnic", &vxnet()),
             Ok(IpRequest::Exact("10.0.1.5".to_string()))
         );
         let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
         assert_eq!(
-            assign(&c, &p, &vxnet()),
+            assign(&c, &p, "hostnic", &vxnet()),
             Ok(IpRequest::Any),
             "the default key is off"
         );
+    }
+
+    const POOLS: &str = r#"{"pools": {
+        "tenant-a": {"first": "10.0.1.100", "last": "10.0.1.110", "networks": ["team-a/storage"], "namespaces": ["team-a"]},
+        "elsewhere": {"first": "10.9.0.10", "last": "10.9.0.20", "networks": ["default/storage"]}}}"#;
+
+    #[test]
+    fn a_pool_binds_its_networks_and_namespaces_and_refuses_addresses_outside() {
+        let c = config(POOLS);
+        let pool_a = Ok(IpRequest::Range(IpRange {
+            first: "10.0.1.100".into(),
+            last: "10.0.1.110".into(),
+        }));
+        // By network (a NetworkAttachmentDefinition), whatever the namespace.
+        assert_eq!(
+            assign(&c, &pod("team-b", &[]), "team-a/storage", &vxnet()),
+            pool_a
+        );
+        // By namespace, on any network whose vxnet holds the pool.
+        assert_eq!(assign(&c, &pod("team-a", &[]), "hostnic", &vxnet()), pool_a);
+        // A pool in another vxnet does not bind.
+        assert_eq!(
+            assign(&c, &pod("x", &[]), "default/storage", &vxnet()),
+            Ok(IpRequest::Any)
+        );
+        // Pinned inside: kept. Outside: refused, naming the pool.
+        let inside = pod("team-a", &[("hostnic.io/ip", "10.0.1.105")]);
+        assert_eq!(
+            assign(&c, &inside, "hostnic", &vxnet()),
+            Ok(IpRequest::Exact("10.0.1.105".into()))
+        );
+        let outside = pod("team-b", &[("hostnic.io/ip", "10.0.1.5")]);
+        let e = assign(&c, &outside, "team-a/storage", &vxnet()).unwrap_err();
+        assert_eq!(
+            e,
+            "annotation hostnic.io/ip: 10.0.1.5 is outside pool tenant-a (10.0.1.100-10.0.1.110), which binds network team-a/storage"
+        );
+        // Bad pools are refused at load.
+        for (text, want) in [
+            (
+                r#"{"pools": {"p": {"first": "10.0.1.1", "last": "10.0.1.2"}}}"#,
+                "pools.p binds no network and no namespace",
+            ),
+            (
+                r#"{"pools": {"p": {"first": "10.0.1.1", "last": "10.0.1.2", "namespaces": ["a"]},
+                              "q": {"first": "10.0.1.3", "last": "10.0.1.4", "namespaces": ["a"]}}}"#,
+                "a is bound to both pools.p and pools.q",
+            ),
+            (
+                r#"{"pools": {"p": {"first": "10.0.1.9", "last": "10.0.1.2", "networks": ["n"]}}}"#,
+                "pools.p: first 10.0.1.9 is after last 10.0.1.2",
+            ),
+        ] {
+            let e = parse_config(text).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]
     fn the_annotation_beats_the_namespace_range() {
         let p = pod("team-a", &[("hostnic.io/ip", "10.0.1.5")]);
         assert_eq!(
-            assign(&config(TEAM_A), &p, &vxnet()),
+            assign(&config(TEAM_A), &p, "hostnic", &vxnet()),
             Ok(IpRequest::Exact("10.0.1.5".to_string()))
         );
     }
@@ -333,7 +497,7 @@ mod tests {
         for (value, want) in cases {
             let p = pod("default", &[("hostnic.io/ip", value)]);
             assert_eq!(
-                assign(&config(""), &p, &vxnet()),
+                assign(&config(""), &p, "hostnic", &vxnet()),
                 Err(want.to_string()),
                 "{value}"
             );
@@ -344,11 +508,11 @@ mod tests {
     fn sticky_asks_for_the_keys_address() {
         let p = pod("team-a", &[("hostnic.io/sticky", "db-0")]);
         assert_eq!(
-            assign(&config(TEAM_A), &p, &vxnet()),
+            assign(&config(TEAM_A), &p, "hostnic", &vxnet()),
             Ok(IpRequest::Sticky("db-0".to_string()))
         );
         let p = pod("default", &[("hostnic.io/sticky", " ")]);
-        let e = assign(&config(""), &p, &vxnet()).unwrap_err();
+        let e = assign(&config(""), &p, "hostnic", &vxnet()).unwrap_err();
         assert!(e.contains("is empty"), "{e}");
     }
 
@@ -359,7 +523,7 @@ mod tests {
             &[("hostnic.io/ip", "10.0.1.5"), ("hostnic.io/sticky", "db-0")],
         );
         assert_eq!(
-            assign(&config(""), &p, &vxnet()),
+            assign(&config(""), &p, "hostnic", &vxnet()),
             Err(
                 "pod default/web-0 has both hostnic.io/ip and hostnic.io/sticky; keep one"
                     .to_string()
@@ -370,7 +534,7 @@ mod tests {
     #[test]
     fn the_namespace_range_applies_to_its_pods() {
         assert_eq!(
-            assign(&config(TEAM_A), &pod("team-a", &[]), &vxnet()),
+            assign(&config(TEAM_A), &pod("team-a", &[]), "hostnic", &vxnet()),
             Ok(IpRequest::Range(IpRange {
                 first: "10.0.1.100".to_string(),
                 last: "10.0.1.150".to_string(),
@@ -383,7 +547,7 @@ mod tests {
         let mut v = vxnet();
         v.cidr = "10.0.2.0/24".to_string();
         assert_eq!(
-            assign(&config(TEAM_A), &pod("team-a", &[]), &v),
+            assign(&config(TEAM_A), &pod("team-a", &[]), "hostnic", &v),
             Err("namespace team-a's range 10.0.1.100-10.0.1.150 is not inside vxnet-abc (10.0.2.0/24)"
                 .to_string())
         );
@@ -394,7 +558,7 @@ mod tests {
         let mut v = vxnet();
         v.cidr = "10.0.1.0".to_string();
         let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
-        let e = assign(&config(""), &p, &v).unwrap_err();
+        let e = assign(&config(""), &p, "hostnic", &v).unwrap_err();
         assert!(e.starts_with("vxnet-abc: the host gave the cidr"), "{e}");
     }
 }

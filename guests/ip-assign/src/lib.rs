@@ -5,7 +5,9 @@
 //! ```json
 //! {
 //!   "annotation": "hostnic.io/ip",
-//!   "namespaces": { "team-a": { "first": "10.0.1.100", "last": "10.0.1.150" } }
+//!   "namespaces": { "team-a": { "first": "10.0.1.100", "last": "10.0.1.150" } },
+//!   "pools": { "tenant-b": { "first": "10.0.2.100", "last": "10.0.2.150",
+//!                            "networks": ["team-b/storage"], "namespaces": ["team-b"] } }
 //! }
 //! ```
 //!
@@ -16,6 +18,7 @@ mod assign;
 mod bindings;
 
 use bindings::exports::hostnic::policy::config;
+use bindings::hostnic::policy::attachment_facts;
 use bindings::{IpRequest, Pod, Reason, Vxnet};
 
 struct IpAssign;
@@ -29,7 +32,9 @@ impl config::Guest for IpAssign {
 impl bindings::Guest for IpAssign {
     fn assign_ip(config: String, pod: Pod, vxnet: Vxnet) -> Result<IpRequest, Reason> {
         let config = assign::parse_config(&config)?;
-        assign::assign(&config, &pod, &vxnet)
+        // Since contract 0.1.2: which network this attachment is on.
+        let network = attachment_facts::network();
+        assign::assign(&config, &pod, &network, &vxnet)
     }
 }
 

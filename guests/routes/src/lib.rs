@@ -9,6 +9,7 @@ mod bindings;
 mod templates;
 
 use bindings::exports::hostnic::policy::config;
+use bindings::hostnic::policy::attachment_facts;
 use bindings::{Nic, Pod, Reason, Route, RouteTemplate, Vxnet};
 
 struct Routes;
@@ -29,7 +30,10 @@ impl bindings::Guest for Routes {
         templates: Vec<RouteTemplate>,
     ) -> Result<Vec<Route>, Reason> {
         templates::parse_config(&config)?;
-        templates::routes(&vxnet, node_gateway.as_deref(), &templates)
+        // Since contract 0.1.2 the host says which attachment carries the
+        // pod's default route.
+        let default_route = attachment_facts::default_route();
+        templates::routes(&vxnet, node_gateway.as_deref(), &templates, default_route)
     }
 }
 

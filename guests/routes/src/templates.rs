@@ -9,6 +9,11 @@
 //!    other gateway is kept as is;
 //! 3. a destination already routed is skipped (the first one wins).
 //!
+//! An attachment that does not carry the pod's default route (a pod's
+//! second network, `net1`, ...) gets neither the built-in default route
+//! nor a prefix-0 template: its vxnet's connected route, which the kernel
+//! adds with the address, and its other templates.
+//!
 //! Addresses come back in their canonical text form. A template the kernel
 //! would refuse (not IPv4, host bits set in the destination) is refused
 //! here with a reason naming it, rather than at the netlink call.
@@ -30,11 +35,13 @@ pub fn parse_config(config: &str) -> Result<(), String> {
     guest_support::parse_config::<Config>("routes", config).map(drop)
 }
 
-/// The pod's routes for `vxnet` from `templates`.
+/// The pod's routes for `vxnet` from `templates`; `default_route`: this
+/// attachment carries the pod's default route.
 pub fn routes(
     vxnet: &Vxnet,
     node_gateway: Option<&str>,
     templates: &[RouteTemplate],
+    default_route: bool,
 ) -> Result<Vec<Route>, String> {
     let vxnet_gw: Ipv4Addr = vxnet.gateway.parse().map_err(|_| {
         format!(
@@ -73,11 +80,13 @@ pub fn routes(
                 })
             }
         };
-        parsed.push((dst, gw));
+        if default_route || dst.prefix_len() != 0 {
+            parsed.push((dst, gw));
+        }
     }
 
     let mut out: Vec<(Cidr, Option<Ipv4Addr>)> = Vec::with_capacity(parsed.len() + 1);
-    if !parsed.iter().any(|(dst, _)| dst.prefix_len() == 0) {
+    if default_route && !parsed.iter().any(|(dst, _)| dst.prefix_len() == 0) {
         out.push((
             Cidr::parse("0.0.0.0/0").expect("a valid literal"),
             Some(vxnet_gw),
@@ -120,6 +129,28 @@ mod tests {
         }
     }
 
+    /// The routes of the attachment with the pod's default route.
+    fn on_eth0(
+        vxnet: &Vxnet,
+        node_gateway: Option<&str>,
+        templates: &[RouteTemplate],
+    ) -> Result<Vec<Route>, String> {
+        routes(vxnet, node_gateway, templates, true)
+    }
+
+    #[test]
+    fn a_second_attachment_gets_no_default_route() {
+        let templates = [
+            tpl("0.0.0.0/0", Some("10.0.1.254")),
+            tpl("10.96.0.0/12", Some("0.0.0.0")),
+        ];
+        assert_eq!(
+            routes(&vxnet(), Some("10.0.1.9"), &templates, false),
+            Ok(vec![route("10.96.0.0/12", Some("10.0.1.9"))])
+        );
+        assert_eq!(routes(&vxnet(), None, &[], false), Ok(vec![]));
+    }
+
     fn route(dst: &str, gw: Option<&str>) -> Route {
         Route {
             dst: dst.to_string(),
@@ -142,7 +173,7 @@ mod tests {
     #[test]
     fn no_templates_is_the_default_route_via_the_vxnet_gateway() {
         assert_eq!(
-            routes(&vxnet(), Some("10.0.1.7"), &[]),
+            on_eth0(&vxnet(), Some("10.0.1.7"), &[]),
             Ok(vec![route("0.0.0.0/0", Some("10.0.1.1"))])
         );
     }
@@ -151,7 +182,7 @@ mod tests {
     /// (host/agent/src/service.rs), answered the same way.
     #[test]
     fn templates_follow_the_original_semantics() {
-        let got = routes(
+        let got = on_eth0(
             &vxnet(),
             Some("10.0.1.9"),
             &[
@@ -173,7 +204,7 @@ mod tests {
         );
         // A default-route template replaces the built-in default.
         assert_eq!(
-            routes(
+            on_eth0(
                 &vxnet(),
                 Some("10.0.1.1"),
                 &[tpl("0.0.0.0/0", Some("10.0.1.254"))]
@@ -185,7 +216,7 @@ mod tests {
     #[test]
     fn the_node_gateway_falls_back_to_the_vxnet_gateway() {
         assert_eq!(
-            routes(&vxnet(), None, &[tpl("10.96.0.0/12", Some("0.0.0.0"))]),
+            on_eth0(&vxnet(), None, &[tpl("10.96.0.0/12", Some("0.0.0.0"))]),
             Ok(vec![
                 route("0.0.0.0/0", Some("10.0.1.1")),
                 route("10.96.0.0/12", Some("10.0.1.1")),
@@ -196,7 +227,7 @@ mod tests {
     #[test]
     fn a_prefix_zero_template_replaces_the_default_route() {
         assert_eq!(
-            routes(
+            on_eth0(
                 &vxnet(),
                 Some("10.0.1.7"),
                 &[tpl("10.0.0.0/8", None), tpl("0.0.0.0/0", Some("0.0.0.0"))]
@@ -208,7 +239,7 @@ mod tests {
         );
         // An on-link default route.
         assert_eq!(
-            routes(&vxnet(), None, &[tpl("0.0.0.0/0", None)]),
+            on_eth0(&vxnet(), None, &[tpl("0.0.0.0/0", None)]),
             Ok(vec![route("0.0.0.0/0", None)])
         );
     }
@@ -216,7 +247,7 @@ mod tests {
     #[test]
     fn duplicate_destinations_keep_the_first() {
         assert_eq!(
-            routes(
+            on_eth0(
                 &vxnet(),
                 None,
                 &[
@@ -256,7 +287,7 @@ mod tests {
             ),
         ];
         for (t, want) in cases {
-            let e = routes(&vxnet(), None, &[t]).unwrap_err();
+            let e = on_eth0(&vxnet(), None, &[t]).unwrap_err();
             assert!(e.starts_with(want), "{e:?} does not start with {want:?}");
         }
     }
@@ -265,12 +296,12 @@ mod tests {
     fn bad_addresses_from_the_host_are_refused() {
         let mut v = vxnet();
         v.gateway = "10.0.1".to_string();
-        let e = routes(&v, None, &[]).unwrap_err();
+        let e = on_eth0(&v, None, &[]).unwrap_err();
         assert_eq!(
             e,
             r#"vxnet-abc: the host gave the gateway "10.0.1", not an IPv4 address"#
         );
-        let e = routes(&vxnet(), Some("x"), &[]).unwrap_err();
+        let e = on_eth0(&vxnet(), Some("x"), &[]).unwrap_err();
         assert_eq!(
             e,
             r#"the host gave the node gateway "x", not an IPv4 address"#

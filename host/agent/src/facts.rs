@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Context;
-use hostnic_policy::{IpRequest, Nic, Node, Owner, Pod, Route, RouteTemplate, Vxnet};
+use hostnic_policy::{Attachment, IpRequest, Nic, Node, Owner, Pod, Route, RouteTemplate, Vxnet};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -90,6 +90,18 @@ pub struct FactPod {
     pub annotations: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<FactOwner>,
+    /// The attachment decided for; absent: the pod's only one (`eth0`,
+    /// with the default route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<FactAttachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactAttachment {
+    pub network: String,
+    pub interface: String,
+    pub default_route: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +219,15 @@ impl Facts {
                 name: o.name.clone(),
                 ordinal: o.ordinal,
             }),
+            attachment: p
+                .attachment
+                .as_ref()
+                .map(|a| Attachment {
+                    network: a.network.clone(),
+                    interface: a.interface.clone(),
+                    default_route: a.default_route,
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -274,6 +295,11 @@ impl From<&Pod> for FactPod {
                 kind: o.kind.clone(),
                 name: o.name.clone(),
                 ordinal: o.ordinal,
+            }),
+            attachment: (p.attachment != Attachment::default()).then(|| FactAttachment {
+                network: p.attachment.network.clone(),
+                interface: p.attachment.interface.clone(),
+                default_route: p.attachment.default_route,
             }),
         }
     }
@@ -403,6 +429,11 @@ mod tests {
                 name: "web".into(),
                 ordinal: Some(0),
             }),
+            attachment: Attachment {
+                network: "storage".into(),
+                interface: "net1".into(),
+                default_route: false,
+            },
             ..Pod::default()
         };
         let node = Node {

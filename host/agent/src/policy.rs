@@ -266,6 +266,7 @@ pub fn pod(p: &rpc::Pod) -> Pod {
         labels: BTreeMap::new(),
         annotations: p.annotations.clone(),
         owner: None,
+        attachment: Default::default(),
     }
 }
 

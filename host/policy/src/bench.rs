@@ -94,6 +94,7 @@ pub(crate) fn sample_pod() -> Pod {
         labels: [("app".to_owned(), "bench".to_owned())].into(),
         annotations: Default::default(),
         owner: None,
+        attachment: Default::default(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use crate::convert;
 use crate::error::PolicyError;
-use crate::guest::{CallSpec, not_implemented};
+use crate::guest::{CallFacts, CallSpec, not_implemented};
 use crate::hook::{Hook, IpKind, RoutesKind, VxnetKind};
 use crate::types::{Decision, HookKind, IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet};
 use crate::validate;
@@ -21,7 +21,7 @@ impl Hook<VxnetKind> {
         candidates: &[Vxnet],
         random: u64,
     ) -> Result<Decision<Vec<String>>, PolicyError> {
-        let owner = pod.owner.clone();
+        let facts = CallFacts::of(pod);
         let pod = convert::pod(pod);
         let node = convert::node(node);
         let wit_candidates: Vec<_> = candidates.iter().map(convert::vxnet).collect();
@@ -31,7 +31,7 @@ impl Hook<VxnetKind> {
                 CallSpec {
                     kind: HookKind::VxnetSelection,
                     export: "select-vxnet",
-                    owner: owner.clone(),
+                    facts: facts.clone(),
                 },
                 limits,
                 |store| {
@@ -55,7 +55,7 @@ impl Hook<VxnetKind> {
 impl Hook<IpKind> {
     /// What address the pod must have in `vxnet`.
     pub fn assign_ip(&self, pod: &Pod, vxnet: &Vxnet) -> Result<Decision<IpRequest>, PolicyError> {
-        let owner = pod.owner.clone();
+        let facts = CallFacts::of(pod);
         let wit_pod = convert::pod(pod);
         let wit_vxnet = convert::vxnet(vxnet);
         self.decide(|engine, guest, config, limits| {
@@ -64,7 +64,7 @@ impl Hook<IpKind> {
                 CallSpec {
                     kind: HookKind::IpAssignment,
                     export: "assign-ip",
-                    owner: owner.clone(),
+                    facts: facts.clone(),
                 },
                 limits,
                 |store| {
@@ -81,7 +81,9 @@ impl Hook<IpKind> {
 impl Hook<RoutesKind> {
     /// The routes to install in the pod, out of `nic`. `node_gateway` is the
     /// node's own address in the pod's vxnet (its gateway NIC), if it has
-    /// one; `templates` are the network config's route templates.
+    /// one; `templates` are the network config's route templates. An
+    /// attachment without the pod's default route gets none, whatever the
+    /// guest says.
     pub fn routes(
         &self,
         pod: &Pod,
@@ -90,19 +92,20 @@ impl Hook<RoutesKind> {
         node_gateway: Option<Ipv4Addr>,
         templates: &[RouteTemplate],
     ) -> Result<Decision<Vec<Route>>, PolicyError> {
-        let owner = pod.owner.clone();
+        let facts = CallFacts::of(pod);
         let wit_pod = convert::pod(pod);
         let wit_nic = convert::nic(nic);
         let wit_vxnet = convert::vxnet(vxnet);
         let gateway = node_gateway.map(|g| g.to_string());
         let wit_templates: Vec<_> = templates.iter().map(convert::route_template).collect();
+        let default_route = pod.attachment.default_route;
         self.decide(|engine, guest, config, limits| {
             guest.call(
                 engine,
                 CallSpec {
                     kind: HookKind::RouteTemplating,
                     export: "routes",
-                    owner: owner.clone(),
+                    facts: facts.clone(),
                 },
                 limits,
                 |store| {
@@ -118,7 +121,16 @@ impl Hook<RoutesKind> {
                         &wit_templates,
                     )
                 },
-                |routes| validate::routes(routes, vxnet, nic),
+                |routes| {
+                    let mut routes = validate::routes(routes, vxnet, nic)?;
+                    // Exactly one attachment of a pod carries the default
+                    // route; a guest that does not ask (compiled against
+                    // 0.1.0 or 0.1.1) returns it for every attachment.
+                    if !default_route {
+                        routes.retain(|r| r.dst.prefix_len() != 0);
+                    }
+                    Ok(routes)
+                },
             )
         })
     }

@@ -16,14 +16,31 @@ use crate::guest_log::{CallLogHandle, LogLine, Speaker, cut};
 use crate::host::CallState;
 use crate::kv::KvStore;
 use crate::limits::{HOSTCALL_FUEL, Limits, MAX_REASON_BYTES};
-use crate::types::{GuestId, HookKind, Owner};
+use crate::types::{Attachment, GuestId, HookKind, Owner, Pod};
 
 /// What one call is: the hook, the export called, and the facts the guest
 /// may ask the host for while it runs.
 pub(crate) struct CallSpec {
     pub kind: HookKind,
     pub export: &'static str,
+    pub facts: CallFacts,
+}
+
+/// What a guest may ask the host about the call in progress
+/// (`pod-facts`, `attachment-facts`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallFacts {
     pub owner: Option<Owner>,
+    pub attachment: Attachment,
+}
+
+impl CallFacts {
+    pub fn of(pod: &Pod) -> CallFacts {
+        CallFacts {
+            owner: pod.owner.clone(),
+            attachment: pod.attachment.clone(),
+        }
+    }
 }
 
 /// A compiled, pre-instantiated component. Shared (by sha256) between
@@ -199,7 +216,7 @@ impl Guest {
             CallSpec {
                 kind,
                 export: "validate-config",
-                owner: None,
+                facts: CallFacts::default(),
             },
             limits,
             |store| match kind {
@@ -260,7 +277,7 @@ impl Guest {
             limits,
             log,
             self.kv.clone(),
-            spec.owner,
+            spec.facts,
         );
         let raw = {
             let _busy = engine.busy();

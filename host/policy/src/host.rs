@@ -1,6 +1,6 @@
 //! What a guest's store holds during one call, and the interfaces the
-//! guest imports: `host` (`log`, `kv-get`, `kv-set`) and, since 0.1.1,
-//! `pod-facts` (`pod-owner`).
+//! guest imports: `host` (`log`, `kv-get`, `kv-set`), since 0.1.1
+//! `pod-facts` (`pod-owner`) and since 0.1.2 `attachment-facts`.
 //!
 //! The host functions only translate between WIT values and the domain
 //! (`guest_log`, `kv`); the decisions about limits are made there.
@@ -12,13 +12,13 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::vxnet::hostnic::policy::host as wit;
-use crate::bindings::vxnet::hostnic::policy::pod_facts;
+use crate::bindings::vxnet::hostnic::policy::{attachment_facts, pod_facts};
+use crate::guest::CallFacts;
 use crate::guest_log::{CallLogHandle, LogLevel};
 use crate::kv::{KvStore, KvTxn};
 use crate::limits::{
     HOSTCALL_FUEL, Limits, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES,
 };
-use crate::types::Owner;
 
 /// The data of one call's `Store`.
 pub(crate) struct CallState {
@@ -28,8 +28,9 @@ pub(crate) struct CallState {
     log: CallLogHandle,
     kv: Arc<KvStore>,
     txn: KvTxn,
-    /// The owner of the pod this call decides for (`pod-facts.pod-owner`).
-    owner: Option<Owner>,
+    /// What the guest may ask about the call (`pod-facts`,
+    /// `attachment-facts`).
+    facts: CallFacts,
 }
 
 impl CallState {
@@ -41,7 +42,7 @@ impl CallState {
         limits: &Limits,
         log: CallLogHandle,
         kv: Arc<KvStore>,
-        owner: Option<Owner>,
+        facts: CallFacts,
     ) -> Store<CallState> {
         let state = CallState {
             limiter: GuestLimiter {
@@ -53,7 +54,7 @@ impl CallState {
             log,
             kv,
             txn: KvTxn::default(),
-            owner,
+            facts,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -153,6 +154,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<CallS
         |s| s,
     )?;
     pod_facts::add_to_linker::<CallState, HostData>(&mut linker, |s| s)?;
+    attachment_facts::add_to_linker::<CallState, HostData>(&mut linker, |s| s)?;
     crate::wasi::add_to_linker(&mut linker)?;
     Ok(linker)
 }
@@ -163,6 +165,7 @@ pub(crate) fn offered_imports() -> impl Iterator<Item = &'static str> {
         "hostnic:policy/host",
         "hostnic:policy/types",
         "hostnic:policy/pod-facts",
+        "hostnic:policy/attachment-facts",
     ]
     .into_iter()
     .chain(crate::wasi::OFFERED.iter().copied())
@@ -199,6 +202,20 @@ impl crate::bindings::vxnet::hostnic::policy::types::Host for CallState {}
 
 impl pod_facts::Host for CallState {
     fn pod_owner(&mut self) -> Option<pod_facts::Owner> {
-        self.owner.as_ref().map(crate::convert::owner)
+        self.facts.owner.as_ref().map(crate::convert::owner)
+    }
+}
+
+impl attachment_facts::Host for CallState {
+    fn network(&mut self) -> String {
+        self.facts.attachment.network.clone()
+    }
+
+    fn interface_name(&mut self) -> String {
+        self.facts.attachment.interface.clone()
+    }
+
+    fn default_route(&mut self) -> bool {
+        self.facts.attachment.default_route
     }
 }

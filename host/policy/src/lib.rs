@@ -1,7 +1,7 @@
 //! hostnic's policy runtime: the three site decisions (which vxnet, which
 //! IP, which routes) run as sandboxed WebAssembly components that platform
 //! teams write and swap at run time. The contract is `wit/policy.wit`
-//! (package `hostnic:policy@0.1.1`).
+//! (package `hostnic:policy@0.1.2`).
 //!
 //! ```no_run
 //! use hostnic_policy::{HookConfig, Node, PolicyEngine, Pod, Vxnet, VxnetHook};
@@ -60,7 +60,8 @@ pub use hook::{
 pub use limits::Limits;
 pub use metrics::{GuestMetrics, LATENCY_BUCKETS_US, Latency};
 pub use types::{
-    Decision, GuestId, HookKind, IpRequest, Nic, Node, Owner, Pod, Route, RouteTemplate, Vxnet,
+    Attachment, Decision, GuestId, HookKind, IpRequest, Nic, Node, Owner, Pod, Route,
+    RouteTemplate, Vxnet,
 };
 
 /// An error and its causes on one line ("a: b: c"), for log fields.

@@ -26,6 +26,33 @@ pub struct Pod {
     /// From the API server; guests ask for it (`pod-facts.pod-owner`, since
     /// contract 0.1.1) rather than find it in the `pod` record.
     pub owner: Option<Owner>,
+    /// The attachment the call decides for; guests ask for it
+    /// (`attachment-facts`, since contract 0.1.2). A pod with several
+    /// networks is decided for once per attachment.
+    pub attachment: Attachment,
+}
+
+/// Which of a pod's attachments a call decides for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The CNI network's name.
+    pub network: String,
+    /// The pod's interface: "eth0", "net1", ...
+    pub interface: String,
+    /// Whether this attachment carries the pod's default route (exactly
+    /// one of a pod's attachments does).
+    pub default_route: bool,
+}
+
+impl Default for Attachment {
+    /// A pod's only attachment: `eth0`, with the default route.
+    fn default() -> Self {
+        Attachment {
+            network: String::new(),
+            interface: "eth0".into(),
+            default_route: true,
+        }
+    }
 }
 
 /// The controller that owns a pod.

@@ -1,6 +1,7 @@
 //! The contract's evolution rules, held to: a guest compiled against the
 //! released 0.1.0 contract runs in today's host, and what 0.1.1 added
-//! (`pod-facts.pod-owner`) reaches a guest that asks for it.
+//! (`pod-facts.pod-owner`) and 0.1.2 added (`attachment-facts`) reach a
+//! guest that asks for them.
 
 mod common;
 
@@ -53,4 +54,75 @@ fn the_pods_owner_reaches_a_guest_that_asks() {
         ..pod(&[])
     };
     assert_eq!(first(&replica), "vxnet-0000001");
+}
+
+/// A pod's second network (`net1`), without the default route.
+fn second_attachment(network: &str) -> Pod {
+    Pod {
+        namespace: "team-a".into(),
+        attachment: Attachment {
+            network: network.into(),
+            interface: "net1".into(),
+            default_route: false,
+        },
+        ..pod(&[])
+    }
+}
+
+#[test]
+fn the_attachment_reaches_guests_that_ask_and_old_guests_cannot_add_a_second_default_route() {
+    let templates = [template("10.96.0.0/12", Some("0.0.0.0"))];
+    let routes = |hook: &RoutesHook, p: &Pod| {
+        hook.routes(p, &nic(), &vxnet(1), None, &templates)
+            .unwrap()
+            .answer
+    };
+    // The built-in routes guest asks (`default-route`).
+    let builtin = RoutesHook::load(engine(), HookConfig::default()).unwrap();
+    assert_eq!(
+        routes(&builtin, &pod(&[]))[0],
+        route("0.0.0.0/0", Some("10.0.1.1"))
+    );
+    assert_eq!(
+        routes(&builtin, &second_attachment("team-a/storage")),
+        [route("10.96.0.0/12", Some("10.0.1.1"))]
+    );
+    // A 0.1.0 guest adds a default route for every attachment; the host
+    // keeps it on eth0 and drops it from net1.
+    let old = RoutesHook::load(engine(), config("compat-routes-v0-1-0")).unwrap();
+    let on_eth0 = old.routes(&pod(&[]), &nic(), &vxnet(1), None, &[]).unwrap();
+    assert!(!on_eth0.fallback, "{:?}", on_eth0.fallback_cause);
+    assert_eq!(
+        on_eth0.answer,
+        [
+            route("0.0.0.0/0", Some("10.0.1.1")),
+            route("172.31.0.0/16", None)
+        ]
+    );
+    assert_eq!(
+        routes(&old, &second_attachment("team-a/storage")),
+        [route("172.31.0.0/16", None)]
+    );
+
+    // The built-in ip guest binds a tenant pool by network.
+    let ip = IpHook::load(
+        engine(),
+        HookConfig {
+            config: r#"{"pools": {"storage-a": {"first": "10.0.1.100", "last": "10.0.1.109",
+                        "networks": ["team-a/storage"]}}}"#
+                .into(),
+            ..HookConfig::default()
+        },
+    )
+    .unwrap();
+    let asked = |p: &Pod| ip.assign_ip(p, &vxnet(1)).unwrap().answer;
+    assert_eq!(
+        asked(&second_attachment("team-a/storage")),
+        IpRequest::Range {
+            first: "10.0.1.100".parse().unwrap(),
+            last: "10.0.1.109".parse().unwrap()
+        }
+    );
+    assert_eq!(asked(&second_attachment("team-a/other")), IpRequest::Any);
+    assert_eq!(asked(&pod(&[])), IpRequest::Any);
 }

@@ -57,6 +57,7 @@ pub fn pod(annotations: &[(&str, &str)]) -> Pod {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         owner: None,
+        attachment: Default::default(),
     }
 }
 

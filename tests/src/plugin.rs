@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::Value;
@@ -76,6 +77,21 @@ impl CniCall {
     ) -> anyhow::Result<Result<Value, PluginError>> {
         let stdin = serde_json::to_vec(conf)?;
         self.call_raw(command, &stdin, env, &[])
+    }
+
+    /// ADD as kubelet does it: retried while the answer is "try again
+    /// later" (code 11: a cold ADD whose NIC is still on its way), for up
+    /// to a minute.
+    pub fn add_retrying(&self, conf: &Value, env: &CallEnv) -> Result<Value, PluginError> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.call("ADD", conf, env).expect("exec the plugin") {
+                Err(e) if e.code == Some(11) && start.elapsed() < Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// STATUS-like calls run as another user (the agent's root-only check).

@@ -296,15 +296,16 @@ fn cases(good: &Value, node_ns: &str) -> Vec<Case> {
             7,
         ),
         (
-            "runtimeConfig.ips",
-            set(&["runtimeConfig", "ips"], json!(["10.99.0.50/24"])),
-            2,
+            "runtimeConfig.ips not IPv4",
+            set(&["runtimeConfig", "ips"], json!(["fd00::50/64"])),
+            7,
         ),
         (
-            "runtimeConfig.mac",
-            set(&["runtimeConfig", "mac"], json!("52:54:00:00:00:01")),
-            2,
+            "runtimeConfig.mac not a MAC",
+            set(&["runtimeConfig", "mac"], json!("52:54:00:00:01")),
+            7,
         ),
+        ("vxnets empty", set(&["vxnets"], json!([])), 7),
         (
             "annotations a number",
             set(

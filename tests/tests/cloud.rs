@@ -22,17 +22,8 @@ fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
     }
 }
 
-/// ADD as kubelet does it: retried while the answer is "try again later".
 fn add(cni: &CniCall, conf: &Value, e: &CallEnv) -> Result<Value, PluginError> {
-    let start = Instant::now();
-    loop {
-        match cni.call("ADD", conf, e).expect("exec hostnic") {
-            Err(err) if err.code == Some(11) && start.elapsed() < Duration::from_secs(60) => {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
+    cni.add_retrying(conf, e)
 }
 
 fn ip_of(result: &Value) -> String {

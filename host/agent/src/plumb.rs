@@ -163,6 +163,13 @@ impl Plumber {
         }
     }
 
+    /// Whether the pod already has a default route: another of its
+    /// attachments (hostnic's or another plugin's) carries it.
+    pub async fn has_default_route(&self, pod_ns: &Netns) -> Result<bool, PlumbError> {
+        let pod = pod_ns.connect().await?;
+        Ok(pod.routes().await?.iter().any(|r| r.dst.prefix_len() == 0))
+    }
+
     /// Brings the NIC back from the pod (if we can reach it there) and parks
     /// it. Best effort and idempotent: a NIC already parked stays parked.
     pub async fn detach(

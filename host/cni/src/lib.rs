@@ -166,6 +166,10 @@ fn add(
         },
         mtu: conf.mtu,
         routes: conf.ipam.routes.clone(),
+        vxnets: conf.vxnets.clone(),
+        default_route: conf.default_route,
+        ips: conf.requested_ips()?,
+        mac: conf.requested_mac()?,
     });
     match agent.call(op, Some(&netns))? {
         Reply::Added(result) => Ok(Some(result.encode(version, conf.prev_result.as_ref()))),

@@ -537,11 +537,11 @@ fn bad_inputs_get_the_right_code_and_name_the_problem() {
             "1.0.0",
         ),
         (
-            "runtime asks for a MAC",
+            "runtime asks for a MAC that is none",
             env("ADD"),
-            edited(&|c| c["runtimeConfig"]["mac"] = json!("00:11:22:33:44:55")),
-            2,
-            "mac",
+            edited(&|c| c["runtimeConfig"]["mac"] = json!("00:11:22:33:44")),
+            7,
+            "runtimeConfig.mac",
             "1.0.0",
         ),
         (

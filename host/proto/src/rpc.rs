@@ -124,6 +124,19 @@ pub struct AddRequest {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub routes: Vec<RouteTemplate>,
+    /// The network's vxnets (its config's `vxnets`); `None`: the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxnets: Option<Vec<String>>,
+    /// Whether the attachment carries the pod's default route; `None`:
+    /// when the pod has none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_route: Option<bool>,
+    /// The `ips` capability: the pod must have one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::Ipv4Addr>,
+    /// The `mac` capability: the node's NIC with this MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

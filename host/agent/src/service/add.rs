@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hostnic_netlink::{Mac, Netns, NsId};
+use hostnic_policy::Attachment;
 use hostnic_proto::cni::{self, AddResult, CniError, Interface, IpConfig, Route, code};
 use hostnic_proto::rpc::{AddRequest, Reply};
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::plan::Plan;
+use super::plan::{Asked, Plan};
 use super::{Service, internal, key_of, validate_target};
 use crate::audit::Audited;
 use crate::plumb::{PlumbError, Whereabouts, Wiring};
@@ -73,9 +74,28 @@ impl Service {
             };
         }
 
+        let asked = Asked::of(&req)?;
+        // Exactly one of a pod's attachments carries its default route: the
+        // one its network config says, else the first (the pod has none).
+        let default_route = match req.default_route {
+            Some(d) => d,
+            None => !self
+                .nics
+                .plumber
+                .has_default_route(&netns)
+                .await
+                .map_err(|e| internal(format!("reading the pod's routes: {e}")))?,
+        };
+
         // The pod as the guests see it: the runtime's view, with labels
-        // (and annotations the runtime did not send) from the API server.
-        let pod = crate::apiserver::pod_for_guests(self.kube.as_ref(), &req.pod).await;
+        // (and annotations the runtime did not send) from the API server,
+        // and the attachment this ADD makes.
+        let mut pod = crate::apiserver::pod_for_guests(self.kube.as_ref(), &req.pod).await;
+        pod.attachment = Attachment {
+            network: key.network.clone(),
+            interface: key.ifname.clone(),
+            default_route,
+        };
         let mut audit = Audited {
             at_ms: Audited::now_ms(),
             namespace: pod.namespace.clone(),
@@ -86,7 +106,13 @@ impl Service {
             ..Audited::default()
         };
         let added = self
-            .plan_acquire_wire(&key, (&req, &pod), mtu, (&netns, netns_id), &mut audit)
+            .plan_acquire_wire(
+                &key,
+                (&req, &pod, &asked),
+                mtu,
+                (&netns, netns_id),
+                &mut audit,
+            )
             .await;
         if let Err(e) = &added {
             audit.error = Some(e.to_string());
@@ -115,14 +141,14 @@ impl Service {
     async fn plan_acquire_wire(
         &self,
         key: &Key,
-        (req, pod): (&AddRequest, &hostnic_policy::Pod),
+        (req, pod, asked): (&AddRequest, &hostnic_policy::Pod, &Asked<'_>),
         mtu: u32,
         netns: (&Netns, NsId),
         audit: &mut Audited,
     ) -> Result<AddResult, CniError> {
         loop {
             let started = Instant::now();
-            let plan = self.plan(key, pod)?;
+            let plan = self.plan(key, pod, asked)?;
             audit.order = plan.order.clone().unwrap_or_default();
             audit.ip_request.clone_from(&plan.ip_request);
             audit.guests = self.guest_digests();
@@ -165,6 +191,9 @@ impl Service {
 
     /// The NIC the plan asks for, reserved for `key`.
     async fn acquire(&self, key: &Key, plan: &Plan) -> Result<Acquired, CniError> {
+        if let Some(mac) = plan.mac {
+            return self.acquire_mac(key, plan, mac).await;
+        }
         match &plan.addresses {
             Some(addrs) => {
                 self.source
@@ -173,6 +202,40 @@ impl Service {
             }
             None => self.source.acquire(key, plan.order.as_deref()).await,
         }
+    }
+
+    /// The NIC the runtime named (the `mac` capability): free on this node,
+    /// in the network's vxnets, with one of the plan's addresses if it has
+    /// any.
+    async fn acquire_mac(&self, key: &Key, plan: &Plan, mac: Mac) -> Result<Acquired, CniError> {
+        let fits = |s: &crate::config::NicSpec| {
+            s.mac == mac
+                && plan
+                    .order
+                    .as_ref()
+                    .is_none_or(|o| s.vxnet.as_ref().is_some_and(|v| o.contains(v)))
+                && plan
+                    .addresses
+                    .as_ref()
+                    .is_none_or(|a| a.contains(&s.address.addr()))
+        };
+        self.nics
+            .wait_for_release(|p| p.reserve_where(key, fits))
+            .await
+            .map(Acquired::warm)
+            .ok_or_else(|| {
+                CniError::new(
+                    code::NO_FREE_NIC,
+                    format!(
+                        "runtimeConfig.mac: NIC {mac} is not free on this node{}",
+                        match &plan.order {
+                            Some(o) =>
+                                format!(" in network {}'s vxnets ({})", key.network, o.join(", ")),
+                            None => String::new(),
+                        }
+                    ),
+                )
+            })
     }
 
     /// ADD with one reserved NIC: decide its routes, record the

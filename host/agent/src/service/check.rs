@@ -116,6 +116,7 @@ mod tests {
                 &nic(),
                 &[tpl("10.96.0.0/12", Some("0.0.0.0"))],
                 nic().gateway,
+                true,
             ),
         };
         let r = add_result(&w, "/var/run/netns/p", nic().gateway);

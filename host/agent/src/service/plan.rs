@@ -5,17 +5,55 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use hostnic_netlink::Mac;
 use hostnic_policy::IpRequest;
-use hostnic_proto::cni::{CniError, RouteTemplate};
+use hostnic_proto::cni::{CniError, RouteTemplate, code};
+use hostnic_proto::rpc::AddRequest;
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{Service, who};
 use crate::config::NicSpec;
 use crate::policy;
+use crate::source::shown;
 use crate::store::Key;
 
 /// Addresses of an ip-policy range considered (a range serves a few pods).
 const MAX_RANGE: usize = 1024;
+
+/// What the network's config and the runtime ask of one attachment,
+/// beyond the guests' say.
+#[derive(Debug, Default)]
+pub(super) struct Asked<'a> {
+    /// The network's vxnets (a subset of the source's); `None`: all.
+    pub vxnets: Option<&'a [String]>,
+    /// The `ips` capability: one of these addresses, whatever the ip hook
+    /// would say.
+    pub ips: &'a [Ipv4Addr],
+    /// The `mac` capability: this NIC.
+    pub mac: Option<Mac>,
+}
+
+impl<'a> Asked<'a> {
+    pub fn of(req: &'a AddRequest) -> Result<Asked<'a>, CniError> {
+        let mac = req
+            .mac
+            .as_deref()
+            .map(|m| {
+                m.parse::<Mac>().map_err(|_| {
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        format!("runtimeConfig.mac: {m:?} is not a MAC address"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Asked {
+            vxnets: req.vxnets.as_deref(),
+            ips: &req.ips,
+            mac,
+        })
+    }
+}
 
 /// The guests' decisions for one ADD, before any NIC is taken.
 #[derive(Debug)]
@@ -30,6 +68,8 @@ pub(super) struct Plan {
     pub sticky: Option<String>,
     /// The ip hook's answer, for the decision audit.
     pub ip_request: String,
+    /// The one NIC that will do (the `mac` capability).
+    pub mac: Option<Mac>,
 }
 
 impl Plan {
@@ -52,31 +92,140 @@ fn nic_vxnet(nic: &NicSpec) -> hostnic_policy::Vxnet {
 }
 
 impl Service {
-    pub(super) fn plan(&self, key: &Key, pod: &hostnic_policy::Pod) -> Result<Plan, CniError> {
-        let order = self.vxnet_order(key, pod)?;
-        let (addresses, sticky, ip_request) = self.wanted_addresses(key, pod, order.as_deref())?;
+    pub(super) fn plan(
+        &self,
+        key: &Key,
+        pod: &hostnic_policy::Pod,
+        asked: &Asked<'_>,
+    ) -> Result<Plan, CniError> {
+        let network = self.network_vxnets(key, asked.vxnets)?;
+        let order = self.vxnet_order(key, pod, network.as_deref())?;
+        let (mut addresses, mut sticky, mut ip_request) =
+            self.wanted_addresses(key, pod, order.as_deref())?;
+        // The runtime's addresses, within what the ip policy allows (a
+        // tenant's pool holds for Multus's `ips` as for annotations).
+        if !asked.ips.is_empty() {
+            let allowed: Vec<Ipv4Addr> = match &addresses {
+                None => asked.ips.to_vec(),
+                Some(policy) => asked
+                    .ips
+                    .iter()
+                    .copied()
+                    .filter(|a| policy.contains(a))
+                    .collect(),
+            };
+            if allowed.is_empty() {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "runtimeConfig.ips {} is outside what the ip policy allows this pod in network {} ({ip_request})",
+                        shown(asked.ips),
+                        key.network
+                    ),
+                ));
+            }
+            ip_request = format!(
+                "{} (runtimeConfig.ips, policy: {ip_request})",
+                shown(&allowed)
+            );
+            addresses = Some(allowed);
+            sticky = None;
+        }
+        // The vxnet to make a NIC in for a runtime's address: the one
+        // that holds it.
+        let order = match (&order, asked.ips.first()) {
+            (Some(o), Some(ip)) if !asked.ips.is_empty() => Some(self.holding(key, o, *ip)?),
+            _ => order,
+        };
         Ok(Plan {
             order,
             addresses,
             sticky,
             ip_request,
+            mac: asked.mac,
         })
     }
 
+    /// The network's vxnets, checked against the source's: a network
+    /// config (a NetworkAttachmentDefinition, which a namespace's users
+    /// may write) can only narrow the vxnets the operator gave the agent.
+    fn network_vxnets(
+        &self,
+        key: &Key,
+        wanted: Option<&[String]>,
+    ) -> Result<Option<Vec<String>>, CniError> {
+        let Some(wanted) = wanted else {
+            return Ok(None);
+        };
+        let known: Vec<String> = self
+            .source
+            .vxnets()
+            .into_iter()
+            .map(|(id, ..)| id)
+            .collect();
+        if let Some(stranger) = wanted.iter().find(|v| !known.contains(v)) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network {}: vxnet {stranger} is not one of the agent's vxnets ({}); the agent's config lists the vxnets networks may use",
+                    key.network,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        Ok(Some(wanted.to_vec()))
+    }
+
+    /// `order` starting with the vxnet that holds `ip`.
+    fn holding(&self, key: &Key, order: &[String], ip: Ipv4Addr) -> Result<Vec<String>, CniError> {
+        let vxnets = self.source.vxnets();
+        let Some((id, ..)) = vxnets
+            .iter()
+            .find(|(id, cidr, _)| order.contains(id) && cidr.contains(&ip))
+        else {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "runtimeConfig.ips: {ip} is in none of network {}'s vxnets ({})",
+                    key.network,
+                    vxnets
+                        .iter()
+                        .filter(|(id, ..)| order.contains(id))
+                        .map(|(id, cidr, _)| format!("{id} {cidr}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        let mut out = vec![id.clone()];
+        out.extend(order.iter().filter(|v| *v != id).cloned());
+        Ok(out)
+    }
+
     /// The vxnets to take a NIC from, best first: the vxnet hook's answer
-    /// over the source's vxnets, or the native order.
+    /// over the network's vxnets, or the native order.
     fn vxnet_order(
         &self,
         key: &Key,
         pod: &hostnic_policy::Pod,
+        network: Option<&[String]>,
     ) -> Result<Option<Vec<String>>, CniError> {
+        let ours = |id: &String| network.is_none_or(|n| n.contains(id));
         let Some(p) = &self.policies else {
-            return Ok(self.source.native_order());
+            return Ok(self
+                .source
+                .native_order()
+                .map(|o| o.into_iter().filter(ours).collect()));
         };
         if self.source.vxnets().is_empty() {
             return Ok(None);
         }
         let (candidates, node) = self.source.facts(&self.nics.pool());
+        let candidates: Vec<_> = candidates.into_iter().filter(|c| ours(&c.id)).collect();
         p.select_vxnet(who(key), pod, &node, &candidates).map(Some)
     }
 
@@ -164,6 +313,7 @@ impl Service {
                 nic,
                 templates,
                 node_gw.unwrap_or(nic.gateway),
+                pod.attachment.default_route,
             )),
         }
     }
@@ -190,7 +340,14 @@ impl Service {
 /// templates. A template gateway of 0.0.0.0 means "the node's own NIC in the
 /// pod's vxnet" (`node_gw`), as in the original plugin. A template without
 /// a gateway is an on-link route; a default-route template replaces ours.
-pub fn native_routes(nic: &NicSpec, templates: &[RouteTemplate], node_gw: Ipv4Addr) -> Routes {
+/// An attachment without the pod's default route (`default_route` false)
+/// gets no prefix-0 route at all.
+pub fn native_routes(
+    nic: &NicSpec,
+    templates: &[RouteTemplate],
+    node_gw: Ipv4Addr,
+    default_route: bool,
+) -> Routes {
     let resolve = |gw: Option<IpAddr>| match gw {
         Some(IpAddr::V4(g)) if g.is_unspecified() => Some(node_gw),
         Some(IpAddr::V4(g)) => Some(g),
@@ -198,11 +355,12 @@ pub fn native_routes(nic: &NicSpec, templates: &[RouteTemplate], node_gw: Ipv4Ad
         _ => None,
     };
     let mut routes = Vec::new();
-    if !templates.iter().any(|t| t.dst.prefix_len() == 0) {
+    if default_route && !templates.iter().any(|t| t.dst.prefix_len() == 0) {
         routes.push((Ipv4Net::default(), Some(nic.gateway)));
     }
     for t in templates {
         if let IpNet::V4(dst) = t.dst
+            && (default_route || dst.prefix_len() != 0)
             && !routes.iter().any(|(d, _)| *d == dst)
         {
             routes.push((dst, resolve(t.gw)));
@@ -241,6 +399,7 @@ pub(super) mod tests {
                 tpl("172.16.0.0/16", None),
             ],
             "10.0.1.9".parse().unwrap(),
+            true,
         );
         let gw = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
         // 0.0.0.0 is the node's own NIC in the vxnet; the default route
@@ -259,10 +418,22 @@ pub(super) mod tests {
             &nic(),
             &[tpl("0.0.0.0/0", Some("10.0.1.254"))],
             nic().gateway,
+            true,
         );
         assert_eq!(
             routes,
             vec![("0.0.0.0/0".parse().unwrap(), gw("10.0.1.254"))]
         );
+        // A second attachment: no default route, from templates or not.
+        let routes = native_routes(
+            &nic(),
+            &[
+                tpl("0.0.0.0/0", Some("10.0.1.254")),
+                tpl("10.96.0.0/12", None),
+            ],
+            nic().gateway,
+            false,
+        );
+        assert_eq!(routes, vec![("10.96.0.0/12".parse().unwrap(), None)]);
     }
 }

@@ -3,7 +3,7 @@
 //! `prevResult`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -40,12 +40,23 @@ pub struct RuntimeConfig {
         deserialize_with = "null_as_empty"
     )]
     pub pod_annotations: BTreeMap<String, String>,
-    /// Capabilities that would ask us for something we cannot give: the NIC's
-    /// address and MAC are the cloud's, not the runtime's to choose.
+    /// The `ips` capability (Multus passes an annotation's `ips` here): the
+    /// pod's address, "10.0.2.7" or "10.0.2.7/24". The NIC's prefix is its
+    /// vxnet's, whatever length is written.
+    #[serde(default, deserialize_with = "null_as_empty_list")]
+    pub ips: Vec<String>,
+    /// The `mac` capability: which of the node's NICs (a cloud NIC's id is
+    /// its MAC); the runtime cannot give a cloud NIC another MAC.
     #[serde(default)]
-    pub ips: Option<Value>,
-    #[serde(default)]
-    pub mac: Option<Value>,
+    pub mac: Option<String>,
+}
+
+/// Reads `null` as an empty list.
+fn null_as_empty_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Reads `null` as an empty map.
@@ -85,6 +96,16 @@ pub struct NetConf {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub ipam: Ipam,
+    /// The vxnets this network's NICs come from, a subset of the agent's
+    /// `vxnets`; absent: all of them. A NetworkAttachmentDefinition for a
+    /// storage network names the storage vxnets here.
+    #[serde(default)]
+    pub vxnets: Option<Vec<String>>,
+    /// Whether this network's attachment carries the pod's default route.
+    /// Absent: it does when the pod has none yet (the first network a
+    /// runtime or Multus attaches — the cluster network — gets it).
+    #[serde(default, rename = "defaultRoute")]
+    pub default_route: Option<bool>,
     #[serde(default)]
     pub capabilities: BTreeMap<String, bool>,
     #[serde(default, rename = "runtimeConfig")]
@@ -236,21 +257,69 @@ impl NetConf {
                 ));
             }
         }
-        let unsupported = |what: &str| {
-            Err(CniError::new(
-                code::UNSUPPORTED_FIELD,
-                format!(
-                    "runtimeConfig.{what} is not supported: a hostnic pod gets its cloud NIC's own {what}"
-                ),
-            ))
-        };
-        if self.runtime_config.ips.as_ref().is_some_and(not_empty) {
-            return unsupported("ips");
+        if let Some(vxnets) = &self.vxnets {
+            if vxnets.is_empty() {
+                return invalid("network configuration: \"vxnets\" is empty; leave it out to use all of the agent's vxnets".into());
+            }
+            for (i, v) in vxnets.iter().enumerate() {
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return invalid(format!(
+                        "network configuration: \"vxnets\"[{i}] {v:?} is not a vxnet id"
+                    ));
+                }
+                if vxnets[..i].contains(v) {
+                    return invalid(format!("network configuration: \"vxnets\" names {v} twice"));
+                }
+            }
         }
-        if self.runtime_config.mac.as_ref().is_some_and(not_empty) {
-            return unsupported("mac");
-        }
+        self.requested_ips()?;
+        self.requested_mac()?;
         Ok(())
+    }
+
+    /// The addresses of the `ips` capability, checked.
+    pub fn requested_ips(&self) -> Result<Vec<Ipv4Addr>, CniError> {
+        self.runtime_config
+            .ips
+            .iter()
+            .map(|text| {
+                let addr = text
+                    .parse::<IpNet>()
+                    .map(|n| n.addr())
+                    .or_else(|_| text.parse::<IpAddr>());
+                match addr {
+                    Ok(IpAddr::V4(a)) => Ok(a),
+                    _ => Err(CniError::new(
+                        code::INVALID_CONFIG,
+                        format!("runtimeConfig.ips: {text:?} is not an IPv4 address (hostnic NICs are IPv4)"),
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// The MAC of the `mac` capability, in lowercase colon form, checked.
+    pub fn requested_mac(&self) -> Result<Option<String>, CniError> {
+        let Some(text) = self.runtime_config.mac.as_deref().filter(|m| !m.is_empty()) else {
+            return Ok(None);
+        };
+        let parts: Vec<&str> = text.split([':', '-']).collect();
+        if parts.len() != 6
+            || !parts
+                .iter()
+                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("runtimeConfig.mac: {text:?} is not a MAC address"),
+            ));
+        }
+        Ok(Some(parts.join(":").to_ascii_lowercase()))
     }
 }
 
@@ -267,16 +336,6 @@ fn validate_prev_result(prev: &Value) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn not_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-        _ => true,
-    }
 }
 
 #[cfg(test)]
@@ -303,12 +362,44 @@ mod tests {
                 .code,
             code::INVALID_CONFIG
         );
+        let conf = |extra: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"hostnic",{extra}}}"#)
+                    .as_bytes(),
+            )
+        };
+        let ips =
+            conf(r#""runtimeConfig":{"ips":["10.0.0.1/24","10.0.0.2"],"mac":"52-54-00-AA-bb-01"}"#)
+                .unwrap();
         assert_eq!(
-            parse(r#"{"cniVersion":"1.0.0","name":"n","type":"hostnic","runtimeConfig":{"ips":["10.0.0.1/24"]}}"#)
-                .unwrap_err()
-                .code,
-            code::UNSUPPORTED_FIELD
+            ips.requested_ips().unwrap(),
+            [
+                "10.0.0.1".parse::<Ipv4Addr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
         );
+        assert_eq!(
+            ips.requested_mac().unwrap().as_deref(),
+            Some("52:54:00:aa:bb:01")
+        );
+        for bad in [
+            r#""runtimeConfig":{"ips":["fd00::1/64"]}"#,
+            r#""runtimeConfig":{"ips":["ten"]}"#,
+            r#""runtimeConfig":{"mac":"52:54:00:aa:bb"}"#,
+            r#""vxnets":[]"#,
+            r#""vxnets":["vxnet-a","vxnet-a"]"#,
+            r#""vxnets":["vxnet a"]"#,
+        ] {
+            assert_eq!(conf(bad).unwrap_err().code, code::INVALID_CONFIG, "{bad}");
+        }
+        let storage =
+            conf(r#""vxnets":["vxnet-b"],"defaultRoute":false,"runtimeConfig":{"ips":null}"#)
+                .unwrap();
+        assert_eq!(
+            storage.vxnets.as_deref(),
+            Some(&["vxnet-b".to_string()][..])
+        );
+        assert_eq!(storage.default_route, Some(false));
         let ok = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","type":"hostnic","ipam":{"routes":[{"dst":"10.96.0.0/12","gw":"0.0.0.0"}]},
                 "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"},"portMappings":[]}}"#,

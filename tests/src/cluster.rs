@@ -68,6 +68,13 @@ pub enum Install {
     /// The reference `ptp` plugin with `host-local` addresses (a /24 per
     /// node, 10.244.<i>.0/24) instead of hostnic: the benchmark's yardstick.
     Ptp,
+    /// Test-run agents as with `Agents`, behind the real Multus thin plugin
+    /// (`scripts/multus-build`): Multus is the node's CNI, hostnic its
+    /// cluster network (on the simulator's first vxnet) and the delegate of
+    /// every NetworkAttachmentDefinition
+    /// of `"type": "hostnic"` (those reach the node's agent on the default
+    /// socket, `/run/hostnic/agent.sock` in the node's mount namespace).
+    Multus(String),
 }
 
 #[derive(Debug)]
@@ -110,8 +117,11 @@ impl Cluster {
             cp,
             bed,
         };
+        if let Install::Multus(_) = &install {
+            crate::multus::install_crd(&cluster.cp)?;
+        }
         for i in 0..cluster.bed.sim.nodes.len() {
-            if let Install::Agents(extra) = &install {
+            if let Install::Agents(extra) | Install::Multus(extra) = &install {
                 // The testbed's [cloud] timers, unless the test sets them.
                 let defaults: String = [
                     "warm_min = 1",
@@ -130,7 +140,7 @@ impl Cluster {
             cluster.nodes.push(node);
         }
         let want = match install {
-            Install::Agents(_) | Install::Ptp => "True",
+            Install::Agents(_) | Install::Multus(_) | Install::Ptp => "True",
             Install::DaemonSet(_) => "",
         };
         for n in &cluster.nodes {
@@ -530,8 +540,8 @@ impl KubeNode {
         // with the DaemonSet, the standard directories its init container
         // fills.
         let (bin_dirs, conf_dir) = match install {
-            Install::Agents(_) => {
-                let conflist = json!({
+            Install::Agents(_) | Install::Multus(_) => {
+                let mut conflist = json!({
                     "cniVersion": "1.0.0", "name": "hostnic",
                     "plugins": [{
                         "type": "hostnic",
@@ -540,6 +550,12 @@ impl KubeNode {
                         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
                     }],
                 });
+                // Behind Multus the cluster network keeps to the first
+                // vxnet; NetworkAttachmentDefinitions name the others.
+                if let Install::Multus(_) = install {
+                    let first = &cluster.bed.sim.config().vxnets[0].0;
+                    conflist["plugins"][0]["vxnets"] = json!([first]);
+                }
                 std::fs::write(
                     dir.join("cni/net.d/10-hostnic.conflist"),
                     conflist.to_string(),
@@ -549,7 +565,20 @@ impl KubeNode {
                     .expect("bin dir")
                     .display()
                     .to_string();
-                (format!("'{hostnic_dir}', '/usr/lib/cni'"), d("cni/net.d"))
+                if let Install::Multus(_) = install {
+                    let multus_dir = crate::multus::install_on_node(
+                        &dir,
+                        &cluster.bed.socket(i),
+                        &hostnic_dir,
+                        &cluster.cp.admin_kubeconfig(),
+                    )?;
+                    (
+                        format!("'{multus_dir}', '{hostnic_dir}', '/usr/lib/cni'"),
+                        d("cni/net.d"),
+                    )
+                } else {
+                    (format!("'{hostnic_dir}', '/usr/lib/cni'"), d("cni/net.d"))
+                }
             }
             Install::Ptp => {
                 let conflist = json!({

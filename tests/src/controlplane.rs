@@ -26,23 +26,29 @@ pub const PORT: u16 = 6443;
 /// first use on a machine, about ten minutes; then cached).
 pub fn k8s_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/k8s-build");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{} failed ({})", script.display(), out.status));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .last()
-            .map(PathBuf::from)
-            .ok_or_else(|| format!("{} printed no directory", script.display()))
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
+    BIN.get_or_init(|| built_by("k8s-build"))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Runs `scripts/<script>`, which builds something into a cache (or finds
+/// it there) and prints its path last.
+pub(crate) fn built_by(script: &str) -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed ({})", script.display(), out.status));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("{} printed no path", script.display()))
 }
 
 #[derive(Debug)]

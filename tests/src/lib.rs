@@ -12,6 +12,7 @@ pub mod controlplane;
 pub mod deploy;
 pub mod images;
 pub mod kubebed;
+pub mod multus;
 pub mod netns;
 pub mod plugin;
 pub mod rawclient;

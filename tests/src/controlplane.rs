@@ -374,6 +374,21 @@ impl ControlPlane {
         )
     }
 
+    /// Pod `name`'s (namespace default) `k8s.v1.cni.cncf.io/network-status`
+    /// entries; none while it has no such annotation.
+    pub fn network_status(&self, pod: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .kubectl(&[
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.metadata.annotations.k8s\\.v1\\.cni\\.cncf\\.io/network-status}",
+            ])
+            .unwrap_or_default();
+        serde_json::from_str(&out).unwrap_or_default()
+    }
+
     /// The cluster-admin's kubeconfig.
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")

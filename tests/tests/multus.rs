@@ -12,7 +12,7 @@ use hostnic_testbed::cluster::{BUSYBOX_IMAGE, Cluster, Install};
 use hostnic_testbed::multus::hostnic_nad;
 use hostnic_testbed::require_root;
 use hostnic_testbed::sim::SimConfig;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A busybox pod pinned to `node` with the networks annotation `networks`.
 fn pod(name: &str, node: &str, networks: &str) -> String {
@@ -145,16 +145,7 @@ fn multus_delegates_two_networks_to_hostnic_and_a_pod_gets_three_cloud_nics() {
             "network-status lists three interfaces",
             Duration::from_secs(30),
             || {
-                let out = cluster
-                .kubectl(&[
-                    "get",
-                    "pod",
-                    "multi",
-                    "-o",
-                    "jsonpath={.metadata.annotations.k8s\\.v1\\.cni\\.cncf\\.io/network-status}",
-                ])
-                .unwrap_or_default();
-                let status: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+                let status = cluster.cp.network_status("multi");
                 ips.iter().all(|ip| {
                     status.iter().any(|e| {
                         e["ips"]

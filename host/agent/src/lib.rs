@@ -13,6 +13,7 @@ pub mod fds;
 pub mod inspect;
 pub mod install;
 pub mod metrics;
+pub mod networks;
 pub mod nics;
 pub mod plumb;
 pub mod policy;

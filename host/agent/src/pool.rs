@@ -363,6 +363,29 @@ impl Pool {
             .collect()
     }
 
+    /// The attachments pods hold for container `container_id`, in every
+    /// network.
+    pub fn held_by_container(&self, container_id: &str) -> Vec<Key> {
+        self.slots
+            .values()
+            .filter_map(|s| match &s.state {
+                State::Held(k) if k.container_id == container_id => Some(k.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every attachment pods hold, in every network.
+    pub fn held(&self) -> Vec<(Key, Mac)> {
+        self.slots
+            .iter()
+            .filter_map(|(m, s)| match &s.state {
+                State::Held(k) => Some((k.clone(), *m)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// (mac, state) of every NIC, for logs and tests.
     /// Every NIC with its state and how long it has been in it.
     pub fn rows(&self) -> Vec<(NicSpec, State, Duration)> {

@@ -86,6 +86,17 @@ impl Netns {
         })
     }
 
+    /// A second handle on the same namespace.
+    pub fn try_clone(&self) -> Result<Netns> {
+        Ok(Netns {
+            fd: self
+                .fd
+                .try_clone()
+                .map_err(Error::io(format!("duplicating netns {}", self.label)))?,
+            label: self.label.clone(),
+        })
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }

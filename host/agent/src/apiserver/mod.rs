@@ -1,10 +1,12 @@
 //! The agent's view from the Kubernetes API server, when `[kubernetes]
 //! enabled = true` (the DaemonSet sets it): this node's VM from its Node's
-//! `spec.providerID`, the node's pods from a watch, and a Lease that elects
-//! the one node doing cluster-wide duties. Without it the agent works from
+//! `spec.providerID`, the node's pods from a watch, a Lease that elects
+//! the one node doing cluster-wide duties, and (native multi-network) the
+//! NetworkAttachmentDefinitions. Without it the agent works from
 //! what the runtime sends, as on a node outside Kubernetes.
 
 pub mod lease;
+pub mod nads;
 pub mod node;
 pub mod pods;
 
@@ -23,6 +25,8 @@ pub struct KubeView {
     pub node: String,
     pub pods: pods::PodCache,
     pub elector: lease::Elector,
+    /// NetworkAttachmentDefinitions, with `[kubernetes] networks = true`.
+    pub nads: Option<nads::NadCache>,
 }
 
 /// A client from the configured kubeconfig, or the pod's ServiceAccount.
@@ -49,6 +53,7 @@ impl KubeView {
             &cfg.node_name,
             Duration::from_millis(cfg.pod_wait_ms),
         );
+        let nads = cfg.networks.then(|| nads::NadCache::start(client.clone()));
         let elector = lease::Elector::start(
             client,
             &cfg.lease_namespace,
@@ -60,6 +65,7 @@ impl KubeView {
             node: cfg.node_name.clone(),
             pods,
             elector,
+            nads,
         }
     }
 }
@@ -86,6 +92,36 @@ pub async fn pod_for_guests(view: Option<&KubeView>, p: &rpc::Pod) -> hostnic_po
         ),
     }
     pod
+}
+
+/// Drives a reflector's watch stream for as long as the agent runs,
+/// logging once when it fails (`failed`, then retried with backoff by the
+/// stream) and once when it is back.
+pub(crate) fn drive<T, E: std::fmt::Display>(
+    stream: impl futures::Stream<Item = Result<T, E>> + Send + 'static,
+    what: &'static str,
+    failed: &'static str,
+) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut healthy = true;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) if !healthy => {
+                    healthy = true;
+                    tracing::info!("the {what} watch is back");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if healthy {
+                        warn!(error = %e, "the {what} watch failed; {failed}");
+                    }
+                    healthy = false;
+                }
+            }
+        }
+    });
 }
 
 /// Reads this node's VM from its Node, retrying while the API server is

@@ -8,12 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use tracing::{info, warn};
 
 /// What the API server adds to the runtime's view of a pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,26 +43,11 @@ impl PodCache {
             .default_backoff()
             .reflect(writer)
             .applied_objects();
-        let node = node.to_string();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            let mut healthy = true;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) if !healthy => {
-                        healthy = true;
-                        info!(node = %node, "the pod watch is back");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if healthy {
-                            warn!(node = %node, error = %e, "the pod watch failed; retrying with backoff, ADDs use the runtime's view meanwhile");
-                        }
-                        healthy = false;
-                    }
-                }
-            }
-        });
+        super::drive(
+            stream,
+            "pod",
+            "retrying with backoff, ADDs use the runtime's view meanwhile",
+        );
         PodCache { store, wait }
     }
 

@@ -40,6 +40,13 @@ pub struct Kubernetes {
     /// agent-level facts on the node.
     #[serde(default = "yes")]
     pub events: bool,
+    /// Native multi-network: read a pod's `k8s.v1.cni.cncf.io/networks`
+    /// annotation and attach a NIC for each NetworkAttachmentDefinition it
+    /// names, in the same ADD (no Multus needed). Leave it off when Multus
+    /// is installed: Multus reads the annotation and calls hostnic for each
+    /// network itself.
+    #[serde(default)]
+    pub networks: bool,
 }
 
 impl Default for Kubernetes {
@@ -76,6 +83,10 @@ impl Kubernetes {
             if k.lease_seconds < 3 || k.pod_wait_ms > 60_000 {
                 bail!("kubernetes.lease_seconds must be at least 3 and pod_wait_ms at most 60000");
             }
+        } else if k.networks {
+            bail!(
+                "kubernetes.networks needs kubernetes.enabled: NetworkAttachmentDefinitions come from the API server"
+            );
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! ADD: validate → plan → acquire → wire → record.
+//! ADD of one attachment: validate → plan → acquire → wire → record.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -28,18 +28,17 @@ enum AddFailure {
 }
 
 impl Service {
-    pub async fn add(
+    /// ADD of one attachment (`service/networks.rs` runs one per network of
+    /// the pod).
+    pub(super) async fn add_one(
         self: &Arc<Self>,
         req: AddRequest,
-        netns: Option<Netns>,
+        netns: &Netns,
     ) -> Result<Reply, CniError> {
         // Validate: nothing is recorded or moved before these pass.
-        let netns = netns.ok_or_else(|| {
-            CniError::new(code::INVALID_ENV, "ADD needs the pod's netns descriptor")
-        })?;
         // Never wire a NIC into the node's own namespace
         // (CNI_NETNS=/proc/1/ns/net on a real node).
-        let netns_id = self.nics.plumber.pod_ns_id(&netns).map_err(|e| {
+        let netns_id = self.nics.plumber.pod_ns_id(netns).map_err(|e| {
             CniError::new(
                 code::INVALID_ENV,
                 format!("CNI_NETNS: {e}; refusing to wire a NIC into it"),
@@ -82,7 +81,7 @@ impl Service {
             None => !self
                 .nics
                 .plumber
-                .has_default_route(&netns)
+                .has_default_route(netns)
                 .await
                 .map_err(|e| internal(format!("reading the pod's routes: {e}")))?,
         };
@@ -110,7 +109,7 @@ impl Service {
                 &key,
                 (&req, &pod, &asked),
                 mtu,
-                (&netns, netns_id),
+                (netns, netns_id),
                 &mut audit,
             )
             .await;

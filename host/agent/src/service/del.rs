@@ -64,7 +64,7 @@ impl Service {
     /// the NIC is out, whatever the runtime does after the answer; it holds
     /// the NIC's lock, and the NIC is not free until it is parked. A crash
     /// after the answer is finished by start-up reconciliation.
-    pub async fn del(
+    pub(super) async fn del_one(
         self: &Arc<Self>,
         req: DelRequest,
         netns: Option<Netns>,

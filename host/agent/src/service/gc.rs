@@ -1,5 +1,6 @@
 //! GC: the runtime lists the attachments it still has; every other one of
-//! the network is released.
+//! the network is released (natively, with the extra networks of the
+//! containers it no longer lists).
 
 use std::collections::BTreeSet;
 
@@ -16,6 +17,7 @@ impl Service {
     /// Releases every attachment of the network that the runtime no longer
     /// lists. Errors are collected; one bad NIC does not stop the rest.
     pub async fn gc(&self, req: GcRequest) -> Result<Reply, CniError> {
+        let extras = self.stale_extras(&req);
         let valid: BTreeSet<AttachmentKey> = req.valid.into_iter().collect();
         let stale: Vec<(Key, Mac)> = self
             .nics
@@ -28,6 +30,7 @@ impl Service {
                     ifname: k.ifname.clone(),
                 })
             })
+            .chain(extras)
             .collect();
         let mut released = 0;
         let mut errors = Vec::new();

@@ -16,6 +16,7 @@ mod add;
 mod check;
 mod del;
 mod gc;
+mod networks;
 mod plan;
 mod status;
 

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Context;
-use hostnic_policy::{Attachment, IpRequest, Nic, Node, Owner, Pod, Route, RouteTemplate, Vxnet};
+use hostnic_policy::{
+    Attachment, IpRequest, Nic, Node, Owner, Pod, Route, RouteTemplate, Vxnet, VxnetLive,
+};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -137,6 +139,14 @@ pub struct FactVxnet {
     pub used_nics: u32,
     #[serde(default)]
     pub recent_failures: u32,
+    /// What the host had measured of it (`vxnet-facts`, 0.1.2); absent:
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_latency_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_failure_codes: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_ips_age_s: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,6 +325,9 @@ impl From<&Vxnet> for FactVxnet {
             warm_nics: v.warm_nics,
             used_nics: v.used_nics,
             recent_failures: v.recent_failures,
+            attach_latency_ms: v.live.attach_latency_ms,
+            recent_failure_codes: v.live.recent_failure_codes.clone(),
+            free_ips_age_s: v.live.free_ips_counted_s_ago,
         }
     }
 }
@@ -329,6 +342,11 @@ impl FactVxnet {
             warm_nics: self.warm_nics,
             used_nics: self.used_nics,
             recent_failures: self.recent_failures,
+            live: VxnetLive {
+                attach_latency_ms: self.attach_latency_ms,
+                recent_failure_codes: self.recent_failure_codes.clone(),
+                free_ips_counted_s_ago: self.free_ips_age_s,
+            },
         }
     }
 }
@@ -415,6 +433,11 @@ mod tests {
             warm_nics: 1,
             used_nics: 2,
             recent_failures: 0,
+            live: VxnetLive {
+                attach_latency_ms: Some(1200),
+                recent_failure_codes: vec![1400],
+                free_ips_counted_s_ago: None,
+            },
         }
     }
 

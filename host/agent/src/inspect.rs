@@ -13,6 +13,9 @@ use crate::audit::Audited;
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Inspection {
     pub nics: Vec<NicRow>,
+    /// The vxnets as the vxnet guest sees them now.
+    #[serde(default)]
+    pub vxnets: Vec<VxnetRow>,
     pub guests: Vec<GuestRow>,
     /// The latest ADD decisions, oldest first.
     pub decisions: Vec<Audited>,
@@ -33,6 +36,21 @@ pub struct NicRow {
     pub ifname: String,
     /// Seconds in this state.
     pub since_s: u64,
+}
+
+/// A candidate vxnet with what the node knows and has measured of it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct VxnetRow {
+    pub id: String,
+    pub cidr: String,
+    /// As the cloud last counted them (0 before any count).
+    pub free_ips: u32,
+    pub free_ips_age_s: Option<u32>,
+    pub warm_nics: u32,
+    pub used_nics: u32,
+    pub recent_failures: u32,
+    pub recent_failure_codes: Vec<u32>,
+    pub attach_latency_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -102,6 +120,38 @@ pub fn render(i: &Inspection) -> String {
         &["MAC", "VXNET", "ADDRESS", "STATE", "POD", "IF", "SINCE"],
         &rows,
     );
+
+    if !i.vxnets.is_empty() {
+        let _ = writeln!(out, "\nVxnets");
+        let rows: Vec<Vec<String>> = i
+            .vxnets
+            .iter()
+            .map(|v| {
+                let codes: Vec<String> =
+                    v.recent_failure_codes.iter().map(u32::to_string).collect();
+                vec![
+                    v.id.clone(),
+                    v.cidr.clone(),
+                    match v.free_ips_age_s {
+                        Some(age) => format!("{} ({age}s ago)", v.free_ips),
+                        None => "-".into(),
+                    },
+                    v.warm_nics.to_string(),
+                    v.used_nics.to_string(),
+                    dash(&codes.join(",")),
+                    v.attach_latency_ms
+                        .map_or("-".into(), |ms| format!("{ms} ms")),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "VXNET", "CIDR", "FREE IPS", "WARM", "USED", "FAILED", "ATTACH",
+            ],
+            &rows,
+        );
+    }
 
     let _ = writeln!(out, "\nGuests");
     if i.guests.is_empty() {

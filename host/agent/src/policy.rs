@@ -279,6 +279,7 @@ pub fn vxnet(id: &str, cidr: ipnet::Ipv4Net, gateway: Ipv4Addr) -> Vxnet {
         warm_nics: 0,
         used_nics: 0,
         recent_failures: 0,
+        live: Default::default(),
     }
 }
 

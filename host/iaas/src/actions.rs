@@ -59,6 +59,18 @@ impl Client {
         self.paged::<DescribeNicsResponse>("DescribeNics", p).await
     }
 
+    /// How many NICs `vxnet` has, every VM's and unattached ones alike:
+    /// one DescribeNics of one item, for its `total_count`.
+    pub async fn count_nics(&self, vxnet: &str) -> Result<u64, Error> {
+        let mut p = Params::new();
+        p.list("vxnets", &[vxnet]).set("offset", 0).set("limit", 1);
+        let (_, total) = self
+            .call::<DescribeNicsResponse>("DescribeNics", &p)
+            .await?
+            .into_parts();
+        Ok(total)
+    }
+
     /// Creates `count` NICs in `vxnet`; with `private_ips`, exactly those
     /// (then `count` must equal their number).
     pub async fn create_nics(

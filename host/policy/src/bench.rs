@@ -108,6 +108,7 @@ pub(crate) fn sample_vxnets() -> Vec<Vxnet> {
             warm_nics: 1,
             used_nics: 2,
             recent_failures: 0,
+            live: Default::default(),
         })
         .collect()
 }

@@ -21,7 +21,7 @@ impl Hook<VxnetKind> {
         candidates: &[Vxnet],
         random: u64,
     ) -> Result<Decision<Vec<String>>, PolicyError> {
-        let facts = CallFacts::of(pod);
+        let facts = CallFacts::of(pod, &candidates.iter().collect::<Vec<_>>());
         let pod = convert::pod(pod);
         let node = convert::node(node);
         let wit_candidates: Vec<_> = candidates.iter().map(convert::vxnet).collect();
@@ -55,7 +55,7 @@ impl Hook<VxnetKind> {
 impl Hook<IpKind> {
     /// What address the pod must have in `vxnet`.
     pub fn assign_ip(&self, pod: &Pod, vxnet: &Vxnet) -> Result<Decision<IpRequest>, PolicyError> {
-        let facts = CallFacts::of(pod);
+        let facts = CallFacts::of(pod, &[vxnet]);
         let wit_pod = convert::pod(pod);
         let wit_vxnet = convert::vxnet(vxnet);
         self.decide(|engine, guest, config, limits| {
@@ -92,7 +92,7 @@ impl Hook<RoutesKind> {
         node_gateway: Option<Ipv4Addr>,
         templates: &[RouteTemplate],
     ) -> Result<Decision<Vec<Route>>, PolicyError> {
-        let facts = CallFacts::of(pod);
+        let facts = CallFacts::of(pod, &[vxnet]);
         let wit_pod = convert::pod(pod);
         let wit_nic = convert::nic(nic);
         let wit_vxnet = convert::vxnet(vxnet);

@@ -16,7 +16,7 @@ use crate::guest_log::{CallLogHandle, LogLine, Speaker, cut};
 use crate::host::CallState;
 use crate::kv::KvStore;
 use crate::limits::{HOSTCALL_FUEL, Limits, MAX_REASON_BYTES};
-use crate::types::{Attachment, GuestId, HookKind, Owner, Pod};
+use crate::types::{Attachment, GuestId, HookKind, Owner, Pod, Vxnet, VxnetLive};
 
 /// What one call is: the hook, the export called, and the facts the guest
 /// may ask the host for while it runs.
@@ -32,13 +32,21 @@ pub(crate) struct CallSpec {
 pub(crate) struct CallFacts {
     pub owner: Option<Owner>,
     pub attachment: Attachment,
+    /// The call's vxnets' measurements, by id (`vxnet-facts`).
+    pub measured: Vec<(String, VxnetLive)>,
 }
 
 impl CallFacts {
-    pub fn of(pod: &Pod) -> CallFacts {
+    /// The facts of a call about `pod` with `vxnets` (the candidates, or
+    /// the vxnet decided for).
+    pub fn of(pod: &Pod, vxnets: &[&Vxnet]) -> CallFacts {
         CallFacts {
             owner: pod.owner.clone(),
             attachment: pod.attachment.clone(),
+            measured: vxnets
+                .iter()
+                .map(|v| (v.id.clone(), v.live.clone()))
+                .collect(),
         }
     }
 }

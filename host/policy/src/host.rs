@@ -1,6 +1,7 @@
 //! What a guest's store holds during one call, and the interfaces the
 //! guest imports: `host` (`log`, `kv-get`, `kv-set`), since 0.1.1
-//! `pod-facts` (`pod-owner`) and since 0.1.2 `attachment-facts`.
+//! `pod-facts` (`pod-owner`) and since 0.1.2 `attachment-facts` and
+//! `vxnet-facts`.
 //!
 //! The host functions only translate between WIT values and the domain
 //! (`guest_log`, `kv`); the decisions about limits are made there.
@@ -12,7 +13,7 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::vxnet::hostnic::policy::host as wit;
-use crate::bindings::vxnet::hostnic::policy::{attachment_facts, pod_facts};
+use crate::bindings::vxnet::hostnic::policy::{attachment_facts, pod_facts, vxnet_facts};
 use crate::guest::CallFacts;
 use crate::guest_log::{CallLogHandle, LogLevel};
 use crate::kv::{KvStore, KvTxn};
@@ -155,6 +156,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<CallS
     )?;
     pod_facts::add_to_linker::<CallState, HostData>(&mut linker, |s| s)?;
     attachment_facts::add_to_linker::<CallState, HostData>(&mut linker, |s| s)?;
+    vxnet_facts::add_to_linker::<CallState, HostData>(&mut linker, |s| s)?;
     crate::wasi::add_to_linker(&mut linker)?;
     Ok(linker)
 }
@@ -166,6 +168,7 @@ pub(crate) fn offered_imports() -> impl Iterator<Item = &'static str> {
         "hostnic:policy/types",
         "hostnic:policy/pod-facts",
         "hostnic:policy/attachment-facts",
+        "hostnic:policy/vxnet-facts",
     ]
     .into_iter()
     .chain(crate::wasi::OFFERED.iter().copied())
@@ -217,5 +220,16 @@ impl attachment_facts::Host for CallState {
 
     fn default_route(&mut self) -> bool {
         self.facts.attachment.default_route
+    }
+}
+
+impl vxnet_facts::Host for CallState {
+    fn vxnet_measured(&mut self, id: String) -> Option<vxnet_facts::Measured> {
+        let (_, live) = self.facts.measured.iter().find(|(v, _)| *v == id)?;
+        Some(vxnet_facts::Measured {
+            attach_latency_ms: live.attach_latency_ms,
+            recent_failure_codes: live.recent_failure_codes.clone(),
+            free_ips_age_s: live.free_ips_counted_s_ago,
+        })
     }
 }

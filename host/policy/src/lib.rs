@@ -61,7 +61,7 @@ pub use limits::Limits;
 pub use metrics::{GuestMetrics, LATENCY_BUCKETS_US, Latency};
 pub use types::{
     Attachment, Decision, GuestId, HookKind, IpRequest, Nic, Node, Owner, Pod, Route,
-    RouteTemplate, Vxnet,
+    RouteTemplate, Vxnet, VxnetLive,
 };
 
 /// An error and its causes on one line ("a: b: c"), for log fields.

@@ -92,6 +92,20 @@ pub struct Vxnet {
     pub used_nics: u32,
     /// NIC creations on it that failed recently (the FailRotate signal).
     pub recent_failures: u32,
+    /// What the host has measured of it lately; guests ask for it
+    /// (`vxnet-facts.vxnet-measured`, since contract 0.1.2).
+    pub live: VxnetLive,
+}
+
+/// What the host has measured of a vxnet lately.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxnetLive {
+    /// Median of this node's recent attach times in it, in ms.
+    pub attach_latency_ms: Option<u32>,
+    /// ret_codes of this node's recent failed creates in it, newest first.
+    pub recent_failure_codes: Vec<u32>,
+    /// How long ago the cloud counted its free addresses, in s.
+    pub free_ips_counted_s_ago: Option<u32>,
 }
 
 /// What address a pod must have, as validated by the host.

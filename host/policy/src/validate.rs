@@ -240,6 +240,7 @@ mod tests {
             warm_nics: 0,
             used_nics: 0,
             recent_failures: 0,
+            live: Default::default(),
         }
     }
 

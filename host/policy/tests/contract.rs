@@ -126,3 +126,36 @@ fn the_attachment_reaches_guests_that_ask_and_old_guests_cannot_add_a_second_def
     assert_eq!(asked(&second_attachment("team-a/other")), IpRequest::Any);
     assert_eq!(asked(&pod(&[])), IpRequest::Any);
 }
+
+#[test]
+fn measured_vxnet_facts_reach_a_guest_that_asks() {
+    let hook = VxnetHook::load(engine(), config("fastest-attach")).unwrap();
+    let mut candidates = vxnets(4);
+    let latency = [Some(1500), Some(120), None, Some(40)];
+    for (v, ms) in candidates.iter_mut().zip(latency) {
+        v.live.attach_latency_ms = ms;
+    }
+    // The fastest attaching vxnet failing right now goes last.
+    candidates[3].recent_failures = 1;
+    let d = hook
+        .select_vxnet(&pod(&[]), &node(), &candidates, 0)
+        .unwrap();
+    assert!(!d.fallback, "{:?}", d.fallback_cause);
+    assert_eq!(
+        d.answer,
+        [
+            "vxnet-0000002",
+            "vxnet-0000001",
+            "vxnet-0000003",
+            "vxnet-0000004"
+        ]
+    );
+    // A guest asks only about the call's own vxnets: without measurements
+    // every candidate is unmeasured, and the host's order stands.
+    let plain = vxnets(3);
+    let d = hook.select_vxnet(&pod(&[]), &node(), &plain, 0).unwrap();
+    assert_eq!(
+        d.answer,
+        ["vxnet-0000001", "vxnet-0000002", "vxnet-0000003"]
+    );
+}

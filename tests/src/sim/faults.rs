@@ -36,6 +36,10 @@ pub struct Faults {
     /// How long an AttachNics job takes until the NIC's link appears.
     #[serde(default = "default_attach_ms")]
     pub attach_latency_ms: u64,
+    /// The same for NICs of these vxnets (a congested part of the SDN);
+    /// a job attaching several NICs takes the longest of theirs.
+    #[serde(default)]
+    pub attach_latency_ms_by_vxnet: std::collections::BTreeMap<String, u64>,
     #[serde(default = "default_detach_ms")]
     pub detach_latency_ms: u64,
     /// Probability that an attach job fails (the NIC stays available).
@@ -59,6 +63,7 @@ impl Default for Faults {
             errors: Vec::new(),
             throttle_per_second: None,
             attach_latency_ms: default_attach_ms(),
+            attach_latency_ms_by_vxnet: Default::default(),
             detach_latency_ms: default_detach_ms(),
             job_fail_rate: 0.0,
             fail_next_jobs: 0,

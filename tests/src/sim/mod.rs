@@ -367,7 +367,17 @@ async fn run_job(sim: Arc<Inner>, job: String) {
     };
     let ok = match plumbing {
         cloud::Plumbing::Attach { nics, instance } => {
-            tokio::time::sleep(Duration::from_millis(latency.attach_latency_ms)).await;
+            let attach_ms = nics
+                .iter()
+                .map(|(_, vxnet)| {
+                    *latency
+                        .attach_latency_ms_by_vxnet
+                        .get(vxnet)
+                        .unwrap_or(&latency.attach_latency_ms)
+                })
+                .max()
+                .unwrap_or(latency.attach_latency_ms);
+            tokio::time::sleep(Duration::from_millis(attach_ms)).await;
             let node = sim
                 .cloud()
                 .instances
@@ -381,8 +391,7 @@ async fn run_job(sim: Arc<Inner>, job: String) {
                         ok = false;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(20 + latency.attach_latency_ms / 10))
-                    .await;
+                tokio::time::sleep(Duration::from_millis(20 + attach_ms / 10)).await;
             }
             ok
         }

@@ -95,11 +95,11 @@ impl CloudPool {
             .await
         {
             Ok(c) => {
-                self.note_create(vxnet, true);
+                self.kpis.created(vxnet, Ok(()));
                 c
             }
             Err(e) => {
-                self.note_create(vxnet, false);
+                self.kpis.created(vxnet, Err(e.ret_code()));
                 self.rotation().failed(vxnet);
                 warn!(vxnet, error = %e, "creating NICs failed");
                 return Err(e.into());
@@ -151,6 +151,7 @@ impl CloudPool {
     /// those whose links appeared; the others are detached and deleted.
     async fn attach_chunk(&self, nics: &Nics, chunk: &[NicSpec], then: &State) -> Vec<Mac> {
         let macs: Vec<String> = chunk.iter().map(|s| s.mac.to_string()).collect();
+        let started = std::time::Instant::now();
         let attached = match self.client.attach_nics(&macs, &self.cfg.instance_id).await {
             Ok(job) => {
                 let last = chunk.last().map(|s| s.mac);
@@ -163,6 +164,11 @@ impl CloudPool {
             }
             Err(e) => Err(e),
         };
+        if attached.is_ok()
+            && let Some(vxnet) = chunk.first().and_then(|s| s.vxnet.as_deref())
+        {
+            self.kpis.attached(vxnet, started.elapsed());
+        }
         if let Err(e) = attached {
             warn!(nics = ?macs, error = %e, "attaching NICs failed; deleting them");
             let macs = chunk.iter().map(|s| s.mac).collect();

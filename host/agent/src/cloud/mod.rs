@@ -17,6 +17,7 @@
 //! - `source`: the pool as an ADD's [`crate::source::NicSource`];
 //! - `upkeep`: the node check, the slow cloud poll, re-attach and leaks.
 
+pub mod kpis;
 mod lifecycle;
 pub mod provisioner;
 mod rotation;
@@ -115,9 +116,10 @@ pub struct CloudPool {
     rotation: Mutex<Rotation>,
     /// `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`.
     tags: [TagId; 2],
-    /// Failed creates per vxnet since its last success: the vxnet policy's
-    /// `recent-failures` (FailRotate moves on when it is not zero).
-    failures: Mutex<BTreeMap<String, (u32, std::time::Instant)>>,
+    /// What this node has seen of each vxnet: failed creates (the vxnet
+    /// policy's `recent-failures`; FailRotate moves on when it is not
+    /// zero), attach times, free addresses as counted.
+    pub kpis: kpis::Kpis,
     /// `hostnic-<cluster>-<instance>`: this node's NICs.
     name: String,
     /// The node's default route as found at start: (gateway, device index).
@@ -211,7 +213,7 @@ impl CloudPool {
             vxnets,
             rotation: Mutex::new(Rotation::new(cfg.policy, cfg.vxnets.clone())),
             tags,
-            failures: Mutex::default(),
+            kpis: kpis::Kpis::default(),
             default_route: Mutex::new(None),
             gateway_setup: tokio::sync::Mutex::new(()),
             provisioner: provisioner::Provisioner::new(Duration::from_secs(
@@ -248,22 +250,17 @@ impl CloudPool {
 
     /// Failed creates on `vxnet` since its last success.
     pub fn recent_failures(&self, vxnet: &str) -> u32 {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(vxnet)
-            .map_or(0, |(n, _)| *n)
+        self.kpis.recent_failures(vxnet)
     }
 
-    fn note_create(&self, vxnet: &str, ok: bool) {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if ok {
-            f.remove(vxnet);
-        } else {
-            let e = f
-                .entry(vxnet.to_string())
-                .or_insert((0, std::time::Instant::now()));
-            *e = (e.0 + 1, std::time::Instant::now());
+    /// Counts each configured vxnet's NICs in the cloud, for its free
+    /// addresses (one DescribeNics of one item per vxnet).
+    pub async fn count_vxnets(&self) {
+        for (id, v) in &self.vxnets {
+            match self.client.count_nics(id).await {
+                Ok(n) => self.kpis.counted(id, v.cidr, n),
+                Err(e) => warn!(vxnet = %id, error = %e, "counting the vxnet's NICs"),
+            }
         }
     }
 

@@ -48,6 +48,10 @@ impl NicSource for CloudSource {
             .map(|v| {
                 let mut facts = counted(pool, v);
                 facts.recent_failures = self.cloud.recent_failures(&v.0);
+                if let Some(free) = self.cloud.kpis.free_ips(&v.0) {
+                    facts.free_ips = free;
+                }
+                facts.live = self.cloud.kpis.live(&v.0);
                 facts
             })
             .collect();

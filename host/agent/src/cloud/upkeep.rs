@@ -352,8 +352,9 @@ impl CloudPool {
 
     /// The agent's loop: the node check on every kernel notification
     /// (debounced) and every `reconcile_seconds`, with the warm pool's
-    /// targets on the timer; the cloud poll every `cloud_poll_seconds`,
-    /// jittered so the nodes of a cluster spread out.
+    /// targets on the timer; the cloud poll every `cloud_poll_seconds` and
+    /// the vxnets' count every `vxnet_count_seconds`, jittered so the nodes
+    /// of a cluster spread out.
     pub async fn run(&self, nics: &Nics) {
         let local = Duration::from_secs(self.cfg.reconcile_seconds);
         let poll_every = || {
@@ -368,6 +369,12 @@ impl CloudPool {
         };
         let mut next_tick = tokio::time::Instant::now() + local;
         let mut next_poll = tokio::time::Instant::now() + poll_every();
+        // The vxnets' free addresses: counted at start, then on their timer.
+        let count_every = || {
+            Duration::from_secs(self.cfg.vxnet_count_seconds).mul_f64(0.8 + 0.4 * fastrand::f64())
+        };
+        let counting = self.cfg.vxnet_count_seconds > 0;
+        let mut next_count = tokio::time::Instant::now();
         loop {
             let changed = async {
                 match events.as_mut() {
@@ -379,6 +386,10 @@ impl CloudPool {
                 _ = tokio::time::sleep_until(next_tick) => {
                     self.tick(nics).await;
                     next_tick = tokio::time::Instant::now() + local;
+                }
+                _ = tokio::time::sleep_until(next_count), if counting => {
+                    self.count_vxnets().await;
+                    next_count = tokio::time::Instant::now() + count_every();
                 }
                 _ = tokio::time::sleep_until(next_poll) => {
                     if let Err(e) = self.poll(nics).await {

@@ -66,6 +66,12 @@ pub struct Cloud {
     /// by design: a node at rest costs 3600 / this calls an hour.
     #[serde(default = "default_cloud_poll")]
     pub cloud_poll_seconds: u64,
+    /// How often each configured vxnet's NICs are counted in the cloud
+    /// (one DescribeNics of one item per vxnet, jittered ±20%), for its
+    /// free addresses: the vxnet guest's `free-ips` (MostFree). At start
+    /// too. 0: never (`free-ips` stays 0 in cloud mode).
+    #[serde(default = "default_vxnet_count")]
+    pub vxnet_count_seconds: u64,
     /// Which leaked NICs this agent deletes: `node`, only those named for
     /// this node (what every node does); `cluster`, every detached NIC named
     /// for the cluster, those of dead nodes too — a duty for one node at a
@@ -97,6 +103,9 @@ impl Default for Cloud {
 
 fn default_cloud_poll() -> u64 {
     1200
+}
+fn default_vxnet_count() -> u64 {
+    600
 }
 fn default_cluster() -> String {
     "kubernetes".into()

@@ -6,7 +6,7 @@ use hostnic_proto::rpc::Reply;
 
 use super::Service;
 use crate::audit;
-use crate::inspect::{CloudRow, GuestRow, Inspection, NicRow};
+use crate::inspect::{CloudRow, GuestRow, Inspection, NicRow, VxnetRow};
 use crate::metrics::metrics;
 use crate::pool::State;
 
@@ -128,8 +128,26 @@ impl Service {
             .source
             .cloud_calls()
             .map(|(calls, budget)| CloudRow { calls, budget });
+        let vxnets = self
+            .source
+            .facts(&self.nics.pool())
+            .0
+            .into_iter()
+            .map(|v| VxnetRow {
+                id: v.id,
+                cidr: v.cidr.to_string(),
+                free_ips: v.free_ips,
+                free_ips_age_s: v.live.free_ips_counted_s_ago,
+                warm_nics: v.warm_nics,
+                used_nics: v.used_nics,
+                recent_failures: v.recent_failures,
+                recent_failure_codes: v.live.recent_failure_codes,
+                attach_latency_ms: v.live.attach_latency_ms,
+            })
+            .collect();
         let inspection = Inspection {
             nics,
+            vxnets,
             guests,
             decisions: self.audit.latest(20.min(audit::CAPACITY)),
             cloud,

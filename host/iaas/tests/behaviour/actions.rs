@@ -15,6 +15,26 @@ fn mac(i: usize) -> String {
 }
 
 #[tokio::test]
+async fn count_nics_asks_for_one_item_and_reads_total_count() {
+    let srv = Server::start(|_, _| {
+        ok(
+            "DescribeNics",
+            json!({"total_count": 173, "nic_set": [{"nic_id": mac(0), "vxnet_id": "vxnet-a", "status": "in-use"}]}),
+        )
+    })
+    .await;
+    let c = srv.client(fast());
+    assert_eq!(c.count_nics("vxnet-a").await.unwrap(), 173);
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].list("vxnets"), ["vxnet-a"]);
+    assert_eq!(
+        (seen[0].get("offset"), seen[0].get("limit")),
+        (Some("0"), Some("1"))
+    );
+}
+
+#[tokio::test]
 async fn describe_nics_follows_pages_to_total_count() {
     let srv = Server::start(|s, _| {
         let offset: usize = s.get("offset").unwrap().parse().unwrap();

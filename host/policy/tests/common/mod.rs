@@ -79,6 +79,7 @@ pub fn vxnet(i: u8) -> Vxnet {
         warm_nics: 0,
         used_nics: 0,
         recent_failures: 0,
+        live: Default::default(),
     }
 }
 

@@ -66,6 +66,7 @@ impl Service {
         req: DelRequest,
         netns: Option<Netns>,
     ) -> Result<Reply, CniError> {
+        let mut failed = None;
         if self.native_networks() {
             let extras = self
                 .nics
@@ -75,16 +76,21 @@ impl Service {
                 .filter(|k| k.network != req.target.network);
             for key in extras {
                 let ns = netns.as_ref().and_then(|n| n.try_clone().ok());
-                self.del_one(
-                    DelRequest {
-                        target: target(&key, &req.target),
-                    },
-                    ns,
-                )
-                .await?;
+                let one = DelRequest {
+                    target: target(&key, &req.target),
+                };
+                // One that fails keeps neither the others nor the cluster
+                // network's attachment from being released.
+                if let Err(e) = self.del_one(one, ns).await {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        self.del_one(req, netns).await
+        let primary = self.del_one(req, netns).await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(primary),
+        }
     }
 
     /// The attachments GC may release beyond the network's own: natively,

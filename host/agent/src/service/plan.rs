@@ -134,7 +134,7 @@ impl Service {
         // The vxnet to make a NIC in for a runtime's address: the one
         // that holds it.
         let order = match (&order, asked.ips.first()) {
-            (Some(o), Some(ip)) if !asked.ips.is_empty() => Some(self.holding(key, o, *ip)?),
+            (Some(o), Some(ip)) => Some(self.holding(key, o, *ip)?),
             _ => order,
         };
         Ok(Plan {

@@ -72,17 +72,22 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     // The inventory: the static list, or what the cloud says is attached to
     // this VM (one DescribeNics; a restart makes no other cloud call before
     // it serves).
-    let (cloud, inventory, in_flight) = match cfg.inventory.source {
-        Source::Static => (None, cfg.inventory.nics.clone(), Vec::new()),
+    let (cloud, inventory, in_flight, stranded) = match cfg.inventory.source {
+        Source::Static => (None, cfg.inventory.nics.clone(), Vec::new(), Vec::new()),
         Source::Cloud => {
             let elector = kube.as_ref().map(|k| k.elector.clone());
             let cloud = cloud::patiently("connecting to the cloud", || {
                 CloudPool::connect(&cfg, elector.clone())
             })
             .await?;
-            let (inventory, in_flight) =
+            let found =
                 cloud::patiently("describing this node's NICs", || cloud.inventory()).await?;
-            (Some(Arc::new(cloud)), inventory, in_flight)
+            (
+                Some(Arc::new(cloud)),
+                found.nics,
+                found.attaching,
+                found.stranded,
+            )
         }
     };
     let policies = match cfg.hooks.enabled {
@@ -116,6 +121,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         // served meanwhile (a cold one creates its own NIC).
         let nics = nics.clone();
         tokio::spawn(async move {
+            cloud.delete_stranded(&nics, stranded).await;
             cloud.tick(&nics).await;
             cloud.run(&nics).await;
         });

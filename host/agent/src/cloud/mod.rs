@@ -299,30 +299,49 @@ impl CloudPool {
         })
     }
 
-    /// This node's secondary NICs as the cloud sees them: the inventory the
-    /// start-up reconciliation works on, and those among them whose attach
-    /// is still under way (attached to this VM, not yet in use). One
-    /// DescribeNics call.
-    pub async fn inventory(&self) -> anyhow::Result<(Vec<NicSpec>, Vec<Mac>)> {
-        let nics = self
+    /// This node's NICs as the cloud sees them, from one DescribeNics of
+    /// the NICs named for it (no other cloud call before the agent serves).
+    pub async fn inventory(&self) -> anyhow::Result<Inventory> {
+        let named = self
             .client
             .describe_nics(&NicFilter {
-                instances: vec![self.cfg.instance_id.clone()],
+                nic_name: Some(self.name.clone()),
                 ..NicFilter::default()
             })
             .await
             .context("describing this node's NICs")?;
-        let ours = nics
-            .iter()
-            .filter(|n| !n.is_primary() && n.nic_name == self.name);
-        let specs = ours
-            .clone()
-            .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
-            .collect();
-        let attaching = ours
-            .filter(|n| n.status == NicStatus::Available)
-            .filter_map(|n| n.nic_id.parse().ok())
-            .collect();
-        Ok((specs, attaching))
+        let (here, elsewhere): (Vec<_>, Vec<_>) = named
+            .into_iter()
+            .filter(|n| !n.is_primary() && n.nic_name == self.name)
+            .partition(|n| n.instance_id == self.cfg.instance_id);
+        Ok(Inventory {
+            nics: here
+                .iter()
+                .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
+                .collect(),
+            attaching: here
+                .iter()
+                .filter(|n| n.status == NicStatus::Available)
+                .filter_map(|n| n.nic_id.parse().ok())
+                .collect(),
+            stranded: elsewhere
+                .into_iter()
+                .filter(|n| n.instance_id.is_empty())
+                .collect(),
+        })
     }
+}
+
+/// This node's NICs at start.
+#[derive(Debug)]
+pub struct Inventory {
+    /// Attached to this VM: what the start-up reconciliation works on.
+    pub nics: Vec<NicSpec>,
+    /// Among them, those whose attach is still under way.
+    pub attaching: Vec<Mac>,
+    /// Named for this node and attached nowhere: made by an agent that died
+    /// (or stopped) between the create and the attach, or between a detach
+    /// and the delete. No create of this process can be among them, so they
+    /// need not wait out the leak grace period.
+    pub stranded: Vec<hostnic_iaas::Nic>,
 }

@@ -128,19 +128,27 @@ impl CloudPool {
         // The cluster-wide sweep is one node's duty: the Lease holder's
         // in Kubernetes; the others delete their own leaks only.
         let sweeper = self.elector.as_ref().is_none_or(Elector::holds);
+        let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
         let deleted = match self.cfg.leak_sweep {
             LeakSweep::Cluster if sweeper => self.collect_leaks(nics).await?,
-            LeakSweep::Node | LeakSweep::Cluster => self.delete_leaks(nics, named).await?,
+            LeakSweep::Node | LeakSweep::Cluster => self.delete_leaks(nics, named, grace).await?,
         };
-        if deleted > 0 {
-            metrics().reconciled(Reconciled::LeakedDeleted, deleted as u64);
-            publish::node_event(
-                NodeEvent::LeakedNicsDeleted,
-                format!("deleted {deleted} leaked NICs"),
-            );
-            info!(deleted, "deleted leaked NICs");
-        }
+        report_leaks_deleted(deleted);
         Ok(())
+    }
+
+    /// At start: deletes the NICs named for this node and attached nowhere
+    /// that the pool does not know. The agent before this one made them
+    /// and died before attaching them (or after detaching them); this one
+    /// has created nothing yet, so none is on its way to an attach and the
+    /// grace period that covers such creates does not apply.
+    pub async fn delete_stranded(&self, nics: &Nics, stranded: Vec<hostnic_iaas::Nic>) {
+        match self.delete_leaks(nics, stranded, Duration::ZERO).await {
+            Ok(deleted) => report_leaks_deleted(deleted),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "deleting NICs a previous agent left detached; the leak sweep retries")
+            }
+        }
     }
 
     async fn guard_default_route(&self, nics: &Nics) -> anyhow::Result<()> {
@@ -315,19 +323,20 @@ impl CloudPool {
                 ..NicFilter::default()
             })
             .await?;
-        self.delete_leaks(nics, detached).await
+        let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
+        self.delete_leaks(nics, detached, grace).await
     }
 
     /// Deletes those of `found` that are leaks: named for this cluster,
-    /// detached, older than the grace period (which covers a create whose
-    /// attach is still on its way) and unknown to the pool.
+    /// detached, older than `grace` (which covers a create whose attach is
+    /// still on its way) and unknown to the pool.
     async fn delete_leaks(
         &self,
         nics: &Nics,
         found: Vec<hostnic_iaas::Nic>,
+        grace: Duration,
     ) -> anyhow::Result<usize> {
         let prefix = format!("hostnic-{}-", self.cfg.cluster);
-        let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
         let now = SystemTime::now();
         let leaked: Vec<String> = found
             .into_iter()
@@ -413,5 +422,16 @@ impl CloudPool {
                 }
             }
         }
+    }
+}
+
+fn report_leaks_deleted(deleted: usize) {
+    if deleted > 0 {
+        metrics().reconciled(Reconciled::LeakedDeleted, deleted as u64);
+        publish::node_event(
+            NodeEvent::LeakedNicsDeleted,
+            format!("deleted {deleted} leaked NICs"),
+        );
+        info!(deleted, "deleted leaked NICs");
     }
 }

@@ -10,7 +10,7 @@ use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::controlplane::ControlPlane;
 use hostnic_testbed::multus::{hostnic_nad, install_crd};
 use hostnic_testbed::sim::{Faults, SimConfig};
-use hostnic_testbed::{Agent, CallEnv, Ns, PluginError, kubebed, require_root, wait_for};
+use hostnic_testbed::{Agent, CallEnv, Ns, PluginError, kubebed, log_tail, require_root, wait_for};
 use serde_json::{Value, json};
 
 fn bed() -> CloudBed {
@@ -37,6 +37,11 @@ const COLD: &str =
     "warm_min = 0\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 20\n";
 
 fn start(bed: &CloudBed) -> (ControlPlane, Agent) {
+    start_with(bed, TIMERS)
+}
+
+/// The control plane with the NADs, and the agent with `cloud` timers.
+fn start_with(bed: &CloudBed, cloud: &str) -> (ControlPlane, Agent) {
     let cp = kubebed::control_plane(bed, None).unwrap();
     install_crd(&cp).unwrap();
     for (name, vxnet) in [
@@ -46,7 +51,7 @@ fn start(bed: &CloudBed) -> (ControlPlane, Agent) {
     ] {
         cp.apply(&hostnic_nad(name, &[vxnet])).unwrap();
     }
-    let agent = native_agent(bed, &cp, TIMERS);
+    let agent = native_agent(bed, &cp, cloud);
     (cp, agent)
 }
 
@@ -266,15 +271,16 @@ fn an_agent_killed_mid_multi_attach_leaves_the_retry_a_whole_pod_and_the_del_not
         return;
     }
     let bed = bed();
-    let (cp, mut agent) = start(&bed);
     // No warm NICs and slow attaches: every attachment of the ADD is a
-    // cold one, and the kill lands while net1's NIC is on its way.
-    drop(agent);
+    // cold one, and the kill lands while net1's NIC is on its way. (An
+    // agent with a warm target started first would leave its first
+    // create in flight when stopped: a NIC the leak sweep takes only
+    // after its grace period.)
     bed.sim.set_faults(Faults {
         attach_latency_ms: 1500,
         ..Faults::default()
     });
-    agent = native_agent(&bed, &cp, COLD);
+    let (cp, mut agent) = start_with(&bed, COLD);
     pod(&cp, "killed", "storage@net1, mgmt@net2");
     let ns = Ns::new("nk").unwrap();
     let runtime = {
@@ -300,13 +306,14 @@ fn an_agent_killed_mid_multi_attach_leaves_the_retry_a_whole_pod_and_the_del_not
         "too late to kill mid-attach"
     );
     agent.kill9();
+    let before = agent.log_text();
     let answer = runtime.join().unwrap();
     assert!(answer.is_err(), "the runtime was told success: {answer:?}");
 
     // The agent comes back; the runtime retries the ADD, as kubelet does
     // after a failed sandbox: the whole set, the NIC made for net1 before
     // the kill adopted rather than leaked.
-    let _agent = native_agent(&bed, &cp, COLD);
+    let agent = native_agent(&bed, &cp, COLD);
     add(&bed, "killed", &ns).unwrap();
     assert_eq!(links(&ns), ["lo", "eth0", "net1", "net2"]);
     let routes = ns.ip(&["-4", "route"]).unwrap();
@@ -316,8 +323,14 @@ fn an_agent_killed_mid_multi_attach_leaves_the_retry_a_whole_pod_and_the_del_not
     call(&bed, "DEL", "killed", &ns).unwrap();
     bed.settle(0);
     assert_eq!(links(&ns), ["lo"]);
-    wait_for("no leaked NIC", Duration::from_secs(20), || {
+    if let Err(e) = wait_for("no leaked NIC", Duration::from_secs(20), || {
         bed.leaked_nics().is_empty()
-    })
-    .unwrap();
+    }) {
+        panic!(
+            "{e}: {:#?}\n{}{}",
+            bed.leaked_nics(),
+            log_tail("the agent killed", &before, 150),
+            log_tail("the agent after the restart", &agent.log_text(), 150)
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::configured::Configured;
 use crate::convert;
 use crate::error::PolicyError;
 use crate::guest::{CallFacts, CallSpec, not_implemented};
@@ -10,7 +11,7 @@ use crate::hook::{Hook, IpKind, RoutesKind, VxnetKind};
 use crate::types::{Decision, HookKind, IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet};
 use crate::validate;
 
-impl Hook<VxnetKind> {
+impl Configured<'_, VxnetKind> {
     /// Which vxnets the pod's NIC may come from, best first: ids of
     /// `candidates`, each at most once. `random` is a fresh random number
     /// (tests pass a fixed one).
@@ -52,7 +53,7 @@ impl Hook<VxnetKind> {
     }
 }
 
-impl Hook<IpKind> {
+impl Configured<'_, IpKind> {
     /// What address the pod must have in `vxnet`.
     pub fn assign_ip(&self, pod: &Pod, vxnet: &Vxnet) -> Result<Decision<IpRequest>, PolicyError> {
         let facts = CallFacts::of(pod, &[vxnet]);
@@ -78,7 +79,7 @@ impl Hook<IpKind> {
     }
 }
 
-impl Hook<RoutesKind> {
+impl Configured<'_, RoutesKind> {
     /// The routes to install in the pod, out of `nic`. `node_gateway` is the
     /// node's own address in the pod's vxnet (its gateway NIC), if it has
     /// one; `templates` are the network config's route templates. An
@@ -133,5 +134,41 @@ impl Hook<RoutesKind> {
                 },
             )
         })
+    }
+}
+
+impl Hook<VxnetKind> {
+    /// [`Configured::select_vxnet`] with the hook's own config.
+    pub fn select_vxnet(
+        &self,
+        pod: &Pod,
+        node: &Node,
+        candidates: &[Vxnet],
+        random: u64,
+    ) -> Result<Decision<Vec<String>>, PolicyError> {
+        self.configured()
+            .select_vxnet(pod, node, candidates, random)
+    }
+}
+
+impl Hook<IpKind> {
+    /// [`Configured::assign_ip`] with the hook's own config.
+    pub fn assign_ip(&self, pod: &Pod, vxnet: &Vxnet) -> Result<Decision<IpRequest>, PolicyError> {
+        self.configured().assign_ip(pod, vxnet)
+    }
+}
+
+impl Hook<RoutesKind> {
+    /// [`Configured::routes`] with the hook's own config.
+    pub fn routes(
+        &self,
+        pod: &Pod,
+        nic: &Nic,
+        vxnet: &Vxnet,
+        node_gateway: Option<Ipv4Addr>,
+        templates: &[RouteTemplate],
+    ) -> Result<Decision<Vec<Route>>, PolicyError> {
+        self.configured()
+            .routes(pod, nic, vxnet, node_gateway, templates)
     }
 }

@@ -12,16 +12,14 @@
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::engine::PolicyEngine;
 use crate::error::{LoadError, PolicyError};
-use crate::guest::Guest;
-use crate::guest_log::LogLine;
 use crate::limits::Limits;
 use crate::load::{FileStamp, Loaded, prepare, stamp};
 use crate::metrics::{GuestMetrics, Metrics, Outcome};
-use crate::types::{Decision, GuestId, HookKind};
+use crate::types::{GuestId, HookKind};
 
 /// What a hook runs, as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,7 +108,7 @@ pub type RoutesHook = Hook<RoutesKind>;
 /// deadline). They never block on I/O except the guest's kv store file
 /// when a call changed it; calling from an async task is fine.
 pub struct Hook<K: Kind> {
-    engine: PolicyEngine,
+    pub(crate) engine: PolicyEngine,
     current: RwLock<Arc<Loaded>>,
     reload: Mutex<ReloadState>,
     totals: Metrics,
@@ -189,7 +187,7 @@ impl<K: Kind> Hook<K> {
         })
     }
 
-    fn current(&self) -> Arc<Loaded> {
+    pub(crate) fn current(&self) -> Arc<Loaded> {
         // A poisoned lock: a panic while swapping an Arc, after which the
         // Arc in place is still a complete generation.
         self.current
@@ -308,75 +306,7 @@ impl<K: Kind> Hook<K> {
         self.current().guest.kv.snapshot()
     }
 
-    /// Runs one decision on the current generation: `call` on its guest,
-    /// then, if that failed and the mode is `Fallback`, on the built-in
-    /// default with an empty config and default limits.
-    pub(crate) fn decide<R>(
-        &self,
-        call: impl Fn(&PolicyEngine, &Guest, &str, &Limits) -> (Result<R, PolicyError>, Vec<LogLine>),
-    ) -> Result<Decision<R>, PolicyError> {
-        let cur = self.current();
-        let start = Instant::now();
-        let (result, mut log) = call(
-            &self.engine,
-            &cur.guest,
-            &cur.config.config,
-            &cur.config.limits,
-        );
-        let err = match result {
-            Ok(answer) => {
-                let elapsed = start.elapsed();
-                self.record(&cur, Outcome::Ok, elapsed);
-                return Ok(Decision {
-                    answer,
-                    guest: cur.guest.id.clone(),
-                    fallback: false,
-                    fallback_cause: None,
-                    log,
-                    elapsed,
-                });
-            }
-            Err(e) if e.is_refusal() => {
-                self.record(&cur, Outcome::Refused, start.elapsed());
-                return Err(e);
-            }
-            Err(e) => e,
-        };
-        let fallback = match (&cur.fallback, cur.config.failure) {
-            (Some(f), FailureMode::Fallback) => f,
-            _ => {
-                self.record(&cur, Outcome::Failed, start.elapsed());
-                return Err(err);
-            }
-        };
-        let cause = crate::error_chain(&err);
-        tracing::warn!(
-            hook = %K::KIND,
-            guest = %cur.guest.id,
-            error = %cause,
-            "policy guest failed; the built-in default answers instead",
-        );
-        let (fb, fb_log) = call(&self.engine, fallback, "", &Limits::default());
-        log.extend(fb_log);
-        let elapsed = start.elapsed();
-        self.record(&cur, Outcome::FellBack, elapsed);
-        match fb {
-            Ok(answer) => Ok(Decision {
-                answer,
-                guest: fallback.id.clone(),
-                fallback: true,
-                fallback_cause: Some(cause),
-                log,
-                elapsed,
-            }),
-            Err(fb_err) => Err(PolicyError::FallbackFailed {
-                primary: Box::new(err),
-                fallback: Box::new(fb_err),
-            }),
-        }
-    }
-
-    fn record(&self, cur: &Loaded, outcome: Outcome, elapsed: Duration) {
+    pub(crate) fn record(&self, cur: &Loaded, outcome: Outcome, elapsed: Duration) {
         cur.metrics.record(outcome, elapsed);
         self.totals.record(outcome, elapsed);
     }

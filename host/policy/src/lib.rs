@@ -23,7 +23,8 @@
 //!   implements; a fresh `Store` per call (`host::CallState`);
 //! - `hook`: a configured guest, swapped atomically on reload, with its
 //!   failure mode; `load`: building a generation (digest, compile, checks);
-//!   `calls`: the three decisions with domain types;
+//!   `configured`: one call's configuration (the hook's, or a network's)
+//!   and the fallback; `calls`: the three decisions with domain types;
 //! - `validate`: the host's check of every answer;
 //! - `limits`: every sandbox number, with its reason;
 //! - `bindings`: the WIT bindings, generated there only; `host`, `wasi`,
@@ -33,6 +34,7 @@ mod bench;
 mod bindings;
 pub mod builtin;
 mod calls;
+mod configured;
 mod convert;
 mod engine;
 mod error;
@@ -50,6 +52,7 @@ mod validate;
 mod wasi;
 
 pub use bench::{BenchResult, bench_calls, bench_hook};
+pub use configured::Configured;
 pub use engine::PolicyEngine;
 pub use error::{EngineError, LoadError, PolicyError, WasmError};
 pub use guest_log::{LogLevel, LogLine, LogSource};

@@ -3,8 +3,10 @@
 //! check that it implements the hook, have it validate its config. Nothing
 //! is shared until all of that succeeded.
 
+use std::collections::HashSet;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use crate::engine::PolicyEngine;
@@ -25,6 +27,15 @@ pub(crate) struct Loaded {
     pub fallback: Option<Guest>,
     pub metrics: Metrics,
     pub loaded_at: SystemTime,
+    /// Network configs this generation's guest accepted
+    /// (`Hook::with_config`).
+    accepted: Mutex<HashSet<String>>,
+}
+
+impl Loaded {
+    pub fn accepted(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Builds a generation, checking everything; nothing is shared until it is
@@ -82,6 +93,7 @@ pub(crate) fn prepare<K: Kind>(
         fallback,
         metrics: Metrics::default(),
         loaded_at: SystemTime::now(),
+        accepted: Mutex::default(),
     })
 }
 

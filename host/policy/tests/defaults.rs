@@ -107,6 +107,39 @@ fn most_free_orders_by_free_addresses() {
 }
 
 #[test]
+fn a_network_config_replaces_the_hooks_own_for_its_calls_once_the_guest_accepts_it() {
+    let (hook, _dir) = vxnet_hook("networkconfig", "");
+    let mut c = vxnets(3);
+    c[0].free_ips = 5;
+    c[1].free_ips = 50;
+    c[2].free_ips = 20;
+    let most_free = r#"{"policy": "MostFree"}"#;
+    let storage = hook.with_config(most_free).unwrap();
+    let order = |d: Result<Decision<Vec<String>>, PolicyError>| d.unwrap().answer;
+    assert_eq!(
+        order(storage.select_vxnet(&pod(&[]), &node(), &c, 0)),
+        ids(&[2, 3, 1])
+    );
+    // The hook's own config (FailRotate) still answers every other call.
+    assert_eq!(select(&hook, &c, 0), ids(&[1, 2, 3]));
+    // Accepted once, remembered: the second network call reuses the check.
+    let again = hook.with_config(most_free).unwrap();
+    assert_eq!(
+        order(again.select_vxnet(&pod(&[]), &node(), &c, 0)),
+        ids(&[2, 3, 1])
+    );
+    let err = hook.with_config(r#"{"policy": "Fastest"}"#).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::ConfigRefused { .. }), "{msg}");
+    assert!(msg.contains("Fastest"), "{msg}");
+    let huge = "x".repeat(limits::MAX_CONFIG_BYTES + 1);
+    assert!(matches!(
+        hook.with_config(&huge).unwrap_err(),
+        LoadError::Limits(_)
+    ));
+}
+
+#[test]
 fn a_bad_config_is_refused_at_load_with_the_guests_reason() {
     let err = VxnetHook::load(
         engine(),

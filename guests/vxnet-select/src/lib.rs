@@ -8,11 +8,23 @@ mod bindings;
 mod policy;
 
 use bindings::exports::hostnic::policy::config;
+use bindings::hostnic::policy::attachment_facts;
 use bindings::hostnic::policy::host::{self, Level};
 use bindings::{Node, Pod, Reason, Vxnet};
 
-/// The rotation index of FailRotate and RoundRotate, in the host's kv store.
+/// The rotation index of FailRotate and RoundRotate, in the host's kv
+/// store: one per network (`index/<network>`), since each network rotates
+/// over its own vxnets. `index` alone is where releases before contract
+/// 0.1.2 kept the one index (and where a call for no named network keeps
+/// it); a network without its own starts from it.
 const INDEX_KEY: &str = "index";
+
+fn index_key() -> String {
+    match attachment_facts::network() {
+        network if network.is_empty() => INDEX_KEY.to_string(),
+        network => format!("{INDEX_KEY}/{network}"),
+    }
+}
 
 struct VxnetSelect;
 
@@ -31,8 +43,9 @@ impl bindings::Guest for VxnetSelect {
         random: u64,
     ) -> Result<Vec<String>, Reason> {
         let policy = policy::parse_config(&config)?;
+        let key = index_key();
         let stored = if policy.rotates() {
-            stored_index()
+            stored_index(&key)
         } else {
             None
         };
@@ -41,7 +54,7 @@ impl bindings::Guest for VxnetSelect {
             host::log(Level::Info, note);
         }
         if let Some(next) = decision.store_index
-            && let Err(e) = host::kv_set(INDEX_KEY, &next.to_string())
+            && let Err(e) = host::kv_set(&key, &next.to_string())
         {
             // The answer is still right for this call; the next call starts
             // from the old index, which only delays a rotation.
@@ -57,15 +70,16 @@ impl bindings::Guest for VxnetSelect {
 /// The index the last call stored; `None` when there is none (first call,
 /// new store) or it is not a number (then said in the log, and the policy
 /// stores a good one).
-fn stored_index() -> Option<u64> {
-    let text = host::kv_get(INDEX_KEY)?;
+fn stored_index(key: &str) -> Option<u64> {
+    let (key, text) = match host::kv_get(key) {
+        Some(text) => (key, text),
+        None => (INDEX_KEY, host::kv_get(INDEX_KEY)?),
+    };
     let index = text.parse().ok();
     if index.is_none() {
         host::log(
             Level::Warn,
-            &format!(
-                "kv {INDEX_KEY:?} holds {text:?}, not a number; starting from the first vxnet"
-            ),
+            &format!("kv {key:?} holds {text:?}, not a number; starting from the first vxnet"),
         );
     }
     index

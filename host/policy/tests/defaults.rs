@@ -88,6 +88,28 @@ fn round_rotate_advances_every_call() {
 }
 
 #[test]
+fn each_network_rotates_over_its_vxnets_on_its_own_index() {
+    let (hook, _dir) = vxnet_hook("pernetwork", r#"{"policy": "RoundRotate"}"#);
+    let on = |network: &str, c: &[Vxnet]| {
+        let mut p = pod(&[]);
+        p.attachment.network = network.into();
+        hook.select_vxnet(&p, &node(), c, 0).unwrap().answer
+    };
+    let (storage, admin) = (vxnets(3), vxnets(2));
+    assert_eq!(on("default/storage", &storage), ids(&[1, 2, 3]));
+    assert_eq!(on("default/admin", &admin), ids(&[1, 2]));
+    assert_eq!(on("default/storage", &storage), ids(&[2, 3, 1]));
+    assert_eq!(on("default/admin", &admin), ids(&[2, 1]));
+    assert_eq!(on("default/storage", &storage), ids(&[3, 1, 2]));
+    let kv = hook.kv_snapshot();
+    assert_eq!(
+        kv.get("index/default/storage").map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(kv.get("index/default/admin").map(String::as_str), Some("0"));
+}
+
+#[test]
 fn random_starts_where_the_hosts_random_number_says() {
     let (hook, _dir) = vxnet_hook("random", r#"{"policy": "Random"}"#);
     let c = vxnets(3);

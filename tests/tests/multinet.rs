@@ -200,3 +200,93 @@ fn a_network_cannot_reach_past_the_agents_vxnets_or_its_own() {
     assert_eq!(links.lines().count(), 1, "only lo: {links}");
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
 }
+
+/// A network configures the vxnet guest its own way (its config's
+/// `hooks`), within what the agent lets a network configure: two networks
+/// over the same two vxnets, one on the agent's policy (FailRotate, which
+/// stays on the first), one rotating on its own (RoundRotate), each with
+/// its own rotation index.
+#[test]
+fn each_network_configures_its_own_vxnet_policy_within_what_the_agent_allows() {
+    if !require_root("each_network_configures_its_own_vxnet_policy_within_what_the_agent_allows") {
+        return;
+    }
+    let bed = bed();
+    let agent = bed.start_agent(0, TIMERS).unwrap();
+    let cni = bed.hostnic(0);
+    let two = json!(["vxnet-storage", "vxnet-admin"]);
+    let mut plain = network(&bed, 0, "default/plain", "vxnet-storage");
+    plain["vxnets"] = two.clone();
+    let mut spread = plain.clone();
+    spread["name"] = json!("default/spread");
+    spread["hooks"] = json!({"vxnet": {"policy": "RoundRotate"}});
+
+    let pods: Vec<Ns> = (0..4)
+        .map(|i| Ns::new(&format!("pn{i}")).unwrap())
+        .collect();
+    let mut got = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let path = pod.path().display().to_string();
+        let cid = format!("pn{i}");
+        let mut subnets = Vec::new();
+        for (conf, ifname) in [(&spread, "net1"), (&plain, "net2")] {
+            let r = add(&cni, conf, &env(&cid, &path, ifname))
+                .unwrap_or_else(|e| panic!("pod {i} {ifname}: {e}\n{}", agent.log_text()));
+            subnets.push(ip_of(&r).rsplit_once('.').unwrap().0.to_string());
+        }
+        got.push(subnets);
+    }
+    let want: Vec<Vec<&str>> = [
+        ["10.101.0", "10.101.0"],
+        ["10.102.0", "10.101.0"],
+        ["10.101.0", "10.101.0"],
+        ["10.102.0", "10.101.0"],
+    ]
+    .iter()
+    .map(|p| p.to_vec())
+    .collect();
+    assert_eq!(got, want, "(spread, plain) subnets per pod");
+
+    // The ip hook holds the tenant pools: the agent keeps it for itself.
+    let pod = Ns::new("pnbad").unwrap();
+    let path = pod.path().display().to_string();
+    let mut own_ip = plain.clone();
+    own_ip["hooks"] = json!({"ip": {"pools": {}}});
+    let e = cni
+        .call("ADD", &own_ip, &env("pnbad", &path, "net1"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(7), "{e}");
+    assert!(
+        e.msg.contains("default/plain")
+            && e.msg.contains("hooks.ip")
+            && e.msg.contains("network_config"),
+        "{e}"
+    );
+    // A config the guest refuses is refused with the guest's reason.
+    let mut bad = plain.clone();
+    bad["hooks"] = json!({"routes": {"metric": 5}});
+    let e = cni
+        .call("ADD", &bad, &env("pnbad", &path, "net1"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(7), "{e}");
+    assert!(
+        e.msg.contains("hooks.routes") && e.msg.contains("metric"),
+        "{e}"
+    );
+    let links = pod.ip(&["-o", "link"]).unwrap();
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
+
+    for (i, pod) in pods.iter().enumerate() {
+        let path = pod.path().display().to_string();
+        let cid = format!("pn{i}");
+        for (conf, ifname) in [(&spread, "net1"), (&plain, "net2")] {
+            cni.call("DEL", conf, &env(&cid, &path, ifname))
+                .unwrap()
+                .unwrap();
+        }
+    }
+    bed.settle(0);
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}

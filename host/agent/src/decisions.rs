@@ -35,6 +35,10 @@ pub struct Recorded {
     #[serde(default)]
     pub fallback: bool,
     pub facts: Facts,
+    /// The network's own config string the guest ran with, if not the
+    /// hook's (a network config's `hooks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<String>,
     /// The answer (see `facts::vxnets_json`, `ip_json`, `routes_json`)…
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<Value>,
@@ -77,6 +81,7 @@ impl DecisionLog {
         who: For<'_>,
         hook: HookName,
         facts: Facts,
+        network_config: Option<&str>,
         outcome: &Result<Decision<T>, PolicyError>,
         answer: impl FnOnce(&T) -> Value,
     ) {
@@ -119,6 +124,7 @@ impl DecisionLog {
             sha256: guest.sha256.clone(),
             fallback,
             facts,
+            network_config: network_config.map(str::to_string),
             answer,
             error,
             elapsed_us: elapsed.as_micros() as u64,
@@ -186,6 +192,7 @@ mod tests {
                 who,
                 HookName::Vxnet,
                 Facts::default(),
+                None,
                 &decision(vec![format!("vxnet-{i}")]),
                 |a| crate::facts::vxnets_json(a),
             );

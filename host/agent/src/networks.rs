@@ -258,6 +258,7 @@ pub fn request(primary: &AddRequest, sel: &Selection, conf: &NetConf) -> AddRequ
         default_route: Some(sel.default_route.is_some()),
         ips: sel.ips.clone(),
         mac: sel.mac.clone(),
+        hooks: conf.hooks.clone(),
     }
 }
 

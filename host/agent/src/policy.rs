@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hostnic_policy::{
-    Decision, FailureMode, HookConfig, IpHook, IpRequest, Limits, Nic, Node, Pod, PolicyEngine,
-    PolicyError, Route, RouteTemplate, RoutesHook, Vxnet, VxnetHook,
+    Configured, Decision, FailureMode, HookConfig, IpHook, IpRequest, Limits, Nic, Node, Pod,
+    PolicyEngine, PolicyError, Route, RouteTemplate, RoutesHook, Vxnet, VxnetHook,
 };
 use hostnic_proto::cni::{CniError, code};
 use hostnic_proto::rpc;
@@ -34,6 +34,9 @@ pub struct Policies {
     pub routes: RoutesHook,
     /// The latest calls, for `policy decisions` and `policy replay`.
     pub log: DecisionLog,
+    /// The hooks a network's config may configure (`[hooks]
+    /// network_config`; reloaded with the rest).
+    network_config: std::sync::RwLock<Vec<HookName>>,
 }
 
 /// Why a configured vxnet module can never be called on this node, if so:
@@ -122,6 +125,7 @@ impl Policies {
             ip,
             routes,
             log: DecisionLog::default(),
+            network_config: std::sync::RwLock::new(h.network_config.clone()),
         })
     }
 
@@ -163,6 +167,10 @@ impl Policies {
     /// compiled and validated before it is swapped in.
     pub fn reload_config(&self, cfg: &Config) {
         let h = &cfg.hooks;
+        *self
+            .network_config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = h.network_config.clone();
         let before = self.guests();
         let results = [
             (
@@ -216,6 +224,80 @@ impl Policies {
         }
     }
 
+    /// Routes out of `nic` from the routes hook (with the network's own
+    /// `config`, if it has one), as the plumbing installs them.
+    pub fn routes_for(
+        &self,
+        who: For<'_>,
+        pod: &Pod,
+        nic: &crate::config::NicSpec,
+        node_gw: Option<Ipv4Addr>,
+        templates: &[hostnic_proto::cni::RouteTemplate],
+        config: Option<&str>,
+    ) -> Result<Vec<(ipnet::Ipv4Net, Option<Ipv4Addr>)>, CniError> {
+        let hook = configured(&self.routes, "routes", config)?;
+        let vxnet = &nic_vxnet(nic);
+        let templates: Vec<RouteTemplate> = templates
+            .iter()
+            .filter_map(|t| match (t.dst, t.gw) {
+                (IpNet::V4(dst), Some(std::net::IpAddr::V4(g))) => {
+                    Some(RouteTemplate { dst, gw: Some(g) })
+                }
+                (IpNet::V4(dst), None) => Some(RouteTemplate { dst, gw: None }),
+                _ => None,
+            })
+            .collect();
+        let nic = Nic {
+            mac: nic.mac.to_string(),
+            ip: nic.address.addr(),
+            prefix_len: nic.address.prefix_len(),
+        };
+        let r = call(|| hook.routes(pod, &nic, vxnet, node_gw, &templates));
+        let facts = Facts::for_routes(pod, &nic, vxnet, node_gw, &templates);
+        self.log
+            .record(who, HookName::Routes, facts, config, &r, |a| {
+                facts::routes_json(a)
+            });
+        let routes: Vec<Route> = decided("routes", r)?;
+        Ok(routes.into_iter().map(|r| (r.dst, r.gw)).collect())
+    }
+
+    /// Refuses a network config that configures a hook the agent keeps for
+    /// itself, naming the hook and the setting.
+    pub fn check_network_config(
+        &self,
+        network: &str,
+        hooks: &hostnic_proto::cni::NetworkHooks,
+    ) -> Result<(), CniError> {
+        let allowed = self
+            .network_config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match hooks
+            .set()
+            .find(|(name, _)| !allowed.iter().any(|a| a.name() == *name))
+        {
+            None => Ok(()),
+            Some((name, _)) => Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network {network} configures hooks.{name}, which this agent does not let a network configure (its [hooks] network_config is [{}]); {}",
+                    allowed
+                        .iter()
+                        .map(|a| format!("{:?}", a.name()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if name == "ip" {
+                        "the ip config holds the tenant pools and pinned addresses, so it is the operator's (bind a pool to the network with its `networks` instead)"
+                    } else {
+                        "the operator can allow it"
+                    }
+                ),
+            )),
+        }
+    }
+
     /// The guest serving each hook now: (hook, guest).
     pub fn guests(&self) -> [(&'static str, hostnic_policy::GuestId); 3] {
         [
@@ -225,35 +307,64 @@ impl Policies {
         ]
     }
 
-    /// The vxnets to try, best first, as the vxnet hook decides.
+    /// The vxnets to try, best first, as the vxnet hook decides (with the
+    /// network's own `config`, if it has one).
     pub fn select_vxnet(
         &self,
         who: For<'_>,
         pod: &Pod,
         node: &Node,
         candidates: &[Vxnet],
+        config: Option<&str>,
     ) -> Result<Vec<String>, CniError> {
+        let hook = configured(&self.vxnet, "vxnet", config)?;
         let random = fastrand::u64(..);
-        let r = call(|| self.vxnet.select_vxnet(pod, node, candidates, random));
+        let r = call(|| hook.select_vxnet(pod, node, candidates, random));
         let facts = Facts::for_vxnet(pod, node, candidates, random);
         self.log
-            .record(who, HookName::Vxnet, facts, &r, |a| facts::vxnets_json(a));
+            .record(who, HookName::Vxnet, facts, config, &r, |a| {
+                facts::vxnets_json(a)
+            });
         decided("vxnet", r)
     }
 
     /// The IP the pod must have, as the ip hook decides; `Sticky` keys are
     /// resolved by the caller against the agent's sticky record.
-    pub fn ip_for(&self, who: For<'_>, pod: &Pod, vxnet: &Vxnet) -> Result<IpRequest, CniError> {
-        let r = call(|| self.ip.assign_ip(pod, vxnet));
-        self.log.record(
-            who,
-            HookName::Ip,
-            Facts::for_ip(pod, vxnet),
-            &r,
-            facts::ip_json,
-        );
+    pub fn ip_for(
+        &self,
+        who: For<'_>,
+        pod: &Pod,
+        vxnet: &Vxnet,
+        config: Option<&str>,
+    ) -> Result<IpRequest, CniError> {
+        let hook = configured(&self.ip, "ip", config)?;
+        let r = call(|| hook.assign_ip(pod, vxnet));
+        let facts = Facts::for_ip(pod, vxnet);
+        self.log
+            .record(who, HookName::Ip, facts, config, &r, facts::ip_json);
         decided("ip", r)
     }
+}
+
+/// `hook` with the network's own `config` (checked by the guest, once per
+/// module), or its own.
+fn configured<'h, K: hostnic_policy::Kind>(
+    hook: &'h hostnic_policy::Hook<K>,
+    name: &str,
+    config: Option<&str>,
+) -> Result<Configured<'h, K>, CniError> {
+    let Some(config) = config else {
+        return Ok(hook.configured());
+    };
+    call(|| hook.with_config(config)).map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "the network's hooks.{name} config: {}",
+                hostnic_policy::error_chain(&e)
+            ),
+        )
+    })
 }
 
 /// The runtime's view of the pod, for guests: its annotations. Labels and
@@ -268,6 +379,15 @@ pub fn pod(p: &rpc::Pod) -> Pod {
         owner: None,
         attachment: Default::default(),
     }
+}
+
+/// The vxnet facts of a NIC, for the hooks.
+pub fn nic_vxnet(nic: &crate::config::NicSpec) -> Vxnet {
+    vxnet(
+        nic.vxnet.as_deref().unwrap_or("static"),
+        nic.address.trunc(),
+        nic.gateway,
+    )
 }
 
 pub fn vxnet(id: &str, cidr: ipnet::Ipv4Net, gateway: Ipv4Addr) -> Vxnet {
@@ -323,44 +443,6 @@ pub fn call<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
-}
-
-/// Routes from the routes hook, as the plumbing installs them.
-pub fn routes_for(
-    policies: &Policies,
-    who: For<'_>,
-    pod: &Pod,
-    nic: &crate::config::NicSpec,
-    vxnet: &Vxnet,
-    node_gw: Option<Ipv4Addr>,
-    templates: &[hostnic_proto::cni::RouteTemplate],
-) -> Result<Vec<(ipnet::Ipv4Net, Option<Ipv4Addr>)>, CniError> {
-    let templates: Vec<RouteTemplate> = templates
-        .iter()
-        .filter_map(|t| match (t.dst, t.gw) {
-            (IpNet::V4(dst), Some(std::net::IpAddr::V4(g))) => {
-                Some(RouteTemplate { dst, gw: Some(g) })
-            }
-            (IpNet::V4(dst), None) => Some(RouteTemplate { dst, gw: None }),
-            _ => None,
-        })
-        .collect();
-    let nic = Nic {
-        mac: nic.mac.to_string(),
-        ip: nic.address.addr(),
-        prefix_len: nic.address.prefix_len(),
-    };
-    let r = call(|| {
-        policies
-            .routes
-            .routes(pod, &nic, vxnet, node_gw, &templates)
-    });
-    let facts = Facts::for_routes(pod, &nic, vxnet, node_gw, &templates);
-    policies
-        .log
-        .record(who, HookName::Routes, facts, &r, |a| facts::routes_json(a));
-    let routes: Vec<Route> = decided("routes", r)?;
-    Ok(routes.into_iter().map(|r| (r.dst, r.gw)).collect())
 }
 
 /// The remembered address of each sticky key, kept in the state dir.

@@ -170,6 +170,7 @@ fn add(
         default_route: conf.default_route,
         ips: conf.requested_ips()?,
         mac: conf.requested_mac()?,
+        hooks: conf.hooks.clone(),
     });
     match agent.call(op, Some(&netns))? {
         Reply::Added(result) => Ok(Some(result.encode(version, conf.prev_result.as_ref()))),

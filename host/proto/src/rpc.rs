@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cni::{AddResult, AttachmentKey, CniError, RouteTemplate};
+use crate::cni::{AddResult, AttachmentKey, CniError, NetworkHooks, RouteTemplate};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -52,6 +52,9 @@ pub struct Request {
     pub op: Op,
 }
 
+// One request per connection, decoded once: the size of the ADD variant
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -137,6 +140,9 @@ pub struct AddRequest {
     /// The `mac` capability: the node's NIC with this MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The network's own guest configs (its config's `hooks`).
+    #[serde(default, skip_serializing_if = "NetworkHooks::is_empty")]
+    pub hooks: NetworkHooks,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

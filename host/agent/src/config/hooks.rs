@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use serde::Deserialize;
 
+use crate::facts::HookName;
+
 /// The policy hooks. Each runs the built-in default guest unless `path`
 /// names another module; `enabled = false` bypasses all three with the
 /// agent's native code (for operators who want no WebAssembly on the path,
@@ -18,6 +20,13 @@ pub struct Hooks {
     /// compiled, validated and swapped in live).
     #[serde(default = "default_watch")]
     pub watch_seconds: u64,
+    /// The hooks a network may configure for its own attachments (its
+    /// config's `"hooks"`, e.g. in a NetworkAttachmentDefinition, which
+    /// any namespace admin can write). Not `ip` by default: the ip config
+    /// holds the tenant pools and pinned addresses a namespace must not
+    /// rewrite for itself.
+    #[serde(default = "default_network_config")]
+    pub network_config: Vec<HookName>,
     #[serde(default)]
     pub vxnet: HookSpec,
     #[serde(default)]
@@ -37,6 +46,9 @@ fn yes() -> bool {
 }
 fn default_watch() -> u64 {
     2
+}
+fn default_network_config() -> Vec<HookName> {
+    vec![HookName::Vxnet, HookName::Routes]
 }
 
 /// One hook: which module, pinned by digest, with its configuration string,

@@ -122,7 +122,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<()> {
         } => {
             let facts = read_facts(&facts)?;
             let h = AnyHook::load(&engine()?, hook, config_for(&file, guest_config)?)?;
-            show(hook, h.decide(&facts)??);
+            show(hook, h.decide(&facts, None)??);
             Ok(())
         }
         PolicyCmd::Bench {
@@ -137,9 +137,9 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<()> {
                 Some(path) => {
                     let facts = read_facts(path)?;
                     // Bad facts fail here, once, rather than n times.
-                    h.decide(&facts)?.ok();
+                    h.decide(&facts, None)?.ok();
                     println!("facts: {}", path.display());
-                    bench_calls(n, || h.decide(&facts).expect("facts checked above"))
+                    bench_calls(n, || h.decide(&facts, None).expect("facts checked above"))
                 }
                 None => {
                     println!(
@@ -206,29 +206,41 @@ impl AnyHook {
         })
     }
 
-    /// One call on `facts`. The outer error: the facts lack what this hook
-    /// needs; the inner one: the call failed or the guest refused.
+    /// One call on `facts`, with a network's own config string if the
+    /// recorded call had one. The outer error: the facts lack what this
+    /// hook needs; the inner one: the call failed or the guest refused
+    /// (the network's config too).
     pub(crate) fn decide(
         &self,
         facts: &Facts,
+        network_config: Option<&str>,
     ) -> anyhow::Result<Result<Decision<Value>, PolicyError>> {
         let pod = facts.pod();
         Ok(match self {
-            AnyHook::Vxnet(h) => h
-                .select_vxnet(&pod, &facts.node(), &facts.candidates(), facts.random)
-                .map(|d| map(d, |a| facts::vxnets_json(&a))),
-            AnyHook::Ip(h) => h
-                .assign_ip(&pod, &facts.vxnet()?)
-                .map(|d| map(d, |a| facts::ip_json(&a))),
-            AnyHook::Routes(h) => h
-                .routes(
-                    &pod,
-                    &facts.nic()?,
-                    &facts.vxnet()?,
-                    facts.node_gateway,
-                    &facts.templates(),
-                )
-                .map(|d| map(d, |a| facts::routes_json(&a))),
+            AnyHook::Vxnet(h) => match configured(h, network_config)? {
+                Ok(h) => h
+                    .select_vxnet(&pod, &facts.node(), &facts.candidates(), facts.random)
+                    .map(|d| map(d, |a| facts::vxnets_json(&a))),
+                Err(e) => Err(e),
+            },
+            AnyHook::Ip(h) => match configured(h, network_config)? {
+                Ok(h) => h
+                    .assign_ip(&pod, &facts.vxnet()?)
+                    .map(|d| map(d, |a| facts::ip_json(&a))),
+                Err(e) => Err(e),
+            },
+            AnyHook::Routes(h) => match configured(h, network_config)? {
+                Ok(h) => h
+                    .routes(
+                        &pod,
+                        &facts.nic()?,
+                        &facts.vxnet()?,
+                        facts.node_gateway,
+                        &facts.templates(),
+                    )
+                    .map(|d| map(d, |a| facts::routes_json(&a))),
+                Err(e) => Err(e),
+            },
         })
     }
 
@@ -238,6 +250,25 @@ impl AnyHook {
             AnyHook::Ip(h) => bench_hook(h, n),
             AnyHook::Routes(h) => bench_hook(h, n),
         }
+    }
+}
+
+/// `hook` with a network's config string; the guest refusing the string
+/// is a refusal of the call.
+fn configured<'h, K: hostnic_policy::Kind>(
+    hook: &'h hostnic_policy::Hook<K>,
+    config: Option<&str>,
+) -> anyhow::Result<Result<hostnic_policy::Configured<'h, K>, PolicyError>> {
+    let Some(config) = config else {
+        return Ok(Ok(hook.configured()));
+    };
+    match hook.with_config(config) {
+        Ok(h) => Ok(Ok(h)),
+        Err(LoadError::ConfigRefused { guest, reason }) => Ok(Err(PolicyError::Refused {
+            guest,
+            reason: format!("the network's config: {reason}"),
+        })),
+        Err(e) => Err(anyhow::Error::new(e).context("the network's config")),
     }
 }
 

@@ -88,7 +88,7 @@ pub fn replay(
             (None, Some(e)) => format!("failed: {e}"),
             (None, None) => "nothing".to_string(),
         };
-        let now = match hook.decide(&r.facts)? {
+        let now = match hook.decide(&r.facts, r.network_config.as_deref())? {
             Ok(d) if Some(&d.answer) == r.answer.as_ref() => {
                 same += 1;
                 continue;

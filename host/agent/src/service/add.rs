@@ -250,7 +250,7 @@ impl Service {
     ) -> Result<AddResult, AddFailure> {
         let _guard = lease.lock.lock().await;
         let nic = &lease.spec;
-        let routes = match self.routes(key, pod, nic, &req.routes).await {
+        let routes = match self.routes(key, pod, nic, &req.routes, &req.hooks).await {
             Ok(r) => r,
             Err(e) => {
                 self.nics.pool().release(nic.mac, true);

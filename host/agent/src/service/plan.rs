@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use hostnic_netlink::Mac;
 use hostnic_policy::IpRequest;
-use hostnic_proto::cni::{CniError, RouteTemplate, code};
+use hostnic_proto::cni::{CniError, NetworkHooks, RouteTemplate, code};
 use hostnic_proto::rpc::AddRequest;
 use ipnet::{IpNet, Ipv4Net};
 
@@ -22,7 +22,7 @@ const MAX_RANGE: usize = 1024;
 
 /// What the network's config and the runtime ask of one attachment,
 /// beyond the guests' say.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Asked<'a> {
     /// The network's vxnets (a subset of the source's); `None`: all.
     pub vxnets: Option<&'a [String]>,
@@ -31,6 +31,8 @@ pub(super) struct Asked<'a> {
     pub ips: &'a [Ipv4Addr],
     /// The `mac` capability: this NIC.
     pub mac: Option<Mac>,
+    /// The network's own guest configs.
+    pub hooks: &'a NetworkHooks,
 }
 
 impl<'a> Asked<'a> {
@@ -51,6 +53,7 @@ impl<'a> Asked<'a> {
             vxnets: req.vxnets.as_deref(),
             ips: &req.ips,
             mac,
+            hooks: &req.hooks,
         })
     }
 }
@@ -82,15 +85,6 @@ impl Plan {
 /// Routes as the plumbing installs them: (destination, next hop).
 pub(super) type Routes = Vec<(Ipv4Net, Option<Ipv4Addr>)>;
 
-/// The vxnet facts of a NIC, for the hooks.
-fn nic_vxnet(nic: &NicSpec) -> hostnic_policy::Vxnet {
-    policy::vxnet(
-        nic.vxnet.as_deref().unwrap_or("static"),
-        nic.address.trunc(),
-        nic.gateway,
-    )
-}
-
 impl Service {
     pub(super) fn plan(
         &self,
@@ -99,9 +93,10 @@ impl Service {
         asked: &Asked<'_>,
     ) -> Result<Plan, CniError> {
         let network = self.network_vxnets(key, asked.vxnets)?;
-        let order = self.vxnet_order(key, pod, network.as_deref())?;
+        self.network_hooks(key, asked.hooks)?;
+        let order = self.vxnet_order(key, pod, network.as_deref(), asked.hooks)?;
         let (mut addresses, mut sticky, mut ip_request) =
-            self.wanted_addresses(key, pod, order.as_deref())?;
+            self.wanted_addresses(key, pod, order.as_deref(), asked.hooks)?;
         // The runtime's addresses, within what the ip policy allows (a
         // tenant's pool holds for Multus's `ips` as for annotations).
         if !asked.ips.is_empty() {
@@ -180,6 +175,24 @@ impl Service {
         Ok(Some(wanted.to_vec()))
     }
 
+    /// The network's own guest configs: only for hooks the agent lets a
+    /// network configure, and only where guests decide.
+    fn network_hooks(&self, key: &Key, hooks: &NetworkHooks) -> Result<(), CniError> {
+        if hooks.is_empty() {
+            return Ok(());
+        }
+        match &self.policies {
+            Some(p) => p.check_network_config(&key.network, hooks),
+            None => Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network {} configures policy hooks, but this agent runs with hooks.enabled = false",
+                    key.network
+                ),
+            )),
+        }
+    }
+
     /// `order` starting with the vxnet that holds `ip`.
     fn holding(&self, key: &Key, order: &[String], ip: Ipv4Addr) -> Result<Vec<String>, CniError> {
         let vxnets = self.source.vxnets();
@@ -213,6 +226,7 @@ impl Service {
         key: &Key,
         pod: &hostnic_policy::Pod,
         network: Option<&[String]>,
+        hooks: &NetworkHooks,
     ) -> Result<Option<Vec<String>>, CniError> {
         let ours = |id: &String| network.is_none_or(|n| n.contains(id));
         let Some(p) = &self.policies else {
@@ -226,7 +240,8 @@ impl Service {
         }
         let (candidates, node) = self.source.facts(&self.nics.pool());
         let candidates: Vec<_> = candidates.into_iter().filter(|c| ours(&c.id)).collect();
-        p.select_vxnet(who(key), pod, &node, &candidates).map(Some)
+        p.select_vxnet(who(key), pod, &node, &candidates, hooks.vxnet.as_deref())
+            .map(Some)
     }
 
     /// What the ip hook asks for, as the addresses that would do (`None`:
@@ -238,6 +253,7 @@ impl Service {
         key: &Key,
         pod: &hostnic_policy::Pod,
         order: Option<&[String]>,
+        hooks: &NetworkHooks,
     ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>, String), CniError> {
         let Some(p) = &self.policies else {
             return Ok((None, None, "any (hooks off)".into()));
@@ -255,34 +271,36 @@ impl Service {
             // Static inventory without vxnets: the subnet of the first
             // free NIC.
             None => match self.nics.pool().first_free() {
-                Some(nic) => nic_vxnet(&nic),
+                Some(nic) => policy::nic_vxnet(&nic),
                 None => return Ok((None, None, "any (not asked)".into())),
             },
         };
-        Ok(match p.ip_for(who(key), pod, &facts)? {
-            IpRequest::Any => (None, None, "any".into()),
-            IpRequest::Exact(ip) => (Some(vec![ip]), None, format!("exact {ip}")),
-            IpRequest::OneOf(ips) => {
-                let said = format!("one of {} addresses", ips.len());
-                (Some(ips), None, said)
-            }
-            IpRequest::Range { first, last } => {
-                let (a, b) = (u32::from(first), u32::from(last));
-                (
-                    Some((a..=b).take(MAX_RANGE).map(Ipv4Addr::from).collect()),
-                    None,
-                    format!("range {first}-{last}"),
-                )
-            }
-            IpRequest::Sticky(k) => match self.sticky.get(&k) {
-                Some(ip) => (
-                    Some(vec![ip]),
-                    Some(k.clone()),
-                    format!("sticky {k} (remembered {ip})"),
-                ),
-                None => (None, Some(k.clone()), format!("sticky {k} (first time)")),
+        Ok(
+            match p.ip_for(who(key), pod, &facts, hooks.ip.as_deref())? {
+                IpRequest::Any => (None, None, "any".into()),
+                IpRequest::Exact(ip) => (Some(vec![ip]), None, format!("exact {ip}")),
+                IpRequest::OneOf(ips) => {
+                    let said = format!("one of {} addresses", ips.len());
+                    (Some(ips), None, said)
+                }
+                IpRequest::Range { first, last } => {
+                    let (a, b) = (u32::from(first), u32::from(last));
+                    (
+                        Some((a..=b).take(MAX_RANGE).map(Ipv4Addr::from).collect()),
+                        None,
+                        format!("range {first}-{last}"),
+                    )
+                }
+                IpRequest::Sticky(k) => match self.sticky.get(&k) {
+                    Some(ip) => (
+                        Some(vec![ip]),
+                        Some(k.clone()),
+                        format!("sticky {k} (remembered {ip})"),
+                    ),
+                    None => (None, Some(k.clone()), format!("sticky {k} (first time)")),
+                },
             },
-        })
+        )
     }
 
     /// Remembers the address a sticky pod got, for its next ADD.
@@ -303,12 +321,18 @@ impl Service {
         pod: &hostnic_policy::Pod,
         nic: &NicSpec,
         templates: &[RouteTemplate],
+        hooks: &NetworkHooks,
     ) -> Result<Routes, CniError> {
         let node_gw = self.node_gateway(nic, templates).await?;
         match &self.policies {
-            Some(p) => {
-                policy::routes_for(p, who(key), pod, nic, &nic_vxnet(nic), node_gw, templates)
-            }
+            Some(p) => p.routes_for(
+                who(key),
+                pod,
+                nic,
+                node_gw,
+                templates,
+                hooks.routes.as_deref(),
+            ),
             None => Ok(native_routes(
                 nic,
                 templates,

@@ -16,7 +16,9 @@ mod netconf;
 mod result;
 
 pub use args::{CniArgs, validate_container_id, validate_ifname};
-pub use netconf::{AttachmentKey, Ipam, MTU_RANGE, NetConf, RouteTemplate, RuntimeConfig};
+pub use netconf::{
+    AttachmentKey, Ipam, MTU_RANGE, NetConf, NetworkHooks, RouteTemplate, RuntimeConfig,
+};
 pub use result::{AddResult, Interface, IpConfig, Route, version_info};
 
 use std::fmt;

@@ -75,6 +75,63 @@ pub struct AttachmentKey {
     pub ifname: String,
 }
 
+/// A network's configuration strings for the policy guests (its config's
+/// `"hooks"`): each a string, passed as it is, or any other JSON value,
+/// passed as compact JSON (the default guests read JSON objects). Which
+/// hooks a network may configure is the agent's to say (`[hooks]
+/// network_config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkHooks {
+    #[serde(
+        default,
+        deserialize_with = "config_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vxnet: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "config_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ip: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "config_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub routes: Option<String>,
+}
+
+impl NetworkHooks {
+    pub fn is_empty(&self) -> bool {
+        self == &NetworkHooks::default()
+    }
+
+    /// The hooks this network configures: (hook, config).
+    pub fn set(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("vxnet", &self.vxnet),
+            ("ip", &self.ip),
+            ("routes", &self.routes),
+        ]
+        .into_iter()
+        .filter_map(|(h, c)| Some((h, c.as_deref()?)))
+    }
+}
+
+/// A guest's config string from any JSON value (`null`: none).
+fn config_string<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(match Value::deserialize(d)? {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    })
+}
+
 /// Our entry of the conflist, as the runtime hands it to us on stdin.
 /// Unknown fields are ignored, as every CNI plugin does: conflists carry
 /// fields for other tools.
@@ -106,6 +163,10 @@ pub struct NetConf {
     /// runtime or Multus attaches — the cluster network — gets it).
     #[serde(default, rename = "defaultRoute")]
     pub default_route: Option<bool>,
+    /// This network's own configuration for the policy guests, in place of
+    /// the agent's `[hooks.*] config`.
+    #[serde(default)]
+    pub hooks: NetworkHooks,
     #[serde(default)]
     pub capabilities: BTreeMap<String, bool>,
     #[serde(default, rename = "runtimeConfig")]
@@ -400,6 +461,20 @@ mod tests {
             Some(&["vxnet-b".to_string()][..])
         );
         assert_eq!(storage.default_route, Some(false));
+        // A network's guest configs: a string as it is, JSON as compact JSON.
+        let hooks = conf(r#""hooks":{"vxnet":{"policy": "MostFree"},"routes":"{}","ip":null}"#)
+            .unwrap()
+            .hooks;
+        assert_eq!(hooks.vxnet.as_deref(), Some(r#"{"policy":"MostFree"}"#));
+        assert_eq!(hooks.routes.as_deref(), Some("{}"));
+        assert_eq!(hooks.ip, None);
+        assert_eq!(
+            hooks.set().collect::<Vec<_>>(),
+            [("vxnet", r#"{"policy":"MostFree"}"#), ("routes", "{}")]
+        );
+        let e = conf(r#""hooks":{"vxnets":{}}"#).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("hooks") && e.msg.contains("vxnets"), "{e:?}");
         let ok = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","type":"hostnic","ipam":{"routes":[{"dst":"10.96.0.0/12","gw":"0.0.0.0"}]},
                 "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"},"portMappings":[]}}"#,

@@ -393,7 +393,8 @@ mod tests {
         .unwrap()[0];
         let conf = netconf(
             "ops/mgmt",
-            r#"{"cniVersion": "1.0.0", "type": "hostnic", "ipam": {"routes": [{"dst": "0.0.0.0/0", "gw": "10.102.0.1"}]}}"#,
+            r#"{"cniVersion": "1.0.0", "type": "hostnic", "ipam": {"routes": [{"dst": "0.0.0.0/0", "gw": "10.102.0.1"}]},
+                "hooks": {"vxnet": {"policy": "RoundRotate"}}}"#,
         )
         .unwrap();
         let req = request(&primary, sel, &conf);
@@ -407,5 +408,10 @@ mod tests {
         // The annotation's gateway replaces the config's default route.
         assert_eq!(req.routes.len(), 1);
         assert_eq!(req.routes[0].gw, Some("10.102.0.254".parse().unwrap()));
+        // The NAD's own guest config goes with its attachment.
+        assert_eq!(
+            req.hooks.vxnet.as_deref(),
+            Some(r#"{"policy":"RoundRotate"}"#)
+        );
     }
 }

@@ -52,9 +52,21 @@ pub struct Audited {
     /// The guest that decided each hook: hook -> sha256 (12 hex digits);
     /// empty with the hooks off.
     pub guests: BTreeMap<String, String>,
+    /// Where the attachment's time went: before the plan (the checks,
+    /// the pod's routes and its API-server facts), the plan (the vxnet and
+    /// ip guests), the acquire, and the wire — of which `attach_us` is the
+    /// kernel's part (the move into the pod and its configuration), the
+    /// rest the routes guest and the two record writes. `total_us`: the
+    /// attachment from the request to its answer.
+    #[serde(default)]
+    pub prepare_us: u64,
     pub plan_us: u64,
     pub acquire_us: u64,
     pub wire_us: u64,
+    #[serde(default)]
+    pub attach_us: u64,
+    #[serde(default)]
+    pub total_us: u64,
     /// Why the ADD failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -176,13 +176,38 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let wire = wire_times(&bed)?;
+    // Where an attachment's time goes, from the agent's own account of its
+    // latest ADDs: the first NIC of a pod and the extra ones apart.
+    let v = status(&bed)?;
     println!(
-        "\nthe agent's wire time per NIC (move into the pod and configure; its latest {} ADDs): p50 {}, p99 {}",
-        wire.len(),
-        ms(pct(&wire, 50)),
-        ms(pct(&wire, 99))
+        "\nthe agent's account of its latest ADDs, p50 per attachment (first NIC / extra NICs):"
     );
+    println!("| phase | eth0 | net1, net2 |\n|---|---|---|");
+    for (phase, key) in [
+        (
+            "before the plan (checks, the pod's routes, API facts)",
+            "prepare_us",
+        ),
+        ("plan (vxnet and ip guests)", "plan_us"),
+        ("acquire (reserve a warm NIC)", "acquire_us"),
+        (
+            "wire: the kernel's move into the pod and configuration",
+            "attach_us",
+        ),
+        (
+            "wire: routes guest and the two record writes",
+            "wire_us-attach_us",
+        ),
+        ("the whole attachment in the agent", "total_us"),
+    ] {
+        let first = phase_times(&v, key, true)?;
+        let extra = phase_times(&v, key, false)?;
+        println!(
+            "| {phase} | {} | {} |",
+            ms(pct(&first, 50)),
+            ms(pct(&extra, 50))
+        );
+    }
     Ok(())
 }
 
@@ -255,14 +280,20 @@ fn wait_warm(bed: &CloudBed, n: usize) -> anyhow::Result<()> {
     bail!("the warm pool did not reach {n} free NICs per vxnet in 90 s")
 }
 
-/// The wire times of the agent's latest ADD decisions.
-fn wire_times(bed: &CloudBed) -> anyhow::Result<Vec<Duration>> {
-    let v = status(bed)?;
-    let times: Vec<Duration> = v["decisions"]
+/// One phase's times (`key`: an audit field, or `a-b` for their
+/// difference) in the agent's latest ADD decisions, of first NICs
+/// (`eth0`) or of the extra ones.
+fn phase_times(status: &Value, key: &str, first: bool) -> anyhow::Result<Vec<Duration>> {
+    let field = |d: &Value, k: &str| d[k].as_u64();
+    let times: Vec<Duration> = status["decisions"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|d| d["wire_us"].as_u64())
+        .filter(|d| (d["ifname"] == "eth0") == first)
+        .filter_map(|d| match key.split_once('-') {
+            Some((a, b)) => Some(field(d, a)?.saturating_sub(field(d, b)?)),
+            None => field(d, key),
+        })
         .map(Duration::from_micros)
         .collect();
     if times.is_empty() {

@@ -35,6 +35,7 @@ impl Service {
         req: AddRequest,
         netns: &Netns,
     ) -> Result<Reply, CniError> {
+        let received = Instant::now();
         // Validate: nothing is recorded or moved before these pass.
         // Never wire a NIC into the node's own namespace
         // (CNI_NETNS=/proc/1/ns/net on a real node).
@@ -102,6 +103,7 @@ impl Service {
             network: key.network.clone(),
             container_id: key.container_id.clone(),
             ifname: key.ifname.clone(),
+            prepare_us: received.elapsed().as_micros() as u64,
             ..Audited::default()
         };
         let added = self
@@ -113,6 +115,7 @@ impl Service {
                 &mut audit,
             )
             .await;
+        audit.total_us = received.elapsed().as_micros() as u64;
         if let Err(e) = &added {
             audit.error = Some(e.to_string());
         }
@@ -160,7 +163,7 @@ impl Service {
             audit.mac = lease.spec.mac.to_string();
             let acquired_at = Instant::now();
             let wired = self
-                .wire_and_record(lease, key, (req, pod), mtu, netns)
+                .wire_and_record(lease, key, (req, pod), mtu, netns, &mut audit.attach_us)
                 .await;
             audit.plan_us = (planned - started).as_micros() as u64;
             audit.acquire_us = (acquired_at - planned).as_micros() as u64;
@@ -247,6 +250,7 @@ impl Service {
         (req, pod): (&AddRequest, &hostnic_policy::Pod),
         mtu: u32,
         (netns, netns_id): (&Netns, NsId),
+        attach_us: &mut u64,
     ) -> Result<AddResult, AddFailure> {
         let _guard = lease.lock.lock().await;
         let nic = &lease.spec;
@@ -281,7 +285,10 @@ impl Service {
             ))));
         }
 
-        if let Err(e) = self.nics.plumber.attach(&wiring, netns).await {
+        let attaching = Instant::now();
+        let attached = self.nics.plumber.attach(&wiring, netns).await;
+        *attach_us = attaching.elapsed().as_micros() as u64;
+        if let Err(e) = attached {
             // Ask the kernel where the NIC is rather than infer it from the
             // error: free only if it is back in the node namespace.
             let present = matches!(

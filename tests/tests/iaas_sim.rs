@@ -310,3 +310,76 @@ async fn three_describes(c: &Client) -> Vec<Result<Vec<hostnic_iaas::VxNet>, Err
     }
     out
 }
+
+/// The name of the link with `mac` in `ns`.
+fn link_with(ns: &hostnic_testbed::Ns, mac: &str) -> String {
+    let out = ns.ip(&["-o", "link", "show"]).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains(mac))
+        .expect("the NIC's link");
+    let name = line.split(':').nth(1).unwrap().trim();
+    name.split('@').next().unwrap().to_string()
+}
+
+/// The simulated SDN is as strict as a cloud's: it delivers between
+/// attached NICs (ARP broadcast, unicast to their MACs), but a NIC's port
+/// neither learns nor floods, and drops frames not sent from the NIC's own
+/// MAC — what shared-NIC mode must live with.
+#[test]
+fn the_sdn_carries_only_frames_from_and_to_attached_nics() {
+    if !require_root("the_sdn_carries_only_frames_from_and_to_attached_nics") {
+        return;
+    }
+    let sim = Sim::start(SimConfig {
+        nodes: 2,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&sim, fast_options());
+    let mut nics = Vec::new();
+    for node in &sim.nodes {
+        let nic = rt
+            .block_on(c.create_nics("vxnet-pods", "sdn-test", 1, &[]))
+            .unwrap()
+            .remove(0);
+        let job = rt
+            .block_on(c.attach_nics(std::slice::from_ref(&nic.nic_id), &node.instance))
+            .unwrap();
+        rt.block_on(c.wait_job(&job, std::future::pending()))
+            .unwrap();
+        let name = link_with(&node.ns, &nic.nic_id);
+        let ip = nic.private_ip.unwrap().to_string();
+        node.ns
+            .ip_batch(&[
+                format!("addr add {ip}/24 dev {name}"),
+                format!("link set {name} up"),
+            ])
+            .unwrap();
+        nics.push((nic.nic_id, name, ip));
+    }
+    let (a, b) = (&sim.nodes[0].ns, &nics[1].2);
+    assert!(a.ping(b), "attached NICs reach each other");
+    assert!(a.ping("10.100.0.1"), "and the vxnet's gateway");
+
+    // A frame from another MAC on the NIC's port is dropped.
+    let (mac, name) = (&nics[0].0, &nics[0].1);
+    a.ip(&["link", "set", name, "address", "02:aa:bb:cc:dd:ee"])
+        .unwrap();
+    a.ip(&["neigh", "flush", "dev", name]).unwrap();
+    assert!(!a.ping(b), "a spoofed source MAC got through");
+    assert!(!a.ping("10.100.0.1"), "a spoofed source MAC got through");
+    a.ip(&["link", "set", name, "address", mac]).unwrap();
+    assert!(a.ping(b), "the NIC's own MAC works again");
+
+    // No learning, no flooding of unknown unicast, locked.
+    let port = format!("s{}", mac.replace(':', ""));
+    let flags = sim
+        .sdn_ns()
+        .exec("bridge", &["-d", "link", "show", "dev", &port])
+        .unwrap();
+    for want in ["learning off", "flood off", "locked on"] {
+        assert!(flags.contains(want), "{want}: {flags}");
+    }
+}

@@ -4,6 +4,12 @@
 //! appears in the VM's namespace carrying the NIC's MAC and whose other end
 //! joins the vxnet's bridge; detaching deletes it. The SDN namespace routes
 //! between vxnets, as a VPC router does.
+//!
+//! The SDN is strict, as a cloud's is: a NIC's port delivers unicast only
+//! to the MAC of the NIC attached there (no learning, no flooding of
+//! unknown unicast; broadcast still reaches every port, for ARP), and
+//! takes only frames sent from that MAC (a locked port). Something that
+//! works here only because a bridge floods or learns fails its test.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -82,6 +88,16 @@ impl Sdn {
             ),
             format!("link set {end} master {br} up"),
         ])?;
+        self.ns.exec(
+            "bridge",
+            &[
+                "link", "set", "dev", &end, "learning", "off", "flood", "off", "locked", "on",
+            ],
+        )?;
+        self.ns.exec(
+            "bridge",
+            &["fdb", "replace", mac, "dev", &end, "master", "static"],
+        )?;
         Ok(name)
     }
 

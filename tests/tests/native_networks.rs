@@ -183,6 +183,19 @@ fn one_add_attaches_every_network_of_the_pod_and_one_del_releases_them() {
     assert_eq!(again, r);
     assert_eq!(links(&ns).len(), 4);
 
+    // CHECK covers every network of the pod: a broken net1 fails it,
+    // naming the network.
+    call(&bed, "CHECK", "multi", &ns).unwrap();
+    ns.ip(&["link", "set", "net1", "down"]).unwrap();
+    let e = call(&bed, "CHECK", "multi", &ns).unwrap_err();
+    assert_eq!(e.code, Some(102), "{e:?}");
+    assert!(
+        e.msg.contains("default/storage (net1)") && e.msg.contains("down"),
+        "{e:?}"
+    );
+    ns.ip(&["link", "set", "net1", "up"]).unwrap();
+    call(&bed, "CHECK", "multi", &ns).unwrap();
+
     // One DEL from the runtime releases all three.
     call(&bed, "DEL", "multi", &ns).unwrap();
     bed.settle(0);

@@ -10,14 +10,46 @@ use ipnet::IpNet;
 use super::{Service, internal, key_of};
 use crate::plumb::Wiring;
 use crate::pool::State;
+use crate::store::Key;
 
 impl Service {
+    /// CHECK of the attachment asked for and, natively, of the pod's extra
+    /// networks: a pod is only whole if every NIC it got is still wired.
     pub async fn check(&self, req: CheckRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
         let netns = netns.ok_or_else(|| {
             CniError::new(code::INVALID_ENV, "CHECK needs the pod's netns descriptor")
         })?;
         let key = key_of(&req.target);
-        let (lease, state) = self.nics.pool().lookup(&key).ok_or_else(|| {
+        self.check_one(&key, req.prev_result.as_ref(), &netns)
+            .await?;
+        if self.native_networks() {
+            let extras = self
+                .nics
+                .pool()
+                .held_by_container(&key.container_id)
+                .into_iter()
+                .filter(|k| k.network != key.network);
+            for extra in extras {
+                // The runtime's prevResult is the cluster network's only.
+                self.check_one(&extra, None, &netns).await.map_err(|e| {
+                    CniError::new(
+                        e.code,
+                        format!("network {} ({}): {}", extra.network, extra.ifname, e.msg),
+                    )
+                })?;
+            }
+        }
+        Ok(Reply::Checked)
+    }
+
+    /// CHECK of one attachment against its record.
+    async fn check_one(
+        &self,
+        key: &Key,
+        prev_result: Option<&serde_json::Value>,
+        netns: &Netns,
+    ) -> Result<(), CniError> {
+        let (lease, state) = self.nics.pool().lookup(key).ok_or_else(|| {
             CniError::new(
                 code::UNKNOWN_CONTAINER,
                 format!(
@@ -36,10 +68,10 @@ impl Service {
         let Reply::Added(result) = self.recorded_result(lease.spec.mac)? else {
             unreachable!("recorded_result only returns Added")
         };
-        check_prev_result(&result, req.prev_result.as_ref())?;
+        check_prev_result(&result, prev_result)?;
         let w = wiring_from_result(&result, lease.spec.mac)?;
-        match self.nics.plumber.verify(&w, &netns).await {
-            Ok(Ok(())) => Ok(Reply::Checked),
+        match self.nics.plumber.verify(&w, netns).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(diff)) => Err(CniError::new(code::CHECK_FAILED, diff)),
             Err(e) => Err(internal(format!(
                 "checking container {}: {e}",

@@ -111,7 +111,7 @@ impl Service {
             .collect()
     }
 
-    fn native_networks(&self) -> bool {
+    pub(super) fn native_networks(&self) -> bool {
         self.kube.as_ref().is_some_and(|k| k.nads.is_some())
     }
 

@@ -4,8 +4,8 @@
 //! GET. A pod the watch has not delivered yet is waited for a bounded
 //! moment; after that the ADD goes on with what the runtime sent.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -31,7 +31,14 @@ use crate::publish::Seen;
 pub struct PodCache {
     store: Store<Pod>,
     wait: Duration,
+    /// Pods waited for in vain lately, and when: a pod with several
+    /// networks asks once per attachment, and should wait once, not once
+    /// each, while the watch is behind or the API server away.
+    missed: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
+
+/// How long a pod waited for in vain is not waited for again.
+const MISS_MEMORY: Duration = Duration::from_secs(30);
 
 impl PodCache {
     /// Starts watching the pods bound to `node`. The watch restarts with
@@ -48,28 +55,56 @@ impl PodCache {
             "pod",
             "retrying with backoff, ADDs use the runtime's view meanwhile",
         );
-        PodCache { store, wait }
+        PodCache::new(store, wait)
+    }
+
+    fn new(store: Store<Pod>, wait: Duration) -> PodCache {
+        PodCache {
+            store,
+            wait,
+            missed: Arc::default(),
+        }
     }
 
     /// Pod `namespace/name`, waiting up to the configured moment for the
     /// watch to deliver it. With `uid` (the runtime's `K8S_POD_UID`), a
     /// cached pod of that name but another uid (a StatefulSet pod recreated)
     /// does not count.
+    /// A pod waited for in vain within the last [`MISS_MEMORY`] is looked
+    /// up without waiting.
     pub async fn get(&self, namespace: &str, name: &str, uid: Option<&str>) -> Option<PodFacts> {
         let key = ObjectRef::new(name).within(namespace);
-        let deadline = Instant::now() + self.wait;
+        let who = (namespace.to_string(), name.to_string());
+        let recently_missed = self
+            .missed()
+            .get(&who)
+            .is_some_and(|at| at.elapsed() < MISS_MEMORY);
+        let deadline = Instant::now()
+            + if recently_missed {
+                Duration::ZERO
+            } else {
+                self.wait
+            };
         loop {
             if let Some(pod) = self.store.get(&key) {
                 let facts = facts(&pod);
                 if uid.is_none_or(|u| u.is_empty() || u == facts.uid) {
+                    self.missed().remove(&who);
                     return Some(facts);
                 }
             }
             if Instant::now() >= deadline {
+                let mut missed = self.missed();
+                missed.retain(|_, at| at.elapsed() < MISS_MEMORY);
+                missed.entry(who).or_insert_with(Instant::now);
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    fn missed(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
+        self.missed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Pod `namespace/name` as the cache has it now, without waiting: its
@@ -128,6 +163,41 @@ fn ordinal(pod: &str, set: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pod_waited_for_in_vain_is_not_waited_for_again() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let cache = PodCache::new(store, Duration::from_millis(300));
+        let t = Instant::now();
+        assert_eq!(cache.get("default", "web", None).await, None);
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        // Its other attachments ask at once.
+        let t = Instant::now();
+        assert_eq!(cache.get("default", "web", None).await, None);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        // Another pod still gets its wait.
+        let t = Instant::now();
+        assert_eq!(cache.get("default", "db", None).await, None);
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        // Once the watch delivers it, it is found, and forgotten as missed.
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1",
+                         "labels": {"app": "web"}},
+        }))
+        .unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(pod));
+        let facts = cache.get("default", "web", None).await.unwrap();
+        assert_eq!(facts.labels["app"], "web");
+        assert!(
+            !cache
+                .missed()
+                .contains_key(&("default".into(), "web".into()))
+        );
+    }
 
     #[test]
     fn statefulset_ordinals() {

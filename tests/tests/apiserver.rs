@@ -62,6 +62,11 @@ fn add(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Value {
 
 /// One ADD of pod `pod` (namespace default) as containerd sends it.
 fn add_once(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Result<Value, PluginError> {
+    call(bed, "ADD", cid, ns, pod)
+}
+
+/// One `verb` call for pod `pod` (namespace default) as containerd sends it.
+fn call(bed: &CloudBed, verb: &str, cid: &str, ns: &Ns, pod: &str) -> Result<Value, PluginError> {
     let path = ns.path().display().to_string();
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
     let env = CallEnv {
@@ -71,7 +76,7 @@ fn add_once(bed: &CloudBed, cid: &str, ns: &Ns, pod: &str) -> Result<Value, Plug
         args: &args,
     };
     let conf = bed.netconf(0, "1.1.0", json!([]));
-    bed.hostnic(0).call("ADD", &conf, &env).unwrap()
+    bed.hostnic(0).call(verb, &conf, &env).unwrap()
 }
 
 /// `hostnic-agent ARGS --socket <node 0's>`'s output; it must succeed.
@@ -495,4 +500,61 @@ fn an_operator_sees_each_decision_on_its_pod_and_each_failure_as_an_event() {
         "{tables}"
     );
     drop(a0);
+}
+
+/// A StatefulSet's pod, its owner from the agent's watch, is sticky under
+/// its identity with the ip guest's `"statefulsets": true`: recreated, it
+/// asks for the address its identity had, and gets it; a pod of another
+/// identity gets another.
+#[test]
+fn a_statefulset_pod_gets_its_address_back_under_its_identity() {
+    if !require_root("a_statefulset_pod_gets_its_address_back_under_its_identity") {
+        return;
+    }
+    let bed = bed();
+    let cp = cluster(&bed, true);
+    let _agent = agent(
+        &bed,
+        &cp,
+        0,
+        "[hooks.ip]\nconfig = '{\"statefulsets\": true}'\n",
+    )
+    .unwrap();
+    let owned = |name: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]},
+            "spec": {"nodeName": "node-0", "automountServiceAccountToken": false,
+                     "containers": [{"name": "c", "image": "busybox"}]},
+        })
+        .to_string()
+    };
+    cp.apply(&owned("db-0")).unwrap();
+    cp.apply(&owned("db-1")).unwrap();
+    let ip_of = |r: &Value| r["ips"][0]["address"].as_str().unwrap().to_string();
+    let del = |cid: &str, ns: &Ns, pod: &str| call(&bed, "DEL", cid, ns, pod).unwrap();
+    let first = Ns::new("sts0").unwrap();
+    let before = ip_of(&add(&bed, "db-0-a", &first, "db-0"));
+    // Another identity takes a NIC meanwhile and keeps it.
+    let other = Ns::new("sts1").unwrap();
+    let theirs = ip_of(&add(&bed, "db-1-a", &other, "db-1"));
+    assert_ne!(theirs, before);
+    del("db-0-a", &first, "db-0");
+    // db-0 comes back (a new sandbox): the same address.
+    let again = Ns::new("sts0b").unwrap();
+    let after = ip_of(&add(&bed, "db-0-b", &again, "db-0"));
+    assert_eq!(after, before, "db-0 did not get its address back");
+    let audit = agent_cli(&bed, &["status", "--json"]);
+    let remembered = format!(
+        "sticky statefulset/default/db/0@hostnic-cloud (remembered {})",
+        before.split('/').next().unwrap()
+    );
+    assert!(
+        audit.contains(&remembered),
+        "the decision names the identity and its address: {audit}"
+    );
+    del("db-0-b", &again, "db-0");
+    del("db-1-a", &other, "db-1");
 }

@@ -9,13 +9,18 @@
 //!    (a StatefulSet identity), else any;
 //! 3. the attachment's network, or else the pod's namespace, is bound to a
 //!    tenant pool (`pools`) inside the vxnet: an address from the pool;
-//! 4. the pod's namespace has a range in the config: an address from it;
-//! 5. any address of the vxnet.
+//! 4. with `"statefulsets": true`, a StatefulSet's pod is sticky under its
+//!    identity, `statefulset/<namespace>/<set>/<ordinal>` (and
+//!    `@<network>`: one address per identity per network);
+//! 5. the pod's namespace has a range in the config: an address from it;
+//! 6. any address of the vxnet.
 //!
 //! A pod's own annotations win over its namespace's range: they are the
 //! more specific request. A pool is a boundary, not a preference: a pinned
 //! address outside the pool that binds the pod is refused, naming the pool
-//! (Genie's LogicalNetwork). A pod with both an IP and a sticky annotation
+//! (Genie's LogicalNetwork). A sticky key for a pod a pool binds is
+//! refused too: a sticky key's first address is any of the vxnet's, which
+//! could be outside the pool. A pod with both an IP and a sticky annotation
 //! is refused: which one the author meant is not ours to guess.
 
 use std::collections::BTreeMap;
@@ -24,6 +29,7 @@ use std::net::Ipv4Addr;
 use guest_support::Cidr;
 use serde::Deserialize;
 
+use crate::bindings::hostnic::policy::pod_facts::Owner;
 use crate::bindings::hostnic::policy::types::IpRange;
 use crate::bindings::{IpRequest, Pod, Vxnet};
 
@@ -37,6 +43,8 @@ pub struct Config {
     annotation: String,
     namespaces: BTreeMap<String, Range>,
     pools: BTreeMap<String, Pool>,
+    /// StatefulSet pods are sticky under their identity.
+    statefulsets: bool,
 }
 
 /// A tenant pool: a range bound to networks and namespaces.
@@ -62,6 +70,8 @@ struct RawConfig {
     namespaces: BTreeMap<String, RawRange>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    statefulsets: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +141,7 @@ pub fn parse_config(config: &str) -> Result<Config, String> {
         annotation,
         namespaces,
         pools,
+        statefulsets: raw.statefulsets,
     })
 }
 
@@ -176,6 +187,7 @@ impl Config {
 pub fn assign(
     config: &Config,
     pod: &Pod,
+    owner: Option<&Owner>,
     network: &str,
     vxnet: &Vxnet,
 ) -> Result<IpRequest, String> {
@@ -224,6 +236,12 @@ pub fn assign(
                 pod.namespace, pod.name
             ));
         }
+        if let Some((name, _)) = pool {
+            return Err(format!(
+                "annotation {STICKY_ANNOTATION} of pod {}/{}: the pod is bound to pool {name},                  and a sticky key's first address could fall outside it; remove the annotation                  or the pod's binding",
+                pod.namespace, pod.name
+            ));
+        }
         return Ok(IpRequest::Sticky(key.to_string()));
     }
     if let Some((_, r)) = pool {
@@ -231,6 +249,17 @@ pub fn assign(
             first: r.first.to_string(),
             last: r.last.to_string(),
         }));
+    }
+    if config.statefulsets
+        && let Some(o) = owner
+        && o.kind == "StatefulSet"
+        && let Some(ordinal) = o.ordinal
+    {
+        let mut key = format!("statefulset/{}/{}/{ordinal}", pod.namespace, o.name);
+        if !network.is_empty() {
+            key = format!("{key}@{network}");
+        }
+        return Ok(IpRequest::Sticky(key));
     }
     if let Some(range) = config.namespaces.get(&pod.namespace) {
         let cidr = vxnet_cidr(vxnet)?;
@@ -363,11 +392,17 @@ mod tests {
     #[test]
     fn a_pod_without_annotations_or_range_gets_any() {
         assert_eq!(
-            assign(&config(""), &pod("default", &[]), "hostnic", &vxnet()),
+            assign(&config(""), &pod("default", &[]), None, "hostnic", &vxnet()),
             Ok(IpRequest::Any)
         );
         assert_eq!(
-            assign(&config(TEAM_A), &pod("team-b", &[]), "hostnic", &vxnet()),
+            assign(
+                &config(TEAM_A),
+                &pod("team-b", &[]),
+                None,
+                "hostnic",
+                &vxnet()
+            ),
             Ok(IpRequest::Any)
         );
     }
@@ -376,7 +411,7 @@ mod tests {
     fn the_annotation_pins_the_address() {
         let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
         assert_eq!(
-            assign(&config(""), &p, "hostnic", &vxnet()),
+            assign(&config(""), &p, None, "hostnic", &vxnet()),
             Ok(IpRequest::Exact("10.0.1.5".to_string()))
         );
     }
@@ -386,12 +421,12 @@ mod tests {
         let c = config(r#"{"annotation": "example.com/address"}"#);
         let p = pod("default", &[("example.com/address", "10.0.1.5")]);
         assert_eq!(
-            assign(&c, &p, "hostnic", &vxnet()),
+            assign(&c, &p, None, "hostnic", &vxnet()),
             Ok(IpRequest::Exact("10.0.1.5".to_string()))
         );
         let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
         assert_eq!(
-            assign(&c, &p, "hostnic", &vxnet()),
+            assign(&c, &p, None, "hostnic", &vxnet()),
             Ok(IpRequest::Any),
             "the default key is off"
         );
@@ -410,28 +445,35 @@ mod tests {
         }));
         // By network (a NetworkAttachmentDefinition), whatever the namespace.
         assert_eq!(
-            assign(&c, &pod("team-b", &[]), "team-a/storage", &vxnet()),
+            assign(&c, &pod("team-b", &[]), None, "team-a/storage", &vxnet()),
             pool_a
         );
         // By namespace, on any network whose vxnet holds the pool.
-        assert_eq!(assign(&c, &pod("team-a", &[]), "hostnic", &vxnet()), pool_a);
+        assert_eq!(
+            assign(&c, &pod("team-a", &[]), None, "hostnic", &vxnet()),
+            pool_a
+        );
         // A pool in another vxnet does not bind.
         assert_eq!(
-            assign(&c, &pod("x", &[]), "default/storage", &vxnet()),
+            assign(&c, &pod("x", &[]), None, "default/storage", &vxnet()),
             Ok(IpRequest::Any)
         );
         // Pinned inside: kept. Outside: refused, naming the pool.
         let inside = pod("team-a", &[("hostnic.io/ip", "10.0.1.105")]);
         assert_eq!(
-            assign(&c, &inside, "hostnic", &vxnet()),
+            assign(&c, &inside, None, "hostnic", &vxnet()),
             Ok(IpRequest::Exact("10.0.1.105".into()))
         );
         let outside = pod("team-b", &[("hostnic.io/ip", "10.0.1.5")]);
-        let e = assign(&c, &outside, "team-a/storage", &vxnet()).unwrap_err();
+        let e = assign(&c, &outside, None, "team-a/storage", &vxnet()).unwrap_err();
         assert_eq!(
             e,
             "annotation hostnic.io/ip: 10.0.1.5 is outside pool tenant-a (10.0.1.100-10.0.1.110), which binds network team-a/storage"
         );
+        // A sticky key's first address is any: not inside a pool.
+        let sticky = pod("team-a", &[("hostnic.io/sticky", "db-0")]);
+        let e = assign(&c, &sticky, None, "hostnic", &vxnet()).unwrap_err();
+        assert!(e.contains("bound to pool tenant-a"), "{e}");
         // Bad pools are refused at load.
         for (text, want) in [
             (
@@ -457,7 +499,7 @@ mod tests {
     fn the_annotation_beats_the_namespace_range() {
         let p = pod("team-a", &[("hostnic.io/ip", "10.0.1.5")]);
         assert_eq!(
-            assign(&config(TEAM_A), &p, "hostnic", &vxnet()),
+            assign(&config(TEAM_A), &p, None, "hostnic", &vxnet()),
             Ok(IpRequest::Exact("10.0.1.5".to_string()))
         );
     }
@@ -497,7 +539,7 @@ mod tests {
         for (value, want) in cases {
             let p = pod("default", &[("hostnic.io/ip", value)]);
             assert_eq!(
-                assign(&config(""), &p, "hostnic", &vxnet()),
+                assign(&config(""), &p, None, "hostnic", &vxnet()),
                 Err(want.to_string()),
                 "{value}"
             );
@@ -508,12 +550,62 @@ mod tests {
     fn sticky_asks_for_the_keys_address() {
         let p = pod("team-a", &[("hostnic.io/sticky", "db-0")]);
         assert_eq!(
-            assign(&config(TEAM_A), &p, "hostnic", &vxnet()),
+            assign(&config(TEAM_A), &p, None, "hostnic", &vxnet()),
             Ok(IpRequest::Sticky("db-0".to_string()))
         );
         let p = pod("default", &[("hostnic.io/sticky", " ")]);
-        let e = assign(&config(""), &p, "hostnic", &vxnet()).unwrap_err();
+        let e = assign(&config(""), &p, None, "hostnic", &vxnet()).unwrap_err();
         assert!(e.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn statefulset_pods_are_sticky_under_their_identity_when_configured() {
+        let owner = |kind: &str, ordinal: Option<u32>| Owner {
+            kind: kind.into(),
+            name: "db".into(),
+            ordinal,
+        };
+        let sts = owner("StatefulSet", Some(2));
+        let on = config(r#"{"statefulsets": true}"#);
+        assert_eq!(
+            assign(
+                &on,
+                &pod("team-b", &[]),
+                Some(&sts),
+                "team-b/storage",
+                &vxnet()
+            ),
+            Ok(IpRequest::Sticky(
+                "statefulset/team-b/db/2@team-b/storage".into()
+            ))
+        );
+        assert_eq!(
+            assign(&on, &pod("team-b", &[]), Some(&sts), "", &vxnet()),
+            Ok(IpRequest::Sticky("statefulset/team-b/db/2".into()))
+        );
+        // Off by default; other owners are not identities.
+        assert_eq!(
+            assign(&config(""), &pod("team-b", &[]), Some(&sts), "n", &vxnet()),
+            Ok(IpRequest::Any)
+        );
+        let rs = owner("ReplicaSet", None);
+        assert_eq!(
+            assign(&on, &pod("team-b", &[]), Some(&rs), "n", &vxnet()),
+            Ok(IpRequest::Any)
+        );
+        // The pod's own annotations and a pool come first.
+        let pinned = pod("team-b", &[("hostnic.io/ip", "10.0.1.9")]);
+        assert_eq!(
+            assign(&on, &pinned, Some(&sts), "n", &vxnet()),
+            Ok(IpRequest::Exact("10.0.1.9".into()))
+        );
+        let pooled = config(
+            r#"{"statefulsets": true, "pools": {"p": {"first": "10.0.1.100", "last": "10.0.1.110", "namespaces": ["team-b"]}}}"#,
+        );
+        assert!(matches!(
+            assign(&pooled, &pod("team-b", &[]), Some(&sts), "n", &vxnet()),
+            Ok(IpRequest::Range(_))
+        ));
     }
 
     #[test]
@@ -523,7 +615,7 @@ mod tests {
             &[("hostnic.io/ip", "10.0.1.5"), ("hostnic.io/sticky", "db-0")],
         );
         assert_eq!(
-            assign(&config(""), &p, "hostnic", &vxnet()),
+            assign(&config(""), &p, None, "hostnic", &vxnet()),
             Err(
                 "pod default/web-0 has both hostnic.io/ip and hostnic.io/sticky; keep one"
                     .to_string()
@@ -534,7 +626,13 @@ mod tests {
     #[test]
     fn the_namespace_range_applies_to_its_pods() {
         assert_eq!(
-            assign(&config(TEAM_A), &pod("team-a", &[]), "hostnic", &vxnet()),
+            assign(
+                &config(TEAM_A),
+                &pod("team-a", &[]),
+                None,
+                "hostnic",
+                &vxnet()
+            ),
             Ok(IpRequest::Range(IpRange {
                 first: "10.0.1.100".to_string(),
                 last: "10.0.1.150".to_string(),
@@ -547,7 +645,7 @@ mod tests {
         let mut v = vxnet();
         v.cidr = "10.0.2.0/24".to_string();
         assert_eq!(
-            assign(&config(TEAM_A), &pod("team-a", &[]), "hostnic", &v),
+            assign(&config(TEAM_A), &pod("team-a", &[]), None, "hostnic", &v),
             Err("namespace team-a's range 10.0.1.100-10.0.1.150 is not inside vxnet-abc (10.0.2.0/24)"
                 .to_string())
         );
@@ -558,7 +656,7 @@ mod tests {
         let mut v = vxnet();
         v.cidr = "10.0.1.0".to_string();
         let p = pod("default", &[("hostnic.io/ip", "10.0.1.5")]);
-        let e = assign(&config(""), &p, "hostnic", &v).unwrap_err();
+        let e = assign(&config(""), &p, None, "hostnic", &v).unwrap_err();
         assert!(e.starts_with("vxnet-abc: the host gave the cidr"), "{e}");
     }
 }

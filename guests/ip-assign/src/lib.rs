@@ -18,7 +18,7 @@ mod assign;
 mod bindings;
 
 use bindings::exports::hostnic::policy::config;
-use bindings::hostnic::policy::attachment_facts;
+use bindings::hostnic::policy::{attachment_facts, pod_facts};
 use bindings::{IpRequest, Pod, Reason, Vxnet};
 
 struct IpAssign;
@@ -34,7 +34,9 @@ impl bindings::Guest for IpAssign {
         let config = assign::parse_config(&config)?;
         // Since contract 0.1.2: which network this attachment is on.
         let network = attachment_facts::network();
-        assign::assign(&config, &pod, &network, &vxnet)
+        // Since contract 0.1.1: the controller that owns the pod.
+        let owner = pod_facts::pod_owner();
+        assign::assign(&config, &pod, owner.as_ref(), &network, &vxnet)
     }
 }
 

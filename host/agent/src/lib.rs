@@ -25,6 +25,7 @@ pub mod scrape;
 pub mod server;
 pub mod service;
 pub mod source;
+pub mod sticky;
 pub mod store;
 
 use std::sync::Arc;

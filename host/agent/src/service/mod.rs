@@ -34,8 +34,9 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::decisions::For;
 use crate::nics::Nics;
-use crate::policy::{Policies, Sticky};
+use crate::policy::Policies;
 use crate::source::NicSource;
+use crate::sticky::Sticky;
 use crate::store::{Key, Store};
 
 #[derive(Debug)]

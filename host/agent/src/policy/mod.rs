@@ -1,14 +1,15 @@
 //! The agent's three policy hooks: which vxnet, which IP, which routes,
 //! decided by WebAssembly guests (`hostnic-policy`), loaded from the
-//! `[hooks]` config, watched for changes and swapped live.
+//! `[hooks]` config, watched for changes and swapped live (`reload`).
 //!
 //! Guest calls are synchronous and bounded by their deadline (200 ms by
 //! default, tens of microseconds in practice); they run under
 //! `block_in_place` so a slow guest never stalls other tasks on the worker.
 
+mod reload;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,8 +25,6 @@ use tracing::{info, warn};
 use crate::config::{Config, Failure, HookSpec, Policy, Source};
 use crate::decisions::{DecisionLog, For};
 use crate::facts::{self, Facts, HookName};
-use crate::metrics::metrics;
-use crate::publish::{self, NodeEvent};
 
 #[derive(Debug)]
 pub struct Policies {
@@ -127,101 +126,6 @@ impl Policies {
             log: DecisionLog::default(),
             network_config: std::sync::RwLock::new(h.network_config.clone()),
         })
-    }
-
-    /// Reloads every hook whose module file changed; a module that fails to
-    /// compile or validate is refused, loudly, and the old one keeps serving.
-    pub fn reload_changed(&self) {
-        let results = [
-            ("vxnet", self.vxnet.reload_if_changed()),
-            ("ip", self.ip.reload_if_changed()),
-            ("routes", self.routes.reload_if_changed()),
-        ];
-        for (name, r) in results {
-            match r {
-                Some(Ok(g)) => {
-                    metrics().guest_swap(name, true);
-                    publish::node_event(
-                        NodeEvent::PolicyModuleSwapped,
-                        format!("hooks.{name}: {g} swapped in"),
-                    );
-                    info!(hook = name, guest = %g, "policy module changed on disk: swapped in")
-                }
-                Some(Err(e)) => {
-                    metrics().guest_swap(name, false);
-                    publish::node_event(
-                        NodeEvent::PolicyModuleRefused,
-                        format!(
-                            "hooks.{name}: the new module was refused, the previous one keeps serving: {}",
-                            hostnic_policy::error_chain(&e)
-                        ),
-                    );
-                    warn!(hook = name, error = %hostnic_policy::error_chain(&e), "policy module changed on disk but was REFUSED; the previous one keeps serving")
-                }
-                None => {}
-            }
-        }
-    }
-
-    /// Applies a new `[hooks]` configuration (SIGHUP): each hook is
-    /// compiled and validated before it is swapped in.
-    pub fn reload_config(&self, cfg: &Config) {
-        let h = &cfg.hooks;
-        *self
-            .network_config
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = h.network_config.clone();
-        let before = self.guests();
-        let results = [
-            (
-                "vxnet",
-                hook_config(&h.vxnet, vxnet_default_config(cfg.policy))
-                    .map(|c| self.vxnet.reload(c)),
-            ),
-            (
-                "ip",
-                hook_config(&h.ip, String::new()).map(|c| self.ip.reload(c)),
-            ),
-            (
-                "routes",
-                hook_config(&h.routes, String::new()).map(|c| self.routes.reload(c)),
-            ),
-        ];
-        for ((name, r), (_, was)) in results.into_iter().zip(before) {
-            // A reload that keeps the same module is no swap.
-            let same = matches!(&r, Ok(Ok(g)) if g.sha256 == was.sha256);
-            if !same {
-                metrics().guest_swap(name, matches!(r, Ok(Ok(_))));
-            }
-            match &r {
-                Ok(Ok(_)) if same => {}
-                Ok(Ok(g)) => publish::node_event(
-                    NodeEvent::PolicyModuleSwapped,
-                    format!("hooks.{name}: {g} loaded from the new config"),
-                ),
-                Ok(Err(e)) => publish::node_event(
-                    NodeEvent::PolicyModuleRefused,
-                    format!(
-                        "hooks.{name}: refused on reload, the previous one keeps serving: {}",
-                        hostnic_policy::error_chain(e)
-                    ),
-                ),
-                Err(e) => publish::node_event(
-                    NodeEvent::PolicyModuleRefused,
-                    format!("hooks.{name}: config refused on reload: {e}"),
-                ),
-            }
-            match r {
-                Ok(Ok(g)) => info!(hook = name, guest = %g, "policy hook reloaded"),
-                Ok(Err(e)) => {
-                    warn!(hook = name, error = %hostnic_policy::error_chain(&e), "policy hook REFUSED on reload; the previous one keeps serving")
-                }
-                Err(e) => warn!(hook = name, error = %e, "policy hook config REFUSED on reload"),
-            }
-        }
-        if let Some(why) = vxnet_hook_idle(cfg) {
-            warn!("{why}");
-        }
     }
 
     /// Routes out of `nic` from the routes hook (with the network's own
@@ -442,45 +346,5 @@ pub fn call<T>(f: impl FnOnce() -> T) -> T {
             tokio::task::block_in_place(f)
         }
         _ => f(),
-    }
-}
-
-/// The remembered address of each sticky key, kept in the state dir.
-#[derive(Debug)]
-pub struct Sticky {
-    path: std::path::PathBuf,
-}
-
-impl Sticky {
-    pub fn new(state_dir: &Path) -> Sticky {
-        Sticky {
-            path: state_dir.join("sticky.json"),
-        }
-    }
-
-    fn load(&self) -> BTreeMap<String, Ipv4Addr> {
-        std::fs::read(&self.path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    pub fn get(&self, key: &str) -> Option<Ipv4Addr> {
-        self.load().get(key).copied()
-    }
-
-    /// Remembers `key → ip` (atomically replaced file).
-    pub fn set(&self, key: &str, ip: Ipv4Addr) -> std::io::Result<()> {
-        let mut all = self.load();
-        if all.get(key) == Some(&ip) {
-            return Ok(());
-        }
-        all.insert(key.to_string(), ip);
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&all).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, &self.path)
     }
 }

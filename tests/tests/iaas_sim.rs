@@ -383,3 +383,80 @@ fn the_sdn_carries_only_frames_from_and_to_attached_nics() {
         assert!(flags.contains(want), "{want}: {flags}");
     }
 }
+
+/// What a NIC that follows its pod needs of the cloud, modelled as the
+/// cloud does it: a NIC attached to one VM refuses a second attach (the
+/// one lock two racing nodes meet), a detach and an attach move it to
+/// another VM in their jobs' time, and it keeps its address, its MAC and
+/// its tags through the move.
+#[test]
+fn a_nic_moves_between_vms_keeping_address_mac_and_tags() {
+    if !require_root("a_nic_moves_between_vms_keeping_address_mac_and_tags") {
+        return;
+    }
+    let faults = Faults {
+        attach_latency_ms: 300,
+        detach_latency_ms: 200,
+        ..Faults::default()
+    };
+    let sim = Sim::start(SimConfig {
+        nodes: 2,
+        faults,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let (a, b) = (&sim.nodes[0], &sim.nodes[1]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client(&sim, fast_options());
+        let nic = c
+            .create_nics("vxnet-pods", "hostnic-test-sticky", 1, &[])
+            .await
+            .unwrap()
+            .remove(0);
+        let id = [nic.nic_id.clone()];
+        let tag = c.create_tag("hostnic-test-sticky-db-0").await.unwrap();
+        c.attach_tags(&[ResourceTagPair {
+            tag_id: tag.clone(),
+            resource_type: "nic".into(),
+            resource_id: nic.nic_id.clone(),
+        }])
+        .await
+        .unwrap();
+        let job = c.attach_nics(&id, &a.instance).await.unwrap();
+        c.wait_job(&job, std::future::pending()).await.unwrap();
+        link_appears(&a.ns, &nic.nic_id).await;
+
+        // Attached to A: B's attach is refused, and nothing moves.
+        let e = c.attach_nics(&id, &b.instance).await.unwrap_err();
+        assert!(e.to_string().contains("1400"), "{e}");
+        assert!(!b.ns.ip(&["-o", "link"]).unwrap().contains(&nic.nic_id));
+
+        // Detach from A, attach to B: in the jobs' time.
+        let t = std::time::Instant::now();
+        for job in c.detach_nics(&id).await.unwrap() {
+            c.wait_job(&job, std::future::pending()).await.unwrap();
+        }
+        let job = c.attach_nics(&id, &b.instance).await.unwrap();
+        c.wait_job(&job, std::future::pending()).await.unwrap();
+        let moved = t.elapsed();
+        assert!(moved >= Duration::from_millis(500), "{moved:?}");
+        link_appears(&b.ns, &nic.nic_id).await;
+        assert!(!a.ns.ip(&["-o", "link"]).unwrap().contains(&nic.nic_id));
+
+        let now = c
+            .describe_nics(&NicFilter {
+                nics: id.to_vec(),
+                ..NicFilter::default()
+            })
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(now.instance_id, b.instance);
+        assert_eq!(now.private_ip, nic.private_ip);
+        assert!(
+            now.tags.iter().any(|t| t.tag_id == tag),
+            "the tag did not survive the move: {now:?}"
+        );
+    });
+}

@@ -5,8 +5,10 @@
 //! 1. the IP annotation (`hostnic.io/ip` unless configured otherwise):
 //!    exactly that address, which must be an IPv4 address of the vxnet and
 //!    neither its gateway nor its network or broadcast address;
-//! 2. `hostnic.io/sticky: "<key>"`: the address last given to that key
-//!    (a StatefulSet identity), else any;
+//! 2. `hostnic.io/sticky: "<key>"`: sticky under `key/<namespace>/<key>`
+//!    (and `@<network>`): the address last given to it, else any. The
+//!    namespace is part of the identity, so a pod can never name another
+//!    namespace's key, nor a StatefulSet's;
 //! 3. the attachment's network, or else the pod's namespace, is bound to a
 //!    tenant pool (`pools`) inside the vxnet: an address from the pool;
 //! 4. with `"statefulsets": true`, a StatefulSet's pod is sticky under its
@@ -242,7 +244,10 @@ pub fn assign(
                 pod.namespace, pod.name
             ));
         }
-        return Ok(IpRequest::Sticky(key.to_string()));
+        return Ok(IpRequest::Sticky(identity(
+            &format!("key/{}/{key}", pod.namespace),
+            network,
+        )));
     }
     if let Some((_, r)) = pool {
         return Ok(IpRequest::Range(IpRange {
@@ -255,11 +260,10 @@ pub fn assign(
         && o.kind == "StatefulSet"
         && let Some(ordinal) = o.ordinal
     {
-        let mut key = format!("statefulset/{}/{}/{ordinal}", pod.namespace, o.name);
-        if !network.is_empty() {
-            key = format!("{key}@{network}");
-        }
-        return Ok(IpRequest::Sticky(key));
+        return Ok(IpRequest::Sticky(identity(
+            &format!("statefulset/{}/{}/{ordinal}", pod.namespace, o.name),
+            network,
+        )));
     }
     if let Some(range) = config.namespaces.get(&pod.namespace) {
         let cidr = vxnet_cidr(vxnet)?;
@@ -312,5 +316,15 @@ fn pinned_address(key: &str, text: &str, vxnet: &Vxnet, cidr: Cidr) -> Result<Ip
     Ok(ip)
 }
 
+/// A sticky identity within a network: one address per identity per
+/// network.
+fn identity(within: &str, network: &str) -> String {
+    match network.is_empty() {
+        true => within.to_string(),
+        false => format!("{within}@{network}"),
+    }
+}
+
 #[cfg(test)]
 mod tests;
+

@@ -210,7 +210,7 @@ fn ip_assign_follows_annotations_and_namespaces() {
     );
     assert_eq!(
         assign(&pod(&[("hostnic.io/sticky", "default/web-0")])).unwrap(),
-        IpRequest::Sticky("default/web-0".into())
+        IpRequest::Sticky("key/default/default/web-0".into())
     );
     // An annotation outside the vxnet: the guest refuses, with a reason
     // that names the value.

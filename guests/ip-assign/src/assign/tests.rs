@@ -237,7 +237,15 @@ fn sticky_asks_for_the_keys_address() {
     let p = pod("team-a", &[("hostnic.io/sticky", "db-0")]);
     assert_eq!(
         assign(&config(TEAM_A), &p, None, "hostnic", &vxnet()),
-        Ok(IpRequest::Sticky("db-0".to_string()))
+        Ok(IpRequest::Sticky("key/team-a/db-0@hostnic".to_string()))
+    );
+    // A key names no other namespace's, nor a StatefulSet's identity.
+    let p = pod("team-b", &[("hostnic.io/sticky", "statefulset/team-a/db/0")]);
+    assert_eq!(
+        assign(&config(""), &p, None, "hostnic", &vxnet()),
+        Ok(IpRequest::Sticky(
+            "key/team-b/statefulset/team-a/db/0@hostnic".to_string()
+        ))
     );
     let p = pod("default", &[("hostnic.io/sticky", " ")]);
     let e = assign(&config(""), &p, None, "hostnic", &vxnet()).unwrap_err();

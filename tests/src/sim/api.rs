@@ -137,7 +137,7 @@ fn nic_json(n: &Nic, cloud: &Cloud, start: SystemTime) -> Value {
         "private_ip": n.ip.to_string(), "role": n.role, "sequence": 0,
         "status": status, "transition_status": transition,
         "tags": n.tags.iter().map(|t| json!({"tag_id": t, "tag_name": cloud.tags.get(t).map(|t| t.name.clone())})).collect::<Vec<_>>(),
-        "create_time": time(n.created, start), "status_time": time(n.created, start),
+        "create_time": time(n.created, start), "status_time": time(n.status_changed, start),
     })
 }
 

@@ -82,6 +82,8 @@ pub struct Nic {
     pub tags: BTreeSet<String>,
     /// Seconds since the simulator started.
     pub created: u64,
+    /// When it last became attached or available (its `status_time`).
+    pub status_changed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -255,6 +257,7 @@ impl Cloud {
                 role: 0,
                 tags: BTreeSet::new(),
                 created: now,
+                status_changed: now,
             };
             self.nics.insert(id, nic.clone());
             out.push(nic);
@@ -415,7 +418,7 @@ impl Cloud {
     }
 
     /// Ends a job: NICs land in their final state, or roll back on failure.
-    pub fn finish_job(&mut self, id: &str, ok: bool) {
+    pub fn finish_job(&mut self, id: &str, ok: bool, now: u64) {
         let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
@@ -429,6 +432,7 @@ impl Cloud {
             let Some(nic) = self.nics.get_mut(&m) else {
                 continue;
             };
+            nic.status_changed = now;
             match (action.as_str(), ok) {
                 ("AttachNics", true) => nic.state = NicState::InUse,
                 ("AttachNics", false) | ("DetachNics", true) => {
@@ -538,11 +542,11 @@ mod tests {
             1400
         );
         assert!(matches!(c.start_job(&job), Some(Plumbing::Attach { .. })));
-        c.finish_job(&job, true);
+        c.finish_job(&job, true, 0);
         assert_eq!(c.nics[&nic].state, NicState::InUse);
         let d = c.detach_nics(std::slice::from_ref(&nic)).unwrap();
         c.start_job(&d);
-        c.finish_job(&d, true);
+        c.finish_job(&d, true, 0);
         assert_eq!(c.nics[&nic].instance, None);
         c.delete_nics(std::slice::from_ref(&nic)).unwrap();
         assert_eq!(c.delete_nics(&[nic]).unwrap_err().code, 2100);
@@ -578,7 +582,7 @@ mod tests {
         assert_eq!(c.detach_nics(&[primary]).unwrap_err().code, 1400);
         let failed = c.attach_nics(&ids[..1], "i-1").unwrap();
         c.start_job(&failed);
-        c.finish_job(&failed, false);
+        c.finish_job(&failed, false, 0);
         assert_eq!(
             c.nics[&ids[0]].state,
             NicState::Available,

@@ -405,7 +405,8 @@ async fn run_job(sim: Arc<Inner>, job: String) {
             true
         }
     };
-    sim.cloud().finish_job(&job, ok);
+    let now = sim.now();
+    sim.cloud().finish_job(&job, ok, now);
 }
 
 fn inspect_json(sim: &Inner) -> Value {

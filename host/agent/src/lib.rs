@@ -73,8 +73,14 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     // The inventory: the static list, or what the cloud says is attached to
     // this VM (one DescribeNics; a restart makes no other cloud call before
     // it serves).
-    let (cloud, inventory, in_flight, stranded) = match cfg.inventory.source {
-        Source::Static => (None, cfg.inventory.nics.clone(), Vec::new(), Vec::new()),
+    let (cloud, inventory, in_flight, stranded, sticky) = match cfg.inventory.source {
+        Source::Static => (
+            None,
+            cfg.inventory.nics.clone(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ),
         Source::Cloud => {
             let elector = kube.as_ref().map(|k| k.elector.clone());
             let cloud = cloud::patiently("connecting to the cloud", || {
@@ -88,6 +94,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                 found.nics,
                 found.attaching,
                 found.stranded,
+                found.sticky,
             )
         }
     };
@@ -98,7 +105,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let pool = reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
+    let reconcile::Reconciled { mut pool, leaving } =
+        reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
+    let leaving = unheld_sticky(&mut pool, sticky, leaving);
     let nics = Arc::new(Nics::new(plumber, pool));
     let source: Arc<dyn NicSource> = match &cloud {
         Some(cloud) => Arc::new(CloudSource::new(cloud.clone(), nics.clone())),
@@ -115,6 +124,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     if service.policies.is_some() {
         tokio::spawn(watch_policies(service.clone(), cfg.clone()));
     }
+    service.keep(leaving);
     if let Some(cloud) = cloud {
         cloud.adopt_in_flight(&nics, in_flight);
         cloud.remember_default_route(&nics, &cfg.iface).await?;
@@ -141,6 +151,26 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     server::serve(listener, service, shutdown_signal()).await;
     info!("stopped");
     Ok(())
+}
+
+/// The sticky NICs to take off the node at start: those reconciliation
+/// released, and those the cloud tags as sticky that no pod here holds
+/// (an agent stopped between a DEL's record and its detach).
+fn unheld_sticky(
+    pool: &mut pool::Pool,
+    tagged: Vec<(hostnic_netlink::Mac, String)>,
+    mut leaving: Vec<hostnic_netlink::Mac>,
+) -> Vec<hostnic_netlink::Mac> {
+    for (mac, identity) in tagged {
+        pool.set_sticky(mac, &identity);
+        if pool
+            .transition(mac, &[pool::State::Free], pool::State::Leaving)
+            .is_some()
+        {
+            leaving.push(mac);
+        }
+    }
+    leaving
 }
 
 /// Swaps in policy modules that changed on disk, and re-reads the config

@@ -35,11 +35,14 @@ pub enum State {
     /// The node's own NIC in its vxnet, configured in the node namespace
     /// as the next hop for `gw 0.0.0.0` route templates. Never given to pods.
     Gateway,
+    /// A sticky NIC whose pod is gone, on its way off the node: detached
+    /// in the cloud and kept there for its identity. Never given to pods.
+    Leaving,
 }
 
 impl State {
     /// Every state's name, as [`State::name`] spells it.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "free",
         "reserved",
         "held",
@@ -47,6 +50,7 @@ impl State {
         "missing",
         "attaching",
         "gateway",
+        "leaving",
     ];
 
     /// The state's name in metrics and `status`.
@@ -59,6 +63,7 @@ impl State {
             State::Missing => "missing",
             State::Attaching => "attaching",
             State::Gateway => "gateway",
+            State::Leaving => "leaving",
         }
     }
 }
@@ -73,6 +78,9 @@ struct Slot {
     configured: bool,
     /// When its state last changed: for a free NIC, how long it has idled.
     changed: Instant,
+    /// The sticky identity the NIC follows (tagged so in the cloud): it
+    /// leaves the node when its pod does, never to the free pool.
+    sticky: Option<String>,
 }
 
 impl Slot {
@@ -111,6 +119,7 @@ impl Pool {
                 lock: NicLock::default(),
                 configured,
                 changed: Instant::now(),
+                sticky: None,
             },
         );
     }
@@ -152,6 +161,45 @@ impl Pool {
             return None;
         }
         Some(s.set(to))
+    }
+
+    /// Reserves NIC `mac` for `key` if it is in one of the states `from`
+    /// (a sticky NIC as its attach here completes).
+    pub fn claim(&mut self, mac: Mac, key: &Key, from: &[State]) -> Option<Lease> {
+        let slot = self.slots.get_mut(&mac)?;
+        if !from.contains(&slot.state) {
+            return None;
+        }
+        slot.set(State::Reserved(key.clone()));
+        self.by_key.insert(key.clone(), mac);
+        Some(Lease {
+            spec: slot.spec.clone(),
+            lock: slot.lock.clone(),
+        })
+    }
+
+    /// Marks NIC `mac` as following sticky `identity`.
+    pub fn set_sticky(&mut self, mac: Mac, identity: &str) {
+        if let Some(s) = self.slots.get_mut(&mac) {
+            s.sticky = Some(identity.to_string());
+        }
+    }
+
+    /// The sticky identity NIC `mac` follows, if any.
+    pub fn sticky_of(&self, mac: Mac) -> Option<String> {
+        self.slots.get(&mac)?.sticky.clone()
+    }
+
+    /// The attachment holding a sticky NIC is over: the key no longer
+    /// finds it, and it is [`State::Leaving`] until the cloud detached it.
+    pub fn leave(&mut self, mac: Mac) {
+        let Some(s) = self.slots.get_mut(&mac) else {
+            return;
+        };
+        if let State::Reserved(k) | State::Held(k) = &s.state {
+            self.by_key.remove(k);
+        }
+        s.set(State::Leaving);
     }
 
     /// Reserves a free NIC in the first vxnet of `order` that has one.

@@ -13,6 +13,9 @@
 //!
 //! A committed attachment whose NIC is back in the node namespace while its
 //! netns path no longer exists belonged to a pod that is gone: released.
+//!
+//! A released NIC that follows a sticky identity is not freed: it is
+//! `leaving`, its record kept, and the caller takes it off the node.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,12 +30,20 @@ use crate::plumb::{Plumber, Whereabouts};
 use crate::pool::{Pool, State};
 use crate::store::{Allocation, Phase, Store};
 
+/// The pool rebuilt, and the sticky NICs released meanwhile, to be taken
+/// off the node (their records stay until they are).
+#[derive(Debug)]
+pub struct Reconciled {
+    pub pool: Pool,
+    pub leaving: Vec<Mac>,
+}
+
 pub async fn reconcile(
     cfg: &Config,
     inventory: &[NicSpec],
     plumber: &Plumber,
     store: &Store,
-) -> anyhow::Result<Pool> {
+) -> anyhow::Result<Reconciled> {
     let mut records: BTreeMap<Mac, Allocation> = store
         .load()
         .with_context(|| {
@@ -66,9 +77,12 @@ pub async fn reconcile(
     let on_node = |mac: Mac| links.iter().find(|l| l.mac == Some(mac));
 
     let mut pool = Pool::default();
+    let mut leaving = Vec::new();
     let (mut adopted, mut rolled_back, mut free, mut missing) = (0, 0, 0, 0);
     for spec in inventory {
-        let state = match records.remove(&spec.mac) {
+        let record = records.remove(&spec.mac);
+        let sticky = record.as_ref().and_then(|r| r.sticky.clone());
+        let state = match record {
             Some(rec) if rec.phase == Phase::Committed => {
                 if on_node(spec.mac).is_some()
                     && rec
@@ -114,15 +128,27 @@ pub async fn reconcile(
                 missing += 1;
                 warn!(nic = %spec.mac, "inventory NIC not found in the node namespace");
             }
+            State::Leaving => leaving.push(spec.mac),
             _ => {}
         }
         pool.insert(spec.clone(), state, true);
+        if let Some(identity) = sticky {
+            pool.set_sticky(spec.mac, &identity);
+        }
     }
 
     // Records of NICs no longer in the inventory: serve their DEL, then
     // forget them.
     for (mac, rec) in records {
         match (rec.phase, spec_from_record(&rec)) {
+            (Phase::Committed, Some(spec)) if rec.sticky.is_some() => {
+                // A sticky NIC moved here: not named for this node, so not
+                // in its inventory.
+                adopted += 1;
+                let identity = rec.sticky.clone().unwrap_or_default();
+                pool.insert(spec, State::Held(rec.key), false);
+                pool.set_sticky(mac, &identity);
+            }
             (Phase::Committed, Some(spec)) => {
                 warn!(nic = %mac, "a pod holds a NIC that is no longer in the inventory; it is released on DEL");
                 adopted += 1;
@@ -130,19 +156,26 @@ pub async fn reconcile(
             }
             _ => {
                 rolled_back += 1;
-                release_record(plumber, store, &rec).await?;
+                if release_record(plumber, store, &rec).await? == State::Leaving {
+                    leaving.push(mac);
+                }
             }
         }
     }
     info!(
         adopted,
-        rolled_back, free, missing, "reconciled allocation record with the kernel"
+        rolled_back,
+        free,
+        missing,
+        leaving = leaving.len(),
+        "reconciled allocation record with the kernel"
     );
-    Ok(pool)
+    Ok(Reconciled { pool, leaving })
 }
 
 /// Brings a recorded NIC back (from its netns if that still exists) and
-/// drops the record. Returns the NIC's new state.
+/// drops the record; a sticky NIC back on the node keeps it (as
+/// `releasing`) and is `leaving`. Returns the NIC's new state.
 async fn release_record(
     plumber: &Plumber,
     store: &Store,
@@ -161,6 +194,14 @@ async fn release_record(
                 rec.mac, rec.key.container_id
             )
         })?;
+    if whereabouts == Whereabouts::Parked && rec.sticky.is_some() {
+        let mut kept = rec.clone();
+        kept.phase = Phase::Releasing;
+        store
+            .put(&kept)
+            .with_context(|| format!("rewriting the record of NIC {}", rec.mac))?;
+        return Ok(State::Leaving);
+    }
     store
         .remove(rec.mac)
         .with_context(|| format!("removing the record of NIC {}", rec.mac))?;

@@ -63,9 +63,14 @@ pub struct Allocation {
     /// What ADD answered; present once committed.
     #[serde(default)]
     pub result: Option<AddResult>,
+    /// The sticky identity the NIC follows: when the attachment ends, the
+    /// NIC leaves the node (kept in the cloud for it), also when a restart
+    /// finishes the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
 }
@@ -225,6 +230,7 @@ mod tests {
             }),
             pod: Pod::default(),
             result: None,
+            sticky: None,
         }
     }
 

@@ -15,6 +15,7 @@
 //!   warm targets; the node's gateway NIC;
 //! - `provisioner`: the cold ADDs waiting and the batches made for them;
 //! - `source`: the pool as an ADD's [`crate::source::NicSource`];
+//! - `sticky`: NICs that follow a sticky identity from node to node;
 //! - `upkeep`: the node check, the slow cloud poll, re-attach and leaks.
 
 pub mod kpis;
@@ -22,6 +23,7 @@ mod lifecycle;
 pub mod provisioner;
 mod rotation;
 pub mod source;
+mod sticky;
 mod upkeep;
 
 use std::collections::BTreeMap;
@@ -324,6 +326,10 @@ impl CloudPool {
                 .filter(|n| n.status == NicStatus::Available)
                 .filter_map(|n| n.nic_id.parse().ok())
                 .collect(),
+            sticky: here
+                .iter()
+                .filter_map(|n| Some((n.nic_id.parse().ok()?, self.sticky_identity(n)?)))
+                .collect(),
             stranded: elsewhere
                 .into_iter()
                 .filter(|n| n.instance_id.is_empty())
@@ -339,6 +345,8 @@ pub struct Inventory {
     pub nics: Vec<NicSpec>,
     /// Among them, those whose attach is still under way.
     pub attaching: Vec<Mac>,
+    /// Among them, those that follow a sticky identity (by their tag).
+    pub sticky: Vec<(Mac, String)>,
     /// Named for this node and attached nowhere: made by an agent that died
     /// (or stopped) between the create and the attach, or between a detach
     /// and the delete. No create of this process can be among them, so they

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use hostnic_netlink::Mac;
 use hostnic_proto::cni::{CniError, code};
 
 use super::CloudPool;
@@ -130,6 +131,37 @@ impl NicSource for CloudSource {
                 last.unwrap_or_default()
             ),
         ))
+    }
+
+    async fn acquire_sticky(
+        &self,
+        key: &Key,
+        identity: &str,
+        vxnets: Option<&[String]>,
+    ) -> Result<Option<Acquired>, CniError> {
+        Ok(self
+            .cloud
+            .follow(&self.nics, key, identity, vxnets)
+            .await?
+            .map(|lease| Acquired {
+                lease,
+                how: How::Followed,
+            }))
+    }
+
+    async fn tag_sticky(&self, mac: Mac, identity: &str) -> Result<bool, CniError> {
+        self.cloud.tag_sticky(mac, identity).await.map_err(|e| {
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("tagging NIC {mac} for sticky {identity}: {e}"),
+            )
+        })?;
+        self.nics.pool().set_sticky(mac, identity);
+        Ok(true)
+    }
+
+    async fn keep(&self, mac: Mac) -> anyhow::Result<()> {
+        self.cloud.keep(&self.nics, mac).await
     }
 
     async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>, CniError> {

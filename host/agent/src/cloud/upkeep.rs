@@ -119,11 +119,15 @@ impl CloudPool {
             .into_iter()
             .filter(|n| n.nic_name == self.name && !n.is_primary())
             .collect();
-        let attached: Vec<NicSpec> = named
+        let (sticky, attached): (Vec<_>, Vec<_>) = named
             .iter()
             .filter(|n| n.instance_id == self.cfg.instance_id)
+            .partition(|n| self.sticky_identity(n).is_some());
+        let attached: Vec<NicSpec> = attached
+            .into_iter()
             .filter_map(|n| self.spec(n.nic_id.parse().ok()?, &n.vxnet_id, n.private_ip?))
             .collect();
+        self.keep_unknown_sticky(nics, &sticky).await;
         self.reconcile(nics, &attached, described).await?;
         // The cluster-wide sweep is one node's duty: the Lease holder's
         // in Kubernetes; the others delete their own leaks only.
@@ -135,6 +139,24 @@ impl CloudPool {
         };
         report_leaks_deleted(deleted);
         Ok(())
+    }
+
+    /// Sticky NICs attached here that the pool does not know (their keep
+    /// was lost, or the answer is older than a keep that just finished):
+    /// detached, never adopted into the free pool.
+    async fn keep_unknown_sticky(&self, nics: &Nics, sticky: &[&hostnic_iaas::Nic]) {
+        for n in sticky {
+            let Ok(mac) = n.nic_id.parse::<Mac>() else {
+                continue;
+            };
+            if nics.pool().state(mac).is_some() {
+                continue;
+            }
+            info!(nic = %mac, "a sticky NIC no pod here holds is attached to this node; detaching it, kept for its identity");
+            if let Err(e) = self.detach_kept(nics, mac).await {
+                warn!(nic = %mac, error = %e, "detaching a sticky NIC; the next poll retries");
+            }
+        }
     }
 
     /// At start: deletes the NICs named for this node and attached nowhere
@@ -344,6 +366,17 @@ impl CloudPool {
             .filter(|n| {
                 hostnic_iaas::sign::parse_time_stamp(&n.create_time)
                     .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= grace)
+            })
+            // A sticky NIC is kept for its identity until its release TTL.
+            .filter(|n| match self.sticky_identity(n) {
+                None => true,
+                Some(identity) => {
+                    let expired = self.sticky_expired(n, now);
+                    if expired {
+                        info!(nic = %n.nic_id, identity, "releasing a sticky NIC kept past sticky_release_seconds");
+                    }
+                    expired
+                }
             })
             .filter(|n| {
                 n.nic_id

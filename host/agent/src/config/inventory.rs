@@ -54,6 +54,12 @@ pub struct Cloud {
     /// A detached NIC with our name older than this is a leak.
     #[serde(default = "default_leak_grace")]
     pub leak_grace_seconds: u64,
+    /// How long a sticky NIC (one that follows a StatefulSet pod's
+    /// identity, or a `hostnic.io/sticky` key, from node to node) is kept,
+    /// detached, after its pod is gone, before the leak sweep deletes it
+    /// and its address. 0: kept for ever.
+    #[serde(default = "default_sticky_release")]
+    pub sticky_release_seconds: u64,
     /// How often the node is checked without asking the cloud: the
     /// default route, NICs gone from the node, the warm pool's targets.
     /// Kernel changes (a link gone, a route changed) also trigger the check
@@ -123,6 +129,9 @@ fn default_idle() -> u64 {
     300
 }
 fn default_leak_grace() -> u64 {
+    600
+}
+fn default_sticky_release() -> u64 {
     600
 }
 fn default_reconcile() -> u64 {

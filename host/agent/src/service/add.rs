@@ -191,11 +191,37 @@ impl Service {
             .collect()
     }
 
-    /// The NIC the plan asks for, reserved for `key`.
+    /// The NIC the plan asks for, reserved for `key`. A sticky identity
+    /// gets the NIC that follows it, or, the first time, any NIC the plan
+    /// allows, marked to follow it from now on.
     async fn acquire(&self, key: &Key, plan: &Plan) -> Result<Acquired, CniError> {
         if let Some(mac) = plan.mac {
             return self.acquire_mac(key, plan, mac).await;
         }
+        let Some(identity) = &plan.sticky else {
+            return self.acquire_any(key, plan).await;
+        };
+        if let Some(followed) = self
+            .source
+            .acquire_sticky(key, identity, plan.order.as_deref())
+            .await?
+        {
+            return Ok(followed);
+        }
+        let acquired = self.acquire_any(key, plan).await?;
+        if let Err(e) = self
+            .source
+            .tag_sticky(acquired.lease.spec.mac, identity)
+            .await
+        {
+            self.forget(acquired.lease.spec.mac, true);
+            return Err(e);
+        }
+        Ok(acquired)
+    }
+
+    /// A NIC of the plan's vxnets, with one of its addresses if it has any.
+    async fn acquire_any(&self, key: &Key, plan: &Plan) -> Result<Acquired, CniError> {
         match &plan.addresses {
             Some(addrs) => {
                 self.source
@@ -257,7 +283,7 @@ impl Service {
         let routes = match self.routes(key, pod, nic, &req.routes, &req.hooks).await {
             Ok(r) => r,
             Err(e) => {
-                self.nics.pool().release(nic.mac, true);
+                self.forget(nic.mac, true);
                 return Err(AddFailure::Failed(e));
             }
         };
@@ -276,9 +302,10 @@ impl Service {
             netns_id: Some(netns_id),
             pod: req.pod.clone(),
             result: None,
+            sticky: self.nics.pool().sticky_of(nic.mac),
         };
         if let Err(e) = self.store.put(&record) {
-            self.nics.pool().release(nic.mac, true);
+            self.forget(nic.mac, true);
             return Err(AddFailure::Failed(internal(format!(
                 "recording the reservation of NIC {}: {e}",
                 nic.mac

@@ -95,11 +95,39 @@ impl Service {
 
     /// Drops the record and returns the NIC to the pool (or marks it missing).
     fn forget(&self, mac: Mac, present: bool) {
+        if present && self.nics.pool().sticky_of(mac).is_some() {
+            // Its record goes once it is off the node: a restart before
+            // then finishes the job.
+            self.nics.pool().leave(mac);
+            self.keep(vec![mac]);
+            return;
+        }
         if let Err(e) = self.store.remove(mac) {
             // The stale reservation is rolled back at the next start.
             warn!(nic = %mac, error = %e, "removing an allocation record");
         }
         self.nics.pool().release(mac, present);
+    }
+
+    /// Takes sticky NICs whose attachments are over off the node in the
+    /// background, kept in the cloud for their identities, and drops
+    /// their records once they are.
+    pub fn keep(&self, macs: Vec<Mac>) {
+        for mac in macs {
+            let (source, store) = (self.source.clone(), self.store.clone());
+            tokio::spawn(async move {
+                match source.keep(mac).await {
+                    Ok(()) => {
+                        if let Err(e) = store.remove(mac) {
+                            warn!(nic = %mac, error = %e, "removing the record of a kept sticky NIC");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(nic = %mac, error = %format!("{e:#}"), "taking a sticky NIC off the node failed; it stays out of the pool until the agent restarts")
+                    }
+                }
+            });
+        }
     }
 }
 

@@ -297,15 +297,17 @@ impl Service {
                         Some(k.clone()),
                         format!("sticky {k} (remembered {ip})"),
                     ),
-                    None => (None, Some(k.clone()), format!("sticky {k} (first time)")),
+                    None => (None, Some(k.clone()), format!("sticky {k}")),
                 },
             },
         )
     }
 
-    /// Remembers the address a sticky pod got, for its next ADD.
+    /// Remembers the address a sticky pod got, for its next ADD on this
+    /// node; a NIC that follows the identity itself needs no memory.
     pub(super) fn remember_sticky(&self, plan: &Plan, nic: &NicSpec) {
         if let Some(k) = &plan.sticky
+            && self.nics.pool().sticky_of(nic.mac).is_none()
             && let Err(e) = self.sticky.set(k, nic.address.addr())
         {
             tracing::warn!(key = %k, error = %e, "remembering a sticky address");

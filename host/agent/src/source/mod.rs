@@ -9,6 +9,7 @@ pub mod inventory;
 
 use std::net::Ipv4Addr;
 
+use hostnic_netlink::Mac;
 use hostnic_proto::cni::CniError;
 use ipnet::Ipv4Net;
 
@@ -38,6 +39,9 @@ pub enum How {
     Warm,
     /// Created and attached for the ADDs waiting, this one among them.
     Created,
+    /// The NIC kept in the cloud for the pod's sticky identity, attached
+    /// here (moved from another node if need be).
+    Followed,
 }
 
 impl How {
@@ -45,6 +49,7 @@ impl How {
         match self {
             How::Warm => "a warm NIC",
             How::Created => "a NIC created for this ADD",
+            How::Followed => "the NIC kept for its sticky identity",
         }
     }
 }
@@ -84,6 +89,33 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
         addrs: &[Ipv4Addr],
         vxnet: Option<&str>,
     ) -> Result<Acquired, CniError>;
+
+    /// The NIC that follows sticky `identity` (the ip policy's
+    /// `sticky(key)`), brought to this node for `key`; `None` when it has
+    /// none yet, or when the source keeps no NIC per identity (the static
+    /// inventory, where the remembered address serves). `vxnets`: the
+    /// network's vxnets, which the NIC must be in.
+    async fn acquire_sticky(
+        &self,
+        _key: &Key,
+        _identity: &str,
+        _vxnets: Option<&[String]>,
+    ) -> Result<Option<Acquired>, CniError> {
+        Ok(None)
+    }
+
+    /// Marks the NIC an ADD acquired as following `identity` from now on
+    /// (a tag in the cloud), before the ADD answers. Sources without
+    /// sticky NICs ignore it.
+    async fn tag_sticky(&self, _mac: Mac, _identity: &str) -> Result<bool, CniError> {
+        Ok(false)
+    }
+
+    /// Takes a sticky NIC whose attachment is over off the node, to be
+    /// kept for its identity: it never goes back to the free pool.
+    async fn keep(&self, _mac: Mac) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// The next hop for `gw 0.0.0.0` route templates in `vxnet`: the
     /// node's own NIC there, set up if need be. `None`: the source has no

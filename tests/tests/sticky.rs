@@ -1,0 +1,236 @@
+//! Sticky NICs on the simulated cloud: the NIC of a sticky identity
+//! follows it from node to node with its address and MAC; the cloud's
+//! attach is the only lock between nodes; a killed agent finishes taking
+//! the NIC off its node at start; the release TTL frees it.
+
+use std::time::{Duration, Instant};
+
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::sim::SimConfig;
+use hostnic_testbed::{CallEnv, Ns, PluginError, require_root, wait_for};
+use serde_json::{Value, json};
+
+const TIMERS: &str = "warm_min = 0\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 10\n\
+                      cloud_poll_seconds = 2\nleak_grace_seconds = 0\nsticky_release_seconds = 4";
+/// The identity the default ip guest makes of the annotation below.
+const IDENTITY: &str = "key/default/db-0@hostnic-cloud";
+
+fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
+    CallEnv {
+        container_id: cid,
+        netns,
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=db-0",
+    }
+}
+
+/// Node `node`'s netconf for a pod with `hostnic.io/sticky: db-0`, as
+/// containerd sends its annotations.
+fn conf(bed: &CloudBed, node: usize) -> Value {
+    let mut c = bed.netconf(node, "1.0.0", json!([]));
+    c["runtimeConfig"] =
+        json!({"io.kubernetes.cri.pod-annotations": {"hostnic.io/sticky": "db-0"}});
+    c
+}
+
+fn add(bed: &CloudBed, node: usize, cid: &str, ns: &Ns) -> Result<Value, PluginError> {
+    let path = ns.path().display().to_string();
+    bed.hostnic(node)
+        .call("ADD", &conf(bed, node), &env(cid, &path))
+        .expect("exec hostnic")
+}
+
+fn del(bed: &CloudBed, node: usize, cid: &str, ns: &Ns) {
+    let path = ns.path().display().to_string();
+    bed.hostnic(node)
+        .call("DEL", &conf(bed, node), &env(cid, &path))
+        .expect("exec hostnic")
+        .expect("DEL succeeds");
+}
+
+/// (address, MAC) of an ADD's answer.
+fn nic_of(r: &Value) -> (String, String) {
+    (
+        r["ips"][0]["address"].as_str().unwrap().to_string(),
+        r["interfaces"][0]["mac"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The cloud's view of NIC `mac`, if it exists.
+fn cloud_nic(bed: &CloudBed, mac: &str) -> Option<Value> {
+    bed.sim.inspect()["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == mac)
+        .cloned()
+}
+
+/// Waits until NIC `mac` is detached and kept (available in the cloud).
+fn wait_kept(bed: &CloudBed, mac: &str) {
+    wait_for(
+        "the sticky NIC detached and kept",
+        Duration::from_secs(20),
+        || cloud_nic(bed, mac).is_some_and(|n| n["state"] == "available"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_sticky_nic_follows_its_identity_to_another_node_and_is_released_after_its_ttl() {
+    if !require_root(
+        "a_sticky_nic_follows_its_identity_to_another_node_and_is_released_after_its_ttl",
+    ) {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig::default()).unwrap();
+    let a0 = bed.start_agent(0, TIMERS).unwrap();
+    let a1 = bed.start_agent(1, TIMERS).unwrap();
+    let logs = || format!("node 0:\n{}\nnode 1:\n{}", a0.log_text(), a1.log_text());
+    let instance = |i: usize| bed.sim.nodes[i].instance.clone();
+
+    // db-0 on node 0: a NIC tagged with its identity.
+    let p0 = Ns::new("st0").unwrap();
+    let first = bed
+        .hostnic(0)
+        .add_retrying(&conf(&bed, 0), &env("c0", &p0.path().display().to_string()))
+        .unwrap_or_else(|e| panic!("first ADD: {e}\n{}", logs()));
+    let (ip, mac) = nic_of(&first);
+    let nic = cloud_nic(&bed, &mac).unwrap();
+    assert!(
+        nic["tag_names"]
+            .to_string()
+            .contains(&format!("hostnic:test:sticky:{IDENTITY}")),
+        "{nic}"
+    );
+
+    // A second pod with the key, on node 1, while db-0 holds the NIC on a
+    // running VM: not taken (a key promises no single holder), code 11.
+    let rival = Ns::new("st1").unwrap();
+    let refused = add(&bed, 1, "r0", &rival).unwrap_err();
+    assert_eq!(refused.code, Some(11), "{refused:?}");
+    assert!(refused.msg.contains("where a pod holds it"), "{refused:?}");
+    assert_eq!(
+        cloud_nic(&bed, &mac).unwrap()["instance"],
+        instance(0).as_str()
+    );
+
+    // DEL: the NIC leaves node 0 and is kept in the cloud, not deleted and
+    // not back in node 0's pool.
+    del(&bed, 0, "c0", &p0);
+    wait_kept(&bed, &mac);
+
+    // db-0 again, on node 1: the same NIC, moved.
+    let p1 = Ns::new("st2").unwrap();
+    let started = Instant::now();
+    let moved =
+        add(&bed, 1, "c1", &p1).unwrap_or_else(|e| panic!("ADD on node 1: {e}\n{}", logs()));
+    eprintln!(
+        "sticky ADD on the other node: {:?} (the simulator's attach: 500 ms)",
+        started.elapsed()
+    );
+    assert_eq!(
+        nic_of(&moved),
+        (ip.clone(), mac.clone()),
+        "db-0 lost its NIC"
+    );
+    assert_eq!(
+        cloud_nic(&bed, &mac).unwrap()["instance"],
+        instance(1).as_str()
+    );
+    assert!(
+        p1.ping("10.100.0.1"),
+        "the moved NIC does not reach its gateway"
+    );
+
+    // Both nodes race for the identity: the cloud accepts one attach.
+    del(&bed, 1, "c1", &p1);
+    wait_kept(&bed, &mac);
+    let (q0, q1) = (Ns::new("st3").unwrap(), Ns::new("st4").unwrap());
+    let (r0, r1) = std::thread::scope(|s| {
+        let h0 = s.spawn(|| add(&bed, 0, "c2", &q0));
+        let h1 = s.spawn(|| add(&bed, 1, "c3", &q1));
+        (h0.join().unwrap(), h1.join().unwrap())
+    });
+    let (won, lost, winner) = match (r0, r1) {
+        (Ok(w), Err(l)) => (w, l, 0),
+        (Err(l), Ok(w)) => (w, l, 1),
+        other => panic!("exactly one node must win: {other:?}\n{}", logs()),
+    };
+    assert_eq!(lost.code, Some(11), "{lost:?}");
+    assert_eq!(nic_of(&won), (ip.clone(), mac.clone()));
+    assert_eq!(
+        cloud_nic(&bed, &mac).unwrap()["instance"],
+        instance(winner).as_str()
+    );
+    let (ns, cid) = if winner == 0 {
+        (&q0, "c2")
+    } else {
+        (&q1, "c3")
+    };
+    del(&bed, winner, cid, ns);
+    del(
+        &bed,
+        1 - winner,
+        if winner == 0 { "c3" } else { "c2" },
+        if winner == 0 { &q1 } else { &q0 },
+    );
+    wait_kept(&bed, &mac);
+
+    // The release TTL: kept 4 s, then the leak sweep deletes it.
+    wait_for(
+        "the sticky NIC released after its TTL",
+        Duration::from_secs(30),
+        || cloud_nic(&bed, &mac).is_none(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}
+
+#[test]
+fn an_agent_killed_before_its_sticky_nic_left_takes_it_off_the_node_at_start() {
+    if !require_root("an_agent_killed_before_its_sticky_nic_left_takes_it_off_the_node_at_start") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig::default()).unwrap();
+    let timers = TIMERS.replace("sticky_release_seconds = 4", "sticky_release_seconds = 0");
+    let mut a0 = bed.start_agent(0, &timers).unwrap();
+    let _a1 = bed.start_agent(1, &timers).unwrap();
+    let p0 = Ns::new("sk0").unwrap();
+    let first = bed
+        .hostnic(0)
+        .add_retrying(&conf(&bed, 0), &env("c0", &p0.path().display().to_string()))
+        .unwrap();
+    let (ip, mac) = nic_of(&first);
+    // DEL answers before the NIC is out of the pod; the agent dies right
+    // after, before it detached the NIC in the cloud.
+    del(&bed, 0, "c0", &p0);
+    a0.kill9();
+    assert_eq!(
+        cloud_nic(&bed, &mac).unwrap()["instance"],
+        bed.sim.nodes[0].instance.as_str(),
+        "the kill came too late to test anything"
+    );
+    let _a0 = bed.start_agent(0, &timers).unwrap();
+    wait_kept(&bed, &mac);
+    // Node 0 never handed it to another pod meanwhile, and db-0 finds it
+    // on node 1. Kept for ever (TTL 0): still there after a few polls.
+    let other = Ns::new("sk1").unwrap();
+    let path = other.path().display().to_string();
+    let plain = bed.netconf(0, "1.0.0", json!([]));
+    let r = bed
+        .hostnic(0)
+        .add_retrying(&plain, &env("o0", &path))
+        .unwrap();
+    assert_ne!(nic_of(&r).1, mac, "node 0 gave the kept NIC to another pod");
+    std::thread::sleep(Duration::from_secs(5));
+    let p1 = Ns::new("sk2").unwrap();
+    let moved = add(&bed, 1, "c1", &p1).unwrap();
+    assert_eq!(nic_of(&moved), (ip, mac.clone()));
+    del(&bed, 1, "c1", &p1);
+    bed.hostnic(0)
+        .call("DEL", &plain, &env("o0", &path))
+        .unwrap()
+        .unwrap();
+    wait_kept(&bed, &mac);
+}

@@ -1,13 +1,16 @@
-//! Sticky NICs on the simulated cloud: the NIC of a sticky identity
-//! follows it from node to node with its address and MAC; the cloud's
-//! attach is the only lock between nodes; a killed agent finishes taking
-//! the NIC off its node at start; the release TTL frees it.
+//! Sticky NICs: the NIC of a sticky identity follows it from node to node
+//! with its address and MAC; the cloud's attach is the only lock between
+//! nodes; a killed agent finishes taking the NIC off its node at start; the
+//! release TTL frees it. On the simulated cloud with the real `hostnic`,
+//! and in a real cluster, where a StatefulSet's pod moves to another node
+//! and its NIC goes with it, and goes for good when the set scales down.
 
 use std::time::{Duration, Instant};
 
 use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::cluster::{self, Cluster, Install};
 use hostnic_testbed::sim::SimConfig;
-use hostnic_testbed::{CallEnv, Ns, PluginError, require_root, wait_for};
+use hostnic_testbed::{CallEnv, Ns, PluginError, bin, kubebed, require_root, wait_for};
 use serde_json::{Value, json};
 
 const TIMERS: &str = "warm_min = 0\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 10\n\
@@ -233,4 +236,150 @@ fn an_agent_killed_before_its_sticky_nic_left_takes_it_off_the_node_at_start() {
         .unwrap()
         .unwrap();
     wait_kept(&bed, &mac);
+}
+
+/// The NIC (id = MAC) the cloud has with address `ip`, and its VM.
+fn nic_with_ip(bed: &CloudBed, ip: &str) -> Option<(String, String)> {
+    bed.sim.inspect()["nics"]
+        .as_array()?
+        .iter()
+        .find(|n| n["ip"] == ip)
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            (s("id"), s("instance"))
+        })
+}
+
+/// Node `node`'s latest ADD decisions, from its agent's status.
+fn decisions(bed: &CloudBed, node: usize) -> Vec<Value> {
+    let out = std::process::Command::new(bin("hostnic-agent"))
+        .args(["status", "--json", "--socket"])
+        .arg(bed.socket(node))
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    status["decisions"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_statefulset_pod_keeps_its_address_and_mac_on_another_node_until_scaled_down() {
+    if !require_root(
+        "a_statefulset_pod_keeps_its_address_and_mac_on_another_node_until_scaled_down",
+    ) {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
+    // Agents that watch their pods (the owner makes the identity) and hold
+    // the Lease for the sticky release, as the DaemonSet runs them.
+    cluster.kubectl(&["apply", "-f", kubebed::RBAC]).unwrap();
+    for i in 0..2 {
+        cluster.agents[i].stop().unwrap();
+        cluster.agents[i] = kubebed::agent(
+            &cluster.bed,
+            &cluster.cp,
+            i,
+            (
+                "warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n\
+                 cloud_poll_seconds = 2\nsticky_release_seconds = 0",
+                "",
+            ),
+            "[hooks.ip]\nconfig = '{\"statefulsets\": true}'\n",
+        )
+        .unwrap();
+    }
+    cluster.cp.apply(&cluster::statefulset("db", 1)).unwrap();
+    cluster
+        .wait("db-0 Running", Duration::from_secs(120), || {
+            cluster.running_pods("app=db").len() == 1
+        })
+        .unwrap();
+    let (node, ip) = cluster.running_pods("app=db")["db-0"].clone();
+    let (mac, vm) = nic_with_ip(&cluster.bed, &ip).unwrap();
+    let pod_mac = || {
+        cluster
+            .kubectl(&["exec", "db-0", "--", "cat", "/sys/class/net/eth0/address"])
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(pod_mac(), mac);
+    let from: usize = node.strip_prefix("node-").unwrap().parse().unwrap();
+    let to = 1 - from;
+    assert_eq!(vm, cluster.bed.sim.nodes[from].instance);
+
+    // Its node cordoned and the pod deleted: db-0 comes back on the other
+    // node with the same NIC, moved there by the cloud.
+    cluster.kubectl(&["cordon", &node]).unwrap();
+    let deleted = Instant::now();
+    cluster
+        .kubectl(&["delete", "pod", "db-0", "--wait=false"])
+        .unwrap();
+    let target = format!("node-{to}");
+    cluster
+        .wait(
+            "db-0 Running on the other node",
+            Duration::from_secs(120),
+            || {
+                cluster
+                    .running_pods("app=db")
+                    .get("db-0")
+                    .is_some_and(|(n, _)| *n == target)
+            },
+        )
+        .unwrap();
+    let rescheduled = deleted.elapsed();
+    let (_, moved_ip) = cluster.running_pods("app=db")["db-0"].clone();
+    assert_eq!(moved_ip, ip, "db-0 lost its address");
+    assert_eq!(pod_mac(), mac, "db-0 lost its MAC");
+    assert_eq!(
+        nic_with_ip(&cluster.bed, &ip).unwrap(),
+        (mac.clone(), cluster.bed.sim.nodes[to].instance.clone())
+    );
+    // The agent's own work around the cloud's detach and attach: the
+    // decision's whole time less the time it waited for the NIC.
+    let decided = decisions(&cluster.bed, to);
+    let d = decided
+        .iter()
+        .rev()
+        .find(|d| d["pod"] == "db-0" && d["error"].is_null())
+        .unwrap_or_else(|| panic!("no decision for db-0 on {target}: {decided:?}"));
+    assert_eq!(d["how"], "the NIC kept for its sticky identity", "{d}");
+    let (total, acquire) = (
+        d["total_us"].as_u64().unwrap(),
+        d["acquire_us"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "sticky reschedule: deleted to Running on {target} in {rescheduled:?}; the ADD {:.1} ms, of which getting the NIC (detach, attach, link) {:.1} ms",
+        total as f64 / 1000.0,
+        acquire as f64 / 1000.0
+    );
+    assert!(
+        total - acquire < 100_000,
+        "more than 100 ms of agent work around the move: {d}"
+    );
+
+    // Scaled to zero: the NIC is kept (TTL 0: for ever) only while the
+    // StatefulSet has the ordinal; the Lease holder releases it.
+    cluster.cp.apply(&cluster::statefulset("db", 0)).unwrap();
+    cluster
+        .wait_gone("app=db", Duration::from_secs(60))
+        .unwrap();
+    cluster
+        .wait(
+            "the NIC released by the sweep",
+            Duration::from_secs(60),
+            || nic_with_ip(&cluster.bed, &ip).is_none(),
+        )
+        .unwrap();
+    cluster.kubectl(&["uncordon", &node]).unwrap();
+    assert!(
+        cluster.bed.leaked_nics().is_empty(),
+        "{:?}",
+        cluster.bed.leaked_nics()
+    );
 }

@@ -82,9 +82,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             Vec::new(),
         ),
         Source::Cloud => {
-            let elector = kube.as_ref().map(|k| k.elector.clone());
+            let duties = kube.as_ref().map(|k| k.duties.clone());
             let cloud = cloud::patiently("connecting to the cloud", || {
-                CloudPool::connect(&cfg, elector.clone())
+                CloudPool::connect(&cfg, duties.clone())
             })
             .await?;
             let found =

@@ -92,6 +92,9 @@ pub enum Reconciled {
     Forgotten,
     /// A missing NIC found on the node again.
     MissingFound,
+    /// A kept sticky NIC deleted: its release TTL passed, or its
+    /// StatefulSet no longer has its ordinal.
+    StickyReleased,
 }
 
 impl Reconciled {
@@ -104,6 +107,7 @@ impl Reconciled {
             Reconciled::LeakedDeleted => "leaked_deleted",
             Reconciled::Forgotten => "forgotten",
             Reconciled::MissingFound => "missing_found",
+            Reconciled::StickyReleased => "sticky_released",
         }
     }
 }

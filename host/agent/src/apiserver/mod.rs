@@ -9,6 +9,7 @@ pub mod lease;
 pub mod nads;
 pub mod node;
 pub mod pods;
+pub mod statefulsets;
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::policy;
 pub struct KubeView {
     pub node: String,
     pub pods: pods::PodCache,
-    pub elector: lease::Elector,
+    pub duties: Duties,
     /// NetworkAttachmentDefinitions, with `[kubernetes] networks = true`.
     pub nads: Option<nads::NadCache>,
 }
@@ -54,6 +55,7 @@ impl KubeView {
             Duration::from_millis(cfg.pod_wait_ms),
         );
         let nads = cfg.networks.then(|| nads::NadCache::start(client.clone()));
+        let owners = statefulsets::Owners::new(client.clone());
         let elector = lease::Elector::start(
             client,
             &cfg.lease_namespace,
@@ -64,10 +66,19 @@ impl KubeView {
         KubeView {
             node: cfg.node_name.clone(),
             pods,
-            elector,
+            duties: Duties { elector, owners },
             nads,
         }
     }
+}
+
+/// What the once-per-cluster duties need of the API server: the Lease that
+/// elects the node doing them, and the StatefulSets the sticky release
+/// asks about.
+#[derive(Clone, Debug)]
+pub struct Duties {
+    pub elector: lease::Elector,
+    pub owners: statefulsets::Owners,
 }
 
 /// The pod as the policy guests see it: the runtime's view (its

@@ -37,7 +37,7 @@ use hostnic_netlink::{Mac, RouteEntry};
 use ipnet::Ipv4Net;
 use tracing::warn;
 
-use crate::apiserver::lease::Elector;
+use crate::apiserver::Duties;
 use crate::config::{self, Config, NicSpec};
 use rotation::Rotation;
 
@@ -131,15 +131,16 @@ pub struct CloudPool {
     gateway_setup: tokio::sync::Mutex<()>,
     /// Creates NICs for the cold ADDs waiting.
     pub provisioner: provisioner::Provisioner,
-    /// The Lease election in Kubernetes: only its holder sweeps the
-    /// cluster's leaks. `None` outside Kubernetes.
-    elector: Option<Elector>,
+    /// The Lease election in Kubernetes (only its holder sweeps the
+    /// cluster's leaks and releases kept sticky NICs) and the StatefulSets
+    /// the release asks about. `None` outside Kubernetes.
+    duties: Option<Duties>,
 }
 
 impl CloudPool {
     /// Connects to the cloud: loads the credentials, checks every configured
     /// vxnet exists, and finds or creates the cluster's tag.
-    pub async fn connect(cfg: &Config, elector: Option<Elector>) -> anyhow::Result<CloudPool> {
+    pub async fn connect(cfg: &Config, duties: Option<Duties>) -> anyhow::Result<CloudPool> {
         let path = cfg
             .iaas_credentials
             .as_deref()
@@ -153,13 +154,13 @@ impl CloudPool {
             ..Options::default()
         };
         let client = Client::new(creds, opts)?;
-        Self::with_client(cfg, client, elector).await
+        Self::with_client(cfg, client, duties).await
     }
 
     pub async fn with_client(
         cfg: &Config,
         client: Client,
-        elector: Option<Elector>,
+        duties: Option<Duties>,
     ) -> anyhow::Result<CloudPool> {
         let found = client
             .describe_vxnets(&cfg.vxnets)
@@ -221,7 +222,7 @@ impl CloudPool {
             provisioner: provisioner::Provisioner::new(Duration::from_secs(
                 cfg.cloud.cold_add_wait_seconds,
             )),
-            elector,
+            duties,
         })
     }
 

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use super::CloudPool;
 use super::lifecycle::wait_for_link;
+use crate::metrics::{Reconciled, metrics};
 use crate::nics::Nics;
 use crate::pool::{Lease, State};
 use crate::store::Key;
@@ -351,6 +352,53 @@ impl CloudPool {
                     });
                 }
                 Some(_) => {}
+            }
+        }
+    }
+
+    /// The sticky release, one node's duty: deletes the kept (detached)
+    /// sticky NICs among `found` once `sticky_release_seconds` have passed
+    /// since they were detached, or at once when their StatefulSet was
+    /// deleted or scaled below their ordinal. One at a time: a NIC an ADD
+    /// attached since the look is refused by the cloud (1400) and stays.
+    pub async fn release_sticky(&self, nics: &Nics, found: &[Nic]) {
+        let prefix = format!("hostnic-{}-", self.cfg.cluster);
+        let now = SystemTime::now();
+        for n in found
+            .iter()
+            .filter(|n| n.nic_name.starts_with(&prefix) && n.instance_id.is_empty())
+        {
+            let Some(identity) = self.sticky_identity(n) else {
+                continue;
+            };
+            // Being attached here since the look.
+            if n.nic_id
+                .parse()
+                .is_ok_and(|m| nics.pool().state(m).is_some())
+            {
+                continue;
+            }
+            let why = if self.sticky_expired(n, now) {
+                "kept for sticky_release_seconds"
+            } else if let Some(owners) = self.duties.as_ref().map(|d| &d.owners)
+                && owners.wants(&identity).await == Some(false)
+            {
+                "its StatefulSet no longer has its ordinal"
+            } else {
+                continue;
+            };
+            match self
+                .client
+                .delete_nics(std::slice::from_ref(&n.nic_id))
+                .await
+            {
+                Ok(()) => {
+                    info!(nic = %n.nic_id, ip = ?n.private_ip, identity, why, "released a sticky NIC");
+                    metrics().reconciled(Reconciled::StickyReleased, 1);
+                }
+                Err(e) => {
+                    warn!(nic = %n.nic_id, identity, error = %e, "releasing a sticky NIC; the next sweep retries")
+                }
             }
         }
     }

@@ -12,7 +12,6 @@ use tracing::{info, warn};
 
 use super::CloudPool;
 use super::lifecycle::{configure_gateway, wait_for_link};
-use crate::apiserver::lease::Elector;
 use crate::config::{LeakSweep, NicSpec};
 use crate::metrics::{Reconciled, metrics};
 use crate::nics::Nics;
@@ -129,15 +128,29 @@ impl CloudPool {
             .collect();
         self.keep_unknown_sticky(nics, &sticky).await;
         self.reconcile(nics, &attached, described).await?;
-        // The cluster-wide sweep is one node's duty: the Lease holder's
-        // in Kubernetes; the others delete their own leaks only.
-        let sweeper = self.elector.as_ref().is_none_or(Elector::holds);
+        // The cluster-wide duties are one node's: the Lease holder's in
+        // Kubernetes; the others delete their own leaks only. Without
+        // Kubernetes each node releases its own kept sticky NICs.
+        let holder = self.duties.as_ref().map(|d| d.elector.holds());
+        let cluster = match holder {
+            Some(true) => Some(self.describe_detached().await?),
+            _ => None,
+        };
         let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
-        let deleted = match self.cfg.leak_sweep {
-            LeakSweep::Cluster if sweeper => self.collect_leaks(nics).await?,
-            LeakSweep::Node | LeakSweep::Cluster => self.delete_leaks(nics, named, grace).await?,
+        let deleted = match (&cluster, self.cfg.leak_sweep) {
+            (Some(all), LeakSweep::Cluster) => self.delete_leaks(nics, all, grace).await?,
+            (None, LeakSweep::Cluster) if holder.is_none() => {
+                let all = self.describe_detached().await?;
+                self.delete_leaks(nics, &all, grace).await?
+            }
+            _ => self.delete_leaks(nics, &named, grace).await?,
         };
         report_leaks_deleted(deleted);
+        match (&cluster, holder) {
+            (Some(all), _) => self.release_sticky(nics, all).await,
+            (None, None) => self.release_sticky(nics, &named).await,
+            (None, Some(_)) => {}
+        }
         Ok(())
     }
 
@@ -165,7 +178,7 @@ impl CloudPool {
     /// has created nothing yet, so none is on its way to an attach and the
     /// grace period that covers such creates does not apply.
     pub async fn delete_stranded(&self, nics: &Nics, stranded: Vec<hostnic_iaas::Nic>) {
-        match self.delete_leaks(nics, stranded, Duration::ZERO).await {
+        match self.delete_leaks(nics, &stranded, Duration::ZERO).await {
             Ok(deleted) => report_leaks_deleted(deleted),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "deleting NICs a previous agent left detached; the leak sweep retries")
@@ -333,20 +346,18 @@ impl CloudPool {
         }
     }
 
-    /// The cluster-wide sweep (`leak_sweep = "cluster"`): deletes detached
-    /// NICs named for this cluster — those of dead nodes too — older than
-    /// the grace period. One node at a time does this, never every node.
-    pub async fn collect_leaks(&self, nics: &Nics) -> anyhow::Result<usize> {
-        let detached = self
+    /// The detached NICs of the configured vxnets: for the cluster-wide
+    /// sweep (`leak_sweep = "cluster"`: leaked NICs of dead nodes too) and
+    /// the sticky release. One node at a time asks, never every node.
+    async fn describe_detached(&self) -> anyhow::Result<Vec<hostnic_iaas::Nic>> {
+        Ok(self
             .client
             .describe_nics(&NicFilter {
                 vxnets: self.vxnets.iter().map(|(id, _)| id.clone()).collect(),
                 status: Some(NicStatus::Available),
                 ..NicFilter::default()
             })
-            .await?;
-        let grace = Duration::from_secs(self.cfg.leak_grace_seconds);
-        self.delete_leaks(nics, detached, grace).await
+            .await?)
     }
 
     /// Deletes those of `found` that are leaks: named for this cluster,
@@ -355,35 +366,26 @@ impl CloudPool {
     async fn delete_leaks(
         &self,
         nics: &Nics,
-        found: Vec<hostnic_iaas::Nic>,
+        found: &[hostnic_iaas::Nic],
         grace: Duration,
     ) -> anyhow::Result<usize> {
         let prefix = format!("hostnic-{}-", self.cfg.cluster);
         let now = SystemTime::now();
         let leaked: Vec<String> = found
-            .into_iter()
+            .iter()
             .filter(|n| n.nic_name.starts_with(&prefix) && n.instance_id.is_empty())
             .filter(|n| {
                 hostnic_iaas::sign::parse_time_stamp(&n.create_time)
                     .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= grace)
             })
-            // A sticky NIC is kept for its identity until its release TTL.
-            .filter(|n| match self.sticky_identity(n) {
-                None => true,
-                Some(identity) => {
-                    let expired = self.sticky_expired(n, now);
-                    if expired {
-                        info!(nic = %n.nic_id, identity, "releasing a sticky NIC kept past sticky_release_seconds");
-                    }
-                    expired
-                }
-            })
+            // A kept sticky NIC is no leak: the sticky release decides.
+            .filter(|n| self.sticky_identity(n).is_none())
             .filter(|n| {
                 n.nic_id
                     .parse::<Mac>()
                     .is_ok_and(|m| nics.pool().state(m).is_none())
             })
-            .map(|n| n.nic_id)
+            .map(|n| n.nic_id.clone())
             .collect();
         if !leaked.is_empty() {
             warn!(nics = ?leaked, "deleting leaked NICs");

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::Agent;
 use crate::cloudbed::CloudBed;
+use crate::cluster::Cluster;
 use crate::controlplane::ControlPlane;
 
 /// The agent's ServiceAccount and RBAC, as operators apply them.
@@ -88,4 +89,17 @@ pub fn pod_object(name: &str, node: &str) -> String {
                  "containers": [{"name": "c", "image": "busybox"}]},
     })
     .to_string()
+}
+
+/// Replaces `cluster`'s test-run agents (`Install::Agents`) with agents run
+/// as the DaemonSet runs them (`agent` above: the API server through the
+/// ServiceAccount, whose RBAC is applied first), so they watch their pods
+/// and take part in the Lease; `cloud` and `extra` as for `agent`.
+pub fn watching_agents(cluster: &mut Cluster, cloud: &str, extra: &str) -> anyhow::Result<()> {
+    cluster.kubectl(&["apply", "-f", RBAC])?;
+    for i in 0..cluster.agents.len() {
+        cluster.agents[i].stop()?;
+        cluster.agents[i] = agent(&cluster.bed, &cluster.cp, i, (cloud, ""), extra)?;
+    }
+    Ok(())
 }

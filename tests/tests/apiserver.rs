@@ -133,6 +133,7 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["patch", "pods", "-n", "default"],
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "events.events.k8s.io", "-n", "default"],
+        &["get", "statefulsets.apps", "-n", "default"],
     ] {
         assert!(can(allowed), "the agent needs {allowed:?}");
     }
@@ -146,6 +147,8 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["update", "pods", "-n", "default"],
         &["delete", "events.events.k8s.io", "-n", "default"],
         &["create", "events", "-n", "default"],
+        &["list", "statefulsets.apps", "-n", "default"],
+        &["update", "statefulsets.apps", "-n", "default"],
     ] {
         assert!(!can(forbidden), "the agent must not {forbidden:?}");
     }

@@ -9,12 +9,19 @@ use std::time::{Duration, Instant};
 
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::cluster::{self, Cluster, Install};
-use hostnic_testbed::sim::SimConfig;
+use hostnic_testbed::sim::{Faults, SimConfig};
 use hostnic_testbed::{CallEnv, Ns, PluginError, bin, kubebed, require_root, wait_for};
 use serde_json::{Value, json};
 
 const TIMERS: &str = "warm_min = 0\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 10\n\
                       cloud_poll_seconds = 2\nleak_grace_seconds = 0\nsticky_release_seconds = 4";
+/// The cluster's agents: a warm NIC each, kept NICs kept for ever (only
+/// the StatefulSet's scale-down releases them), a quick cloud poll.
+const CLUSTER_TIMERS: &str = "warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\n\
+                              cold_add_wait_seconds = 20\ncloud_poll_seconds = 2\n\
+                              sticky_release_seconds = 0";
+/// The default ip guest, making StatefulSet pods sticky.
+const STATEFULSETS: &str = "[hooks.ip]\nconfig = '{\"statefulsets\": true}'\n";
 /// The identity the default ip guest makes of the annotation below.
 const IDENTITY: &str = "key/default/db-0@hostnic-cloud";
 
@@ -191,14 +198,14 @@ fn a_sticky_nic_follows_its_identity_to_another_node_and_is_released_after_its_t
 }
 
 #[test]
-fn an_agent_killed_before_its_sticky_nic_left_takes_it_off_the_node_at_start() {
-    if !require_root("an_agent_killed_before_its_sticky_nic_left_takes_it_off_the_node_at_start") {
+fn agents_killed_mid_move_neither_free_the_sticky_nic_nor_lose_it() {
+    if !require_root("agents_killed_mid_move_neither_free_the_sticky_nic_nor_lose_it") {
         return;
     }
     let bed = CloudBed::new(SimConfig::default()).unwrap();
     let timers = TIMERS.replace("sticky_release_seconds = 4", "sticky_release_seconds = 0");
     let mut a0 = bed.start_agent(0, &timers).unwrap();
-    let _a1 = bed.start_agent(1, &timers).unwrap();
+    let mut a1 = bed.start_agent(1, &timers).unwrap();
     let p0 = Ns::new("sk0").unwrap();
     let first = bed
         .hostnic(0)
@@ -227,15 +234,53 @@ fn an_agent_killed_before_its_sticky_nic_left_takes_it_off_the_node_at_start() {
         .unwrap();
     assert_ne!(nic_of(&r).1, mac, "node 0 gave the kept NIC to another pod");
     std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(cloud_nic(&bed, &mac).unwrap()["state"], "available");
+
+    // Node 1's agent killed while the cloud attaches the NIC to its VM for
+    // db-0: its successor does not adopt it as a free NIC, and the
+    // runtime's retried ADD gets it.
+    bed.sim.set_faults(Faults {
+        attach_latency_ms: 2000,
+        ..Faults::default()
+    });
     let p1 = Ns::new("sk2").unwrap();
-    let moved = add(&bed, 1, "c1", &p1).unwrap();
+    let path1 = p1.path().display().to_string();
+    std::thread::scope(|s| {
+        let adding = s.spawn(|| add(&bed, 1, "c1", &p1));
+        wait_for(
+            "the attach to node 1 under way",
+            Duration::from_secs(10),
+            || {
+                cloud_nic(&bed, &mac)
+                    .is_some_and(|n| n["instance"] == bed.sim.nodes[1].instance.as_str())
+            },
+        )
+        .unwrap();
+        a1.kill9();
+        assert!(adding.join().unwrap().is_err(), "the killed agent answered");
+    });
+    let a1 = bed.start_agent(1, &timers).unwrap();
+    bed.sim.set_faults(Faults::default());
+    let moved = bed
+        .hostnic(1)
+        .add_retrying(&conf(&bed, 1), &env("c1", &path1))
+        .unwrap();
     assert_eq!(nic_of(&moved), (ip, mac.clone()));
+    assert!(p1.ping("10.100.0.1"));
     del(&bed, 1, "c1", &p1);
     bed.hostnic(0)
         .call("DEL", &plain, &env("o0", &path))
         .unwrap()
         .unwrap();
-    wait_kept(&bed, &mac);
+    // Kept again (also when the DEL comes before the cloud reports the
+    // attach done: the link shows first).
+    if wait_for("kept again", Duration::from_secs(20), || {
+        cloud_nic(&bed, &mac).is_some_and(|n| n["state"] == "available")
+    })
+    .is_err()
+    {
+        panic!("not kept: {:?}\n{}", cloud_nic(&bed, &mac), a1.log_text());
+    }
 }
 
 /// The NIC (id = MAC) the cloud has with address `ip`, and its VM.
@@ -248,6 +293,15 @@ fn nic_with_ip(bed: &CloudBed, ip: &str) -> Option<(String, String)> {
             let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
             (s("id"), s("instance"))
         })
+}
+
+/// db-0's MAC, as its eth0 has it.
+fn pod_mac(cluster: &Cluster) -> String {
+    cluster
+        .kubectl(&["exec", "db-0", "--", "cat", "/sys/class/net/eth0/address"])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Node `node`'s latest ADD decisions, from its agent's status.
@@ -276,22 +330,7 @@ fn a_statefulset_pod_keeps_its_address_and_mac_on_another_node_until_scaled_down
     let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
     // Agents that watch their pods (the owner makes the identity) and hold
     // the Lease for the sticky release, as the DaemonSet runs them.
-    cluster.kubectl(&["apply", "-f", kubebed::RBAC]).unwrap();
-    for i in 0..2 {
-        cluster.agents[i].stop().unwrap();
-        cluster.agents[i] = kubebed::agent(
-            &cluster.bed,
-            &cluster.cp,
-            i,
-            (
-                "warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n\
-                 cloud_poll_seconds = 2\nsticky_release_seconds = 0",
-                "",
-            ),
-            "[hooks.ip]\nconfig = '{\"statefulsets\": true}'\n",
-        )
-        .unwrap();
-    }
+    kubebed::watching_agents(&mut cluster, CLUSTER_TIMERS, STATEFULSETS).unwrap();
     cluster.cp.apply(&cluster::statefulset("db", 1)).unwrap();
     cluster
         .wait("db-0 Running", Duration::from_secs(120), || {
@@ -300,14 +339,7 @@ fn a_statefulset_pod_keeps_its_address_and_mac_on_another_node_until_scaled_down
         .unwrap();
     let (node, ip) = cluster.running_pods("app=db")["db-0"].clone();
     let (mac, vm) = nic_with_ip(&cluster.bed, &ip).unwrap();
-    let pod_mac = || {
-        cluster
-            .kubectl(&["exec", "db-0", "--", "cat", "/sys/class/net/eth0/address"])
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    assert_eq!(pod_mac(), mac);
+    assert_eq!(pod_mac(&cluster), mac);
     let from: usize = node.strip_prefix("node-").unwrap().parse().unwrap();
     let to = 1 - from;
     assert_eq!(vm, cluster.bed.sim.nodes[from].instance);
@@ -335,7 +367,7 @@ fn a_statefulset_pod_keeps_its_address_and_mac_on_another_node_until_scaled_down
     let rescheduled = deleted.elapsed();
     let (_, moved_ip) = cluster.running_pods("app=db")["db-0"].clone();
     assert_eq!(moved_ip, ip, "db-0 lost its address");
-    assert_eq!(pod_mac(), mac, "db-0 lost its MAC");
+    assert_eq!(pod_mac(&cluster), mac, "db-0 lost its MAC");
     assert_eq!(
         nic_with_ip(&cluster.bed, &ip).unwrap(),
         (mac.clone(), cluster.bed.sim.nodes[to].instance.clone())
@@ -363,6 +395,65 @@ fn a_statefulset_pod_keeps_its_address_and_mac_on_another_node_until_scaled_down
         "more than 100 ms of agent work around the move: {d}"
     );
 
+    // Back again, the holding node's agent dead and the pod force-deleted
+    // (a node lost, as an operator handles it): nobody there takes the NIC
+    // off, so the other node takes it from that VM — Kubernetes runs one
+    // pod per ordinal, so what holds it there is the pod that is gone.
+    cluster.kubectl(&["uncordon", &node]).unwrap();
+    cluster.kubectl(&["cordon", &target]).unwrap();
+    cluster.agents[to].kill9();
+    cluster
+        .kubectl(&["delete", "pod", "db-0", "--force", "--grace-period=0"])
+        .unwrap();
+    cluster
+        .wait(
+            "db-0 Running back on its first node",
+            Duration::from_secs(120),
+            || {
+                cluster
+                    .running_pods("app=db")
+                    .get("db-0")
+                    .is_some_and(|(n, _)| *n == node)
+            },
+        )
+        .unwrap();
+    assert_eq!(cluster.running_pods("app=db")["db-0"].1, ip);
+    assert_eq!(pod_mac(&cluster), mac);
+    // The dead agent's replacement finds the NIC gone from its VM and
+    // leaves it where it is; its old sandbox's DEL finds nothing to free.
+    cluster.agents[to] = kubebed::agent(
+        &cluster.bed,
+        &cluster.cp,
+        to,
+        (CLUSTER_TIMERS, ""),
+        STATEFULSETS,
+    )
+    .unwrap();
+    let records = || {
+        std::fs::read_dir(cluster.bed.state_dir(to).join("allocations"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    cluster
+        .wait(
+            "the old node to let go of db-0's record",
+            Duration::from_secs(60),
+            || records() == 0,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        nic_with_ip(&cluster.bed, &ip).unwrap(),
+        (mac.clone(), cluster.bed.sim.nodes[from].instance.clone()),
+        "the restarted agent took the NIC back"
+    );
+    assert_eq!(pod_mac(&cluster), mac);
+    cluster.kubectl(&["uncordon", &target]).unwrap();
+
     // Scaled to zero: the NIC is kept (TTL 0: for ever) only while the
     // StatefulSet has the ordinal; the Lease holder releases it.
     cluster.cp.apply(&cluster::statefulset("db", 0)).unwrap();
@@ -376,7 +467,6 @@ fn a_statefulset_pod_keeps_its_address_and_mac_on_another_node_until_scaled_down
             || nic_with_ip(&cluster.bed, &ip).is_none(),
         )
         .unwrap();
-    cluster.kubectl(&["uncordon", &node]).unwrap();
     assert!(
         cluster.bed.leaked_nics().is_empty(),
         "{:?}",

@@ -39,6 +39,10 @@ use crate::store::Key;
 /// How a StatefulSet identity begins (the default ip guest's form).
 const STATEFULSET: &str = "statefulset/";
 
+/// Attempts to detach a sticky NIC whose pod is gone (500 ms doubling:
+/// about 15 s in all).
+const KEEP_TRIES: u32 = 6;
+
 /// How often a NIC leaving this node is looked for in the kernel.
 const LINK_POLL: Duration = Duration::from_millis(5);
 
@@ -182,6 +186,9 @@ impl CloudPool {
                 )
             })?;
         let here = &self.cfg.instance_id;
+        if nic.instance_id == *here && nics.pool().state(mac).is_none() {
+            return self.adopt_here(nics, key, identity, spec).await.map(Some);
+        }
         if nic.instance_id == *here {
             return nics
                 .wait_for_release(|p| p.claim(mac, key, &[State::Free]))
@@ -240,22 +247,7 @@ impl CloudPool {
     ) -> Result<Lease, CniError> {
         let mac = spec.mac;
         let vxnet = spec.vxnet.clone().unwrap_or_default();
-        {
-            let mut pool = nics.pool();
-            // Detached in the cloud: a `leaving` slot is this node's own
-            // keep, done but not yet told.
-            pool.remove_if(mac, &[State::Leaving], Instant::now());
-            if !pool.insert_new(spec, State::Attaching) {
-                return Err(CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    format!(
-                        "the NIC of sticky {identity} ({mac}) is {} on this node; try again",
-                        pool.state(mac).map_or("unknown", |s| s.name())
-                    ),
-                ));
-            }
-            pool.set_sticky(mac, identity);
-        }
+        take_slot(nics, identity, spec)?;
         let started = Instant::now();
         let attached = match self
             .client
@@ -278,13 +270,53 @@ impl CloudPool {
             ));
         }
         self.kpis.attached(&vxnet, started.elapsed());
+        self.settle_here(nics, key, identity, mac).await
+    }
+
+    /// A sticky NIC attached to this VM that the pool does not know: an
+    /// ADD brought it here and its agent died before answering (or its
+    /// attach outlived the wait). The retried ADD takes it as it is.
+    async fn adopt_here(
+        &self,
+        nics: &Nics,
+        key: &Key,
+        identity: &str,
+        spec: crate::config::NicSpec,
+    ) -> Result<Lease, CniError> {
+        let mac = spec.mac;
+        if !matches!(
+            nics.plumber.node().link_by_mac(mac, None).await,
+            Ok(Some(_))
+        ) {
+            // The cloud's answer is older than a detach (or newer than
+            // the link): look again on the retry.
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!(
+                    "the NIC of sticky {identity} ({mac}) is attached to this VM but not on the node; try again"
+                ),
+            ));
+        }
+        take_slot(nics, identity, spec)?;
+        info!(nic = %mac, identity, "a sticky NIC already attached here; taking it");
+        self.settle_here(nics, key, identity, mac).await
+    }
+
+    /// Parks a sticky NIC's link and reserves the NIC for `key`; if its
+    /// link never shows, the NIC leaves the node again, kept.
+    async fn settle_here(
+        &self,
+        nics: &Nics,
+        key: &Key,
+        identity: &str,
+        mac: Mac,
+    ) -> Result<Lease, CniError> {
         if self.adopt_link(nics, mac, State::Attaching).await
             && let Some(lease) = nics.pool().claim(mac, key, &[State::Attaching])
         {
             info!(nic = %mac, identity, "sticky NIC attached here");
             return Ok(lease);
         }
-        // Attached, but its link never showed: off the node again, kept.
         nics.pool()
             .transition(mac, &[State::Attaching], State::Leaving);
         if let Err(e) = self.detach_kept(nics, mac).await {
@@ -317,8 +349,22 @@ impl CloudPool {
                 }
                 Ok(())
             }
-            Err(hostnic_iaas::Error::Denied { .. } | hostnic_iaas::Error::NotFound { .. }) => {
-                Ok(())
+            Err(hostnic_iaas::Error::NotFound { .. }) => Ok(()),
+            // Not attached — or not yet: the link shows before the attach
+            // job reports success, so a pod can be done with the NIC while
+            // the cloud still calls it attaching. Ask which.
+            Err(denied @ hostnic_iaas::Error::Denied { .. }) => {
+                let now = self
+                    .client
+                    .describe_nics(&NicFilter {
+                        nics: vec![mac.to_string()],
+                        ..NicFilter::default()
+                    })
+                    .await?;
+                match now.first() {
+                    Some(n) if !n.instance_id.is_empty() => Err(denied),
+                    _ => Ok(()),
+                }
             }
             Err(e) => Err(e),
         }
@@ -404,12 +450,13 @@ impl CloudPool {
     }
 
     /// Takes a sticky NIC whose attachment is over off this node, to be
-    /// kept in the cloud for its identity, and forgets it. A busy cloud is
-    /// retried; a NIC still here after that stays `leaving` (never handed
-    /// out) and the next start finishes the job.
+    /// kept in the cloud for its identity, and forgets it. A busy cloud,
+    /// or an attach not yet reported done, is retried (for about 15 s); a
+    /// NIC still here after that stays `leaving` (never handed out) and the
+    /// next start finishes the job.
     pub async fn keep(&self, nics: &Nics, mac: Mac) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(500);
-        for attempt in 1..=4 {
+        for attempt in 1..=KEEP_TRIES {
             match self.detach_kept(nics, mac).await {
                 Ok(()) => {
                     nics.pool()
@@ -417,7 +464,11 @@ impl CloudPool {
                     info!(nic = %mac, "sticky NIC detached and kept for its identity");
                     return Ok(());
                 }
-                Err(e) if attempt < 4 && e.is_transient() => {
+                Err(e)
+                    if attempt < KEEP_TRIES
+                        && (e.is_transient()
+                            || matches!(e, hostnic_iaas::Error::Denied { .. })) =>
+                {
                     warn!(nic = %mac, attempt, error = %e, "detaching a sticky NIC; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -427,4 +478,24 @@ impl CloudPool {
         }
         unreachable!("the last attempt returns")
     }
+}
+
+/// Puts a sticky NIC on its way here into the pool (`attaching`, so no
+/// other ADD takes it). A `leaving` slot is this node's own keep, done in
+/// the cloud but not yet told: replaced.
+fn take_slot(nics: &Nics, identity: &str, spec: crate::config::NicSpec) -> Result<(), CniError> {
+    let mac = spec.mac;
+    let mut pool = nics.pool();
+    pool.remove_if(mac, &[State::Leaving], Instant::now());
+    if !pool.insert_new(spec, State::Attaching) {
+        return Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!(
+                "the NIC of sticky {identity} ({mac}) is {} on this node; try again",
+                pool.state(mac).map_or("unknown", |s| s.name())
+            ),
+        ));
+    }
+    pool.set_sticky(mac, identity);
+    Ok(())
 }

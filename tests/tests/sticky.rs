@@ -136,7 +136,7 @@ fn a_sticky_nic_follows_its_identity_to_another_node_and_is_released_after_its_t
     let moved =
         add(&bed, 1, "c1", &p1).unwrap_or_else(|e| panic!("ADD on node 1: {e}\n{}", logs()));
     eprintln!(
-        "sticky ADD on the other node: {:?} (the simulator's attach: 500 ms)",
+        "sticky ADD on the other node: {:?} (the simulator's attach: 200 ms)",
         started.elapsed()
     );
     assert_eq!(

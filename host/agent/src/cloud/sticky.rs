@@ -81,28 +81,32 @@ impl CloudPool {
     }
 
     /// The identity's tag and the NICs that carry it (one DescribeTags).
+    /// Tag names are not unique in the cloud: two nodes giving a new
+    /// identity its first NIC at once can each create one. Every tag of
+    /// the name counts, so no NIC of the identity is overlooked; the first
+    /// one is reused.
     async fn sticky_nics(
         &self,
         identity: &str,
     ) -> Result<(Option<hostnic_iaas::TagId>, Vec<String>), hostnic_iaas::Error> {
         let name = self.sticky_tag(identity);
-        let tags = self
+        let tags: Vec<_> = self
             .client
             .describe_tags(&TagFilter {
                 search_word: Some(name.clone()),
                 ..TagFilter::default()
             })
-            .await?;
-        let Some(tag) = tags.into_iter().find(|t| t.tag_name == name) else {
-            return Ok((None, Vec::new()));
-        };
-        let nics = tag
-            .resource_tag_pairs
+            .await?
+            .into_iter()
+            .filter(|t| t.tag_name == name)
+            .collect();
+        let nics = tags
             .iter()
+            .flat_map(|t| &t.resource_tag_pairs)
             .filter(|p| p.resource_type == "nic")
             .map(|p| p.resource_id.clone())
             .collect();
-        Ok((Some(tag.tag_id), nics))
+        Ok((tags.into_iter().next().map(|t| t.tag_id), nics))
     }
 
     /// The identity's NIC as the cloud sees it now (a DescribeTags and,

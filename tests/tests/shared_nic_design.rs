@@ -28,6 +28,17 @@ fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
     }
 }
 
+/// The MAC of link `dev` in `ns`.
+fn mac_of(ns: &Ns, dev: &str) -> String {
+    ns.ip(&["-o", "link", "show", dev])
+        .unwrap()
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{dev} has no MAC"))
+        .to_string()
+}
+
 #[test]
 fn a_shared_mode_pod_reaches_another_vm_through_the_strict_sdn_only_by_its_proxy_entry() {
     if !require_root(
@@ -90,14 +101,7 @@ fn a_shared_mode_pod_reaches_another_vm_through_the_strict_sdn_only_by_its_proxy
         pod.name(),
     ])
     .unwrap();
-    let host_mac = node
-        .ip(&["-o", "link", "show", "hs0"])
-        .unwrap()
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let host_mac = mac_of(node, "hs0");
     for args in [
         vec!["link", "set", "eth0", "up"],
         vec!["addr", "add", &format!("{SHARED}/32"), "dev", "eth0"],
@@ -192,14 +196,7 @@ fn a_shared_mode_pod_reaches_another_vm_through_the_strict_sdn_only_by_its_proxy
     // What answered for it on the vxnet was node 0's NIC, not a leaked
     // veth MAC (the SDN would have dropped that).
     let seen = other.ip(&["neigh", "show", SHARED]).unwrap();
-    let nic_mac = node
-        .ip(&["-o", "link", "show", &gw_nic])
-        .unwrap()
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let nic_mac = mac_of(node, &gw_nic);
     assert!(
         seen.contains(&nic_mac),
         "{seen} (node 0's NIC is {nic_mac})"

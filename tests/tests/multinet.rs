@@ -121,10 +121,12 @@ fn a_pod_gets_a_nic_from_each_of_three_vxnets_with_one_default_route() {
     let via = pod.ip(&["-4", "route", "get", &peer_ip]).unwrap();
     assert!(via.contains("dev net1"), "{via}");
 
-    // Each DEL releases its own attachment only.
+    // Each DEL releases its own attachment only. DEL answers before the
+    // NIC is out of the pod (the release finishes in the background).
     cni.call("DEL", &storage, &env("multi", &path, "net1"))
         .unwrap()
         .unwrap();
+    bed.settle(0);
     let links = pod.ip(&["-o", "link"]).unwrap();
     assert!(
         !links.contains("net1") && links.contains("net2") && links.contains("eth0"),

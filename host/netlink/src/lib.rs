@@ -7,15 +7,19 @@
 //! calls `setns`, and nothing has to be switched back.
 //!
 //! The rest of hostnic calls typed operations on [`Netlink`]
-//! (`link_by_mac`, `move_link`, `add_route`, …) and never builds messages.
+//! (`link_by_mac`, `move_link`, `add_route`, …) and never builds messages;
+//! the operations for a pod's own wiring (veth pairs, neighbour entries,
+//! routes in any table, policy rules) are in `routing.rs`.
 
 mod mac;
 mod netns;
 mod ops;
+mod routing;
 
 pub use mac::Mac;
 pub use netns::{Change, Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};
+pub use routing::{Rule, TableRoute};
 
 /// A failed namespace or netlink operation, naming what was attempted.
 #[derive(Debug, thiserror::Error)]

@@ -141,17 +141,55 @@ impl Netns {
         Ok(rx)
     }
 
-    /// A connection in this namespace, subscribed to `groups` (0: none).
-    async fn socket(&self, groups: u32) -> Result<(Netlink, Messages)> {
+    /// Writes `value` to `/proc/sys/<key with dots as slashes>` as seen
+    /// from this namespace (e.g. key `net.ipv4.ip_forward`). A key that
+    /// already has slashes is taken as the path below `/proc/sys`, for the
+    /// keys whose parts have dots (`net/ipv4/conf/eth0.100/proxy_arp`).
+    ///
+    /// `/proc/sys/net` shows the network namespace of the *thread* that
+    /// looks, so, as in [`Netns::connect`], the write happens on a
+    /// short-lived OS thread that enters the namespace, writes and exits;
+    /// no other thread ever changes namespace.
+    pub async fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let rel = if key.contains('/') {
+            key.to_string()
+        } else {
+            key.replace('.', "/")
+        };
+        if rel.is_empty()
+            || rel
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(Error::io(format!("setting sysctl {key:?}"))(
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sysctl key"),
+            ));
+        }
+        let path = Path::new("/proc/sys").join(rel);
+        let value = value.to_string();
+        let op = format!("setting sysctl {key}={value} in netns {}", self.label);
+        self.inside("netns-sysctl", move || {
+            std::fs::write(&path, value).map_err(Error::io(op))
+        })
+        .await
+    }
+
+    /// Runs `f` on a short-lived OS thread that has entered this namespace
+    /// and exits after it: no other thread ever changes namespace, and
+    /// there is nothing to switch back.
+    async fn inside<T: Send + 'static>(
+        &self,
+        thread: &str,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let fd = self
             .fd
             .try_clone()
             .map_err(Error::io("duplicating a netns descriptor"))?;
         let label = self.label.clone();
-        let runtime = io_runtime()?.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
-            .name("netns-connect".into())
+            .name(thread.into())
             .spawn(move || {
                 let result = setns(&fd, CloneFlags::CLONE_NEWNET)
                     .map_err(|e| {
@@ -159,31 +197,40 @@ impl Netns {
                             "entering netns {label} (is it a network namespace?)"
                         ))(e.into())
                     })
-                    .and_then(|()| {
-                        // The netlink socket registers with the I/O
-                        // runtime's reactor, so it needs its context.
-                        let _ctx = runtime.enter();
-                        let (mut conn, handle, messages) = rtnetlink::new_connection()
-                            .map_err(Error::io(format!("opening rtnetlink in netns {label}")))?;
-                        if groups != 0 {
-                            use rtnetlink::sys::{AsyncSocket, SocketAddr};
-                            conn.socket_mut()
-                                .socket_mut()
-                                .bind(&SocketAddr::new(0, groups))
-                                .map_err(Error::io(format!(
-                                    "subscribing to rtnetlink notifications in netns {label}"
-                                )))?;
-                        }
-                        Ok((conn, handle, messages))
-                    });
-                // If the receiver is gone the caller was cancelled; the
-                // connection is dropped with the message.
+                    .and_then(|()| f());
+                // If the receiver is gone the caller was cancelled; what
+                // `f` made is dropped with the message.
                 let _ = tx.send(result);
             })
             .map_err(Error::io("spawning the netns thread"))?;
-        let (connection, handle, messages) = rx.await.map_err(|_| {
+        rx.await.map_err(|_| {
             Error::io("netns thread")(std::io::Error::other("exited without an answer"))
-        })??;
+        })?
+    }
+
+    /// A connection in this namespace, subscribed to `groups` (0: none).
+    async fn socket(&self, groups: u32) -> Result<(Netlink, Messages)> {
+        let label = self.label.clone();
+        let runtime = io_runtime()?.clone();
+        let (connection, handle, messages) = self
+            .inside("netns-connect", move || {
+                // The netlink socket registers with the I/O runtime's
+                // reactor, so it needs its context.
+                let _ctx = runtime.enter();
+                let (mut conn, handle, messages) = rtnetlink::new_connection()
+                    .map_err(Error::io(format!("opening rtnetlink in netns {label}")))?;
+                if groups != 0 {
+                    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+                    conn.socket_mut()
+                        .socket_mut()
+                        .bind(&SocketAddr::new(0, groups))
+                        .map_err(Error::io(format!(
+                            "subscribing to rtnetlink notifications in netns {label}"
+                        )))?;
+                }
+                Ok((conn, handle, messages))
+            })
+            .await?;
         io_runtime()?.spawn(connection);
         Ok((Netlink::new(handle, self.label.clone()), messages))
     }

@@ -58,9 +58,9 @@ pub struct RouteEntry {
 /// addresses, routes) take `dump_lock`; single requests do not.
 #[derive(Clone, Debug)]
 pub struct Netlink {
-    handle: Handle,
-    ns: String,
-    dump_lock: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) handle: Handle,
+    pub(crate) ns: String,
+    pub(crate) dump_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {

@@ -104,6 +104,7 @@ pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
     let deploy = repo().join("deploy");
     let apply_file =
         |name: &str| cluster.kubectl(&["apply", "-f", &deploy.join(name).display().to_string()]);
+    apply_file("crds.yaml")?;
     apply_file("namespace-rbac.yaml")?;
     let ids: Vec<&str> = vxnets.iter().map(|(id, _)| *id).collect();
     cluster.cp.apply(&site_configmap(&zone, &ids)?)?;

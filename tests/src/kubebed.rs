@@ -17,6 +17,8 @@ use crate::controlplane::ControlPlane;
 
 /// The agent's ServiceAccount and RBAC, as operators apply them.
 pub const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/namespace-rbac.yaml");
+/// hostnic's CustomResourceDefinitions.
+pub const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
 
 /// The control plane for `bed`, with the RBAC applied as deploy/README.md
 /// says and a Node object per VM (`node-<i>`, its provider id naming the
@@ -27,6 +29,7 @@ pub fn control_plane(bed: &CloudBed, bare: Option<usize>) -> anyhow::Result<Cont
         other => bail!("the simulator's node address {other} is not IPv4"),
     };
     let cp = ControlPlane::start(bed.sim.sdn_ns(), addr)?;
+    cp.kubectl(&["apply", "-f", CRDS])?;
     cp.kubectl(&["apply", "-f", RBAC])?;
     for (i, node) in bed.sim.nodes.iter().enumerate() {
         let provider = if bare == Some(i) {
@@ -96,6 +99,7 @@ pub fn pod_object(name: &str, node: &str) -> String {
 /// ServiceAccount, whose RBAC is applied first), so they watch their pods
 /// and take part in the Lease; `cloud` and `extra` as for `agent`.
 pub fn watching_agents(cluster: &mut Cluster, cloud: &str, extra: &str) -> anyhow::Result<()> {
+    cluster.kubectl(&["apply", "-f", CRDS])?;
     cluster.kubectl(&["apply", "-f", RBAC])?;
     for i in 0..cluster.agents.len() {
         cluster.agents[i].stop()?;

@@ -134,6 +134,9 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "events.events.k8s.io", "-n", "default"],
         &["get", "statefulsets.apps", "-n", "default"],
+        &["create", "hostnicblocks.hostnic.io"],
+        &["list", "hostnicblocks.hostnic.io"],
+        &["delete", "hostnicblocks.hostnic.io"],
     ] {
         assert!(can(allowed), "the agent needs {allowed:?}");
     }
@@ -149,6 +152,7 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["create", "events", "-n", "default"],
         &["list", "statefulsets.apps", "-n", "default"],
         &["update", "statefulsets.apps", "-n", "default"],
+        &["update", "hostnicblocks.hostnic.io"],
     ] {
         assert!(!can(forbidden), "the agent must not {forbidden:?}");
     }

@@ -24,6 +24,7 @@ pub mod reconcile;
 pub mod scrape;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod source;
 pub mod sticky;
 pub mod store;
@@ -48,6 +49,7 @@ use crate::store::Store;
 /// in is "the node": NICs wait there and return there.
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     // The API server first: it may say which VM this is.
+    let mut claims: Option<Arc<dyn shared::Claims>> = None;
     let kube = match cfg.kubernetes.enabled {
         false => None,
         true => {
@@ -59,6 +61,11 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             }
             let k = &cfg.kubernetes;
             publish::install(client.clone(), &k.node_name, k.annotate, k.events);
+            if !cfg.shared.is_empty() {
+                claims = Some(Arc::new(
+                    apiserver::blocks::ApiBlocks::new(client.clone(), &k.node_name).await,
+                ));
+            }
             Some(apiserver::KubeView::start(client, k))
         }
     };
@@ -113,11 +120,24 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         Some(cloud) => Arc::new(CloudSource::new(cloud.clone(), nics.clone())),
         None => Arc::new(StaticInventory::new(nics.clone(), &cfg.inventory.nics)),
     };
+    let records = shared::Records::open(&cfg.state_dir)
+        .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
+    let shared = Arc::new(shared::Shared::new(
+        &cfg.shared,
+        &source.vxnets(),
+        records,
+        claims,
+    )?);
+    cloud::patiently("reading this node's shared address blocks", || {
+        shared.load_blocks()
+    })
+    .await?;
     let service = Arc::new(Service::new(
         &cfg,
         nics.clone(),
         source,
         store,
+        shared,
         policies,
         kube,
     ));
@@ -137,6 +157,12 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             cloud.run(&nics).await;
         });
     }
+    service
+        .restore_shared()
+        .await
+        .context("reconciling shared-mode attachments")?;
+    service.shared.claim_restored().await;
+    tokio::spawn(release_idle_blocks(service.shared.clone()));
     if !cfg.metrics.address.is_empty() {
         // Pods come first: a metrics port taken by something else is
         // reported, and the agent serves CNI without metrics.
@@ -151,6 +177,15 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     server::serve(listener, service, shutdown_signal()).await;
     info!("stopped");
     Ok(())
+}
+
+/// Gives back shared address blocks no pod uses, every few seconds.
+async fn release_idle_blocks(shared: Arc<shared::Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        shared.release_idle(std::time::Instant::now()).await;
+    }
 }
 
 /// The sticky NICs to take off the node at start: those reconciliation

@@ -88,21 +88,7 @@ impl Store {
 
     /// Writes the record; fsynced when it is a commit.
     pub fn put(&self, a: &Allocation) -> io::Result<()> {
-        let path = self.path(a.mac);
-        let tmp = path.with_extension("tmp");
-        let body = serde_json::to_vec_pretty(a).map_err(io::Error::other)?;
-        let durable = a.phase == Phase::Committed;
-        let mut f = File::create(&tmp)?;
-        f.write_all(&body)?;
-        if durable {
-            f.sync_all()?;
-        }
-        drop(f);
-        fs::rename(&tmp, &path)?;
-        if durable {
-            File::open(&self.dir)?.sync_all()?;
-        }
-        Ok(())
+        write_record(&self.path(a.mac), a, a.phase == Phase::Committed)
     }
 
     /// Whether a record could be written now (STATUS: an ADD that cannot
@@ -125,10 +111,7 @@ impl Store {
 
     /// Forgets a NIC's record. Already gone is fine.
     pub fn remove(&self, mac: Mac) -> io::Result<()> {
-        match fs::remove_file(self.path(mac)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_record(&self.path(mac))
     }
 
     /// One NIC's record, if it has one.
@@ -208,6 +191,32 @@ fn parse(path: &Path, bytes: &[u8]) -> io::Result<Allocation> {
             format!("allocation record {} is corrupt: {e}", path.display()),
         )
     })
+}
+
+/// Replaces the record at `path` atomically (a temporary file renamed
+/// over it); `durable`: fsynced, file and directory, before it returns.
+pub(crate) fn write_record<T: Serialize>(path: &Path, record: &T, durable: bool) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    let mut f = File::create(&tmp)?;
+    f.write_all(&body)?;
+    if durable {
+        f.sync_all()?;
+    }
+    drop(f);
+    fs::rename(&tmp, path)?;
+    if durable && let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Removes the record at `path`; already gone is fine.
+pub(crate) fn remove_record(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

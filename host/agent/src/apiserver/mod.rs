@@ -5,6 +5,7 @@
 //! NetworkAttachmentDefinitions. Without it the agent works from
 //! what the runtime sends, as on a node outside Kubernetes.
 
+pub mod blocks;
 pub mod lease;
 pub mod nads;
 pub mod node;

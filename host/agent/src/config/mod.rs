@@ -10,6 +10,7 @@
 mod hooks;
 mod inventory;
 mod kubernetes;
+mod shared;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 pub use hooks::{Failure, HookSpec, Hooks};
 pub use inventory::{Cloud, Inventory, LeakSweep, NicSpec, Source};
 pub use kubernetes::Kubernetes;
+pub use shared::{SharedVxnet, table_of};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +69,9 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: Metrics,
+    /// Vxnets in shared-NIC mode: their pods share the node's NIC.
+    #[serde(default)]
+    pub shared: Vec<SharedVxnet>,
     /// Where this config came from, so SIGHUP can read it again with the
     /// same flags.
     #[serde(skip)]
@@ -298,6 +303,12 @@ impl Config {
         }
         self.hooks.validate()?;
         self.kubernetes.validate()?;
+        shared::validate(&self.shared, &self.vxnets)?;
+        if !self.shared.is_empty() && self.inventory.source != Source::Cloud {
+            bail!(
+                "[[shared]] needs inventory.source = \"cloud\": a shared vxnet's pods go through the node's own NIC there, which the agent makes"
+            );
+        }
         self.inventory.validate_static()
     }
 }

@@ -28,6 +28,7 @@ impl Service {
                 .pool()
                 .held_by_container(&key.container_id)
                 .into_iter()
+                .chain(self.shared.held_by_container(&key.container_id))
                 .filter(|k| k.network != key.network);
             for extra in extras {
                 // The runtime's prevResult is the cluster network's only.
@@ -49,6 +50,10 @@ impl Service {
         prev_result: Option<&serde_json::Value>,
         netns: &Netns,
     ) -> Result<(), CniError> {
+        if self.shared.peek(key).is_some() {
+            let result = self.check_shared(key, netns).await?;
+            return check_prev_result(&result, prev_result);
+        }
         let (lease, state) = self.nics.pool().lookup(key).ok_or_else(|| {
             CniError::new(
                 code::UNKNOWN_CONTAINER,

@@ -70,6 +70,10 @@ impl Service {
         netns: Option<Netns>,
     ) -> Result<Reply, CniError> {
         let key = key_of(&req.target);
+        if self.shared.peek(&key).is_some() {
+            self.del_shared(&key).await?;
+            return Ok(Reply::Deleted);
+        }
         let Some((lease, _)) = self.nics.pool().lookup(&key) else {
             // Nothing recorded: already deleted, or never added. Both fine.
             return Ok(Reply::Deleted);

@@ -49,6 +49,27 @@ impl Service {
                 Err(e) => errors.push(e.msg),
             }
         }
+        let native = self.native_networks();
+        for record in self.shared.all() {
+            if record.phase != crate::store::Phase::Committed {
+                continue; // its ADD is under way
+            }
+            let listed = valid.contains(&AttachmentKey {
+                container_id: record.key.container_id.clone(),
+                ifname: record.key.ifname.clone(),
+            });
+            let ours = record.key.network == req.network;
+            let container_listed = valid
+                .iter()
+                .any(|v| v.container_id == record.key.container_id);
+            if (ours && listed) || (!ours && (!native || container_listed)) {
+                continue;
+            }
+            match self.del_shared(&record.key).await {
+                Ok(()) => released += 1,
+                Err(e) => errors.push(e.msg),
+            }
+        }
         info!(network = %req.network, released, failed = errors.len(), "GC");
         if errors.is_empty() {
             Ok(Reply::Collected { released })

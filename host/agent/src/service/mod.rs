@@ -18,6 +18,8 @@ mod del;
 mod gc;
 mod networks;
 mod plan;
+mod shared;
+mod shared_restore;
 mod status;
 
 pub use plan::native_routes;
@@ -47,6 +49,8 @@ pub struct Service {
     pub(crate) source: Arc<dyn NicSource>,
     /// The allocation records: the durable truth of who holds which NIC.
     pub(crate) store: Store,
+    /// Attachments in shared-NIC mode: an address and a veth, no NIC.
+    pub(crate) shared: Arc<crate::shared::Shared>,
     pub(crate) default_mtu: u32,
     /// The policy hooks; `None` when `hooks.enabled = false` (native code).
     pub(crate) policies: Option<Policies>,
@@ -67,6 +71,7 @@ impl Service {
         nics: Arc<Nics>,
         source: Arc<dyn NicSource>,
         store: Store,
+        shared: Arc<crate::shared::Shared>,
         policies: Option<Policies>,
         kube: Option<crate::apiserver::KubeView>,
     ) -> Service {
@@ -74,6 +79,7 @@ impl Service {
             nics,
             source,
             store,
+            shared,
             default_mtu: cfg.mtu,
             policies,
             kube,

@@ -68,11 +68,13 @@ impl Service {
     ) -> Result<Reply, CniError> {
         let mut failed = None;
         if self.native_networks() {
+            let cid = &req.target.container_id;
             let extras = self
                 .nics
                 .pool()
-                .held_by_container(&req.target.container_id)
+                .held_by_container(cid)
                 .into_iter()
+                .chain(self.shared.held_by_container(cid))
                 .filter(|k| k.network != req.target.network);
             for key in extras {
                 let ns = netns.as_ref().and_then(|n| n.try_clone().ok());

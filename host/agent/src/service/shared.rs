@@ -1,0 +1,317 @@
+//! The verbs for attachments in shared-NIC mode (`shared/`): ADD takes an
+//! address of the vxnet's shared range and wires a veth, DEL unwires and
+//! frees it, CHECK compares, GC releases what the runtime no longer lists.
+//! The plan (the guests' vxnet order and address) is the same as for a NIC
+//! of its own; only acquire and wire differ.
+
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use hostnic_netlink::{Netns, NsId};
+use hostnic_proto::cni::{AddResult, CniError, code};
+use hostnic_proto::rpc::AddRequest;
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use super::plan::Plan;
+use super::{Service, internal};
+use crate::audit::Audited;
+use crate::config::NicSpec;
+use crate::plumb::Wiring;
+use crate::shared::wiring::{self, NEXT_HOP};
+use crate::shared::{SharedNet, SharedRecord};
+use crate::store::{Key, Phase};
+
+/// How a shared-mode ADD came by its address (the decision audit's "how").
+pub const HOW: &str = "an address of the vxnet's shared range, on the node's NIC";
+
+impl Service {
+    /// ADD in shared mode, after the plan chose `net`: reserve an address,
+    /// record it, create the veth, decide the routes, wire, commit. Any
+    /// failure unwires what was made and frees the address.
+    pub(super) async fn add_shared(
+        &self,
+        key: &Key,
+        (plan, net): (&Plan, &SharedNet),
+        (req, pod): (&AddRequest, &hostnic_policy::Pod),
+        mtu: u32,
+        (netns, netns_id): (&Netns, NsId),
+        audit: &mut Audited,
+    ) -> Result<AddResult, CniError> {
+        let started = Instant::now();
+        let (nic_index, nic) = self.shared_nic(net).await?;
+        let mut locked = self
+            .shared
+            .reserve_claiming(net, plan.addresses.as_deref(), |address| SharedRecord {
+                key: key.clone(),
+                phase: Phase::Reserved,
+                address,
+                vxnet: net.vxnet.clone(),
+                table: net.table,
+                veth: wiring::veth_name(key),
+                nic: nic.mac,
+                mtu,
+                routes: Vec::new(),
+                netns: req.target.netns.clone(),
+                netns_id: Some(netns_id),
+                pod: req.pod.clone(),
+                result: None,
+            })
+            .await?;
+        audit.how = HOW.to_string();
+        audit.vxnet = Some(net.vxnet.clone());
+        audit.acquire_us = started.elapsed().as_micros() as u64;
+        let wiring_started = Instant::now();
+        let record = &mut locked.record;
+        let wired = self.wire_shared(record, (req, pod), netns, nic_index).await;
+        audit.attach_us = wiring_started.elapsed().as_micros() as u64;
+        let result = match wired {
+            Ok(r) => r,
+            Err(e) => {
+                let undo = wiring::unwire(self.nics.plumber.node(), record, Some(nic_index)).await;
+                if let Err(u) = &undo {
+                    // The next start sweeps what is left (it carries our
+                    // proto); the address stays held until then.
+                    warn!(address = %record.address, error = %u, "undoing a failed shared ADD");
+                } else {
+                    self.drop_shared(record);
+                }
+                return Err(e);
+            }
+        };
+        audit.mac = result.interface.mac.clone();
+        if let Some(k) = &plan.sticky
+            && let Err(e) = self.sticky.set(k, record.address)
+        {
+            warn!(key = %k, error = %e, "remembering a sticky address");
+        }
+        info!(ip = %record.address, vxnet = %net.vxnet, container = %key.container_id,
+              ifname = %key.ifname, pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD (shared)");
+        Ok(result)
+    }
+
+    /// Records the reservation, wires, commits: the record is on disk
+    /// before anything is made, and committed before the pod is told.
+    async fn wire_shared(
+        &self,
+        record: &mut SharedRecord,
+        (req, pod): (&AddRequest, &hostnic_policy::Pod),
+        netns: &Netns,
+        nic_index: u32,
+    ) -> Result<AddResult, CniError> {
+        self.shared.records.put(record).map_err(|e| {
+            internal(format!(
+                "recording the reservation of {}: {e}",
+                record.address
+            ))
+        })?;
+        let node = self.nics.plumber.node();
+        let mac = match wiring::create_veth(node, netns, record).await {
+            Ok(m) => m,
+            Err(e) if e.is_exists() => {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!(
+                        "the pod already has an interface named {} (or the node a {})",
+                        record.key.ifname, record.veth
+                    ),
+                ));
+            }
+            Err(e) => return Err(internal(format!("creating the veth {}: {e}", record.veth))),
+        };
+        // The routes guest sees the pod's address in its vxnet; in the pod
+        // every route goes through the node.
+        let spec = NicSpec {
+            mac,
+            address: Ipv4Net::new(record.address, shared_prefix(record, &self.shared))
+                .map_err(|e| internal(e.to_string()))?,
+            gateway: self
+                .shared
+                .net(&record.vxnet)
+                .map_or(NEXT_HOP, |n| n.gateway),
+            vxnet: Some(record.vxnet.clone()),
+        };
+        let routes = self
+            .routes(&record.key, pod, &spec, &req.routes, &req.hooks)
+            .await?;
+        record.routes = through_node(spec.address.trunc(), &routes);
+        wiring::configure(node, netns, record, nic_index)
+            .await
+            .map_err(|e| {
+                internal(format!(
+                    "wiring {} for {}: {e}",
+                    record.veth, record.address
+                ))
+            })?;
+        let w = Wiring {
+            mac,
+            ifname: record.key.ifname.clone(),
+            address: Ipv4Net::new(record.address, 32).expect("a /32 is valid"),
+            mtu: record.mtu,
+            routes: record.routes.clone(),
+        };
+        let result = super::add::add_result(
+            &w,
+            req.target.netns.as_deref().unwrap_or_default(),
+            NEXT_HOP,
+        );
+        record.phase = Phase::Committed;
+        record.result = Some(result.clone());
+        self.shared.records.put(record).map_err(|e| {
+            internal(format!(
+                "recording the allocation of {}: {e}",
+                record.address
+            ))
+        })?;
+        self.shared.commit(record);
+        Ok(result)
+    }
+
+    /// The node's NIC in the shared vxnet (set up if need be) with the
+    /// vxnet's node-wide pieces in place: (link index, its spec).
+    pub(crate) async fn shared_nic(&self, net: &SharedNet) -> Result<(u32, NicSpec), CniError> {
+        self.source.node_gateway(&net.vxnet).await?;
+        let spec = self.nics.pool().gateway_in(&net.vxnet).ok_or_else(|| {
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("the node has no NIC of its own in {} yet", net.vxnet),
+            )
+        })?;
+        let node = self.nics.plumber.node();
+        let link = node
+            .link_by_mac(spec.mac, Some(&spec.mac.gateway_name()))
+            .await
+            .map_err(|e| internal(format!("finding the node's NIC in {}: {e}", net.vxnet)))?
+            .ok_or_else(|| {
+                CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "the node's NIC {} in {} is not on the node",
+                        spec.mac, net.vxnet
+                    ),
+                )
+            })?;
+        let mut prepared = self.shared.prepared.lock().await;
+        if !prepared.contains(&net.vxnet) {
+            wiring::prepare_vxnet(
+                self.nics.plumber.node_ns(),
+                node,
+                net,
+                (link.index, &link.name),
+            )
+            .await
+            .map_err(|e| {
+                internal(format!(
+                    "preparing the node for shared vxnet {}: {e}",
+                    net.vxnet
+                ))
+            })?;
+            info!(vxnet = %net.vxnet, table = net.table, nic = %link.name, range = %net.range,
+                  "shared vxnet ready on the node");
+            prepared.insert(net.vxnet.clone());
+        }
+        Ok((link.index, spec))
+    }
+
+    /// DEL of a shared attachment: unwired and freed before DEL answers
+    /// (no device moves, so there is nothing worth a background task).
+    pub(super) async fn del_shared(&self, key: &Key) -> Result<(), CniError> {
+        let Some(locked) = self.shared.lock(key).await else {
+            return Ok(());
+        };
+        self.release_shared(&locked.record).await
+    }
+
+    /// Unwires an attachment and frees its address.
+    pub(crate) async fn release_shared(&self, record: &SharedRecord) -> Result<(), CniError> {
+        let nic = self.nic_index_of(record).await;
+        wiring::unwire(self.nics.plumber.node(), record, nic)
+            .await
+            .map_err(|e| {
+                internal(format!(
+                    "releasing {} ({}): {e}",
+                    record.address, record.veth
+                ))
+            })?;
+        self.drop_shared(record);
+        info!(ip = %record.address, container = %record.key.container_id, ifname = %record.key.ifname, "DEL (shared)");
+        Ok(())
+    }
+
+    /// The record goes, then the address is free again.
+    pub(crate) fn drop_shared(&self, record: &SharedRecord) {
+        if let Err(e) = self.shared.records.remove(record.address) {
+            // Left on disk, the next start releases it again.
+            warn!(address = %record.address, error = %e, "removing a shared-mode record");
+        }
+        self.shared.forget(record);
+    }
+
+    /// The index of the NIC a record's proxy entry is on, if it is still
+    /// on the node.
+    pub(crate) async fn nic_index_of(&self, record: &SharedRecord) -> Option<u32> {
+        self.nics
+            .plumber
+            .node()
+            .link_by_mac(record.nic, Some(&record.nic.gateway_name()))
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.index)
+    }
+
+    /// CHECK of a shared attachment against its record.
+    pub(super) async fn check_shared(
+        &self,
+        key: &Key,
+        netns: &Netns,
+    ) -> Result<AddResult, CniError> {
+        let locked = self
+            .shared
+            .lock(key)
+            .await
+            .ok_or_else(|| CniError::new(code::UNKNOWN_CONTAINER, "the attachment is gone"))?;
+        let r = &locked.record;
+        let Some(result) = r.result.clone().filter(|_| r.phase == Phase::Committed) else {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the attachment's ADD is still in progress",
+            ));
+        };
+        let Some(nic) = self.nic_index_of(r).await else {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!("the node's NIC {} in {} is gone", r.nic, r.vxnet),
+            ));
+        };
+        match wiring::verify(self.nics.plumber.node(), netns, r, nic).await {
+            Ok(Ok(())) => Ok(result),
+            Ok(Err(diff)) => Err(CniError::new(code::CHECK_FAILED, diff)),
+            Err(e) => Err(internal(format!("checking {}: {e}", key.container_id))),
+        }
+    }
+}
+
+/// The prefix the routes guest sees for a shared address: its vxnet's.
+fn shared_prefix(record: &SharedRecord, shared: &crate::shared::Shared) -> u8 {
+    shared
+        .net(&record.vxnet)
+        .map_or(32, |n| n.cidr.prefix_len())
+}
+
+/// The guest's routes as the pod gets them in shared mode: every one via
+/// the node, whatever next hop the template named (the node is the only
+/// neighbour a shared pod has), and the vxnet's subnet first: with a /32
+/// the pod has no connected route to it, as a NIC of its own would.
+fn through_node(
+    subnet: Ipv4Net,
+    routes: &[(Ipv4Net, Option<Ipv4Addr>)],
+) -> Vec<(Ipv4Net, Option<Ipv4Addr>)> {
+    let mut out: Vec<(Ipv4Net, Option<Ipv4Addr>)> = vec![(subnet, Some(NEXT_HOP))];
+    for (dst, _) in routes {
+        if !out.iter().any(|(d, _)| d == dst) {
+            out.push((*dst, Some(NEXT_HOP)));
+        }
+    }
+    out
+}

@@ -1,0 +1,268 @@
+//! Shared-NIC mode (`docs/shared-nic.md`): pods of a shared vxnet get a
+//! veth and an address of the vxnet's shared range; the node's NIC there
+//! answers for them and carries their traffic. This module holds what the
+//! node knows of its shared attachments — the vxnets, the records, which
+//! addresses are held, which blocks of the range are the node's — and the
+//! wiring; `service/shared.rs` runs the verbs and `service/shared_restore.rs`
+//! the start.
+
+pub mod addresses;
+pub mod blocks;
+pub mod record;
+pub mod wiring;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hostnic_proto::cni::{CniError, code};
+use ipnet::Ipv4Net;
+
+pub use addresses::SharedNet;
+pub use blocks::Claims;
+pub use record::{Records, SharedRecord};
+
+use crate::config::{SharedVxnet, table_of};
+use crate::source::VxnetAddr;
+use crate::store::Key;
+
+/// One attachment: its record, and the lock its verbs take.
+#[derive(Debug)]
+struct Entry {
+    record: SharedRecord,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    by_key: BTreeMap<Key, Entry>,
+    /// Every address an attachment holds (or an unreadable record names).
+    taken: BTreeSet<Ipv4Addr>,
+    /// The blocks this node holds per vxnet (with claims only).
+    owned: BTreeMap<String, BTreeSet<Ipv4Net>>,
+    /// Since when a held block has had no pod.
+    empty_since: BTreeMap<Ipv4Net, Instant>,
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    nets: Vec<SharedNet>,
+    pub records: Records,
+    held: Mutex<Held>,
+    /// The cluster's block claims; `None`: each range is the node's alone.
+    claims: Option<Arc<dyn Claims>>,
+    /// One block claim or release at a time.
+    claiming: tokio::sync::Mutex<()>,
+    /// The vxnets whose node-wide pieces are in place.
+    pub(crate) prepared: tokio::sync::Mutex<BTreeSet<String>>,
+}
+
+/// An attachment locked for a verb: its record as of the lock.
+#[derive(Debug)]
+pub struct Locked {
+    pub record: SharedRecord,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Shared {
+    /// The configured shared vxnets, resolved against what the source
+    /// knows of them (subnet and gateway).
+    pub fn new(
+        config: &[SharedVxnet],
+        known: &[VxnetAddr],
+        records: Records,
+        claims: Option<Arc<dyn Claims>>,
+    ) -> anyhow::Result<Shared> {
+        let mut nets = Vec::new();
+        for (n, s) in config.iter().enumerate() {
+            let Some((_, cidr, gateway)) = known.iter().find(|(id, ..)| *id == s.vxnet) else {
+                bail!(
+                    "shared vxnet {}: the node knows no such vxnet (its vxnets: {})",
+                    s.vxnet,
+                    known
+                        .iter()
+                        .map(|(id, ..)| id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            if !cidr.contains(&s.range) {
+                bail!(
+                    "shared range {} is not inside vxnet {} ({cidr})",
+                    s.range,
+                    s.vxnet
+                );
+            }
+            nets.push(SharedNet {
+                vxnet: s.vxnet.clone(),
+                cidr: *cidr,
+                gateway: *gateway,
+                range: s.range,
+                table: table_of(n),
+                block_prefix: s.block_prefix,
+                block_idle: Duration::from_secs(s.block_idle_seconds),
+            });
+        }
+        Ok(Shared {
+            nets,
+            records,
+            held: Mutex::default(),
+            claims,
+            claiming: tokio::sync::Mutex::default(),
+            prepared: tokio::sync::Mutex::default(),
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn nets(&self) -> &[SharedNet] {
+        &self.nets
+    }
+
+    /// The shared vxnet an ADD with this vxnet order goes to: its first
+    /// choice, when that one is shared.
+    pub fn net_for(&self, first: Option<&str>) -> Option<&SharedNet> {
+        self.nets.iter().find(|n| Some(n.vxnet.as_str()) == first)
+    }
+
+    pub fn net(&self, vxnet: &str) -> Option<&SharedNet> {
+        self.nets.iter().find(|n| n.vxnet == vxnet)
+    }
+
+    /// The attachment's record, without its lock (to answer a retried ADD
+    /// or to see whether a key is shared at all).
+    pub fn peek(&self, key: &Key) -> Option<SharedRecord> {
+        self.held().by_key.get(key).map(|e| e.record.clone())
+    }
+
+    /// The attachment, locked; `None` if there is none (or it went while
+    /// we waited for its lock).
+    pub async fn lock(&self, key: &Key) -> Option<Locked> {
+        let lock = self.held().by_key.get(key)?.lock.clone();
+        let guard = lock.lock_owned().await;
+        let record = self.held().by_key.get(key)?.record.clone();
+        Some(Locked {
+            record,
+            _guard: guard,
+        })
+    }
+
+    /// Takes an address of `net` for a new attachment and holds it, with
+    /// its lock, until [`Shared::commit`] or [`Shared::forget`]. The
+    /// record is `make(address)`.
+    fn reserve(
+        &self,
+        net: &SharedNet,
+        wanted: Option<&[Ipv4Addr]>,
+        make: impl FnOnce(Ipv4Addr) -> SharedRecord,
+    ) -> Result<Locked, CniError> {
+        let mut held = self.held();
+        let owned = self
+            .claims
+            .as_ref()
+            .map(|_| held.owned.get(&net.vxnet).cloned().unwrap_or_default());
+        let address = net.pick(&held.taken, wanted, owned.as_ref())?;
+        let record = make(address);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let guard = lock.clone().try_lock_owned().expect("a new lock is free");
+        held.taken.insert(address);
+        held.by_key.insert(
+            record.key.clone(),
+            Entry {
+                record: record.clone(),
+                lock,
+            },
+        );
+        Ok(Locked {
+            record,
+            _guard: guard,
+        })
+    }
+
+    /// [`Shared::reserve`], claiming a new block of the range when the
+    /// node's blocks have no room for it.
+    pub async fn reserve_claiming(
+        &self,
+        net: &SharedNet,
+        wanted: Option<&[Ipv4Addr]>,
+        make: impl Fn(Ipv4Addr) -> SharedRecord,
+    ) -> Result<Locked, CniError> {
+        loop {
+            match self.reserve(net, wanted, &make) {
+                Err(e) if e.code == code::TRY_AGAIN_LATER && self.grow(net, wanted).await? => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Puts a record read back at start (its address held again).
+    pub fn restore(&self, record: SharedRecord) {
+        let mut held = self.held();
+        held.taken.insert(record.address);
+        held.by_key.insert(
+            record.key.clone(),
+            Entry {
+                record,
+                lock: Arc::default(),
+            },
+        );
+    }
+
+    /// Keeps addresses taken whose records cannot be read.
+    pub fn hold_stuck(&self, addresses: Vec<Ipv4Addr>) {
+        self.held().taken.extend(addresses);
+    }
+
+    /// The attachment's record as it is now (committed).
+    pub fn commit(&self, record: &SharedRecord) {
+        if let Some(e) = self.held().by_key.get_mut(&record.key) {
+            e.record = record.clone();
+        }
+    }
+
+    /// Drops the attachment and frees its address.
+    pub fn forget(&self, record: &SharedRecord) {
+        let mut held = self.held();
+        if held
+            .by_key
+            .get(&record.key)
+            .is_some_and(|e| e.record.address == record.address)
+        {
+            held.by_key.remove(&record.key);
+            held.taken.remove(&record.address);
+        }
+    }
+
+    /// Every attachment's record.
+    pub fn all(&self) -> Vec<SharedRecord> {
+        self.held()
+            .by_key
+            .values()
+            .map(|e| e.record.clone())
+            .collect()
+    }
+
+    /// The attachments of a container (its networks).
+    pub fn held_by_container(&self, container_id: &str) -> Vec<Key> {
+        self.held()
+            .by_key
+            .keys()
+            .filter(|k| k.container_id == container_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Addresses held per shared vxnet (STATUS, metrics).
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut out: BTreeMap<String, usize> =
+            self.nets.iter().map(|n| (n.vxnet.clone(), 0)).collect();
+        for e in self.held().by_key.values() {
+            *out.entry(e.record.vxnet.clone()).or_default() += 1;
+        }
+        out
+    }
+}

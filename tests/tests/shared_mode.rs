@@ -1,0 +1,669 @@
+//! Shared-NIC mode (issue 12, `docs/shared-nic.md`) with the real
+//! `hostnic`, real agents and the simulated cloud, whose strict SDN
+//! delivers only to NICs it knows and drops spoofed source MACs: many pods
+//! share the node's NIC in their vxnet, reach pods on other VMs (shared and
+//! exclusive), and every piece is undone by DEL, checked by CHECK and
+//! reconciled by a restart, also after `kill -9` in the middle of ADDs.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::controlplane::ControlPlane;
+use hostnic_testbed::kubebed;
+use hostnic_testbed::sim::SimConfig;
+use hostnic_testbed::{Agent, CallEnv, Ns, require_root};
+use serde_json::{Value, json};
+
+const TIMERS: &str =
+    "warm_min = 0\nwarm_max = 0\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
+/// Node 0 shares both vxnets; node 1 shares vxnet-a from another range and
+/// gives vxnet-b pods NICs of their own.
+const SHARED_0: &str = "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.128/25\"\n\
+                        [[shared]]\nvxnet = \"vxnet-b\"\nrange = \"10.101.0.128/25\"\n";
+const SHARED_1: &str = "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.64/26\"\n";
+
+fn bed() -> CloudBed {
+    CloudBed::new(SimConfig {
+        vxnets: vec![
+            ("vxnet-a".into(), "10.100.0.0/24".parse().unwrap()),
+            ("vxnet-b".into(), "10.101.0.0/24".parse().unwrap()),
+        ],
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
+fn start(bed: &CloudBed, node: usize) -> Agent {
+    let shared = [SHARED_0, SHARED_1][node];
+    bed.start_agent(node, &format!("{TIMERS}\n{shared}"))
+        .unwrap()
+}
+
+fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
+    CallEnv {
+        container_id: cid,
+        netns,
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+    }
+}
+
+/// The network config of a pod in `vxnet` on `node`.
+fn conf(bed: &CloudBed, node: usize, vxnet: &str) -> Value {
+    let mut c = bed.netconf(node, "1.0.0", json!([]));
+    c["vxnets"] = json!([vxnet]);
+    c
+}
+
+/// A pod: its namespace, container id, and what ADD answered.
+struct Pod {
+    ns: Ns,
+    cid: String,
+    result: Value,
+}
+
+impl Pod {
+    fn ip(&self) -> String {
+        self.result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    fn path(&self) -> String {
+        self.ns.path().display().to_string()
+    }
+}
+
+fn add(bed: &CloudBed, node: usize, vxnet: &str, cid: &str) -> Pod {
+    let ns = Ns::new("shm").unwrap();
+    let path = ns.path().display().to_string();
+    let result = bed
+        .hostnic(node)
+        .add_retrying(&conf(bed, node, vxnet), &env(cid, &path))
+        .unwrap_or_else(|e| panic!("ADD {cid} in {vxnet} on node {node}: {e:?}"));
+    Pod {
+        ns,
+        cid: cid.to_string(),
+        result,
+    }
+}
+
+fn del(bed: &CloudBed, node: usize, vxnet: &str, pod: &Pod) {
+    bed.hostnic(node)
+        .call("DEL", &conf(bed, node, vxnet), &env(&pod.cid, &pod.path()))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("DEL {}: {e:?}", pod.cid));
+}
+
+fn check(bed: &CloudBed, node: usize, vxnet: &str, pod: &Pod) -> Result<Value, String> {
+    let mut c = conf(bed, node, vxnet);
+    c["prevResult"] = pod.result.clone();
+    bed.hostnic(node)
+        .call("CHECK", &c, &env(&pod.cid, &pod.path()))
+        .unwrap()
+        .map_err(|e| e.msg)
+}
+
+/// hostnic's pieces on a node: its veths, rules, host routes and proxy
+/// entries, as `ip` lists them.
+#[derive(Debug, PartialEq, Eq)]
+struct Pieces {
+    veths: usize,
+    rules: usize,
+    host_routes: usize,
+    proxies: usize,
+}
+
+/// What a node has of hostnic's once every pod is gone.
+const NOTHING: Pieces = Pieces {
+    veths: 0,
+    rules: 0,
+    host_routes: 0,
+    proxies: 0,
+};
+
+fn pieces(node: &Ns) -> Pieces {
+    let count = |out: String, f: &dyn Fn(&str) -> bool| out.lines().filter(|l| f(l)).count();
+    Pieces {
+        veths: count(node.ip(&["-o", "link", "show"]).unwrap(), &|l| {
+            l.split(": ").nth(1).is_some_and(|n| n.starts_with("hs"))
+        }),
+        rules: count(node.ip(&["rule", "show"]).unwrap(), &|l| {
+            l.contains("proto 213")
+        }),
+        host_routes: count(
+            node.ip(&["route", "show", "table", "main", "proto", "213"])
+                .unwrap(),
+            &|l| !l.trim().is_empty(),
+        ),
+        proxies: count(node.ip(&["neigh", "show", "proxy"]).unwrap(), &|l| {
+            !l.trim().is_empty()
+        }),
+    }
+}
+
+/// The node's own network as the machine set it up: what hostnic must
+/// never change.
+fn own_network(node: &Ns) -> (String, String) {
+    (
+        node.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+            .unwrap(),
+        node.ip(&["route", "show", "table", "main", "default"])
+            .unwrap(),
+    )
+}
+
+/// Both nodes' rules, routes and neighbours, for a failed ping's message.
+fn routing(bed: &CloudBed) -> String {
+    let mut out = String::new();
+    for (n, node) in bed.sim.nodes.iter().enumerate() {
+        for args in [
+            &["rule"][..],
+            &["route", "show", "table", "all", "proto", "213"],
+            &["neigh"],
+            &["neigh", "show", "proxy"],
+        ] {
+            out += &format!(
+                "node {n}: ip {}\n{}\n",
+                args.join(" "),
+                node.ns.ip(args).unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+/// The cloud NICs attached to `node`'s VM besides its primary.
+fn nics_on(bed: &CloudBed, node: usize) -> usize {
+    let instance = &bed.sim.nodes[node].instance;
+    bed.sim.inspect()["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["instance"].as_str() == Some(instance.as_str()) && n["vxnet"] != "vxnet-mgmt")
+        .count()
+}
+
+#[test]
+fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_vms() {
+    if !require_root(
+        "a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_vms",
+    ) {
+        return;
+    }
+    let bed = bed();
+    let node0 = &bed.sim.nodes[0].ns;
+    let before = own_network(node0);
+    let _a0 = start(&bed, 0);
+    let _a1 = start(&bed, 1);
+
+    // 150 pods on node 0, alternately in the two vxnets.
+    let mut pods: Vec<(&str, Pod)> = Vec::new();
+    for i in 0..150 {
+        let vxnet = ["vxnet-a", "vxnet-b"][i % 2];
+        pods.push((vxnet, add(&bed, 0, vxnet, &format!("s{i:03}"))));
+    }
+    let ips: BTreeSet<String> = pods.iter().map(|(_, p)| p.ip()).collect();
+    assert_eq!(ips.len(), 150, "two pods share an address");
+    for (vxnet, p) in &pods {
+        let prefix = if *vxnet == "vxnet-a" {
+            "10.100.0."
+        } else {
+            "10.101.0."
+        };
+        let last: u8 = p.ip().rsplit('.').next().unwrap().parse().unwrap();
+        assert!(
+            p.ip().starts_with(prefix) && last > 128 && last < 255,
+            "{} got {} outside its shared range",
+            p.cid,
+            p.ip()
+        );
+        assert_eq!(p.result["ips"][0]["address"], format!("{}/32", p.ip()));
+    }
+    // The node has one NIC per shared vxnet, not one per pod.
+    assert_eq!(nics_on(&bed, 0), 2, "{:#}", bed.sim.inspect()["nics"]);
+    assert_eq!(
+        pieces(node0),
+        Pieces {
+            veths: 150,
+            rules: 300,
+            host_routes: 150,
+            proxies: 150
+        }
+    );
+
+    // Node 1: a shared pod in vxnet-a and a pod with a NIC of its own in
+    // each vxnet.
+    let s1 = add(&bed, 1, "vxnet-a", "n1-shared");
+    let xa = add(&bed, 1, "vxnet-a", "n1-excl-a");
+    let xb = add(&bed, 1, "vxnet-b", "n1-excl-b");
+    assert!(s1.ip().starts_with("10.100.0."), "{}", s1.ip());
+    // xa is exclusive only if node 1 does not share vxnet-a: it does, so
+    // both of node 1's vxnet-a pods are shared; xb has a NIC.
+    assert_eq!(nics_on(&bed, 1), 2, "{:#}", bed.sim.inspect()["nics"]);
+
+    let (a, b) = (&pods[0].1, &pods[1].1);
+    for (from, to, what) in [
+        (
+            a,
+            &xb,
+            "shared vxnet-a pod → exclusive vxnet-b pod on node 1",
+        ),
+        (&xb, b, "exclusive pod on node 1 → shared vxnet-b pod"),
+        (a, &s1, "shared pod → shared pod on node 1"),
+        (&s1, a, "shared pod on node 1 → shared pod on node 0"),
+        (&xa, &pods[148].1, "node 1 → the 149th pod"),
+        (a, b, "shared pods of two vxnets on one node"),
+    ] {
+        assert!(
+            from.ns.ping(&to.ip()),
+            "{what}: {} cannot reach {}\n{}",
+            from.ip(),
+            to.ip(),
+            routing(&bed)
+        );
+    }
+    assert!(
+        b.ns.ping("10.101.0.1"),
+        "a shared pod cannot reach its vxnet's gateway"
+    );
+
+    // CHECK passes, and names what is missing once a piece is gone.
+    check(&bed, 0, "vxnet-a", a).unwrap();
+    node0
+        .ip(&["rule", "del", "from", &a.ip(), "priority", "1536"])
+        .unwrap();
+    let e = check(&bed, 0, "vxnet-a", a).unwrap_err();
+    assert!(e.contains("rule") && e.contains(&a.ip()), "{e}");
+
+    // DEL frees everything of the pod, and the address goes to the next.
+    let (gone_vxnet, gone) = pods.remove(10);
+    let freed = gone.ip();
+    del(&bed, 0, gone_vxnet, &gone);
+    let ns = gone.ns;
+    assert!(
+        ns.ip(&["-o", "link", "show", "eth0"]).is_err(),
+        "eth0 is still in the pod"
+    );
+    assert!(
+        !node0
+            .ip(&["neigh", "show", "proxy"])
+            .unwrap()
+            .contains(&format!("{freed} "))
+    );
+    assert!(
+        !node0
+            .ip(&["rule", "show"])
+            .unwrap()
+            .contains(&format!("{freed} "))
+    );
+    let again = add(&bed, 0, gone_vxnet, "s-again");
+    assert_eq!(again.ip(), freed, "the freed address is not given again");
+    // DEL of something already gone succeeds.
+    del(
+        &bed,
+        0,
+        gone_vxnet,
+        &Pod {
+            ns,
+            cid: gone.cid,
+            result: Value::Null,
+        },
+    );
+
+    // The node's own address and default route are as they were.
+    assert_eq!(own_network(node0), before);
+    for (vxnet, p) in &pods {
+        del(&bed, 0, vxnet, p);
+    }
+    del(&bed, 0, gone_vxnet, &again);
+    assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}
+
+/// The name of node `n`'s NIC in vxnet-a.
+fn nic_in_a(node: &Ns) -> String {
+    node.ip(&["-o", "-4", "addr", "show"])
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" gw") && l.contains("10.100.0."))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("the node's NIC in vxnet-a")
+        .to_string()
+}
+
+#[test]
+fn a_restart_puts_back_what_is_missing_and_sweeps_the_rest_also_after_kill_9_mid_add() {
+    if !require_root(
+        "a_restart_puts_back_what_is_missing_and_sweeps_the_rest_also_after_kill_9_mid_add",
+    ) {
+        return;
+    }
+    let bed = bed();
+    let node0 = &bed.sim.nodes[0].ns;
+    let mut a0 = start(&bed, 0);
+    let _a1 = start(&bed, 1);
+    let p0 = add(&bed, 0, "vxnet-a", "r0");
+    let p1 = add(&bed, 0, "vxnet-a", "r1");
+    let p2 = add(&bed, 0, "vxnet-a", "r2");
+    // A shared pod on node 1 in the same vxnet: node 1 asks the vxnet for
+    // p0's MAC itself, so its cache can be flushed.
+    let x = add(&bed, 1, "vxnet-a", "rx");
+    let gw = nic_in_a(node0);
+    assert!(x.ns.ping(&p0.ip()), "{}", routing(&bed));
+
+    // Without its proxy entry the vxnet no longer finds p0: the entry is
+    // what answers for it, not the SDN.
+    node0
+        .ip(&["neigh", "del", "proxy", &p0.ip(), "dev", &gw])
+        .unwrap();
+    let node1 = &bed.sim.nodes[1].ns;
+    node1
+        .ip(&["neigh", "flush", "dev", &nic_in_a(node1)])
+        .unwrap();
+    assert!(
+        !x.ns.ping(&p0.ip()),
+        "p0 is reachable without its proxy entry"
+    );
+
+    // The agent dies; meanwhile p1's pod goes, p2 loses a rule, and pieces
+    // no record explains appear.
+    a0.kill9();
+    let freed = p1.ip();
+    drop(p1);
+    node0
+        .ip(&["rule", "del", "from", &p2.ip(), "priority", "1536"])
+        .unwrap();
+    for args in [
+        &[
+            "rule",
+            "add",
+            "from",
+            "10.100.0.250",
+            "lookup",
+            "1001",
+            "priority",
+            "1536",
+            "proto",
+            "213",
+        ][..],
+        &[
+            "route",
+            "add",
+            "10.100.0.250/32",
+            "dev",
+            &gw,
+            "proto",
+            "213",
+        ],
+        &["neigh", "add", "proxy", "10.100.0.251", "dev", &gw],
+        &[
+            "link",
+            "add",
+            "hs00000000beef",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "strayp",
+        ],
+    ] {
+        node0.ip(args).unwrap();
+    }
+    let mut a0 = start(&bed, 0);
+
+    assert!(
+        x.ns.ping(&p0.ip()),
+        "p0's proxy entry is not back\n{}",
+        routing(&bed)
+    );
+    check(&bed, 0, "vxnet-a", &p2).expect("p2's rule is back");
+    check(&bed, 0, "vxnet-a", &p0).expect("p0 is whole");
+    let rules = node0.ip(&["rule", "show"]).unwrap();
+    let proxies = node0.ip(&["neigh", "show", "proxy"]).unwrap();
+    for gone in [&freed, "10.100.0.250", "10.100.0.251"] {
+        assert!(
+            !rules.contains(&format!("{gone} ")),
+            "{gone} still has a rule: {rules}"
+        );
+        assert!(
+            !proxies.contains(&format!("{gone} ")),
+            "{gone} still has a proxy entry: {proxies}"
+        );
+    }
+    assert!(
+        node0.ip(&["link", "show", "hs00000000beef"]).is_err(),
+        "the stray veth is still there"
+    );
+    assert!(node0.ip(&["link", "show", "strayp"]).is_err());
+    let p1b = add(&bed, 0, "vxnet-a", "r1b");
+    assert_eq!(p1b.ip(), freed, "the gone pod's address is not free");
+
+    // kill -9 while 24 ADDs run at once: after the restart every retried
+    // ADD succeeds, each pod is reachable, no two share an address, and
+    // once all are deleted nothing of hostnic's is left on the node.
+    let netns: Vec<Ns> = (0..24).map(|_| Ns::new("shk").unwrap()).collect();
+    let cids: Vec<String> = (0..24).map(|i| format!("k{i:02}")).collect();
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for (ns, cid) in netns.iter().zip(&cids) {
+            let (bed, path, answered) = (&bed, ns.path().display().to_string(), &answered);
+            s.spawn(move || {
+                // Answers or connection errors: whatever the kill leaves.
+                let r = bed
+                    .hostnic(0)
+                    .call("ADD", &conf(bed, 0, "vxnet-b"), &env(cid, &path));
+                if matches!(r, Ok(Ok(_))) {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        // Killed once a few ADDs have recorded their reservations.
+        let records = bed.state_dir(0).join("shared");
+        let count = || std::fs::read_dir(&records).map_or(0, |d| d.count());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while count() < 3 + 6 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        a0.kill9();
+    });
+    let answered = answered.into_inner();
+    eprintln!("{answered} of 24 ADDs answered before the kill");
+    assert!(
+        answered < 24,
+        "the kill came after every ADD; nothing was interrupted"
+    );
+    let a0 = start(&bed, 0);
+    let reconciled = a0
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("shared attachments reconciled"))
+        .map(str::to_string);
+    eprintln!("{reconciled:?}");
+    assert!(
+        reconciled.is_some(),
+        "the restart found nothing to reconcile"
+    );
+    let pods: Vec<Pod> = netns
+        .into_iter()
+        .zip(&cids)
+        .map(|(ns, cid)| {
+            let path = ns.path().display().to_string();
+            let result = bed
+                .hostnic(0)
+                .add_retrying(&conf(&bed, 0, "vxnet-b"), &env(cid, &path))
+                .unwrap_or_else(|e| panic!("the retried ADD of {cid}: {e:?}"));
+            Pod {
+                ns,
+                cid: cid.clone(),
+                result,
+            }
+        })
+        .collect();
+    let ips: BTreeSet<String> = pods.iter().map(Pod::ip).collect();
+    assert_eq!(ips.len(), pods.len(), "two pods share an address: {ips:?}");
+    for p in &pods {
+        check(&bed, 0, "vxnet-b", p).unwrap_or_else(|e| panic!("{}: {e}", p.cid));
+    }
+    assert!(x.ns.ping(&pods[23].ip()), "{}", routing(&bed));
+    assert_eq!(
+        pieces(node0),
+        Pieces {
+            veths: 27,
+            rules: 54,
+            host_routes: 27,
+            proxies: 27
+        }
+    );
+    for p in &pods {
+        del(&bed, 0, "vxnet-b", p);
+    }
+    for p in [&p0, &p2, &p1b] {
+        del(&bed, 0, "vxnet-a", p);
+    }
+    assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}
+
+/// Node `i`'s agent as the DaemonSet runs it, against the API server, with
+/// both nodes sharing one range of vxnet-a in /28 blocks given back after
+/// 2 s unused.
+fn kube_agent(bed: &CloudBed, cp: &ControlPlane, i: usize) -> Agent {
+    let shared =
+        "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.128/25\"\nblock_idle_seconds = 2\n";
+    kubebed::agent(bed, cp, i, (TIMERS, ""), shared).unwrap()
+}
+
+/// The HostnicBlocks in the API server: (cidr, node).
+fn blocks(cp: &ControlPlane) -> BTreeSet<(String, String)> {
+    let out = cp.kubectl(&["get", "hostnicblocks", "-o", "json"]).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["spec"]["cidr"].as_str().unwrap().to_string(),
+                b["spec"]["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn in_block(ip: &str, cidr: &str) -> bool {
+    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+    net.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap())
+}
+
+#[test]
+fn nodes_sharing_a_range_claim_blocks_in_the_api_server_and_never_share_an_address() {
+    if !require_root(
+        "nodes_sharing_a_range_claim_blocks_in_the_api_server_and_never_share_an_address",
+    ) {
+        return;
+    }
+    let bed = bed();
+    let cp = kubebed::control_plane(&bed, None).unwrap();
+    let mut a0 = kube_agent(&bed, &cp, 0);
+    let _a1 = kube_agent(&bed, &cp, 1);
+
+    // Both nodes add pods at once, from an empty range.
+    let (mut on0, mut on1) = (Vec::new(), Vec::new());
+    std::thread::scope(|s| {
+        let bed = &bed;
+        let t0 = s.spawn(move || {
+            (0..20)
+                .map(|i| add(bed, 0, "vxnet-a", &format!("b0-{i}")))
+                .collect()
+        });
+        let t1 = s.spawn(move || {
+            (0..5)
+                .map(|i| add(bed, 1, "vxnet-a", &format!("b1-{i}")))
+                .collect()
+        });
+        on0 = t0.join().unwrap();
+        on1 = t1.join().unwrap();
+    });
+    let claimed = blocks(&cp);
+    let of = |node: &str| -> Vec<String> {
+        claimed
+            .iter()
+            .filter(|(_, n)| n == node)
+            .map(|(c, _)| c.clone())
+            .collect()
+    };
+    assert_eq!(
+        of("node-0").len(),
+        2,
+        "20 pods take two /28 blocks: {claimed:?}"
+    );
+    assert_eq!(
+        of("node-1").len(),
+        1,
+        "5 pods take one /28 block: {claimed:?}"
+    );
+    let ips: BTreeSet<String> = on0.iter().chain(&on1).map(Pod::ip).collect();
+    assert_eq!(ips.len(), 25, "two pods share an address");
+    for (pods, node) in [(&on0, "node-0"), (&on1, "node-1")] {
+        for p in pods {
+            assert!(
+                of(node).iter().any(|b| in_block(&p.ip(), b)),
+                "{} on {node} got {}, outside its blocks {:?}",
+                p.cid,
+                p.ip(),
+                of(node)
+            );
+        }
+    }
+    assert!(on0[19].ns.ping(&on1[4].ip()), "{}", routing(&bed));
+    // The claims belong to their Node: the garbage collector takes them
+    // with it.
+    let owner = cp
+        .kubectl(&[
+            "get",
+            "hostnicblocks",
+            "-o",
+            "jsonpath={.items[0].metadata.ownerReferences[0].kind}",
+        ])
+        .unwrap();
+    assert_eq!(owner.trim(), "Node");
+
+    // A restarted agent finds its blocks and claims no new one for a pod
+    // that fits.
+    a0.stop().unwrap();
+    let _a0 = kube_agent(&bed, &cp, 0);
+    let p = del_and_add(&bed, &on0[3]);
+    assert_eq!(blocks(&cp), claimed, "the restart changed the claims");
+    assert!(of("node-0").iter().any(|b| in_block(&p.ip(), b)));
+
+    // Node 1's pods go; its block is given back once unused for 2 s.
+    for p in &on1 {
+        del(&bed, 1, "vxnet-a", p);
+    }
+    wait_for_blocks(&cp, |b| b.iter().all(|(_, n)| n == "node-0"));
+    assert_eq!(blocks(&cp).len(), 2);
+}
+
+/// DEL of `p` on node 0, then an ADD of a new pod there.
+fn del_and_add(bed: &CloudBed, p: &Pod) -> Pod {
+    del(bed, 0, "vxnet-a", p);
+    add(bed, 0, "vxnet-a", &format!("{}-again", p.cid))
+}
+
+fn wait_for_blocks(cp: &ControlPlane, cond: impl Fn(&BTreeSet<(String, String)>) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond(&blocks(cp)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the blocks are not as expected: {:?}",
+            blocks(cp)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

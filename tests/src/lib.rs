@@ -16,6 +16,7 @@ pub mod multus;
 pub mod netns;
 pub mod plugin;
 pub mod rawclient;
+pub mod sharedbed;
 pub mod sim;
 pub mod stats;
 

@@ -9,11 +9,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hostnic_testbed::cloudbed::CloudBed;
-use hostnic_testbed::controlplane::ControlPlane;
-use hostnic_testbed::kubebed;
-use hostnic_testbed::sim::SimConfig;
-use hostnic_testbed::{Agent, CallEnv, Ns, require_root};
-use serde_json::{Value, json};
+use hostnic_testbed::sharedbed::{
+    NOTHING, Pieces, Pod, add, bed, check, conf, del, env, nic_in_a, nics_on, own_network, pieces,
+    routing,
+};
+use hostnic_testbed::{Agent, Ns, require_root};
+use serde_json::Value;
 
 const TIMERS: &str =
     "warm_min = 0\nwarm_max = 0\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
@@ -23,170 +24,10 @@ const SHARED_0: &str = "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.128/
                         [[shared]]\nvxnet = \"vxnet-b\"\nrange = \"10.101.0.128/25\"\n";
 const SHARED_1: &str = "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.64/26\"\n";
 
-fn bed() -> CloudBed {
-    CloudBed::new(SimConfig {
-        vxnets: vec![
-            ("vxnet-a".into(), "10.100.0.0/24".parse().unwrap()),
-            ("vxnet-b".into(), "10.101.0.0/24".parse().unwrap()),
-        ],
-        ..SimConfig::default()
-    })
-    .unwrap()
-}
-
 fn start(bed: &CloudBed, node: usize) -> Agent {
     let shared = [SHARED_0, SHARED_1][node];
     bed.start_agent(node, &format!("{TIMERS}\n{shared}"))
         .unwrap()
-}
-
-fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {
-    CallEnv {
-        container_id: cid,
-        netns,
-        ifname: "eth0",
-        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
-    }
-}
-
-/// The network config of a pod in `vxnet` on `node`.
-fn conf(bed: &CloudBed, node: usize, vxnet: &str) -> Value {
-    let mut c = bed.netconf(node, "1.0.0", json!([]));
-    c["vxnets"] = json!([vxnet]);
-    c
-}
-
-/// A pod: its namespace, container id, and what ADD answered.
-struct Pod {
-    ns: Ns,
-    cid: String,
-    result: Value,
-}
-
-impl Pod {
-    fn ip(&self) -> String {
-        self.result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    }
-
-    fn path(&self) -> String {
-        self.ns.path().display().to_string()
-    }
-}
-
-fn add(bed: &CloudBed, node: usize, vxnet: &str, cid: &str) -> Pod {
-    let ns = Ns::new("shm").unwrap();
-    let path = ns.path().display().to_string();
-    let result = bed
-        .hostnic(node)
-        .add_retrying(&conf(bed, node, vxnet), &env(cid, &path))
-        .unwrap_or_else(|e| panic!("ADD {cid} in {vxnet} on node {node}: {e:?}"));
-    Pod {
-        ns,
-        cid: cid.to_string(),
-        result,
-    }
-}
-
-fn del(bed: &CloudBed, node: usize, vxnet: &str, pod: &Pod) {
-    bed.hostnic(node)
-        .call("DEL", &conf(bed, node, vxnet), &env(&pod.cid, &pod.path()))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("DEL {}: {e:?}", pod.cid));
-}
-
-fn check(bed: &CloudBed, node: usize, vxnet: &str, pod: &Pod) -> Result<Value, String> {
-    let mut c = conf(bed, node, vxnet);
-    c["prevResult"] = pod.result.clone();
-    bed.hostnic(node)
-        .call("CHECK", &c, &env(&pod.cid, &pod.path()))
-        .unwrap()
-        .map_err(|e| e.msg)
-}
-
-/// hostnic's pieces on a node: its veths, rules, host routes and proxy
-/// entries, as `ip` lists them.
-#[derive(Debug, PartialEq, Eq)]
-struct Pieces {
-    veths: usize,
-    rules: usize,
-    host_routes: usize,
-    proxies: usize,
-}
-
-/// What a node has of hostnic's once every pod is gone.
-const NOTHING: Pieces = Pieces {
-    veths: 0,
-    rules: 0,
-    host_routes: 0,
-    proxies: 0,
-};
-
-fn pieces(node: &Ns) -> Pieces {
-    let count = |out: String, f: &dyn Fn(&str) -> bool| out.lines().filter(|l| f(l)).count();
-    Pieces {
-        veths: count(node.ip(&["-o", "link", "show"]).unwrap(), &|l| {
-            l.split(": ").nth(1).is_some_and(|n| n.starts_with("hs"))
-        }),
-        rules: count(node.ip(&["rule", "show"]).unwrap(), &|l| {
-            l.contains("proto 213")
-        }),
-        host_routes: count(
-            node.ip(&["route", "show", "table", "main", "proto", "213"])
-                .unwrap(),
-            &|l| !l.trim().is_empty(),
-        ),
-        proxies: count(node.ip(&["neigh", "show", "proxy"]).unwrap(), &|l| {
-            !l.trim().is_empty()
-        }),
-    }
-}
-
-/// The node's own network as the machine set it up: what hostnic must
-/// never change.
-fn own_network(node: &Ns) -> (String, String) {
-    (
-        node.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
-            .unwrap(),
-        node.ip(&["route", "show", "table", "main", "default"])
-            .unwrap(),
-    )
-}
-
-/// Both nodes' rules, routes and neighbours, for a failed ping's message.
-fn routing(bed: &CloudBed) -> String {
-    let mut out = String::new();
-    for (n, node) in bed.sim.nodes.iter().enumerate() {
-        for args in [
-            &["rule"][..],
-            &["route", "show", "table", "all", "proto", "213"],
-            &["neigh"],
-            &["neigh", "show", "proxy"],
-        ] {
-            out += &format!(
-                "node {n}: ip {}\n{}\n",
-                args.join(" "),
-                node.ns.ip(args).unwrap_or_default()
-            );
-        }
-    }
-    out
-}
-
-/// The cloud NICs attached to `node`'s VM besides its primary.
-fn nics_on(bed: &CloudBed, node: usize) -> usize {
-    let instance = &bed.sim.nodes[node].instance;
-    bed.sim.inspect()["nics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["instance"].as_str() == Some(instance.as_str()) && n["vxnet"] != "vxnet-mgmt")
-        .count()
 }
 
 #[test]
@@ -324,17 +165,6 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
     del(&bed, 0, gone_vxnet, &again);
     assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
-}
-
-/// The name of node `n`'s NIC in vxnet-a.
-fn nic_in_a(node: &Ns) -> String {
-    node.ip(&["-o", "-4", "addr", "show"])
-        .unwrap()
-        .lines()
-        .find(|l| l.contains(" gw") && l.contains("10.100.0."))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("the node's NIC in vxnet-a")
-        .to_string()
 }
 
 #[test]
@@ -528,142 +358,4 @@ fn a_restart_puts_back_what_is_missing_and_sweeps_the_rest_also_after_kill_9_mid
     }
     assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
-}
-
-/// Node `i`'s agent as the DaemonSet runs it, against the API server, with
-/// both nodes sharing one range of vxnet-a in /28 blocks given back after
-/// 2 s unused.
-fn kube_agent(bed: &CloudBed, cp: &ControlPlane, i: usize) -> Agent {
-    let shared =
-        "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.128/25\"\nblock_idle_seconds = 2\n";
-    kubebed::agent(bed, cp, i, (TIMERS, ""), shared).unwrap()
-}
-
-/// The HostnicBlocks in the API server: (cidr, node).
-fn blocks(cp: &ControlPlane) -> BTreeSet<(String, String)> {
-    let out = cp.kubectl(&["get", "hostnicblocks", "-o", "json"]).unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["spec"]["cidr"].as_str().unwrap().to_string(),
-                b["spec"]["node"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn in_block(ip: &str, cidr: &str) -> bool {
-    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
-    net.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap())
-}
-
-#[test]
-fn nodes_sharing_a_range_claim_blocks_in_the_api_server_and_never_share_an_address() {
-    if !require_root(
-        "nodes_sharing_a_range_claim_blocks_in_the_api_server_and_never_share_an_address",
-    ) {
-        return;
-    }
-    let bed = bed();
-    let cp = kubebed::control_plane(&bed, None).unwrap();
-    let mut a0 = kube_agent(&bed, &cp, 0);
-    let _a1 = kube_agent(&bed, &cp, 1);
-
-    // Both nodes add pods at once, from an empty range.
-    let (mut on0, mut on1) = (Vec::new(), Vec::new());
-    std::thread::scope(|s| {
-        let bed = &bed;
-        let t0 = s.spawn(move || {
-            (0..20)
-                .map(|i| add(bed, 0, "vxnet-a", &format!("b0-{i}")))
-                .collect()
-        });
-        let t1 = s.spawn(move || {
-            (0..5)
-                .map(|i| add(bed, 1, "vxnet-a", &format!("b1-{i}")))
-                .collect()
-        });
-        on0 = t0.join().unwrap();
-        on1 = t1.join().unwrap();
-    });
-    let claimed = blocks(&cp);
-    let of = |node: &str| -> Vec<String> {
-        claimed
-            .iter()
-            .filter(|(_, n)| n == node)
-            .map(|(c, _)| c.clone())
-            .collect()
-    };
-    assert_eq!(
-        of("node-0").len(),
-        2,
-        "20 pods take two /28 blocks: {claimed:?}"
-    );
-    assert_eq!(
-        of("node-1").len(),
-        1,
-        "5 pods take one /28 block: {claimed:?}"
-    );
-    let ips: BTreeSet<String> = on0.iter().chain(&on1).map(Pod::ip).collect();
-    assert_eq!(ips.len(), 25, "two pods share an address");
-    for (pods, node) in [(&on0, "node-0"), (&on1, "node-1")] {
-        for p in pods {
-            assert!(
-                of(node).iter().any(|b| in_block(&p.ip(), b)),
-                "{} on {node} got {}, outside its blocks {:?}",
-                p.cid,
-                p.ip(),
-                of(node)
-            );
-        }
-    }
-    assert!(on0[19].ns.ping(&on1[4].ip()), "{}", routing(&bed));
-    // The claims belong to their Node: the garbage collector takes them
-    // with it.
-    let owner = cp
-        .kubectl(&[
-            "get",
-            "hostnicblocks",
-            "-o",
-            "jsonpath={.items[0].metadata.ownerReferences[0].kind}",
-        ])
-        .unwrap();
-    assert_eq!(owner.trim(), "Node");
-
-    // A restarted agent finds its blocks and claims no new one for a pod
-    // that fits.
-    a0.stop().unwrap();
-    let _a0 = kube_agent(&bed, &cp, 0);
-    let p = del_and_add(&bed, &on0[3]);
-    assert_eq!(blocks(&cp), claimed, "the restart changed the claims");
-    assert!(of("node-0").iter().any(|b| in_block(&p.ip(), b)));
-
-    // Node 1's pods go; its block is given back once unused for 2 s.
-    for p in &on1 {
-        del(&bed, 1, "vxnet-a", p);
-    }
-    wait_for_blocks(&cp, |b| b.iter().all(|(_, n)| n == "node-0"));
-    assert_eq!(blocks(&cp).len(), 2);
-}
-
-/// DEL of `p` on node 0, then an ADD of a new pod there.
-fn del_and_add(bed: &CloudBed, p: &Pod) -> Pod {
-    del(bed, 0, "vxnet-a", p);
-    add(bed, 0, "vxnet-a", &format!("{}-again", p.cid))
-}
-
-fn wait_for_blocks(cp: &ControlPlane, cond: impl Fn(&BTreeSet<(String, String)>) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !cond(&blocks(cp)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the blocks are not as expected: {:?}",
-            blocks(cp)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

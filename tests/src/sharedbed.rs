@@ -204,3 +204,13 @@ pub fn in_block(ip: &str, cidr: &str) -> bool {
     let net: ipnet::Ipv4Net = cidr.parse().unwrap();
     net.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap())
 }
+
+/// `hostnic-agent status --json` of node `node`'s agent.
+pub fn status(bed: &CloudBed, node: usize) -> Value {
+    let out = std::process::Command::new(crate::bin("hostnic-agent"))
+        .args(["status", "--json", "--socket"])
+        .arg(bed.socket(node))
+        .output()
+        .expect("running hostnic-agent status");
+    serde_json::from_slice(&out.stdout).expect("hostnic-agent status --json")
+}

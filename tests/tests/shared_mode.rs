@@ -11,7 +11,7 @@ use std::time::Duration;
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::sharedbed::{
     NOTHING, Pieces, Pod, add, bed, check, conf, del, env, nic_in_a, nics_on, own_network, pieces,
-    routing,
+    routing, status,
 };
 use hostnic_testbed::{Agent, Ns, require_root};
 use serde_json::Value;
@@ -66,6 +66,15 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
         );
         assert_eq!(p.result["ips"][0]["address"], format!("{}/32", p.ip()));
     }
+    // `status` lists them, each with its pod and veth.
+    let st = status(&bed, 0);
+    let rows = st["shared"].as_array().unwrap();
+    assert_eq!(rows.len(), 150, "{st:#}");
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] == "committed" && r["veth"].as_str().unwrap().starts_with("hs")),
+        "{rows:#?}"
+    );
     // The node has one NIC per shared vxnet, not one per pod.
     assert_eq!(nics_on(&bed, 0), 2, "{:#}", bed.sim.inspect()["nics"]);
     assert_eq!(

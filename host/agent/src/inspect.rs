@@ -22,6 +22,23 @@ pub struct Inspection {
     /// Without a cloud (static inventory): none.
     #[serde(default)]
     pub cloud: Option<CloudRow>,
+    /// Pods in shared-NIC mode: an address each on the node's NIC.
+    #[serde(default)]
+    pub shared: Vec<SharedRow>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SharedRow {
+    pub vxnet: String,
+    /// The pod's address (a /32 in the pod).
+    pub address: String,
+    /// reserved (ADD under way) or committed.
+    pub state: String,
+    pub pod: String,
+    pub container: String,
+    pub ifname: String,
+    /// The node's end of its veth.
+    pub veth: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -149,6 +166,29 @@ pub fn render(i: &Inspection) -> String {
             &[
                 "VXNET", "CIDR", "FREE IPS", "WARM", "USED", "FAILED", "ATTACH",
             ],
+            &rows,
+        );
+    }
+
+    if !i.shared.is_empty() {
+        let _ = writeln!(out, "\nShared-NIC pods ({})", i.shared.len());
+        let rows: Vec<Vec<String>> = i
+            .shared
+            .iter()
+            .map(|r| {
+                vec![
+                    r.vxnet.clone(),
+                    r.address.clone(),
+                    r.state.clone(),
+                    dash(&r.pod),
+                    r.ifname.clone(),
+                    r.veth.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["VXNET", "ADDRESS", "STATE", "POD", "IF", "VETH"],
             &rows,
         );
     }

@@ -166,8 +166,13 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     if !cfg.metrics.address.is_empty() {
         // Pods come first: a metrics port taken by something else is
         // reported, and the agent serves CNI without metrics.
-        if let Err(e) =
-            scrape::serve(&cfg.metrics.address, nics.clone(), service.source.clone()).await
+        if let Err(e) = scrape::serve(
+            &cfg.metrics.address,
+            nics.clone(),
+            service.source.clone(),
+            service.shared.clone(),
+        )
+        .await
         {
             tracing::error!(error = %format!("{e:#}"), "metrics are OFF");
         }

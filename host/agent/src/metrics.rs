@@ -29,6 +29,11 @@ struct NicLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VxnetLabels {
+    vxnet: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerbLabels {
     verb: &'static str,
     code: String,
@@ -118,6 +123,8 @@ pub struct Metrics {
     nics: Family<NicLabels, Gauge>,
     vm_nics: Gauge,
     vm_nic_limit: Gauge,
+    shared_addresses: Family<VxnetLabels, Gauge>,
+    shared_blocks: Family<VxnetLabels, Gauge>,
     cold_adds_waiting: Gauge,
     cni: Histograms<VerbLabels>,
     cloud_requests: Family<CloudLabels, Counter>,
@@ -144,6 +151,8 @@ impl Metrics {
             nics: Family::default(),
             vm_nics: Gauge::default(),
             vm_nic_limit: Gauge::default(),
+            shared_addresses: Family::default(),
+            shared_blocks: Family::default(),
             cold_adds_waiting: Gauge::default(),
             cni: Family::new_with_constructor(latency),
             cloud_requests: Family::default(),
@@ -185,6 +194,16 @@ impl Metrics {
             "vm_nic_limit",
             "NICs this VM can take (cloud pool only)",
             m.vm_nic_limit.clone(),
+        );
+        r.register(
+            "shared_addresses",
+            "Pod addresses held on this node in shared-NIC mode, by vxnet",
+            m.shared_addresses.clone(),
+        );
+        r.register(
+            "shared_blocks",
+            "Address blocks this node holds in shared-NIC mode, by vxnet (with Kubernetes)",
+            m.shared_blocks.clone(),
         );
         r.register(
             "cold_adds_waiting",
@@ -297,13 +316,22 @@ impl Metrics {
     }
 
     /// The scrape: the states read now — NICs per (vxnet, state), the VM's
-    /// NICs and limit, the cold ADDs waiting — then everything encoded.
+    /// NICs and limit, the cold ADDs waiting, shared addresses and blocks
+    /// per vxnet — then everything encoded.
     pub fn encode(
         &self,
         nics: BTreeMap<(String, &'static str), usize>,
         vm: Option<(usize, usize)>,
         cold_adds_waiting: usize,
+        shared: BTreeMap<String, (usize, usize)>,
     ) -> String {
+        self.shared_addresses.clear();
+        self.shared_blocks.clear();
+        for (vxnet, (held, blocks)) in shared {
+            let l = VxnetLabels { vxnet };
+            self.shared_addresses.get_or_create(&l).set(held as i64);
+            self.shared_blocks.get_or_create(&l).set(blocks as i64);
+        }
         self.nics.clear();
         for ((vxnet, state), n) in nics {
             self.nics

@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use crate::metrics::metrics;
 use crate::nics::Nics;
+use crate::shared::Shared;
 use crate::source::NicSource;
 
 /// One scrape's text.
-fn scrape(nics: &Nics, source: &dyn NicSource) -> String {
+fn scrape(nics: &Nics, source: &dyn NicSource, shared: &Shared) -> String {
     let (counts, vm) = {
         let pool = nics.pool();
         (pool.counts(), source.vm_nics(pool.len()))
     };
-    metrics().encode(counts, vm, source.cold_adds_waiting())
+    metrics().encode(counts, vm, source.cold_adds_waiting(), shared.counts())
 }
 
 /// Serves `GET /metrics` on `address` until the process ends.
@@ -22,6 +23,7 @@ pub async fn serve(
     address: &str,
     nics: Arc<Nics>,
     source: Arc<dyn NicSource>,
+    shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use axum::http::header::CONTENT_TYPE;
@@ -36,7 +38,7 @@ pub async fn serve(
                     CONTENT_TYPE,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
-                scrape(&nics, source.as_ref()),
+                scrape(&nics, source.as_ref(), &shared),
             )
         }),
     );

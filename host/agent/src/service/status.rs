@@ -6,7 +6,7 @@ use hostnic_proto::rpc::Reply;
 
 use super::Service;
 use crate::audit;
-use crate::inspect::{CloudRow, GuestRow, Inspection, NicRow, VxnetRow};
+use crate::inspect::{CloudRow, GuestRow, Inspection, NicRow, SharedRow, VxnetRow};
 use crate::metrics::metrics;
 use crate::pool::State;
 
@@ -36,7 +36,8 @@ impl Service {
             let free = pool.count_all(&[State::Free, State::Releasing]);
             (free, self.source.can_create(pool.len()))
         };
-        if free == 0 && !can_create {
+        // A shared vxnet's ADD needs no NIC of its own.
+        if free == 0 && !can_create && self.shared.nets().is_empty() {
             return Err(CniError::new(
                 code::NOT_AVAILABLE,
                 "no free NIC on this node: ADD would fail",
@@ -145,12 +146,34 @@ impl Service {
                 attach_latency_ms: v.live.attach_latency_ms,
             })
             .collect();
+        let shared = self
+            .shared
+            .all()
+            .into_iter()
+            .map(|r| SharedRow {
+                vxnet: r.vxnet,
+                address: r.address.to_string(),
+                state: match r.phase {
+                    crate::store::Phase::Committed => "committed",
+                    _ => "reserved",
+                }
+                .to_string(),
+                pod: match (r.pod.namespace, r.pod.name) {
+                    (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                    _ => String::new(),
+                },
+                container: r.key.container_id,
+                ifname: r.key.ifname,
+                veth: r.veth,
+            })
+            .collect();
         let inspection = Inspection {
             nics,
             vxnets,
             guests,
             decisions: self.audit.latest(20.min(audit::CAPACITY)),
             cloud,
+            shared,
         };
         let state = serde_json::to_value(&inspection)
             .map_err(|e| CniError::new(code::INTERNAL, format!("encoding the status: {e}")))?;

@@ -256,12 +256,20 @@ impl Shared {
             .collect()
     }
 
-    /// Addresses held per shared vxnet (STATUS, metrics).
-    pub fn counts(&self) -> BTreeMap<String, usize> {
-        let mut out: BTreeMap<String, usize> =
-            self.nets.iter().map(|n| (n.vxnet.clone(), 0)).collect();
-        for e in self.held().by_key.values() {
-            *out.entry(e.record.vxnet.clone()).or_default() += 1;
+    /// Per shared vxnet: the addresses held and the blocks the node holds
+    /// (0 without claims), for the metrics and `status`.
+    pub fn counts(&self) -> BTreeMap<String, (usize, usize)> {
+        let held = self.held();
+        let mut out: BTreeMap<String, (usize, usize)> = self
+            .nets
+            .iter()
+            .map(|n| {
+                let blocks = held.owned.get(&n.vxnet).map_or(0, BTreeSet::len);
+                (n.vxnet.clone(), (0, blocks))
+            })
+            .collect();
+        for e in held.by_key.values() {
+            out.entry(e.record.vxnet.clone()).or_default().0 += 1;
         }
         out
     }

@@ -14,7 +14,7 @@ use hostnic_testbed::sharedbed::{
     routing, status,
 };
 use hostnic_testbed::{Agent, Ns, require_root};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const TIMERS: &str =
     "warm_min = 0\nwarm_max = 0\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
@@ -43,6 +43,19 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
     let _a0 = start(&bed, 0);
     let _a1 = start(&bed, 1);
 
+    // A cloud NIC with an address of node 0's vxnet-b range (node 1 gives
+    // its vxnet-b pods NICs; this one asks for the address): no shared pod
+    // may get it.
+    let squatter = Ns::new("shq").unwrap();
+    let mut pinned = conf(&bed, 1, "vxnet-b");
+    pinned["runtimeConfig"] = json!({"ips": ["10.101.0.129/24"]});
+    bed.hostnic(1)
+        .add_retrying(
+            &pinned,
+            &env("n1-pinned", &squatter.path().display().to_string()),
+        )
+        .unwrap();
+
     // 150 pods on node 0, alternately in the two vxnets.
     let mut pods: Vec<(&str, Pod)> = Vec::new();
     for i in 0..150 {
@@ -51,6 +64,10 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
     }
     let ips: BTreeSet<String> = pods.iter().map(|(_, p)| p.ip()).collect();
     assert_eq!(ips.len(), 150, "two pods share an address");
+    assert!(
+        !ips.contains("10.101.0.129"),
+        "a pod got the cloud NIC's address"
+    );
     for (vxnet, p) in &pods {
         let prefix = if *vxnet == "vxnet-a" {
             "10.100.0."
@@ -87,15 +104,15 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
         }
     );
 
-    // Node 1: a shared pod in vxnet-a and a pod with a NIC of its own in
-    // each vxnet.
+    // Node 1: two shared pods in vxnet-a (node 1 shares it from a range of
+    // its own) and, besides the pinned one, a pod with a NIC of its own in
+    // vxnet-b.
     let s1 = add(&bed, 1, "vxnet-a", "n1-shared");
-    let xa = add(&bed, 1, "vxnet-a", "n1-excl-a");
+    let xa = add(&bed, 1, "vxnet-a", "n1-shared-2");
     let xb = add(&bed, 1, "vxnet-b", "n1-excl-b");
     assert!(s1.ip().starts_with("10.100.0."), "{}", s1.ip());
-    // xa is exclusive only if node 1 does not share vxnet-a: it does, so
-    // both of node 1's vxnet-a pods are shared; xb has a NIC.
-    assert_eq!(nics_on(&bed, 1), 2, "{:#}", bed.sim.inspect()["nics"]);
+    // Its NIC in vxnet-a and the two vxnet-b pods' NICs.
+    assert_eq!(nics_on(&bed, 1), 3, "{:#}", bed.sim.inspect()["nics"]);
 
     let (a, b) = (&pods[0].1, &pods[1].1);
     for (from, to, what) in [

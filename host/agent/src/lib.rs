@@ -124,7 +124,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
     let shared = Arc::new(shared::Shared::new(
         &cfg.shared,
-        &source.vxnets(),
+        source.clone(),
         records,
         claims,
     )?);

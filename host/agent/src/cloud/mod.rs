@@ -267,6 +267,21 @@ impl CloudPool {
         }
     }
 
+    /// Every NIC of `vxnet` in the cloud with an address: (id, address).
+    pub async fn addresses_in(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        let nics = self
+            .client
+            .describe_nics(&NicFilter {
+                vxnets: vec![vxnet.to_string()],
+                ..NicFilter::default()
+            })
+            .await?;
+        Ok(nics
+            .into_iter()
+            .filter_map(|n| Some((n.nic_id, n.private_ip?)))
+            .collect())
+    }
+
     /// The node as the vxnet policy sees it, with `pool_len` secondary NICs.
     pub fn node_facts(&self, pool_len: usize) -> hostnic_policy::Node {
         crate::policy::node(

@@ -177,6 +177,10 @@ impl NicSource for CloudSource {
             })
     }
 
+    async fn cloud_addresses(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        self.cloud.addresses_in(vxnet).await
+    }
+
     fn can_create(&self, pool_len: usize) -> bool {
         self.cloud.has_room(pool_len)
     }

@@ -193,6 +193,15 @@ impl Service {
             })?;
         let mut prepared = self.shared.prepared.lock().await;
         if !prepared.contains(&net.vxnet) {
+            self.shared.learn_cloud(net).await.map_err(|e| {
+                CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "asking the cloud which addresses of {} its NICs hold: {e:#}",
+                        net.range
+                    ),
+                )
+            })?;
             wiring::prepare_vxnet(
                 self.nics.plumber.node_ns(),
                 node,

@@ -5,7 +5,7 @@
 //! nothing else locks. Without Kubernetes there are no claims and the
 //! configured range is the node's alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -72,6 +72,8 @@ impl Shared {
                 format!("claiming an address block of {}: {e:#}", net.vxnet),
             )
         };
+        self.learn_cloud(net).await.map_err(unavailable)?;
+        let cloud: BTreeSet<Ipv4Net> = self.held().cloud.keys().map(|a| net.block_of(*a)).collect();
         let others: BTreeSet<Ipv4Net> = claims
             .list(&net.vxnet)
             .await
@@ -80,7 +82,10 @@ impl Shared {
             .filter(|(_, node)| node != claims.node())
             .map(|(b, _)| b)
             .collect();
-        for block in candidates.into_iter().filter(|b| !others.contains(b)) {
+        for block in candidates
+            .into_iter()
+            .filter(|b| !others.contains(b) && !cloud.contains(b))
+        {
             if claims.claim(&net.vxnet, block).await.map_err(unavailable)? {
                 info!(vxnet = %net.vxnet, %block, "claimed a shared address block");
                 self.held()
@@ -164,6 +169,30 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Asks the cloud which addresses of `net`'s range its NICs hold, so
+    /// no pod gets one (and no block with one is claimed). Each is
+    /// reported: the operator's DHCP range overlaps the shared range.
+    pub async fn learn_cloud(&self, net: &SharedNet) -> anyhow::Result<()> {
+        let found: BTreeMap<Ipv4Addr, String> = self
+            .source
+            .cloud_addresses(&net.vxnet)
+            .await?
+            .into_iter()
+            .filter(|(_, a)| net.range.contains(a))
+            .map(|(id, a)| (a, id))
+            .collect();
+        let mut held = self.held();
+        for (a, id) in &found {
+            if !held.cloud.contains_key(a) {
+                warn!(vxnet = %net.vxnet, range = %net.range, address = %a, nic = %id,
+                    "a cloud NIC holds an address of the shared range; no pod gets it (keep the vxnet's DHCP range out of the shared range)");
+            }
+        }
+        held.cloud.retain(|a, _| !net.range.contains(a));
+        held.cloud.extend(found);
+        Ok(())
     }
 
     /// The blocks the node holds in `vxnet`.

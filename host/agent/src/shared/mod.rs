@@ -25,7 +25,7 @@ pub use blocks::Claims;
 pub use record::{Records, SharedRecord};
 
 use crate::config::{SharedVxnet, table_of};
-use crate::source::VxnetAddr;
+use crate::source::NicSource;
 use crate::store::Key;
 
 /// One attachment: its record, and the lock its verbs take.
@@ -44,6 +44,9 @@ struct Held {
     owned: BTreeMap<String, BTreeSet<Ipv4Net>>,
     /// Since when a held block has had no pod.
     empty_since: BTreeMap<Ipv4Net, Instant>,
+    /// Addresses of the shared ranges the cloud gave NICs (id by address):
+    /// never a pod's.
+    cloud: BTreeMap<Ipv4Addr, String>,
 }
 
 #[derive(Debug)]
@@ -53,6 +56,8 @@ pub struct Shared {
     held: Mutex<Held>,
     /// The cluster's block claims; `None`: each range is the node's alone.
     claims: Option<Arc<dyn Claims>>,
+    /// The cloud, asked which addresses of a range its NICs hold.
+    source: Arc<dyn NicSource>,
     /// One block claim or release at a time.
     claiming: tokio::sync::Mutex<()>,
     /// The vxnets whose node-wide pieces are in place.
@@ -71,10 +76,11 @@ impl Shared {
     /// knows of them (subnet and gateway).
     pub fn new(
         config: &[SharedVxnet],
-        known: &[VxnetAddr],
+        source: Arc<dyn NicSource>,
         records: Records,
         claims: Option<Arc<dyn Claims>>,
     ) -> anyhow::Result<Shared> {
+        let known = source.vxnets();
         let mut nets = Vec::new();
         for (n, s) in config.iter().enumerate() {
             let Some((_, cidr, gateway)) = known.iter().find(|(id, ..)| *id == s.vxnet) else {
@@ -110,6 +116,7 @@ impl Shared {
             records,
             held: Mutex::default(),
             claims,
+            source,
             claiming: tokio::sync::Mutex::default(),
             prepared: tokio::sync::Mutex::default(),
         })
@@ -165,7 +172,18 @@ impl Shared {
             .claims
             .as_ref()
             .map(|_| held.owned.get(&net.vxnet).cloned().unwrap_or_default());
-        let address = net.pick(&held.taken, wanted, owned.as_ref())?;
+        let taken: std::borrow::Cow<'_, BTreeSet<Ipv4Addr>> = if held.cloud.is_empty() {
+            std::borrow::Cow::Borrowed(&held.taken)
+        } else {
+            std::borrow::Cow::Owned(
+                held.taken
+                    .iter()
+                    .chain(held.cloud.keys())
+                    .copied()
+                    .collect(),
+            )
+        };
+        let address = net.pick(&taken, wanted, owned.as_ref())?;
         let record = make(address);
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let guard = lock.clone().try_lock_owned().expect("a new lock is free");

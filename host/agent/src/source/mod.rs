@@ -122,6 +122,12 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
     /// such NIC, and the subnet gateway serves.
     async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>, CniError>;
 
+    /// The cloud's NICs in `vxnet` and their addresses: shared-NIC mode
+    /// keeps its pods off them. Empty where there is no cloud to ask.
+    async fn cloud_addresses(&self, _vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        Ok(Vec::new())
+    }
+
     /// Whether an ADD could still get a NIC with none free (STATUS).
     fn can_create(&self, pool_len: usize) -> bool;
 

@@ -171,6 +171,31 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
     );
     let again = add(&bed, 0, gone_vxnet, "s-again");
     assert_eq!(again.ip(), freed, "the freed address is not given again");
+    // An ADD into a pod that already has the interface fails cleanly:
+    // nothing of it stays on the node, and it holds no address.
+    let busy = Ns::new("shb").unwrap();
+    busy.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"])
+        .unwrap();
+    let before_fail = pieces(node0);
+    let e = bed
+        .hostnic(0)
+        .call(
+            "ADD",
+            &conf(&bed, 0, "vxnet-a"),
+            &env("s-busy", &busy.path().display().to_string()),
+        )
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(4), "{e:?}");
+    assert!(e.msg.contains("eth0"), "{e:?}");
+    assert_eq!(pieces(node0), before_fail);
+    let rows = status(&bed, 0)["shared"].as_array().unwrap().clone();
+    assert!(
+        rows.iter().all(|r| r["container"] != "s-busy"),
+        "the failed ADD still holds an address: {rows:#?}"
+    );
+    assert_eq!(rows.len(), 150);
+
     // DEL of something already gone succeeds.
     del(
         &bed,

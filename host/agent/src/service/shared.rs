@@ -69,12 +69,14 @@ impl Service {
             Ok(r) => r,
             Err(e) => {
                 let undo = wiring::unwire(self.nics.plumber.node(), record, Some(nic_index)).await;
-                if let Err(u) = &undo {
-                    // The next start sweeps what is left (it carries our
-                    // proto); the address stays held until then.
-                    warn!(address = %record.address, error = %u, "undoing a failed shared ADD");
-                } else {
-                    self.drop_shared(record);
+                match undo {
+                    Ok(()) => self.drop_shared(record),
+                    Err(u) => {
+                        // The next start sweeps what is left (it carries
+                        // our proto); the address stays taken until then.
+                        warn!(address = %record.address, error = %u, "undoing a failed shared ADD");
+                        self.shared.abandon(record);
+                    }
                 }
                 return Err(e);
             }

@@ -255,6 +255,21 @@ impl Shared {
         }
     }
 
+    /// Drops the attachment but keeps its address taken: what it wired
+    /// could not all be undone, so the address waits for the next start's
+    /// sweep (its record stays on disk), while a retried ADD goes on with
+    /// another.
+    pub fn abandon(&self, record: &SharedRecord) {
+        let mut held = self.held();
+        if held
+            .by_key
+            .get(&record.key)
+            .is_some_and(|e| e.record.address == record.address)
+        {
+            held.by_key.remove(&record.key);
+        }
+    }
+
     /// Every attachment's record.
     pub fn all(&self) -> Vec<SharedRecord> {
         self.held()

@@ -22,7 +22,9 @@ const TIMERS: &str =
 /// gives vxnet-b pods NICs of their own.
 const SHARED_0: &str = "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.128/25\"\n\
                         [[shared]]\nvxnet = \"vxnet-b\"\nrange = \"10.101.0.128/25\"\n";
-const SHARED_1: &str = "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.64/26\"\n";
+/// Node 1's range starts at the vxnet's bottom, where the cloud gives its
+/// NICs their addresses (a misconfiguration the agent must survive).
+const SHARED_1: &str = "[[shared]]\nvxnet = \"vxnet-a\"\nrange = \"10.100.0.0/26\"\n";
 
 fn start(bed: &CloudBed, node: usize) -> Agent {
     let shared = [SHARED_0, SHARED_1][node];
@@ -110,7 +112,20 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
     let s1 = add(&bed, 1, "vxnet-a", "n1-shared");
     let xa = add(&bed, 1, "vxnet-a", "n1-shared-2");
     let xb = add(&bed, 1, "vxnet-b", "n1-excl-b");
-    assert!(s1.ip().starts_with("10.100.0."), "{}", s1.ip());
+    let cloud_ips: BTreeSet<String> = bed.sim.inspect()["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["ip"].as_str().map(str::to_string))
+        .collect();
+    for p in [&s1, &xa] {
+        assert!(
+            p.ip().starts_with("10.100.0.") && !cloud_ips.contains(&p.ip()),
+            "{} got {}, which a cloud NIC holds: {cloud_ips:?}",
+            p.cid,
+            p.ip()
+        );
+    }
     // Its NIC in vxnet-a and the two vxnet-b pods' NICs.
     assert_eq!(nics_on(&bed, 1), 3, "{:#}", bed.sim.inspect()["nics"]);
 
@@ -152,6 +167,8 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
     let (gone_vxnet, gone) = pods.remove(10);
     let freed = gone.ip();
     del(&bed, 0, gone_vxnet, &gone);
+    // DEL answered; the veth goes in the background.
+    bed.settle(0);
     let ns = gone.ns;
     assert!(
         ns.ip(&["-o", "link", "show", "eth0"]).is_err(),
@@ -214,6 +231,7 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
         del(&bed, 0, vxnet, p);
     }
     del(&bed, 0, gone_vxnet, &again);
+    bed.settle(0);
     assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
 }
@@ -401,12 +419,28 @@ fn a_restart_puts_back_what_is_missing_and_sweeps_the_rest_also_after_kill_9_mid
             proxies: 27
         }
     );
+    // kill -9 right after DELs answered, their veths still going: the
+    // restart finishes the releases.
     for p in &pods {
         del(&bed, 0, "vxnet-b", p);
     }
+    let mut a0 = a0;
+    a0.kill9();
+    let _a0 = start(&bed, 0);
+    bed.settle(0);
+    assert_eq!(
+        pieces(node0),
+        Pieces {
+            veths: 3,
+            rules: 6,
+            host_routes: 3,
+            proxies: 3
+        }
+    );
     for p in [&p0, &p2, &p1b] {
         del(&bed, 0, "vxnet-a", p);
     }
+    bed.settle(0);
     assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
 }

@@ -240,31 +240,41 @@ impl CloudPool {
         }
     }
 
-    /// Brings each vxnet up to `warm_min` free NICs.
+    /// The free NICs to keep in `vxnet`: `(warm_min, warm_max)`, none in a
+    /// shared vxnet.
+    fn warm_targets(&self, vxnet: &str) -> (usize, usize) {
+        match self.shared.iter().any(|s| s == vxnet) {
+            true => (0, 0),
+            false => (self.cfg.warm_min, self.cfg.warm_max),
+        }
+    }
+
+    /// Brings each vxnet up to its warm minimum of free NICs.
     pub async fn top_up(&self, nics: &Nics) {
         for (vxnet, _) in &self.vxnets {
+            let (warm_min, warm_max) = self.warm_targets(vxnet);
             let have = nics
                 .pool()
                 .count_in(vxnet, &[State::Free, State::Attaching, State::Releasing]);
-            if have >= self.cfg.warm_min {
+            if have >= warm_min {
                 continue;
             }
-            let want = (self.cfg.warm_min - have).min(self.cfg.warm_max);
+            let want = (warm_min - have).min(warm_max);
             if let Err(e) = self.provision(nics, vxnet, want).await {
                 warn!(vxnet, error = %e, "topping up the warm pool");
             }
         }
     }
 
-    /// Detaches and deletes free NICs above `warm_max` that have been idle
-    /// for `idle_seconds`.
+    /// Detaches and deletes free NICs above the warm maximum that have been
+    /// idle for `idle_seconds`.
     pub async fn trim(&self, nics: &Nics) {
         let idle = Duration::from_secs(self.cfg.idle_seconds);
         for (vxnet, _) in &self.vxnets {
             let surplus = nics
                 .pool()
                 .count_in(vxnet, &[State::Free])
-                .saturating_sub(self.cfg.warm_max);
+                .saturating_sub(self.warm_targets(vxnet).1);
             if surplus == 0 {
                 continue;
             }

@@ -115,6 +115,9 @@ pub struct CloudPool {
     /// The configured vxnets, in the configured order: the order the
     /// vxnet guest gets its candidates in (FailRotate starts at the first).
     vxnets: Vec<(String, VxnetInfo)>,
+    /// The vxnets in shared-NIC mode: their pods take no NIC, so no warm
+    /// NIC is kept there (only the node's own, made at the first ADD).
+    shared: Vec<String>,
     rotation: Mutex<Rotation>,
     /// `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`.
     tags: [TagId; 2],
@@ -214,6 +217,7 @@ impl CloudPool {
             name: format!("hostnic-{}-{}", cfg.cloud.cluster, cfg.cloud.instance_id),
             cfg: cfg.cloud.clone(),
             vxnets,
+            shared: cfg.shared.iter().map(|s| s.vxnet.clone()).collect(),
             rotation: Mutex::new(Rotation::new(cfg.policy, cfg.vxnets.clone())),
             tags,
             kpis: kpis::Kpis::default(),

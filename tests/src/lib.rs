@@ -441,9 +441,12 @@ pub fn err_code(r: anyhow::Result<Result<serde_json::Value, PluginError>>) -> u6
 /// every NIC it answered a DEL for: DEL answers once the release is
 /// recorded, and the NIC returns in the background.
 pub fn wait_for_releases(state_dir: &Path) -> anyhow::Result<()> {
+    // NIC records, and shared-NIC mode's (whose veths are deleted after
+    // DEL answers).
     let releasing = || {
-        std::fs::read_dir(state_dir.join("allocations"))
-            .into_iter()
+        ["allocations", "shared"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(state_dir.join(d)))
             .flatten()
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
@@ -453,7 +456,7 @@ pub fn wait_for_releases(state_dir: &Path) -> anyhow::Result<()> {
             })
     };
     wait_for(
-        "the NICs DELs answered for to be back",
+        "the NICs and veths DELs answered for to be released",
         Duration::from_secs(10),
         || !releasing(),
     )

@@ -18,13 +18,13 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// Counts a release under way in a namespace while it lives: taken before
 /// DEL answers, dropped by the background task when the NIC is out.
-struct ReleasingIn {
+pub(super) struct ReleasingIn {
     svc: Arc<Service>,
     ns: Option<NsId>,
 }
 
 impl ReleasingIn {
-    fn new(svc: &Arc<Service>, ns: Option<NsId>) -> Self {
+    pub(super) fn new(svc: &Arc<Service>, ns: Option<NsId>) -> Self {
         if let Some(id) = ns {
             *svc.releasing_in
                 .lock()

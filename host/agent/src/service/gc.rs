@@ -65,7 +65,7 @@ impl Service {
             if (ours && listed) || (!ours && (!native || container_listed)) {
                 continue;
             }
-            match self.del_shared(&record.key).await {
+            match self.del_shared_now(&record.key).await {
                 Ok(()) => released += 1,
                 Err(e) => errors.push(e.msg),
             }

@@ -5,6 +5,7 @@
 //! of its own; only acquire and wire differ.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use hostnic_netlink::{Netns, NsId};
@@ -40,22 +41,35 @@ impl Service {
     ) -> Result<AddResult, CniError> {
         let started = Instant::now();
         let (nic_index, nic) = self.shared_nic(net).await?;
+        // The node's own NICs in the vxnet have addresses the cloud gave:
+        // never a pod's (the cloud check at the vxnet's first ADD may
+        // predate a NIC made since).
+        let nics: Vec<Ipv4Addr> = self
+            .nics
+            .pool()
+            .rows()
+            .into_iter()
+            .filter(|(s, ..)| s.vxnet.as_deref() == Some(net.vxnet.as_str()))
+            .map(|(s, ..)| s.address.addr())
+            .collect();
         let mut locked = self
             .shared
-            .reserve_claiming(net, plan.addresses.as_deref(), |address| SharedRecord {
-                key: key.clone(),
-                phase: Phase::Reserved,
-                address,
-                vxnet: net.vxnet.clone(),
-                table: net.table,
-                veth: wiring::veth_name(key),
-                nic: nic.mac,
-                mtu,
-                routes: Vec::new(),
-                netns: req.target.netns.clone(),
-                netns_id: Some(netns_id),
-                pod: req.pod.clone(),
-                result: None,
+            .reserve(net, (plan.addresses.as_deref(), &nics), |address| {
+                SharedRecord {
+                    key: key.clone(),
+                    phase: Phase::Reserved,
+                    address,
+                    vxnet: net.vxnet.clone(),
+                    table: net.table,
+                    veth: wiring::veth_name(key),
+                    nic: nic.mac,
+                    mtu,
+                    routes: Vec::new(),
+                    netns: req.target.netns.clone(),
+                    netns_id: Some(netns_id),
+                    pod: req.pod.clone(),
+                    result: None,
+                }
             })
             .await?;
         audit.how = HOW.to_string();
@@ -165,7 +179,7 @@ impl Service {
                 record.address
             ))
         })?;
-        self.shared.commit(record);
+        self.shared.update(record);
         Ok(result)
     }
 
@@ -224,9 +238,35 @@ impl Service {
         Ok((link.index, spec))
     }
 
-    /// DEL of a shared attachment: unwired and freed before DEL answers
-    /// (no device moves, so there is nothing worth a background task).
-    pub(super) async fn del_shared(&self, key: &Key) -> Result<(), CniError> {
+    /// DEL of a shared attachment: the release is recorded and answered at
+    /// once; the kernel's part (deleting a veth costs ~20 ms of RTNL) runs
+    /// in the background, holding the attachment's lock, and the address
+    /// is free once it is done. An ADD into the same namespace waits for
+    /// it; a restart finishes it.
+    pub(super) async fn del_shared(self: &Arc<Self>, key: &Key) -> Result<(), CniError> {
+        let Some(mut locked) = self.shared.lock(key).await else {
+            return Ok(());
+        };
+        locked.record.phase = Phase::Releasing;
+        if let Err(e) = self.shared.records.put(&locked.record) {
+            warn!(address = %locked.record.address, error = %e, "recording a release; releasing in the foreground");
+            return self.release_shared(&locked.record).await;
+        }
+        self.shared.update(&locked.record);
+        let counted = super::del::ReleasingIn::new(self, locked.record.netns_id);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let _counted = counted;
+            if let Err(e) = svc.release_shared(&locked.record).await {
+                warn!(address = %locked.record.address, error = %e.msg,
+                    "releasing a shared attachment; the next start finishes it");
+            }
+        });
+        Ok(())
+    }
+
+    /// The same in the foreground (GC).
+    pub(super) async fn del_shared_now(&self, key: &Key) -> Result<(), CniError> {
         let Some(locked) = self.shared.lock(key).await else {
             return Ok(());
         };

@@ -158,13 +158,30 @@ impl Shared {
         })
     }
 
-    /// Takes an address of `net` for a new attachment and holds it, with
-    /// its lock, until [`Shared::commit`] or [`Shared::forget`]. The
-    /// record is `make(address)`.
-    fn reserve(
+    /// An address of `net` for a new attachment — one of `wanted` (`None`:
+    /// any), none of the node's own NICs' (`nics`) nor any a cloud NIC
+    /// holds — held with its lock until [`Shared::commit`] or
+    /// [`Shared::forget`]; the record is `make(address)`. A new block of
+    /// the range is claimed when the node's blocks have no room.
+    pub async fn reserve(
         &self,
         net: &SharedNet,
-        wanted: Option<&[Ipv4Addr]>,
+        (wanted, nics): (Option<&[Ipv4Addr]>, &[Ipv4Addr]),
+        make: impl Fn(Ipv4Addr) -> SharedRecord,
+    ) -> Result<Locked, CniError> {
+        loop {
+            match self.reserve_now(net, (wanted, nics), &make) {
+                Err(e) if e.code == code::TRY_AGAIN_LATER && self.grow(net, wanted).await? => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Shared::reserve`] within the blocks the node holds now.
+    fn reserve_now(
+        &self,
+        net: &SharedNet,
+        (wanted, nics): (Option<&[Ipv4Addr]>, &[Ipv4Addr]),
         make: impl FnOnce(Ipv4Addr) -> SharedRecord,
     ) -> Result<Locked, CniError> {
         let mut held = self.held();
@@ -172,17 +189,13 @@ impl Shared {
             .claims
             .as_ref()
             .map(|_| held.owned.get(&net.vxnet).cloned().unwrap_or_default());
-        let taken: std::borrow::Cow<'_, BTreeSet<Ipv4Addr>> = if held.cloud.is_empty() {
-            std::borrow::Cow::Borrowed(&held.taken)
-        } else {
-            std::borrow::Cow::Owned(
-                held.taken
-                    .iter()
-                    .chain(held.cloud.keys())
-                    .copied()
-                    .collect(),
-            )
-        };
+        let taken: std::borrow::Cow<'_, BTreeSet<Ipv4Addr>> =
+            if held.cloud.is_empty() && nics.is_empty() {
+                std::borrow::Cow::Borrowed(&held.taken)
+            } else {
+                let all = held.taken.iter().chain(held.cloud.keys()).chain(nics);
+                std::borrow::Cow::Owned(all.copied().collect())
+            };
         let address = net.pick(&taken, wanted, owned.as_ref())?;
         let record = make(address);
         let lock = Arc::new(tokio::sync::Mutex::new(()));
@@ -199,22 +212,6 @@ impl Shared {
             record,
             _guard: guard,
         })
-    }
-
-    /// [`Shared::reserve`], claiming a new block of the range when the
-    /// node's blocks have no room for it.
-    pub async fn reserve_claiming(
-        &self,
-        net: &SharedNet,
-        wanted: Option<&[Ipv4Addr]>,
-        make: impl Fn(Ipv4Addr) -> SharedRecord,
-    ) -> Result<Locked, CniError> {
-        loop {
-            match self.reserve(net, wanted, &make) {
-                Err(e) if e.code == code::TRY_AGAIN_LATER && self.grow(net, wanted).await? => {}
-                other => return other,
-            }
-        }
     }
 
     /// Puts a record read back at start (its address held again).
@@ -235,8 +232,8 @@ impl Shared {
         self.held().taken.extend(addresses);
     }
 
-    /// The attachment's record as it is now (committed).
-    pub fn commit(&self, record: &SharedRecord) {
+    /// The attachment's record as it is now (committed, releasing).
+    pub fn update(&self, record: &SharedRecord) {
         if let Some(e) = self.held().by_key.get_mut(&record.key) {
             e.record = record.clone();
         }

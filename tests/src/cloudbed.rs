@@ -99,6 +99,36 @@ impl CloudBed {
         CniCall::new(bin("hostnic"), Some(self.sim.nodes[node].ns.path()))
     }
 
+    /// `hostnic-agent status --json` of `node`'s agent.
+    pub fn status(&self, node: usize) -> anyhow::Result<Value> {
+        let out = std::process::Command::new(bin("hostnic-agent"))
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket(node))
+            .output()?;
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| anyhow::anyhow!("hostnic-agent status --json: {e}"))
+    }
+
+    /// Waits (up to 90 s) until `node` has `n` free NICs in `vxnet`, so
+    /// every ADD is warm.
+    pub fn wait_warm(&self, node: usize, vxnet: &str, n: usize) -> anyhow::Result<()> {
+        crate::wait_for(
+            &format!("{n} free NICs in {vxnet} on node {node}"),
+            Duration::from_secs(90),
+            || {
+                self.status(node).is_ok_and(|v| {
+                    v["nics"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|x| x["state"] == "free" && x["vxnet"] == vxnet)
+                        .count()
+                        >= n
+                })
+            },
+        )
+    }
+
     /// NICs the cloud knows that are neither attached to a VM nor on their
     /// way to one: what a leak looks like.
     pub fn leaked_nics(&self) -> Vec<Value> {

@@ -207,10 +207,5 @@ pub fn in_block(ip: &str, cidr: &str) -> bool {
 
 /// `hostnic-agent status --json` of node `node`'s agent.
 pub fn status(bed: &CloudBed, node: usize) -> Value {
-    let out = std::process::Command::new(crate::bin("hostnic-agent"))
-        .args(["status", "--json", "--socket"])
-        .arg(bed.socket(node))
-        .output()
-        .expect("running hostnic-agent status");
-    serde_json::from_slice(&out.stdout).expect("hostnic-agent status --json")
+    bed.status(node).expect("hostnic-agent status --json")
 }

@@ -172,7 +172,8 @@ impl Service {
                 let result = self
                     .add_shared(key, (&plan, &net), (req, pod), mtu, netns, audit)
                     .await?;
-                audit.wire_us = planned.elapsed().as_micros() as u64 - audit.acquire_us;
+                audit.wire_us =
+                    (planned.elapsed().as_micros() as u64).saturating_sub(audit.acquire_us);
                 describe_result(audit, &result);
                 return Ok(result);
             }

@@ -75,10 +75,10 @@ impl Service {
         audit.how = HOW.to_string();
         audit.vxnet = Some(net.vxnet.clone());
         audit.acquire_us = started.elapsed().as_micros() as u64;
-        let wiring_started = Instant::now();
         let record = &mut locked.record;
-        let wired = self.wire_shared(record, (req, pod), netns, nic_index).await;
-        audit.attach_us = wiring_started.elapsed().as_micros() as u64;
+        let wired = self
+            .wire_shared(record, (req, pod), (netns, nic_index), &mut audit.attach_us)
+            .await;
         let result = match wired {
             Ok(r) => r,
             Err(e) => {
@@ -108,12 +108,13 @@ impl Service {
 
     /// Records the reservation, wires, commits: the record is on disk
     /// before anything is made, and committed before the pod is told.
+    /// `kernel_us`: the time netlink took (the decision audit's attach).
     async fn wire_shared(
         &self,
         record: &mut SharedRecord,
         (req, pod): (&AddRequest, &hostnic_policy::Pod),
-        netns: &Netns,
-        nic_index: u32,
+        (netns, nic_index): (&Netns, u32),
+        kernel_us: &mut u64,
     ) -> Result<AddResult, CniError> {
         self.shared.records.put(record).map_err(|e| {
             internal(format!(
@@ -122,7 +123,10 @@ impl Service {
             ))
         })?;
         let node = self.nics.plumber.node();
-        let mac = match wiring::create_veth(node, netns, record).await {
+        let creating = Instant::now();
+        let created = wiring::create_veth(node, netns, record).await;
+        *kernel_us = creating.elapsed().as_micros() as u64;
+        let mac = match created {
             Ok(m) => m,
             Err(e) if e.is_exists() => {
                 return Err(CniError::new(
@@ -151,14 +155,15 @@ impl Service {
             .routes(&record.key, pod, &spec, &req.routes, &req.hooks)
             .await?;
         record.routes = through_node(spec.address.trunc(), &routes);
-        wiring::configure(node, netns, record, nic_index)
-            .await
-            .map_err(|e| {
-                internal(format!(
-                    "wiring {} for {}: {e}",
-                    record.veth, record.address
-                ))
-            })?;
+        let configuring = Instant::now();
+        let configured = wiring::configure(node, netns, record, nic_index).await;
+        *kernel_us += configuring.elapsed().as_micros() as u64;
+        configured.map_err(|e| {
+            internal(format!(
+                "wiring {} for {}: {e}",
+                record.veth, record.address
+            ))
+        })?;
         let w = Wiring {
             mac,
             ifname: record.key.ifname.clone(),

@@ -200,6 +200,28 @@ impl Cluster {
         })
     }
 
+    /// A ClusterIP Service `app` (port 80 to the pods' 8080) in front of
+    /// the pods labelled `app=<app>`; its cluster IP.
+    pub fn expose(&self, app: &str) -> anyhow::Result<String> {
+        self.cp.apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": app, "namespace": "default"},
+                "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]},
+            })
+            .to_string(),
+        )?;
+        self.kubectl(&["get", "svc", app, "-o", "jsonpath={.spec.clusterIP}"])
+    }
+
+    /// What `http://<ip>/` answers to `wget` run in pod `pod` (3 s at most).
+    pub fn fetch(&self, pod: &str, ip: &str) -> anyhow::Result<String> {
+        let url = format!("http://{ip}/");
+        self.kubectl(&[
+            "exec", pod, "--", "timeout", "3", "wget", "-q", "-O", "-", &url,
+        ])
+    }
+
     /// The Running (and not terminating) pods that `selector` picks in the
     /// default namespace: name → (node, IP).
     pub fn running_pods(&self, selector: &str) -> BTreeMap<String, (String, String)> {
@@ -301,6 +323,15 @@ impl Drop for KubeNode {
 
 /// A Deployment `name` of busybox httpd pods (label `app=<name>`, answering
 /// their hostname on port 8080), spread over the nodes.
+/// A pod of `pods` (as [`Cluster::running_pods`] gives them) on `node`:
+/// (name, IP).
+pub fn pod_on(pods: &BTreeMap<String, (String, String)>, node: &str) -> (String, String) {
+    pods.iter()
+        .find(|(_, (n, _))| n == node)
+        .map(|(name, (_, ip))| (name.clone(), ip.clone()))
+        .unwrap_or_else(|| panic!("no pod on {node}: {pods:?}"))
+}
+
 pub fn deployment(name: &str, replicas: usize) -> String {
     labelled_deployment(name, replicas, &[])
 }

@@ -71,51 +71,21 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
     }
 
     // Across nodes, over the SDN.
-    let on = |node: &str| {
-        pods.iter()
-            .find(|(_, (n, _))| n == node)
-            .map(|(name, (_, ip))| (name.clone(), ip.clone()))
-            .unwrap()
-    };
-    let (a, _) = on("node-0");
-    let (_, b_ip) = on("node-1");
+    let (a, _) = cluster::pod_on(&pods, "node-0");
+    let (_, b_ip) = cluster::pod_on(&pods, "node-1");
     cluster
         .kubectl(&["exec", &a, "--", "ping", "-c", "1", "-W", "2", &b_ip])
         .unwrap();
 
     // A ClusterIP Service through kube-proxy: pods route the Service CIDR
     // through their node's own NIC in the vxnet (gw 0.0.0.0).
-    cluster
-        .cp
-        .apply(
-            &json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "web", "namespace": "default"},
-                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            })
-            .to_string(),
-        )
-        .unwrap();
-    let cluster_ip = cluster
-        .kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
-        .unwrap();
+    let cluster_ip = cluster.expose("web").unwrap();
     let mut answered = String::new();
     cluster
         .wait(
             "the Service to answer",
             Duration::from_secs(60),
-            || match cluster.kubectl(&[
-                "exec",
-                &a,
-                "--",
-                "timeout",
-                "3",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                &format!("http://{cluster_ip}/"),
-            ]) {
+            || match cluster.fetch(&a, &cluster_ip) {
                 Ok(out) => {
                     answered = out;
                     true

@@ -15,7 +15,6 @@ use hostnic_testbed::sharedbed::{
 };
 use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::{Agent, require_root};
-use serde_json::json;
 
 const TIMERS: &str =
     "warm_min = 0\nwarm_max = 0\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
@@ -186,52 +185,22 @@ fn a_shared_mode_deployment_on_kubelets_talks_across_nodes_and_reaches_a_service
         })
         .unwrap();
 
-    let on = |node: &str| {
-        pods.iter()
-            .find(|(_, (n, _))| n == node)
-            .map(|(name, (_, ip))| (name.clone(), ip.clone()))
-            .unwrap()
-    };
-    let (a, _) = on("node-0");
-    let (_, b_ip) = on("node-1");
+    let (a, _) = cluster::pod_on(&pods, "node-0");
+    let (_, b_ip) = cluster::pod_on(&pods, "node-1");
     cluster
         .kubectl(&["exec", &a, "--", "ping", "-c", "1", "-W", "2", &b_ip])
         .unwrap();
 
     // A ClusterIP Service through kube-proxy: the pod's traffic reaches the
     // node through its veth, where kube-proxy translates it.
-    cluster
-        .cp
-        .apply(
-            &json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "web", "namespace": "default"},
-                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            })
-            .to_string(),
-        )
-        .unwrap();
-    let cluster_ip = cluster
-        .kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
-        .unwrap();
+    let cluster_ip = cluster.expose("web").unwrap();
     let mut answered = BTreeSet::new();
     cluster
         .wait(
             "the Service to answer from pods on both nodes",
             Duration::from_secs(90),
             || {
-                if let Ok(out) = cluster.kubectl(&[
-                    "exec",
-                    &a,
-                    "--",
-                    "timeout",
-                    "3",
-                    "wget",
-                    "-q",
-                    "-O",
-                    "-",
-                    &format!("http://{cluster_ip}/"),
-                ]) {
+                if let Ok(out) = cluster.fetch(&a, &cluster_ip) {
                     answered.insert(out.trim().to_string());
                 }
                 let by: BTreeSet<&str> = answered

@@ -241,15 +241,7 @@ impl Shared {
 
     /// Drops the attachment and frees its address.
     pub fn forget(&self, record: &SharedRecord) {
-        let mut held = self.held();
-        if held
-            .by_key
-            .get(&record.key)
-            .is_some_and(|e| e.record.address == record.address)
-        {
-            held.by_key.remove(&record.key);
-            held.taken.remove(&record.address);
-        }
+        self.drop_entry(record, true);
     }
 
     /// Drops the attachment but keeps its address taken: what it wired
@@ -257,13 +249,19 @@ impl Shared {
     /// sweep (its record stays on disk), while a retried ADD goes on with
     /// another.
     pub fn abandon(&self, record: &SharedRecord) {
+        self.drop_entry(record, false);
+    }
+
+    /// Drops `record`'s attachment if it is still that one (same address),
+    /// and with `free`, its address.
+    fn drop_entry(&self, record: &SharedRecord, free: bool) {
         let mut held = self.held();
-        if held
-            .by_key
-            .get(&record.key)
-            .is_some_and(|e| e.record.address == record.address)
-        {
+        let same = |e: &Entry| e.record.address == record.address;
+        if held.by_key.get(&record.key).is_some_and(same) {
             held.by_key.remove(&record.key);
+            if free {
+                held.taken.remove(&record.address);
+            }
         }
     }
 

@@ -437,9 +437,25 @@ fn a_restart_puts_back_what_is_missing_and_sweeps_the_rest_also_after_kill_9_mid
             proxies: 3
         }
     );
-    for p in [&p0, &p2, &p1b] {
-        del(&bed, 0, "vxnet-a", p);
-    }
+    // GC: the runtime lists p0 only, so p2 and p1b are released.
+    let mut gc = conf(&bed, 0, "vxnet-a");
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": p0.cid, "ifname": "eth0"}]);
+    bed.hostnic(0)
+        .call("GC", &gc, &hostnic_testbed::CallEnv::default())
+        .unwrap()
+        .unwrap_or_else(|e| panic!("GC: {e:?}"));
+    assert_eq!(
+        pieces(node0),
+        Pieces {
+            veths: 1,
+            rules: 2,
+            host_routes: 1,
+            proxies: 1
+        }
+    );
+    check(&bed, 0, "vxnet-a", &p0).expect("GC kept the listed pod whole");
+    del(&bed, 0, "vxnet-a", &p0);
     bed.settle(0);
     assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::multus::{hostnic_nad, install_crd, multus_bin};
 use hostnic_testbed::sim::SimConfig;
@@ -178,7 +178,7 @@ fn main() -> anyhow::Result<()> {
     }
     // Where an attachment's time goes, from the agent's own account of its
     // latest ADDs: the first NIC of a pod and the extra ones apart.
-    let v = status(&bed)?;
+    let v = bed.status(0)?;
     println!(
         "\nthe agent's account of its latest ADDs, p50 per attachment (first NIC / extra NICs):"
     );
@@ -250,34 +250,12 @@ fn calls(
     }
 }
 
-/// The agent's status as JSON.
-fn status(bed: &CloudBed) -> anyhow::Result<Value> {
-    let out = std::process::Command::new(hostnic_testbed::bin("hostnic-agent"))
-        .args(["status", "--json", "--socket"])
-        .arg(bed.socket(0))
-        .output()?;
-    serde_json::from_slice(&out.stdout).context("hostnic-agent status --json")
-}
-
 /// Waits until each vxnet has `n` free NICs, so every ADD is warm.
 fn wait_warm(bed: &CloudBed, n: usize) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(90) {
-        let v = status(bed)?;
-        let free = |id: &str| {
-            v["nics"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|x| x["state"] == "free" && x["vxnet"] == id)
-                .count()
-        };
-        if VXNETS.iter().all(|(id, ..)| free(id) >= n) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    for (id, ..) in VXNETS {
+        bed.wait_warm(0, id, n)?;
     }
-    bail!("the warm pool did not reach {n} free NICs per vxnet in 90 s")
+    Ok(())
 }
 
 /// One phase's times (`key`: an audit field, or `a-b` for their

@@ -9,13 +9,16 @@
 //! The rest of hostnic calls typed operations on [`Netlink`]
 //! (`link_by_mac`, `move_link`, `add_route`, …) and never builds messages;
 //! the operations for a pod's own wiring (veth pairs, neighbour entries,
-//! routes in any table, policy rules) are in `routing.rs`.
+//! routes in any table, policy rules) are in `routing.rs`, and the
+//! gratuitous ARP that moves an address to another MAC in `arp.rs`.
 
+mod arp;
 mod mac;
 mod netns;
 mod ops;
 mod routing;
 
+pub use arp::announce;
 pub use mac::Mac;
 pub use netns::{Change, Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};

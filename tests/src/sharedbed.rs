@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::cloudbed::CloudBed;
+use crate::cluster::{Cluster, Install};
 use crate::controlplane::ControlPlane;
 use crate::sim::SimConfig;
 use crate::{CallEnv, Ns};
@@ -20,6 +21,19 @@ pub fn bed() -> CloudBed {
         ..SimConfig::default()
     })
     .unwrap()
+}
+
+/// Two VMs with kubelets, one vxnet `vxnet-pods` (10.100.0.0/24), and the
+/// agents as the test run installs them (a test replaces them with
+/// `kubebed::watching_agents` and its `[[shared]]`).
+pub fn kubelet_cluster() -> Cluster {
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        vxnets: vec![("vxnet-pods".into(), "10.100.0.0/24".parse().unwrap())],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    Cluster::start(bed, Install::Agents(String::new())).unwrap()
 }
 
 pub fn env<'a>(cid: &'a str, netns: &'a str) -> CallEnv<'a> {

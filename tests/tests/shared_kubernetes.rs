@@ -7,13 +7,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hostnic_testbed::cloudbed::CloudBed;
-use hostnic_testbed::cluster::{self, Cluster, Install};
+use hostnic_testbed::cluster;
 use hostnic_testbed::controlplane::ControlPlane;
 use hostnic_testbed::kubebed;
 use hostnic_testbed::sharedbed::{
-    NOTHING, Pod, add, bed, blocks, del, in_block, nics_on, pieces, routing,
+    NOTHING, Pod, add, bed, blocks, del, in_block, kubelet_cluster, nics_on, pieces, routing,
 };
-use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::{Agent, require_root};
 
 const TIMERS: &str =
@@ -142,13 +141,7 @@ fn a_shared_mode_deployment_on_kubelets_talks_across_nodes_and_reaches_a_service
     ) {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 2,
-        vxnets: vec![("vxnet-pods".into(), "10.100.0.0/24".parse().unwrap())],
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
+    let mut cluster = kubelet_cluster();
     let shared =
         "[[shared]]\nvxnet = \"vxnet-pods\"\nrange = \"10.100.0.128/25\"\nblock_idle_seconds = 2\n";
     kubebed::watching_agents(&mut cluster, TIMERS, shared).unwrap();

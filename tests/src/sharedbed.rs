@@ -197,14 +197,11 @@ pub fn nic_in_a(node: &Ns) -> String {
         .to_string()
 }
 
-/// The HostnicBlocks in the API server: (cidr, node).
+/// The HostnicBlocks in the API server that are blocks: (cidr, node).
 pub fn blocks(cp: &ControlPlane) -> BTreeSet<(String, String)> {
-    let out = cp.kubectl(&["get", "hostnicblocks", "-o", "json"]).unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["items"]
-        .as_array()
-        .unwrap()
+    claims(cp)
         .iter()
+        .filter(|b| b["spec"]["identity"].is_null())
         .map(|b| {
             (
                 b["spec"]["cidr"].as_str().unwrap().to_string(),
@@ -212,6 +209,26 @@ pub fn blocks(cp: &ControlPlane) -> BTreeSet<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The HostnicBlocks that pin an address for a sticky identity, by
+/// identity: their specs.
+pub fn pins(cp: &ControlPlane) -> std::collections::BTreeMap<String, Value> {
+    claims(cp)
+        .into_iter()
+        .filter_map(|b| {
+            Some((
+                b["spec"]["identity"].as_str()?.to_string(),
+                b["spec"].clone(),
+            ))
+        })
+        .collect()
+}
+
+fn claims(cp: &ControlPlane) -> Vec<Value> {
+    let out = cp.kubectl(&["get", "hostnicblocks", "-o", "json"]).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().unwrap().clone()
 }
 
 pub fn in_block(ip: &str, cidr: &str) -> bool {

@@ -137,6 +137,7 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["create", "hostnicblocks.hostnic.io"],
         &["list", "hostnicblocks.hostnic.io"],
         &["delete", "hostnicblocks.hostnic.io"],
+        &["update", "hostnicblocks.hostnic.io"],
     ] {
         assert!(can(allowed), "the agent needs {allowed:?}");
     }
@@ -152,7 +153,8 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["create", "events", "-n", "default"],
         &["list", "statefulsets.apps", "-n", "default"],
         &["update", "statefulsets.apps", "-n", "default"],
-        &["update", "hostnicblocks.hostnic.io"],
+        &["patch", "hostnicblocks.hostnic.io"],
+        &["get", "secrets", "-n", "default"],
     ] {
         assert!(!can(forbidden), "the agent must not {forbidden:?}");
     }

@@ -32,13 +32,16 @@ pub struct SharedRow {
     pub vxnet: String,
     /// The pod's address (a /32 in the pod).
     pub address: String,
-    /// reserved (ADD under way) or committed.
+    /// reserved (ADD under way), committed or releasing (DEL under way).
     pub state: String,
     pub pod: String,
     pub container: String,
     pub ifname: String,
     /// The node's end of its veth.
     pub veth: String,
+    /// The sticky identity whose pinned address it is, if any.
+    #[serde(default)]
+    pub sticky: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -183,12 +186,13 @@ pub fn render(i: &Inspection) -> String {
                     dash(&r.pod),
                     r.ifname.clone(),
                     r.veth.clone(),
+                    dash(&r.sticky),
                 ]
             })
             .collect();
         table(
             &mut out,
-            &["VXNET", "ADDRESS", "STATE", "POD", "IF", "VETH"],
+            &["VXNET", "ADDRESS", "STATE", "POD", "IF", "VETH", "STICKY"],
             &rows,
         );
     }

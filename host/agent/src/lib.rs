@@ -162,7 +162,10 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         .await
         .context("reconciling shared-mode attachments")?;
     service.shared.claim_restored().await;
-    tokio::spawn(release_idle_blocks(service.shared.clone()));
+    service.shared.settle_pins().await;
+    let pin_ttl = (cfg.cloud.sticky_release_seconds > 0)
+        .then(|| std::time::Duration::from_secs(cfg.cloud.sticky_release_seconds));
+    tokio::spawn(release_idle_claims(service.shared.clone(), pin_ttl));
     if !cfg.metrics.address.is_empty() {
         // Pods come first: a metrics port taken by something else is
         // reported, and the agent serves CNI without metrics.
@@ -184,12 +187,17 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Gives back shared address blocks no pod uses, every few seconds.
-async fn release_idle_blocks(shared: Arc<shared::Shared>) {
+/// Gives back shared address blocks no pod uses, and the pins of sticky
+/// identities kept for `pin_ttl` (`None`: for ever) or no longer wanted,
+/// every few seconds.
+async fn release_idle_claims(shared: Arc<shared::Shared>, pin_ttl: Option<std::time::Duration>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tick.tick().await;
         shared.release_idle(std::time::Instant::now()).await;
+        shared
+            .release_pins(std::time::SystemTime::now(), pin_ttl)
+            .await;
     }
 }
 

@@ -19,12 +19,15 @@ use super::{Service, internal};
 use crate::audit::Audited;
 use crate::config::NicSpec;
 use crate::plumb::Wiring;
+use crate::shared::pins::pod_name;
 use crate::shared::wiring::{self, NEXT_HOP};
-use crate::shared::{SharedNet, SharedRecord};
+use crate::shared::{SharedNet, SharedRecord, Want};
 use crate::store::{Key, Phase};
 
 /// How a shared-mode ADD came by its address (the decision audit's "how").
 pub const HOW: &str = "an address of the vxnet's shared range, on the node's NIC";
+/// The same for a sticky identity whose address was pinned already.
+pub const HOW_PINNED: &str = "the address pinned for its sticky identity, on the node's NIC";
 
 impl Service {
     /// ADD in shared mode, after the plan chose `net`: reserve an address,
@@ -52,27 +55,59 @@ impl Service {
             .filter(|(s, ..)| s.vxnet.as_deref() == Some(net.vxnet.as_str()))
             .map(|(s, ..)| s.address.addr())
             .collect();
+        // With claims, a sticky identity's address is its pin's, wherever
+        // the pin was; without, the node's own memory (`plan.addresses`).
+        let identity = plan.sticky.as_deref().filter(|_| self.shared.has_claims());
+        let holder = pod_name(&req.pod);
+        let pinned = match identity {
+            Some(id) => {
+                if let Some(a) = self.shared.pinned_here(id) {
+                    self.shared.wait_released(a).await;
+                }
+                self.shared.follow_pin(net, id, &holder).await?
+            }
+            None => None,
+        };
+        let want = Want {
+            addresses: if identity.is_some() {
+                None
+            } else {
+                plan.addresses.as_deref()
+            },
+            identity,
+            pinned,
+            nics: &nics,
+        };
         let mut locked = self
             .shared
-            .reserve(net, (plan.addresses.as_deref(), &nics), |address| {
-                SharedRecord {
-                    key: key.clone(),
-                    phase: Phase::Reserved,
-                    address,
-                    vxnet: net.vxnet.clone(),
-                    table: net.table,
-                    veth: wiring::veth_name(key),
-                    nic: nic.mac,
-                    mtu,
-                    routes: Vec::new(),
-                    netns: req.target.netns.clone(),
-                    netns_id: Some(netns_id),
-                    pod: req.pod.clone(),
-                    result: None,
-                }
+            .reserve(net, want, |address| SharedRecord {
+                key: key.clone(),
+                phase: Phase::Reserved,
+                address,
+                vxnet: net.vxnet.clone(),
+                table: net.table,
+                veth: wiring::veth_name(key),
+                nic: nic.mac,
+                mtu,
+                routes: Vec::new(),
+                netns: req.target.netns.clone(),
+                netns_id: Some(netns_id),
+                pod: req.pod.clone(),
+                result: None,
+                identity: identity.map(str::to_string),
             })
             .await?;
-        audit.how = HOW.to_string();
+        if let Some(id) = identity
+            && pinned.is_none()
+            && let Err(e) = self
+                .shared
+                .create_pin(net, id, locked.record.address, &holder)
+                .await
+        {
+            self.shared.forget(&locked.record);
+            return Err(e);
+        }
+        audit.how = if pinned.is_some() { HOW_PINNED } else { HOW }.to_string();
         audit.vxnet = Some(net.vxnet.clone());
         audit.acquire_us = started.elapsed().as_micros() as u64;
         let record = &mut locked.record;
@@ -92,11 +127,14 @@ impl Service {
                         self.shared.abandon(record);
                     }
                 }
+                if let Some(id) = identity {
+                    self.shared.let_go(id, record.address).await;
+                }
                 return Err(e);
             }
         };
         audit.mac = result.interface.mac.clone();
-        if let Some(k) = &plan.sticky
+        if let Some(k) = plan.sticky.as_ref().filter(|_| identity.is_none())
             && let Err(e) = self.sticky.set(k, record.address)
         {
             warn!(key = %k, error = %e, "remembering a sticky address");
@@ -289,6 +327,9 @@ impl Service {
                     record.address, record.veth
                 ))
             })?;
+        if let Some(id) = &record.identity {
+            self.shared.let_go(id, record.address).await;
+        }
         self.drop_shared(record);
         info!(ip = %record.address, container = %record.key.container_id, ifname = %record.key.ifname, "DEL (shared)");
         Ok(())

@@ -155,6 +155,7 @@ impl Service {
                 address: r.address.to_string(),
                 state: match r.phase {
                     crate::store::Phase::Committed => "committed",
+                    crate::store::Phase::Releasing => "releasing",
                     _ => "reserved",
                 }
                 .to_string(),
@@ -165,6 +166,7 @@ impl Service {
                 container: r.key.container_id,
                 ifname: r.key.ifname,
                 veth: r.veth,
+                sticky: r.identity.unwrap_or_default(),
             })
             .collect();
         let inspection = Inspection {

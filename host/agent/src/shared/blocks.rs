@@ -13,19 +13,39 @@ use hostnic_proto::cni::{CniError, code};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
-use super::{Shared, SharedNet};
+use super::{Pin, Shared, SharedNet};
 
-/// The cluster's record of which node holds which block.
+/// The cluster's record of which node holds which block, and which
+/// address is pinned for which sticky identity (`pins.rs`).
 #[async_trait::async_trait]
 pub trait Claims: Send + Sync + std::fmt::Debug {
     /// This node's name, as the claims carry it.
     fn node(&self) -> &str;
-    /// Every block of `vxnet`, with the node holding it.
-    async fn list(&self, vxnet: &str) -> anyhow::Result<Vec<(Ipv4Net, String)>>;
+    /// Every block of `vxnet` with the node holding it, and every pin.
+    async fn list(&self, vxnet: &str) -> anyhow::Result<Listing>;
     /// Claims `block` for this node; `false` when another node was first.
     async fn claim(&self, vxnet: &str, block: Ipv4Net) -> anyhow::Result<bool>;
     /// Gives `block` back (gone already is fine).
     async fn release(&self, vxnet: &str, block: Ipv4Net) -> anyhow::Result<()>;
+    /// The pin of `identity`, if it has one.
+    async fn pin_of(&self, identity: &str) -> anyhow::Result<Option<Pin>>;
+    /// Creates `pin`; `None` when its address is pinned already.
+    async fn create_pin(&self, pin: &Pin) -> anyhow::Result<Option<Pin>>;
+    /// Replaces the pin as of `pin.version` with `pin`; `None` when it
+    /// changed (or went) since.
+    async fn replace_pin(&self, pin: &Pin) -> anyhow::Result<Option<Pin>>;
+    /// Deletes the pin as of `pin.version`; `false` when it changed since.
+    async fn delete_pin(&self, pin: &Pin) -> anyhow::Result<bool>;
+    /// Whether the StatefulSet of a pinned identity still wants it
+    /// (`None`: not a StatefulSet's, or unknown).
+    async fn wants(&self, identity: &str) -> Option<bool>;
+}
+
+/// What [`Claims::list`] finds of a vxnet.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub blocks: Vec<(Ipv4Net, String)>,
+    pub pins: Vec<Pin>,
 }
 
 impl Shared {
@@ -35,15 +55,18 @@ impl Shared {
             return Ok(());
         };
         for net in &self.nets {
-            let mine: BTreeSet<Ipv4Net> = claims
-                .list(&net.vxnet)
-                .await?
+            let listing = claims.list(&net.vxnet).await?;
+            let mine: BTreeSet<Ipv4Net> = listing
+                .blocks
                 .into_iter()
                 .filter(|(_, node)| node == claims.node())
                 .map(|(b, _)| b)
                 .collect();
-            info!(vxnet = %net.vxnet, blocks = mine.len(), "this node's shared address blocks");
-            self.held().owned.insert(net.vxnet.clone(), mine);
+            info!(vxnet = %net.vxnet, blocks = mine.len(), pins = listing.pins.len(),
+                  "this node's shared address blocks, and the vxnet's pinned addresses");
+            let mut held = self.held();
+            held.owned.insert(net.vxnet.clone(), mine);
+            held.learn_pins(&net.vxnet, listing.pins, claims.node());
         }
         Ok(())
     }
@@ -74,10 +97,11 @@ impl Shared {
         };
         self.learn_cloud(net).await.map_err(unavailable)?;
         let cloud: BTreeSet<Ipv4Net> = self.held().cloud.keys().map(|a| net.block_of(*a)).collect();
-        let others: BTreeSet<Ipv4Net> = claims
-            .list(&net.vxnet)
-            .await
-            .map_err(unavailable)?
+        let listing = claims.list(&net.vxnet).await.map_err(unavailable)?;
+        self.held()
+            .learn_pins(&net.vxnet, listing.pins, claims.node());
+        let others: BTreeSet<Ipv4Net> = listing
+            .blocks
             .into_iter()
             .filter(|(_, node)| node != claims.node())
             .map(|(b, _)| b)

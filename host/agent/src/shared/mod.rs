@@ -8,6 +8,7 @@
 
 pub mod addresses;
 pub mod blocks;
+pub mod pins;
 pub mod record;
 pub mod wiring;
 
@@ -21,12 +22,13 @@ use hostnic_proto::cni::{CniError, code};
 use ipnet::Ipv4Net;
 
 pub use addresses::SharedNet;
-pub use blocks::Claims;
+pub use blocks::{Claims, Listing};
+pub use pins::Pin;
 pub use record::{Records, SharedRecord};
 
 use crate::config::{SharedVxnet, table_of};
 use crate::source::NicSource;
-use crate::store::Key;
+use crate::store::{Key, Phase};
 
 /// One attachment: its record, and the lock its verbs take.
 #[derive(Debug)]
@@ -47,6 +49,9 @@ struct Held {
     /// Addresses of the shared ranges the cloud gave NICs (id by address):
     /// never a pod's.
     cloud: BTreeMap<Ipv4Addr, String>,
+    /// The addresses pinned for sticky identities (with claims): never
+    /// another identity's.
+    pins: BTreeMap<Ipv4Addr, Pin>,
 }
 
 #[derive(Debug)]
@@ -62,6 +67,21 @@ pub struct Shared {
     claiming: tokio::sync::Mutex<()>,
     /// The vxnets whose node-wide pieces are in place.
     pub(crate) prepared: tokio::sync::Mutex<BTreeSet<String>>,
+}
+
+/// What an ADD asks of [`Shared::reserve`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Want<'a> {
+    /// The addresses that would do (the ip guest's answer); `None`: any.
+    pub addresses: Option<&'a [Ipv4Addr]>,
+    /// The sticky identity of the ADD, if any: its own pin is not kept
+    /// from it.
+    pub identity: Option<&'a str>,
+    /// The address pinned for that identity and held by this node: the
+    /// one address that will do, in the node's blocks or not.
+    pub pinned: Option<Ipv4Addr>,
+    /// The node's own NICs' addresses in the vxnet: never a pod's.
+    pub nics: &'a [Ipv4Addr],
 }
 
 /// An attachment locked for a verb: its record as of the lock.
@@ -158,20 +178,23 @@ impl Shared {
         })
     }
 
-    /// An address of `net` for a new attachment — one of `wanted` (`None`:
-    /// any), none of the node's own NICs' (`nics`) nor any a cloud NIC
-    /// holds — held with its lock until [`Shared::commit`] or
-    /// [`Shared::forget`]; the record is `make(address)`. A new block of
+    /// An address of `net` for a new attachment — what `want` asks, none
+    /// of the node's own NICs' nor any a cloud NIC holds nor any pinned
+    /// for another identity — held with its lock until the record is
+    /// committed or dropped; the record is `make(address)`. A new block of
     /// the range is claimed when the node's blocks have no room.
     pub async fn reserve(
         &self,
         net: &SharedNet,
-        (wanted, nics): (Option<&[Ipv4Addr]>, &[Ipv4Addr]),
+        want: Want<'_>,
         make: impl Fn(Ipv4Addr) -> SharedRecord,
     ) -> Result<Locked, CniError> {
         loop {
-            match self.reserve_now(net, (wanted, nics), &make) {
-                Err(e) if e.code == code::TRY_AGAIN_LATER && self.grow(net, wanted).await? => {}
+            match self.reserve_now(net, want, &make) {
+                Err(e)
+                    if e.code == code::TRY_AGAIN_LATER
+                        && want.pinned.is_none()
+                        && self.grow(net, want.addresses).await? => {}
                 other => return other,
             }
         }
@@ -181,20 +204,27 @@ impl Shared {
     fn reserve_now(
         &self,
         net: &SharedNet,
-        (wanted, nics): (Option<&[Ipv4Addr]>, &[Ipv4Addr]),
+        want: Want<'_>,
         make: impl FnOnce(Ipv4Addr) -> SharedRecord,
     ) -> Result<Locked, CniError> {
         let mut held = self.held();
-        let owned = self
-            .claims
-            .as_ref()
-            .map(|_| held.owned.get(&net.vxnet).cloned().unwrap_or_default());
+        // A pinned address is the identity's wherever its block is.
+        let (wanted, owned) = match &want.pinned {
+            Some(a) => (Some(std::slice::from_ref(a)), None),
+            None => (
+                want.addresses,
+                self.claims
+                    .as_ref()
+                    .map(|_| held.owned.get(&net.vxnet).cloned().unwrap_or_default()),
+            ),
+        };
+        let pinned = held.pinned_for_others(want.identity);
         let taken: std::borrow::Cow<'_, BTreeSet<Ipv4Addr>> =
-            if held.cloud.is_empty() && nics.is_empty() {
+            if held.cloud.is_empty() && want.nics.is_empty() && pinned.is_empty() {
                 std::borrow::Cow::Borrowed(&held.taken)
             } else {
-                let all = held.taken.iter().chain(held.cloud.keys()).chain(nics);
-                std::borrow::Cow::Owned(all.copied().collect())
+                let all = held.taken.iter().chain(held.cloud.keys()).chain(want.nics);
+                std::borrow::Cow::Owned(all.chain(&pinned).copied().collect())
             };
         let address = net.pick(&taken, wanted, owned.as_ref())?;
         let record = make(address);
@@ -225,6 +255,37 @@ impl Shared {
                 lock: Arc::default(),
             },
         );
+    }
+
+    /// Waits until no attachment is releasing `address` (a DEL's kernel
+    /// work runs in the background, holding the attachment's lock): a
+    /// sticky identity back on the node wants the address its last pod
+    /// had.
+    pub async fn wait_released(&self, address: Ipv4Addr) {
+        let releasing = self
+            .held()
+            .by_key
+            .values()
+            .find(|e| e.record.address == address && e.record.phase == Phase::Releasing)
+            .map(|e| e.lock.clone());
+        if let Some(lock) = releasing {
+            let _ = lock.lock().await;
+        }
+    }
+
+    /// The address this node holds pinned for `identity`, as last known.
+    pub fn pinned_here(&self, identity: &str) -> Option<Ipv4Addr> {
+        let me = self.claims.as_ref()?.node().to_string();
+        self.held()
+            .pins
+            .values()
+            .find(|p| p.identity == identity && p.node == me)
+            .map(|p| p.address)
+    }
+
+    /// Whether nodes share the ranges through claims (with Kubernetes).
+    pub fn has_claims(&self) -> bool {
+        self.claims.is_some()
     }
 
     /// Keeps addresses taken whose records cannot be read.

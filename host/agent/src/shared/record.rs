@@ -42,6 +42,10 @@ pub struct SharedRecord {
     /// What ADD answered; present once committed.
     #[serde(default)]
     pub result: Option<AddResult>,
+    /// The sticky identity whose pinned address this is (with claims):
+    /// its DEL keeps the pin for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -44,30 +44,9 @@ impl Service {
     ) -> Result<AddResult, CniError> {
         let started = Instant::now();
         let (nic_index, nic) = self.shared_nic(net).await?;
-        // The node's own NICs in the vxnet have addresses the cloud gave:
-        // never a pod's (the cloud check at the vxnet's first ADD may
-        // predate a NIC made since).
-        let nics: Vec<Ipv4Addr> = self
-            .nics
-            .pool()
-            .rows()
-            .into_iter()
-            .filter(|(s, ..)| s.vxnet.as_deref() == Some(net.vxnet.as_str()))
-            .map(|(s, ..)| s.address.addr())
-            .collect();
-        // With claims, a sticky identity's address is its pin's, wherever
-        // the pin was; without, the node's own memory (`plan.addresses`).
-        let identity = plan.sticky.as_deref().filter(|_| self.shared.has_claims());
+        let nics = self.node_addresses(net);
         let holder = pod_name(&req.pod);
-        let pinned = match identity {
-            Some(id) => {
-                if let Some(a) = self.shared.pinned_here(id) {
-                    self.shared.wait_released(a).await;
-                }
-                self.shared.follow_pin(net, id, &holder).await?
-            }
-            None => None,
-        };
+        let (identity, pinned) = self.pin_for(plan, net, &holder).await?;
         let want = Want {
             addresses: if identity.is_some() {
                 None
@@ -78,7 +57,7 @@ impl Service {
             pinned,
             nics: &nics,
         };
-        let mut locked = self
+        let reserved = self
             .shared
             .reserve(net, want, |address| SharedRecord {
                 key: key.clone(),
@@ -96,7 +75,17 @@ impl Service {
                 result: None,
                 identity: identity.map(str::to_string),
             })
-            .await?;
+            .await;
+        let mut locked = match (reserved, identity.zip(pinned)) {
+            (Ok(locked), _) => locked,
+            (Err(e), pin) => {
+                // A pin taken for this ADD is not held by it after all.
+                if let Some((id, a)) = pin {
+                    self.shared.let_go(id, a).await;
+                }
+                return Err(e);
+            }
+        };
         if let Some(id) = identity
             && pinned.is_none()
             && let Err(e) = self
@@ -142,6 +131,39 @@ impl Service {
         info!(ip = %record.address, vxnet = %net.vxnet, container = %key.container_id,
               ifname = %key.ifname, pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD (shared)");
         Ok(result)
+    }
+
+    /// The node's own NICs' addresses in `net`'s vxnet: the cloud gave
+    /// them, so never a pod's (the cloud check at the vxnet's first ADD
+    /// may predate a NIC made since).
+    fn node_addresses(&self, net: &SharedNet) -> Vec<Ipv4Addr> {
+        self.nics
+            .pool()
+            .rows()
+            .into_iter()
+            .filter(|(s, ..)| s.vxnet.as_deref() == Some(net.vxnet.as_str()))
+            .map(|(s, ..)| s.address.addr())
+            .collect()
+    }
+
+    /// The sticky identity whose address is pinned (with claims), and its
+    /// pin's address, now held by this node for `holder`: (`None`, `None`)
+    /// without claims (the node's own memory, `plan.addresses`, serves);
+    /// (identity, `None`) for its first ADD. A pin this node's last pod of
+    /// the identity is still releasing waits for it.
+    async fn pin_for<'p>(
+        &self,
+        plan: &'p Plan,
+        net: &SharedNet,
+        holder: &str,
+    ) -> Result<(Option<&'p str>, Option<Ipv4Addr>), CniError> {
+        let Some(id) = plan.sticky.as_deref().filter(|_| self.shared.has_claims()) else {
+            return Ok((None, None));
+        };
+        if let Some(a) = self.shared.pinned_here(id) {
+            self.shared.wait_released(a).await;
+        }
+        Ok((Some(id), self.shared.follow_pin(net, id, holder).await?))
     }
 
     /// Records the reservation, wires, commits: the record is on disk

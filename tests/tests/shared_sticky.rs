@@ -275,6 +275,25 @@ fn a_statefulset_pod_in_shared_mode_keeps_its_address_on_another_node_until_scal
         "db-0 lost its address"
     );
     assert_eq!(pinned(&cluster.cp).unwrap()["node"], target);
+    let to: usize = target.strip_prefix("node-").unwrap().parse().unwrap();
+    let decisions = sharedbed::status(&cluster.bed, to)["decisions"].clone();
+    let d = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|d| d["pod"] == "db-0" && d["error"].is_null())
+        .unwrap_or_else(|| panic!("no decision for db-0 on {target}: {decisions}"))
+        .clone();
+    assert_eq!(
+        d["how"],
+        "the address pinned for its sticky identity, on the node's NIC"
+    );
+    eprintln!(
+        "sticky shared reschedule: the ADD on {target} {:.1} ms, of which taking the pin and the address {:.1} ms",
+        d["total_us"].as_f64().unwrap() / 1000.0,
+        d["acquire_us"].as_f64().unwrap() / 1000.0
+    );
     // Pods on both nodes reach it at its old address.
     for name in cluster.running_pods("app=web").keys() {
         cluster

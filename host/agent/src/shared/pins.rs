@@ -29,6 +29,7 @@ use hostnic_proto::cni::{CniError, code};
 use tracing::{info, warn};
 
 use super::{Held, Shared, SharedNet};
+use crate::store::Phase;
 
 /// How a StatefulSet identity begins (the default ip guest's form).
 const STATEFULSET: &str = "statefulset/";
@@ -303,12 +304,13 @@ impl Shared {
             .collect()
     }
 
-    /// The pod (`namespace/name`) of the attachment holding `address`.
+    /// The pod (`namespace/name`) of the attachment holding `address`; one
+    /// being released (whose DEL lets go of the pin) holds nothing.
     fn pod_holding(&self, address: Ipv4Addr) -> Option<String> {
         let held = self.held();
         held.by_key
             .values()
-            .find(|e| e.record.address == address)
+            .find(|e| e.record.address == address && e.record.phase != Phase::Releasing)
             .map(|e| pod_name(&e.record.pod))
     }
 

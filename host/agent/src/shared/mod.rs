@@ -301,4 +301,20 @@ impl Shared {
         }
         out
     }
+
+    /// The addresses of `vxnet`'s shared range this node could give a pod
+    /// now ([`SharedNet::free_count`]; with claims an upper bound, as the
+    /// node does not know other nodes' blocks): what guests see as its
+    /// `free-ips`. `None`: `vxnet` is not shared.
+    pub fn free_addresses(&self, vxnet: &str) -> Option<u32> {
+        let net = self.net(vxnet)?;
+        let held = self.held();
+        let cloud: BTreeSet<Ipv4Addr> = held.cloud.keys().copied().collect();
+        let none = BTreeSet::new();
+        let owned = self
+            .claims
+            .as_ref()
+            .map(|_| held.owned.get(vxnet).unwrap_or(&none));
+        Some(net.free_count(&held.taken, &cloud, owned))
+    }
 }

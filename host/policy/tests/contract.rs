@@ -210,3 +210,33 @@ fn guests_learn_which_vxnets_are_shared_and_the_nodes_share_of_the_range() {
         ]
     );
 }
+
+#[test]
+fn the_builtin_ip_guest_keeps_a_pinned_address_to_the_shared_range_and_says_why() {
+    let ip = IpHook::load(engine(), HookConfig::default()).unwrap();
+    let pinned = pod(&[("hostnic.io/ip", "10.0.1.5")]);
+    let e = ip
+        .assign_ip(&pinned, &shared(1, "10.0.1.64/26", 61))
+        .unwrap_err();
+    assert!(e.is_refusal(), "{e}");
+    let said = e.to_string();
+    for part in [
+        "annotation hostnic.io/ip",
+        "10.0.1.5",
+        "vxnet-0000001",
+        "10.0.1.64/26",
+    ] {
+        assert!(said.contains(part), "{said:?} lacks {part:?}");
+    }
+    assert_eq!(
+        ip.assign_ip(&pinned, &vxnet(1)).unwrap().answer,
+        IpRequest::Exact("10.0.1.5".parse().unwrap())
+    );
+    let inside = pod(&[("hostnic.io/ip", "10.0.1.70")]);
+    assert_eq!(
+        ip.assign_ip(&inside, &shared(1, "10.0.1.64/26", 61))
+            .unwrap()
+            .answer,
+        IpRequest::Exact("10.0.1.70".parse().unwrap())
+    );
+}

@@ -109,6 +109,24 @@ impl CloudBed {
             .map_err(|e| anyhow::anyhow!("hostnic-agent status --json: {e}"))
     }
 
+    /// `hostnic-agent policy decisions` of `node`'s agent: its latest hook
+    /// calls, each with the facts the guest was given.
+    pub fn decisions(&self, node: usize) -> anyhow::Result<Vec<Value>> {
+        let out = std::process::Command::new(bin("hostnic-agent"))
+            .args(["policy", "decisions", "--socket"])
+            .arg(self.socket(node))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "hostnic-agent policy decisions: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    }
+
     /// Waits (up to 90 s) until `node` has `n` free NICs in `vxnet`, so
     /// every ADD is warm.
     pub fn wait_warm(&self, node: usize, vxnet: &str, n: usize) -> anyhow::Result<()> {

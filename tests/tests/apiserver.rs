@@ -96,10 +96,7 @@ fn agent_cli(bed: &CloudBed, args: &[&str]) -> String {
 }
 
 fn decisions(bed: &CloudBed) -> Vec<Value> {
-    agent_cli(bed, &["policy", "decisions"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    bed.decisions(0).unwrap()
 }
 
 #[test]

@@ -460,3 +460,106 @@ fn a_restart_puts_back_what_is_missing_and_sweeps_the_rest_also_after_kill_9_mid
     assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
 }
+
+#[test]
+fn a_pod_pinned_outside_the_shared_range_is_refused_by_the_ip_guest_naming_the_range() {
+    if !require_root(
+        "a_pod_pinned_outside_the_shared_range_is_refused_by_the_ip_guest_naming_the_range",
+    ) {
+        return;
+    }
+    let bed = bed();
+    let node0 = &bed.sim.nodes[0].ns;
+    let _a0 = start(&bed, 0);
+    let pinned = |address: &str| {
+        let mut c = conf(&bed, 0, "vxnet-a");
+        c["runtimeConfig"] =
+            json!({"io.kubernetes.cri.pod-annotations": {"hostnic.io/ip": address}});
+        c
+    };
+    let nics_before = nics_on(&bed, 0);
+
+    // 10.100.0.7 is vxnet-a's, but node 0 shares vxnet-a from
+    // 10.100.0.128/25: the default ip guest refuses, saying why.
+    let outside = Ns::new("sho").unwrap();
+    let e = bed
+        .hostnic(0)
+        .call(
+            "ADD",
+            &pinned("10.100.0.7"),
+            &env("pin-out", &outside.path().display().to_string()),
+        )
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(7), "{e:?}");
+    for part in [
+        "annotation hostnic.io/ip",
+        "10.100.0.7",
+        "vxnet-a",
+        "10.100.0.128/25",
+    ] {
+        assert!(e.msg.contains(part), "{:?} lacks {part:?}", e.msg);
+    }
+    // The guest was told the range and the node's share of it: the
+    // range's 126 hosts, none held yet.
+    let calls = bed.decisions(0).unwrap();
+    let ip_call = calls
+        .iter()
+        .find(|c| c["hook"] == "ip" && c["container_id"] == "pin-out")
+        .unwrap_or_else(|| panic!("no ip call recorded: {calls:#?}"));
+    let told = &ip_call["facts"]["vxnet"];
+    assert_eq!(told["shared_range"], "10.100.0.128/25", "{ip_call:#}");
+    assert_eq!(told["free_ips"], 126, "{ip_call:#}");
+    // Nothing of it is left: no veth, rule, route or proxy entry, no
+    // address held, no record, no NIC made for it.
+    assert_eq!(pieces(node0), NOTHING);
+    assert!(
+        status(&bed, 0)["shared"].as_array().unwrap().is_empty(),
+        "the refused ADD holds an address"
+    );
+    assert_eq!(
+        std::fs::read_dir(bed.state_dir(0).join("shared")).map_or(0, |d| d.count()),
+        0,
+        "the refused ADD left a record"
+    );
+    assert_eq!(nics_on(&bed, 0), nics_before);
+    // Its DEL, as a runtime sends after a failed ADD, succeeds.
+    del(
+        &bed,
+        0,
+        "vxnet-a",
+        &Pod {
+            ns: outside,
+            cid: "pin-out".to_string(),
+            result: Value::Null,
+        },
+    );
+
+    // An address inside the range is what the pod gets; the next call is
+    // told one address fewer.
+    let inside = Ns::new("shi").unwrap();
+    let result = bed
+        .hostnic(0)
+        .add_retrying(
+            &pinned("10.100.0.200"),
+            &env("pin-in", &inside.path().display().to_string()),
+        )
+        .unwrap_or_else(|e| panic!("ADD pinned inside the range: {e:?}"));
+    let pod = Pod {
+        ns: inside,
+        cid: "pin-in".to_string(),
+        result,
+    };
+    assert_eq!(pod.ip(), "10.100.0.200");
+    let other = add(&bed, 0, "vxnet-a", "after-pin");
+    let calls = bed.decisions(0).unwrap();
+    let told = &calls
+        .iter()
+        .find(|c| c["hook"] == "ip" && c["container_id"] == "after-pin")
+        .unwrap()["facts"]["vxnet"];
+    assert_eq!(told["free_ips"], 125, "{told:#}");
+    del(&bed, 0, "vxnet-a", &pod);
+    del(&bed, 0, "vxnet-a", &other);
+    bed.settle(0);
+    assert_eq!(pieces(node0), NOTHING, "hostnic left pieces on the node");
+}

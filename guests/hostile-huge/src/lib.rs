@@ -51,7 +51,7 @@ impl exports::hostnic::policy::config::Guest for Huge {
 
 // Only the config interface goes through wit-bindgen's export glue (the
 // per-interface half of what `export!` expands to).
-exports::hostnic::policy::config::__export_hostnic_policy_config_0_1_2_cabi!(
+exports::hostnic::policy::config::__export_hostnic_policy_config_0_1_3_cabi!(
     Huge with_types_in exports::hostnic::policy::config
 );
 

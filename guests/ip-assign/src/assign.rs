@@ -17,6 +17,12 @@
 //! 5. the pod's namespace has a range in the config: an address from it;
 //! 6. any address of the vxnet.
 //!
+//! When the vxnet is in shared-NIC mode (`vxnet-facts.vxnet-shared-range`,
+//! contract 0.1.3) its pods are addressed from its shared range only: a
+//! pinned address outside it is refused, naming the annotation, the
+//! address, the vxnet and the range; a pool's or a namespace's range is
+//! narrowed to the part inside it, and refused when no part is.
+//!
 //! A pod's own annotations win over its namespace's range: they are the
 //! more specific request. A pool is a boundary, not a preference: a pinned
 //! address outside the pool that binds the pod is refused, naming the pool
@@ -185,13 +191,15 @@ impl Config {
 }
 
 /// The address request for `pod`'s attachment to `network` in `vxnet`, or
-/// the reason it has none.
+/// the reason it has none. `shared_range`: the range the vxnet's pods are
+/// addressed from when it is in shared-NIC mode.
 pub fn assign(
     config: &Config,
     pod: &Pod,
     owner: Option<&Owner>,
     network: &str,
     vxnet: &Vxnet,
+    shared_range: Option<&str>,
 ) -> Result<IpRequest, String> {
     let annotation = |key: &str| {
         pod.annotations
@@ -211,9 +219,21 @@ pub fn assign(
         true => None,
         false => config.pool(network, &pod.namespace, vxnet_cidr(vxnet)?),
     };
+    let shared = shared_range
+        .map(|r| Shared::parse(&vxnet.id, r))
+        .transpose()?;
     if let Some(text) = pinned {
         let cidr = vxnet_cidr(vxnet)?;
         let ip = pinned_address(&config.annotation, text, vxnet, cidr)?;
+        if let Some(s) = &shared
+            && !s.range.contains(ip)
+        {
+            return Err(format!(
+                "annotation {}: {ip} is outside {}; pin an address inside it, or remove the annotation",
+                config.annotation,
+                s.described()
+            ));
+        }
         if let Some((name, r)) = pool
             && !(r.first..=r.last).contains(&ip)
         {
@@ -249,11 +269,10 @@ pub fn assign(
             network,
         )));
     }
-    if let Some((_, r)) = pool {
-        return Ok(IpRequest::Range(IpRange {
-            first: r.first.to_string(),
-            last: r.last.to_string(),
-        }));
+    if let Some((name, r)) = pool {
+        return within(r, shared.as_ref(), || {
+            format!("pool {name} ({}-{})", r.first, r.last)
+        });
     }
     if config.statefulsets
         && let Some(o) = owner
@@ -273,12 +292,63 @@ pub fn assign(
                 pod.namespace, range.first, range.last, vxnet.id
             ));
         }
-        return Ok(IpRequest::Range(IpRange {
-            first: range.first.to_string(),
-            last: range.last.to_string(),
-        }));
+        return within(*range, shared.as_ref(), || {
+            format!(
+                "namespace {}'s range {}-{}",
+                pod.namespace, range.first, range.last
+            )
+        });
     }
     Ok(IpRequest::Any)
+}
+
+/// A vxnet in shared-NIC mode: its pods get addresses of `range` only.
+#[derive(Debug)]
+struct Shared<'a> {
+    vxnet: &'a str,
+    range: Cidr,
+}
+
+impl<'a> Shared<'a> {
+    fn parse(vxnet: &'a str, range: &str) -> Result<Shared<'a>, String> {
+        // The host should never send this; say so rather than guess.
+        let range = Cidr::parse(range)
+            .map_err(|e| format!("{vxnet}: the host gave the shared range {e}"))?;
+        Ok(Shared { vxnet, range })
+    }
+
+    /// "the shared range 10.100.0.0/26 of vxnet-a (...)", for a reason.
+    fn described(&self) -> String {
+        format!(
+            "the shared range {} of {} (the vxnet is in shared-NIC mode: its pods get addresses of that range only)",
+            self.range, self.vxnet
+        )
+    }
+}
+
+/// A range the pod is bound to (`what` names it in a refusal), as a
+/// request: in shared-NIC mode only its part inside the shared range, and
+/// a refusal when no part is.
+fn within(
+    r: Range,
+    shared: Option<&Shared<'_>>,
+    what: impl FnOnce() -> String,
+) -> Result<IpRequest, String> {
+    let (first, last) = match shared {
+        None => (r.first, r.last),
+        Some(s) => {
+            let first = r.first.max(s.range.network());
+            let last = r.last.min(s.range.broadcast());
+            if first > last {
+                return Err(format!("{} has no address in {}", what(), s.described()));
+            }
+            (first, last)
+        }
+    };
+    Ok(IpRequest::Range(IpRange {
+        first: first.to_string(),
+        last: last.to_string(),
+    }))
 }
 
 fn vxnet_cidr(vxnet: &Vxnet) -> Result<Cidr, String> {
@@ -327,4 +397,3 @@ fn identity(within: &str, network: &str) -> String {
 
 #[cfg(test)]
 mod tests;
-

@@ -18,7 +18,7 @@ mod assign;
 mod bindings;
 
 use bindings::exports::hostnic::policy::config;
-use bindings::hostnic::policy::{attachment_facts, pod_facts};
+use bindings::hostnic::policy::{attachment_facts, pod_facts, vxnet_facts};
 use bindings::{IpRequest, Pod, Reason, Vxnet};
 
 struct IpAssign;
@@ -36,7 +36,16 @@ impl bindings::Guest for IpAssign {
         let network = attachment_facts::network();
         // Since contract 0.1.1: the controller that owns the pod.
         let owner = pod_facts::pod_owner();
-        assign::assign(&config, &pod, owner.as_ref(), &network, &vxnet)
+        // Since contract 0.1.3: whether the vxnet is in shared-NIC mode.
+        let shared = vxnet_facts::vxnet_shared_range(&vxnet.id);
+        assign::assign(
+            &config,
+            &pod,
+            owner.as_ref(),
+            &network,
+            &vxnet,
+            shared.as_deref(),
+        )
     }
 }
 

@@ -15,7 +15,9 @@
 //!
 //! The vxnet hook reads `pod`, `node`, `candidates` (in the order of the
 //! agent's `vxnets`) and `random`; the ip hook `pod` and `vxnet`; the routes
-//! hook `pod`, `vxnet`, `nic`, `node_gateway` and `templates`.
+//! hook `pod`, `vxnet`, `nic`, `node_gateway` and `templates`. A vxnet in
+//! shared-NIC mode carries its `"shared_range"` (contract 0.1.3); without
+//! one it is exclusive, as in every record written before.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -147,6 +149,11 @@ pub struct FactVxnet {
     pub recent_failure_codes: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_ips_age_s: Option<u32>,
+    /// The shared range its pods are addressed from, in shared-NIC mode
+    /// (`vxnet-shared-range`, 0.1.3); absent: exclusive mode, as in every
+    /// record written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_range: Option<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +335,7 @@ impl From<&Vxnet> for FactVxnet {
             attach_latency_ms: v.live.attach_latency_ms,
             recent_failure_codes: v.live.recent_failure_codes.clone(),
             free_ips_age_s: v.live.free_ips_counted_s_ago,
+            shared_range: v.live.shared_range,
         }
     }
 }
@@ -346,6 +354,7 @@ impl FactVxnet {
                 attach_latency_ms: self.attach_latency_ms,
                 recent_failure_codes: self.recent_failure_codes.clone(),
                 free_ips_counted_s_ago: self.free_ips_age_s,
+                shared_range: self.shared_range.map(|r| r.trunc()),
             },
         }
     }
@@ -437,8 +446,15 @@ mod tests {
                 attach_latency_ms: Some(1200),
                 recent_failure_codes: vec![1400],
                 free_ips_counted_s_ago: None,
+                shared_range: None,
             },
         }
+    }
+
+    fn shared(id: &str) -> Vxnet {
+        let mut v = vx(id);
+        v.live.shared_range = Some("10.0.1.64/26".parse().unwrap());
+        v
     }
 
     #[test]
@@ -465,14 +481,28 @@ mod tests {
             nics_in_use: 3,
             nic_limit: 64,
         };
-        let facts = Facts::for_vxnet(&pod, &node, &[vx("vxnet-a"), vx("vxnet-b")], 7);
+        let facts = Facts::for_vxnet(&pod, &node, &[vx("vxnet-a"), shared("vxnet-b")], 7);
         let text = serde_json::to_string(&facts).unwrap();
         let back: Facts = serde_json::from_str(&text).unwrap();
         assert_eq!(back, facts);
         assert_eq!(back.pod(), pod);
         assert_eq!(back.node(), node);
-        assert_eq!(back.candidates(), vec![vx("vxnet-a"), vx("vxnet-b")]);
+        assert_eq!(back.candidates(), vec![vx("vxnet-a"), shared("vxnet-b")]);
         assert!(back.vxnet().is_err());
+        // A record from before 0.1.3 has no shared_range: exclusive mode.
+        let old = r#"{"vxnet": {"id": "vxnet-a", "cidr": "10.0.1.0/24", "gateway": "10.0.1.1", "free_ips": 3}}"#;
+        let old: Facts = serde_json::from_str(old).unwrap();
+        assert_eq!(old.vxnet().unwrap().live.shared_range, None);
+        let ip = Facts::for_ip(&pod, &shared("vxnet-b"));
+        let text = serde_json::to_string(&ip).unwrap();
+        assert!(text.contains(r#""shared_range":"10.0.1.64/26""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Facts>(&text)
+                .unwrap()
+                .vxnet()
+                .unwrap(),
+            shared("vxnet-b")
+        );
         // A typo in an input file is an error, not a silently empty field.
         let typo = r#"{"pod": {"nmae": "x"}}"#;
         assert!(serde_json::from_str::<Facts>(typo).is_err());

@@ -1,4 +1,4 @@
-//! The WIT bindings (`wit/policy.wit`, package `hostnic:policy@0.1.2`),
+//! The WIT bindings (`wit/policy.wit`, package `hostnic:policy@0.1.3`),
 //! generated here and nowhere else.
 //!
 //! The three worlds share the `types` and `host` interfaces: the first

@@ -27,13 +27,13 @@ pub(crate) struct CallSpec {
 }
 
 /// What a guest may ask the host about the call in progress
-/// (`pod-facts`, `attachment-facts`).
+/// (`pod-facts`, `attachment-facts`, `vxnet-facts`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CallFacts {
     pub owner: Option<Owner>,
     pub attachment: Attachment,
-    /// The call's vxnets' measurements, by id (`vxnet-facts`).
-    pub measured: Vec<(String, VxnetLive)>,
+    /// What the host knows of the call's vxnets, by id (`vxnet-facts`).
+    pub vxnets: Vec<(String, VxnetLive)>,
 }
 
 impl CallFacts {
@@ -43,7 +43,7 @@ impl CallFacts {
         CallFacts {
             owner: pod.owner.clone(),
             attachment: pod.attachment.clone(),
-            measured: vxnets
+            vxnets: vxnets
                 .iter()
                 .map(|v| (v.id.clone(), v.live.clone()))
                 .collect(),

@@ -1,7 +1,7 @@
 //! What a guest's store holds during one call, and the interfaces the
 //! guest imports: `host` (`log`, `kv-get`, `kv-set`), since 0.1.1
-//! `pod-facts` (`pod-owner`) and since 0.1.2 `attachment-facts` and
-//! `vxnet-facts`.
+//! `pod-facts` (`pod-owner`), since 0.1.2 `attachment-facts` and
+//! `vxnet-facts` (which 0.1.3 extends with `vxnet-shared-range`).
 //!
 //! The host functions only translate between WIT values and the domain
 //! (`guest_log`, `kv`); the decisions about limits are made there.
@@ -20,6 +20,7 @@ use crate::kv::{KvStore, KvTxn};
 use crate::limits::{
     HOSTCALL_FUEL, Limits, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES,
 };
+use crate::types::VxnetLive;
 
 /// The data of one call's `Store`.
 pub(crate) struct CallState {
@@ -30,7 +31,7 @@ pub(crate) struct CallState {
     kv: Arc<KvStore>,
     txn: KvTxn,
     /// What the guest may ask about the call (`pod-facts`,
-    /// `attachment-facts`).
+    /// `attachment-facts`, `vxnet-facts`).
     facts: CallFacts,
 }
 
@@ -223,13 +224,25 @@ impl attachment_facts::Host for CallState {
     }
 }
 
+impl CallState {
+    /// What the host knows of `id`, if it is one of the call's vxnets.
+    fn vxnet(&self, id: &str) -> Option<&VxnetLive> {
+        let (_, live) = self.facts.vxnets.iter().find(|(v, _)| v == id)?;
+        Some(live)
+    }
+}
+
 impl vxnet_facts::Host for CallState {
     fn vxnet_measured(&mut self, id: String) -> Option<vxnet_facts::Measured> {
-        let (_, live) = self.facts.measured.iter().find(|(v, _)| *v == id)?;
+        let live = self.vxnet(&id)?;
         Some(vxnet_facts::Measured {
             attach_latency_ms: live.attach_latency_ms,
             recent_failure_codes: live.recent_failure_codes.clone(),
             free_ips_age_s: live.free_ips_counted_s_ago,
         })
+    }
+
+    fn vxnet_shared_range(&mut self, id: String) -> Option<String> {
+        self.vxnet(&id)?.shared_range.map(|r| r.to_string())
     }
 }

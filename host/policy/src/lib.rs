@@ -1,7 +1,7 @@
 //! hostnic's policy runtime: the three site decisions (which vxnet, which
 //! IP, which routes) run as sandboxed WebAssembly components that platform
 //! teams write and swap at run time. The contract is `wit/policy.wit`
-//! (package `hostnic:policy@0.1.2`).
+//! (package `hostnic:policy@0.1.3`).
 //!
 //! ```no_run
 //! use hostnic_policy::{HookConfig, Node, PolicyEngine, Pod, Vxnet, VxnetHook};

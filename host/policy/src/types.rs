@@ -92,12 +92,14 @@ pub struct Vxnet {
     pub used_nics: u32,
     /// NIC creations on it that failed recently (the FailRotate signal).
     pub recent_failures: u32,
-    /// What the host has measured of it lately; guests ask for it
-    /// (`vxnet-facts.vxnet-measured`, since contract 0.1.2).
+    /// What the host knows of it beyond the record; guests ask for it
+    /// (`vxnet-facts`, since contract 0.1.2).
     pub live: VxnetLive,
 }
 
-/// What the host has measured of a vxnet lately.
+/// What the host knows of a vxnet beyond the `vxnet` record: what it has
+/// measured lately (`vxnet-facts.vxnet-measured`, 0.1.2) and whether the
+/// vxnet is in shared-NIC mode (`vxnet-facts.vxnet-shared-range`, 0.1.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VxnetLive {
     /// Median of this node's recent attach times in it, in ms.
@@ -106,6 +108,10 @@ pub struct VxnetLive {
     pub recent_failure_codes: Vec<u32>,
     /// How long ago the cloud counted its free addresses, in s.
     pub free_ips_counted_s_ago: Option<u32>,
+    /// The shared range its pods are addressed from, when the vxnet is in
+    /// shared-NIC mode (its `free_ips` then counts the node's share of
+    /// it); `None`: pods get NICs of their own.
+    pub shared_range: Option<Ipv4Net>,
 }
 
 /// What address a pod must have, as validated by the host.

@@ -1,7 +1,8 @@
-//! The contract's evolution rules, held to: a guest compiled against the
-//! released 0.1.0 contract runs in today's host, and what 0.1.1 added
-//! (`pod-facts.pod-owner`) and 0.1.2 added (`attachment-facts`) reach a
-//! guest that asks for them.
+//! The contract's evolution rules, held to: guests compiled against the
+//! released 0.1.0 and 0.1.2 contracts run in today's host, and what 0.1.1
+//! added (`pod-facts.pod-owner`), 0.1.2 added (`attachment-facts`,
+//! `vxnet-facts`) and 0.1.3 added (`vxnet-facts.vxnet-shared-range`)
+//! reach a guest that asks for them.
 
 mod common;
 
@@ -157,5 +158,85 @@ fn measured_vxnet_facts_reach_a_guest_that_asks() {
     assert_eq!(
         d.answer,
         ["vxnet-0000001", "vxnet-0000002", "vxnet-0000003"]
+    );
+}
+
+#[test]
+fn a_guest_compiled_against_0_1_2_asks_the_vxnet_facts_0_1_3_extended() {
+    // It imports vxnet-facts@0.1.2, which has vxnet-measured alone.
+    let hook = VxnetHook::load(engine(), config("compat-v0-1-2")).unwrap();
+    let mut candidates = vxnets(3);
+    candidates[1].live.attach_latency_ms = Some(300);
+    candidates[2].live.attach_latency_ms = Some(40);
+    candidates[2].live.shared_range = Some("10.0.3.0/26".parse().unwrap());
+    let d = hook
+        .select_vxnet(&pod(&[]), &node(), &candidates, 0)
+        .unwrap();
+    assert!(!d.fallback, "{:?}", d.fallback_cause);
+    assert_eq!(d.guest.name, "compat_v0_1_2");
+    assert_eq!(
+        d.answer,
+        ["vxnet-0000003", "vxnet-0000002", "vxnet-0000001"]
+    );
+}
+
+/// `vxnet(i)` in shared-NIC mode, its pods addressed from `range`, with
+/// `free` addresses the node could give.
+fn shared(i: u8, range: &str, free: u32) -> Vxnet {
+    let mut v = vxnet(i);
+    v.free_ips = free;
+    v.live.shared_range = Some(range.parse().unwrap());
+    v
+}
+
+#[test]
+fn guests_learn_which_vxnets_are_shared_and_the_nodes_share_of_the_range() {
+    // What a guest is told, per candidate and for a vxnet not of the call.
+    let probe = VxnetHook::load(engine(), config("probe-vxnet-facts")).unwrap();
+    let mut exclusive = vxnet(2);
+    exclusive.live.attach_latency_ms = Some(120);
+    let candidates = [shared(1, "10.0.1.64/26", 61), exclusive];
+    let d = probe
+        .select_vxnet(&pod(&[]), &node(), &candidates, 0)
+        .unwrap();
+    assert!(!d.fallback, "{:?}", d.fallback_cause);
+    let told: Vec<&str> = d.log.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(
+        told,
+        [
+            "vxnet-0000001 free 61 shared 10.0.1.64/26 measured",
+            "vxnet-0000002 free 100 shared none measured",
+            "vxnet-not-a-candidate free - shared none unknown",
+        ]
+    );
+}
+
+#[test]
+fn the_builtin_ip_guest_keeps_a_pinned_address_to_the_shared_range_and_says_why() {
+    let ip = IpHook::load(engine(), HookConfig::default()).unwrap();
+    let pinned = pod(&[("hostnic.io/ip", "10.0.1.5")]);
+    let e = ip
+        .assign_ip(&pinned, &shared(1, "10.0.1.64/26", 61))
+        .unwrap_err();
+    assert!(e.is_refusal(), "{e}");
+    let said = e.to_string();
+    for part in [
+        "annotation hostnic.io/ip",
+        "10.0.1.5",
+        "vxnet-0000001",
+        "10.0.1.64/26",
+    ] {
+        assert!(said.contains(part), "{said:?} lacks {part:?}");
+    }
+    assert_eq!(
+        ip.assign_ip(&pinned, &vxnet(1)).unwrap().answer,
+        IpRequest::Exact("10.0.1.5".parse().unwrap())
+    );
+    let inside = pod(&[("hostnic.io/ip", "10.0.1.70")]);
+    assert_eq!(
+        ip.assign_ip(&inside, &shared(1, "10.0.1.64/26", 61))
+            .unwrap()
+            .answer,
+        IpRequest::Exact("10.0.1.70".parse().unwrap())
     );
 }

@@ -85,6 +85,7 @@ impl Kpis {
             attach_latency_ms: median(&s.attaches).map(|d| d.as_millis() as u32),
             recent_failure_codes: s.codes.iter().copied().collect(),
             free_ips_counted_s_ago: s.free.map(|(_, at)| at.elapsed().as_secs() as u32),
+            shared_range: None,
         })
     }
 }

@@ -128,19 +128,19 @@ impl Policies {
         })
     }
 
-    /// Routes out of `nic` from the routes hook (with the network's own
-    /// `config`, if it has one), as the plumbing installs them.
+    /// Routes out of `nic`, in `vxnet`, from the routes hook (with the
+    /// network's own `config`, if it has one), as the plumbing installs
+    /// them.
     pub fn routes_for(
         &self,
         who: For<'_>,
         pod: &Pod,
-        nic: &crate::config::NicSpec,
+        (nic, vxnet): (&crate::config::NicSpec, &Vxnet),
         node_gw: Option<Ipv4Addr>,
         templates: &[hostnic_proto::cni::RouteTemplate],
         config: Option<&str>,
     ) -> Result<Vec<(ipnet::Ipv4Net, Option<Ipv4Addr>)>, CniError> {
         let hook = configured(&self.routes, "routes", config)?;
-        let vxnet = &nic_vxnet(nic);
         let templates: Vec<RouteTemplate> = templates
             .iter()
             .filter_map(|t| match (t.dst, t.gw) {

@@ -219,6 +219,22 @@ impl Service {
         Ok(out)
     }
 
+    /// `vxnet` as the guests see it: for a vxnet in shared-NIC mode, its
+    /// shared range (`vxnet-facts.vxnet-shared-range`, contract 0.1.3) and,
+    /// as its free addresses, the node's share of the range
+    /// (`Shared::free_addresses`) rather than the cloud's count. The one
+    /// place the three hooks' vxnet facts learn the mode.
+    fn for_guests(&self, mut vxnet: hostnic_policy::Vxnet) -> hostnic_policy::Vxnet {
+        let Some(net) = self.shared.net(&vxnet.id) else {
+            return vxnet;
+        };
+        vxnet.free_ips = self.shared.free_addresses(&net.vxnet).unwrap_or(0);
+        vxnet.live.shared_range = Some(net.range);
+        // `free-ips-age-s`: none means `free-ips` is the node's own count.
+        vxnet.live.free_ips_counted_s_ago = None;
+        vxnet
+    }
+
     /// The vxnets to take a NIC from, best first: the vxnet hook's answer
     /// over the network's vxnets, or the native order.
     fn vxnet_order(
@@ -239,7 +255,11 @@ impl Service {
             return Ok(None);
         }
         let (candidates, node) = self.source.facts(&self.nics.pool());
-        let candidates: Vec<_> = candidates.into_iter().filter(|c| ours(&c.id)).collect();
+        let candidates: Vec<_> = candidates
+            .into_iter()
+            .filter(|c| ours(&c.id))
+            .map(|c| self.for_guests(c))
+            .collect();
         p.select_vxnet(who(key), pod, &node, &candidates, hooks.vxnet.as_deref())
             .map(Some)
     }
@@ -265,7 +285,7 @@ impl Service {
                 .into_iter()
                 .find(|(id, ..)| id == first)
             {
-                Some((id, cidr, gateway)) => policy::vxnet(&id, cidr, gateway),
+                Some((id, cidr, gateway)) => self.for_guests(policy::vxnet(&id, cidr, gateway)),
                 None => return Ok((None, None, "any (not asked)".into())),
             },
             // Static inventory without vxnets: the subnet of the first
@@ -330,7 +350,7 @@ impl Service {
             Some(p) => p.routes_for(
                 who(key),
                 pod,
-                nic,
+                (nic, &self.for_guests(policy::nic_vxnet(nic))),
                 node_gw,
                 templates,
                 hooks.routes.as_deref(),

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use hostnic_proto::cni::{CniError, code};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4AddrRange, Ipv4Net};
 
 /// A shared vxnet as the node knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +35,67 @@ impl SharedNet {
             && a != self.cidr.network()
             && a != self.cidr.broadcast()
             && a != self.gateway
+    }
+
+    /// Whether `a` is one of the range's hosts (as [`SharedNet::pick`]
+    /// walks them for an ADD that takes any address): not the range's own
+    /// network or broadcast address.
+    fn range_host(&self, a: Ipv4Addr) -> bool {
+        self.range.contains(&a)
+            && (self.range.prefix_len() >= 31
+                || (a != self.range.network() && a != self.range.broadcast()))
+    }
+
+    /// How many addresses this node could give a pod now, what the guests
+    /// see as the vxnet's `free-ips`: the usable hosts of the range in the
+    /// node's blocks (`owned`; `None`: the whole range is the node's) and
+    /// in the blocks it could claim, less those an attachment holds
+    /// (`taken`) or a cloud NIC holds (`cloud`). A block with a cloud
+    /// NIC's address in it is never claimed, so none of its addresses
+    /// count unless the node holds it already.
+    ///
+    /// Blocks other nodes hold count as claimable: the node keeps no copy
+    /// of the cluster's claims (it lists them only when it claims), so
+    /// with claims this is an upper bound.
+    ///
+    /// Counted from the held addresses rather than by walking the range (a
+    /// /17 is 32k addresses, and guests are asked on every ADD); the range
+    /// is inside the vxnet's cidr (`Shared::new` checks it).
+    pub fn free_count(
+        &self,
+        taken: &BTreeSet<Ipv4Addr>,
+        cloud: &BTreeSet<Ipv4Addr>,
+        owned: Option<&BTreeSet<Ipv4Net>>,
+    ) -> u32 {
+        let givable = |a: &Ipv4Addr| self.range_host(*a) && self.usable(*a);
+        let barred: BTreeSet<Ipv4Net> = match owned {
+            None => BTreeSet::new(),
+            Some(owned) => cloud
+                .iter()
+                .filter(|a| self.range.contains(*a))
+                .map(|a| self.block_of(*a))
+                .filter(|b| !owned.contains(b))
+                .collect(),
+        };
+        // The range's hosts less the vxnet's network, broadcast and
+        // gateway addresses among them (the only ones `usable` refuses
+        // inside the cidr).
+        let special = BTreeSet::from([self.cidr.network(), self.cidr.broadcast(), self.gateway]);
+        let usable =
+            self.range.hosts().count() - special.iter().filter(|a| self.range_host(**a)).count();
+        let in_barred: usize = barred
+            .iter()
+            .map(|b| {
+                Ipv4AddrRange::new(b.network(), b.broadcast())
+                    .filter(givable)
+                    .count()
+            })
+            .sum();
+        let held = taken
+            .union(cloud)
+            .filter(|a| givable(a) && !barred.contains(&self.block_of(**a)))
+            .count();
+        u32::try_from(usable - in_barred - held).unwrap_or(u32::MAX)
     }
 
     /// The block of the range that holds `a`.
@@ -217,6 +278,88 @@ mod tests {
             ),
             vec!["10.0.0.252/31".parse::<Ipv4Net>().unwrap()]
         );
+    }
+
+    /// `free_count` by walking every address, as the doc comment says it.
+    fn free_by_hand(
+        n: &SharedNet,
+        taken: &BTreeSet<Ipv4Addr>,
+        cloud: &BTreeSet<Ipv4Addr>,
+        owned: Option<&BTreeSet<Ipv4Net>>,
+    ) -> u32 {
+        let claimable = |b: &Ipv4Net| {
+            owned.is_none_or(|o| o.contains(b)) || !cloud.iter().any(|a| b.contains(a))
+        };
+        n.range
+            .hosts()
+            .filter(|a| n.usable(*a) && !taken.contains(a) && !cloud.contains(a))
+            .filter(|a| claimable(&n.block_of(*a)))
+            .count() as u32
+    }
+
+    #[test]
+    fn free_count_is_what_the_node_could_give_now_its_blocks_and_the_claimable_ones() {
+        // 10.0.0.0/26 in 10.0.0.0/24: the vxnet's network address and its
+        // gateway .1 are in the range, .63 (the range's broadcast) is not
+        // given to "any"; 61 addresses, blocks of 16.
+        let n = SharedNet {
+            range: "10.0.0.0/26".parse().unwrap(),
+            block_prefix: 28,
+            ..net()
+        };
+        let none = BTreeSet::new();
+        let no_blocks = BTreeSet::new();
+        assert_eq!(n.free_count(&none, &none, None), 61);
+        assert_eq!(n.free_count(&none, &none, Some(&no_blocks)), 61);
+        let block = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let owned = BTreeSet::from([block("10.0.0.0/28"), block("10.0.0.32/28")]);
+        // Held addresses count once, in any block; those of other ranges
+        // (another shared vxnet's) not at all.
+        let taken = BTreeSet::from([
+            ip("10.0.0.2"),
+            ip("10.0.0.40"),
+            ip("10.0.0.20"),
+            ip("10.0.9.9"),
+        ]);
+        assert_eq!(n.free_count(&taken, &none, Some(&owned)), 58);
+        // A cloud NIC's address in a block the node holds costs that one
+        // address; in a block it does not hold, the whole block (never
+        // claimed); without claims, one address.
+        let cloud = BTreeSet::from([
+            ip("10.0.0.3"),
+            ip("10.0.0.50"),
+            ip("10.0.0.51"),
+            ip("10.0.0.40"),
+        ]);
+        assert_eq!(n.free_count(&taken, &cloud, Some(&owned)), 58 - 1 - 15);
+        assert_eq!(n.free_count(&taken, &cloud, None), 58 - 3);
+        // The arithmetic agrees with walking the range, whatever is held.
+        for range in [
+            "10.0.0.0/26",
+            "10.0.0.192/26",
+            "10.0.0.0/24",
+            "10.0.0.252/30",
+        ] {
+            let n = SharedNet {
+                range: range.parse().unwrap(),
+                block_prefix: 28.max(range.parse::<Ipv4Net>().unwrap().prefix_len()),
+                ..net()
+            };
+            for owned in [None, Some(&owned), Some(&no_blocks)] {
+                for (taken, cloud) in [
+                    (&none, &none),
+                    (&taken, &none),
+                    (&taken, &cloud),
+                    (&none, &cloud),
+                ] {
+                    assert_eq!(
+                        n.free_count(taken, cloud, owned),
+                        free_by_hand(&n, taken, cloud, owned),
+                        "{range} owned {owned:?} taken {taken:?} cloud {cloud:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -362,4 +362,26 @@ impl Shared {
         }
         out
     }
+
+    /// The addresses of `vxnet`'s shared range this node could give a pod
+    /// now ([`SharedNet::free_count`]; with claims an upper bound, as the
+    /// node does not know other nodes' blocks): what guests see as its
+    /// `free-ips`. `None`: `vxnet` is not shared.
+    pub fn free_addresses(&self, vxnet: &str) -> Option<u32> {
+        let net = self.net(vxnet)?;
+        let held = self.held();
+        let cloud: BTreeSet<Ipv4Addr> = held.cloud.keys().copied().collect();
+        let none = BTreeSet::new();
+        let owned = self
+            .claims
+            .as_ref()
+            .map(|_| held.owned.get(vxnet).unwrap_or(&none));
+        // A pinned address is its identity's, not any pod's.
+        let taken: std::borrow::Cow<'_, BTreeSet<Ipv4Addr>> = if held.pins.is_empty() {
+            std::borrow::Cow::Borrowed(&held.taken)
+        } else {
+            std::borrow::Cow::Owned(held.taken.iter().chain(held.pins.keys()).copied().collect())
+        };
+        Some(net.free_count(&taken, &cloud, owned))
+    }
 }

@@ -10,8 +10,7 @@
 use std::net::Ipv4Addr;
 
 use nix::sys::socket::{
-    AddressFamily, LinkAddr, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrLike, sendto,
-    socket,
+    AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike, sendto, socket,
 };
 
 use crate::{Error, Mac};
@@ -35,32 +34,50 @@ fn frame(mac: Mac, ip: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// Announces on link `ifindex` (of the calling thread's namespace) that
-/// `ip` is at `mac`: one broadcast frame, a few microseconds.
-pub fn announce(ifindex: u32, mac: Mac, ip: Ipv4Addr) -> Result<(), Error> {
-    let op = || format!("announcing {ip} at {mac} on link {ifindex}");
-    let fd = socket(
-        AddressFamily::Packet,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::EthAll,
-    )
-    .map_err(|e| Error::io(op())(e.into()))?;
-    let mut ll = sockaddr_ll(ifindex);
-    ll.sll_addr[..6].copy_from_slice(&BROADCAST);
-    let len = std::mem::size_of_val(&ll) as nix::libc::socklen_t;
-    // SAFETY: `ll` is a fully initialised sockaddr_ll that lives for the
-    // call, and `len` is its size.
-    let to = unsafe { LinkAddr::from_raw(std::ptr::from_ref(&ll).cast(), Some(len)) }
-        .ok_or_else(|| Error::io(op())(std::io::Error::other("sockaddr_ll refused")))?;
-    sendto(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &frame(mac, ip),
-        &to,
-        MsgFlags::empty(),
-    )
-    .map_err(|e| Error::io(op())(e.into()))?;
-    Ok(())
+/// A socket that sends gratuitous ARPs on the links of the namespace it
+/// was opened in. Opened once and kept: closing a packet socket waits for
+/// an RCU grace period (`synchronize_net`, ~10 ms here), which a socket per
+/// announcement added to every shared ADD (the shared-mode benchmark
+/// found it).
+#[derive(Debug)]
+pub struct Announcer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Announcer {
+    /// A socket in the calling thread's namespace. Protocol 0: it only
+    /// sends, and sees none of the frames the kernel receives.
+    pub fn open() -> Result<Announcer, Error> {
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::io("opening a packet socket for gratuitous ARP")(e.into()))?;
+        Ok(Announcer { fd })
+    }
+
+    /// Announces on link `ifindex` that `ip` is at `mac`: one broadcast
+    /// frame.
+    pub fn announce(&self, ifindex: u32, mac: Mac, ip: Ipv4Addr) -> Result<(), Error> {
+        let op = || format!("announcing {ip} at {mac} on link {ifindex}");
+        let mut ll = sockaddr_ll(ifindex);
+        ll.sll_addr[..6].copy_from_slice(&BROADCAST);
+        let len = std::mem::size_of_val(&ll) as nix::libc::socklen_t;
+        // SAFETY: `ll` is a fully initialised sockaddr_ll that lives for the
+        // call, and `len` is its size.
+        let to = unsafe { LinkAddr::from_raw(std::ptr::from_ref(&ll).cast(), Some(len)) }
+            .ok_or_else(|| Error::io(op())(std::io::Error::other("sockaddr_ll refused")))?;
+        sendto(
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+            &frame(mac, ip),
+            &to,
+            MsgFlags::empty(),
+        )
+        .map_err(|e| Error::io(op())(e.into()))?;
+        Ok(())
+    }
 }
 
 fn sockaddr_ll(ifindex: u32) -> nix::libc::sockaddr_ll {

@@ -18,7 +18,7 @@ mod netns;
 mod ops;
 mod routing;
 
-pub use arp::announce;
+pub use arp::Announcer;
 pub use mac::Mac;
 pub use netns::{Change, Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};

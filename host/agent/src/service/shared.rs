@@ -224,6 +224,7 @@ impl Service {
                 record.veth, record.address
             ))
         })?;
+        self.shared.announce(nic_index, record);
         let w = Wiring {
             mac,
             ifname: record.key.ifname.clone(),

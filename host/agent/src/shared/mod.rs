@@ -67,6 +67,9 @@ pub struct Shared {
     claiming: tokio::sync::Mutex<()>,
     /// The vxnets whose node-wide pieces are in place.
     pub(crate) prepared: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Tells the vxnets where a pod's address is now (`None`: the socket
+    /// could not be opened; reported at start).
+    announcer: Option<hostnic_netlink::Announcer>,
 }
 
 /// What an ADD asks of [`Shared::reserve`].
@@ -131,6 +134,15 @@ impl Shared {
                 block_idle: Duration::from_secs(s.block_idle_seconds),
             });
         }
+        // Opened here, in the node's namespace, and kept (see `Announcer`).
+        let announcer = match (nets.is_empty(), hostnic_netlink::Announcer::open()) {
+            (true, _) => None,
+            (false, Ok(a)) => Some(a),
+            (false, Err(e)) => {
+                tracing::warn!(error = %e, "shared addresses will not be announced: peers learn a moved address only as their ARP entries age out");
+                None
+            }
+        };
         Ok(Shared {
             nets,
             records,
@@ -139,6 +151,7 @@ impl Shared {
             source,
             claiming: tokio::sync::Mutex::default(),
             prepared: tokio::sync::Mutex::default(),
+            announcer,
         })
     }
 
@@ -255,6 +268,18 @@ impl Shared {
                 lock: Arc::default(),
             },
         );
+    }
+
+    /// Tells the vxnet, from the node's NIC (link `nic_index`), that the
+    /// record's address is at that NIC now: peers that knew it at another
+    /// node's (a sticky identity's last node, a block's last holder) send
+    /// here at once instead of once their entries age out. The pod works
+    /// without it, so a failure is only reported.
+    pub fn announce(&self, nic_index: u32, record: &SharedRecord) {
+        let Some(a) = &self.announcer else { return };
+        if let Err(e) = a.announce(nic_index, record.nic, record.address) {
+            tracing::warn!(address = %record.address, error = %e, "announcing a shared address");
+        }
     }
 
     /// Waits until no attachment is releasing `address` (a DEL's kernel

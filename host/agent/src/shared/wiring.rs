@@ -195,13 +195,6 @@ pub async fn configure_node(
         node.add_rule(&rule).await?;
     }
     node.add_proxy_neighbour(nic_index, r.address).await?;
-    // Peers that knew the address at another MAC (the node that had it
-    // before: a sticky identity's last node, or a block's last holder)
-    // send to this node's NIC from now on, not once their entry ages out.
-    // The pod works without it, so a failure is only reported.
-    if let Err(e) = hostnic_netlink::announce(nic_index, r.nic, r.address) {
-        tracing::warn!(address = %r.address, error = %e, "announcing a shared address");
-    }
     Ok(())
 }
 

@@ -89,6 +89,23 @@ fn a_node_serves_150_shared_pods_in_two_vxnets_on_two_nics_and_they_reach_other_
     let st = status(&bed, 0);
     let rows = st["shared"].as_array().unwrap();
     assert_eq!(rows.len(), 150, "{st:#}");
+    // The vxnets as the guests see them: each one's range, and as its free
+    // addresses the range's 126 less the node's pods there (and, in
+    // vxnet-b, the address node 1's pinned NIC holds).
+    for (vxnet, range, cloud) in [
+        ("vxnet-a", "10.100.0.128/25", 0),
+        ("vxnet-b", "10.101.0.128/25", 1),
+    ] {
+        let row = st["vxnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == vxnet)
+            .unwrap();
+        let pods = rows.iter().filter(|r| r["vxnet"] == vxnet).count() as u64;
+        assert_eq!(row["shared_range"], range, "{row}");
+        assert_eq!(row["free_ips"], 126 - pods - cloud, "{row}");
+    }
     assert!(
         rows.iter()
             .all(|r| r["state"] == "committed" && r["veth"].as_str().unwrap().starts_with("hs")),

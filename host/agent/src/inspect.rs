@@ -71,6 +71,10 @@ pub struct VxnetRow {
     pub recent_failures: u32,
     pub recent_failure_codes: Vec<u32>,
     pub attach_latency_ms: Option<u32>,
+    /// In shared-NIC mode, the range its pods are addressed from (and
+    /// `free_ips` is then this node's share of it, as the guests see it).
+    #[serde(default)]
+    pub shared_range: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -152,9 +156,10 @@ pub fn render(i: &Inspection) -> String {
                 vec![
                     v.id.clone(),
                     v.cidr.clone(),
-                    match v.free_ips_age_s {
-                        Some(age) => format!("{} ({age}s ago)", v.free_ips),
-                        None => "-".into(),
+                    match (&v.shared_range, v.free_ips_age_s) {
+                        (Some(range), _) => format!("{} in {range} (shared)", v.free_ips),
+                        (None, Some(age)) => format!("{} ({age}s ago)", v.free_ips),
+                        (None, None) => "-".into(),
                     },
                     v.warm_nics.to_string(),
                     v.used_nics.to_string(),

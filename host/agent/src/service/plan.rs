@@ -224,7 +224,7 @@ impl Service {
     /// as its free addresses, the node's share of the range
     /// (`Shared::free_addresses`) rather than the cloud's count. The one
     /// place the three hooks' vxnet facts learn the mode.
-    fn for_guests(&self, mut vxnet: hostnic_policy::Vxnet) -> hostnic_policy::Vxnet {
+    pub(super) fn for_guests(&self, mut vxnet: hostnic_policy::Vxnet) -> hostnic_policy::Vxnet {
         let Some(net) = self.shared.net(&vxnet.id) else {
             return vxnet;
         };

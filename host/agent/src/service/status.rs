@@ -134,7 +134,11 @@ impl Service {
             .facts(&self.nics.pool())
             .0
             .into_iter()
+            // What the guests see: a shared vxnet's range and the node's
+            // share of it.
+            .map(|v| self.for_guests(v))
             .map(|v| VxnetRow {
+                shared_range: v.live.shared_range.map(|r| r.to_string()),
                 id: v.id,
                 cidr: v.cidr.to_string(),
                 free_ips: v.free_ips,

@@ -117,7 +117,6 @@ fn an_add_right_after_del_into_the_same_namespace_succeeds() {
     use hostnic_testbed::rawclient::{self, add_request, frame};
     use std::os::fd::AsRawFd;
     let tb = Testbed::new(2).unwrap();
-    // The native code decides (no guests): the ADD reaches the pod sooner.
     let _agent = tb.start_agent_with("[hooks]\nenabled = false\n").unwrap();
     let pod = Ns::new("again").unwrap();
     let ns = std::fs::File::open(pod.path()).unwrap();

@@ -297,8 +297,8 @@ fn only_root_may_call_the_agent() {
 }
 
 #[test]
-fn with_the_hooks_bypassed_the_native_code_wires_the_same_routes() {
-    if !require_root("with_the_hooks_bypassed_the_native_code_wires_the_same_routes") {
+fn with_the_hooks_off_the_built_in_guests_wire_the_same_routes() {
+    if !require_root("with_the_hooks_off_the_built_in_guests_wire_the_same_routes") {
         return;
     }
     let tb = Testbed::new(1).unwrap();

@@ -105,13 +105,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             )
         }
     };
-    let policies = match cfg.hooks.enabled {
-        true => Some(policy::Policies::load(&cfg)?),
-        false => {
-            info!("policy hooks disabled: the agent's native decisions apply");
-            None
-        }
-    };
+    let policies = policy::Policies::load(&cfg)?;
     let reconcile::Reconciled { mut pool, leaving } =
         reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
     let leaving = unheld_sticky(&mut pool, sticky, leaving);
@@ -141,7 +135,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         policies,
         kube,
     ));
-    if service.policies.is_some() {
+    if cfg.hooks.enabled {
         tokio::spawn(watch_policies(service.clone(), cfg.clone()));
     }
     service.keep(leaving);
@@ -231,9 +225,7 @@ async fn watch_policies(service: Arc<Service>, cfg: Config) {
     let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = cfg.config_path.as_deref().and_then(stamp);
     let mut hup = signal(SignalKind::hangup()).ok();
-    let Some(policies) = &service.policies else {
-        return;
-    };
+    let policies = &service.policies;
     loop {
         let hup_fired = async {
             match hup.as_mut() {

@@ -31,22 +31,10 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     // hostnic: warm ADD (the NIC is already on the node) and DEL, with the
-    // three default policy guests deciding, then with the hooks bypassed
-    // (the agent's native code), to price the guests.
+    // three default policy guests deciding (what one guest call costs is
+    // `hostnic-agent policy bench`'s to say).
     let tb = Testbed::new(pods)?;
     let conf = tb.netconf("1.0.0", json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]));
-    let bypassed = {
-        let agent = tb.start_agent_with("[hooks]\nenabled = false\n")?;
-        let row = add_del(
-            "hostnic, policy hooks bypassed",
-            &tb.hostnic(),
-            pods,
-            |_| conf.clone(),
-        )?;
-        let rss = agent.rss_kib();
-        tb.settle();
-        (row, rss)
-    };
     let agent = tb.start_agent()?;
     rows.push(add_del(
         "hostnic (warm NIC, default guests)",
@@ -138,14 +126,6 @@ fn main() -> anyhow::Result<()> {
             ms(pct(&r.del, 99))
         );
     }
-    println!(
-        "| {} | {} | {} | {} | {} |",
-        bypassed.0.name,
-        ms(pct(&bypassed.0.add, 50)),
-        ms(pct(&bypassed.0.add, 99)),
-        ms(pct(&bypassed.0.del, 50)),
-        ms(pct(&bypassed.0.del, 99))
-    );
     let ratio =
         |i: usize| pct(&rows[0].add, 50).as_secs_f64() / pct(&rows[i].add, 50).as_secs_f64();
     println!();
@@ -158,13 +138,8 @@ fn main() -> anyhow::Result<()> {
         ratio(2)
     );
     println!(
-        "hostnic warm ADD p50 with guests / bypassed         = {:.3} (target < 1.05)",
-        pct(&rows[0].add, 50).as_secs_f64() / pct(&bypassed.0.add, 50).as_secs_f64()
-    );
-    println!(
-        "agent RSS with the three default guests loaded: {} KiB (hooks bypassed: {} KiB)",
+        "agent RSS with the three default guests loaded: {} KiB",
         rss_guests.map_or("?".into(), |k| k.to_string()),
-        bypassed.1.map_or("?".into(), |k| k.to_string())
     );
     println!(
         "hostnic warm ADD p50 minus the kernel floor         = {}",

@@ -100,7 +100,6 @@ impl CloudPool {
             }
             Err(e) => {
                 self.kpis.created(vxnet, Err(e.ret_code()));
-                self.rotation().failed(vxnet);
                 warn!(vxnet, error = %e, "creating NICs failed");
                 return Err(e.into());
             }

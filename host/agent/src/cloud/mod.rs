@@ -21,7 +21,6 @@
 pub mod kpis;
 mod lifecycle;
 pub mod provisioner;
-mod rotation;
 pub mod source;
 mod sticky;
 mod upkeep;
@@ -39,7 +38,6 @@ use tracing::warn;
 
 use crate::apiserver::Duties;
 use crate::config::{self, Config, NicSpec};
-use rotation::Rotation;
 
 /// How long start-up keeps retrying a busy or throttled cloud.
 const START_PATIENCE: Duration = Duration::from_secs(600);
@@ -118,7 +116,6 @@ pub struct CloudPool {
     /// The vxnets in shared-NIC mode: their pods take no NIC, so no warm
     /// NIC is kept there (only the node's own, made at the first ADD).
     shared: Vec<String>,
-    rotation: Mutex<Rotation>,
     /// `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`.
     tags: [TagId; 2],
     /// What this node has seen of each vxnet: failed creates (the vxnet
@@ -218,7 +215,6 @@ impl CloudPool {
             cfg: cfg.cloud.clone(),
             vxnets,
             shared: cfg.shared.iter().map(|s| s.vxnet.clone()).collect(),
-            rotation: Mutex::new(Rotation::new(cfg.policy, cfg.vxnets.clone())),
             tags,
             kpis: kpis::Kpis::default(),
             default_route: Mutex::new(None),
@@ -301,13 +297,10 @@ impl CloudPool {
         pool_len + 1 < self.cfg.max_nics
     }
 
-    fn rotation(&self) -> std::sync::MutexGuard<'_, Rotation> {
-        self.rotation.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The vxnets to take a NIC from, best first.
+    /// The configured vxnets, in the configured order: where a NIC is
+    /// made for an ADD whose plan named none.
     pub fn order(&self) -> Vec<String> {
-        self.rotation().order()
+        self.vxnets.iter().map(|(id, _)| id.clone()).collect()
     }
 
     /// What a cloud NIC looks like to the pool.

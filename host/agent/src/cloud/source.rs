@@ -37,11 +37,6 @@ impl NicSource for CloudSource {
             .collect()
     }
 
-    /// The original agent's rotation over the configured vxnets.
-    fn native_order(&self) -> Option<Vec<String>> {
-        Some(self.cloud.order())
-    }
-
     fn facts(&self, pool: &Pool) -> (Vec<hostnic_policy::Vxnet>, hostnic_policy::Node) {
         let candidates = self
             .vxnets()

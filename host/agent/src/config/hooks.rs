@@ -8,9 +8,9 @@ use serde::Deserialize;
 use crate::facts::HookName;
 
 /// The policy hooks. Each runs the built-in default guest unless `path`
-/// names another module; `enabled = false` bypasses all three with the
-/// agent's native code (for operators who want no WebAssembly on the path,
-/// and for the benchmark that prices the hooks).
+/// names another module; `enabled = false` runs the built-in guests for
+/// all three whatever the tables below name, and no network may configure
+/// them (an operator's switch back to the defaults).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {

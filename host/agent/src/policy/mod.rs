@@ -36,6 +36,9 @@ pub struct Policies {
     /// The hooks a network's config may configure (`[hooks]
     /// network_config`; reloaded with the rest).
     network_config: std::sync::RwLock<Vec<HookName>>,
+    /// `[hooks] enabled`: false runs the built-in guests whatever `[hooks]`
+    /// names, and no network configures them.
+    enabled: bool,
 }
 
 /// Why a configured vxnet module can never be called on this node, if so:
@@ -95,19 +98,28 @@ pub fn vxnet_default_config(policy: Policy) -> String {
 
 impl Policies {
     /// Compiles and validates the three hooks; a bad module, digest or
-    /// config refuses the start, naming the hook.
+    /// config refuses the start, naming the hook. With `[hooks] enabled =
+    /// false` the built-in guests decide: the agent has one way to decide,
+    /// whoever wrote the guest.
     pub fn load(cfg: &Config) -> anyhow::Result<Policies> {
         let engine = PolicyEngine::new(cfg.state_dir.join("policy"))
             .context("starting the policy runtime")?;
         let h = &cfg.hooks;
+        let builtin = HookSpec::default();
+        let spec = |s| if h.enabled { s } else { &builtin };
+        if !h.enabled {
+            info!(
+                "policy hooks disabled: the built-in guests decide, [hooks] modules are not loaded"
+            );
+        }
         let vxnet = VxnetHook::load(
             &engine,
-            hook_config(&h.vxnet, vxnet_default_config(cfg.policy))?,
+            hook_config(spec(&h.vxnet), vxnet_default_config(cfg.policy))?,
         )
         .context("loading hooks.vxnet")?;
-        let ip = IpHook::load(&engine, hook_config(&h.ip, String::new())?)
+        let ip = IpHook::load(&engine, hook_config(spec(&h.ip), String::new())?)
             .context("loading hooks.ip")?;
-        let routes = RoutesHook::load(&engine, hook_config(&h.routes, String::new())?)
+        let routes = RoutesHook::load(&engine, hook_config(spec(&h.routes), String::new())?)
             .context("loading hooks.routes")?;
         for (name, g) in [
             ("vxnet", vxnet.guest()),
@@ -125,6 +137,7 @@ impl Policies {
             routes,
             log: DecisionLog::default(),
             network_config: std::sync::RwLock::new(h.network_config.clone()),
+            enabled: h.enabled,
         })
     }
 
@@ -173,6 +186,17 @@ impl Policies {
         network: &str,
         hooks: &hostnic_proto::cni::NetworkHooks,
     ) -> Result<(), CniError> {
+        if hooks.is_empty() {
+            return Ok(());
+        }
+        if !self.enabled {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network {network} configures policy hooks, but this agent runs with hooks.enabled = false"
+                ),
+            ));
+        }
         let allowed = self
             .network_config
             .read()

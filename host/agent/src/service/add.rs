@@ -207,8 +207,8 @@ impl Service {
     /// The guests deciding now, by hook (12 hex digits of each sha256).
     fn guest_digests(&self) -> std::collections::BTreeMap<String, String> {
         self.policies
-            .iter()
-            .flat_map(|p| p.guests())
+            .guests()
+            .into_iter()
             .map(|(hook, g)| (hook.to_string(), g.short().to_string()))
             .collect()
     }

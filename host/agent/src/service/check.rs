@@ -137,27 +137,29 @@ fn check_prev_result(ours: &AddResult, prev: Option<&serde_json::Value>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::super::add::add_result;
-    use super::super::plan::native_routes;
-    use super::super::plan::tests::{nic, tpl};
     use super::*;
     use hostnic_proto::cni;
 
     #[test]
     fn result_and_wiring_round_trip() {
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let gateway = "10.0.1.1".parse().unwrap();
         let w = Wiring {
-            mac: nic().mac,
+            mac,
             ifname: "eth1".into(),
-            address: nic().address,
+            address: "10.0.1.10/24".parse().unwrap(),
             mtu: 9000,
-            routes: native_routes(
-                &nic(),
-                &[tpl("10.96.0.0/12", Some("0.0.0.0"))],
-                nic().gateway,
-                true,
-            ),
+            routes: vec![
+                ("0.0.0.0/0".parse().unwrap(), Some(gateway)),
+                (
+                    "10.96.0.0/12".parse().unwrap(),
+                    Some("10.0.1.9".parse().unwrap()),
+                ),
+                ("172.16.0.0/16".parse().unwrap(), None),
+            ],
         };
-        let r = add_result(&w, "/var/run/netns/p", nic().gateway);
-        assert_eq!(wiring_from_result(&r, nic().mac).unwrap(), w);
+        let r = add_result(&w, "/var/run/netns/p", gateway);
+        assert_eq!(wiring_from_result(&r, mac).unwrap(), w);
         assert!(check_prev_result(&r, None).is_ok());
         let prev = r.encode(cni::Version::V1_0_0, None);
         assert!(check_prev_result(&r, Some(&prev)).is_ok());

@@ -22,8 +22,6 @@ mod shared;
 mod shared_restore;
 mod status;
 
-pub use plan::native_routes;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -52,8 +50,8 @@ pub struct Service {
     /// Attachments in shared-NIC mode: an address and a veth, no NIC.
     pub(crate) shared: Arc<crate::shared::Shared>,
     pub(crate) default_mtu: u32,
-    /// The policy hooks; `None` when `hooks.enabled = false` (native code).
-    pub(crate) policies: Option<Policies>,
+    /// The policy hooks (the built-in guests with `hooks.enabled = false`).
+    pub(crate) policies: Policies,
     /// The API server's view; `None` outside Kubernetes.
     pub(crate) kube: Option<crate::apiserver::KubeView>,
     /// Each ADD's decision and why, the latest ones.
@@ -72,7 +70,7 @@ impl Service {
         source: Arc<dyn NicSource>,
         store: Store,
         shared: Arc<crate::shared::Shared>,
-        policies: Option<Policies>,
+        policies: Policies,
         kube: Option<crate::apiserver::KubeView>,
     ) -> Service {
         Service {

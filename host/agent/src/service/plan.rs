@@ -1,15 +1,15 @@
 //! The plan: what the policy guests decide for an ADD — the vxnet order
 //! and the address before a NIC is taken, the routes once it is known.
-//! With the hooks bypassed (`hooks.enabled = false`) the native code
-//! decides the same way the default guests do.
+//! The guests always decide: with `hooks.enabled = false` the built-in
+//! ones do (`policy::Policies::load`).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use hostnic_netlink::Mac;
 use hostnic_policy::IpRequest;
 use hostnic_proto::cni::{CniError, NetworkHooks, RouteTemplate, code};
 use hostnic_proto::rpc::AddRequest;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 
 use super::{Service, who};
 use crate::config::NicSpec;
@@ -176,21 +176,9 @@ impl Service {
     }
 
     /// The network's own guest configs: only for hooks the agent lets a
-    /// network configure, and only where guests decide.
+    /// network configure.
     fn network_hooks(&self, key: &Key, hooks: &NetworkHooks) -> Result<(), CniError> {
-        if hooks.is_empty() {
-            return Ok(());
-        }
-        match &self.policies {
-            Some(p) => p.check_network_config(&key.network, hooks),
-            None => Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "network {} configures policy hooks, but this agent runs with hooks.enabled = false",
-                    key.network
-                ),
-            )),
-        }
+        self.policies.check_network_config(&key.network, hooks)
     }
 
     /// `order` starting with the vxnet that holds `ip`.
@@ -236,7 +224,8 @@ impl Service {
     }
 
     /// The vxnets to take a NIC from, best first: the vxnet hook's answer
-    /// over the network's vxnets, or the native order.
+    /// over the network's vxnets; `None` when the node has no vxnets to
+    /// choose from (a static inventory without them).
     fn vxnet_order(
         &self,
         key: &Key,
@@ -245,12 +234,6 @@ impl Service {
         hooks: &NetworkHooks,
     ) -> Result<Option<Vec<String>>, CniError> {
         let ours = |id: &String| network.is_none_or(|n| n.contains(id));
-        let Some(p) = &self.policies else {
-            return Ok(self
-                .source
-                .native_order()
-                .map(|o| o.into_iter().filter(ours).collect()));
-        };
         if self.source.vxnets().is_empty() {
             return Ok(None);
         }
@@ -260,7 +243,8 @@ impl Service {
             .filter(|c| ours(&c.id))
             .map(|c| self.for_guests(c))
             .collect();
-        p.select_vxnet(who(key), pod, &node, &candidates, hooks.vxnet.as_deref())
+        self.policies
+            .select_vxnet(who(key), pod, &node, &candidates, hooks.vxnet.as_deref())
             .map(Some)
     }
 
@@ -275,9 +259,6 @@ impl Service {
         order: Option<&[String]>,
         hooks: &NetworkHooks,
     ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>, String), CniError> {
-        let Some(p) = &self.policies else {
-            return Ok((None, None, "any (hooks off)".into()));
-        };
         let facts = match order.and_then(|o| o.first()) {
             Some(first) => match self
                 .source
@@ -296,7 +277,10 @@ impl Service {
             },
         };
         Ok(
-            match p.ip_for(who(key), pod, &facts, hooks.ip.as_deref())? {
+            match self
+                .policies
+                .ip_for(who(key), pod, &facts, hooks.ip.as_deref())?
+            {
                 IpRequest::Any => (None, None, "any".into()),
                 IpRequest::Exact(ip) => (Some(vec![ip]), None, format!("exact {ip}")),
                 IpRequest::OneOf(ips) => {
@@ -334,9 +318,7 @@ impl Service {
         }
     }
 
-    /// The pod's routes through `nic`: the routes hook decides; with the
-    /// hooks bypassed, the native templates (the same semantics as the
-    /// default guest).
+    /// The pod's routes through `nic`, as the routes hook decides.
     pub(super) async fn routes(
         &self,
         key: &Key,
@@ -346,22 +328,14 @@ impl Service {
         hooks: &NetworkHooks,
     ) -> Result<Routes, CniError> {
         let node_gw = self.node_gateway(nic, templates).await?;
-        match &self.policies {
-            Some(p) => p.routes_for(
-                who(key),
-                pod,
-                (nic, &self.for_guests(policy::nic_vxnet(nic))),
-                node_gw,
-                templates,
-                hooks.routes.as_deref(),
-            ),
-            None => Ok(native_routes(
-                nic,
-                templates,
-                node_gw.unwrap_or(nic.gateway),
-                pod.attachment.default_route,
-            )),
-        }
+        self.policies.routes_for(
+            who(key),
+            pod,
+            (nic, &self.for_guests(policy::nic_vxnet(nic))),
+            node_gw,
+            templates,
+            hooks.routes.as_deref(),
+        )
     }
 
     /// The next hop for `gw 0.0.0.0` templates: the node's gateway NIC in
@@ -379,107 +353,5 @@ impl Service {
             Some(vxnet) if wanted => self.source.node_gateway(vxnet).await,
             _ => Ok(None),
         }
-    }
-}
-
-/// The pod's routes: the default route via the subnet gateway, then the
-/// templates. A template gateway of 0.0.0.0 means "the node's own NIC in the
-/// pod's vxnet" (`node_gw`), as in the original plugin. A template without
-/// a gateway is an on-link route; a default-route template replaces ours.
-/// An attachment without the pod's default route (`default_route` false)
-/// gets no prefix-0 route at all.
-pub fn native_routes(
-    nic: &NicSpec,
-    templates: &[RouteTemplate],
-    node_gw: Ipv4Addr,
-    default_route: bool,
-) -> Routes {
-    let resolve = |gw: Option<IpAddr>| match gw {
-        Some(IpAddr::V4(g)) if g.is_unspecified() => Some(node_gw),
-        Some(IpAddr::V4(g)) => Some(g),
-        // IPv6 templates are refused by the executable's config validation.
-        _ => None,
-    };
-    let mut routes = Vec::new();
-    if default_route && !templates.iter().any(|t| t.dst.prefix_len() == 0) {
-        routes.push((Ipv4Net::default(), Some(nic.gateway)));
-    }
-    for t in templates {
-        if let IpNet::V4(dst) = t.dst
-            && (default_route || dst.prefix_len() != 0)
-            && !routes.iter().any(|(d, _)| *d == dst)
-        {
-            routes.push((dst, resolve(t.gw)));
-        }
-    }
-    routes
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-
-    pub fn nic() -> NicSpec {
-        NicSpec {
-            mac: "52:54:00:00:00:01".parse().unwrap(),
-            address: "10.0.1.10/24".parse().unwrap(),
-            gateway: "10.0.1.1".parse().unwrap(),
-            vxnet: None,
-        }
-    }
-
-    pub fn tpl(dst: &str, gw: Option<&str>) -> RouteTemplate {
-        RouteTemplate {
-            dst: dst.parse().unwrap(),
-            gw: gw.map(|g| g.parse().unwrap()),
-        }
-    }
-
-    #[test]
-    fn templates_follow_the_original_semantics() {
-        let routes = native_routes(
-            &nic(),
-            &[
-                tpl("10.96.0.0/12", Some("0.0.0.0")),
-                tpl("192.168.0.0/16", Some("10.0.1.254")),
-                tpl("172.16.0.0/16", None),
-            ],
-            "10.0.1.9".parse().unwrap(),
-            true,
-        );
-        let gw = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
-        // 0.0.0.0 is the node's own NIC in the vxnet; the default route
-        // stays on the vxnet gateway.
-        assert_eq!(
-            routes,
-            vec![
-                ("0.0.0.0/0".parse().unwrap(), gw("10.0.1.1")),
-                ("10.96.0.0/12".parse().unwrap(), gw("10.0.1.9")),
-                ("192.168.0.0/16".parse().unwrap(), gw("10.0.1.254")),
-                ("172.16.0.0/16".parse().unwrap(), None),
-            ]
-        );
-        // A default-route template replaces the built-in default.
-        let routes = native_routes(
-            &nic(),
-            &[tpl("0.0.0.0/0", Some("10.0.1.254"))],
-            nic().gateway,
-            true,
-        );
-        assert_eq!(
-            routes,
-            vec![("0.0.0.0/0".parse().unwrap(), gw("10.0.1.254"))]
-        );
-        // A second attachment: no default route, from templates or not.
-        let routes = native_routes(
-            &nic(),
-            &[
-                tpl("0.0.0.0/0", Some("10.0.1.254")),
-                tpl("10.96.0.0/12", None),
-            ],
-            nic().gateway,
-            false,
-        );
-        assert_eq!(routes, vec![("10.96.0.0/12".parse().unwrap(), None)]);
     }
 }

@@ -50,17 +50,11 @@ impl Service {
 
     /// The latest policy decisions, as many as fit in a reply frame.
     pub fn decisions(&self, limit: Option<u32>) -> Result<Reply, CniError> {
-        let Some(p) = &self.policies else {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                "policy hooks are disabled on this agent (hooks.enabled = false): it records no decisions",
-            ));
-        };
         let limit = limit.map_or(usize::MAX, |n| n as usize);
         // Leave room in the frame for the envelope.
         let budget = hostnic_proto::rpc::MAX_FRAME - 4096;
         Ok(Reply::Decisions {
-            calls: p.log.export(limit, budget),
+            calls: self.policies.log.export(limit, budget),
         })
     }
 
@@ -104,8 +98,8 @@ impl Service {
             .collect();
         let guests = self
             .policies
-            .iter()
-            .flat_map(|p| p.guests())
+            .guests()
+            .into_iter()
             .map(|(hook, g)| {
                 let count = |result| metrics().guest_calls(hook, &g.sha256, result);
                 let (ok, refused, error, fallback) = (

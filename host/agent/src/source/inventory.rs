@@ -48,11 +48,6 @@ impl NicSource for StaticInventory {
         self.vxnets.clone()
     }
 
-    /// Natively, any free NIC: the inventory's order is the config's.
-    fn native_order(&self) -> Option<Vec<String>> {
-        None
-    }
-
     fn facts(&self, pool: &Pool) -> (Vec<hostnic_policy::Vxnet>, hostnic_policy::Node) {
         let candidates = self
             .vxnets

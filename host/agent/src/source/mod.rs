@@ -69,10 +69,6 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
     /// choice of vxnet (a static inventory without vxnets).
     fn vxnets(&self) -> Vec<VxnetAddr>;
 
-    /// The vxnet order when the policy hooks are bypassed (native code);
-    /// `None` when the source takes any free NIC.
-    fn native_order(&self) -> Option<Vec<String>>;
-
     /// The vxnet guest's candidates (the configured vxnets with what the
     /// node knows of them) and the node, from a look at the pool.
     fn facts(&self, pool: &Pool) -> (Vec<hostnic_policy::Vxnet>, hostnic_policy::Node);

@@ -28,8 +28,8 @@ pub struct Audited {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
-    /// The vxnet order, best first, as the vxnet guest (or the native
-    /// rotation) returned it; empty when there was no choice.
+    /// The vxnet order, best first, as the vxnet guest returned it; empty
+    /// when there was no choice.
     pub order: Vec<String>,
     /// The vxnet the NIC came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,14 +1,130 @@
 //! `hostnic-agent status`: what a running agent holds, asked over its
 //! root-only socket (no new network surface) and printed as tables, or as
-//! JSON for scripts. The agent builds an [`Inspection`] in
-//! `service/status.rs`; this module is its shape and its printing.
+//! JSON for scripts. [`of`] builds an [`Inspection`] from the agent's
+//! parts (not on any CNI path); the rest is its shape and its printing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use hostnic_proto::cni::{CniError, code};
+use hostnic_proto::rpc::Reply;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::Audited;
+use crate::audit::{self, Audited};
+use crate::metrics::metrics;
+use crate::pool::State;
+use crate::record::Holds;
+use crate::service::Service;
+
+/// What `hostnic-agent status` shows: a look at the pool (the pods' names
+/// from their records), the shared attachments, the guests and their
+/// counts, the latest decisions, the cloud's calls.
+pub fn of(svc: &Service) -> Result<Reply, CniError> {
+    let records = svc.attachments.all();
+    let rows = svc.nics.pool().rows();
+    let nics = rows
+        .into_iter()
+        .map(|(spec, state, since)| {
+            let key = match &state {
+                State::Held(k) | State::Reserved(k) => Some(k.clone()),
+                _ => None,
+            };
+            let pod = key
+                .as_ref()
+                .and_then(|_| records.iter().find(|r| r.mac() == Some(spec.mac)))
+                .map(|r| r.pod_name())
+                .unwrap_or_default();
+            NicRow {
+                mac: spec.mac.to_string(),
+                vxnet: spec.vxnet.clone().unwrap_or_default(),
+                address: spec.address.to_string(),
+                state: state.name().to_string(),
+                pod,
+                container: key
+                    .as_ref()
+                    .map(|k| k.container_id.clone())
+                    .unwrap_or_default(),
+                ifname: key.map(|k| k.ifname).unwrap_or_default(),
+                since_s: since.as_secs(),
+            }
+        })
+        .collect();
+    let guests = svc
+        .policies
+        .guests()
+        .into_iter()
+        .map(|(hook, g)| {
+            let count = |result| metrics().guest_calls(hook, &g.sha256, result);
+            let (ok, refused, error, fallback) = (
+                count("ok"),
+                count("refused"),
+                count("error"),
+                count("fallback"),
+            );
+            GuestRow {
+                hook: hook.to_string(),
+                module: g.name.clone(),
+                sha256: g.sha256.clone(),
+                builtin: g.builtin,
+                calls: ok + refused + error + fallback,
+                errors: refused + error,
+                fallbacks: fallback,
+            }
+        })
+        .collect();
+    let cloud = svc
+        .source
+        .cloud_calls()
+        .map(|(calls, budget)| CloudRow { calls, budget });
+    let vxnets = svc
+        .source
+        .facts(&svc.nics.pool())
+        .0
+        .into_iter()
+        // What the guests see: a shared vxnet's range and the node's share
+        // of it.
+        .map(|v| svc.drivers.for_guests(v))
+        .map(|v| VxnetRow {
+            shared_range: v.live.shared_range.map(|r| r.to_string()),
+            id: v.id,
+            cidr: v.cidr.to_string(),
+            free_ips: v.free_ips,
+            free_ips_age_s: v.live.free_ips_counted_s_ago,
+            warm_nics: v.warm_nics,
+            used_nics: v.used_nics,
+            recent_failures: v.recent_failures,
+            recent_failure_codes: v.live.recent_failure_codes,
+            attach_latency_ms: v.live.attach_latency_ms,
+        })
+        .collect();
+    let shared = records
+        .iter()
+        .filter_map(|r| match &r.holds {
+            Holds::Address(h) => Some(SharedRow {
+                vxnet: h.vxnet.clone(),
+                address: h.address.to_string(),
+                state: r.phase.name().to_string(),
+                pod: r.pod_name(),
+                container: r.key.container_id.clone(),
+                ifname: r.key.ifname.clone(),
+                veth: h.veth.clone(),
+                sticky: r.sticky.clone().unwrap_or_default(),
+            }),
+            Holds::Nic { .. } => None,
+        })
+        .collect();
+    let inspection = Inspection {
+        nics,
+        vxnets,
+        guests,
+        decisions: svc.audit.latest(20.min(audit::CAPACITY)),
+        cloud,
+        shared,
+    };
+    let state = serde_json::to_value(&inspection)
+        .map_err(|e| CniError::new(code::INTERNAL, format!("encoding the status: {e}")))?;
+    Ok(Reply::Inspection { state })
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Inspection {

@@ -3,11 +3,13 @@
 //! executable over a root-only unix socket.
 
 pub mod apiserver;
+pub mod attachments;
 pub mod audit;
 pub mod client;
 pub mod cloud;
 pub mod config;
 pub mod decisions;
+pub mod error;
 pub mod facts;
 pub mod fds;
 pub mod inspect;
@@ -15,12 +17,13 @@ pub mod install;
 pub mod metrics;
 pub mod networks;
 pub mod nics;
+pub mod plan;
 pub mod plumb;
 pub mod policy;
 pub mod policy_cli;
 pub mod pool;
 pub mod publish;
-pub mod reconcile;
+pub mod record;
 pub mod scrape;
 pub mod server;
 pub mod service;
@@ -28,6 +31,7 @@ pub mod shared;
 pub mod source;
 pub mod sticky;
 pub mod store;
+pub mod wiring;
 
 use std::sync::Arc;
 
@@ -35,15 +39,19 @@ use anyhow::Context;
 use hostnic_netlink::Netns;
 use tracing::info;
 
+use crate::attachments::Attachments;
 use crate::cloud::CloudPool;
 use crate::cloud::source::CloudSource;
 use crate::config::{Config, Source};
 use crate::nics::Nics;
 use crate::plumb::Plumber;
-use crate::service::Service;
+use crate::service::{Parts, Service};
 use crate::source::NicSource;
 use crate::source::inventory::StaticInventory;
 use crate::store::Store;
+use crate::wiring::Drivers;
+use crate::wiring::exclusive::{ExclusiveNic, Found};
+use crate::wiring::shared::SharedVeth;
 
 /// Runs the agent until SIGTERM or SIGINT. The namespace the agent starts
 /// in is "the node": NICs wait there and return there.
@@ -76,69 +84,85 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         .context("connecting to rtnetlink in the node namespace")?;
     let store = Store::open(&cfg.state_dir)
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
-    let plumber = Plumber::new(node_ns, node);
+    let nics = Arc::new(Nics::new(
+        Plumber::new(node_ns, node),
+        pool::Pool::default(),
+    ));
     // The inventory: the static list, or what the cloud says is attached to
     // this VM (one DescribeNics; a restart makes no other cloud call before
     // it serves).
-    let (cloud, inventory, in_flight, stranded, sticky) = match cfg.inventory.source {
-        Source::Static => (
-            None,
-            cfg.inventory.nics.clone(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        ),
+    let mut found = Found {
+        iface: cfg.iface.clone(),
+        ..Found::default()
+    };
+    let (cloud, in_flight, stranded) = match cfg.inventory.source {
+        Source::Static => {
+            found.nics = cfg.inventory.nics.clone();
+            (None, Vec::new(), Vec::new())
+        }
         Source::Cloud => {
             let duties = kube.as_ref().map(|k| k.duties.clone());
             let cloud = cloud::patiently("connecting to the cloud", || {
                 CloudPool::connect(&cfg, duties.clone())
             })
             .await?;
-            let found =
+            let inventory =
                 cloud::patiently("describing this node's NICs", || cloud.inventory()).await?;
+            found.nics = inventory.nics;
+            found.sticky = inventory.sticky;
             (
                 Some(Arc::new(cloud)),
-                found.nics,
-                found.attaching,
-                found.stranded,
-                found.sticky,
+                inventory.attaching,
+                inventory.stranded,
             )
         }
     };
     let policies = policy::Policies::load(&cfg)?;
-    let reconcile::Reconciled { mut pool, leaving } =
-        reconcile::reconcile(&cfg, &inventory, &plumber, &store).await?;
-    let leaving = unheld_sticky(&mut pool, sticky, leaving);
-    let nics = Arc::new(Nics::new(plumber, pool));
     let source: Arc<dyn NicSource> = match &cloud {
         Some(cloud) => Arc::new(CloudSource::new(cloud.clone(), nics.clone())),
         None => Arc::new(StaticInventory::new(nics.clone(), &cfg.inventory.nics)),
     };
-    let records = shared::Records::open(&cfg.state_dir)
-        .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
+    let attachments = Arc::new(Attachments::default());
     let shared = Arc::new(shared::Shared::new(
         &cfg.shared,
         source.clone(),
-        records,
+        attachments.clone(),
         claims,
     )?);
     cloud::patiently("reading this node's shared address blocks", || {
         shared.load_blocks()
     })
     .await?;
+    let drivers = Drivers::new(
+        Arc::new(ExclusiveNic::new(nics.clone(), source.clone(), found)),
+        Arc::new(SharedVeth::new(
+            shared.clone(),
+            nics.clone(),
+            source.clone(),
+        )),
+    );
+    let loaded = store
+        .load()
+        .with_context(|| format!("reading the records under {}", cfg.state_dir.display()))?;
     let service = Arc::new(Service::new(
         &cfg,
-        nics.clone(),
-        source,
-        store,
-        shared,
-        policies,
-        kube,
+        Parts {
+            attachments,
+            drivers,
+            store: Arc::new(store),
+            nics: nics.clone(),
+            source,
+            policies,
+            kube,
+        },
     ));
+    service
+        .restore(loaded)
+        .await
+        .context("reconciling the records with the kernel")?;
     if cfg.hooks.enabled {
         tokio::spawn(watch_policies(service.clone(), cfg.clone()));
     }
-    service.keep(leaving);
     if let Some(cloud) = cloud {
         cloud.adopt_in_flight(&nics, in_flight);
         cloud.remember_default_route(&nics, &cfg.iface).await?;
@@ -151,15 +175,11 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             cloud.run(&nics).await;
         });
     }
-    service
-        .restore_shared()
-        .await
-        .context("reconciling shared-mode attachments")?;
-    service.shared.claim_restored().await;
-    service.shared.settle_pins().await;
+    shared.claim_restored().await;
+    shared.settle_pins().await;
     let pin_ttl = (cfg.cloud.sticky_release_seconds > 0)
         .then(|| std::time::Duration::from_secs(cfg.cloud.sticky_release_seconds));
-    tokio::spawn(release_idle_claims(service.shared.clone(), pin_ttl));
+    tokio::spawn(release_idle_claims(shared.clone(), pin_ttl));
     if !cfg.metrics.address.is_empty() {
         // Pods come first: a metrics port taken by something else is
         // reported, and the agent serves CNI without metrics.
@@ -167,7 +187,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             &cfg.metrics.address,
             nics.clone(),
             service.source.clone(),
-            service.shared.clone(),
+            shared,
         )
         .await
         {
@@ -193,26 +213,6 @@ async fn release_idle_claims(shared: Arc<shared::Shared>, pin_ttl: Option<std::t
             .release_pins(std::time::SystemTime::now(), pin_ttl)
             .await;
     }
-}
-
-/// The sticky NICs to take off the node at start: those reconciliation
-/// released, and those the cloud tags as sticky that no pod here holds
-/// (an agent stopped between a DEL's record and its detach).
-fn unheld_sticky(
-    pool: &mut pool::Pool,
-    tagged: Vec<(hostnic_netlink::Mac, String)>,
-    mut leaving: Vec<hostnic_netlink::Mac>,
-) -> Vec<hostnic_netlink::Mac> {
-    for (mac, identity) in tagged {
-        pool.set_sticky(mac, &identity);
-        if pool
-            .transition(mac, &[pool::State::Free], pool::State::Leaving)
-            .is_some()
-        {
-            leaving.push(mac);
-        }
-    }
-    leaving
 }
 
 /// Swaps in policy modules that changed on disk, and re-reads the config

@@ -2,8 +2,11 @@
 //! under a short lock) and the plumber (netlink). The CNI verbs and the
 //! cloud pool both work on this; neither owns the other.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use tracing::{info, warn};
 
@@ -18,6 +21,37 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 pub struct Nics {
     pub plumber: Plumber,
     pool: Mutex<Pool>,
+    /// Told whenever the pool changed: waiters for a NIC look again.
+    changed: Notify,
+}
+
+/// The pool, locked; dropping it tells the waiters if anything changed.
+#[derive(Debug)]
+pub struct PoolGuard<'a> {
+    pool: MutexGuard<'a, Pool>,
+    version: u64,
+    changed: &'a Notify,
+}
+
+impl Deref for PoolGuard<'_> {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl DerefMut for PoolGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Pool {
+        &mut self.pool
+    }
+}
+
+impl Drop for PoolGuard<'_> {
+    fn drop(&mut self) {
+        if self.pool.version() != self.version {
+            self.changed.notify_waiters();
+        }
+    }
 }
 
 impl Nics {
@@ -25,34 +59,71 @@ impl Nics {
         Nics {
             plumber,
             pool: Mutex::new(pool),
+            changed: Notify::new(),
         }
     }
 
-    pub fn pool(&self) -> MutexGuard<'_, Pool> {
+    pub fn pool(&self) -> PoolGuard<'_> {
         // A panic while holding this short lock is a bug, but the pool's
         // data is still consistent (every mutation is a single assignment),
         // so keep serving rather than wedge every later request.
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        PoolGuard {
+            version: pool.version(),
+            pool,
+            changed: &self.changed,
+        }
+    }
+
+    /// Resolves at the pool's next change (enable it before looking, so a
+    /// change between the look and the wait is not missed).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Tells the pool's waiters to look again: something they wait on
+    /// besides the pool changed (a provisioner gave up).
+    pub fn wake_waiters(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Runs `take` on the pool now and whenever it changes, until it gives
+    /// an answer, `give_up` says to stop, or `deadline` passes. No polling:
+    /// the pool tells its waiters of every change.
+    pub async fn wait_for<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut take: impl FnMut(&mut Pool) -> Option<T>,
+        give_up: impl Fn(&Pool) -> bool,
+    ) -> Option<T> {
+        loop {
+            // Registered before the look, so a change between the look and
+            // the wait is not missed.
+            let changed = self.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut pool = self.pool();
+                if let Some(t) = take(&mut pool) {
+                    return Some(t);
+                }
+                if give_up(&pool) {
+                    return None;
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Tries `take` until it gives a NIC, while NICs that DELs answered for
     /// are still on their way back (a device move: ~20 ms each, serialised
     /// by the kernel), for at most [`RELEASE_WAIT`].
-    pub async fn wait_for_release<T>(&self, take: impl Fn(&mut Pool) -> Option<T>) -> Option<T> {
-        let deadline = Instant::now() + RELEASE_WAIT;
-        loop {
-            let releasing = {
-                let mut pool = self.pool();
-                if let Some(t) = take(&mut pool) {
-                    return Some(t);
-                }
-                pool.count_all(&[State::Releasing])
-            };
-            if releasing == 0 || Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    pub async fn wait_for_release<T>(&self, take: impl FnMut(&mut Pool) -> Option<T>) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        self.wait_for(deadline, take, |p| p.count_all(&[State::Releasing]) == 0)
+            .await
     }
 
     /// NICs that reappeared in the node namespace become free again.

@@ -4,7 +4,10 @@
 
 use std::net::Ipv4Addr;
 
+use std::net::IpAddr;
+
 use hostnic_netlink::{Link, Mac, Netlink, Netns, NsId, RouteEntry};
+use hostnic_proto::cni::{AddResult, Interface, IpConfig, Route};
 use ipnet::{IpNet, Ipv4Net};
 
 /// What an attachment configures inside the pod.
@@ -16,6 +19,59 @@ pub struct Wiring {
     pub mtu: u32,
     /// Routes out of the pod's NIC (their `oif` is filled in here).
     pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+impl Wiring {
+    /// What a recorded ADD result says the pod was given.
+    pub fn from_result(r: &AddResult, mac: Mac) -> Result<Wiring, String> {
+        let address = match r.ips.first().map(|i| i.address) {
+            Some(IpNet::V4(a)) => a,
+            _ => return Err("the recorded result has no IPv4 address".into()),
+        };
+        let v4 = |gw: Option<IpAddr>| match gw {
+            Some(IpAddr::V4(g)) => Some(g),
+            _ => None,
+        };
+        Ok(Wiring {
+            mac,
+            ifname: r.interface.name.clone(),
+            address,
+            mtu: r.interface.mtu,
+            routes: r
+                .routes
+                .iter()
+                .filter_map(|rt| match rt.dst {
+                    IpNet::V4(d) => Some((d, v4(rt.gw))),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
+        })
+    }
+
+    /// The CNI result of this wiring, in the pod's `sandbox`, with
+    /// `gateway` as its address's gateway.
+    pub fn result(&self, sandbox: &str, gateway: Ipv4Addr) -> AddResult {
+        AddResult {
+            interface: Interface {
+                name: self.ifname.clone(),
+                mac: self.mac.to_string(),
+                sandbox: sandbox.to_string(),
+                mtu: self.mtu,
+            },
+            ips: vec![IpConfig {
+                address: IpNet::V4(self.address),
+                gateway: Some(IpAddr::V4(gateway)),
+            }],
+            routes: self
+                .routes
+                .iter()
+                .map(|(dst, gw)| Route {
+                    dst: IpNet::V4(*dst),
+                    gw: gw.map(IpAddr::V4),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,21 +1,16 @@
-//! The node's NICs and who holds each: the in-memory view the handlers
-//! consult under a short lock. The durable truth is the [`Store`]; the pool
-//! is rebuilt from it (and the kernel) at start.
-//!
-//! [`Store`]: crate::store::Store
+//! The node's NICs and the state of each: the in-memory view consulted
+//! under a short lock. Which attachment holds a NIC is the attachment
+//! table's to say (`attachments.rs`); the pool knows whether a NIC can be
+//! handed out. It is rebuilt from the records and the kernel at start
+//! (`wiring/exclusive/restore.rs`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hostnic_netlink::Mac;
 
 use crate::config::NicSpec;
-use crate::store::Key;
-
-/// Held across the netlink work on one NIC, so operations on the same NIC
-/// run one at a time while different NICs proceed in parallel.
-pub type NicLock = Arc<tokio::sync::Mutex<()>>;
+use crate::record::Key;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
@@ -72,7 +67,6 @@ impl State {
 struct Slot {
     spec: NicSpec,
     state: State,
-    lock: NicLock,
     /// False for a NIC we only know from a record (it left the config):
     /// it is served until released, then forgotten.
     configured: bool,
@@ -84,39 +78,37 @@ struct Slot {
 }
 
 impl Slot {
-    /// Every state change goes through here, so `changed` is never stale.
-    fn set(&mut self, state: State) -> State {
+    /// Every state change goes through here, so `changed` is never stale
+    /// and waiters learn of it (`version`).
+    fn set(&mut self, state: State, version: &mut u64) -> State {
         if state != self.state {
             self.changed = Instant::now();
+            *version += 1;
         }
         std::mem::replace(&mut self.state, state)
     }
 }
 
-/// A NIC handed out for one operation.
-#[derive(Clone, Debug)]
-pub struct Lease {
-    pub spec: NicSpec,
-    pub lock: NicLock,
-}
-
 #[derive(Debug, Default)]
 pub struct Pool {
     slots: BTreeMap<Mac, Slot>,
-    by_key: HashMap<Key, Mac>,
+    /// Bumped by every change, so a waiter knows to look again.
+    version: u64,
 }
 
 impl Pool {
+    /// Changes so far: a waiter looks again when this moved.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     pub fn insert(&mut self, spec: NicSpec, state: State, configured: bool) {
-        if let State::Reserved(k) | State::Held(k) = &state {
-            self.by_key.insert(k.clone(), spec.mac);
-        }
+        self.version += 1;
         self.slots.insert(
             spec.mac,
             Slot {
                 spec,
                 state,
-                lock: NicLock::default(),
                 configured,
                 changed: Instant::now(),
                 sticky: None,
@@ -142,6 +134,7 @@ impl Pool {
         if !from.contains(&s.state) || s.changed > since {
             return None;
         }
+        self.version += 1;
         self.slots.remove(&mac).map(|s| s.spec)
     }
 
@@ -160,22 +153,18 @@ impl Pool {
         if !from.contains(&s.state) {
             return None;
         }
-        Some(s.set(to))
+        Some(s.set(to, &mut self.version))
     }
 
     /// Reserves NIC `mac` for `key` if it is in one of the states `from`
     /// (a sticky NIC as its attach here completes).
-    pub fn claim(&mut self, mac: Mac, key: &Key, from: &[State]) -> Option<Lease> {
+    pub fn claim(&mut self, mac: Mac, key: &Key, from: &[State]) -> Option<NicSpec> {
         let slot = self.slots.get_mut(&mac)?;
         if !from.contains(&slot.state) {
             return None;
         }
-        slot.set(State::Reserved(key.clone()));
-        self.by_key.insert(key.clone(), mac);
-        Some(Lease {
-            spec: slot.spec.clone(),
-            lock: slot.lock.clone(),
-        })
+        slot.set(State::Reserved(key.clone()), &mut self.version);
+        Some(slot.spec.clone())
     }
 
     /// Marks NIC `mac` as following sticky `identity`.
@@ -190,47 +179,46 @@ impl Pool {
         self.slots.get(&mac)?.sticky.clone()
     }
 
-    /// The attachment holding a sticky NIC is over: the key no longer
-    /// finds it, and it is [`State::Leaving`] until the cloud detached it.
+    /// The attachment holding a sticky NIC is over: it is
+    /// [`State::Leaving`] until the cloud detached it.
     pub fn leave(&mut self, mac: Mac) {
-        let Some(s) = self.slots.get_mut(&mac) else {
-            return;
-        };
-        if let State::Reserved(k) | State::Held(k) = &s.state {
-            self.by_key.remove(k);
+        if let Some(s) = self.slots.get_mut(&mac) {
+            s.set(State::Leaving, &mut self.version);
         }
-        s.set(State::Leaving);
+    }
+
+    /// Reserves for `key` the first free NIC `pick` finds.
+    fn reserve_first(&mut self, key: &Key, mac: Option<Mac>) -> Option<NicSpec> {
+        let slot = self.slots.get_mut(&mac?)?;
+        slot.set(State::Reserved(key.clone()), &mut self.version);
+        Some(slot.spec.clone())
     }
 
     /// Reserves a free NIC in the first vxnet of `order` that has one.
-    pub fn reserve_in(&mut self, order: &[String], key: &Key) -> Option<Lease> {
+    pub fn reserve_in(&mut self, order: &[String], key: &Key) -> Option<NicSpec> {
         let mac = order.iter().find_map(|v| {
             self.slots
                 .values()
                 .find(|s| s.state == State::Free && s.spec.vxnet.as_ref() == Some(v))
                 .map(|s| s.spec.mac)
-        })?;
-        let slot = self.slots.get_mut(&mac)?;
-        slot.set(State::Reserved(key.clone()));
-        self.by_key.insert(key.clone(), mac);
-        Some(Lease {
-            spec: slot.spec.clone(),
-            lock: slot.lock.clone(),
-        })
+        });
+        self.reserve_first(key, mac)
     }
 
     /// Reserves a free NIC that `pred` accepts (the ip policy's address).
-    pub fn reserve_where(&mut self, key: &Key, pred: impl Fn(&NicSpec) -> bool) -> Option<Lease> {
-        let slot = self
+    pub fn reserve_where(&mut self, key: &Key, pred: impl Fn(&NicSpec) -> bool) -> Option<NicSpec> {
+        let mac = self
             .slots
-            .values_mut()
-            .find(|s| s.state == State::Free && pred(&s.spec))?;
-        slot.set(State::Reserved(key.clone()));
-        self.by_key.insert(key.clone(), slot.spec.mac);
-        Some(Lease {
-            spec: slot.spec.clone(),
-            lock: slot.lock.clone(),
-        })
+            .values()
+            .find(|s| s.state == State::Free && pred(&s.spec))
+            .map(|s| s.spec.mac);
+        self.reserve_first(key, mac)
+    }
+
+    /// Reserves a free NIC for `key`: the lowest MAC, so runs are
+    /// reproducible.
+    pub fn reserve(&mut self, key: &Key) -> Option<NicSpec> {
+        self.reserve_where(key, |_| true)
     }
 
     /// The free NIC `reserve` would take first.
@@ -309,37 +297,22 @@ impl Pool {
             .map(|s| s.spec.clone())
     }
 
-    /// Reserves a free NIC for `key`: the lowest MAC, so runs are
-    /// reproducible.
-    pub fn reserve(&mut self, key: &Key) -> Option<Lease> {
-        let slot = self.slots.values_mut().find(|s| s.state == State::Free)?;
-        slot.set(State::Reserved(key.clone()));
-        self.by_key.insert(key.clone(), slot.spec.mac);
-        Some(Lease {
-            spec: slot.spec.clone(),
-            lock: slot.lock.clone(),
-        })
-    }
-
+    /// The attachment reserved the NIC for committed.
     pub fn commit(&mut self, mac: Mac) {
         if let Some(s) = self.slots.get_mut(&mac)
             && let State::Reserved(k) = &s.state
         {
             let held = State::Held(k.clone());
-            s.set(held);
+            s.set(held, &mut self.version);
         }
     }
 
-    /// The attachment holding the NIC is gone (DEL answered): the key no
-    /// longer finds it, and the NIC is not free until [`Pool::release`].
+    /// The attachment holding the NIC is going (DEL answered): the NIC is
+    /// not free until [`Pool::release`].
     pub fn start_release(&mut self, mac: Mac) {
-        let Some(s) = self.slots.get_mut(&mac) else {
-            return;
-        };
-        if let State::Reserved(k) | State::Held(k) = &s.state {
-            self.by_key.remove(k);
+        if let Some(s) = self.slots.get_mut(&mac) {
+            s.set(State::Releasing, &mut self.version);
         }
-        s.set(State::Releasing);
     }
 
     /// Ends whatever holds the NIC; it becomes free if it is back in the node
@@ -348,33 +321,15 @@ impl Pool {
         let Some(s) = self.slots.get_mut(&mac) else {
             return;
         };
-        if let State::Reserved(k) | State::Held(k) = &s.state {
-            self.by_key.remove(k);
-        }
         if !s.configured {
+            self.version += 1;
             self.slots.remove(&mac);
             return;
         }
-        s.set(if present { State::Free } else { State::Missing });
-    }
-
-    /// The NIC an attachment holds, with its state.
-    pub fn lookup(&self, key: &Key) -> Option<(Lease, State)> {
-        let s = self.slots.get(self.by_key.get(key)?)?;
-        Some((
-            Lease {
-                spec: s.spec.clone(),
-                lock: s.lock.clone(),
-            },
-            s.state.clone(),
-        ))
-    }
-
-    pub fn lease(&self, mac: Mac) -> Option<Lease> {
-        self.slots.get(&mac).map(|s| Lease {
-            spec: s.spec.clone(),
-            lock: s.lock.clone(),
-        })
+        s.set(
+            if present { State::Free } else { State::Missing },
+            &mut self.version,
+        );
     }
 
     pub fn free_count(&self) -> usize {
@@ -396,45 +351,10 @@ impl Pool {
         if let Some(s) = self.slots.get_mut(&mac)
             && s.state == State::Missing
         {
-            s.set(State::Free);
+            s.set(State::Free, &mut self.version);
         }
     }
 
-    /// Every committed attachment of `network`.
-    pub fn held_in(&self, network: &str) -> Vec<(Key, Mac)> {
-        self.slots
-            .iter()
-            .filter_map(|(m, s)| match &s.state {
-                State::Held(k) if k.network == network => Some((k.clone(), *m)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The attachments pods hold for container `container_id`, in every
-    /// network.
-    pub fn held_by_container(&self, container_id: &str) -> Vec<Key> {
-        self.slots
-            .values()
-            .filter_map(|s| match &s.state {
-                State::Held(k) if k.container_id == container_id => Some(k.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Every attachment pods hold, in every network.
-    pub fn held(&self) -> Vec<(Key, Mac)> {
-        self.slots
-            .iter()
-            .filter_map(|(m, s)| match &s.state {
-                State::Held(k) => Some((k.clone(), *m)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// (mac, state) of every NIC, for logs and tests.
     /// Every NIC with its state and how long it has been in it.
     pub fn rows(&self) -> Vec<(NicSpec, State, Duration)> {
         self.slots
@@ -493,19 +413,19 @@ mod tests {
         p.insert(spec(2), State::Free, true);
         p.insert(spec(1), State::Free, true);
         let a = p.reserve(&key("a")).unwrap();
-        assert_eq!(a.spec.mac, spec(1).mac, "lowest MAC first");
+        assert_eq!(a.mac, spec(1).mac, "lowest MAC first");
         let b = p.reserve(&key("b")).unwrap();
-        assert_ne!(a.spec.mac, b.spec.mac);
+        assert_ne!(a.mac, b.mac);
         assert!(p.reserve(&key("c")).is_none());
-        p.commit(a.spec.mac);
-        assert_eq!(p.lookup(&key("a")).unwrap().1, State::Held(key("a")));
-        assert_eq!(p.held_in("n").len(), 1);
-        p.release(a.spec.mac, true);
-        assert!(p.lookup(&key("a")).is_none());
+        let before = p.version();
+        p.commit(a.mac);
+        assert_eq!(p.state(a.mac), Some(State::Held(key("a"))));
+        assert!(p.version() > before, "a change is seen by waiters");
+        p.release(a.mac, true);
         assert_eq!(p.free_count(), 1);
-        p.release(b.spec.mac, false);
-        assert_eq!(p.missing(), vec![b.spec.mac]);
-        p.mark_found(b.spec.mac);
+        p.release(b.mac, false);
+        assert_eq!(p.missing(), vec![b.mac]);
+        p.mark_found(b.mac);
         assert_eq!(p.free_count(), 2);
     }
 
@@ -522,9 +442,9 @@ mod tests {
         p.insert(b.clone(), State::Attaching, true);
         p.insert(c.clone(), State::Free, true);
         let order = ["vxnet-b".to_string(), "vxnet-a".to_string()];
-        assert_eq!(p.reserve_in(&order, &key("x")).unwrap().spec.mac, c.mac);
+        assert_eq!(p.reserve_in(&order, &key("x")).unwrap().mac, c.mac);
         assert_eq!(
-            p.reserve_in(&order, &key("y")).unwrap().spec.mac,
+            p.reserve_in(&order, &key("y")).unwrap().mac,
             a.mac,
             "vxnet-b has none free left"
         );
@@ -555,10 +475,10 @@ mod tests {
         p.insert(spec(1), State::Free, true);
         let looked = Instant::now();
         std::thread::sleep(Duration::from_millis(1));
-        let mac = p.reserve(&key("a")).unwrap().spec.mac;
+        let mac = p.reserve(&key("a")).unwrap().mac;
         assert_eq!(p.transition(mac, &[State::Free], State::Attaching), None);
         assert_eq!(p.remove_if(mac, &[State::Free], Instant::now()), None);
-        assert_eq!(p.lookup(&key("a")).unwrap().1, State::Reserved(key("a")));
+        assert_eq!(p.state(mac), Some(State::Reserved(key("a"))));
 
         // Freed again after the look: still not the NIC the look saw.
         p.release(mac, true);

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::audit::Audited;
-use hostnic_proto::cni::{AddResult, CniError, code};
+use hostnic_proto::cni::AddResult;
 
 /// The NPWG annotation Multus writes; hostnic writes the same shape.
 pub const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
@@ -137,7 +137,7 @@ pub fn added(audit: &Audited, reason: &str, result: &AddResult, seen: Option<See
 }
 
 /// A failed ADD an operator may have to act on: a Warning on the pod.
-pub fn add_failed(audit: &Audited, e: &CniError) {
+pub fn add_failed(audit: &Audited, e: &crate::error::Error) {
     let Some(p) = PUBLISHER.get() else { return };
     if !p.events || audit.pod.is_empty() {
         return;
@@ -150,7 +150,7 @@ pub fn add_failed(audit: &Audited, e: &CniError) {
             name: Some(audit.pod.clone()),
             ..ObjectReference::default()
         },
-        reason: failure_reason(e),
+        reason: e.reason(),
         kind: EventType::Warning,
         note: truncate(&format!("{}: {}", audit.ifname, e), 1000),
     });
@@ -173,33 +173,6 @@ pub fn node_event(what: NodeEvent, note: impl Into<String>) {
         kind: what.kind(),
         note: truncate(&note.into(), 1000),
     });
-}
-
-/// The reason of a failed ADD's event, from what failed: the cloud's
-/// ret_code (in the message the IaaS client wrote), the VM's NIC limit, a
-/// guest.
-pub fn failure_reason(e: &CniError) -> &'static str {
-    let m = &e.msg;
-    if m.starts_with("vxnet policy:")
-        || m.starts_with("ip policy:")
-        || m.starts_with("routes policy:")
-    {
-        return match e.code {
-            code::INVALID_CONFIG => "PolicyRefused",
-            _ => "PolicyFailed",
-        };
-    }
-    if m.contains("ret_code 2500") {
-        "CloudQuotaExceeded"
-    } else if m.contains("ret_code 1200") {
-        "CloudCredentialsRefused"
-    } else if m.contains("of its") && m.contains("NICs (primary and gateway NICs included)") {
-        "NicLimitReached"
-    } else if m.contains("ResourceInsufficient") || m.contains("ret_code 5200") {
-        "VxnetExhausted"
-    } else {
-        "AddFailed"
-    }
 }
 
 /// One NPWG network-status entry.
@@ -351,36 +324,6 @@ mod tests {
         // Garbage in the annotation is replaced, not kept.
         assert_eq!(merge_status(Some("not json"), &eth0), json!([eth0]));
 
-        let e = |c: u32, m: &str| CniError::new(c, m);
-        assert_eq!(
-            failure_reason(&e(code::INVALID_CONFIG, "vxnet policy: refused: no")),
-            "PolicyRefused"
-        );
-        assert_eq!(
-            failure_reason(&e(code::INTERNAL, "ip policy: trapped")),
-            "PolicyFailed"
-        );
-        assert_eq!(
-            failure_reason(&e(
-                code::NO_FREE_NIC,
-                "no warm NIC on this node and creating one failed: CreateNics: quota exceeded (ret_code 2500: …)"
-            )),
-            "CloudQuotaExceeded"
-        );
-        assert_eq!(
-            failure_reason(&e(
-                code::NO_FREE_NIC,
-                "no warm NIC on this node and creating one failed: the node has 64 of its 64 NICs (primary and gateway NICs included)"
-            )),
-            "NicLimitReached"
-        );
-        assert_eq!(
-            failure_reason(&e(
-                code::NO_FREE_NIC,
-                "no warm NIC on this node and creating one failed: CreateNics: permission denied (ret_code 1400: ResourceInsufficient, vxnet [v] has 0 free addresses, 1 asked)"
-            )),
-            "VxnetExhausted"
-        );
         assert_eq!(truncate("abcdef", 3), "abc…");
     }
 }

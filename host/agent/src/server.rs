@@ -193,7 +193,7 @@ async fn dispatch(
     let started = std::time::Instant::now();
     let result = match request.op {
         Op::Add(r) => match netns(fd, &r.target) {
-            Ok(ns) => service.add(r, ns).await,
+            Ok(ns) => service.add(r, ns).await.map_err(CniError::from),
             Err(e) => Err(e),
         },
         // DEL must succeed when it can identify the attachment: a bad
@@ -203,16 +203,16 @@ async fn dispatch(
                 warn!(container = %r.target.container_id, error = %e.msg, "ignoring the descriptor sent with DEL");
                 None
             });
-            service.del(r, ns).await
+            service.del(r, ns).await.map_err(CniError::from)
         }
         Op::Check(r) => match netns(fd, &r.target) {
-            Ok(ns) => service.check(r, ns).await,
+            Ok(ns) => service.check(r, ns).await.map_err(CniError::from),
             Err(e) => Err(e),
         },
-        Op::Gc(r) => service.gc(r).await,
+        Op::Gc(r) => service.gc(r).await.map_err(CniError::from),
         Op::Status => service.status(),
         Op::Decisions { limit } => service.decisions(limit),
-        Op::Inspect => service.inspect(),
+        Op::Inspect => crate::inspect::of(service),
     };
     crate::metrics::metrics().cni_request(
         op_name,

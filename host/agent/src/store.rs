@@ -1,200 +1,210 @@
-//! The allocation record: which NIC went to which attachment.
+//! The records on disk: one small JSON file per held resource, named for
+//! it — `<state_dir>/allocations/hn<mac>.json` for a NIC,
+//! `<state_dir>/shared/<address>.json` for a shared address — replaced
+//! atomically (a temporary file renamed over it). A file per resource
+//! means concurrent ADDs never contend for a lock or rewrite each other's
+//! state, and one resource can never have two records.
 //!
-//! One small JSON file per NIC under `<state_dir>/allocations/`, named by
-//! its MAC, replaced atomically (write a temporary file, rename over). Per-NIC
-//! files mean concurrent ADDs on different NICs never contend for a lock or
-//! rewrite each other's state.
+//! One durability rule set, whatever the wiring:
 //!
-//! Two phases make an agent killed at any instant recoverable:
-//!
-//! - `reserved` is written *before* the NIC leaves the node namespace, with
-//!   the pod's netns path, so a restarted agent knows where to look for it.
-//!   It only has to survive the agent process dying, which the page cache
-//!   already guarantees; it is not fsynced. (After a power loss every pod
-//!   netns is gone too, and reconciliation releases the stale record.)
+//! - `reserved` and `releasing` only have to survive the agent process
+//!   dying, which the page cache already guarantees; they are not fsynced.
+//!   (After a power loss every pod netns is gone too, and the restore
+//!   releases the stale record.)
 //! - `committed` is written and fsynced (file and directory) before ADD
-//!   answers: a pod that was told "success" is on disk.
-//! - `releasing` is written before DEL answers, while the NIC is still in
-//!   the pod: the NIC comes back in the background, and a restart finishes
-//!   what a killed agent did not. Like `reserved` it only has to survive
-//!   the process, not a power loss (after which the pod's netns is gone,
-//!   and a `committed` record whose netns is gone is released at start).
+//!   answers.
+//! - A record that cannot be read — zero-length or half-written (a power
+//!   cut after an unsynced write), not JSON, a directory, or in a file not
+//!   named for its resource — is moved aside as `<name>.corrupt-<unix
+//!   time>` with a loud error, and the agent starts without it; its
+//!   resource is handed to its driver's restore as one without a record
+//!   ([`Loaded::unreadable`]), which never hands it out unless the kernel
+//!   shows nobody has it. Refusing to start instead would leave the node
+//!   down until someone acts.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use hostnic_netlink::{Mac, NsId};
-use hostnic_proto::cni::AddResult;
-use hostnic_proto::rpc::Pod;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// Which attachment holds a NIC: the CNI key within a network.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Key {
-    pub network: String,
-    pub container_id: String,
-    pub ifname: String,
+use crate::record::{Phase, Record, Resource};
+
+/// Where records go, behind a trait so the verbs can be tested with a
+/// store that fails.
+pub trait Records: Send + Sync + std::fmt::Debug {
+    /// Writes the record; fsynced when it is a commit.
+    fn put(&self, r: &Record) -> io::Result<()>;
+    /// Forgets the record of `resource`. Already gone is fine.
+    fn remove(&self, resource: Resource) -> io::Result<()>;
+    /// Whether a record could be written now (STATUS: an ADD that cannot
+    /// record its reservation fails).
+    fn writable(&self) -> io::Result<()>;
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Reserved,
-    Committed,
-    /// DEL answered; the NIC is being brought back in the background. A
-    /// restart finishes the release.
-    Releasing,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
-    pub mac: Mac,
-    pub phase: Phase,
-    pub key: Key,
-    /// The runtime's netns path, to find the NIC again after a restart.
-    pub netns: Option<String>,
-    /// The identity of the namespace that path named at ADD: the path is
-    /// only trusted again while it still names the same namespace.
-    #[serde(default)]
-    pub netns_id: Option<NsId>,
-    #[serde(default)]
-    pub pod: Pod,
-    /// What ADD answered; present once committed.
-    #[serde(default)]
-    pub result: Option<AddResult>,
-    /// The sticky identity the NIC follows: when the attachment ends, the
-    /// NIC leaves the node (kept in the cloud for it), also when a restart
-    /// finishes the release.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sticky: Option<String>,
-}
-
+/// The records under the state directory.
 #[derive(Clone, Debug)]
 pub struct Store {
-    dir: PathBuf,
+    nics: PathBuf,
+    shared: PathBuf,
+}
+
+/// What [`Store::load`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: Vec<Record>,
+    /// The resources of records that could not be read (moved aside).
+    pub unreadable: Vec<Resource>,
 }
 
 impl Store {
     pub fn open(state_dir: &Path) -> io::Result<Store> {
-        let dir = state_dir.join("allocations");
-        fs::create_dir_all(&dir)?;
-        Ok(Store { dir })
+        let store = Store {
+            nics: state_dir.join("allocations"),
+            shared: state_dir.join("shared"),
+        };
+        fs::create_dir_all(&store.nics)?;
+        fs::create_dir_all(&store.shared)?;
+        Ok(store)
     }
 
-    fn path(&self, mac: Mac) -> PathBuf {
-        self.dir.join(format!("{}.json", mac.parked_name()))
+    fn path(&self, resource: Resource) -> PathBuf {
+        match resource {
+            Resource::Nic(mac) => self.nics.join(format!("{}.json", mac.parked_name())),
+            Resource::Address(a) => self.shared.join(format!("{a}.json")),
+        }
     }
 
-    /// Writes the record; fsynced when it is a commit.
-    pub fn put(&self, a: &Allocation) -> io::Result<()> {
-        write_record(&self.path(a.mac), a, a.phase == Phase::Committed)
+    /// The resource a record file is named for.
+    fn named(&self, path: &Path) -> Option<Resource> {
+        let stem = path.file_stem()?.to_str()?;
+        if path.parent()? == self.shared {
+            return stem.parse().ok().map(Resource::Address);
+        }
+        let hex = stem.strip_prefix("hn")?;
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        Some(Resource::Nic(hostnic_netlink::Mac(bytes.try_into().ok()?)))
     }
 
-    /// Whether a record could be written now (STATUS: an ADD that cannot
-    /// record its reservation fails). Writes and removes a probe file.
-    pub fn writable(&self) -> io::Result<()> {
-        let probe = self.dir.join(".probe.tmp");
-        File::create(&probe)
-            .and_then(|mut f| f.write_all(b"probe"))
-            .and_then(|()| fs::remove_file(&probe))
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "the allocation record directory {} is not writable: {e}",
-                        self.dir.display()
+    /// Every record on disk; the unreadable ones are moved aside (see the
+    /// module's comment).
+    pub fn load(&self) -> io::Result<Loaded> {
+        let mut out = Loaded::default();
+        for dir in [&self.nics, &self.shared] {
+            for entry in fs::read_dir(dir)? {
+                let path = entry?.path();
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("json") => {}
+                    // A temporary file is a write the agent did not finish;
+                    // the record it would have replaced is still in place.
+                    Some("tmp") => {
+                        remove_path(&path)?;
+                        continue;
+                    }
+                    _ => continue,
+                }
+                let problem = match read(&path) {
+                    Ok(r) if self.path(r.resource()) == path => {
+                        out.records.push(r);
+                        continue;
+                    }
+                    Ok(r) => format!(
+                        "record {} holds {}, whose record is {}",
+                        path.display(),
+                        r.resource(),
+                        self.path(r.resource()).display()
                     ),
-                )
-            })
-    }
-
-    /// Forgets a NIC's record. Already gone is fine.
-    pub fn remove(&self, mac: Mac) -> io::Result<()> {
-        remove_record(&self.path(mac))
-    }
-
-    /// One NIC's record, if it has one.
-    pub fn get(&self, mac: Mac) -> io::Result<Option<Allocation>> {
-        match fs::read(self.path(mac)) {
-            Ok(bytes) => Ok(Some(parse(&self.path(mac), &bytes)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every record on disk.
-    ///
-    /// A record that cannot be trusted — zero-length or half-written (a
-    /// `reserved` record is not fsynced, so a power cut can leave one), not
-    /// JSON, or in a file whose name is not its NIC's — is moved aside as
-    /// `<name>.corrupt-<unix time>` with a loud error, and the agent starts
-    /// without it: its NIC is then reconciled from the kernel (and the
-    /// cloud) like a NIC with no record. That never gives one NIC to two
-    /// pods: a NIC not parked on the node is marked missing, not free.
-    /// Refusing to start instead would leave the node down until someone
-    /// acts.
-    pub fn load(&self) -> io::Result<Vec<Allocation>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("json") => {}
-                // A temporary file is a write the agent did not finish; the
-                // record it would have replaced is still in place.
-                Some("tmp") => {
-                    fs::remove_file(&path)?;
-                    continue;
-                }
-                _ => continue,
+                    Err(e) => e.to_string(),
+                };
+                let aside = move_aside(&path)?;
+                tracing::error!(
+                    record = %path.display(),
+                    moved_to = %aside.display(),
+                    "{problem}; moved it aside, what it named is reconciled from the kernel and the cloud"
+                );
+                out.unreadable.extend(self.named(&path));
             }
-            let problem = match parse(&path, &fs::read(&path)?) {
-                Ok(a) if self.path(a.mac) == path => {
-                    out.push(a);
-                    continue;
-                }
-                Ok(a) => format!(
-                    "allocation record {} holds NIC {}, whose record is {}",
-                    path.display(),
-                    a.mac,
-                    self.path(a.mac).display()
-                ),
-                Err(e) => e.to_string(),
-            };
-            let aside = self.move_aside(&path)?;
-            tracing::error!(
-                record = %path.display(),
-                moved_to = %aside.display(),
-                "{problem}; moved it aside, its NIC is reconciled from the kernel and the cloud"
-            );
         }
-        out.sort_by_key(|a| a.mac);
+        out.records.sort_by_key(Record::resource);
+        out.unreadable.sort();
         Ok(out)
-    }
-
-    fn move_aside(&self, path: &Path) -> io::Result<PathBuf> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let aside = self.dir.join(format!("{name}.corrupt-{stamp}"));
-        fs::rename(path, &aside)?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(aside)
     }
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> io::Result<Allocation> {
-    serde_json::from_slice(bytes).map_err(|e| {
+impl Records for Store {
+    fn put(&self, r: &Record) -> io::Result<()> {
+        write_record(&self.path(r.resource()), r, r.phase == Phase::Committed)
+    }
+
+    fn remove(&self, resource: Resource) -> io::Result<()> {
+        match fs::remove_file(self.path(resource)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes and removes a probe file in each directory.
+    fn writable(&self) -> io::Result<()> {
+        for dir in [&self.nics, &self.shared] {
+            let probe = dir.join(".probe.tmp");
+            File::create(&probe)
+                .and_then(|mut f| f.write_all(b"probe"))
+                .and_then(|()| fs::remove_file(&probe))
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "the record directory {} is not writable: {e}",
+                            dir.display()
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> io::Result<Record> {
+    let bytes = fs::read(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("record {} cannot be read: {e}", path.display()),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("allocation record {} is corrupt: {e}", path.display()),
+            format!("record {} is corrupt: {e}", path.display()),
         )
     })
 }
 
-/// Replaces the record at `path` atomically (a temporary file renamed
-/// over it); `durable`: fsynced, file and directory, before it returns.
+fn move_aside(path: &Path) -> io::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let aside = dir.join(format!("{name}.corrupt-{stamp}"));
+    fs::rename(path, &aside)?;
+    File::open(dir)?.sync_all()?;
+    Ok(aside)
+}
+
+/// Removes a file, or a directory that stands where a file should.
+fn remove_path(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => fs::remove_dir_all(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Replaces the file at `path` atomically (a temporary file renamed over
+/// it); `durable`: fsynced, file and directory, before it returns.
 pub(crate) fn write_record<T: Serialize>(path: &Path, record: &T, durable: bool) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
@@ -211,27 +221,25 @@ pub(crate) fn write_record<T: Serialize>(path: &Path, record: &T, durable: bool)
     Ok(())
 }
 
-/// Removes the record at `path`; already gone is fine.
-pub(crate) fn remove_record(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{Holds, Key, SharedHold};
+    use hostnic_netlink::{Mac, NsId};
+    use hostnic_proto::rpc::Pod;
 
-    fn alloc(mac: &str, phase: Phase) -> Allocation {
-        Allocation {
-            mac: mac.parse().unwrap(),
+    fn key() -> Key {
+        Key {
+            network: "n".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn nic(mac: &str, phase: Phase) -> Record {
+        Record {
+            key: key(),
             phase,
-            key: Key {
-                network: "n".into(),
-                container_id: "c".into(),
-                ifname: "eth0".into(),
-            },
             netns: Some("/var/run/netns/x".into()),
             netns_id: Some(NsId {
                 dev: 4,
@@ -240,6 +248,24 @@ mod tests {
             pod: Pod::default(),
             result: None,
             sticky: None,
+            holds: Holds::Nic {
+                mac: mac.parse().unwrap(),
+            },
+        }
+    }
+
+    fn shared(address: &str) -> Record {
+        Record {
+            holds: Holds::Address(SharedHold {
+                address: address.parse().unwrap(),
+                vxnet: "vxnet-a".into(),
+                table: 1001,
+                veth: "hs0123456789ab".into(),
+                nic: "52:54:00:00:00:09".parse().unwrap(),
+                mtu: 1500,
+                routes: Vec::new(),
+            }),
+            ..nic("52:54:00:00:00:01", Phase::Committed)
         }
     }
 
@@ -247,54 +273,89 @@ mod tests {
     fn records_survive_reopen_and_removal_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let a = alloc("52:54:00:00:00:02", Phase::Reserved);
-        let b = alloc("52:54:00:00:00:01", Phase::Committed);
+        let a = nic("52:54:00:00:00:02", Phase::Reserved);
+        let b = nic("52:54:00:00:00:01", Phase::Committed);
+        let c = shared("10.0.1.200");
         s.put(&a).unwrap();
         s.put(&b).unwrap();
+        s.put(&c).unwrap();
         let mut a2 = a.clone();
         a2.phase = Phase::Committed;
         s.put(&a2).unwrap();
         let loaded = Store::open(dir.path()).unwrap().load().unwrap();
-        assert_eq!(loaded, vec![b.clone(), a2]);
-        s.remove(b.mac).unwrap();
-        s.remove(b.mac).unwrap();
-        assert_eq!(s.load().unwrap().len(), 1);
+        assert_eq!(loaded.records, vec![b.clone(), a2, c.clone()]);
+        assert!(loaded.unreadable.is_empty());
+        s.remove(b.resource()).unwrap();
+        s.remove(b.resource()).unwrap();
+        s.remove(c.resource()).unwrap();
+        assert_eq!(s.load().unwrap().records.len(), 1);
     }
 
+    /// Whatever the wiring, an unreadable record is moved aside and named
+    /// to its driver; the rest load.
     #[test]
     fn untrustworthy_records_are_moved_aside_and_the_rest_load() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let good = alloc("52:54:00:00:00:01", Phase::Committed);
+        let good = nic("52:54:00:00:00:01", Phase::Committed);
         s.put(&good).unwrap();
-        let records = dir.path().join("allocations");
-        fs::write(records.join("hn525400000009.tmp"), b"{half").unwrap();
+        let nics = dir.path().join("allocations");
+        let shared_dir = dir.path().join("shared");
+        fs::write(nics.join("hn525400000009.tmp"), b"{half").unwrap();
         // A power cut: zero-length and half-written records.
-        fs::write(records.join("hn525400000002.json"), b"").unwrap();
-        fs::write(records.join("hn525400000003.json"), b"{\"mac\": \"52:54").unwrap();
+        fs::write(nics.join("hn525400000002.json"), b"").unwrap();
+        fs::write(nics.join("hn525400000003.json"), b"{\"mac\": \"52:54").unwrap();
         // A record under another NIC's name.
-        let other = alloc("52:54:00:00:00:05", Phase::Committed);
+        let other = nic("52:54:00:00:00:05", Phase::Committed);
         fs::write(
-            records.join("hn525400000004.json"),
+            nics.join("hn525400000004.json"),
             serde_json::to_vec(&other).unwrap(),
         )
         .unwrap();
-        assert_eq!(s.load().unwrap(), vec![good.clone()]);
-        let mut names: Vec<String> = fs::read_dir(&records)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names.len(), 4, "{names:?}");
-        assert_eq!(names[0], "hn525400000001.json");
-        for (i, n) in ["2", "3", "4"].iter().enumerate() {
+        // A shared record cut short, and a directory named like a record.
+        fs::write(shared_dir.join("10.0.1.7.json"), b"{\"key\":").unwrap();
+        fs::create_dir(shared_dir.join("10.0.1.8.json")).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.records, vec![good.clone()]);
+        let mac = |last: u8| Resource::Nic(Mac([0x52, 0x54, 0, 0, 0, last]));
+        assert_eq!(
+            loaded.unreadable,
+            vec![
+                mac(2),
+                mac(3),
+                mac(4),
+                Resource::Address("10.0.1.7".parse().unwrap()),
+                Resource::Address("10.0.1.8".parse().unwrap()),
+            ]
+        );
+        let names = |d: &Path| {
+            let mut v: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let n = names(&nics);
+        assert_eq!(n.len(), 4, "{n:?}");
+        assert_eq!(n[0], "hn525400000001.json");
+        for (i, m) in ["2", "3", "4"].iter().enumerate() {
             assert!(
-                names[i + 1].starts_with(&format!("hn52540000000{n}.json.corrupt-")),
-                "{names:?}"
+                n[i + 1].starts_with(&format!("hn52540000000{m}.json.corrupt-")),
+                "{n:?}"
             );
         }
+        assert!(
+            names(&shared_dir)
+                .iter()
+                .all(|n| n.contains(".json.corrupt-")),
+            "{:?}",
+            names(&shared_dir)
+        );
         // Loading again finds the same (the moved files are not records).
-        assert_eq!(s.load().unwrap(), vec![good]);
+        let again = s.load().unwrap();
+        assert_eq!(again.records, vec![good]);
+        assert!(again.unreadable.is_empty());
     }
 
     #[test]

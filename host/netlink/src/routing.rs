@@ -64,13 +64,14 @@ impl Netlink {
     pub async fn add_veth(
         &self,
         name: &str,
-        peer_name: &str,
+        (peer_name, peer_mac): (&str, Mac),
         peer_ns: &Netns,
         mtu: u32,
     ) -> Result<u32> {
         use std::os::fd::AsRawFd;
         let peer = LinkUnspec::new_with_name(peer_name)
             .setns_by_fd(peer_ns.as_raw_fd())
+            .address(peer_mac.0.to_vec())
             .mtu(mtu)
             .build();
         let msg = LinkVeth::new(name, peer_name)

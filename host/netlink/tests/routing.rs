@@ -102,15 +102,19 @@ async fn routing_operations_in_throwaway_namespaces() {
 
 /// A veth pair whose peer is created directly in the other namespace.
 async fn veth(a: &Netlink, b: &Netlink, ns_b: &Netns) -> u32 {
-    let idx = a.add_veth("hnrt0", "hnrt0p", ns_b, 1400).await.unwrap();
+    let mac = Mac([0x0a, 1, 2, 3, 4, 5]);
+    let idx = a
+        .add_veth("hnrt0", ("hnrt0p", mac), ns_b, 1400)
+        .await
+        .unwrap();
     let local = a.link_by_name("hnrt0").await.unwrap().expect("local end");
     assert_eq!((local.index, local.mtu, local.up), (idx, 1400, false));
     let peer = b.link_by_name("hnrt0p").await.unwrap().expect("peer end");
-    assert_eq!((peer.mtu, peer.up), (1400, false));
+    assert_eq!((peer.mtu, peer.up, peer.mac), (1400, false, Some(mac)));
     assert_eq!(a.link_by_name("hnrt0p").await.unwrap(), None);
     // The name is taken now.
     assert!(
-        a.add_veth("hnrt0", "hnrt1p", ns_b, 1400)
+        a.add_veth("hnrt0", ("hnrt1p", mac), ns_b, 1400)
             .await
             .unwrap_err()
             .is_exists()

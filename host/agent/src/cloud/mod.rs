@@ -104,6 +104,25 @@ impl ProvisionError {
             ProvisionError::Limit { .. } => false,
         }
     }
+
+    /// The answer for the cold ADDs that waited for it.
+    pub fn answer(&self) -> crate::error::Error {
+        use crate::error::{Cause, Error, cloud_cause};
+        let msg = format!("no warm NIC on this node and creating one failed: {self}");
+        let err = if self.is_transient() {
+            Error::try_again(msg)
+        } else {
+            Error::exhausted(msg)
+        };
+        match self {
+            ProvisionError::Limit { .. } => err.because(Cause::NicLimit),
+            ProvisionError::Cloud(e) => match cloud_cause(e) {
+                Some(c) => err.because(c),
+                None => err,
+            },
+            ProvisionError::NoLink(_) => err,
+        }
+    }
 }
 
 #[derive(Debug)]

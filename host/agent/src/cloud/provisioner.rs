@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hostnic_proto::cni::{CniError, code};
-
 use super::{CloudPool, ProvisionError};
+use crate::config::NicSpec;
+use crate::error::{Error, Result};
 use crate::nics::Nics;
-use crate::pool::{Lease, State};
-use crate::source::STILL_ATTACHING;
-use crate::store::Key;
+use crate::pool::State;
+use crate::record::Key;
+use crate::source::still_attaching;
 
 /// NICs per provisioning batch (one CreateNics call).
 const MAX_BATCH: usize = 20;
@@ -34,10 +34,10 @@ pub struct Provisioner {
     running: AtomicBool,
     /// The VM had no room for another NIC: when, and the answer for the
     /// ADDs waiting then.
-    full: Mutex<Option<(Instant, CniError)>>,
+    full: Mutex<Option<(Instant, Error)>>,
     /// The latest failure to provide NICs in each vxnet: when, and the
     /// answer for an ADD whose every vxnet failed while it waited.
-    failed: Mutex<BTreeMap<String, (Instant, CniError)>>,
+    failed: Mutex<BTreeMap<String, (Instant, Error)>>,
 }
 
 /// A cold ADD among the waiters while it lives.
@@ -79,21 +79,24 @@ impl Provisioner {
         (cloud, nics): (&Arc<CloudPool>, &Arc<Nics>),
         key: &Key,
         order: &[String],
-    ) -> Result<Lease, CniError> {
+    ) -> Result<NicSpec> {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.cold_wait);
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         lock(&self.waiters).insert(id, (order.to_vec(), started));
         let _waiting = Waiting(self, id);
         self.kick(cloud, nics);
+        // Woken by every change of the pool (a NIC attached and parked)
+        // and by the provisioner giving up or stopping.
         loop {
-            if let Some(l) = nics.pool().reserve_in(self.accepted(order, started), key) {
-                return Ok(l);
+            let changed = nics.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(nic) = nics.pool().reserve_in(self.accepted(order, started), key) {
+                return Ok(nic);
             }
             if let Some(e) = self.gave_up(order, started) {
                 return Err(e);
-            }
-            if started.elapsed() >= self.cold_wait {
-                return Err(CniError::new(code::TRY_AGAIN_LATER, STILL_ATTACHING));
             }
             // A NIC counted as on its way may have gone elsewhere (the
             // node's gateway NIC) after the provisioner stopped: the demand
@@ -101,7 +104,9 @@ impl Provisioner {
             if !self.running.load(Ordering::SeqCst) && !self.unmet_demand(nics).is_empty() {
                 self.kick(cloud, nics);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(still_attaching());
+            }
         }
     }
 
@@ -128,15 +133,14 @@ impl Provisioner {
 
     /// The answer for an ADD waiting since `since` that can no longer get
     /// a NIC: the VM is full, or every vxnet of its order failed.
-    fn gave_up(&self, order: &[String], since: Instant) -> Option<CniError> {
+    fn gave_up(&self, order: &[String], since: Instant) -> Option<Error> {
         if let Some((at, e)) = &*lock(&self.full)
             && *at >= since
         {
             return Some(e.clone());
         }
         if order.is_empty() {
-            return Some(CniError::new(
-                code::NO_FREE_NIC,
+            return Some(Error::exhausted(
                 "the vxnet policy named no vxnet to create a NIC in",
             ));
         }
@@ -188,6 +192,7 @@ impl Provisioner {
             let demand = self.unmet_demand(nics);
             if demand.is_empty() {
                 self.running.store(false, Ordering::SeqCst);
+                nics.wake_waiters();
                 // A waiter may have come between the look and the store.
                 if !self.unmet_demand(nics).is_empty() && !self.running.swap(true, Ordering::SeqCst)
                 {
@@ -199,21 +204,15 @@ impl Provisioner {
                 let Err(e) = cloud.provision(nics, &vxnet, n.min(MAX_BATCH)).await else {
                     continue;
                 };
-                let code = if e.is_transient() {
-                    code::TRY_AGAIN_LATER
-                } else {
-                    code::NO_FREE_NIC
-                };
-                let err = CniError::new(
-                    code,
-                    format!("no warm NIC on this node and creating one failed: {e}"),
-                );
+                let err = e.answer();
                 if let ProvisionError::Limit { .. } = e {
                     *lock(&self.full) = Some((Instant::now(), err));
                     self.running.store(false, Ordering::SeqCst);
+                    nics.wake_waiters();
                     return;
                 }
                 lock(&self.failed).insert(vxnet, (Instant::now(), err));
+                nics.wake_waiters();
             }
         }
     }

@@ -5,13 +5,13 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hostnic_netlink::Mac;
-use hostnic_proto::cni::{CniError, code};
 
 use super::CloudPool;
+use crate::error::{Error, Result};
 use crate::nics::Nics;
 use crate::pool::Pool;
+use crate::record::Key;
 use crate::source::{Acquired, How, NicSource, VxnetAddr, counted, shown, warm_with_address};
-use crate::store::Key;
 
 /// Creates tried for one ADD whose policy asks for specific addresses.
 const MAX_ADDRESS_TRIES: usize = 16;
@@ -33,7 +33,11 @@ impl NicSource for CloudSource {
     fn vxnets(&self) -> Vec<VxnetAddr> {
         self.cloud
             .vxnets()
-            .map(|(id, info)| (id.to_string(), info.cidr, info.gateway))
+            .map(|(id, info)| VxnetAddr {
+                id: id.to_string(),
+                cidr: info.cidr,
+                gateway: info.gateway,
+            })
             .collect()
     }
 
@@ -43,11 +47,11 @@ impl NicSource for CloudSource {
             .iter()
             .map(|v| {
                 let mut facts = counted(pool, v);
-                facts.recent_failures = self.cloud.recent_failures(&v.0);
-                if let Some(free) = self.cloud.kpis.free_ips(&v.0) {
+                facts.recent_failures = self.cloud.recent_failures(&v.id);
+                if let Some(free) = self.cloud.kpis.free_ips(&v.id) {
                     facts.free_ips = free;
                 }
-                facts.live = self.cloud.kpis.live(&v.0);
+                facts.live = self.cloud.kpis.live(&v.id);
                 facts
             })
             .collect();
@@ -57,7 +61,7 @@ impl NicSource for CloudSource {
     /// The plan's first choice, warm; a vxnet further down the order only
     /// once creating a NIC in those before it has failed
     /// ([`super::provisioner`]).
-    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired, CniError> {
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired> {
         let native;
         let order = match order {
             Some(o) => o,
@@ -73,13 +77,13 @@ impl NicSource for CloudSource {
         {
             return Ok(Acquired::warm(l));
         }
-        let lease = self
+        let nic = self
             .cloud
             .provisioner
             .wait_for_nic((&self.cloud, &self.nics), key, order)
             .await?;
         Ok(Acquired {
-            lease,
+            nic,
             how: How::Created,
         })
     }
@@ -91,26 +95,23 @@ impl NicSource for CloudSource {
         key: &Key,
         addrs: &[Ipv4Addr],
         vxnet: Option<&str>,
-    ) -> Result<Acquired, CniError> {
+    ) -> Result<Acquired> {
         if let Some(l) = warm_with_address(&self.nics, key, addrs).await {
             return Ok(Acquired::warm(l));
         }
         let Some(vxnet) = vxnet else {
-            return Err(CniError::new(
-                code::NO_FREE_NIC,
-                format!(
-                    "no free NIC has the address the ip policy asked for ({})",
-                    shown(addrs)
-                ),
-            ));
+            return Err(Error::exhausted(format!(
+                "no free NIC has the address the ip policy asked for ({})",
+                shown(addrs)
+            )));
         };
         let mut last = None;
         for ip in addrs.iter().take(MAX_ADDRESS_TRIES) {
             match self.cloud.provision_with_ip(&self.nics, vxnet, *ip).await {
                 Ok(mac) => {
-                    if let Some(lease) = self.nics.pool().reserve_where(key, |s| s.mac == mac) {
+                    if let Some(nic) = self.nics.pool().reserve_where(key, |s| s.mac == mac) {
                         return Ok(Acquired {
-                            lease,
+                            nic,
                             how: How::Created,
                         });
                     }
@@ -118,14 +119,11 @@ impl NicSource for CloudSource {
                 Err(e) => last = Some(e.to_string()),
             }
         }
-        Err(CniError::new(
-            code::NO_FREE_NIC,
-            format!(
-                "could not get a NIC with the address the ip policy asked for ({}) in {vxnet}: {}",
-                shown(addrs),
-                last.unwrap_or_default()
-            ),
-        ))
+        Err(Error::exhausted(format!(
+            "could not get a NIC with the address the ip policy asked for ({}) in {vxnet}: {}",
+            shown(addrs),
+            last.unwrap_or_default()
+        )))
     }
 
     async fn acquire_sticky(
@@ -133,23 +131,20 @@ impl NicSource for CloudSource {
         key: &Key,
         identity: &str,
         vxnets: Option<&[String]>,
-    ) -> Result<Option<Acquired>, CniError> {
+    ) -> Result<Option<Acquired>> {
         Ok(self
             .cloud
             .follow(&self.nics, key, identity, vxnets)
             .await?
-            .map(|lease| Acquired {
-                lease,
+            .map(|nic| Acquired {
+                nic,
                 how: How::Followed,
             }))
     }
 
-    async fn tag_sticky(&self, mac: Mac, identity: &str) -> Result<bool, CniError> {
+    async fn tag_sticky(&self, mac: Mac, identity: &str) -> Result<bool> {
         self.cloud.tag_sticky(mac, identity).await.map_err(|e| {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                format!("tagging NIC {mac} for sticky {identity}: {e}"),
-            )
+            Error::try_again(format!("tagging NIC {mac} for sticky {identity}: {e}"))
         })?;
         self.nics.pool().set_sticky(mac, identity);
         Ok(true)
@@ -159,16 +154,15 @@ impl NicSource for CloudSource {
         self.cloud.keep(&self.nics, mac).await
     }
 
-    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>, CniError> {
+    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>> {
         self.cloud
             .gateway(&self.nics, vxnet)
             .await
             .map(Some)
             .map_err(|e| {
-                CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    format!("setting up the node's gateway NIC in {vxnet}: {e:#}"),
-                )
+                Error::try_again(format!(
+                    "setting up the node's gateway NIC in {vxnet}: {e:#}"
+                ))
             })
     }
 

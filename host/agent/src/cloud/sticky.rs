@@ -26,15 +26,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hostnic_iaas::{Nic, NicFilter, ResourceTagPair, TagFilter};
 use hostnic_netlink::Mac;
-use hostnic_proto::cni::{CniError, code};
 use tracing::{info, warn};
 
 use super::CloudPool;
 use super::lifecycle::wait_for_link;
+use crate::config::NicSpec;
+use crate::error::{Error, Result};
 use crate::metrics::{Reconciled, metrics};
 use crate::nics::Nics;
-use crate::pool::{Lease, State};
-use crate::store::Key;
+use crate::pool::State;
+use crate::record::Key;
 
 /// How a StatefulSet identity begins (the default ip guest's form).
 const STATEFULSET: &str = "statefulset/";
@@ -159,8 +160,8 @@ impl CloudPool {
         key: &Key,
         identity: &str,
         vxnets: Option<&[String]>,
-    ) -> Result<Option<Lease>, CniError> {
-        let busy = |what: String| CniError::new(code::TRY_AGAIN_LATER, what);
+    ) -> Result<Option<NicSpec>> {
+        let busy = Error::try_again;
         let Some(nic) = self
             .find_sticky(identity)
             .await
@@ -179,15 +180,12 @@ impl CloudPool {
             .and_then(|ip| self.spec(mac, &nic.vxnet_id, ip))
             .filter(|_| usable)
             .ok_or_else(|| {
-                CniError::new(
-                    code::INVALID_CONFIG,
-                    format!(
-                        "the NIC of sticky {identity} ({mac}) is in vxnet {}, which network {} does not use on this node ({}); a sticky identity keeps its vxnet",
-                        nic.vxnet_id,
-                        key.network,
-                        vxnets.map(|v| v.join(", ")).unwrap_or_default()
-                    ),
-                )
+                Error::invalid_config(format!(
+                    "the NIC of sticky {identity} ({mac}) is in vxnet {}, which network {} does not use on this node ({}); a sticky identity keeps its vxnet",
+                    nic.vxnet_id,
+                    key.network,
+                    vxnets.map(|v| v.join(", ")).unwrap_or_default()
+                ))
             })?;
         let here = &self.cfg.instance_id;
         if nic.instance_id == *here && nics.pool().state(mac).is_none() {
@@ -247,8 +245,8 @@ impl CloudPool {
         nics: &Nics,
         key: &Key,
         identity: &str,
-        spec: crate::config::NicSpec,
-    ) -> Result<Lease, CniError> {
+        spec: NicSpec,
+    ) -> Result<NicSpec> {
         let mac = spec.mac;
         let vxnet = spec.vxnet.clone().unwrap_or_default();
         take_slot(nics, identity, spec)?;
@@ -268,10 +266,9 @@ impl CloudPool {
         if let Err(e) = attached {
             nics.pool()
                 .remove_if(mac, &[State::Attaching], Instant::now());
-            return Err(CniError::new(
-                code::TRY_AGAIN_LATER,
-                format!("attaching the NIC of sticky {identity} ({mac}) to this node: {e}"),
-            ));
+            return Err(Error::try_again(format!(
+                "attaching the NIC of sticky {identity} ({mac}) to this node: {e}"
+            )));
         }
         self.kpis.attached(&vxnet, started.elapsed());
         self.settle_here(nics, key, identity, mac).await
@@ -285,8 +282,8 @@ impl CloudPool {
         nics: &Nics,
         key: &Key,
         identity: &str,
-        spec: crate::config::NicSpec,
-    ) -> Result<Lease, CniError> {
+        spec: NicSpec,
+    ) -> Result<NicSpec> {
         let mac = spec.mac;
         if !matches!(
             nics.plumber.node().link_by_mac(mac, None).await,
@@ -294,12 +291,9 @@ impl CloudPool {
         ) {
             // The cloud's answer is older than a detach (or newer than
             // the link): look again on the retry.
-            return Err(CniError::new(
-                code::TRY_AGAIN_LATER,
-                format!(
-                    "the NIC of sticky {identity} ({mac}) is attached to this VM but not on the node; try again"
-                ),
-            ));
+            return Err(Error::try_again(format!(
+                "the NIC of sticky {identity} ({mac}) is attached to this VM but not on the node; try again"
+            )));
         }
         take_slot(nics, identity, spec)?;
         info!(nic = %mac, identity, "a sticky NIC already attached here; taking it");
@@ -314,12 +308,12 @@ impl CloudPool {
         key: &Key,
         identity: &str,
         mac: Mac,
-    ) -> Result<Lease, CniError> {
+    ) -> Result<NicSpec> {
         if self.adopt_link(nics, mac, State::Attaching).await
-            && let Some(lease) = nics.pool().claim(mac, key, &[State::Attaching])
+            && let Some(nic) = nics.pool().claim(mac, key, &[State::Attaching])
         {
             info!(nic = %mac, identity, "sticky NIC attached here");
-            return Ok(lease);
+            return Ok(nic);
         }
         nics.pool()
             .transition(mac, &[State::Attaching], State::Leaving);
@@ -328,12 +322,9 @@ impl CloudPool {
         }
         nics.pool()
             .remove_if(mac, &[State::Leaving], Instant::now());
-        Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            format!(
-                "the NIC of sticky {identity} ({mac}) was attached but its link never appeared on this node"
-            ),
-        ))
+        Err(Error::try_again(format!(
+            "the NIC of sticky {identity} ({mac}) was attached but its link never appeared on this node"
+        )))
     }
 
     /// Detaches a sticky NIC from this VM, without deleting it, and waits
@@ -487,18 +478,15 @@ impl CloudPool {
 /// Puts a sticky NIC on its way here into the pool (`attaching`, so no
 /// other ADD takes it). A `leaving` slot is this node's own keep, done in
 /// the cloud but not yet told: replaced.
-fn take_slot(nics: &Nics, identity: &str, spec: crate::config::NicSpec) -> Result<(), CniError> {
+fn take_slot(nics: &Nics, identity: &str, spec: NicSpec) -> Result<()> {
     let mac = spec.mac;
     let mut pool = nics.pool();
     pool.remove_if(mac, &[State::Leaving], Instant::now());
     if !pool.insert_new(spec, State::Attaching) {
-        return Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            format!(
-                "the NIC of sticky {identity} ({mac}) is {} on this node; try again",
-                pool.state(mac).map_or("unknown", |s| s.name())
-            ),
-        ));
+        return Err(Error::try_again(format!(
+            "the NIC of sticky {identity} ({mac}) is {} on this node; try again",
+            pool.state(mac).map_or("unknown", |s| s.name())
+        )));
     }
     pool.set_sticky(mac, identity);
     Ok(())

@@ -17,13 +17,13 @@ use hostnic_policy::{
     Configured, Decision, FailureMode, HookConfig, IpHook, IpRequest, Limits, Nic, Node, Pod,
     PolicyEngine, PolicyError, Route, RouteTemplate, RoutesHook, Vxnet, VxnetHook,
 };
-use hostnic_proto::cni::{CniError, code};
 use hostnic_proto::rpc;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::config::{Config, Failure, HookSpec, Policy, Source};
 use crate::decisions::{DecisionLog, For};
+use crate::error::{Cause, Error};
 use crate::facts::{self, Facts, HookName};
 
 #[derive(Debug)]
@@ -152,7 +152,7 @@ impl Policies {
         node_gw: Option<Ipv4Addr>,
         templates: &[hostnic_proto::cni::RouteTemplate],
         config: Option<&str>,
-    ) -> Result<Vec<(ipnet::Ipv4Net, Option<Ipv4Addr>)>, CniError> {
+    ) -> Result<Vec<(ipnet::Ipv4Net, Option<Ipv4Addr>)>, Error> {
         let hook = configured(&self.routes, "routes", config)?;
         let templates: Vec<RouteTemplate> = templates
             .iter()
@@ -185,17 +185,14 @@ impl Policies {
         &self,
         network: &str,
         hooks: &hostnic_proto::cni::NetworkHooks,
-    ) -> Result<(), CniError> {
+    ) -> Result<(), Error> {
         if hooks.is_empty() {
             return Ok(());
         }
         if !self.enabled {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "network {network} configures policy hooks, but this agent runs with hooks.enabled = false"
-                ),
-            ));
+            return Err(Error::invalid_config(format!(
+                "network {network} configures policy hooks, but this agent runs with hooks.enabled = false"
+            )));
         }
         let allowed = self
             .network_config
@@ -207,22 +204,19 @@ impl Policies {
             .find(|(name, _)| !allowed.iter().any(|a| a.name() == *name))
         {
             None => Ok(()),
-            Some((name, _)) => Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "network {network} configures hooks.{name}, which this agent does not let a network configure (its [hooks] network_config is [{}]); {}",
-                    allowed
-                        .iter()
-                        .map(|a| format!("{:?}", a.name()))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if name == "ip" {
-                        "the ip config holds the tenant pools and pinned addresses, so it is the operator's (bind a pool to the network with its `networks` instead)"
-                    } else {
-                        "the operator can allow it"
-                    }
-                ),
-            )),
+            Some((name, _)) => Err(Error::invalid_config(format!(
+                "network {network} configures hooks.{name}, which this agent does not let a network configure (its [hooks] network_config is [{}]); {}",
+                allowed
+                    .iter()
+                    .map(|a| format!("{:?}", a.name()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if name == "ip" {
+                    "the ip config holds the tenant pools and pinned addresses, so it is the operator's (bind a pool to the network with its `networks` instead)"
+                } else {
+                    "the operator can allow it"
+                }
+            ))),
         }
     }
 
@@ -244,7 +238,7 @@ impl Policies {
         node: &Node,
         candidates: &[Vxnet],
         config: Option<&str>,
-    ) -> Result<Vec<String>, CniError> {
+    ) -> Result<Vec<String>, Error> {
         let hook = configured(&self.vxnet, "vxnet", config)?;
         let random = fastrand::u64(..);
         let r = call(|| hook.select_vxnet(pod, node, candidates, random));
@@ -264,7 +258,7 @@ impl Policies {
         pod: &Pod,
         vxnet: &Vxnet,
         config: Option<&str>,
-    ) -> Result<IpRequest, CniError> {
+    ) -> Result<IpRequest, Error> {
         let hook = configured(&self.ip, "ip", config)?;
         let r = call(|| hook.assign_ip(pod, vxnet));
         let facts = Facts::for_ip(pod, vxnet);
@@ -280,18 +274,15 @@ fn configured<'h, K: hostnic_policy::Kind>(
     hook: &'h hostnic_policy::Hook<K>,
     name: &str,
     config: Option<&str>,
-) -> Result<Configured<'h, K>, CniError> {
+) -> Result<Configured<'h, K>, Error> {
     let Some(config) = config else {
         return Ok(hook.configured());
     };
     call(|| hook.with_config(config)).map_err(|e| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!(
-                "the network's hooks.{name} config: {}",
-                hostnic_policy::error_chain(&e)
-            ),
-        )
+        Error::invalid_config(format!(
+            "the network's hooks.{name} config: {}",
+            hostnic_policy::error_chain(&e)
+        ))
     })
 }
 
@@ -345,21 +336,21 @@ pub fn node(instance: &str, nics_in_use: u32, nic_limit: u32) -> Node {
 pub fn decided<T: std::fmt::Debug>(
     hook: &str,
     r: Result<Decision<T>, PolicyError>,
-) -> Result<T, CniError> {
+) -> Result<T, Error> {
     match r {
         // (The runtime itself logs a fallback, with its cause.)
         Ok(d) => {
             tracing::debug!(hook, guest = %d.guest, answer = ?d.answer, elapsed_us = d.elapsed.as_micros() as u64, "policy decision");
             Ok(d.answer)
         }
-        Err(e @ PolicyError::Refused { .. }) => Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!("{hook} policy: {e}"),
-        )),
-        Err(e) => Err(CniError::new(
-            code::INTERNAL,
-            format!("{hook} policy: {}", hostnic_policy::error_chain(&e)),
-        )),
+        Err(e @ PolicyError::Refused { .. }) => {
+            Err(Error::invalid_config(format!("{hook} policy: {e}")).because(Cause::PolicyRefused))
+        }
+        Err(e) => Err(Error::internal(format!(
+            "{hook} policy: {}",
+            hostnic_policy::error_chain(&e)
+        ))
+        .because(Cause::PolicyFailed)),
     }
 }
 

@@ -1,42 +1,33 @@
-//! CHECK: the pod's NIC is still wired as the ADD recorded.
+//! CHECK: the pod still has what ADD gave it.
 
-use std::net::IpAddr;
-
-use hostnic_netlink::{Mac, Netns};
-use hostnic_proto::cni::{AddResult, CniError, code};
+use hostnic_netlink::Netns;
+use hostnic_proto::cni::AddResult;
 use hostnic_proto::rpc::{CheckRequest, Reply};
-use ipnet::IpNet;
 
-use super::{Service, internal, key_of};
-use crate::plumb::Wiring;
-use crate::pool::State;
-use crate::store::Key;
+use super::{Service, key_of};
+use crate::error::{Error, Kind, Result};
+use crate::record::{Key, Phase};
 
 impl Service {
     /// CHECK of the attachment asked for and, natively, of the pod's extra
-    /// networks: a pod is only whole if every NIC it got is still wired.
-    pub async fn check(&self, req: CheckRequest, netns: Option<Netns>) -> Result<Reply, CniError> {
-        let netns = netns.ok_or_else(|| {
-            CniError::new(code::INVALID_ENV, "CHECK needs the pod's netns descriptor")
-        })?;
+    /// networks: a pod is only whole if every attachment it got is still
+    /// wired.
+    pub async fn check(&self, req: CheckRequest, netns: Option<Netns>) -> Result<Reply> {
+        let netns =
+            netns.ok_or_else(|| Error::invalid_env("CHECK needs the pod's netns descriptor"))?;
         let key = key_of(&req.target);
         self.check_one(&key, req.prev_result.as_ref(), &netns)
             .await?;
         if self.native_networks() {
             let extras = self
-                .nics
-                .pool()
-                .held_by_container(&key.container_id)
+                .attachments
+                .of_container(&key.container_id)
                 .into_iter()
-                .chain(self.shared.held_by_container(&key.container_id))
                 .filter(|k| k.network != key.network);
             for extra in extras {
                 // The runtime's prevResult is the cluster network's only.
                 self.check_one(&extra, None, &netns).await.map_err(|e| {
-                    CniError::new(
-                        e.code,
-                        format!("network {} ({}): {}", extra.network, extra.ifname, e.msg),
-                    )
+                    e.context(format!("network {} ({})", extra.network, extra.ifname))
                 })?;
             }
         }
@@ -49,70 +40,38 @@ impl Service {
         key: &Key,
         prev_result: Option<&serde_json::Value>,
         netns: &Netns,
-    ) -> Result<(), CniError> {
-        if self.shared.peek(key).is_some() {
-            let result = self.check_shared(key, netns).await?;
-            return check_prev_result(&result, prev_result);
-        }
-        let (lease, state) = self.nics.pool().lookup(key).ok_or_else(|| {
-            CniError::new(
-                code::UNKNOWN_CONTAINER,
+    ) -> Result<()> {
+        let unknown = || {
+            Error::new(
+                Kind::Unknown,
                 format!(
                     "hostnic has no attachment for container {} {}",
                     key.container_id, key.ifname
                 ),
             )
-        })?;
-        if !matches!(state, State::Held(_)) {
-            return Err(CniError::new(
-                code::TRY_AGAIN_LATER,
+        };
+        let record = self.attachments.get(key).ok_or_else(unknown)?;
+        if record.phase != Phase::Committed {
+            return Err(Error::try_again(
                 "the attachment's ADD is still in progress",
             ));
         }
-        let _guard = lease.lock.lock().await;
-        let Reply::Added(result) = self.recorded_result(lease.spec.mac)? else {
-            unreachable!("recorded_result only returns Added")
-        };
-        check_prev_result(&result, prev_result)?;
-        let w = wiring_from_result(&result, lease.spec.mac)?;
-        match self.nics.plumber.verify(&w, netns).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(diff)) => Err(CniError::new(code::CHECK_FAILED, diff)),
-            Err(e) => Err(internal(format!(
-                "checking container {}: {e}",
-                key.container_id
-            ))),
-        }
+        let locked = self.attachments.lock(key).await.ok_or_else(unknown)?;
+        let record = locked.record;
+        let result = record
+            .result
+            .as_ref()
+            .ok_or_else(|| Error::internal("the attachment's record has no result"))?;
+        check_prev_result(result, prev_result)?;
+        self.drivers
+            .for_record(&record)
+            .verify(&record, netns)
+            .await
     }
 }
 
-fn wiring_from_result(r: &AddResult, mac: Mac) -> Result<Wiring, CniError> {
-    let address = match r.ips.first().map(|i| i.address) {
-        Some(IpNet::V4(a)) => a,
-        _ => return Err(internal("the recorded result has no IPv4 address")),
-    };
-    let v4 = |gw: Option<IpAddr>| match gw {
-        Some(IpAddr::V4(g)) => Some(g),
-        _ => None,
-    };
-    Ok(Wiring {
-        mac,
-        ifname: r.interface.name.clone(),
-        address,
-        mtu: r.interface.mtu,
-        routes: r
-            .routes
-            .iter()
-            .filter_map(|rt| match rt.dst {
-                IpNet::V4(d) => Some((d, v4(rt.gw))),
-                IpNet::V6(_) => None,
-            })
-            .collect(),
-    })
-}
-
 /// The runtime's cached result must still show our address.
-fn check_prev_result(ours: &AddResult, prev: Option<&serde_json::Value>) -> Result<(), CniError> {
+fn check_prev_result(ours: &AddResult, prev: Option<&serde_json::Value>) -> Result<()> {
     let Some(prev) = prev else { return Ok(()) };
     let want = ours
         .ips
@@ -125,8 +84,8 @@ fn check_prev_result(ours: &AddResult, prev: Option<&serde_json::Value>) -> Resu
     if listed {
         Ok(())
     } else {
-        Err(CniError::new(
-            code::CHECK_FAILED,
+        Err(Error::new(
+            Kind::CheckFailed,
             format!(
                 "prevResult does not list the address {want} that hostnic gave this attachment"
             ),
@@ -136,8 +95,9 @@ fn check_prev_result(ours: &AddResult, prev: Option<&serde_json::Value>) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::super::add::add_result;
     use super::*;
+    use crate::plumb::Wiring;
+    use hostnic_netlink::Mac;
     use hostnic_proto::cni;
 
     #[test]
@@ -158,15 +118,15 @@ mod tests {
                 ("172.16.0.0/16".parse().unwrap(), None),
             ],
         };
-        let r = add_result(&w, "/var/run/netns/p", gateway);
-        assert_eq!(wiring_from_result(&r, mac).unwrap(), w);
+        let r = w.result("/var/run/netns/p", gateway);
+        assert_eq!(Wiring::from_result(&r, mac).unwrap(), w);
         assert!(check_prev_result(&r, None).is_ok());
         let prev = r.encode(cni::Version::V1_0_0, None);
         assert!(check_prev_result(&r, Some(&prev)).is_ok());
         let other = serde_json::json!({"ips": [{"address": "10.9.9.9/24"}]});
         assert_eq!(
-            check_prev_result(&r, Some(&other)).unwrap_err().code,
-            code::CHECK_FAILED
+            check_prev_result(&r, Some(&other)).unwrap_err().kind,
+            Kind::CheckFailed
         );
     }
 }

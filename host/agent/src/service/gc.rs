@@ -4,68 +4,51 @@
 
 use std::collections::BTreeSet;
 
-use hostnic_netlink::Mac;
-use hostnic_proto::cni::{AttachmentKey, CniError};
+use hostnic_proto::cni::AttachmentKey;
 use hostnic_proto::rpc::{GcRequest, Reply};
 use tracing::info;
 
-use super::{Service, internal};
-use crate::pool::State;
-use crate::store::Key;
+use super::Service;
+use crate::error::{Error, Result};
+use crate::record::{Key, Phase};
 
 impl Service {
     /// Releases every attachment of the network that the runtime no longer
-    /// lists. Errors are collected; one bad NIC does not stop the rest.
-    pub async fn gc(&self, req: GcRequest) -> Result<Reply, CniError> {
-        let extras = self.stale_extras(&req);
-        let valid: BTreeSet<AttachmentKey> = req.valid.into_iter().collect();
-        let stale: Vec<(Key, Mac)> = self
-            .nics
-            .pool()
-            .held_in(&req.network)
+    /// lists. Errors are collected; one bad attachment does not stop the
+    /// rest.
+    pub async fn gc(&self, req: GcRequest) -> Result<Reply> {
+        let valid: BTreeSet<AttachmentKey> = req.valid.iter().cloned().collect();
+        let native = self.native_networks();
+        let stale: Vec<Key> = self
+            .attachments
+            .all()
             .into_iter()
-            .filter(|(k, _)| {
-                !valid.contains(&AttachmentKey {
+            // An attachment whose ADD or DEL is under way is not GC's.
+            .filter(|r| r.phase == Phase::Committed)
+            .map(|r| r.key)
+            .filter(|k| {
+                let listed = valid.contains(&AttachmentKey {
                     container_id: k.container_id.clone(),
                     ifname: k.ifname.clone(),
-                })
+                });
+                if k.network == req.network {
+                    return !listed;
+                }
+                // Natively, a container's extra networks go with it.
+                native && !valid.iter().any(|v| v.container_id == k.container_id)
             })
-            .chain(extras)
             .collect();
         let mut released = 0;
         let mut errors = Vec::new();
-        for (key, mac) in stale {
-            let Some(lease) = self.nics.pool().lease(mac) else {
+        for key in stale {
+            let Some(locked) = self.attachments.lock(&key).await else {
                 continue;
             };
-            let _guard = lease.lock.lock().await;
-            if !matches!(self.nics.pool().lookup(&key), Some((l, State::Held(_))) if l.spec.mac == mac)
-            {
+            if locked.record.phase != Phase::Committed {
                 continue;
             }
-            let netns = self.release_netns(mac, &key, None, None);
-            match self.release(mac, &key, netns.as_ref()).await {
-                Ok(()) => released += 1,
-                Err(e) => errors.push(e.msg),
-            }
-        }
-        let native = self.native_networks();
-        for record in self.shared.all() {
-            if record.phase != crate::store::Phase::Committed {
-                continue; // its ADD is under way
-            }
-            let listed = valid.contains(&AttachmentKey {
-                container_id: record.key.container_id.clone(),
-                ifname: record.key.ifname.clone(),
-            });
-            let ours = record.key.network == req.network;
-            let container_listed = valid
-                .iter()
-                .any(|v| v.container_id == record.key.container_id);
-            if (ours && listed) || (!ours && (!native || container_listed)) {
-                continue;
-            }
-            match self.del_shared_now(&record.key).await {
+            let netns = self.release_netns(&locked.record, None, None);
+            match self.release_now(&locked.record, netns.as_ref()).await {
                 Ok(()) => released += 1,
                 Err(e) => errors.push(e.msg),
             }
@@ -74,7 +57,7 @@ impl Service {
         if errors.is_empty() {
             Ok(Reply::Collected { released })
         } else {
-            Err(internal(format!(
+            Err(Error::internal(format!(
                 "GC released {released} attachments but failed on: {}",
                 errors.join("; ")
             )))

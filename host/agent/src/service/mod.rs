@@ -1,54 +1,62 @@
 //! The agent's answers to ADD, DEL, CHECK, GC and STATUS, one verb per
 //! module. An attachment — (network, container, interface) — is the unit
-//! each verb works on.
+//! each verb works on; the attachment table (`attachments.rs`) says which
+//! exist, the wiring driver that made one (`wiring/`) does the kernel's
+//! part. No verb asks which driver it holds.
 //!
 //! ADD is a pipeline a reader can follow in [`add`]: **plan** (the policy
-//! guests decide the vxnet order and the address; [`plan`]) → **acquire**
-//! (a NIC from the node's [`NicSource`]: the static inventory or the cloud
-//! pool) → **wire** (the routes are decided for that NIC, then netlink moves
-//! and configures it) → **record** (the allocation is committed to the
-//! store before the pod is told). Each handler validates first, then acts,
-//! and on failure undoes what it did: a request that fails leaves the NIC
-//! parked and free, never half wired, and never recorded for a pod that was
-//! not told "success".
+//! guests decide the vxnet order and the address; [`decide`]) →
+//! **acquire** (the driver of the plan's vxnet reserves a NIC or an
+//! address) → **wire** (the routes are decided for that interface, the
+//! reservation recorded, the driver makes it) → **record** (committed
+//! before the pod is told). A request that fails leaves nothing behind:
+//! the attempt gives back what it took when it is dropped.
 
 mod add;
 mod check;
+mod decide;
 mod del;
 mod gc;
 mod networks;
-mod plan;
-mod shared;
-mod shared_restore;
+mod restore;
 mod status;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use hostnic_netlink::{Mac, NsId};
-use hostnic_proto::cni::{self, CniError, code};
-use hostnic_proto::rpc::{Reply, Target};
+use hostnic_netlink::{Netns, NsId};
+use hostnic_proto::cni;
+use hostnic_proto::rpc::Target;
 use tracing::warn;
 
+use crate::attachments::Attachments;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::decisions::For;
+use crate::error::{Error, Result};
 use crate::nics::Nics;
 use crate::policy::Policies;
+use crate::record::{Key, Record};
 use crate::source::NicSource;
 use crate::sticky::Sticky;
-use crate::store::{Key, Store};
+use crate::store::Records;
+use crate::wiring::Drivers;
+
+/// How long an ADD waits for a release under way in its pod's namespace.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Service {
+    /// The node's attachments: which exist, and their records.
+    pub(crate) attachments: Arc<Attachments>,
+    /// How each attachment is wired, by vxnet.
+    pub(crate) drivers: Drivers,
+    /// The records on disk: the durable truth of who holds what.
+    pub(crate) store: Arc<dyn Records>,
     /// The node's NICs: the pool and the plumber.
     pub(crate) nics: Arc<Nics>,
-    /// Where an ADD's NIC comes from: the static inventory or the cloud.
+    /// The node's vxnets and what it knows of them (the guests' facts).
     pub(crate) source: Arc<dyn NicSource>,
-    /// The allocation records: the durable truth of who holds which NIC.
-    pub(crate) store: Store,
-    /// Attachments in shared-NIC mode: an address and a veth, no NIC.
-    pub(crate) shared: Arc<crate::shared::Shared>,
     pub(crate) default_mtu: u32,
     /// The policy hooks (the built-in guests with `hooks.enabled = false`).
     pub(crate) policies: Policies,
@@ -57,81 +65,78 @@ pub struct Service {
     /// Each ADD's decision and why, the latest ones.
     pub(crate) audit: Audit,
     sticky: Sticky,
-    /// Releases under way per pod namespace: a NIC a DEL answered for may
-    /// still sit in the pod under its interface name, so an ADD into the
-    /// same namespace (a runtime re-connecting a container) waits for it.
-    releasing_in: Mutex<HashMap<NsId, usize>>,
+}
+
+/// What a [`Service`] is made of.
+#[derive(Debug)]
+pub struct Parts {
+    pub attachments: Arc<Attachments>,
+    pub drivers: Drivers,
+    pub store: Arc<dyn Records>,
+    pub nics: Arc<Nics>,
+    pub source: Arc<dyn NicSource>,
+    pub policies: Policies,
+    pub kube: Option<crate::apiserver::KubeView>,
 }
 
 impl Service {
-    pub fn new(
-        cfg: &Config,
-        nics: Arc<Nics>,
-        source: Arc<dyn NicSource>,
-        store: Store,
-        shared: Arc<crate::shared::Shared>,
-        policies: Policies,
-        kube: Option<crate::apiserver::KubeView>,
-    ) -> Service {
+    pub fn new(cfg: &Config, parts: Parts) -> Service {
         Service {
-            nics,
-            source,
-            store,
-            shared,
+            attachments: parts.attachments,
+            drivers: parts.drivers,
+            store: parts.store,
+            nics: parts.nics,
+            source: parts.source,
             default_mtu: cfg.mtu,
-            policies,
-            kube,
+            policies: parts.policies,
+            kube: parts.kube,
             audit: Audit::default(),
             sticky: Sticky::new(&cfg.state_dir),
-            releasing_in: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The answer an earlier ADD of this NIC's attachment recorded.
-    fn recorded_result(&self, mac: Mac) -> Result<Reply, CniError> {
-        self.store
-            .get(mac)
-            .map_err(|e| internal(format!("reading the allocation record of NIC {mac}: {e}")))?
-            .and_then(|a| a.result)
-            .map(Reply::Added)
-            .ok_or_else(|| internal(format!("NIC {mac} is held but its record has no result")))
-    }
-
-    /// Drops the record and returns the NIC to the pool (or marks it missing).
-    fn forget(&self, mac: Mac, present: bool) {
-        if present && self.nics.pool().sticky_of(mac).is_some() {
-            // Its record goes once it is off the node: a restart before
-            // then finishes the job.
-            self.nics.pool().leave(mac);
-            self.keep(vec![mac]);
+    /// Waits (at most [`RELEASE_WAIT`]) until no release is under way in
+    /// namespace `ns`, so an ADD never meets an interface a DEL answered
+    /// for: each release holds its attachment's lock until it is done.
+    async fn wait_for_releases_in(&self, ns: NsId) {
+        let releasing = self.attachments.releasing_in(ns);
+        if releasing.is_empty() {
             return;
         }
-        if let Err(e) = self.store.remove(mac) {
-            // The stale reservation is rolled back at the next start.
-            warn!(nic = %mac, error = %e, "removing an allocation record");
+        let all = futures::future::join_all(releasing.iter().map(|l| l.lock()));
+        if tokio::time::timeout(RELEASE_WAIT, all).await.is_err() {
+            warn!(netns = %ns, "a release in the pod's namespace is still under way; going on");
         }
-        self.nics.pool().release(mac, present);
     }
 
-    /// Takes sticky NICs whose attachments are over off the node in the
-    /// background, kept in the cloud for their identities, and drops
-    /// their records once they are.
-    pub fn keep(&self, macs: Vec<Mac>) {
-        for mac in macs {
-            let (source, store) = (self.source.clone(), self.store.clone());
-            tokio::spawn(async move {
-                match source.keep(mac).await {
-                    Ok(()) => {
-                        if let Err(e) = store.remove(mac) {
-                            warn!(nic = %mac, error = %e, "removing the record of a kept sticky NIC");
-                        }
-                    }
-                    Err(e) => {
-                        warn!(nic = %mac, error = %format!("{e:#}"), "taking a sticky NIC off the node failed; it stays out of the pool until the agent restarts")
-                    }
-                }
-            });
+    /// Releases an attachment now (its lock is the caller's): the driver
+    /// takes it apart, the record goes, then the resource is free. A
+    /// release that fails leaves the record for the next start and the
+    /// resource out of use.
+    async fn release_now(&self, record: &Record, netns: Option<&Netns>) -> Result<()> {
+        let driver = self.drivers.for_record(record);
+        match driver.release(record, netns).await {
+            Ok(freed) => {
+                self.forget(record);
+                drop(freed);
+                Ok(())
+            }
+            Err(e) => {
+                driver.abandon(record);
+                self.attachments.remove(record);
+                Err(e)
+            }
         }
+    }
+
+    /// Drops an attachment's record and its entry (its resource is the
+    /// caller's to give back, after this).
+    fn forget(&self, record: &Record) {
+        if let Err(e) = self.store.remove(record.resource()) {
+            // Left on disk, the next start releases it again.
+            warn!(resource = %record.resource(), error = %e, "removing a record");
+        }
+        self.attachments.remove(record);
     }
 }
 
@@ -150,11 +155,7 @@ fn key_of(t: &Target) -> Key {
     }
 }
 
-fn validate_target(t: &Target) -> Result<(), CniError> {
+fn validate_target(t: &Target) -> Result<()> {
     cni::validate_container_id(&t.container_id)?;
-    cni::validate_ifname(&t.ifname)
-}
-
-fn internal(what: impl std::fmt::Display) -> CniError {
-    CniError::new(code::INTERNAL, what.to_string())
+    cni::validate_ifname(&t.ifname).map_err(Error::from)
 }

@@ -9,25 +9,20 @@
 use std::sync::Arc;
 
 use hostnic_netlink::Netns;
-use hostnic_proto::cni::{CniError, code};
-use hostnic_proto::rpc::{AddRequest, DelRequest, GcRequest, Reply, Target};
+use hostnic_proto::rpc::{AddRequest, DelRequest, Reply, Target};
 use tracing::{info, warn};
 
 use super::{Service, key_of};
+use crate::error::{Error, Result};
 use crate::networks::{self, ANNOTATION};
-use crate::store::Key;
+use crate::record::Key;
 
 impl Service {
     /// ADD: the attachment asked for and, natively, the pod's extra
     /// networks after it, in the annotation's order.
-    pub async fn add(
-        self: &Arc<Self>,
-        mut req: AddRequest,
-        netns: Option<Netns>,
-    ) -> Result<Reply, CniError> {
-        let netns = netns.ok_or_else(|| {
-            CniError::new(code::INVALID_ENV, "ADD needs the pod's netns descriptor")
-        })?;
+    pub async fn add(self: &Arc<Self>, mut req: AddRequest, netns: Option<Netns>) -> Result<Reply> {
+        let netns =
+            netns.ok_or_else(|| Error::invalid_env("ADD needs the pod's netns descriptor"))?;
         let extras = self.extra_networks(&req).await?;
         if extras.is_empty() {
             return self.add_one(req, &netns).await;
@@ -48,10 +43,10 @@ impl Service {
                 for k in made.iter().rev() {
                     self.release_attachment(k, &netns).await;
                 }
-                return Err(CniError::new(
-                    e.code,
-                    format!("{what}: {}; the pod's other NICs were released", e.msg),
-                ));
+                return Err(Error {
+                    msg: format!("{what}: {}; the pod's other NICs were released", e.msg),
+                    ..e
+                });
             }
             made.push(key);
         }
@@ -61,20 +56,13 @@ impl Service {
 
     /// DEL: the attachment asked for and, natively, every other attachment
     /// of the container (its extra networks), those first.
-    pub async fn del(
-        self: &Arc<Self>,
-        req: DelRequest,
-        netns: Option<Netns>,
-    ) -> Result<Reply, CniError> {
+    pub async fn del(self: &Arc<Self>, req: DelRequest, netns: Option<Netns>) -> Result<Reply> {
         let mut failed = None;
         if self.native_networks() {
-            let cid = &req.target.container_id;
             let extras = self
-                .nics
-                .pool()
-                .held_by_container(cid)
+                .attachments
+                .of_container(&req.target.container_id)
                 .into_iter()
-                .chain(self.shared.held_by_container(cid))
                 .filter(|k| k.network != req.target.network);
             for key in extras {
                 let ns = netns.as_ref().and_then(|n| n.try_clone().ok());
@@ -95,24 +83,6 @@ impl Service {
         }
     }
 
-    /// The attachments GC may release beyond the network's own: natively,
-    /// those of extra networks whose container the runtime no longer
-    /// lists.
-    pub(super) fn stale_extras(&self, req: &GcRequest) -> Vec<(Key, hostnic_netlink::Mac)> {
-        if !self.native_networks() {
-            return Vec::new();
-        }
-        self.nics
-            .pool()
-            .held()
-            .into_iter()
-            .filter(|(k, _)| {
-                k.network != req.network
-                    && !req.valid.iter().any(|v| v.container_id == k.container_id)
-            })
-            .collect()
-    }
-
     pub(super) fn native_networks(&self) -> bool {
         self.kube.as_ref().is_some_and(|k| k.nads.is_some())
     }
@@ -120,7 +90,7 @@ impl Service {
     /// The ADDs of the pod's extra networks: its annotation (the runtime's,
     /// else the API server's), each network's definition from the API
     /// server. Any problem refuses the whole ADD before anything is made.
-    async fn extra_networks(&self, req: &AddRequest) -> Result<Vec<AddRequest>, CniError> {
+    async fn extra_networks(&self, req: &AddRequest) -> Result<Vec<AddRequest>> {
         let Some(kube) = &self.kube else {
             return Ok(Vec::new());
         };
@@ -141,14 +111,14 @@ impl Service {
         let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
             return Ok(Vec::new());
         };
-        let invalid = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
+        let invalid = Error::invalid_config;
         let selections = networks::parse(&text, namespace).map_err(invalid)?;
         let mut out = Vec::with_capacity(selections.len());
         for sel in &selections {
             let config = nads
                 .config(&sel.namespace, &sel.name)
                 .await
-                .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, e))?
+                .map_err(Error::try_again)?
                 .ok_or_else(|| {
                     invalid(format!(
                         "annotation {ANNOTATION}: NetworkAttachmentDefinition {} does not exist",

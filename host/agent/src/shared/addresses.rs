@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use hostnic_proto::cni::{CniError, code};
+use crate::error::Error;
 use ipnet::{Ipv4AddrRange, Ipv4Net};
 
 /// A shared vxnet as the node knows it.
@@ -140,14 +140,12 @@ impl SharedNet {
         taken: &BTreeSet<Ipv4Addr>,
         wanted: Option<&[Ipv4Addr]>,
         owned: Option<&BTreeSet<Ipv4Net>>,
-    ) -> Result<Ipv4Addr, CniError> {
+    ) -> Result<Ipv4Addr, Error> {
         let mine = |a: &Ipv4Addr| owned.is_none_or(|o| o.contains(&self.block_of(*a)));
         let free = |a: &Ipv4Addr| self.usable(*a) && mine(a) && !taken.contains(a);
         match wanted {
             None => self.range.hosts().find(free).ok_or_else(|| {
-                CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    match owned {
+                Error::try_again(match owned {
                         None => format!(
                             "shared range {} of {} is exhausted on this node: every one of its {} addresses is held",
                             self.range,
@@ -167,9 +165,7 @@ impl SharedNet {
                 let inside: Vec<Ipv4Addr> =
                     wanted.iter().copied().filter(|a| self.usable(*a)).collect();
                 if inside.is_empty() {
-                    return Err(CniError::new(
-                        code::INVALID_CONFIG,
-                        format!(
+                    return Err(Error::invalid_config(format!(
                             "the ip policy asks for {} but {} is in shared mode and its pods are addressed from {} only",
                             crate::source::shown(wanted),
                             self.vxnet,
@@ -178,9 +174,7 @@ impl SharedNet {
                     ));
                 }
                 inside.iter().copied().find(free).ok_or_else(|| {
-                    CniError::new(
-                        code::TRY_AGAIN_LATER,
-                        format!(
+                    Error::try_again(format!(
                             "{} held by other pods (or other nodes' blocks)",
                             match inside.len() {
                                 1 => format!("address {} is", inside[0]),
@@ -197,6 +191,7 @@ impl SharedNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
 
     fn net() -> SharedNet {
         SharedNet {
@@ -223,7 +218,7 @@ mod tests {
         assert_eq!(n.pick(&taken, None, None).unwrap(), ip("10.0.0.254"));
         taken.insert(ip("10.0.0.254"));
         let e = n.pick(&taken, None, None).unwrap_err();
-        assert_eq!(e.code, code::TRY_AGAIN_LATER);
+        assert_eq!(e.kind, Kind::TryAgain);
         assert!(
             e.msg.contains("10.0.0.252/30 of vxnet-a is exhausted"),
             "{}",
@@ -236,7 +231,7 @@ mod tests {
         let n = net();
         let taken = BTreeSet::from([ip("10.0.0.253")]);
         let e = n.pick(&taken, Some(&[ip("10.0.0.7")]), None).unwrap_err();
-        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert_eq!(e.kind, Kind::InvalidConfig);
         assert!(
             e.msg.contains("10.0.0.7") && e.msg.contains("10.0.0.252/30"),
             "{}",
@@ -264,7 +259,7 @@ mod tests {
         let e = n
             .pick(&none, Some(&[ip("10.0.0.253")]), Some(&owned))
             .unwrap_err();
-        assert_eq!(e.code, code::TRY_AGAIN_LATER, "{}", e.msg);
+        assert_eq!(e.kind, Kind::TryAgain, "{}", e.msg);
         let taken = BTreeSet::from([ip("10.0.0.254")]);
         assert!(n.pick(&taken, None, Some(&owned)).is_err());
         assert_eq!(

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use hostnic_proto::cni::{CniError, code};
+use crate::error::Error;
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
@@ -79,7 +79,7 @@ impl Shared {
         &self,
         net: &SharedNet,
         wanted: Option<&[Ipv4Addr]>,
-    ) -> Result<bool, CniError> {
+    ) -> Result<bool, Error> {
         let Some(claims) = &self.claims else {
             return Ok(false);
         };
@@ -90,10 +90,7 @@ impl Shared {
             return Ok(false);
         }
         let unavailable = |e: anyhow::Error| {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                format!("claiming an address block of {}: {e:#}", net.vxnet),
-            )
+            Error::try_again(format!("claiming an address block of {}: {e:#}", net.vxnet))
         };
         self.learn_cloud(net).await.map_err(unavailable)?;
         let cloud: BTreeSet<Ipv4Net> = self.held().cloud.keys().map(|a| net.block_of(*a)).collect();
@@ -128,7 +125,7 @@ impl Shared {
     /// another node is reported: two pods may then have the address.
     pub async fn claim_restored(&self) {
         let Some(claims) = &self.claims else { return };
-        for r in self.all() {
+        for (_, r) in self.records() {
             let Some(net) = self.net(&r.vxnet) else {
                 continue;
             };

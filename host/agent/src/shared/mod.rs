@@ -1,15 +1,14 @@
 //! Shared-NIC mode (`docs/shared-nic.md`): pods of a shared vxnet get a
 //! veth and an address of the vxnet's shared range; the node's NIC there
 //! answers for them and carries their traffic. This module holds what the
-//! node knows of its shared attachments — the vxnets, the records, which
-//! addresses are held, which blocks of the range are the node's — and the
-//! wiring; `service/shared.rs` runs the verbs and `service/shared_restore.rs`
+//! node knows of its shared vxnets — which addresses are held, which
+//! blocks of the range are the node's, the sticky pins — and the kernel
+//! side (`wiring.rs`); the driver (`wiring/shared/`) runs the verbs and
 //! the start.
 
 pub mod addresses;
 pub mod blocks;
 pub mod pins;
-pub mod record;
 pub mod wiring;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,28 +17,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use hostnic_proto::cni::{CniError, code};
 use ipnet::Ipv4Net;
 
 pub use addresses::SharedNet;
 pub use blocks::{Claims, Listing};
 pub use pins::Pin;
-pub use record::{Records, SharedRecord};
 
+use crate::attachments::Attachments;
 use crate::config::{SharedVxnet, table_of};
-use crate::source::NicSource;
-use crate::store::{Key, Phase};
-
-/// One attachment: its record, and the lock its verbs take.
-#[derive(Debug)]
-struct Entry {
-    record: SharedRecord,
-    lock: Arc<tokio::sync::Mutex<()>>,
-}
+use crate::error::{Kind, Result};
+use crate::record::{Holds, Record, Resource, SharedHold};
+use crate::source::{NicSource, VxnetAddr};
 
 #[derive(Debug, Default)]
 struct Held {
-    by_key: BTreeMap<Key, Entry>,
     /// Every address an attachment holds (or an unreadable record names).
     taken: BTreeSet<Ipv4Addr>,
     /// The blocks this node holds per vxnet (with claims only).
@@ -54,11 +45,16 @@ struct Held {
     pins: BTreeMap<Ipv4Addr, Pin>,
 }
 
+/// What the node knows of its shared vxnets: which addresses its
+/// attachments hold, which blocks of the ranges are its, which addresses
+/// the cloud's NICs hold and which are pinned for sticky identities. The
+/// attachments themselves are the attachment table's.
 #[derive(Debug)]
 pub struct Shared {
     nets: Vec<SharedNet>,
-    pub records: Records,
     held: Mutex<Held>,
+    /// The node's attachments (which pod holds which address).
+    attachments: Arc<Attachments>,
     /// The cluster's block claims; `None`: each range is the node's alone.
     claims: Option<Arc<dyn Claims>>,
     /// The cloud, asked which addresses of a range its NICs hold.
@@ -87,47 +83,41 @@ pub struct Want<'a> {
     pub nics: &'a [Ipv4Addr],
 }
 
-/// An attachment locked for a verb: its record as of the lock.
-#[derive(Debug)]
-pub struct Locked {
-    pub record: SharedRecord,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
 impl Shared {
     /// The configured shared vxnets, resolved against what the source
     /// knows of them (subnet and gateway).
     pub fn new(
         config: &[SharedVxnet],
         source: Arc<dyn NicSource>,
-        records: Records,
+        attachments: Arc<Attachments>,
         claims: Option<Arc<dyn Claims>>,
     ) -> anyhow::Result<Shared> {
-        let known = source.vxnets();
+        let known: Vec<VxnetAddr> = source.vxnets();
         let mut nets = Vec::new();
         for (n, s) in config.iter().enumerate() {
-            let Some((_, cidr, gateway)) = known.iter().find(|(id, ..)| *id == s.vxnet) else {
+            let Some(v) = known.iter().find(|v| v.id == s.vxnet) else {
                 bail!(
                     "shared vxnet {}: the node knows no such vxnet (its vxnets: {})",
                     s.vxnet,
                     known
                         .iter()
-                        .map(|(id, ..)| id.as_str())
+                        .map(|v| v.id.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
             };
-            if !cidr.contains(&s.range) {
+            if !v.cidr.contains(&s.range) {
                 bail!(
-                    "shared range {} is not inside vxnet {} ({cidr})",
+                    "shared range {} is not inside vxnet {} ({})",
                     s.range,
-                    s.vxnet
+                    s.vxnet,
+                    v.cidr
                 );
             }
             nets.push(SharedNet {
                 vxnet: s.vxnet.clone(),
-                cidr: *cidr,
-                gateway: *gateway,
+                cidr: v.cidr,
+                gateway: v.gateway,
                 range: s.range,
                 table: table_of(n),
                 block_prefix: s.block_prefix,
@@ -145,8 +135,8 @@ impl Shared {
         };
         Ok(Shared {
             nets,
-            records,
             held: Mutex::default(),
+            attachments,
             claims,
             source,
             claiming: tokio::sync::Mutex::default(),
@@ -163,49 +153,34 @@ impl Shared {
         &self.nets
     }
 
-    /// The shared vxnet an ADD with this vxnet order goes to: its first
-    /// choice, when that one is shared.
-    pub fn net_for(&self, first: Option<&str>) -> Option<&SharedNet> {
-        self.nets.iter().find(|n| Some(n.vxnet.as_str()) == first)
-    }
-
     pub fn net(&self, vxnet: &str) -> Option<&SharedNet> {
         self.nets.iter().find(|n| n.vxnet == vxnet)
     }
 
-    /// The attachment's record, without its lock (to answer a retried ADD
-    /// or to see whether a key is shared at all).
-    pub fn peek(&self, key: &Key) -> Option<SharedRecord> {
-        self.held().by_key.get(key).map(|e| e.record.clone())
-    }
-
-    /// The attachment, locked; `None` if there is none (or it went while
-    /// we waited for its lock).
-    pub async fn lock(&self, key: &Key) -> Option<Locked> {
-        let lock = self.held().by_key.get(key)?.lock.clone();
-        let guard = lock.lock_owned().await;
-        let record = self.held().by_key.get(key)?.record.clone();
-        Some(Locked {
-            record,
-            _guard: guard,
-        })
+    /// The shared attachments, with what they hold.
+    fn records(&self) -> Vec<(Record, SharedHold)> {
+        self.attachments
+            .all()
+            .into_iter()
+            .filter_map(|r| match &r.holds {
+                Holds::Address(h) => {
+                    let h = h.clone();
+                    Some((r, h))
+                }
+                Holds::Nic { .. } => None,
+            })
+            .collect()
     }
 
     /// An address of `net` for a new attachment — what `want` asks, none
     /// of the node's own NICs' nor any a cloud NIC holds nor any pinned
-    /// for another identity — held with its lock until the record is
-    /// committed or dropped; the record is `make(address)`. A new block of
+    /// for another identity — taken until [`Shared::free`]. A new block of
     /// the range is claimed when the node's blocks have no room.
-    pub async fn reserve(
-        &self,
-        net: &SharedNet,
-        want: Want<'_>,
-        make: impl Fn(Ipv4Addr) -> SharedRecord,
-    ) -> Result<Locked, CniError> {
+    pub async fn reserve(&self, net: &SharedNet, want: Want<'_>) -> Result<Ipv4Addr> {
         loop {
-            match self.reserve_now(net, want, &make) {
+            match self.reserve_now(net, want) {
                 Err(e)
-                    if e.code == code::TRY_AGAIN_LATER
+                    if e.kind == Kind::TryAgain
                         && want.pinned.is_none()
                         && self.grow(net, want.addresses).await? => {}
                 other => return other,
@@ -214,12 +189,7 @@ impl Shared {
     }
 
     /// [`Shared::reserve`] within the blocks the node holds now.
-    fn reserve_now(
-        &self,
-        net: &SharedNet,
-        want: Want<'_>,
-        make: impl FnOnce(Ipv4Addr) -> SharedRecord,
-    ) -> Result<Locked, CniError> {
+    fn reserve_now(&self, net: &SharedNet, want: Want<'_>) -> Result<Ipv4Addr> {
         let mut held = self.held();
         // A pinned address is the identity's wherever its block is.
         let (wanted, owned) = match &want.pinned {
@@ -240,45 +210,29 @@ impl Shared {
                 std::borrow::Cow::Owned(all.chain(&pinned).copied().collect())
             };
         let address = net.pick(&taken, wanted, owned.as_ref())?;
-        let record = make(address);
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        let guard = lock.clone().try_lock_owned().expect("a new lock is free");
         held.taken.insert(address);
-        held.by_key.insert(
-            record.key.clone(),
-            Entry {
-                record: record.clone(),
-                lock,
-            },
-        );
-        Ok(Locked {
-            record,
-            _guard: guard,
-        })
+        Ok(address)
     }
 
-    /// Puts a record read back at start (its address held again).
-    pub fn restore(&self, record: SharedRecord) {
-        let mut held = self.held();
-        held.taken.insert(record.address);
-        held.by_key.insert(
-            record.key.clone(),
-            Entry {
-                record,
-                lock: Arc::default(),
-            },
-        );
+    /// Holds the address of a record read back at start.
+    pub fn hold(&self, address: Ipv4Addr) {
+        self.held().taken.insert(address);
     }
 
-    /// Tells the vxnet, from the node's NIC (link `nic_index`), that the
-    /// record's address is at that NIC now: peers that knew it at another
+    /// The address is free again.
+    pub fn free(&self, address: Ipv4Addr) {
+        self.held().taken.remove(&address);
+    }
+
+    /// Tells the vxnet, from the node's NIC (link `nic_index`), that
+    /// `address` is at that NIC (`nic`) now: peers that knew it at another
     /// node's (a sticky identity's last node, a block's last holder) send
     /// here at once instead of once their entries age out. The pod works
     /// without it, so a failure is only reported.
-    pub fn announce(&self, nic_index: u32, record: &SharedRecord) {
+    pub fn announce(&self, nic_index: u32, nic: hostnic_netlink::Mac, address: Ipv4Addr) {
         let Some(a) = &self.announcer else { return };
-        if let Err(e) = a.announce(nic_index, record.nic, record.address) {
-            tracing::warn!(address = %record.address, error = %e, "announcing a shared address");
+        if let Err(e) = a.announce(nic_index, nic, address) {
+            tracing::warn!(%address, error = %e, "announcing a shared address");
         }
     }
 
@@ -287,12 +241,7 @@ impl Shared {
     /// sticky identity back on the node wants the address its last pod
     /// had.
     pub async fn wait_released(&self, address: Ipv4Addr) {
-        let releasing = self
-            .held()
-            .by_key
-            .values()
-            .find(|e| e.record.address == address && e.record.phase == Phase::Releasing)
-            .map(|e| e.lock.clone());
+        let releasing = self.attachments.releasing_of(Resource::Address(address));
         if let Some(lock) = releasing {
             let _ = lock.lock().await;
         }
@@ -313,77 +262,21 @@ impl Shared {
         self.claims.is_some()
     }
 
-    /// Keeps addresses taken whose records cannot be read.
-    pub fn hold_stuck(&self, addresses: Vec<Ipv4Addr>) {
-        self.held().taken.extend(addresses);
-    }
-
-    /// The attachment's record as it is now (committed, releasing).
-    pub fn update(&self, record: &SharedRecord) {
-        if let Some(e) = self.held().by_key.get_mut(&record.key) {
-            e.record = record.clone();
-        }
-    }
-
-    /// Drops the attachment and frees its address.
-    pub fn forget(&self, record: &SharedRecord) {
-        self.drop_entry(record, true);
-    }
-
-    /// Drops the attachment but keeps its address taken: what it wired
-    /// could not all be undone, so the address waits for the next start's
-    /// sweep (its record stays on disk), while a retried ADD goes on with
-    /// another.
-    pub fn abandon(&self, record: &SharedRecord) {
-        self.drop_entry(record, false);
-    }
-
-    /// Drops `record`'s attachment if it is still that one (same address),
-    /// and with `free`, its address.
-    fn drop_entry(&self, record: &SharedRecord, free: bool) {
-        let mut held = self.held();
-        let same = |e: &Entry| e.record.address == record.address;
-        if held.by_key.get(&record.key).is_some_and(same) {
-            held.by_key.remove(&record.key);
-            if free {
-                held.taken.remove(&record.address);
-            }
-        }
-    }
-
-    /// Every attachment's record.
-    pub fn all(&self) -> Vec<SharedRecord> {
-        self.held()
-            .by_key
-            .values()
-            .map(|e| e.record.clone())
-            .collect()
-    }
-
-    /// The attachments of a container (its networks).
-    pub fn held_by_container(&self, container_id: &str) -> Vec<Key> {
-        self.held()
-            .by_key
-            .keys()
-            .filter(|k| k.container_id == container_id)
-            .cloned()
-            .collect()
-    }
-
     /// Per shared vxnet: the addresses held and the blocks the node holds
     /// (0 without claims), for the metrics and `status`.
     pub fn counts(&self) -> BTreeMap<String, (usize, usize)> {
-        let held = self.held();
-        let mut out: BTreeMap<String, (usize, usize)> = self
-            .nets
-            .iter()
-            .map(|n| {
-                let blocks = held.owned.get(&n.vxnet).map_or(0, BTreeSet::len);
-                (n.vxnet.clone(), (0, blocks))
-            })
-            .collect();
-        for e in held.by_key.values() {
-            out.entry(e.record.vxnet.clone()).or_default().0 += 1;
+        let mut out: BTreeMap<String, (usize, usize)> = {
+            let held = self.held();
+            self.nets
+                .iter()
+                .map(|n| {
+                    let blocks = held.owned.get(&n.vxnet).map_or(0, BTreeSet::len);
+                    (n.vxnet.clone(), (0, blocks))
+                })
+                .collect()
+        };
+        for (_, h) in self.records() {
+            out.entry(h.vxnet).or_default().0 += 1;
         }
         out
     }

@@ -25,11 +25,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
-use hostnic_proto::cni::{CniError, code};
+use crate::error::Error;
 use tracing::{info, warn};
 
 use super::{Held, Shared, SharedNet};
-use crate::store::Phase;
+use crate::record::Phase;
 
 /// How a StatefulSet identity begins (the default ip guest's form).
 const STATEFULSET: &str = "statefulset/";
@@ -83,11 +83,11 @@ impl Shared {
         net: &SharedNet,
         identity: &str,
         pod: &str,
-    ) -> Result<Option<Ipv4Addr>, CniError> {
+    ) -> Result<Option<Ipv4Addr>, Error> {
         let Some(claims) = &self.claims else {
             return Ok(None);
         };
-        let busy = |what: String| CniError::new(code::TRY_AGAIN_LATER, what);
+        let busy = Error::try_again;
         let Some(pin) = claims
             .pin_of(identity)
             .await
@@ -96,13 +96,10 @@ impl Shared {
             return Ok(None);
         };
         if pin.vxnet != net.vxnet {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "the address of sticky {identity} ({}) is in vxnet {}, not {}; a sticky identity keeps its vxnet",
-                    pin.address, pin.vxnet, net.vxnet
-                ),
-            ));
+            return Err(Error::invalid_config(format!(
+                "the address of sticky {identity} ({}) is in vxnet {}, not {}; a sticky identity keeps its vxnet",
+                pin.address, pin.vxnet, net.vxnet
+            )));
         }
         let me = claims.node();
         if pin.node != me
@@ -151,11 +148,11 @@ impl Shared {
         identity: &str,
         address: Ipv4Addr,
         pod: &str,
-    ) -> Result<(), CniError> {
+    ) -> Result<(), Error> {
         let Some(claims) = &self.claims else {
             return Ok(());
         };
-        let busy = |what: String| CniError::new(code::TRY_AGAIN_LATER, what);
+        let busy = Error::try_again;
         let pin = Pin {
             vxnet: net.vxnet.clone(),
             address,
@@ -307,11 +304,10 @@ impl Shared {
     /// The pod (`namespace/name`) of the attachment holding `address`; one
     /// being released (whose DEL lets go of the pin) holds nothing.
     fn pod_holding(&self, address: Ipv4Addr) -> Option<String> {
-        let held = self.held();
-        held.by_key
-            .values()
-            .find(|e| e.record.address == address && e.record.phase != Phase::Releasing)
-            .map(|e| pod_name(&e.record.pod))
+        self.records()
+            .into_iter()
+            .find(|(r, h)| h.address == address && r.phase != Phase::Releasing)
+            .map(|(r, _)| pod_name(&r.pod))
     }
 
     /// The pins this node knows of (for `status` and the tests).

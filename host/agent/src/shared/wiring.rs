@@ -12,8 +12,7 @@ use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 use super::addresses::SharedNet;
-use super::record::SharedRecord;
-use crate::store::Key;
+use crate::record::{Key, SharedHold};
 
 /// The routing protocol number on hostnic's routes and rules.
 pub const PROTO: u8 = 213;
@@ -27,13 +26,27 @@ pub const TO_PRIORITY: u32 = 512;
 pub const FROM_PRIORITY: u32 = 1536;
 const MAIN: u32 = 254;
 
+fn digest(key: &Key) -> [u8; 32] {
+    Sha256::digest(format!("{}\0{}\0{}", key.network, key.container_id, key.ifname).as_bytes())
+        .into()
+}
+
 /// The node's end of an attachment's veth: `hs` and 12 hex digits of the
 /// attachment's key, so a retried ADD names the same one.
 pub fn veth_name(key: &Key) -> String {
-    let digest =
-        Sha256::digest(format!("{}\0{}\0{}", key.network, key.container_id, key.ifname).as_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest(key)[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("hs{hex}")
+}
+
+/// The MAC of the pod's end of the veth, from the attachment's key: known
+/// before the veth exists (the routes guest sees it), the same on a retry.
+/// Locally administered and unicast; it is only ever seen on the veth.
+pub fn veth_mac(key: &Key) -> Mac {
+    let d = digest(key);
+    Mac([0x0a, d[6], d[7], d[8], d[9], d[10]])
 }
 
 fn host(a: Ipv4Addr) -> Ipv4Net {
@@ -126,19 +139,11 @@ pub async fn prepare_vxnet(
 pub async fn create_veth(
     node: &Netlink,
     pod_ns: &Netns,
-    r: &SharedRecord,
-) -> hostnic_netlink::Result<Mac> {
-    node.add_veth(&r.veth, &r.key.ifname, pod_ns, r.mtu).await?;
-    let pod = pod_ns.connect().await?;
-    pod.link_by_name(&r.key.ifname)
-        .await?
-        .and_then(|l| l.mac)
-        .ok_or_else(|| {
-            gone(format!(
-                "finding {} in the pod after creating it",
-                r.key.ifname
-            ))
-        })
+    (ifname, mac): (&str, Mac),
+    r: &SharedHold,
+) -> hostnic_netlink::Result<()> {
+    node.add_veth(&r.veth, (ifname, mac), pod_ns, r.mtu).await?;
+    Ok(())
 }
 
 /// Configures both ends once the veth exists: the pod's address, next hop
@@ -146,7 +151,8 @@ pub async fn create_veth(
 pub async fn configure(
     node: &Netlink,
     pod_ns: &Netns,
-    r: &SharedRecord,
+    ifname: &str,
+    r: &SharedHold,
     nic_index: u32,
 ) -> hostnic_netlink::Result<()> {
     let hs = node
@@ -158,9 +164,9 @@ pub async fn configure(
         .ok_or_else(|| gone(format!("{} has no MAC", r.veth)))?;
     let pod = pod_ns.connect().await?;
     let eth = pod
-        .link_by_name(&r.key.ifname)
+        .link_by_name(ifname)
         .await?
-        .ok_or_else(|| gone(format!("finding {} in the pod", r.key.ifname)))?;
+        .ok_or_else(|| gone(format!("finding {ifname} in the pod")))?;
     pod.set_mtu_up(eth.index, r.mtu).await?;
     pod.add_address(eth.index, host(r.address)).await?;
     pod.add_permanent_neighbour(eth.index, NEXT_HOP, host_mac)
@@ -184,7 +190,7 @@ pub async fn configure(
 /// missing with it).
 pub async fn configure_node(
     node: &Netlink,
-    r: &SharedRecord,
+    r: &SharedHold,
     veth_index: u32,
     nic_index: u32,
 ) -> hostnic_netlink::Result<()> {
@@ -203,7 +209,7 @@ pub async fn configure_node(
 /// is idempotent, so an unwire after a partial wire, or twice, is fine.
 pub async fn unwire(
     node: &Netlink,
-    r: &SharedRecord,
+    r: &SharedHold,
     nic_index: Option<u32>,
 ) -> hostnic_netlink::Result<()> {
     if let Some(i) = nic_index {
@@ -223,20 +229,21 @@ pub async fn unwire(
 pub async fn verify(
     node: &Netlink,
     pod_ns: &Netns,
-    r: &SharedRecord,
+    ifname: &str,
+    r: &SharedHold,
     nic_index: u32,
 ) -> hostnic_netlink::Result<Result<(), String>> {
     let pod = pod_ns.connect().await?;
-    let Some(eth) = pod.link_by_name(&r.key.ifname).await? else {
-        return Ok(Err(format!("the pod has no interface {}", r.key.ifname)));
+    let Some(eth) = pod.link_by_name(ifname).await? else {
+        return Ok(Err(format!("the pod has no interface {ifname}")));
     };
     if !eth.up {
-        return Ok(Err(format!("interface {} is down", r.key.ifname)));
+        return Ok(Err(format!("interface {} is down", ifname)));
     }
     if eth.mtu != r.mtu {
         return Ok(Err(format!(
             "interface {} has MTU {}, expected {}",
-            r.key.ifname, eth.mtu, r.mtu
+            ifname, eth.mtu, r.mtu
         )));
     }
     let v4: Vec<_> = pod
@@ -248,7 +255,7 @@ pub async fn verify(
     if v4 != [ipnet::IpNet::V4(host(r.address))] {
         return Ok(Err(format!(
             "interface {} has IPv4 addresses {v4:?}, expected exactly {}/32",
-            r.key.ifname, r.address
+            ifname, r.address
         )));
     }
     let Some(hs) = node.link_by_name(&r.veth).await? else {

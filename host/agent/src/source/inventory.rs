@@ -4,13 +4,12 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use hostnic_proto::cni::{CniError, code};
-
 use super::{Acquired, NicSource, VxnetAddr, counted, shown, warm_with_address};
 use crate::config::NicSpec;
+use crate::error::{Error, Result};
 use crate::nics::Nics;
 use crate::pool::Pool;
-use crate::store::Key;
+use crate::record::Key;
 
 #[derive(Debug)]
 pub struct StaticInventory {
@@ -34,9 +33,13 @@ fn vxnets_of(nics: &[NicSpec]) -> Vec<VxnetAddr> {
     let mut out: Vec<VxnetAddr> = Vec::new();
     for n in nics {
         if let Some(id) = &n.vxnet
-            && !out.iter().any(|(v, ..)| v == id)
+            && !out.iter().any(|v| &v.id == id)
         {
-            out.push((id.clone(), n.address.trunc(), n.gateway));
+            out.push(VxnetAddr {
+                id: id.clone(),
+                cidr: n.address.trunc(),
+                gateway: n.gateway,
+            });
         }
     }
     out
@@ -64,32 +67,29 @@ impl NicSource for StaticInventory {
         (candidates, node)
     }
 
-    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired, CniError> {
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired> {
         let Some(order) = order else {
             // Any free NIC; with none, look once more for missing ones.
             if let Some(l) = self.nics.wait_for_release(|p| p.reserve(key)).await {
                 return Ok(Acquired::warm(l));
             }
             self.nics.rescan_missing().await;
-            let lease = self.nics.pool().reserve(key).ok_or_else(|| {
-                CniError::new(code::NO_FREE_NIC, "no free NIC on this node").with_details(
+            let nic = self.nics.pool().reserve(key).ok_or_else(|| {
+                Error::exhausted("no free NIC on this node").with_details(
                     "every NIC in the inventory is held by a pod or missing; add NICs or delete pods",
                 )
             })?;
-            return Ok(Acquired::warm(lease));
+            return Ok(Acquired::warm(nic));
         };
         self.nics
             .wait_for_release(|p| p.reserve_in(order, key))
             .await
             .map(Acquired::warm)
             .ok_or_else(|| {
-                CniError::new(
-                    code::NO_FREE_NIC,
-                    format!(
-                        "no free NIC on this node in the vxnets the vxnet policy chose ({})",
-                        order.join(", ")
-                    ),
-                )
+                Error::exhausted(format!(
+                    "no free NIC on this node in the vxnets the vxnet policy chose ({})",
+                    order.join(", ")
+                ))
             })
     }
 
@@ -98,23 +98,20 @@ impl NicSource for StaticInventory {
         key: &Key,
         addrs: &[Ipv4Addr],
         _vxnet: Option<&str>,
-    ) -> Result<Acquired, CniError> {
+    ) -> Result<Acquired> {
         warm_with_address(&self.nics, key, addrs)
             .await
             .map(Acquired::warm)
             .ok_or_else(|| {
-                CniError::new(
-                    code::NO_FREE_NIC,
-                    format!(
-                        "no free NIC has the address the ip policy asked for ({})",
-                        shown(addrs)
-                    ),
-                )
+                Error::exhausted(format!(
+                    "no free NIC has the address the ip policy asked for ({})",
+                    shown(addrs)
+                ))
             })
     }
 
     /// The node has no NIC of its own in a static subnet.
-    async fn node_gateway(&self, _vxnet: &str) -> Result<Option<Ipv4Addr>, CniError> {
+    async fn node_gateway(&self, _vxnet: &str) -> Result<Option<Ipv4Addr>> {
         Ok(None)
     }
 

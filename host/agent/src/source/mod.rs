@@ -10,25 +10,35 @@ pub mod inventory;
 use std::net::Ipv4Addr;
 
 use hostnic_netlink::Mac;
-use hostnic_proto::cni::CniError;
 use ipnet::Ipv4Net;
 
+use crate::config::NicSpec;
+use crate::error::{Error, Kind, Result};
 use crate::nics::Nics;
-use crate::pool::{Lease, Pool, State};
-use crate::store::Key;
+use crate::pool::{Pool, State};
+use crate::record::Key;
 
 /// The answer of a cold ADD that waited its time while its NIC is still
 /// on its way: no failure, the retry finds it warm.
-pub const STILL_ATTACHING: &str =
-    "no warm NIC on this node; NICs are being attached for the waiting pods, try again shortly";
+pub fn still_attaching() -> Error {
+    Error::new(
+        Kind::StillAttaching,
+        "no warm NIC on this node; NICs are being attached for the waiting pods, try again shortly",
+    )
+}
 
-/// A vxnet an ADD can take a NIC from: (id, prefix, gateway).
-pub type VxnetAddr = (String, Ipv4Net, Ipv4Addr);
+/// A vxnet an ADD can take a NIC from, and its addressing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxnetAddr {
+    pub id: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
 
 /// A NIC reserved for an ADD, and how the source came by it.
 #[derive(Debug)]
 pub struct Acquired {
-    pub lease: Lease,
+    pub nic: NicSpec,
     pub how: How,
 }
 
@@ -55,9 +65,9 @@ impl How {
 }
 
 impl Acquired {
-    pub fn warm(lease: Lease) -> Acquired {
+    pub fn warm(nic: NicSpec) -> Acquired {
         Acquired {
-            lease,
+            nic,
             how: How::Warm,
         }
     }
@@ -75,7 +85,7 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
 
     /// A NIC from the vxnets of `order` (best first; `None`: any), waiting
     /// for one a DEL is bringing back, or making one where the source can.
-    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired, CniError>;
+    async fn acquire(&self, key: &Key, order: Option<&[String]>) -> Result<Acquired>;
 
     /// A NIC with one of `addrs` (the ip policy's answer), in `vxnet` when
     /// the source must make one.
@@ -84,7 +94,7 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
         key: &Key,
         addrs: &[Ipv4Addr],
         vxnet: Option<&str>,
-    ) -> Result<Acquired, CniError>;
+    ) -> Result<Acquired>;
 
     /// The NIC that follows sticky `identity` (the ip policy's
     /// `sticky(key)`), brought to this node for `key`; `None` when it has
@@ -96,14 +106,14 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
         _key: &Key,
         _identity: &str,
         _vxnets: Option<&[String]>,
-    ) -> Result<Option<Acquired>, CniError> {
+    ) -> Result<Option<Acquired>> {
         Ok(None)
     }
 
     /// Marks the NIC an ADD acquired as following `identity` from now on
     /// (a tag in the cloud), before the ADD answers. Sources without
     /// sticky NICs ignore it.
-    async fn tag_sticky(&self, _mac: Mac, _identity: &str) -> Result<bool, CniError> {
+    async fn tag_sticky(&self, _mac: Mac, _identity: &str) -> Result<bool> {
         Ok(false)
     }
 
@@ -116,7 +126,7 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
     /// The next hop for `gw 0.0.0.0` route templates in `vxnet`: the
     /// node's own NIC there, set up if need be. `None`: the source has no
     /// such NIC, and the subnet gateway serves.
-    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>, CniError>;
+    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>>;
 
     /// The cloud's NICs in `vxnet` and their addresses: shared-NIC mode
     /// keeps its pods off them. Empty where there is no cloud to ask.
@@ -146,15 +156,15 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
 }
 
 /// A candidate vxnet with the pool's counts: its warm and its held NICs.
-pub fn counted(pool: &Pool, (id, cidr, gateway): &VxnetAddr) -> hostnic_policy::Vxnet {
-    let mut v = crate::policy::vxnet(id, *cidr, *gateway);
-    v.warm_nics = pool.count_in(id, &[State::Free]) as u32;
-    v.used_nics = pool.count_held_in(id) as u32;
+pub fn counted(pool: &Pool, vxnet: &VxnetAddr) -> hostnic_policy::Vxnet {
+    let mut v = crate::policy::vxnet(&vxnet.id, vxnet.cidr, vxnet.gateway);
+    v.warm_nics = pool.count_in(&vxnet.id, &[State::Free]) as u32;
+    v.used_nics = pool.count_held_in(&vxnet.id) as u32;
     v
 }
 
 /// A free NIC already on the node with one of `addrs`.
-pub async fn warm_with_address(nics: &Nics, key: &Key, addrs: &[Ipv4Addr]) -> Option<Lease> {
+pub async fn warm_with_address(nics: &Nics, key: &Key, addrs: &[Ipv4Addr]) -> Option<NicSpec> {
     nics.wait_for_release(|p| p.reserve_where(key, |s| addrs.contains(&s.address.addr())))
         .await
 }

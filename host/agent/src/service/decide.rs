@@ -5,85 +5,19 @@
 
 use std::net::Ipv4Addr;
 
-use hostnic_netlink::Mac;
 use hostnic_policy::IpRequest;
-use hostnic_proto::cni::{CniError, NetworkHooks, RouteTemplate, code};
-use hostnic_proto::rpc::AddRequest;
-use ipnet::Ipv4Net;
+use hostnic_proto::cni::{NetworkHooks, RouteTemplate};
 
 use super::{Service, who};
 use crate::config::NicSpec;
+use crate::error::{Error, Result};
+use crate::plan::{Asked, Plan, Routes};
 use crate::policy;
+use crate::record::Key;
 use crate::source::shown;
-use crate::store::Key;
 
 /// Addresses of an ip-policy range considered (a range serves a few pods).
 const MAX_RANGE: usize = 1024;
-
-/// What the network's config and the runtime ask of one attachment,
-/// beyond the guests' say.
-#[derive(Debug)]
-pub(super) struct Asked<'a> {
-    /// The network's vxnets (a subset of the source's); `None`: all.
-    pub vxnets: Option<&'a [String]>,
-    /// The `ips` capability: one of these addresses, whatever the ip hook
-    /// would say.
-    pub ips: &'a [Ipv4Addr],
-    /// The `mac` capability: this NIC.
-    pub mac: Option<Mac>,
-    /// The network's own guest configs.
-    pub hooks: &'a NetworkHooks,
-}
-
-impl<'a> Asked<'a> {
-    pub fn of(req: &'a AddRequest) -> Result<Asked<'a>, CniError> {
-        let mac = req
-            .mac
-            .as_deref()
-            .map(|m| {
-                m.parse::<Mac>().map_err(|_| {
-                    CniError::new(
-                        code::INVALID_CONFIG,
-                        format!("runtimeConfig.mac: {m:?} is not a MAC address"),
-                    )
-                })
-            })
-            .transpose()?;
-        Ok(Asked {
-            vxnets: req.vxnets.as_deref(),
-            ips: &req.ips,
-            mac,
-            hooks: &req.hooks,
-        })
-    }
-}
-
-/// The guests' decisions for one ADD, before any NIC is taken.
-#[derive(Debug)]
-pub(super) struct Plan {
-    /// The vxnets to take a NIC from, best first; `None`: there is no
-    /// vxnet to choose (any free NIC will do).
-    pub order: Option<Vec<String>>,
-    /// The addresses that would do (the ip hook's answer); `None`: any.
-    pub addresses: Option<Vec<Ipv4Addr>>,
-    /// The sticky key to remember the pod's address under, if the ip hook
-    /// gave one.
-    pub sticky: Option<String>,
-    /// The ip hook's answer, for the decision audit.
-    pub ip_request: String,
-    /// The one NIC that will do (the `mac` capability).
-    pub mac: Option<Mac>,
-}
-
-impl Plan {
-    /// The vxnet a NIC must be made in when none fits: the first choice.
-    pub fn first_vxnet(&self) -> Option<&str> {
-        self.order.as_ref()?.first().map(String::as_str)
-    }
-}
-
-/// Routes as the plumbing installs them: (destination, next hop).
-pub(super) type Routes = Vec<(Ipv4Net, Option<Ipv4Addr>)>;
 
 impl Service {
     pub(super) fn plan(
@@ -91,7 +25,7 @@ impl Service {
         key: &Key,
         pod: &hostnic_policy::Pod,
         asked: &Asked<'_>,
-    ) -> Result<Plan, CniError> {
+    ) -> Result<Plan> {
         let network = self.network_vxnets(key, asked.vxnets)?;
         self.network_hooks(key, asked.hooks)?;
         let order = self.vxnet_order(key, pod, network.as_deref(), asked.hooks)?;
@@ -110,14 +44,11 @@ impl Service {
                     .collect(),
             };
             if allowed.is_empty() {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    format!(
-                        "runtimeConfig.ips {} is outside what the ip policy allows this pod in network {} ({ip_request})",
-                        shown(asked.ips),
-                        key.network
-                    ),
-                ));
+                return Err(Error::invalid_config(format!(
+                    "runtimeConfig.ips {} is outside what the ip policy allows this pod in network {} ({ip_request})",
+                    shown(asked.ips),
+                    key.network
+                )));
             }
             ip_request = format!(
                 "{} (runtimeConfig.ips, policy: {ip_request})",
@@ -144,83 +75,58 @@ impl Service {
     /// The network's vxnets, checked against the source's: a network
     /// config (a NetworkAttachmentDefinition, which a namespace's users
     /// may write) can only narrow the vxnets the operator gave the agent.
-    fn network_vxnets(
-        &self,
-        key: &Key,
-        wanted: Option<&[String]>,
-    ) -> Result<Option<Vec<String>>, CniError> {
+    fn network_vxnets(&self, key: &Key, wanted: Option<&[String]>) -> Result<Option<Vec<String>>> {
         let Some(wanted) = wanted else {
             return Ok(None);
         };
-        let known: Vec<String> = self
-            .source
-            .vxnets()
-            .into_iter()
-            .map(|(id, ..)| id)
-            .collect();
+        let known: Vec<String> = self.source.vxnets().into_iter().map(|v| v.id).collect();
         if let Some(stranger) = wanted.iter().find(|v| !known.contains(v)) {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "network {}: vxnet {stranger} is not one of the agent's vxnets ({}); the agent's config lists the vxnets networks may use",
-                    key.network,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
+            return Err(Error::invalid_config(format!(
+                "network {}: vxnet {stranger} is not one of the agent's vxnets ({}); the agent's config lists the vxnets networks may use",
+                key.network,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
         }
         Ok(Some(wanted.to_vec()))
     }
 
     /// The network's own guest configs: only for hooks the agent lets a
     /// network configure.
-    fn network_hooks(&self, key: &Key, hooks: &NetworkHooks) -> Result<(), CniError> {
+    fn network_hooks(&self, key: &Key, hooks: &NetworkHooks) -> Result<()> {
         self.policies.check_network_config(&key.network, hooks)
     }
 
     /// `order` starting with the vxnet that holds `ip`.
-    fn holding(&self, key: &Key, order: &[String], ip: Ipv4Addr) -> Result<Vec<String>, CniError> {
+    fn holding(&self, key: &Key, order: &[String], ip: Ipv4Addr) -> Result<Vec<String>> {
         let vxnets = self.source.vxnets();
-        let Some((id, ..)) = vxnets
+        let Some(id) = vxnets
             .iter()
-            .find(|(id, cidr, _)| order.contains(id) && cidr.contains(&ip))
+            .find(|v| order.contains(&v.id) && v.cidr.contains(&ip))
+            .map(|v| &v.id)
         else {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "runtimeConfig.ips: {ip} is in none of network {}'s vxnets ({})",
-                    key.network,
-                    vxnets
-                        .iter()
-                        .filter(|(id, ..)| order.contains(id))
-                        .map(|(id, cidr, _)| format!("{id} {cidr}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+            return Err(Error::invalid_config(format!(
+                "runtimeConfig.ips: {ip} is in none of network {}'s vxnets ({})",
+                key.network,
+                vxnets
+                    .iter()
+                    .filter(|v| order.contains(&v.id))
+                    .map(|v| format!("{} {}", v.id, v.cidr))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         };
         let mut out = vec![id.clone()];
         out.extend(order.iter().filter(|v| *v != id).cloned());
         Ok(out)
     }
 
-    /// `vxnet` as the guests see it: for a vxnet in shared-NIC mode, its
-    /// shared range (`vxnet-facts.vxnet-shared-range`, contract 0.1.3) and,
-    /// as its free addresses, the node's share of the range
-    /// (`Shared::free_addresses`) rather than the cloud's count. The one
-    /// place the three hooks' vxnet facts learn the mode.
-    pub(super) fn for_guests(&self, mut vxnet: hostnic_policy::Vxnet) -> hostnic_policy::Vxnet {
-        let Some(net) = self.shared.net(&vxnet.id) else {
-            return vxnet;
-        };
-        vxnet.free_ips = self.shared.free_addresses(&net.vxnet).unwrap_or(0);
-        vxnet.live.shared_range = Some(net.range);
-        // `free-ips-age-s`: none means `free-ips` is the node's own count.
-        vxnet.live.free_ips_counted_s_ago = None;
-        vxnet
+    /// `vxnet` as the guests see it, under the wiring that serves it.
+    pub(super) fn for_guests(&self, vxnet: hostnic_policy::Vxnet) -> hostnic_policy::Vxnet {
+        self.drivers.for_guests(vxnet)
     }
 
     /// The vxnets to take a NIC from, best first: the vxnet hook's answer
@@ -232,7 +138,7 @@ impl Service {
         pod: &hostnic_policy::Pod,
         network: Option<&[String]>,
         hooks: &NetworkHooks,
-    ) -> Result<Option<Vec<String>>, CniError> {
+    ) -> Result<Option<Vec<String>>> {
         let ours = |id: &String| network.is_none_or(|n| n.contains(id));
         if self.source.vxnets().is_empty() {
             return Ok(None);
@@ -258,15 +164,10 @@ impl Service {
         pod: &hostnic_policy::Pod,
         order: Option<&[String]>,
         hooks: &NetworkHooks,
-    ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>, String), CniError> {
+    ) -> Result<(Option<Vec<Ipv4Addr>>, Option<String>, String)> {
         let facts = match order.and_then(|o| o.first()) {
-            Some(first) => match self
-                .source
-                .vxnets()
-                .into_iter()
-                .find(|(id, ..)| id == first)
-            {
-                Some((id, cidr, gateway)) => self.for_guests(policy::vxnet(&id, cidr, gateway)),
+            Some(first) => match self.source.vxnets().into_iter().find(|v| &v.id == first) {
+                Some(v) => self.for_guests(policy::vxnet(&v.id, v.cidr, v.gateway)),
                 None => return Ok((None, None, "any (not asked)".into())),
             },
             // Static inventory without vxnets: the subnet of the first
@@ -307,17 +208,6 @@ impl Service {
         )
     }
 
-    /// Remembers the address a sticky pod got, for its next ADD on this
-    /// node; a NIC that follows the identity itself needs no memory.
-    pub(super) fn remember_sticky(&self, plan: &Plan, nic: &NicSpec) {
-        if let Some(k) = &plan.sticky
-            && self.nics.pool().sticky_of(nic.mac).is_none()
-            && let Err(e) = self.sticky.set(k, nic.address.addr())
-        {
-            tracing::warn!(key = %k, error = %e, "remembering a sticky address");
-        }
-    }
-
     /// The pod's routes through `nic`, as the routes hook decides.
     pub(super) async fn routes(
         &self,
@@ -326,7 +216,7 @@ impl Service {
         nic: &NicSpec,
         templates: &[RouteTemplate],
         hooks: &NetworkHooks,
-    ) -> Result<Routes, CniError> {
+    ) -> Result<Routes> {
         let node_gw = self.node_gateway(nic, templates).await?;
         self.policies.routes_for(
             who(key),
@@ -345,7 +235,7 @@ impl Service {
         &self,
         nic: &NicSpec,
         templates: &[RouteTemplate],
-    ) -> Result<Option<Ipv4Addr>, CniError> {
+    ) -> Result<Option<Ipv4Addr>> {
         let wanted = templates
             .iter()
             .any(|t| t.gw.is_some_and(|g| g.is_unspecified()));

@@ -1,6 +1,6 @@
-//! Start-up reconciliation of the two truths the agent has without a cloud:
-//! its record (which attachment holds which NIC) and the kernel (where each
-//! NIC is). It adopts, repairs or releases; it never guesses.
+//! The start of `move`: the records of NIC attachments and the kernel
+//! (where each NIC is) reconciled into the pool. It adopts, repairs or
+//! releases; it never guesses.
 //!
 //! | record      | kernel                     | action                                   |
 //! |-------------|----------------------------|------------------------------------------|
@@ -13,9 +13,13 @@
 //!
 //! A committed attachment whose NIC is back in the node namespace while its
 //! netns path no longer exists belonged to a pod that is gone: released.
+//! A NIC without a record (or whose record could not be read) is free only
+//! if it is parked on the node: never one NIC to two pods.
 //!
 //! A released NIC that follows a sticky identity is not freed: it is
-//! `leaving`, its record kept, and the caller takes it off the node.
+//! `leaving`, and the driver takes it off the node. So is a NIC the cloud
+//! tags as sticky that no pod here holds (an agent stopped between a DEL
+//! and its detach).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,61 +29,55 @@ use hostnic_netlink::Mac;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::config::{Config, NicSpec};
+use super::Found;
+use crate::config::NicSpec;
+use crate::nics::Nics;
 use crate::plumb::{Plumber, Whereabouts};
 use crate::pool::{Pool, State};
-use crate::store::{Allocation, Phase, Store};
+use crate::record::{Phase, Record};
 
-/// The pool rebuilt, and the sticky NICs released meanwhile, to be taken
-/// off the node (their records stay until they are).
+/// What the start kept, and the sticky NICs to take off the node.
 #[derive(Debug)]
-pub struct Reconciled {
-    pub pool: Pool,
+pub struct Restored {
+    pub live: Vec<Record>,
     pub leaving: Vec<Mac>,
 }
 
 pub async fn reconcile(
-    cfg: &Config,
-    inventory: &[NicSpec],
-    plumber: &Plumber,
-    store: &Store,
-) -> anyhow::Result<Reconciled> {
-    let mut records: BTreeMap<Mac, Allocation> = store
-        .load()
-        .with_context(|| {
-            format!(
-                "reading allocation records under {}",
-                cfg.state_dir.display()
-            )
-        })?
+    found: &Found,
+    nics: &Nics,
+    records: Vec<Record>,
+) -> anyhow::Result<Restored> {
+    let plumber = &nics.plumber;
+    let mut records: BTreeMap<Mac, Record> = records
         .into_iter()
-        .map(|a| (a.mac, a))
+        .filter_map(|r| Some((r.mac()?, r)))
         .collect();
     let links = plumber
         .node()
         .links()
         .await
         .context("listing the node's links")?;
-    let Some(primary) = links.iter().find(|l| l.name == cfg.iface) else {
+    let Some(primary) = links.iter().find(|l| l.name == found.iface) else {
         bail!(
             "iface {:?} (the node's primary interface) does not exist in the node's network namespace",
-            cfg.iface
+            found.iface
         );
     };
     if let Some(mac) = primary.mac
-        && inventory.iter().any(|n| n.mac == mac)
+        && found.nics.iter().any(|n| n.mac == mac)
     {
         bail!(
             "inventory NIC {mac} is the primary interface {}; hostnic never hands that out",
-            cfg.iface
+            found.iface
         );
     }
     let on_node = |mac: Mac| links.iter().find(|l| l.mac == Some(mac));
 
     let mut pool = Pool::default();
-    let mut leaving = Vec::new();
-    let (mut adopted, mut rolled_back, mut free, mut missing) = (0, 0, 0, 0);
-    for spec in inventory {
+    let mut live = Vec::new();
+    let mut rolled_back = 0;
+    for spec in &found.nics {
         let record = records.remove(&spec.mac);
         let sticky = record.as_ref().and_then(|r| r.sticky.clone());
         let state = match record {
@@ -91,10 +89,11 @@ pub async fn reconcile(
                         .is_none_or(|p| plumber.reopen(p, rec.netns_id).is_none())
                 {
                     warn!(nic = %spec.mac, container = %rec.key.container_id, "pod is gone; releasing its NIC");
-                    release_record(plumber, store, &rec).await?
+                    release_record(plumber, &rec).await?
                 } else {
-                    adopted += 1;
-                    State::Held(rec.key)
+                    let state = State::Held(rec.key.clone());
+                    live.push(rec);
+                    state
                 }
             }
             Some(rec) => {
@@ -107,7 +106,7 @@ pub async fn reconcile(
                         info!(nic = %spec.mac, container = %rec.key.container_id, "rolling back an ADD that never answered")
                     }
                 }
-                release_record(plumber, store, &rec).await?
+                release_record(plumber, &rec).await?
             }
             None => match on_node(spec.mac) {
                 // The node's gateway NIC keeps its name and address.
@@ -122,14 +121,8 @@ pub async fn reconcile(
                 None => State::Missing,
             },
         };
-        match state {
-            State::Free => free += 1,
-            State::Missing => {
-                missing += 1;
-                warn!(nic = %spec.mac, "inventory NIC not found in the node namespace");
-            }
-            State::Leaving => leaving.push(spec.mac),
-            _ => {}
+        if state == State::Missing {
+            warn!(nic = %spec.mac, "inventory NIC not found in the node namespace");
         }
         pool.insert(spec.clone(), state, true);
         if let Some(identity) = sticky {
@@ -141,82 +134,94 @@ pub async fn reconcile(
     // forget them.
     for (mac, rec) in records {
         match (rec.phase, spec_from_record(&rec)) {
-            (Phase::Committed, Some(spec)) if rec.sticky.is_some() => {
-                // A sticky NIC moved here: not named for this node, so not
-                // in its inventory.
-                adopted += 1;
-                let identity = rec.sticky.clone().unwrap_or_default();
-                pool.insert(spec, State::Held(rec.key), false);
-                pool.set_sticky(mac, &identity);
-            }
             (Phase::Committed, Some(spec)) => {
-                warn!(nic = %mac, "a pod holds a NIC that is no longer in the inventory; it is released on DEL");
-                adopted += 1;
-                pool.insert(spec, State::Held(rec.key), false);
+                if rec.sticky.is_none() {
+                    warn!(nic = %mac, "a pod holds a NIC that is no longer in the inventory; it is released on DEL");
+                }
+                // (A sticky NIC moved here is not named for this node, so
+                // not in its inventory.)
+                pool.insert(spec, State::Held(rec.key.clone()), false);
+                if let Some(identity) = &rec.sticky {
+                    pool.set_sticky(mac, identity);
+                }
+                live.push(rec);
             }
             _ => {
                 rolled_back += 1;
-                if release_record(plumber, store, &rec).await? == State::Leaving {
-                    leaving.push(mac);
+                if release_record(plumber, &rec).await? == State::Free
+                    && let Some(identity) = &rec.sticky
+                {
+                    // Back on the node but not in its inventory: known to
+                    // the pool only to be taken off again.
+                    if let Some(spec) = spec_from_record(&rec) {
+                        pool.insert(spec, State::Free, false);
+                        pool.set_sticky(mac, identity);
+                    }
                 }
             }
         }
     }
+
+    // Sticky NICs with no pod here: off the node, kept for their
+    // identities.
+    for (mac, identity) in &found.sticky {
+        pool.set_sticky(*mac, identity);
+    }
+    let sticky_free: Vec<Mac> = pool
+        .rows()
+        .into_iter()
+        .filter(|(s, state, _)| *state == State::Free && pool.sticky_of(s.mac).is_some())
+        .map(|(s, ..)| s.mac)
+        .collect();
+    let mut leaving = Vec::new();
+    for mac in sticky_free {
+        if pool
+            .transition(mac, &[State::Free], State::Leaving)
+            .is_some()
+        {
+            leaving.push(mac);
+        }
+    }
     info!(
-        adopted,
+        adopted = live.len(),
         rolled_back,
-        free,
-        missing,
+        free = pool.free_count(),
+        missing = pool.missing().len(),
         leaving = leaving.len(),
-        "reconciled allocation record with the kernel"
+        "reconciled the NIC records with the kernel"
     );
-    Ok(Reconciled { pool, leaving })
+    *nics.pool() = pool;
+    Ok(Restored { live, leaving })
 }
 
-/// Brings a recorded NIC back (from its netns if that still exists) and
-/// drops the record; a sticky NIC back on the node keeps it (as
-/// `releasing`) and is `leaving`. Returns the NIC's new state.
-async fn release_record(
-    plumber: &Plumber,
-    store: &Store,
-    rec: &Allocation,
-) -> anyhow::Result<State> {
+/// Brings a recorded NIC back (from its netns if that still exists).
+/// Returns its new state: free if parked, missing if nowhere.
+async fn release_record(plumber: &Plumber, rec: &Record) -> anyhow::Result<State> {
+    let Some(mac) = rec.mac() else {
+        bail!("the record of {} holds no NIC", rec.key.container_id);
+    };
     let netns = rec
         .netns
         .as_deref()
         .and_then(|p| plumber.reopen(p, rec.netns_id));
-    let whereabouts = plumber
-        .detach(rec.mac, netns.as_ref())
-        .await
-        .with_context(|| {
-            format!(
-                "returning NIC {} from container {}",
-                rec.mac, rec.key.container_id
-            )
-        })?;
-    if whereabouts == Whereabouts::Parked && rec.sticky.is_some() {
-        let mut kept = rec.clone();
-        kept.phase = Phase::Releasing;
-        store
-            .put(&kept)
-            .with_context(|| format!("rewriting the record of NIC {}", rec.mac))?;
-        return Ok(State::Leaving);
-    }
-    store
-        .remove(rec.mac)
-        .with_context(|| format!("removing the record of NIC {}", rec.mac))?;
+    let whereabouts = plumber.detach(mac, netns.as_ref()).await.with_context(|| {
+        format!(
+            "returning NIC {mac} from container {}",
+            rec.key.container_id
+        )
+    })?;
     Ok(match whereabouts {
         Whereabouts::Parked => State::Free,
         Whereabouts::Gone => State::Missing,
     })
 }
 
-fn spec_from_record(rec: &Allocation) -> Option<NicSpec> {
+fn spec_from_record(rec: &Record) -> Option<NicSpec> {
     let r = rec.result.as_ref()?;
     let ip = r.ips.first()?;
     match (ip.address, ip.gateway) {
         (IpNet::V4(address), Some(IpAddr::V4(gateway))) => Some(NicSpec {
-            mac: rec.mac,
+            mac: rec.mac()?,
             address,
             gateway,
             vxnet: None,

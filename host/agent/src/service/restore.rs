@@ -1,0 +1,50 @@
+//! The start: every driver makes the kernel match the records it wired,
+//! and what lives on goes into the attachment table. One path whatever
+//! the wiring: the records are read once (`store.rs`, which moves the
+//! unreadable ones aside), each driver gets its own, and the records of
+//! attachments that did not live on are removed.
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use super::Service;
+use crate::record::Resource;
+use crate::store::Loaded;
+
+impl Service {
+    pub async fn restore(&self, loaded: Loaded) -> anyhow::Result<()> {
+        let Loaded {
+            mut records,
+            unreadable,
+        } = loaded;
+        for driver in self.drivers.all() {
+            let (mine, rest) = records
+                .into_iter()
+                .partition(|r| self.drivers.for_record(r).name() == driver.name());
+            records = rest;
+            let resources: Vec<Resource> = mine.iter().map(|r| r.resource()).collect();
+            let live = driver
+                .restore(mine, &unreadable)
+                .await
+                .with_context(|| format!("restoring the {} attachments", driver.name()))?;
+            for resource in resources {
+                if !live.iter().any(|r| r.resource() == resource)
+                    && let Err(e) = self.store.remove(resource)
+                {
+                    warn!(%resource, error = %e, "removing the record of an attachment that did not live on");
+                }
+            }
+            if !live.is_empty() {
+                info!(
+                    wiring = driver.name(),
+                    attachments = live.len(),
+                    "attachments restored"
+                );
+            }
+            for r in live {
+                self.attachments.restore(r);
+            }
+        }
+        Ok(())
+    }
+}

@@ -178,8 +178,9 @@ mod tests {
         );
     }
 
-    /// The agent's built-in `templates_follow_the_original_semantics`
-    /// (host/agent/src/service.rs), answered the same way.
+    /// The agent's `templates_follow_the_original_semantics` test of its
+    /// native route templates (`native_routes`, used with the hooks
+    /// disabled), answered the same way.
     #[test]
     fn templates_follow_the_original_semantics() {
         let got = on_eth0(

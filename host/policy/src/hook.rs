@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::engine::PolicyEngine;
-use crate::error::{LoadError, PolicyError};
+use crate::error::LoadError;
 use crate::limits::Limits;
 use crate::load::{FileStamp, Loaded, prepare, stamp};
 use crate::metrics::{GuestMetrics, Metrics, Outcome};
@@ -40,7 +40,7 @@ pub struct HookConfig {
 /// What a hook does when its guest fails (traps, runs out of time or
 /// memory, answers something invalid). A guest's *refusal* is never
 /// replaced: it is the policy deciding "no", and is returned as
-/// [`PolicyError::Refused`] in both modes.
+/// [`PolicyError::Refused`](crate::PolicyError::Refused) in both modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum FailureMode {
     /// The call fails (the pod's ADD fails and the runtime retries it).
@@ -55,10 +55,6 @@ pub enum FailureMode {
 /// [`RoutesHook`]).
 pub trait Kind: sealed::Sealed + Send + Sync + Sized + 'static {
     const KIND: HookKind;
-
-    /// One call with the benchmark's sample facts (see [`crate::bench_hook`]).
-    #[doc(hidden)]
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError>;
 }
 
 mod sealed {
@@ -80,21 +76,12 @@ pub struct RoutesKind;
 
 impl Kind for VxnetKind {
     const KIND: HookKind = HookKind::VxnetSelection;
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError> {
-        crate::bench::sample_vxnet(hook)
-    }
 }
 impl Kind for IpKind {
     const KIND: HookKind = HookKind::IpAssignment;
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError> {
-        crate::bench::sample_ip(hook)
-    }
 }
 impl Kind for RoutesKind {
     const KIND: HookKind = HookKind::RouteTemplating;
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError> {
-        crate::bench::sample_routes(hook)
-    }
 }
 
 pub type VxnetHook = Hook<VxnetKind>;

@@ -51,7 +51,7 @@ mod types;
 mod validate;
 mod wasi;
 
-pub use bench::{BenchResult, bench_calls, bench_hook};
+pub use bench::{BenchResult, Sample, bench_calls, bench_hook};
 pub use configured::Configured;
 pub use engine::PolicyEngine;
 pub use error::{EngineError, LoadError, PolicyError, WasmError};

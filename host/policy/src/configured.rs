@@ -15,9 +15,9 @@ use std::time::Instant;
 use crate::error::{LoadError, PolicyError};
 use crate::guest::Guest;
 use crate::guest_log::LogLine;
-use crate::hook::{FailureMode, Hook, Kind};
+use crate::hook::{Hook, Kind};
 use crate::limits::{Limits, MAX_CONFIG_BYTES};
-use crate::load::Loaded;
+use crate::load::{FailureMode, Loaded};
 use crate::metrics::Outcome;
 use crate::types::Decision;
 

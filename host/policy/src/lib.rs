@@ -21,8 +21,9 @@
 //!   with its ticker thread, the linker, the compiled-guest cache;
 //! - `guest`: a component compiled once and pre-instantiated per hook it
 //!   implements; a fresh `Store` per call (`host::CallState`);
-//! - `hook`: a configured guest, swapped atomically on reload, with its
-//!   failure mode; `load`: building a generation (digest, compile, checks);
+//! - `hook`: a configured guest, swapped atomically on reload; `load`: its
+//!   configuration (module, pin, limits, failure mode) and building a
+//!   generation from it (digest, compile, checks);
 //!   `configured`: one call's configuration (the hook's, or a network's)
 //!   and the fallback; `calls`: the three decisions with domain types;
 //! - `validate`: the host's check of every answer;
@@ -57,10 +58,10 @@ pub use engine::PolicyEngine;
 pub use error::{EngineError, LoadError, PolicyError, WasmError};
 pub use guest_log::{LogLevel, LogLine, LogSource};
 pub use hook::{
-    FailureMode, Hook, HookConfig, HookStatus, IpHook, IpKind, Kind, RoutesHook, RoutesKind,
-    VxnetHook, VxnetKind,
+    Hook, HookStatus, IpHook, IpKind, Kind, RoutesHook, RoutesKind, VxnetHook, VxnetKind,
 };
 pub use limits::Limits;
+pub use load::{FailureMode, HookConfig};
 pub use metrics::{GuestMetrics, LATENCY_BUCKETS_US, Latency};
 pub use types::{
     Attachment, Decision, GuestId, HookKind, IpRequest, Nic, Node, Owner, Pod, Route,

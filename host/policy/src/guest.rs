@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
 use crate::bindings::{ip, routes, vxnet};
+use crate::digest::sha256_hex;
 use crate::engine::PolicyEngine;
 use crate::error::{LoadError, PolicyError};
 use crate::guest_log::{CallLogHandle, LogLine, Speaker, cut};
@@ -154,16 +154,6 @@ fn missing_imports(engine: &wasmtime::Engine, component: &Component) -> Vec<Stri
     } else {
         missing
     }
-}
-
-/// The hex sha256 of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in digest.iter() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 /// A loaded guest: compiled code, its identity and its kv store.

@@ -37,6 +37,7 @@ pub mod builtin;
 mod calls;
 mod configured;
 mod convert;
+mod digest;
 mod engine;
 mod error;
 mod guest;

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use crate::digest::sha256_hex;
 use crate::engine::PolicyEngine;
 use crate::error::LoadError;
-use crate::guest::{Guest, sha256_hex};
+use crate::guest::Guest;
 use crate::limits::{Limits, MAX_CONFIG_BYTES, MAX_MODULE_BYTES};
 use crate::metrics::Metrics;
 use crate::types::{GuestId, HookKind};

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::component::Component;
 
-use crate::guest::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// First line of every cache file; the payload's sha256 follows it.
 const MAGIC: &[u8] = b"hostnic-cwasm-v1 ";

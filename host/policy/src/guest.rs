@@ -13,10 +13,10 @@ use crate::digest::sha256_hex;
 use crate::engine::PolicyEngine;
 use crate::error::{LoadError, PolicyError};
 use crate::guest_log::{CallLogHandle, LogLine, Speaker, cut};
-use crate::host::CallState;
+use crate::host::{CallFacts, CallState};
 use crate::kv::KvStore;
 use crate::limits::{HOSTCALL_FUEL, Limits, MAX_REASON_BYTES};
-use crate::types::{Attachment, GuestId, HookKind, Owner, Pod, Vxnet, VxnetLive};
+use crate::types::{GuestId, HookKind};
 
 /// What one call is: the hook, the export called, and the facts the guest
 /// may ask the host for while it runs.
@@ -24,31 +24,6 @@ pub(crate) struct CallSpec {
     pub kind: HookKind,
     pub export: &'static str,
     pub facts: CallFacts,
-}
-
-/// What a guest may ask the host about the call in progress
-/// (`pod-facts`, `attachment-facts`, `vxnet-facts`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct CallFacts {
-    pub owner: Option<Owner>,
-    pub attachment: Attachment,
-    /// What the host knows of the call's vxnets, by id (`vxnet-facts`).
-    pub vxnets: Vec<(String, VxnetLive)>,
-}
-
-impl CallFacts {
-    /// The facts of a call about `pod` with `vxnets` (the candidates, or
-    /// the vxnet decided for).
-    pub fn of(pod: &Pod, vxnets: &[&Vxnet]) -> CallFacts {
-        CallFacts {
-            owner: pod.owner.clone(),
-            attachment: pod.attachment.clone(),
-            vxnets: vxnets
-                .iter()
-                .map(|v| (v.id.clone(), v.live.clone()))
-                .collect(),
-        }
-    }
 }
 
 /// A compiled, pre-instantiated component. Shared (by sha256) between

@@ -17,8 +17,10 @@
 //!
 //! How it is built:
 //!
-//! - `engine`: one wasmtime `Engine` (pooling allocator, epoch deadlines)
-//!   with its ticker thread, the linker, the compiled-guest cache;
+//! - `runtime`: one wasmtime `Engine` (pooling allocator, epoch deadlines)
+//!   with its ticker thread, the linker, the compiled guests on disk;
+//!   `engine`: the `PolicyEngine` around it, with the compiled-guest cache,
+//!   the built-in defaults and the guests' kv stores;
 //! - `guest`: a component compiled once and pre-instantiated per hook it
 //!   implements; a fresh `Store` per call (`host::CallState`);
 //! - `hook`: a configured guest, swapped atomically on reload; `load`: its
@@ -49,6 +51,7 @@ pub mod limits;
 mod load;
 mod metrics;
 mod precompiled;
+mod runtime;
 mod types;
 mod validate;
 mod wasi;

@@ -102,7 +102,7 @@ pub(crate) fn prepare(
                 sha256: sha,
                 builtin: false,
             };
-            Guest::new(engine, id, compiled)
+            engine.guest(id, compiled)
         }
     };
     let implements = guest.compiled.hooks();
@@ -113,7 +113,7 @@ pub(crate) fn prepare(
             implements,
         });
     }
-    guest.validate_config(engine, kind, &config.config, &config.limits)?;
+    guest.validate_config(engine.runtime(), kind, &config.config, &config.limits)?;
     let fallback = match config.failure {
         FailureMode::Fallback => Some(engine.builtin(kind)?),
         FailureMode::Fail => None,

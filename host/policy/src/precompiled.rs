@@ -113,7 +113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = builtin::module(HookKind::RouteTemplating);
         let sha = builtin::sha256(HookKind::RouteTemplating);
-        let compiled = |engine: &PolicyEngine| engine.component(&sha, bytes).unwrap().1;
+        let compiled = |engine: &PolicyEngine| engine.runtime().component(&sha, bytes).unwrap().1;
 
         let first = PolicyEngine::new(dir.path()).unwrap();
         assert!(compiled(&first), "nothing cached yet: compiled");

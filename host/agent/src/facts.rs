@@ -19,14 +19,10 @@
 //! shared-NIC mode carries its `"shared_range"` (contract 0.1.3); without
 //! one it is exclusive, as in every record written before.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Context;
-use hostnic_policy::{
-    Attachment, IpRequest, Nic, Node, Owner, Pod, Route, RouteTemplate, Vxnet, VxnetLive,
-};
-use ipnet::Ipv4Net;
+use hostnic_policy::{IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -61,128 +57,36 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
 
-/// The facts of one hook call.
+/// The facts of one hook call, in the policy runtime's own types (their
+/// JSON shape is theirs: `hostnic_policy::Pod` and friends).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Facts {
     #[serde(default)]
-    pub pod: FactPod,
+    pub pod: Pod,
+    /// `nic_limit` 0 in an input file means the VM maximum, 64.
     #[serde(default, skip_serializing_if = "is_default")]
-    pub node: FactNode,
+    pub node: Node,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub candidates: Vec<FactVxnet>,
+    pub candidates: Vec<Vxnet>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub random: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vxnet: Option<FactVxnet>,
+    pub vxnet: Option<Vxnet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nic: Option<FactNic>,
+    pub nic: Option<Nic>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_gateway: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub templates: Vec<FactTemplate>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FactPod {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<FactOwner>,
-    /// The attachment decided for; absent: the pod's only one (`eth0`,
-    /// with the default route).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attachment: Option<FactAttachment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FactAttachment {
-    pub network: String,
-    pub interface: String,
-    pub default_route: bool,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FactOwner {
-    pub kind: String,
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ordinal: Option<u32>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FactNode {
-    pub instance: String,
-    pub zone: String,
-    pub nics_in_use: u32,
-    /// 0 in an input file means the VM maximum, 64.
-    pub nic_limit: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FactVxnet {
-    pub id: String,
-    pub cidr: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    #[serde(default)]
-    pub free_ips: u32,
-    #[serde(default)]
-    pub warm_nics: u32,
-    #[serde(default)]
-    pub used_nics: u32,
-    #[serde(default)]
-    pub recent_failures: u32,
-    /// What the host had measured of it (`vxnet-facts`, 0.1.2); absent:
-    /// nothing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attach_latency_ms: Option<u32>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recent_failure_codes: Vec<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub free_ips_age_s: Option<u32>,
-    /// The shared range its pods are addressed from, in shared-NIC mode
-    /// (`vxnet-shared-range`, 0.1.3); absent: exclusive mode, as in every
-    /// record written before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shared_range: Option<Ipv4Net>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FactNic {
-    pub mac: String,
-    pub ip: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FactTemplate {
-    pub dst: Ipv4Net,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gw: Option<Ipv4Addr>,
+    pub templates: Vec<RouteTemplate>,
 }
 
 impl Facts {
     pub fn for_vxnet(pod: &Pod, node: &Node, candidates: &[Vxnet], random: u64) -> Facts {
         Facts {
-            pod: FactPod::from(pod),
-            node: FactNode {
-                instance: node.instance.clone(),
-                zone: node.zone.clone(),
-                nics_in_use: node.nics_in_use,
-                nic_limit: node.nic_limit,
-            },
-            candidates: candidates.iter().map(FactVxnet::from).collect(),
+            pod: pod.clone(),
+            node: node.clone(),
+            candidates: candidates.to_vec(),
             random,
             ..Facts::default()
         }
@@ -190,8 +94,8 @@ impl Facts {
 
     pub fn for_ip(pod: &Pod, vxnet: &Vxnet) -> Facts {
         Facts {
-            pod: FactPod::from(pod),
-            vxnet: Some(FactVxnet::from(vxnet)),
+            pod: pod.clone(),
+            vxnet: Some(vxnet.clone()),
             ..Facts::default()
         }
     }
@@ -204,81 +108,42 @@ impl Facts {
         templates: &[RouteTemplate],
     ) -> Facts {
         Facts {
-            pod: FactPod::from(pod),
-            vxnet: Some(FactVxnet::from(vxnet)),
-            nic: Some(FactNic {
-                mac: nic.mac.clone(),
-                ip: nic.ip,
-                prefix_len: nic.prefix_len,
-            }),
+            pod: pod.clone(),
+            vxnet: Some(vxnet.clone()),
+            nic: Some(nic.clone()),
             node_gateway,
-            templates: templates
-                .iter()
-                .map(|t| FactTemplate {
-                    dst: t.dst,
-                    gw: t.gw,
-                })
-                .collect(),
+            templates: templates.to_vec(),
             ..Facts::default()
         }
     }
 
     pub fn pod(&self) -> Pod {
-        let p = &self.pod;
-        Pod {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            uid: p.uid.clone(),
-            labels: p.labels.clone(),
-            annotations: p.annotations.clone(),
-            owner: p.owner.as_ref().map(|o| Owner {
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-                ordinal: o.ordinal,
-            }),
-            attachment: p
-                .attachment
-                .as_ref()
-                .map(|a| Attachment {
-                    network: a.network.clone(),
-                    interface: a.interface.clone(),
-                    default_route: a.default_route,
-                })
-                .unwrap_or_default(),
-        }
+        self.pod.clone()
     }
 
     pub fn node(&self) -> Node {
         let n = &self.node;
         Node {
-            instance: n.instance.clone(),
-            zone: n.zone.clone(),
-            nics_in_use: n.nics_in_use,
             nic_limit: if n.nic_limit == 0 { 64 } else { n.nic_limit },
+            ..n.clone()
         }
     }
 
     pub fn candidates(&self) -> Vec<Vxnet> {
-        self.candidates.iter().map(FactVxnet::to_domain).collect()
+        self.candidates.iter().map(without_host_bits).collect()
     }
 
     pub fn vxnet(&self) -> anyhow::Result<Vxnet> {
         self.vxnet
             .as_ref()
-            .map(FactVxnet::to_domain)
+            .map(without_host_bits)
             .context("the facts need \"vxnet\" (the pod's vxnet, shaped like a candidate)")
     }
 
     pub fn nic(&self) -> anyhow::Result<Nic> {
-        let n = self
-            .nic
-            .as_ref()
-            .context("the facts need \"nic\": {\"mac\", \"ip\", \"prefix_len\"}")?;
-        Ok(Nic {
-            mac: n.mac.clone(),
-            ip: n.ip,
-            prefix_len: n.prefix_len,
-        })
+        self.nic
+            .clone()
+            .context("the facts need \"nic\": {\"mac\", \"ip\", \"prefix_len\"}")
     }
 
     pub fn templates(&self) -> Vec<RouteTemplate> {
@@ -300,64 +165,13 @@ impl Facts {
     }
 }
 
-impl From<&Pod> for FactPod {
-    fn from(p: &Pod) -> Self {
-        FactPod {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            uid: p.uid.clone(),
-            labels: p.labels.clone(),
-            annotations: p.annotations.clone(),
-            owner: p.owner.as_ref().map(|o| FactOwner {
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-                ordinal: o.ordinal,
-            }),
-            attachment: (p.attachment != Attachment::default()).then(|| FactAttachment {
-                network: p.attachment.network.clone(),
-                interface: p.attachment.interface.clone(),
-                default_route: p.attachment.default_route,
-            }),
-        }
-    }
-}
-
-impl From<&Vxnet> for FactVxnet {
-    fn from(v: &Vxnet) -> Self {
-        FactVxnet {
-            id: v.id.clone(),
-            cidr: v.cidr,
-            gateway: v.gateway,
-            free_ips: v.free_ips,
-            warm_nics: v.warm_nics,
-            used_nics: v.used_nics,
-            recent_failures: v.recent_failures,
-            attach_latency_ms: v.live.attach_latency_ms,
-            recent_failure_codes: v.live.recent_failure_codes.clone(),
-            free_ips_age_s: v.live.free_ips_counted_s_ago,
-            shared_range: v.live.shared_range,
-        }
-    }
-}
-
-impl FactVxnet {
-    fn to_domain(&self) -> Vxnet {
-        Vxnet {
-            id: self.id.clone(),
-            cidr: self.cidr.trunc(),
-            gateway: self.gateway,
-            free_ips: self.free_ips,
-            warm_nics: self.warm_nics,
-            used_nics: self.used_nics,
-            recent_failures: self.recent_failures,
-            live: VxnetLive {
-                attach_latency_ms: self.attach_latency_ms,
-                recent_failure_codes: self.recent_failure_codes.clone(),
-                free_ips_counted_s_ago: self.free_ips_age_s,
-                shared_range: self.shared_range.map(|r| r.trunc()),
-            },
-        }
-    }
+/// A vxnet as a facts file may give it (`10.0.1.5/24`), as the hooks take
+/// it: prefixes without host bits.
+fn without_host_bits(v: &Vxnet) -> Vxnet {
+    let mut v = v.clone();
+    v.cidr = v.cidr.trunc();
+    v.live.shared_range = v.live.shared_range.map(|r| r.trunc());
+    v
 }
 
 /// The vxnet hook's answer as JSON: the ids, best first.
@@ -366,28 +180,16 @@ pub fn vxnets_json(order: &[String]) -> Value {
 }
 
 /// The ip hook's answer as JSON: `"any"`, `{"exact": ip}`, `{"one_of":
-/// [ip…]}`, `{"range": {"first", "last"}}` or `{"sticky": key}`.
+/// [ip…]}`, `{"range": {"first", "last"}}` or `{"sticky": key}` (the
+/// serde shape of [`IpRequest`]).
 pub fn ip_json(r: &IpRequest) -> Value {
-    match r {
-        IpRequest::Any => json!("any"),
-        IpRequest::Exact(ip) => json!({ "exact": ip }),
-        IpRequest::OneOf(ips) => json!({ "one_of": ips }),
-        IpRequest::Range { first, last } => json!({"range": {"first": first, "last": last}}),
-        IpRequest::Sticky(key) => json!({ "sticky": key }),
-    }
+    serde_json::to_value(r).expect("an IpRequest is strings and addresses")
 }
 
-/// The routes hook's answer as JSON: `[{"dst", "gw"}]`.
+/// The routes hook's answer as JSON: `[{"dst", "gw"}]`, `gw` left out for
+/// an on-link route (the serde shape of [`Route`]).
 pub fn routes_json(routes: &[Route]) -> Value {
-    Value::Array(
-        routes
-            .iter()
-            .map(|r| match r.gw {
-                Some(gw) => json!({"dst": r.dst, "gw": gw}),
-                None => json!({ "dst": r.dst }),
-            })
-            .collect(),
-    )
+    serde_json::to_value(routes).expect("a route is addresses")
 }
 
 /// An answer in one line, for people: `vxnet-a, vxnet-b`, `exact
@@ -432,6 +234,7 @@ fn compact(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hostnic_policy::{Attachment, Owner, VxnetLive};
 
     fn vx(id: &str) -> Vxnet {
         Vxnet {
@@ -506,6 +309,131 @@ mod tests {
         // A typo in an input file is an error, not a silently empty field.
         let typo = r#"{"pod": {"nmae": "x"}}"#;
         assert!(serde_json::from_str::<Facts>(typo).is_err());
+    }
+
+    /// Facts with every field, as the agent wrote them (decision log,
+    /// `policy run` files) when it had its own copies of the policy types;
+    /// these bytes are what those copies serialised.
+    const EVERY_FIELD: &str = r#"{"pod":{"namespace":"default","name":"web-0","uid":"1111-2222","labels":{"app":"web"},"annotations":{"example.com/ip":"10.0.1.7"},"owner":{"kind":"StatefulSet","name":"web","ordinal":0},"attachment":{"network":"storage","interface":"net1","default_route":false}},"node":{"instance":"i-node1","zone":"pek3","nics_in_use":3,"nic_limit":64},"candidates":[{"id":"vxnet-a","cidr":"10.0.1.0/24","gateway":"10.0.1.1","free_ips":20,"warm_nics":1,"used_nics":2,"recent_failures":1,"attach_latency_ms":1200,"recent_failure_codes":[1400,2100],"free_ips_age_s":30,"shared_range":"10.0.1.64/26"},{"id":"vxnet-b","cidr":"10.0.2.0/24","gateway":"10.0.2.1","free_ips":0,"warm_nics":0,"used_nics":0,"recent_failures":0}],"random":7,"vxnet":{"id":"vxnet-a","cidr":"10.0.1.0/24","gateway":"10.0.1.1","free_ips":20,"warm_nics":1,"used_nics":2,"recent_failures":1,"attach_latency_ms":1200,"recent_failure_codes":[1400],"free_ips_age_s":30},"nic":{"mac":"52:54:00:12:34:56","ip":"10.0.1.7","prefix_len":24},"node_gateway":"10.0.1.9","templates":[{"dst":"10.96.0.0/12","gw":"0.0.0.0"},{"dst":"169.254.169.254/32"}]}"#;
+
+    #[test]
+    fn facts_in_the_recorded_format_round_trip_unchanged() {
+        let facts: Facts = serde_json::from_str(EVERY_FIELD).unwrap();
+        assert_eq!(serde_json::to_string(&facts).unwrap(), EVERY_FIELD);
+        // And mean what they meant.
+        assert_eq!(
+            facts.pod().attachment,
+            Attachment {
+                network: "storage".into(),
+                interface: "net1".into(),
+                default_route: false,
+            }
+        );
+        assert_eq!(facts.pod().owner.unwrap().ordinal, Some(0));
+        let a = &facts.candidates()[0];
+        assert_eq!(a.live.attach_latency_ms, Some(1200));
+        assert_eq!(a.live.recent_failure_codes, [1400, 2100]);
+        assert_eq!(a.live.free_ips_counted_s_ago, Some(30));
+        assert_eq!(a.live.shared_range, Some("10.0.1.64/26".parse().unwrap()));
+        assert_eq!(facts.candidates()[1].live, VxnetLive::default());
+        assert_eq!(facts.nic().unwrap().prefix_len, 24);
+        assert_eq!(facts.templates()[1].gw, None);
+
+        // A decision-log record carries them unchanged too.
+        let line = format!(
+            r#"{{"at_ms":1,"container_id":"c1","ifname":"net1","hook":"routes","guest":"g","sha256":"ab","fallback":false,"facts":{EVERY_FIELD},"answer":[{{"dst":"10.96.0.0/12","gw":"10.0.1.9"}}],"elapsed_us":30}}"#
+        );
+        let record: crate::decisions::Recorded = serde_json::from_str(&line).unwrap();
+        assert_eq!(serde_json::to_string(&record).unwrap(), line);
+
+        // Written and read as before: empty facts, and a hand-written
+        // file without most fields (a pod's only attachment, no measured
+        // facts; a prefix with host bits, which the hooks get without).
+        for (written, rewritten) in [
+            (
+                "{}",
+                r#"{"pod":{"namespace":"","name":"","uid":"","annotations":{}}}"#,
+            ),
+            (
+                r#"{"pod":{"name":"web-0","attachment":null},"vxnet":{"id":"vxnet-a","cidr":"10.0.1.5/24","gateway":"10.0.1.1"}}"#,
+                r#"{"pod":{"namespace":"","name":"web-0","uid":"","annotations":{}},"vxnet":{"id":"vxnet-a","cidr":"10.0.1.5/24","gateway":"10.0.1.1","free_ips":0,"warm_nics":0,"used_nics":0,"recent_failures":0}}"#,
+            ),
+        ] {
+            let facts: Facts = serde_json::from_str(written).unwrap();
+            assert_eq!(serde_json::to_string(&facts).unwrap(), rewritten);
+            assert_eq!(facts.pod().attachment, Attachment::default());
+        }
+        let minimal: Facts = serde_json::from_str(
+            r#"{"vxnet":{"id":"vxnet-a","cidr":"10.0.1.5/24","gateway":"10.0.1.1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            minimal.vxnet().unwrap().cidr,
+            "10.0.1.0/24".parse().unwrap()
+        );
+        assert_eq!(minimal.node().nic_limit, 64);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_at_every_level() {
+        let vxnet = r#""id":"v","cidr":"10.0.1.0/24","gateway":"10.0.1.1""#;
+        for bad in [
+            r#"{"pods":{}}"#.to_string(),
+            r#"{"pod":{"owner":{"knd":"Job"}}}"#.to_string(),
+            r#"{"pod":{"attachment":{"network":"n","interface":"net1","default_route":true,"x":1}}}"#.to_string(),
+            r#"{"node":{"nic_limt":3}}"#.to_string(),
+            format!(r#"{{"vxnet":{{{vxnet},"free_ip":3}}}}"#),
+            // The measured facts go by the contract's names.
+            format!(r#"{{"vxnet":{{{vxnet},"free_ips_counted_s_ago":3}}}}"#),
+            r#"{"nic":{"mac":"m","ip":"10.0.1.7","prefix_len":24,"gw":"10.0.1.1"}}"#.to_string(),
+            r#"{"templates":[{"dst":"10.96.0.0/12","via":"0.0.0.0"}]}"#.to_string(),
+        ] {
+            assert!(serde_json::from_str::<Facts>(&bad).is_err(), "{bad}");
+        }
+        // An attachment is all of it or nothing.
+        let partial = r#"{"pod":{"attachment":{"network":"n"}}}"#;
+        assert!(serde_json::from_str::<Facts>(partial).is_err());
+    }
+
+    #[test]
+    fn answers_are_json_as_before() {
+        let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
+        for (answer, json) in [
+            (IpRequest::Any, r#""any""#),
+            (IpRequest::Exact(ip("10.0.1.5")), r#"{"exact":"10.0.1.5"}"#),
+            (
+                IpRequest::OneOf(vec![ip("10.0.1.5"), ip("10.0.1.6")]),
+                r#"{"one_of":["10.0.1.5","10.0.1.6"]}"#,
+            ),
+            (
+                IpRequest::Range {
+                    first: ip("10.0.1.5"),
+                    last: ip("10.0.1.9"),
+                },
+                r#"{"range":{"first":"10.0.1.5","last":"10.0.1.9"}}"#,
+            ),
+            (
+                IpRequest::Sticky("default/web-0".into()),
+                r#"{"sticky":"default/web-0"}"#,
+            ),
+        ] {
+            assert_eq!(ip_json(&answer).to_string(), json);
+        }
+        let routes = [
+            Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: Some(ip("10.0.1.1")),
+            },
+            Route {
+                dst: "172.16.0.0/16".parse().unwrap(),
+                gw: None,
+            },
+        ];
+        assert_eq!(
+            routes_json(&routes).to_string(),
+            r#"[{"dst":"0.0.0.0/0","gw":"10.0.1.1"},{"dst":"172.16.0.0/16"}]"#
+        );
+        assert_eq!(routes_json(&[]).to_string(), "[]");
     }
 
     #[test]

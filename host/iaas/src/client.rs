@@ -14,7 +14,8 @@ use crate::budget::Limiter;
 use crate::error::Error;
 use crate::options::Options;
 use crate::params::Params;
-use crate::{response, sign};
+use crate::response::{self, Attempt, Failure};
+use crate::sign;
 
 /// A QingCloud API client. Cheap to clone; clones share budgets, cool-downs
 /// and call counters.
@@ -42,22 +43,6 @@ impl fmt::Debug for Client {
             .field("access_key_id", &self.inner.creds.access_key_id)
             .finish_non_exhaustive()
     }
-}
-
-/// How one attempt ended, when it did not succeed.
-pub(crate) enum Attempt {
-    /// Worth another try after a backoff.
-    Retry(Failure),
-    /// 1300: worth one more try with a fresh signature.
-    Expired(String),
-    Quota(String),
-    Final(Error),
-}
-
-/// The last retryable failure, reported once retries run out.
-pub(crate) enum Failure {
-    Code { code: i64, message: String },
-    Transport(reqwest::Error),
 }
 
 /// Actions that create something. If one is sent and the answer is lost, a

@@ -1,14 +1,30 @@
 //! Reading one answer: the [`Envelope`] first, to route on `ret_code`, then
-//! the typed answer when it is 0. Pure (no I/O) so it can be tested and
-//! fuzzed on its own; [`crate::client`] sends the request and applies the
-//! retry policy to what this returns.
+//! the typed answer when it is 0, or how the attempt ended ([`Attempt`]).
+//! Pure (no I/O) so it can be tested and fuzzed on its own;
+//! [`crate::client`] sends the request and applies the retry policy to
+//! what this returns.
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::client::{Attempt, Failure};
 use crate::error::{Class, Error, classify};
 use crate::types::Envelope;
+
+/// How one attempt ended, when it did not succeed.
+pub(crate) enum Attempt {
+    /// Worth another try after a backoff.
+    Retry(Failure),
+    /// 1300: worth one more try with a fresh signature.
+    Expired(String),
+    Quota(String),
+    Final(Error),
+}
+
+/// The last retryable failure, reported once retries run out.
+pub(crate) enum Failure {
+    Code { code: i64, message: String },
+    Transport(reqwest::Error),
+}
 
 /// Decodes the body of `action`'s answer (HTTP `status`, from `endpoint`):
 /// `T` when `ret_code` is 0, else how the client should treat the code.

@@ -17,12 +17,14 @@ mod mac;
 mod netns;
 mod ops;
 mod routing;
+mod socket;
 
 pub use arp::Announcer;
 pub use mac::Mac;
-pub use netns::{Change, Netns, NsId};
+pub use netns::{Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};
 pub use routing::{Rule, TableRoute};
+pub use socket::Change;
 
 /// A failed namespace or netlink operation, naming what was attempted.
 #[derive(Debug, thiserror::Error)]

@@ -29,5 +29,5 @@ pub fn name(kind: HookKind) -> &'static str {
 
 /// The sha256 (hex) of the built-in default for `kind`, for pinning it.
 pub fn sha256(kind: HookKind) -> String {
-    crate::guest::sha256_hex(module(kind))
+    crate::digest::sha256_hex(module(kind))
 }

@@ -6,8 +6,9 @@ use std::net::Ipv4Addr;
 use crate::configured::Configured;
 use crate::convert;
 use crate::error::PolicyError;
-use crate::guest::{CallFacts, CallSpec, not_implemented};
+use crate::guest::{CallSpec, not_implemented};
 use crate::hook::{Hook, IpKind, RoutesKind, VxnetKind};
+use crate::host::CallFacts;
 use crate::types::{Decision, HookKind, IpRequest, Nic, Node, Pod, Route, RouteTemplate, Vxnet};
 use crate::validate;
 

@@ -15,10 +15,11 @@ use std::time::Instant;
 use crate::error::{LoadError, PolicyError};
 use crate::guest::Guest;
 use crate::guest_log::LogLine;
-use crate::hook::{FailureMode, Hook, Kind};
+use crate::hook::{Hook, Kind};
 use crate::limits::{Limits, MAX_CONFIG_BYTES};
-use crate::load::Loaded;
+use crate::load::{FailureMode, Loaded};
 use crate::metrics::Outcome;
+use crate::runtime::Runtime;
 use crate::types::Decision;
 
 /// Accepted network configs remembered per generation; past this the
@@ -67,8 +68,12 @@ impl<K: Kind> Hook<K> {
         }
         let known = cur.accepted().contains(config);
         if !known {
-            cur.guest
-                .validate_config(&self.engine, K::KIND, config, &cur.config.limits)?;
+            cur.guest.validate_config(
+                self.engine.runtime(),
+                K::KIND,
+                config,
+                &cur.config.limits,
+            )?;
             let mut accepted = cur.accepted();
             if accepted.len() >= REMEMBERED {
                 accepted.clear();
@@ -89,17 +94,13 @@ impl<K: Kind> Configured<'_, K> {
     /// default with an empty config and default limits.
     pub(crate) fn decide<R>(
         &self,
-        call: impl Fn(
-            &crate::PolicyEngine,
-            &Guest,
-            &str,
-            &Limits,
-        ) -> (Result<R, PolicyError>, Vec<LogLine>),
+        call: impl Fn(&Runtime, &Guest, &str, &Limits) -> (Result<R, PolicyError>, Vec<LogLine>),
     ) -> Result<Decision<R>, PolicyError> {
         let (hook, cur) = (self.hook, &self.cur);
         let config = self.config.as_deref().unwrap_or(&cur.config.config);
         let start = Instant::now();
-        let (result, mut log) = call(&hook.engine, &cur.guest, config, &cur.config.limits);
+        let rt = hook.engine.runtime();
+        let (result, mut log) = call(rt, &cur.guest, config, &cur.config.limits);
         let err = match result {
             Ok(answer) => {
                 let elapsed = start.elapsed();
@@ -133,7 +134,7 @@ impl<K: Kind> Configured<'_, K> {
             error = %cause,
             "policy guest failed; the built-in default answers instead",
         );
-        let (fb, fb_log) = call(&hook.engine, fallback, "", &Limits::default());
+        let (fb, fb_log) = call(rt, fallback, "", &Limits::default());
         log.extend(fb_log);
         let elapsed = start.elapsed();
         hook.record(cur, Outcome::FellBack, elapsed);

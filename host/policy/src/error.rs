@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::LimitsError;
 use crate::types::{GuestId, HookKind};
 
 /// The cause chain of a wasmtime error (wasm backtrace included), as a
@@ -167,6 +168,12 @@ pub enum LoadError {
         #[source]
         source: crate::kv::KvError,
     },
+}
+
+impl From<LimitsError> for LoadError {
+    fn from(e: LimitsError) -> Self {
+        LoadError::Limits(e.0)
+    }
 }
 
 fn list(kinds: &[HookKind]) -> String {

@@ -5,18 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
 use crate::bindings::{ip, routes, vxnet};
-use crate::engine::PolicyEngine;
 use crate::error::{LoadError, PolicyError};
 use crate::guest_log::{CallLogHandle, LogLine, Speaker, cut};
-use crate::host::CallState;
+use crate::host::{CallFacts, CallState};
 use crate::kv::KvStore;
 use crate::limits::{HOSTCALL_FUEL, Limits, MAX_REASON_BYTES};
-use crate::types::{Attachment, GuestId, HookKind, Owner, Pod, Vxnet, VxnetLive};
+use crate::runtime::Runtime;
+use crate::types::{GuestId, HookKind};
 
 /// What one call is: the hook, the export called, and the facts the guest
 /// may ask the host for while it runs.
@@ -24,31 +23,6 @@ pub(crate) struct CallSpec {
     pub kind: HookKind,
     pub export: &'static str,
     pub facts: CallFacts,
-}
-
-/// What a guest may ask the host about the call in progress
-/// (`pod-facts`, `attachment-facts`, `vxnet-facts`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct CallFacts {
-    pub owner: Option<Owner>,
-    pub attachment: Attachment,
-    /// What the host knows of the call's vxnets, by id (`vxnet-facts`).
-    pub vxnets: Vec<(String, VxnetLive)>,
-}
-
-impl CallFacts {
-    /// The facts of a call about `pod` with `vxnets` (the candidates, or
-    /// the vxnet decided for).
-    pub fn of(pod: &Pod, vxnets: &[&Vxnet]) -> CallFacts {
-        CallFacts {
-            owner: pod.owner.clone(),
-            attachment: pod.attachment.clone(),
-            vxnets: vxnets
-                .iter()
-                .map(|v| (v.id.clone(), v.live.clone()))
-                .collect(),
-        }
-    }
 }
 
 /// A compiled, pre-instantiated component. Shared (by sha256) between
@@ -66,7 +40,7 @@ impl Compiled {
     /// offer) and finds which hooks it implements (refusing a component
     /// that implements none).
     pub fn new(
-        engine: &PolicyEngine,
+        rt: &Runtime,
         name: &str,
         sha256: &str,
         bytes: &[u8],
@@ -76,19 +50,17 @@ impl Compiled {
             sha256: sha256.to_owned(),
             builtin: false,
         };
-        let wasm = &engine.inner.engine;
+        let wasm = &rt.engine;
         let start = Instant::now();
         let (component, _compiled) =
-            engine
-                .component(sha256, bytes)
+            rt.component(sha256, bytes)
                 .map_err(|e| LoadError::Compile {
                     name: name.to_owned(),
                     sha256: sha256.to_owned(),
                     source: e.into_boxed_dyn_error(),
                 })?;
         let compile_time = start.elapsed();
-        let pre = engine
-            .inner
+        let pre = rt
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::MissingImports {
@@ -156,16 +128,6 @@ fn missing_imports(engine: &wasmtime::Engine, component: &Component) -> Vec<Stri
     }
 }
 
-/// The hex sha256 of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in digest.iter() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
 /// A loaded guest: compiled code, its identity and its kv store.
 #[derive(Clone)]
 pub(crate) struct Guest {
@@ -178,9 +140,9 @@ pub(crate) struct Guest {
 }
 
 impl Guest {
-    pub fn new(engine: &PolicyEngine, id: GuestId, compiled: Arc<Compiled>) -> Guest {
+    pub fn new(id: GuestId, compiled: Arc<Compiled>, kv: Arc<KvStore>) -> Guest {
         Guest {
-            kv: engine.kv(&id.name, id.builtin),
+            kv,
             name: id.name.as_str().into(),
             version: id.short().into(),
             id,
@@ -188,39 +150,17 @@ impl Guest {
         }
     }
 
-    pub fn load_builtin(engine: &PolicyEngine, kind: HookKind) -> Result<Guest, LoadError> {
-        let bytes = crate::builtin::module(kind);
-        let sha = sha256_hex(bytes);
-        let name = crate::builtin::name(kind);
-        let compiled = engine.compile(name, &sha, bytes)?;
-        let id = GuestId {
-            name: name.to_owned(),
-            sha256: sha,
-            builtin: true,
-        };
-        let implements = compiled.hooks();
-        if !implements.contains(&kind) {
-            // A build mix-up in guests/, caught at the first use.
-            return Err(LoadError::WrongHook {
-                guest: id,
-                wanted: kind,
-                implements,
-            });
-        }
-        Ok(Guest::new(engine, id, compiled))
-    }
-
     /// Calls `validate-config` through the `kind` world's instance.
     pub fn validate_config(
         &self,
-        engine: &PolicyEngine,
+        rt: &Runtime,
         kind: HookKind,
         config: &str,
         limits: &Limits,
     ) -> Result<(), LoadError> {
         let c = &self.compiled;
         let (result, _log) = self.call(
-            engine,
+            rt,
             CallSpec {
                 kind,
                 export: "validate-config",
@@ -269,7 +209,7 @@ impl Guest {
     /// way.
     pub fn call<W, R>(
         &self,
-        engine: &PolicyEngine,
+        rt: &Runtime,
         spec: CallSpec,
         limits: &Limits,
         call: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<Result<W, String>>,
@@ -280,15 +220,9 @@ impl Guest {
             version: self.version.clone(),
             hook: spec.kind.world(),
         });
-        let mut store = CallState::store(
-            &engine.inner.engine,
-            limits,
-            log,
-            self.kv.clone(),
-            spec.facts,
-        );
+        let mut store = CallState::store(&rt.engine, limits, log, self.kv.clone(), spec.facts);
         let raw = {
-            let _busy = engine.busy();
+            let _busy = rt.busy();
             call(&mut store)
         };
         let result = match raw {

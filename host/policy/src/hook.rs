@@ -15,50 +15,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::engine::PolicyEngine;
-use crate::error::{LoadError, PolicyError};
+use crate::error::LoadError;
 use crate::limits::Limits;
-use crate::load::{FileStamp, Loaded, prepare, stamp};
+use crate::load::{FailureMode, FileStamp, HookConfig, Loaded, prepare, stamp};
 use crate::metrics::{GuestMetrics, Metrics, Outcome};
 use crate::types::{GuestId, HookKind};
-
-/// What a hook runs, as configured.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HookConfig {
-    /// The guest module (a component, `.wasm`); `None` runs the built-in
-    /// default.
-    pub path: Option<PathBuf>,
-    /// The module's pinned sha256 (64 hex digits, optionally prefixed
-    /// `sha256:`). A module with another digest is refused.
-    pub sha256: Option<String>,
-    /// The guest's configuration string, checked by its `validate-config`
-    /// on every load and passed to every call.
-    pub config: String,
-    pub limits: Limits,
-    pub failure: FailureMode,
-}
-
-/// What a hook does when its guest fails (traps, runs out of time or
-/// memory, answers something invalid). A guest's *refusal* is never
-/// replaced: it is the policy deciding "no", and is returned as
-/// [`PolicyError::Refused`] in both modes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum FailureMode {
-    /// The call fails (the pod's ADD fails and the runtime retries it).
-    #[default]
-    Fail,
-    /// The built-in default guest answers, with an empty config; a warning
-    /// is logged and the fallback counted.
-    Fallback,
-}
 
 /// The three decisions, as types (see [`VxnetHook`], [`IpHook`],
 /// [`RoutesHook`]).
 pub trait Kind: sealed::Sealed + Send + Sync + Sized + 'static {
     const KIND: HookKind;
-
-    /// One call with the benchmark's sample facts (see [`crate::bench_hook`]).
-    #[doc(hidden)]
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError>;
 }
 
 mod sealed {
@@ -80,21 +46,12 @@ pub struct RoutesKind;
 
 impl Kind for VxnetKind {
     const KIND: HookKind = HookKind::VxnetSelection;
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError> {
-        crate::bench::sample_vxnet(hook)
-    }
 }
 impl Kind for IpKind {
     const KIND: HookKind = HookKind::IpAssignment;
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError> {
-        crate::bench::sample_ip(hook)
-    }
 }
 impl Kind for RoutesKind {
     const KIND: HookKind = HookKind::RouteTemplating;
-    fn sample_call(hook: &Hook<Self>) -> Result<(), PolicyError> {
-        crate::bench::sample_routes(hook)
-    }
 }
 
 pub type VxnetHook = Hook<VxnetKind>;
@@ -168,7 +125,7 @@ impl<K: Kind> Hook<K> {
     /// implements this hook, and has it validate `config.config`.
     pub fn load(engine: &PolicyEngine, config: HookConfig) -> Result<Hook<K>, LoadError> {
         let seen = config.path.as_ref().map(|p| (p.clone(), stamp(p)));
-        let loaded = prepare::<K>(engine, config, seen.clone().and_then(|(_, s)| s))?;
+        let loaded = prepare(engine, K::KIND, config, seen.clone().and_then(|(_, s)| s))?;
         tracing::debug!(
             hook = %K::KIND,
             guest = %loaded.guest.id,
@@ -208,7 +165,7 @@ impl<K: Kind> Hook<K> {
         let mut st = self.state();
         let seen = config.path.as_ref().map(|p| (p.clone(), stamp(p)));
         st.last_seen = seen.clone();
-        match prepare::<K>(&self.engine, config, seen.and_then(|(_, s)| s)) {
+        match prepare(&self.engine, K::KIND, config, seen.and_then(|(_, s)| s)) {
             Ok(new) => {
                 let id = new.guest.id.clone();
                 let old = std::mem::replace(

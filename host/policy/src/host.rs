@@ -14,13 +14,37 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::vxnet::hostnic::policy::host as wit;
 use crate::bindings::vxnet::hostnic::policy::{attachment_facts, pod_facts, vxnet_facts};
-use crate::guest::CallFacts;
 use crate::guest_log::{CallLogHandle, LogLevel};
 use crate::kv::{KvStore, KvTxn};
 use crate::limits::{
     HOSTCALL_FUEL, Limits, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES,
 };
-use crate::types::VxnetLive;
+use crate::types::{Attachment, Owner, Pod, Vxnet, VxnetLive};
+
+/// What a guest may ask the host about the call in progress
+/// (`pod-facts`, `attachment-facts`, `vxnet-facts`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallFacts {
+    pub owner: Option<Owner>,
+    pub attachment: Attachment,
+    /// What the host knows of the call's vxnets, by id (`vxnet-facts`).
+    pub vxnets: Vec<(String, VxnetLive)>,
+}
+
+impl CallFacts {
+    /// The facts of a call about `pod` with `vxnets` (the candidates, or
+    /// the vxnet decided for).
+    pub fn of(pod: &Pod, vxnets: &[&Vxnet]) -> CallFacts {
+        CallFacts {
+            owner: pod.owner.clone(),
+            attachment: pod.attachment.clone(),
+            vxnets: vxnets
+                .iter()
+                .map(|v| (v.id.clone(), v.live.clone()))
+                .collect(),
+        }
+    }
+}
 
 /// The data of one call's `Store`.
 pub(crate) struct CallState {

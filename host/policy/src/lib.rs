@@ -17,12 +17,15 @@
 //!
 //! How it is built:
 //!
-//! - `engine`: one wasmtime `Engine` (pooling allocator, epoch deadlines)
-//!   with its ticker thread, the linker, the compiled-guest cache;
+//! - `runtime`: one wasmtime `Engine` (pooling allocator, epoch deadlines)
+//!   with its ticker thread, the linker, the compiled guests on disk;
+//!   `engine`: the `PolicyEngine` around it, with the compiled-guest cache,
+//!   the built-in defaults and the guests' kv stores;
 //! - `guest`: a component compiled once and pre-instantiated per hook it
 //!   implements; a fresh `Store` per call (`host::CallState`);
-//! - `hook`: a configured guest, swapped atomically on reload, with its
-//!   failure mode; `load`: building a generation (digest, compile, checks);
+//! - `hook`: a configured guest, swapped atomically on reload; `load`: its
+//!   configuration (module, pin, limits, failure mode) and building a
+//!   generation from it (digest, compile, checks);
 //!   `configured`: one call's configuration (the hook's, or a network's)
 //!   and the fallback; `calls`: the three decisions with domain types;
 //! - `validate`: the host's check of every answer;
@@ -36,6 +39,7 @@ pub mod builtin;
 mod calls;
 mod configured;
 mod convert;
+mod digest;
 mod engine;
 mod error;
 mod guest;
@@ -47,20 +51,21 @@ pub mod limits;
 mod load;
 mod metrics;
 mod precompiled;
+mod runtime;
 mod types;
 mod validate;
 mod wasi;
 
-pub use bench::{BenchResult, bench_calls, bench_hook};
+pub use bench::{BenchResult, Sample, bench_calls, bench_hook};
 pub use configured::Configured;
 pub use engine::PolicyEngine;
 pub use error::{EngineError, LoadError, PolicyError, WasmError};
 pub use guest_log::{LogLevel, LogLine, LogSource};
 pub use hook::{
-    FailureMode, Hook, HookConfig, HookStatus, IpHook, IpKind, Kind, RoutesHook, RoutesKind,
-    VxnetHook, VxnetKind,
+    Hook, HookStatus, IpHook, IpKind, Kind, RoutesHook, RoutesKind, VxnetHook, VxnetKind,
 };
 pub use limits::Limits;
+pub use load::{FailureMode, HookConfig};
 pub use metrics::{GuestMetrics, LATENCY_BUCKETS_US, Latency};
 pub use types::{
     Attachment, Decision, GuestId, HookKind, IpRequest, Nic, Node, Owner, Pod, Route,

@@ -17,8 +17,6 @@
 
 use std::time::Duration;
 
-use crate::error::LoadError;
-
 /// The limits of one hook's calls. Each call gets a fresh store with these
 /// set before the guest runs a single instruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +52,15 @@ impl Limits {
     /// the pooling allocator reserves every memory slot at its maximum size
     /// up front, and because a deadline shorter than a few ticks would trip
     /// on scheduling noise rather than on the guest.
-    pub fn check(&self) -> Result<(), LoadError> {
+    pub fn check(&self) -> Result<(), LimitsError> {
         if self.deadline < MIN_DEADLINE || self.deadline > MAX_DEADLINE {
-            return Err(LoadError::Limits(format!(
+            return Err(LimitsError(format!(
                 "deadline {:?} is outside {:?}..={:?}",
                 self.deadline, MIN_DEADLINE, MAX_DEADLINE
             )));
         }
         if self.memory < MIN_MEMORY || self.memory > MAX_MEMORY {
-            return Err(LoadError::Limits(format!(
+            return Err(LimitsError(format!(
                 "memory cap {} bytes is outside {}..={} bytes ({} KiB..={} MiB)",
                 self.memory,
                 MIN_MEMORY,
@@ -83,6 +81,12 @@ impl Limits {
         u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 }
+
+/// Limits the runtime cannot honour: what is outside its range. A load
+/// refuses them as [`LoadError::Limits`](crate::LoadError::Limits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitsError(pub String);
 
 /// How often the ticker thread advances the engine's epoch; the granularity
 /// of every deadline. 1 ms: deadlines are tens of ms, and the ticker only

@@ -1,7 +1,8 @@
-//! Building a hook generation from its configuration: read the module
-//! (or take the built-in), check its pinned digest, compile and link it,
-//! check that it implements the hook, have it validate its config. Nothing
-//! is shared until all of that succeeded.
+//! What a hook is configured with ([`HookConfig`], [`FailureMode`]), and
+//! building a hook generation from it: read the module (or take the
+//! built-in), check its pinned digest, compile and link it, check that it
+//! implements the hook, have it validate its config. Nothing is shared
+//! until all of that succeeded.
 
 use std::collections::HashSet;
 use std::io::Read as _;
@@ -9,13 +10,43 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use crate::digest::sha256_hex;
 use crate::engine::PolicyEngine;
 use crate::error::LoadError;
-use crate::guest::{Guest, sha256_hex};
-use crate::hook::{FailureMode, HookConfig, Kind};
-use crate::limits::{MAX_CONFIG_BYTES, MAX_MODULE_BYTES};
+use crate::guest::Guest;
+use crate::limits::{Limits, MAX_CONFIG_BYTES, MAX_MODULE_BYTES};
 use crate::metrics::Metrics;
-use crate::types::GuestId;
+use crate::types::{GuestId, HookKind};
+
+/// What a hook runs, as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookConfig {
+    /// The guest module (a component, `.wasm`); `None` runs the built-in
+    /// default.
+    pub path: Option<PathBuf>,
+    /// The module's pinned sha256 (64 hex digits, optionally prefixed
+    /// `sha256:`). A module with another digest is refused.
+    pub sha256: Option<String>,
+    /// The guest's configuration string, checked by its `validate-config`
+    /// on every load and passed to every call.
+    pub config: String,
+    pub limits: Limits,
+    pub failure: FailureMode,
+}
+
+/// What a hook does when its guest fails (traps, runs out of time or
+/// memory, answers something invalid). A guest's *refusal* is never
+/// replaced: it is the policy deciding "no", and is returned as
+/// [`PolicyError::Refused`](crate::PolicyError::Refused) in both modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum FailureMode {
+    /// The call fails (the pod's ADD fails and the runtime retries it).
+    #[default]
+    Fail,
+    /// The built-in default guest answers, with an empty config; a warning
+    /// is logged and the fallback counted.
+    Fallback,
+}
 
 /// One generation of a hook.
 pub(crate) struct Loaded {
@@ -40,8 +71,9 @@ impl Loaded {
 
 /// Builds a generation, checking everything; nothing is shared until it is
 /// complete.
-pub(crate) fn prepare<K: Kind>(
+pub(crate) fn prepare(
     engine: &PolicyEngine,
+    kind: HookKind,
     config: HookConfig,
     stamp: Option<FileStamp>,
 ) -> Result<Loaded, LoadError> {
@@ -54,7 +86,7 @@ pub(crate) fn prepare<K: Kind>(
     }
     let guest = match &config.path {
         None => {
-            let g = engine.builtin(K::KIND)?;
+            let g = engine.builtin(kind)?;
             let label = PathBuf::from(format!("<built-in {}>", g.id.name));
             check_pin(config.sha256.as_deref(), &g.id.sha256, &label)?;
             g
@@ -70,20 +102,20 @@ pub(crate) fn prepare<K: Kind>(
                 sha256: sha,
                 builtin: false,
             };
-            Guest::new(engine, id, compiled)
+            engine.guest(id, compiled)
         }
     };
     let implements = guest.compiled.hooks();
-    if !implements.contains(&K::KIND) {
+    if !implements.contains(&kind) {
         return Err(LoadError::WrongHook {
             guest: guest.id.clone(),
-            wanted: K::KIND,
+            wanted: kind,
             implements,
         });
     }
-    guest.validate_config(engine, K::KIND, &config.config, &config.limits)?;
+    guest.validate_config(engine.runtime(), kind, &config.config, &config.limits)?;
     let fallback = match config.failure {
-        FailureMode::Fallback => Some(engine.builtin(K::KIND)?),
+        FailureMode::Fallback => Some(engine.builtin(kind)?),
         FailureMode::Fail => None,
     };
     Ok(Loaded {

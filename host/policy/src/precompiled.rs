@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::component::Component;
 
-use crate::guest::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// First line of every cache file; the payload's sha256 follows it.
 const MAGIC: &[u8] = b"hostnic-cwasm-v1 ";
@@ -113,7 +113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = builtin::module(HookKind::RouteTemplating);
         let sha = builtin::sha256(HookKind::RouteTemplating);
-        let compiled = |engine: &PolicyEngine| engine.component(&sha, bytes).unwrap().1;
+        let compiled = |engine: &PolicyEngine| engine.runtime().component(&sha, bytes).unwrap().1;
 
         let first = PolicyEngine::new(dir.path()).unwrap();
         assert!(compiled(&first), "nothing cached yet: compiled");

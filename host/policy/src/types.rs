@@ -5,6 +5,12 @@
 //! Addresses are typed (`Ipv4Addr`, `Ipv4Net`): the host parses everything
 //! a guest returns, so an answer that reaches the agent is already known to
 //! be well formed (and `validate.rs` has checked it makes sense).
+//!
+//! The facts and answers are also JSON: the agent's decision log records
+//! them and `hostnic-agent policy run` reads them from files, so their
+//! serde shape is a format people keep. Fields that are usually empty are
+//! left out, a missing one reads as empty, an unknown one is an error (a
+//! typo in a facts file must not pass as an empty field).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,28 +18,38 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::guest_log::LogLine;
 
 /// A pod, as the runtime and the API server describe it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// From the API server; guests ask for it (`pod-facts.pod-owner`, since
     /// contract 0.1.1) rather than find it in the `pod` record.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
     /// The attachment the call decides for; guests ask for it
     /// (`attachment-facts`, since contract 0.1.2). A pod with several
-    /// networks is decided for once per attachment.
+    /// networks is decided for once per attachment. In JSON, absent (or
+    /// null): the pod's only one, as in every record written before 0.1.2.
+    #[serde(
+        skip_serializing_if = "Attachment::is_only",
+        deserialize_with = "Attachment::or_only"
+    )]
     pub attachment: Attachment,
 }
 
 /// Which of a pod's attachments a call decides for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Attachment {
     /// The CNI network's name.
     pub network: String,
@@ -55,18 +71,34 @@ impl Default for Attachment {
     }
 }
 
+impl Attachment {
+    /// Whether this is a pod's only attachment (the default), which JSON
+    /// leaves out.
+    fn is_only(&self) -> bool {
+        *self == Attachment::default()
+    }
+
+    /// An attachment in JSON, where null means the pod's only one.
+    fn or_only<'de, D: Deserializer<'de>>(d: D) -> Result<Attachment, D::Error> {
+        Ok(Option::<Attachment>::deserialize(d)?.unwrap_or_default())
+    }
+}
+
 /// The controller that owns a pod.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Owner {
     /// "StatefulSet", "ReplicaSet", "DaemonSet", "Job", ...
     pub kind: String,
     pub name: String,
     /// A StatefulSet pod's ordinal (`web-3` of StatefulSet `web`: 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ordinal: Option<u32>,
 }
 
 /// The node (VM) the pod runs on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Node {
     pub instance: String,
     pub zone: String,
@@ -76,8 +108,10 @@ pub struct Node {
     pub nic_limit: u32,
 }
 
-/// A vxnet a pod's NIC could come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A vxnet a pod's NIC could come from. In JSON, `id`, `cidr` and
+/// `gateway` are required and the counts default to 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Vxnet {
     pub id: String,
     /// The vxnet's prefix, e.g. 10.0.1.0/24 (no host bits).
@@ -85,37 +119,54 @@ pub struct Vxnet {
     /// Its gateway, e.g. 10.0.1.1.
     pub gateway: Ipv4Addr,
     /// Addresses it can still hand out, as far as the host knows.
+    #[serde(default)]
     pub free_ips: u32,
     /// This node's free (warm) NICs on it.
+    #[serde(default)]
     pub warm_nics: u32,
     /// This node's NICs on it that pods hold.
+    #[serde(default)]
     pub used_nics: u32,
     /// NIC creations on it that failed recently (the FailRotate signal).
+    #[serde(default)]
     pub recent_failures: u32,
     /// What the host knows of it beyond the record; guests ask for it
-    /// (`vxnet-facts`, since contract 0.1.2).
+    /// (`vxnet-facts`, since contract 0.1.2). In JSON, its fields sit in
+    /// the vxnet's own object (serde checks the unknown ones there).
+    #[serde(flatten)]
     pub live: VxnetLive,
 }
 
 /// What the host knows of a vxnet beyond the `vxnet` record: what it has
 /// measured lately (`vxnet-facts.vxnet-measured`, 0.1.2) and whether the
 /// vxnet is in shared-NIC mode (`vxnet-facts.vxnet-shared-range`, 0.1.3).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// In JSON, absent fields are unknown (or, for `shared_range`, exclusive
+/// mode, as in every record written before 0.1.3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VxnetLive {
     /// Median of this node's recent attach times in it, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attach_latency_ms: Option<u32>,
     /// ret_codes of this node's recent failed creates in it, newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recent_failure_codes: Vec<u32>,
-    /// How long ago the cloud counted its free addresses, in s.
+    /// How long ago the cloud counted its free addresses, in s (in JSON
+    /// `free_ips_age_s`, the contract's name).
+    #[serde(rename = "free_ips_age_s", skip_serializing_if = "Option::is_none")]
     pub free_ips_counted_s_ago: Option<u32>,
     /// The shared range its pods are addressed from, when the vxnet is in
     /// shared-NIC mode (its `free_ips` then counts the node's share of
     /// it); `None`: pods get NICs of their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_range: Option<Ipv4Net>,
 }
 
-/// What address a pod must have, as validated by the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What address a pod must have, as validated by the host. In JSON:
+/// `"any"`, `{"exact": ip}`, `{"one_of": [ip, ...]}`, `{"range": {"first",
+/// "last"}}` or `{"sticky": key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum IpRequest {
     /// Any address of the vxnet (a warm NIC serves).
     Any,
@@ -130,7 +181,8 @@ pub enum IpRequest {
 }
 
 /// The pod's NIC as the host configured it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Nic {
     /// The NIC's id, which is its MAC ("52:54:00:12:34:56").
     pub mac: String,
@@ -139,18 +191,22 @@ pub struct Nic {
 }
 
 /// A route template from the network config (`ipam.routes`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteTemplate {
     pub dst: Ipv4Net,
     /// 0.0.0.0: "the node's own NIC in the pod's vxnet"; `None`: on-link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<Ipv4Addr>,
 }
 
 /// A route to install in the pod, out of its NIC, as validated by the host:
 /// `dst` has no host bits, `gw` (if any) is on-link in the pod's vxnet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Route {
     pub dst: Ipv4Net,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<Ipv4Addr>,
 }
 
@@ -242,4 +298,70 @@ pub struct Decision<T> {
     pub log: Vec<LogLine>,
     /// Wall time of the call(s), store creation and validation included.
     pub elapsed: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON shape the agent's decision log and facts files have used
+    /// since before these types had serde (the agent's `facts.rs` tests
+    /// every field of a whole facts file).
+    #[test]
+    fn json_is_flat_sparse_and_strict() {
+        let mut v = Vxnet {
+            id: "vxnet-a".into(),
+            cidr: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            free_ips: 3,
+            warm_nics: 0,
+            used_nics: 0,
+            recent_failures: 0,
+            live: VxnetLive::default(),
+        };
+        let bare = r#"{"id":"vxnet-a","cidr":"10.0.1.0/24","gateway":"10.0.1.1","free_ips":3,"warm_nics":0,"used_nics":0,"recent_failures":0}"#;
+        assert_eq!(serde_json::to_string(&v).unwrap(), bare);
+        // What the host knows beyond the record sits in the vxnet's object,
+        // under the contract's names.
+        v.live.free_ips_counted_s_ago = Some(30);
+        v.live.shared_range = Some("10.0.1.64/26".parse().unwrap());
+        let text = serde_json::to_string(&v).unwrap();
+        assert!(
+            text.ends_with(
+                r#""recent_failures":0,"free_ips_age_s":30,"shared_range":"10.0.1.64/26"}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Vxnet>(&text).unwrap(), v);
+        let typo = text.replace("free_ips_age_s", "free_ips_age");
+        assert!(serde_json::from_str::<Vxnet>(&typo).is_err());
+
+        // A pod's only attachment is left out, and absent means it.
+        let pod = Pod {
+            name: "web-0".into(),
+            ..Pod::default()
+        };
+        let text = serde_json::to_string(&pod).unwrap();
+        assert_eq!(
+            text,
+            r#"{"namespace":"","name":"web-0","uid":"","annotations":{}}"#
+        );
+        assert_eq!(serde_json::from_str::<Pod>(&text).unwrap(), pod);
+        let other = Pod {
+            attachment: Attachment {
+                network: "storage".into(),
+                interface: "net1".into(),
+                default_route: false,
+            },
+            ..pod
+        };
+        let text = serde_json::to_string(&other).unwrap();
+        assert!(
+            text.ends_with(
+                r#""attachment":{"network":"storage","interface":"net1","default_route":false}}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Pod>(&text).unwrap(), other);
+    }
 }

@@ -628,7 +628,7 @@ impl KubeNode {
                 // The reference plugins a node has before any CNI is
                 // installed (kubeadm's kubernetes-cni package): containerd
                 // runs `loopback` for every pod, the conflist chains
-                // portmap, bandwidth and tuning.
+                // portmap and tuning.
                 for entry in std::fs::read_dir("/usr/lib/cni")
                     .context("the reference CNI plugins (scripts/setup installs them)")?
                 {

@@ -258,6 +258,8 @@ pub fn request(primary: &AddRequest, sel: &Selection, conf: &NetConf) -> AddRequ
         default_route: Some(sel.default_route.is_some()),
         ips: sel.ips.clone(),
         mac: sel.mac.clone(),
+        // The runtime's limits are the cluster network's interface's.
+        bandwidth: None,
         hooks: conf.hooks.clone(),
     }
 }

@@ -171,6 +171,7 @@ fn add(
         ips: conf.requested_ips()?,
         mac: conf.requested_mac()?,
         hooks: conf.hooks.clone(),
+        bandwidth: conf.requested_bandwidth()?,
     });
     match agent.call(op, Some(&netns))? {
         Reply::Added(result) => Ok(Some(result.encode(version, conf.prev_result.as_ref()))),

@@ -301,6 +301,75 @@ fn a_pod_without_annotations_is_served() {
     assert_eq!(seen[1].request["op"], "del");
 }
 
+/// The `bandwidth` capability exactly as containerd sends it for a pod
+/// annotated `kubernetes.io/ingress-bandwidth: 10M` and `egress-bandwidth:
+/// 1M`: go-cni's field names (no JSON tags) and a 4294967295-bit burst.
+/// It reaches the agent checked, in every version.
+#[test]
+fn containerds_bandwidth_reaches_the_agent() {
+    let agent = FakeAgent::start(SUPPORTED_VERSIONS.iter().map(|_| Ok(added())).collect());
+    for version in SUPPORTED_VERSIONS {
+        let mut c = conf(version, &agent.socket);
+        c["capabilities"]["bandwidth"] = json!(true);
+        c["runtimeConfig"]["bandwidth"] = json!({
+            "IngressRate": 10_000_000u64, "IngressBurst": 4_294_967_295u64,
+            "EgressRate": 1_000_000u64, "EgressBurst": 4_294_967_295u64,
+        });
+        assert!(
+            matches!(run(&env("ADD"), stdin(&c)), Outcome::Success(Some(_))),
+            "{version}"
+        );
+    }
+    for seen in agent.seen() {
+        assert_eq!(
+            seen.request["bandwidth"],
+            json!({
+                "ingress": {"rate": 10_000_000u64, "burst": 4_294_967_295u64},
+                "egress": {"rate": 1_000_000u64, "burst": 4_294_967_295u64},
+            })
+        );
+    }
+    // Without limits the request has no "bandwidth" at all, as before.
+    let agent = FakeAgent::start(vec![Ok(added())]);
+    let mut c = conf("1.0.0", &agent.socket);
+    c["runtimeConfig"]["bandwidth"] =
+        json!({"IngressRate": 0, "IngressBurst": 0, "EgressRate": 0, "EgressBurst": 0});
+    assert!(matches!(
+        run(&env("ADD"), stdin(&c)),
+        Outcome::Success(Some(_))
+    ));
+    assert_eq!(agent.seen()[0].request.get("bandwidth"), None);
+}
+
+/// Limits that cannot be honoured are refused before the agent is asked,
+/// naming the field.
+#[test]
+fn bad_bandwidth_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("unused.sock");
+    for (bandwidth, field) in [
+        (json!({"ingressRate": 10_000_000}), "ingressBurst"),
+        (json!({"egressBurst": 80_000}), "egressRate"),
+        (
+            json!({"egressRate": 10, "egressBurst": 80_000}),
+            "egressRate",
+        ),
+        (
+            json!({"ingressRate": 10_000_000, "ingressBurst": 1u64 << 40}),
+            "ingressBurst",
+        ),
+    ] {
+        let mut c = conf("1.0.0", &sock);
+        c["runtimeConfig"]["bandwidth"] = bandwidth.clone();
+        let (code, msg) = failure(run(&env("ADD"), stdin(&c)), "1.0.0");
+        assert_eq!(code, 7, "{bandwidth}: {msg}");
+        assert!(
+            msg.contains(&format!("runtimeConfig.bandwidth.{field}")),
+            "{bandwidth}: {msg}"
+        );
+    }
+}
+
 /// DEL succeeds whenever it can identify the attachment: an optional field
 /// it cannot parse is ignored, never a reason to strand the pod's NIC.
 #[test]
@@ -316,6 +385,10 @@ fn del_ignores_optional_fields_it_cannot_parse() {
         ("prevResult", json!("a string")),
         ("prevResult", json!({"interfaces": 3})),
         ("capabilities", json!([1, 2])),
+        (
+            "runtimeConfig",
+            json!({"bandwidth": {"ingressRate": "fast", "ingressBurst": 8000}}),
+        ),
         ("timeoutSeconds", json!(-1)),
     ];
     let agent = FakeAgent::start(broken.iter().map(|_| Ok(Reply::Deleted)).collect());

@@ -9,8 +9,11 @@
 //! The rest of hostnic calls typed operations on [`Netlink`]
 //! (`link_by_mac`, `move_link`, `add_route`, …) and never builds messages;
 //! the operations for a pod's own wiring (veth pairs, neighbour entries,
-//! routes in any table, policy rules) are in `routing.rs`, and the
-//! gratuitous ARP that moves an address to another MAC in `arp.rs`.
+//! routes in any table, policy rules) are in `routing.rs`, the
+//! gratuitous ARP that moves an address to another MAC in `arp.rs`, and
+//! the bandwidth limits of a pod's interface in `shaping.rs` (the tc
+//! requests they take in `tc.rs`, the kernel's `tbf` parameters in
+//! `tbf.rs`).
 
 mod arp;
 mod mac;
@@ -18,6 +21,9 @@ mod netns;
 mod ops;
 mod routing;
 mod socket;
+mod shaping;
+mod tbf;
+mod tc;
 
 pub use arp::Announcer;
 pub use mac::Mac;
@@ -25,6 +31,8 @@ pub use netns::{Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};
 pub use routing::{Rule, TableRoute};
 pub use socket::Change;
+pub use shaping::{Limit, Shaped, Shaping, ifb_name};
+pub use tbf::Tbf;
 
 /// A failed namespace or netlink operation, naming what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,10 @@ pub enum Error {
         #[source]
         source: rtnetlink::Error,
     },
+    /// Refused before asking the kernel (a limit it cannot honour), or
+    /// several failures of one teardown together.
+    #[error("{op}: {why}")]
+    Refused { op: String, why: String },
     #[error("the descriptor for {label} is not a network namespace ({what})")]
     NotNetns { label: String, what: String },
     #[error("{op}: {source}")]

@@ -103,6 +103,16 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self
+            .link_message(name)
+            .await?
+            .as_ref()
+            .map(Link::from_message))
+    }
+
+    /// The kernel's whole message for link `name`, for callers that need
+    /// more than a [`Link`] (its kind, say).
+    pub(crate) async fn link_message(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut stream = self
             .handle
             .link()
@@ -110,7 +120,7 @@ impl Netlink {
             .match_name(name.to_string())
             .execute();
         match stream.try_next().await {
-            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Ok(m) => Ok(m),
             Err(e) => {
                 let e = Error::netlink(format!("looking up link {name} in netns {}", self.ns))(e);
                 if e.is_gone() { Ok(None) } else { Err(e) }

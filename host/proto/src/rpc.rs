@@ -13,7 +13,8 @@
 //!
 //! ```json
 //! {"version":1,"op":"add","target":{"network":"hostnic","container_id":"c1","ifname":"eth0","netns":"/var/run/netns/p"},
-//!  "pod":{"namespace":"default","name":"web","uid":"…","annotations":{}},"mtu":1500,"routes":[]}
+//!  "pod":{"namespace":"default","name":"web","uid":"…","annotations":{}},"mtu":1500,"routes":[],
+//!  "bandwidth":{"ingress":{"rate":10000000,"burst":4294967295}}}
 //! {"version":1,"result":{"Ok":{"added":{"interface":{…},"ips":[…],"routes":[…]}}}}
 //! {"version":1,"result":{"Err":{"code":101,"msg":"no free NIC on this node","details":"…"}}}
 //! ```
@@ -34,7 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cni::{AddResult, AttachmentKey, CniError, NetworkHooks, RouteTemplate};
+use crate::cni::{AddResult, AttachmentKey, Bandwidth, CniError, NetworkHooks, RouteTemplate};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -143,6 +144,10 @@ pub struct AddRequest {
     /// The network's own guest configs (its config's `hooks`).
     #[serde(default, skip_serializing_if = "NetworkHooks::is_empty")]
     pub hooks: NetworkHooks,
+    /// The `bandwidth` capability, checked: the limits to put on the
+    /// pod's interface. `None` (and absent from the frame): unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -262,6 +267,43 @@ mod tests {
         let newer = r#"{"version":1,"op":"status","from_the_future":true}"#;
         let parsed: Request = serde_json::from_str(newer).unwrap();
         assert!(matches!(parsed.op, Op::Status));
+    }
+
+    #[test]
+    fn add_requests_carry_bandwidth_only_when_there_is_a_limit() {
+        use crate::cni::BandwidthLimit;
+        // What an executable of the previous release sends: no limits.
+        let old = r#"{"version":1,"op":"add","target":{"network":"n","container_id":"c","ifname":"eth0"}}"#;
+        let Op::Add(add) = serde_json::from_str::<Request>(old).unwrap().op else {
+            panic!("not an add")
+        };
+        assert_eq!(add.bandwidth, None);
+        // Unlimited, the frame is the previous release's.
+        let frame = |add: &AddRequest| {
+            serde_json::to_value(Request {
+                version: PROTOCOL_VERSION,
+                op: Op::Add(add.clone()),
+            })
+            .unwrap()
+        };
+        assert!(frame(&add).get("bandwidth").is_none());
+        let mut limited = add;
+        limited.bandwidth = Some(Bandwidth {
+            ingress: Some(BandwidthLimit {
+                rate: 10_000_000,
+                burst: 4_294_967_295,
+            }),
+            egress: None,
+        });
+        let v = frame(&limited);
+        assert_eq!(
+            v["bandwidth"],
+            serde_json::json!({"ingress": {"rate": 10_000_000, "burst": 4_294_967_295u64}})
+        );
+        let Op::Add(back) = serde_json::from_value::<Request>(v).unwrap().op else {
+            panic!("not an add")
+        };
+        assert_eq!(back.bandwidth, limited.bandwidth);
     }
 
     #[test]

@@ -8,14 +8,17 @@
 //!
 //! - this file: versions, verbs, error codes and the error type;
 //! - `netconf`: the network configuration (and `prevResult`) we accept;
+//! - `bandwidth`: the `bandwidth` capability, checked;
 //! - `args`: `CNI_ARGS`, container ids and interface names;
 //! - `result`: the version-neutral result and its encoding per version.
 
 mod args;
+mod bandwidth;
 mod netconf;
 mod result;
 
 pub use args::{CniArgs, validate_container_id, validate_ifname};
+pub use bandwidth::{BURST_RANGE, Bandwidth, BandwidthLimit, RATE_RANGE};
 pub use netconf::{
     AttachmentKey, Ipam, MTU_RANGE, NetConf, NetworkHooks, RouteTemplate, RuntimeConfig,
 };

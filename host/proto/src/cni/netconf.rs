@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CniError, code};
+use super::{Bandwidth, CniError, code};
 
 /// A route template from `ipam.routes`, in the original plugin's syntax.
 /// A `gw` of `0.0.0.0` means "the node's own NIC in the pod's vxnet"; until
@@ -29,7 +29,7 @@ pub struct Ipam {
 }
 
 /// The parts of `runtimeConfig` we read. Everything else is for the other
-/// plugins in the chain (portmap reads `portMappings`, bandwidth `bandwidth`).
+/// plugins in the chain (portmap reads `portMappings`).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RuntimeConfig {
     /// containerd sends `null` for a sandbox without annotations: that is
@@ -49,6 +49,11 @@ pub struct RuntimeConfig {
     /// its MAC); the runtime cannot give a cloud NIC another MAC.
     #[serde(default)]
     pub mac: Option<String>,
+    /// The `bandwidth` capability, as the runtime sent it; checked by
+    /// [`NetConf::requested_bandwidth`], so that its errors name the field
+    /// and a DEL never fails on it.
+    #[serde(default)]
+    pub bandwidth: Option<Value>,
 }
 
 /// Reads `null` as an empty list.
@@ -340,7 +345,13 @@ impl NetConf {
         }
         self.requested_ips()?;
         self.requested_mac()?;
+        self.requested_bandwidth()?;
         Ok(())
+    }
+
+    /// The limits of the `bandwidth` capability, checked; `None`: none.
+    pub fn requested_bandwidth(&self) -> Result<Option<Bandwidth>, CniError> {
+        Bandwidth::from_runtime_config(self.runtime_config.bandwidth.as_ref())
     }
 
     /// The addresses of the `ips` capability, checked.

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod controlplane;
 pub mod deploy;
 pub mod images;
+pub mod iperf;
 pub mod kubebed;
 pub mod multus;
 pub mod netns;

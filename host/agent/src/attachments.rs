@@ -243,6 +243,7 @@ mod tests {
             pod: Default::default(),
             result: None,
             sticky: None,
+            bandwidth: None,
             holds: Holds::Nic {
                 mac: "52:54:00:00:00:01".parse().unwrap(),
             },

@@ -27,6 +27,7 @@ pub mod record;
 pub mod scrape;
 pub mod server;
 pub mod service;
+pub mod shaping;
 pub mod shared;
 pub mod source;
 pub mod sticky;

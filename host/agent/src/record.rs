@@ -17,7 +17,7 @@
 use std::net::Ipv4Addr;
 
 use hostnic_netlink::{Mac, NsId};
-use hostnic_proto::cni::AddResult;
+use hostnic_proto::cni::{AddResult, Bandwidth};
 use hostnic_proto::rpc::Pod;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,10 @@ pub struct Record {
     /// before the drivers call it `identity`.
     #[serde(default, alias = "identity", skip_serializing_if = "Option::is_none")]
     pub sticky: Option<String>,
+    /// The limits put on the pod's interface (the `bandwidth`
+    /// capability), for CHECK and for taking them off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
     #[serde(flatten)]
     pub holds: Holds,
 }

@@ -248,6 +248,7 @@ mod tests {
             pod: Pod::default(),
             result: None,
             sticky: None,
+            bandwidth: None,
             holds: Holds::Nic {
                 mac: mac.parse().unwrap(),
             },

@@ -20,8 +20,8 @@ mod mac;
 mod netns;
 mod ops;
 mod routing;
-mod socket;
 mod shaping;
+mod socket;
 mod tbf;
 mod tc;
 
@@ -30,8 +30,8 @@ pub use mac::Mac;
 pub use netns::{Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};
 pub use routing::{Rule, TableRoute};
-pub use socket::Change;
 pub use shaping::{Limit, Shaped, Shaping, ifb_name};
+pub use socket::Change;
 pub use tbf::Tbf;
 
 /// A failed namespace or netlink operation, naming what was attempted.

@@ -257,6 +257,7 @@ impl Service {
                 pod: req.pod.clone(),
                 result: None,
                 sticky: res.sticky.clone(),
+                bandwidth: req.bandwidth,
                 holds: res.holds.clone(),
             };
             attempt.record(&record)?;
@@ -271,7 +272,17 @@ impl Service {
                 }
                 Err(e) => return Err(e),
             };
-            audit.attach_us = wired.kernel.as_micros() as u64;
+            let mut kernel = wired.kernel;
+            // The pod's limits, on its interface whatever wired it.
+            if let Some(bw) = &req.bandwidth {
+                let shaping = Instant::now();
+                if let Err(e) = crate::shaping::apply(netns, &key.ifname, bw).await {
+                    self.take_apart(&mut attempt, &record, netns).await;
+                    return Err(e);
+                }
+                kernel += shaping.elapsed();
+            }
+            audit.attach_us = kernel.as_micros() as u64;
 
             // Record: committed, fsynced, before the pod is told.
             let result = wired.interface.result(
@@ -282,15 +293,8 @@ impl Service {
             record.result = Some(result.clone());
             record.holds = attempt.reservation().holds.clone();
             if let Err(e) = self.store.put(&record) {
-                // Not recorded, so not given: the attachment is taken apart
-                // again, as a DEL would.
-                if let Some((res, _)) = attempt.take() {
-                    res.hand_over();
-                }
-                if let Err(u) = self.release_now(&record, Some(netns)).await {
-                    // Left for the next start, which finds the record.
-                    warn!(resource = %record.resource(), error = %u, "taking apart an ADD whose commit was not recorded");
-                }
+                // Not recorded, so not given.
+                self.take_apart(&mut attempt, &record, netns).await;
                 return Err(Error::internal(format!(
                     "recording the allocation of {}: {e}",
                     record.resource()
@@ -303,6 +307,18 @@ impl Service {
                   container = %key.container_id, ifname = %key.ifname, wiring = driver.name(),
                   pod = ?req.pod.name, namespace = ?req.pod.namespace, "ADD");
             return Ok(result);
+        }
+    }
+
+    /// Takes apart what an attempt wired, as a DEL would: its driver's
+    /// release takes over the reservation.
+    async fn take_apart(&self, attempt: &mut Attempt, record: &Record, netns: &Netns) {
+        if let Some((res, _)) = attempt.take() {
+            res.hand_over();
+        }
+        if let Err(e) = self.release_now(record, Some(netns)).await {
+            // Left for the next start, which finds the record.
+            warn!(resource = %record.resource(), error = %e, "taking apart a failed ADD");
         }
     }
 

@@ -66,7 +66,8 @@ impl Service {
         self.drivers
             .for_record(&record)
             .verify(&record, netns)
-            .await
+            .await?;
+        crate::shaping::verify(netns, &key.ifname, record.bandwidth.as_ref()).await
     }
 }
 

@@ -59,6 +59,7 @@ impl Service {
     /// `releasing` record on disk for the next start.
     async fn finish_release(&self, record: &Record, netns: Option<Netns>) {
         let driver = self.drivers.for_record(record);
+        super::unshape(record, netns.as_ref()).await;
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=RELEASE_TRIES {
             match driver.release(record, netns.as_ref()).await {

@@ -115,6 +115,7 @@ impl Service {
     /// resource out of use.
     async fn release_now(&self, record: &Record, netns: Option<&Netns>) -> Result<()> {
         let driver = self.drivers.for_record(record);
+        unshape(record, netns).await;
         match driver.release(record, netns).await {
             Ok(freed) => {
                 self.forget(record);
@@ -137,6 +138,17 @@ impl Service {
             warn!(resource = %record.resource(), error = %e, "removing a record");
         }
         self.attachments.remove(record);
+    }
+}
+
+/// Takes the pod's limits off its interface's ifb before the interface
+/// goes (the ifb would stay in the pod's namespace). Best effort: a
+/// namespace that is gone took it along.
+async fn unshape(record: &Record, netns: Option<&Netns>) {
+    if let (Some(_), Some(ns)) = (&record.bandwidth, netns)
+        && let Err(e) = crate::shaping::clear(ns, &record.key.ifname).await
+    {
+        warn!(container = %record.key.container_id, error = %e, "taking a pod's bandwidth limits off");
     }
 }
 

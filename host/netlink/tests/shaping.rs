@@ -185,7 +185,11 @@ async fn shaping_in_throwaway_namespaces_measured_with_iperf3() {
 
 /// A veth `hnbw0` in `a` with its peer `hnbw0p` in `b`, addressed and up.
 async fn veth(a: &Netlink, b: &Netlink, ns_b: &Netns) -> Link {
-    let idx = a.add_veth("hnbw0", "hnbw0p", ns_b, 1500).await.unwrap();
+    let peer_mac = hostnic_netlink::Mac([0x0a, 0, 0, 0, 0xb0, 0x01]);
+    let idx = a
+        .add_veth("hnbw0", ("hnbw0p", peer_mac), ns_b, 1500)
+        .await
+        .unwrap();
     let peer = b.link_by_name("hnbw0p").await.unwrap().expect("peer end");
     a.set_mtu_up(idx, 1500).await.unwrap();
     b.set_mtu_up(peer.index, 1500).await.unwrap();

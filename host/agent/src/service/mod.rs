@@ -31,6 +31,7 @@ use tracing::warn;
 
 use crate::attachments::Attachments;
 use crate::audit::Audit;
+use crate::cloud::source::CloudSource;
 use crate::config::Config;
 use crate::decisions::For;
 use crate::error::{Error, Result};
@@ -57,6 +58,9 @@ pub struct Service {
     pub(crate) nics: Arc<Nics>,
     /// The node's vxnets and what it knows of them (the guests' facts).
     pub(crate) source: Arc<dyn NicSource>,
+    /// The cloud's own duties (the node's gateway NICs, its counts);
+    /// `None` with the static inventory.
+    pub(crate) cloud: Option<Arc<CloudSource>>,
     pub(crate) default_mtu: u32,
     /// The policy hooks (the built-in guests with `hooks.enabled = false`).
     pub(crate) policies: Policies,
@@ -75,6 +79,7 @@ pub struct Parts {
     pub store: Arc<dyn Records>,
     pub nics: Arc<Nics>,
     pub source: Arc<dyn NicSource>,
+    pub cloud: Option<Arc<CloudSource>>,
     pub policies: Policies,
     pub kube: Option<crate::apiserver::KubeView>,
 }
@@ -87,6 +92,7 @@ impl Service {
             store: parts.store,
             nics: parts.nics,
             source: parts.source,
+            cloud: parts.cloud,
             default_mtu: cfg.mtu,
             policies: parts.policies,
             kube: parts.kube,

@@ -24,10 +24,11 @@ pub use blocks::{Claims, Listing};
 pub use pins::Pin;
 
 use crate::attachments::Attachments;
+use crate::cloud::source::CloudSource;
 use crate::config::{SharedVxnet, table_of};
 use crate::error::{Kind, Result};
 use crate::record::{Holds, Record, Resource, SharedHold};
-use crate::source::{NicSource, VxnetAddr};
+use crate::source::VxnetAddr;
 
 #[derive(Debug, Default)]
 struct Held {
@@ -57,8 +58,9 @@ pub struct Shared {
     attachments: Arc<Attachments>,
     /// The cluster's block claims; `None`: each range is the node's alone.
     claims: Option<Arc<dyn Claims>>,
-    /// The cloud, asked which addresses of a range its NICs hold.
-    source: Arc<dyn NicSource>,
+    /// The cloud, asked which addresses of a range its NICs hold (`None`:
+    /// the static inventory, no cloud to ask).
+    cloud: Option<Arc<CloudSource>>,
     /// One block claim or release at a time.
     claiming: tokio::sync::Mutex<()>,
     /// The vxnets whose node-wide pieces are in place.
@@ -88,11 +90,11 @@ impl Shared {
     /// knows of them (subnet and gateway).
     pub fn new(
         config: &[SharedVxnet],
-        source: Arc<dyn NicSource>,
+        known: &[VxnetAddr],
+        cloud: Option<Arc<CloudSource>>,
         attachments: Arc<Attachments>,
         claims: Option<Arc<dyn Claims>>,
     ) -> anyhow::Result<Shared> {
-        let known: Vec<VxnetAddr> = source.vxnets();
         let mut nets = Vec::new();
         for (n, s) in config.iter().enumerate() {
             let Some(v) = known.iter().find(|v| v.id == s.vxnet) else {
@@ -138,7 +140,7 @@ impl Shared {
             held: Mutex::default(),
             attachments,
             claims,
-            source,
+            cloud,
             claiming: tokio::sync::Mutex::default(),
             prepared: tokio::sync::Mutex::default(),
             announcer,

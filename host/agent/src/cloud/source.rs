@@ -179,14 +179,16 @@ impl NicSource for CloudSource {
         };
         let mut last = None;
         for ip in addrs.iter().take(MAX_ADDRESS_TRIES) {
-            match self.cloud.provision_with_ip(&self.nics, vxnet, *ip).await {
-                Ok(mac) => {
-                    if let Some(nic) = self.nics.pool().reserve_where(key, |s| s.mac == mac) {
-                        return Ok(Acquired {
-                            nic,
-                            how: How::Created,
-                        });
-                    }
+            match self
+                .cloud
+                .provision_with_ip(&self.nics, vxnet, *ip, key)
+                .await
+            {
+                Ok(nic) => {
+                    return Ok(Acquired {
+                        nic,
+                        how: How::Created,
+                    });
                 }
                 Err(e) => last = Some(e.to_string()),
             }

@@ -5,10 +5,13 @@
 //! arrive meanwhile nothing: they wait for the new agent.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
-use hostnic_testbed::{CallEnv, Ns, Testbed, ok, pod_env, require_root};
+use hostnic_proto::rpc::{self, Op, PROTOCOL_VERSION, Reply, Request, Response};
+use hostnic_testbed::{CallEnv, Ns, Testbed, ok, pod_env, require_root, wait_for};
 use serde_json::{Value, json};
 
 const PODS: usize = 10;
@@ -216,4 +219,55 @@ fn adds_during_a_graceful_restart_wait_for_the_new_agent_and_succeed() {
         assert!(addr.contains(ip), "pod {i} was told {ip} but has {addr}");
     }
     assert!(tb.parked_macs().unwrap().is_empty(), "{}", agent.log_text());
+}
+
+/// A graceful stop (SIGTERM) stops listening at once but answers every
+/// request it accepted, also one still arriving when the signal came. The
+/// executable sends a request again only when nobody read it: an ADD the
+/// stopping agent read and then dropped unanswered failed its sandbox in
+/// a rolling restart (issue 22).
+#[test]
+fn a_graceful_stop_answers_every_request_it_accepted() {
+    if !require_root("a_graceful_stop_answers_every_request_it_accepted") {
+        return;
+    }
+    let tb = Testbed::new(1).unwrap();
+    let mut agent = tb.start_agent().unwrap();
+    let frame = rpc::encode_frame(&Request {
+        version: PROTOCOL_VERSION,
+        op: Op::Status,
+    })
+    .unwrap();
+    let mut slow = UnixStream::connect(tb.socket()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(&frame[..2]).unwrap();
+    // Accepted, its request half read, when the stop comes.
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = nix::unistd::Pid::from_raw(agent.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for(
+        "the stopping agent to refuse new connections",
+        Duration::from_secs(5),
+        || UnixStream::connect(tb.socket()).is_err(),
+    )
+    .unwrap();
+    slow.write_all(&frame[2..]).unwrap_or_else(|e| {
+        panic!(
+            "the stopping agent closed a connection it had accepted: {e}\n{}",
+            agent.log_text()
+        )
+    });
+    let answer: Response = rpc::read_frame(&mut slow).unwrap_or_else(|e| {
+        panic!(
+            "the stopping agent did not answer a request it had accepted: {e}\n{}",
+            agent.log_text()
+        )
+    });
+    assert!(
+        matches!(answer.result, Ok(Reply::Status { .. })),
+        "{:?}",
+        answer.result
+    );
+    agent.stop().unwrap();
 }

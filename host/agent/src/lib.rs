@@ -89,6 +89,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         Plumber::new(node_ns, node),
         pool::Pool::default(),
     ));
+    nics.watch_links().await;
     // The inventory: the static list, or what the cloud says is attached to
     // this VM (one DescribeNics; a restart makes no other cloud call before
     // it serves).

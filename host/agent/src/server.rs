@@ -77,6 +77,9 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let open = Arc::new(AtomicUsize::new(0));
+    // Told when the last open connection closes (the graceful stop waits
+    // for it).
+    let idle = Arc::new(tokio::sync::Notify::new());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -89,9 +92,12 @@ pub async fn serve(
                         continue;
                     }
                     let (service, slots, open) = (service.clone(), slots.clone(), open.clone());
+                    let idle = idle.clone();
                     tokio::spawn(async move {
                         handle(stream, &service, &slots).await;
-                        open.fetch_sub(1, Ordering::SeqCst);
+                        if open.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            idle.notify_waiters();
+                        }
                     });
                 }
                 Err(e) => {
@@ -115,8 +121,14 @@ pub async fn serve(
     // is bounded: REQUEST_TIMEOUT to arrive and to be answered, the
     // service's own limits to be served. (An ADD cut in half by a kill is
     // rolled back at the next start; finishing it is kinder.)
-    while open.load(Ordering::SeqCst) > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    loop {
+        let done = idle.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if open.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        done.await;
     }
 }
 

@@ -341,16 +341,10 @@ impl CloudPool {
     }
 }
 
-/// Resolves once a link with `mac` exists in the node namespace. A link
-/// dump of a node is ~0.1 ms; every 5 ms during an attach is cheap and adds
-/// at most 5 ms to a cold ADD.
+/// Resolves once a link with `mac` exists in the node namespace (woken by
+/// the kernel's link notifications).
 pub(super) async fn wait_for_link(nics: &Nics, mac: Mac) {
-    loop {
-        if let Ok(Some(_)) = nics.plumber.node().link_by_mac(mac, None).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    nics.wait_for_link(mac, true).await
 }
 
 /// The gateway NIC in the node: named `gw<mac>`, up, with its address.

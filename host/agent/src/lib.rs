@@ -131,7 +131,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let shared = Arc::new(shared::Shared::new(
         &cfg.shared,
         &source.vxnets(),
-        cloud_source.clone(),
+        cloud_source
+            .clone()
+            .map(|c| c as Arc<dyn shared::CloudAddresses>),
         attachments.clone(),
         claims,
     )?);
@@ -146,11 +148,14 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             cloud_source.clone(),
             found,
         )),
-        Arc::new(SharedVeth::new(
-            shared.clone(),
-            nics.clone(),
-            cloud_source.clone(),
-        )),
+        vec![(
+            Arc::new(SharedVeth::new(
+                shared.clone(),
+                nics.clone(),
+                cloud_source.clone(),
+            )),
+            shared.nets().iter().map(|n| n.vxnet.clone()).collect(),
+        )],
     );
     let loaded = store
         .load()
@@ -162,6 +167,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             drivers,
             store: Arc::new(store),
             nics: nics.clone(),
+            namespaces: nics.plumber.clone(),
             source,
             cloud: cloud_source.clone(),
             policies,

@@ -24,7 +24,7 @@ const LINK_RECHECK: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub struct Nics {
-    pub plumber: Plumber,
+    pub plumber: std::sync::Arc<Plumber>,
     pool: Mutex<Pool>,
     /// Told whenever the pool changed: waiters for a NIC look again.
     changed: Notify,
@@ -65,7 +65,7 @@ impl Drop for PoolGuard<'_> {
 impl Nics {
     pub fn new(plumber: Plumber, pool: Pool) -> Nics {
         Nics {
-            plumber,
+            plumber: std::sync::Arc::new(plumber),
             pool: Mutex::new(pool),
             changed: Notify::new(),
             links: std::sync::Arc::default(),

@@ -75,12 +75,6 @@ impl CloudSource {
         })
     }
 
-    /// The cloud's NICs in `vxnet` and their addresses: shared-NIC mode
-    /// keeps its pods off them.
-    pub async fn cloud_addresses(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
-        self.cloud.addresses_in(vxnet).await
-    }
-
     /// The VM's NICs (its primary included) and its limit, with
     /// `pool_len` NICs in the pool.
     pub fn vm_nics(&self, pool_len: usize) -> (usize, usize) {
@@ -97,6 +91,13 @@ impl CloudSource {
     /// budget in words.
     pub fn calls(&self) -> (std::collections::BTreeMap<String, u64>, String) {
         self.cloud.calls()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::shared::CloudAddresses for CloudSource {
+    async fn cloud_addresses(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        self.cloud.addresses_in(vxnet).await
     }
 }
 

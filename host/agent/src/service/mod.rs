@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::decisions::For;
 use crate::error::{Error, Result};
 use crate::nics::Nics;
+use crate::plumb::Namespaces;
 use crate::policy::Policies;
 use crate::record::{Key, Record};
 use crate::source::NicSource;
@@ -56,6 +57,8 @@ pub struct Service {
     pub(crate) store: Arc<dyn Records>,
     /// The node's NICs: the pool and the plumber.
     pub(crate) nics: Arc<Nics>,
+    /// The kernel's say on pods' namespaces.
+    pub(crate) namespaces: Arc<dyn Namespaces>,
     /// The node's vxnets and what it knows of them (the guests' facts).
     pub(crate) source: Arc<dyn NicSource>,
     /// The cloud's own duties (the node's gateway NICs, its counts);
@@ -78,6 +81,7 @@ pub struct Parts {
     pub drivers: Drivers,
     pub store: Arc<dyn Records>,
     pub nics: Arc<Nics>,
+    pub namespaces: Arc<dyn Namespaces>,
     pub source: Arc<dyn NicSource>,
     pub cloud: Option<Arc<CloudSource>>,
     pub policies: Policies,
@@ -91,6 +95,7 @@ impl Service {
             drivers: parts.drivers,
             store: parts.store,
             nics: parts.nics,
+            namespaces: parts.namespaces,
             source: parts.source,
             cloud: parts.cloud,
             default_mtu: cfg.mtu,
@@ -177,3 +182,5 @@ fn validate_target(t: &Target) -> Result<()> {
     cni::validate_container_id(&t.container_id)?;
     cni::validate_ifname(&t.ifname).map_err(Error::from)
 }
+#[cfg(test)]
+mod tests;

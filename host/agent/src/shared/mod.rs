@@ -24,11 +24,18 @@ pub use blocks::{Claims, Listing};
 pub use pins::Pin;
 
 use crate::attachments::Attachments;
-use crate::cloud::source::CloudSource;
 use crate::config::{SharedVxnet, table_of};
 use crate::error::{Kind, Result};
 use crate::record::{Holds, Record, Resource, SharedHold};
 use crate::source::VxnetAddr;
+
+/// Which addresses of a vxnet the cloud gave its NICs: shared-NIC mode
+/// keeps its pods off them. The cloud pool answers it.
+#[async_trait::async_trait]
+pub trait CloudAddresses: Send + Sync + std::fmt::Debug {
+    /// Every NIC of `vxnet` in the cloud with an address: (id, address).
+    async fn cloud_addresses(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>>;
+}
 
 #[derive(Debug, Default)]
 struct Held {
@@ -60,7 +67,7 @@ pub struct Shared {
     claims: Option<Arc<dyn Claims>>,
     /// The cloud, asked which addresses of a range its NICs hold (`None`:
     /// the static inventory, no cloud to ask).
-    cloud: Option<Arc<CloudSource>>,
+    cloud: Option<Arc<dyn CloudAddresses>>,
     /// One block claim or release at a time.
     claiming: tokio::sync::Mutex<()>,
     /// The vxnets whose node-wide pieces are in place.
@@ -91,7 +98,7 @@ impl Shared {
     pub fn new(
         config: &[SharedVxnet],
         known: &[VxnetAddr],
-        cloud: Option<Arc<CloudSource>>,
+        cloud: Option<Arc<dyn CloudAddresses>>,
         attachments: Arc<Attachments>,
         claims: Option<Arc<dyn Claims>>,
     ) -> anyhow::Result<Shared> {

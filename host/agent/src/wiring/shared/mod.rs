@@ -54,16 +54,6 @@ impl SharedVeth {
         }
     }
 
-    /// Whether `vxnet` is one of the shared vxnets.
-    pub fn serves(&self, vxnet: &str) -> bool {
-        self.shared.net(vxnet).is_some()
-    }
-
-    /// What the node knows of its shared vxnets.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// The node's own NICs' addresses in `net`'s vxnet: the cloud gave
     /// them, so never a pod's (the cloud check at the vxnet's first ADD
     /// may predate a NIC made since).

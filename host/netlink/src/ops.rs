@@ -4,7 +4,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
 };
@@ -20,6 +20,13 @@ pub struct Link {
     pub mac: Option<Mac>,
     pub mtu: u32,
     pub up: bool,
+    /// How many holders asked for promiscuous mode (`IFLA_PROMISCUITY`):
+    /// a passthru macvlan child that is up holds one on its lower device,
+    /// from whatever namespace the child is in.
+    pub promiscuity: u32,
+    /// The link's kind (`veth`, `macvlan`, ...); `None` for a device with
+    /// none (a physical NIC).
+    pub kind: Option<String>,
 }
 
 impl Link {
@@ -30,12 +37,21 @@ impl Link {
             mac: None,
             mtu: 0,
             up: m.header.flags.contains(LinkFlags::Up),
+            promiscuity: 0,
+            kind: None,
         };
         for a in &m.attributes {
             match a {
                 LinkAttribute::IfName(n) => link.name.clone_from(n),
                 LinkAttribute::Address(b) => link.mac = Mac::from_bytes(b),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::Promiscuity(p) => link.promiscuity = *p,
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.iter().find_map(|i| match i {
+                        LinkInfo::Kind(k) => Some(k.to_string()),
+                        _ => None,
+                    });
+                }
                 _ => {}
             }
         }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::link::{InfoData, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoVeth, MacVlanMode};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -20,7 +20,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{LinkMacVlan, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::{Error, Mac, Netlink, Netns, Result};
 
@@ -97,6 +97,39 @@ impl Netlink {
                 self.ns
             ))(std::io::Error::other("it is gone already"))),
         }
+    }
+
+    /// Creates `name` in `pod_ns`: a macvlan in passthru mode over `lower`
+    /// (a link of this namespace), up, with `mtu`. One RTM_NEWLINK carrying
+    /// `IFLA_NET_NS_FD`: the child is born in the pod, so nothing crosses
+    /// namespaces (no device move, see [`Netlink::move_link`]), and the
+    /// kernel resolves `IFLA_LINK` here, in the caller's namespace. In
+    /// passthru mode the child takes the lower's MAC, gets every frame the
+    /// lower receives, and is the only child the lower can have (a second
+    /// create fails with EINVAL); it goes when its namespace does. `mtu`
+    /// may not exceed the lower's.
+    pub async fn add_passthru_macvlan(
+        &self,
+        lower: u32,
+        (name, pod_ns): (&str, &Netns),
+        mtu: u32,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let msg = LinkMacVlan::new(name, lower, MacVlanMode::Passthrough)
+            .setns_by_fd(pod_ns.as_raw_fd())
+            .mtu(mtu)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(Error::netlink(format!(
+                "creating passthru macvlan {name} of link {lower} (netns {}) in netns {}",
+                self.ns,
+                pod_ns.label()
+            )))
     }
 
     /// Deletes a link by index (a veth takes its peer with it). Already gone

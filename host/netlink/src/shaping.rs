@@ -274,6 +274,8 @@ mod tests {
             mac: None,
             mtu: 1500,
             up: true,
+            promiscuity: 0,
+            kind: None,
         };
         let good = Limit {
             rate: 10_000_000,

@@ -51,7 +51,7 @@ use crate::source::NicSource;
 use crate::source::inventory::StaticInventory;
 use crate::store::Store;
 use crate::wiring::Drivers;
-use crate::wiring::exclusive::{ExclusiveNic, Found};
+use crate::wiring::exclusive::{Acquisition, Exclusive, Found};
 use crate::wiring::shared::SharedVeth;
 
 /// Runs the agent until SIGTERM or SIGINT. The namespace the agent starts
@@ -141,13 +141,15 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         shared.load_blocks()
     })
     .await?;
+    let exclusive = Exclusive::new(
+        Acquisition::new(nics.clone(), source.clone(), cloud_source.clone()),
+        wiring::exclusive::wirings(&nics),
+        found,
+    );
     let drivers = Drivers::new(
-        Arc::new(ExclusiveNic::new(
-            nics.clone(),
-            source.clone(),
-            cloud_source.clone(),
-            found,
-        )),
+        exclusive
+            .driver("move")
+            .context("the move wiring is built in")?,
         vec![(
             Arc::new(SharedVeth::new(
                 shared.clone(),

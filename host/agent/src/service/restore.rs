@@ -18,9 +18,7 @@ impl Service {
             unreadable,
         } = loaded;
         for driver in self.drivers.all() {
-            let (mine, rest) = records
-                .into_iter()
-                .partition(|r| self.drivers.for_record(r).name() == driver.name());
+            let (mine, rest) = records.into_iter().partition(|r| driver.restores(r));
             records = rest;
             let resources: Vec<Resource> = mine.iter().map(|r| r.resource()).collect();
             let live = driver

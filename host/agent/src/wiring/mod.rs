@@ -3,9 +3,10 @@
 //! once per vxnet ([`Drivers`]); the verbs call it and never ask which
 //! they hold.
 //!
-//! - `exclusive.rs`: [`exclusive::ExclusiveNic`] — the pod gets a NIC of
-//!   its own, moved into its namespace (`move`);
-//! - `shared.rs`: [`shared::SharedVeth`] — the pod gets an address of the
+//! - `exclusive/`: [`exclusive::ExclusiveNic`] — the pod gets a NIC of
+//!   its own, one driver per way of wiring it (`move`: the NIC moved into
+//!   its namespace), all acquiring NICs the same way;
+//! - `shared/`: [`shared::SharedVeth`] — the pod gets an address of the
 //!   vxnet's shared range and a veth behind the node's NIC there.
 //!
 //! A driver reserves what an attachment needs ([`Reservation`]: a value
@@ -205,6 +206,14 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// Whether an ADD this wiring serves could succeed now (STATUS: kept
     /// cheap, no syscalls).
     fn ready(&self) -> bool;
+
+    /// Whether this driver restores `record` at start. A record goes to
+    /// the first driver, in restore order, that takes it: by default each
+    /// takes those its wiring made; drivers that share what records hold
+    /// (the NIC wirings: one pool of the node's NICs) take them together.
+    fn restores(&self, record: &Record) -> bool {
+        record.wiring() == self.name()
+    }
 
     /// Takes what the attachment needs, as the plan says.
     async fn reserve(&self, add: &Adding<'_>) -> Result<Reservation>;

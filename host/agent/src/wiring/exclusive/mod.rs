@@ -1,28 +1,73 @@
-//! `move`: the pod gets a NIC of its own, moved into its namespace under
-//! its interface name and configured there; DEL brings it back to the
-//! node, parked (down, no addresses, `hn<mac>`), ready for the next pod.
-//! The NIC comes from the node's [`NicSource`]: the static inventory or
-//! the cloud pool (a warm NIC, one made for the ADD, or the NIC that
-//! follows a sticky identity). The kernel side is `plumb.rs`.
+//! A NIC of the pod's own. Every NIC wiring acquires its NIC the same way
+//! (`acquire.rs`: the node's NIC source, sticky NICs, the `mac` and `ips`
+//! capabilities) and differs only in its kernel side, a [`NicWiring`],
+//! one file each:
+//!
+//! - `moved.rs`: `move`, the NIC itself moved into the pod under its
+//!   interface name and configured there; DEL brings it back to the node,
+//!   parked (down, no addresses, `hn<mac>`). The kernel side is
+//!   `plumb.rs`.
+//!
+//! One [`ExclusiveNic`] driver per wiring; they share the acquisition and
+//! the start (`restore.rs`: the node has one pool of NICs, whichever
+//! wiring holds each). A new way of wiring a NIC is a file implementing
+//! [`NicWiring`], a line in [`wirings`] and a config value.
 
+mod acquire;
+mod moved;
 mod restore;
 
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hostnic_netlink::{Mac, Netns};
 use tracing::{info, warn};
 
-use super::{Adding, Driver, Handback, Outcome, Reservation, Wired};
-use crate::cloud::source::CloudSource;
+pub use acquire::Acquisition;
+
+use super::{Adding, Driver, Handback, Reservation, Wired};
 use crate::config::NicSpec;
 use crate::error::{Error, Kind, Result};
 use crate::nics::Nics;
-use crate::plan::{Plan, Routes};
+use crate::plan::Routes;
 use crate::plumb::{PlumbError, Whereabouts, Wiring};
-use crate::pool::State;
-use crate::record::{Holds, Record, Resource};
-use crate::source::{Acquired, NicSource};
+use crate::record::{Record, Resource};
+
+/// The kernel side of one way of wiring a NIC of the pod's own.
+#[async_trait::async_trait]
+pub trait NicWiring: Send + Sync + fmt::Debug {
+    /// The wiring's name in the config, the records and `status`.
+    fn name(&self) -> &'static str;
+
+    /// Gives the pod its interface from the NIC parked on the node, as
+    /// `w` says. On failure the NIC is parked again before the error
+    /// returns (or the error says it could not be).
+    async fn attach(&self, w: &Wiring, pod: &Netns) -> Result<(), PlumbError>;
+
+    /// Takes the pod's interface apart (from `pod`, when it can be
+    /// reached) and parks the NIC. Idempotent: what is gone is done.
+    async fn detach(
+        &self,
+        mac: Mac,
+        pod: Option<&Netns>,
+    ) -> Result<Whereabouts, hostnic_netlink::Error>;
+
+    /// Whether the pod still has exactly what `w` says; the answer names
+    /// the first difference.
+    async fn verify(
+        &self,
+        w: &Wiring,
+        pod: &Netns,
+    ) -> Result<Result<(), String>, hostnic_netlink::Error>;
+}
+
+/// Every NIC wiring this agent knows, whatever the config chooses: a
+/// record made by any of them is released by its own after a config
+/// change.
+pub fn wirings(nics: &Arc<Nics>) -> Vec<Arc<dyn NicWiring>> {
+    vec![Arc::new(moved::Move::new(nics.clone()))]
+}
 
 /// What the restore at start works from: the NICs the node should have
 /// (the inventory, or what the cloud says is attached) and those the
@@ -35,124 +80,69 @@ pub struct Found {
     pub sticky: Vec<(Mac, String)>,
 }
 
+/// What the NIC drivers share: the acquisition, every wiring (a record
+/// is released by the one that made it), and what the start works from.
 #[derive(Debug)]
-pub struct ExclusiveNic {
-    nics: Arc<Nics>,
-    source: Arc<dyn NicSource>,
-    /// The cloud, for the NICs that follow a sticky identity; `None` with
-    /// the static inventory (a sticky pod's address is remembered instead).
-    cloud: Option<Arc<CloudSource>>,
-    /// Taken by [`Driver::restore`].
+pub struct Exclusive {
+    acquisition: Acquisition,
+    wirings: Vec<Arc<dyn NicWiring>>,
+    /// Taken by the first restore (see [`ExclusiveNic::restore`]).
     found: Mutex<Option<Found>>,
 }
 
-impl ExclusiveNic {
+impl Exclusive {
     pub fn new(
-        nics: Arc<Nics>,
-        source: Arc<dyn NicSource>,
-        cloud: Option<Arc<CloudSource>>,
+        acquisition: Acquisition,
+        wirings: Vec<Arc<dyn NicWiring>>,
         found: Found,
-    ) -> ExclusiveNic {
-        ExclusiveNic {
-            nics,
-            source,
-            cloud,
+    ) -> Arc<Exclusive> {
+        Arc::new(Exclusive {
+            acquisition,
+            wirings,
             found: Mutex::new(Some(found)),
-        }
+        })
     }
 
-    /// The NIC the plan asks for, reserved. A sticky identity gets the
-    /// NIC that follows it, or, the first time, any NIC the plan allows,
-    /// tagged to follow it from now on.
-    async fn acquire(&self, add: &Adding<'_>) -> Result<(Acquired, Option<String>)> {
-        let plan = add.plan;
-        if let Some(mac) = plan.mac {
-            return Ok((self.acquire_mac(add, mac).await?, None));
-        }
-        // Without a cloud no NIC follows an identity: the address is
-        // remembered instead.
-        let (Some(identity), Some(cloud)) = (&plan.sticky, &self.cloud) else {
-            return Ok((self.acquire_any(add).await?, None));
-        };
-        if let Some(followed) = cloud
-            .acquire_sticky(add.key, identity, plan.order.as_deref())
-            .await?
-        {
-            return Ok((followed, Some(identity.clone())));
-        }
-        let acquired = self.acquire_any(add).await?;
-        let mac = acquired.nic.mac;
-        if let Err(e) = cloud.tag_sticky(mac, identity).await {
-            self.nics.pool().release(mac, true);
-            return Err(e);
-        }
-        Ok((acquired, Some(identity.clone())))
+    /// The driver of the wiring named `name`, if there is one.
+    pub fn driver(self: &Arc<Self>, name: &str) -> Option<Arc<ExclusiveNic>> {
+        let wiring = self.wirings.iter().find(|w| w.name() == name)?;
+        Some(Arc::new(ExclusiveNic {
+            common: self.clone(),
+            wiring: wiring.clone(),
+        }))
     }
 
-    /// A NIC of the plan's vxnets, with one of its addresses if it has any.
-    async fn acquire_any(&self, add: &Adding<'_>) -> Result<Acquired> {
-        let plan = add.plan;
-        match &plan.addresses {
-            Some(addrs) => {
-                self.source
-                    .acquire_address(add.key, addrs, plan.first_vxnet())
-                    .await
-            }
-            None => self.source.acquire(add.key, plan.order.as_deref()).await,
-        }
-    }
-
-    /// The NIC the runtime named (the `mac` capability): free on this node,
-    /// in the network's vxnets, with one of the plan's addresses if it has
-    /// any.
-    async fn acquire_mac(&self, add: &Adding<'_>, mac: Mac) -> Result<Acquired> {
-        let plan: &Plan = add.plan;
-        let fits = |s: &NicSpec| {
-            s.mac == mac
-                && plan
-                    .order
-                    .as_ref()
-                    .is_none_or(|o| s.vxnet.as_ref().is_some_and(|v| o.contains(v)))
-                && plan
-                    .addresses
-                    .as_ref()
-                    .is_none_or(|a| a.contains(&s.address.addr()))
-        };
-        self.nics
-            .wait_for_release(|p| p.reserve_where(add.key, fits))
-            .await
-            .map(Acquired::warm)
-            .ok_or_else(|| {
-                Error::exhausted(format!(
-                    "runtimeConfig.mac: NIC {mac} is not free on this node{}",
-                    match &plan.order {
-                        Some(o) => format!(
-                            " in network {}'s vxnets ({})",
-                            add.key.network,
-                            o.join(", ")
-                        ),
-                        None => String::new(),
-                    }
-                ))
+    /// The wiring that made `record` (records older than the field are
+    /// `move`'s).
+    fn wiring_of(&self, record: &Record) -> &Arc<dyn NicWiring> {
+        let name = record.wiring();
+        self.wirings
+            .iter()
+            .find(|w| w.name() == name)
+            .unwrap_or_else(|| {
+                warn!(wiring = name, nic = ?record.mac(), "a record of a NIC wiring this agent does not know; released as the first it knows");
+                &self.wirings[0]
             })
     }
 
-    /// How a reserved NIC goes back: free (or missing) in the pool, or,
-    /// if it follows a sticky identity, off the node to be kept for it.
-    fn end(&self, mac: Mac) -> impl FnOnce(Outcome) + Send + 'static {
-        let (nics, cloud) = (self.nics.clone(), self.cloud.clone());
-        move |outcome| match outcome {
-            Outcome::Committed => nics.pool().commit(mac),
-            Outcome::HandedOver => {}
-            Outcome::Lost | Outcome::Missing => nics.pool().release(mac, false),
-            Outcome::GivenBack => give_back(&nics, cloud.as_ref(), mac, true),
-        }
+    fn nics(&self) -> &Arc<Nics> {
+        &self.acquisition.nics
     }
+}
 
+/// The driver of one NIC wiring.
+#[derive(Debug)]
+pub struct ExclusiveNic {
+    common: Arc<Exclusive>,
+    wiring: Arc<dyn NicWiring>,
+}
+
+impl ExclusiveNic {
     /// Whether the NIC is parked on the node (free to hand out again).
     async fn parked(&self, mac: Mac) -> bool {
         matches!(
-            self.nics
+            self.common
+                .nics()
                 .plumber
                 .node()
                 .link_by_mac(mac, Some(&mac.parked_name()))
@@ -162,59 +152,25 @@ impl ExclusiveNic {
     }
 }
 
-/// Frees a NIC whose attachment is over: back to the pool if `present`
-/// on the node (missing if not), or, if it follows a sticky identity,
-/// taken off the node in the background, kept in the cloud for it.
-fn give_back(nics: &Arc<Nics>, cloud: Option<&Arc<CloudSource>>, mac: Mac, present: bool) {
-    if let Some(cloud) = cloud
-        && present
-        && nics.pool().sticky_of(mac).is_some()
-    {
-        nics.pool().leave(mac);
-        keep(cloud, vec![mac]);
-        return;
-    }
-    nics.pool().release(mac, present);
-}
-
-/// Takes sticky NICs whose attachments are over off the node in the
-/// background, kept in the cloud for their identities.
-fn keep(cloud: &Arc<CloudSource>, macs: Vec<Mac>) {
-    for mac in macs {
-        let cloud = cloud.clone();
-        tokio::spawn(async move {
-            if let Err(e) = cloud.keep(mac).await {
-                warn!(nic = %mac, error = %format!("{e:#}"), "taking a sticky NIC off the node failed; it stays out of the pool until the agent restarts")
-            }
-        });
-    }
-}
-
 #[async_trait::async_trait]
 impl Driver for ExclusiveNic {
     fn name(&self) -> &'static str {
-        "move"
+        self.wiring.name()
     }
 
-    /// A NIC on its way back from a DEL serves the next ADD in ms; with
-    /// the cloud an ADD can still make a NIC while the VM has room.
     fn ready(&self) -> bool {
-        let pool = self.nics.pool();
-        pool.count_all(&[State::Free, State::Releasing]) > 0 || self.source.can_create(pool.len())
+        self.common.acquisition.ready()
+    }
+
+    /// Every NIC record, whichever wiring made it: the NIC wirings restore
+    /// together (one pool of the node's NICs), so the first NIC driver in
+    /// restore order takes them all.
+    fn restores(&self, record: &Record) -> bool {
+        record.mac().is_some()
     }
 
     async fn reserve(&self, add: &Adding<'_>) -> Result<Reservation> {
-        let (acquired, sticky) = self.acquire(add).await?;
-        let nic = acquired.nic;
-        let mac = nic.mac;
-        let mut res = Reservation::new(
-            nic,
-            Holds::Nic { mac },
-            acquired.how.describe(),
-            self.end(mac),
-        );
-        res.sticky = sticky;
-        Ok(res)
+        self.common.acquisition.reserve(add).await
     }
 
     async fn wire(&self, add: &Adding<'_>, res: &mut Reservation, routes: Routes) -> Result<Wired> {
@@ -228,7 +184,7 @@ impl Driver for ExclusiveNic {
         };
         let gateway = nic.gateway;
         let started = Instant::now();
-        let attached = self.nics.plumber.attach(&wiring, add.netns).await;
+        let attached = self.wiring.attach(&wiring, add.netns).await;
         let kernel = started.elapsed();
         let Err(e) = attached else {
             return Ok(Wired {
@@ -243,7 +199,7 @@ impl Driver for ExclusiveNic {
             _ => Kind::Internal,
         };
         // Ask the kernel where the NIC is rather than infer it from the
-        // error: free only if it is back in the node namespace. One that
+        // error: free only if it is parked on the node again. One that
         // may still be in the pod keeps its record, for the next start to
         // bring it back.
         if kind == Kind::Gone {
@@ -251,7 +207,7 @@ impl Driver for ExclusiveNic {
         } else if !self.parked(wiring.mac).await {
             res.lose();
         }
-        warn!(nic = %wiring.mac, container = %add.key.container_id, error = %e, "wiring a NIC failed; NIC released");
+        warn!(nic = %wiring.mac, container = %add.key.container_id, wiring = self.name(), error = %e, "wiring a NIC failed; NIC released");
         Err(Error::new(
             kind,
             format!("attaching NIC {} as {}: {e}", wiring.mac, add.key.ifname),
@@ -263,7 +219,7 @@ impl Driver for ExclusiveNic {
             return Err(Error::internal("the record has no NIC or no result"));
         };
         let w = Wiring::from_result(result, mac).map_err(Error::internal)?;
-        match self.nics.plumber.verify(&w, netns).await {
+        match self.wiring.verify(&w, netns).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(diff)) => Err(Error::new(Kind::CheckFailed, diff)),
             Err(e) => Err(Error::internal(format!(
@@ -275,7 +231,7 @@ impl Driver for ExclusiveNic {
 
     fn releasing(&self, record: &Record) {
         if let Some(mac) = record.mac() {
-            self.nics.pool().start_release(mac);
+            self.common.acquisition.releasing(mac);
         }
     }
 
@@ -284,8 +240,8 @@ impl Driver for ExclusiveNic {
             return Err(Error::internal("the record holds no NIC"));
         };
         let key = &record.key;
-        self.nics.pool().start_release(mac);
-        let whereabouts = self.nics.plumber.detach(mac, netns).await.map_err(|e| {
+        self.common.acquisition.releasing(mac);
+        let whereabouts = self.wiring.detach(mac, netns).await.map_err(|e| {
             Error::internal(format!(
                 "returning NIC {mac} from container {}: {e}",
                 key.container_id
@@ -294,21 +250,22 @@ impl Driver for ExclusiveNic {
         if whereabouts == Whereabouts::Gone {
             warn!(nic = %mac, container = %key.container_id, "NIC not found in the pod or the node; marked missing");
         }
-        info!(nic = %mac, container = %key.container_id, ifname = %key.ifname, ?whereabouts, "DEL");
-        let (nics, cloud) = (self.nics.clone(), self.cloud.clone());
-        let parked = whereabouts == Whereabouts::Parked;
-        Ok(Handback::new(move || {
-            give_back(&nics, cloud.as_ref(), mac, parked)
-        }))
+        info!(nic = %mac, container = %key.container_id, ifname = %key.ifname, wiring = self.name(), ?whereabouts, "DEL");
+        Ok(self
+            .common
+            .acquisition
+            .handback(mac, whereabouts == Whereabouts::Parked))
     }
 
     fn abandon(&self, record: &Record) {
         if let Some(mac) = record.mac() {
             tracing::error!(nic = %mac, "bringing a NIC back failed; marked missing until it reappears or the agent restarts");
-            self.nics.pool().release(mac, false);
+            self.common.acquisition.abandon(mac);
         }
     }
 
+    /// The first NIC driver to restore reconciles every NIC record with
+    /// the kernel; the others find the work done.
     async fn restore(
         &self,
         records: Vec<Record>,
@@ -316,16 +273,17 @@ impl Driver for ExclusiveNic {
     ) -> anyhow::Result<Vec<Record>> {
         // A NIC whose record could not be read is one without a record:
         // the kernel says where it is, and it is free only if parked.
-        let found = self
+        let Some(found) = self
+            .common
             .found
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .unwrap_or_default();
-        let restored = restore::reconcile(&found, &self.nics, records).await?;
-        if let Some(cloud) = &self.cloud {
-            keep(cloud, restored.leaving);
-        }
+        else {
+            return Ok(Vec::new());
+        };
+        let restored = restore::reconcile(&found, &self.common, records).await?;
+        self.common.acquisition.keep(restored.leaving);
         Ok(restored.live)
     }
 }

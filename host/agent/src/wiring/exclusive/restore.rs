@@ -1,6 +1,7 @@
-//! The start of `move`: the records of NIC attachments and the kernel
-//! (where each NIC is) reconciled into the pool. It adopts, repairs or
-//! releases; it never guesses.
+//! The start of the NIC wirings: the records of NIC attachments, whichever
+//! wiring made them, and the kernel (where each NIC is) reconciled into
+//! the pool. It adopts, repairs or releases, each record through the
+//! wiring that made it; it never guesses.
 //!
 //! | record      | kernel                     | action                                   |
 //! |-------------|----------------------------|------------------------------------------|
@@ -29,10 +30,9 @@ use hostnic_netlink::Mac;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::Found;
+use super::{Exclusive, Found};
 use crate::config::NicSpec;
-use crate::nics::Nics;
-use crate::plumb::{Plumber, Whereabouts};
+use crate::plumb::Whereabouts;
 use crate::pool::{Pool, State};
 use crate::record::{Phase, Record};
 
@@ -45,9 +45,10 @@ pub struct Restored {
 
 pub async fn reconcile(
     found: &Found,
-    nics: &Nics,
+    exclusive: &Exclusive,
     records: Vec<Record>,
 ) -> anyhow::Result<Restored> {
+    let nics = exclusive.nics();
     let plumber = &nics.plumber;
     let mut records: BTreeMap<Mac, Record> = records
         .into_iter()
@@ -89,7 +90,7 @@ pub async fn reconcile(
                         .is_none_or(|p| plumber.reopen(p, rec.netns_id).is_none())
                 {
                     warn!(nic = %spec.mac, container = %rec.key.container_id, "pod is gone; releasing its NIC");
-                    release_record(plumber, &rec).await?
+                    release_record(exclusive, &rec).await?
                 } else {
                     let state = State::Held(rec.key.clone());
                     live.push(rec);
@@ -106,7 +107,7 @@ pub async fn reconcile(
                         info!(nic = %spec.mac, container = %rec.key.container_id, "rolling back an ADD that never answered")
                     }
                 }
-                release_record(plumber, &rec).await?
+                release_record(exclusive, &rec).await?
             }
             None => match on_node(spec.mac) {
                 // The node's gateway NIC keeps its name and address.
@@ -148,7 +149,7 @@ pub async fn reconcile(
             }
             _ => {
                 rolled_back += 1;
-                if release_record(plumber, &rec).await? == State::Free
+                if release_record(exclusive, &rec).await? == State::Free
                     && let Some(identity) = &rec.sticky
                 {
                     // Back on the node but not in its inventory: known to
@@ -196,15 +197,16 @@ pub async fn reconcile(
 
 /// Brings a recorded NIC back (from its netns if that still exists).
 /// Returns its new state: free if parked, missing if nowhere.
-async fn release_record(plumber: &Plumber, rec: &Record) -> anyhow::Result<State> {
+async fn release_record(exclusive: &Exclusive, rec: &Record) -> anyhow::Result<State> {
     let Some(mac) = rec.mac() else {
         bail!("the record of {} holds no NIC", rec.key.container_id);
     };
     let netns = rec
         .netns
         .as_deref()
-        .and_then(|p| plumber.reopen(p, rec.netns_id));
-    let whereabouts = plumber.detach(mac, netns.as_ref()).await.with_context(|| {
+        .and_then(|p| exclusive.nics().plumber.reopen(p, rec.netns_id));
+    let wiring = exclusive.wiring_of(rec);
+    let whereabouts = wiring.detach(mac, netns.as_ref()).await.with_context(|| {
         format!(
             "returning NIC {mac} from container {}",
             rec.key.container_id

@@ -36,9 +36,10 @@ struct Attempt {
 }
 
 impl Attempt {
-    /// Holds `res` for the attempt, letting go of any earlier one.
+    /// Holds `res` for the attempt, letting go of any earlier one (its
+    /// record first).
     fn hold(&mut self, res: Reservation) -> &mut Reservation {
-        self.reserved = None;
+        self.give_back();
         &mut self.reserved.insert((res, None)).0
     }
 

@@ -250,6 +250,7 @@ mod tests {
             result: None,
             sticky: None,
             bandwidth: None,
+            wiring: None,
             holds: Holds::Nic {
                 mac: "52:54:00:00:00:01".parse().unwrap(),
             },

@@ -29,11 +29,11 @@ pub fn of(svc: &Service) -> Result<Reply, CniError> {
                 State::Held(k) | State::Reserved(k) => Some(k.clone()),
                 _ => None,
             };
-            let pod = key
+            let record = key
                 .as_ref()
-                .and_then(|_| records.iter().find(|r| r.mac() == Some(spec.mac)))
-                .map(|r| r.pod_name())
-                .unwrap_or_default();
+                .and_then(|_| records.iter().find(|r| r.mac() == Some(spec.mac)));
+            let pod = record.map(|r| r.pod_name()).unwrap_or_default();
+            let wiring = record.map(|r| r.wiring().to_string()).unwrap_or_default();
             NicRow {
                 mac: spec.mac.to_string(),
                 vxnet: spec.vxnet.clone().unwrap_or_default(),
@@ -45,6 +45,7 @@ pub fn of(svc: &Service) -> Result<Reply, CniError> {
                     .map(|k| k.container_id.clone())
                     .unwrap_or_default(),
                 ifname: key.map(|k| k.ifname).unwrap_or_default(),
+                wiring,
                 since_s: since.as_secs(),
             }
         })
@@ -170,6 +171,10 @@ pub struct NicRow {
     pub pod: String,
     pub container: String,
     pub ifname: String,
+    /// The wiring that gave it to its pod (`passthru`: the NIC is on the
+    /// node, up, its pod has a child of it; `move`: it is in the pod).
+    #[serde(default)]
+    pub wiring: String,
     /// Seconds in this state.
     pub since_s: u64,
 }

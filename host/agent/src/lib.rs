@@ -146,18 +146,39 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         wiring::exclusive::wirings(&nics),
         found,
     );
-    let drivers = Drivers::new(
+    // The configured wiring serves every vxnet but those named otherwise;
+    // every NIC wiring is there, to release what another config made.
+    let nic_driver = |w: config::NicWiring| {
         exclusive
-            .driver("move")
-            .context("the move wiring is built in")?,
-        vec![(
-            Arc::new(SharedVeth::new(
-                shared.clone(),
-                nics.clone(),
-                cloud_source.clone(),
-            )),
-            shared.nets().iter().map(|n| n.vxnet.clone()).collect(),
-        )],
+            .driver(w.name())
+            .with_context(|| format!("the {} wiring is built in", w.name()))
+    };
+    let mut others: Vec<(Arc<dyn wiring::Driver>, Vec<String>)> = Vec::new();
+    for w in config::NicWiring::ALL
+        .into_iter()
+        .filter(|w| *w != cfg.wiring)
+    {
+        let vxnets = cfg
+            .vxnet_wiring
+            .iter()
+            .filter(|(_, v)| **v == w)
+            .map(|(id, _)| id.clone())
+            .collect();
+        others.push((nic_driver(w)?, vxnets));
+    }
+    let drivers = Drivers::new(
+        nic_driver(cfg.wiring)?,
+        others
+            .into_iter()
+            .chain([(
+                Arc::new(SharedVeth::new(
+                    shared.clone(),
+                    nics.clone(),
+                    cloud_source.clone(),
+                )) as Arc<dyn wiring::Driver>,
+                shared.nets().iter().map(|n| n.vxnet.clone()).collect(),
+            )])
+            .collect(),
     );
     let loaded = store
         .load()

@@ -95,15 +95,30 @@ impl Nics {
     /// Resolves once a link with `mac` is in the node namespace
     /// (`present`), or no longer is.
     pub async fn wait_for_link(&self, mac: hostnic_netlink::Mac, present: bool) {
+        self.wait_for_link_where(mac, |l| l.is_some() == present)
+            .await
+    }
+
+    /// Resolves once the node's link with `mac` (`None`: no such link)
+    /// is as `until` wants it.
+    pub async fn wait_for_link_where(
+        &self,
+        mac: hostnic_netlink::Mac,
+        until: impl Fn(Option<&hostnic_netlink::Link>) -> bool,
+    ) {
         loop {
             let changed = self.links.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let found = self.plumber.node().link_by_mac(mac, None).await;
-            match found {
-                Ok(Some(_)) if present => return,
-                Ok(None) if !present => return,
-                _ => {}
+            let found = self
+                .plumber
+                .node()
+                .link_by_mac(mac, Some(&mac.parked_name()))
+                .await;
+            if let Ok(link) = found
+                && until(link.as_ref())
+            {
+                return;
             }
             // (A timeout is the recheck, not an error.)
             let _ = tokio::time::timeout(LINK_RECHECK, changed).await;

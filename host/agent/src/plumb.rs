@@ -215,11 +215,13 @@ impl Plumber {
         &self.node_ns
     }
 
-    /// Moves the NIC into the pod under `w.ifname` and configures it. On
-    /// failure the NIC is brought back and parked before the error returns.
-    /// A NIC that fails to come back is reported in the error; the caller
-    /// marks it missing rather than hand it out again.
-    pub async fn attach(&self, w: &Wiring, pod_ns: &Netns) -> Result<(), PlumbError> {
+    /// What every NIC wiring starts from: the NIC `w` names, on the node,
+    /// and the pod's namespace, with `w.ifname` free there.
+    pub async fn nic_and_pod(
+        &self,
+        w: &Wiring,
+        pod_ns: &Netns,
+    ) -> Result<(Link, Netlink), PlumbError> {
         let link = self
             .node
             .link_by_mac(w.mac, Some(&w.mac.parked_name()))
@@ -229,6 +231,15 @@ impl Plumber {
         if pod.link_by_name(&w.ifname).await?.is_some() {
             return Err(PlumbError::NameTaken(w.ifname.clone()));
         }
+        Ok((link, pod))
+    }
+
+    /// Moves the NIC into the pod under `w.ifname` and configures it. On
+    /// failure the NIC is brought back and parked before the error returns.
+    /// A NIC that fails to come back is reported in the error; the caller
+    /// marks it missing rather than hand it out again.
+    pub async fn attach(&self, w: &Wiring, pod_ns: &Netns) -> Result<(), PlumbError> {
+        let (link, pod) = self.nic_and_pod(w, pod_ns).await?;
         let moved = self.node.move_link(link.index, pod_ns, &w.ifname).await;
         // The kernel applies a move-and-rename request in two steps: a
         // rename that fails (a name taken meanwhile) fails *after* the move,
@@ -302,8 +313,19 @@ impl Plumber {
     /// Puts a NIC in the node namespace into its resting state: down, no
     /// addresses, named `hn<mac>`. Down and unaddressed, it can never take
     /// the node's default route.
+    ///
+    /// A NIC in promiscuous mode is refused: a passthru child of it, up in
+    /// some pod, holds it so (as would a capture on the node). Parked, that
+    /// pod would lose its link, and the NIC, handed out again, could not
+    /// take another child. Callers keep such a NIC out of use.
     pub async fn park(&self, link: &Link) -> Result<(), hostnic_netlink::Error> {
         let Some(mac) = link.mac else { return Ok(()) };
+        if link.promiscuity > 0 {
+            return Err(hostnic_netlink::Error::Refused {
+                op: format!("parking NIC {mac} ({})", link.name),
+                why: "it is in promiscuous mode: a passthru child of it (or a capture) still holds it".into(),
+            });
+        }
         if link.up {
             self.node.set_down(link.index).await?;
         }
@@ -388,12 +410,22 @@ async fn configure(pod: &Netlink, w: &Wiring) -> Result<(), hostnic_netlink::Err
         });
     };
     pod.set_mtu_up(link.index, w.mtu).await?;
-    pod.add_address(link.index, w.address).await?;
+    address_and_routes(pod, link.index, w).await
+}
+
+/// The pod's address and routes on its interface `index` (up already: a
+/// gateway route needs an up device), whatever made the interface.
+pub async fn address_and_routes(
+    pod: &Netlink,
+    index: u32,
+    w: &Wiring,
+) -> Result<(), hostnic_netlink::Error> {
+    pod.add_address(index, w.address).await?;
     for (dst, gw) in &w.routes {
         pod.add_route(&RouteEntry {
             dst: *dst,
             gw: *gw,
-            oif: Some(link.index),
+            oif: Some(index),
         })
         .await?;
     }

@@ -75,6 +75,11 @@ struct Slot {
     /// The sticky identity the NIC follows (tagged so in the cloud): it
     /// leaves the node when its pod does, never to the free pool.
     sticky: Option<String>,
+    /// The pod that has it has a child of it (`passthru`): the NIC stays
+    /// in the node's namespace, up, while it is reserved, held or
+    /// releasing. Such a NIC is on the node and yet not free; absent from
+    /// the node, it vanished (its pod lost its interface).
+    on_node: bool,
 }
 
 impl Slot {
@@ -112,6 +117,7 @@ impl Pool {
                 configured,
                 changed: Instant::now(),
                 sticky: None,
+                on_node: false,
             },
         );
     }
@@ -174,6 +180,32 @@ impl Pool {
         }
     }
 
+    /// The attachment that reserved NIC `mac` keeps it on the node (a
+    /// passthru child of it in the pod): until its release, the NIC is
+    /// held on the node.
+    pub fn set_on_node(&mut self, mac: Mac) {
+        if let Some(s) = self.slots.get_mut(&mac) {
+            s.on_node = true;
+        }
+    }
+
+    /// The NICs a pod has through a child while they stay on the node
+    /// (reserved, held or releasing): up in the node's namespace, never to
+    /// be parked or configured there.
+    pub fn held_on_node(&self) -> Vec<Mac> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| {
+                s.on_node
+                    && matches!(
+                        s.state,
+                        State::Reserved(_) | State::Held(_) | State::Releasing
+                    )
+            })
+            .map(|(m, _)| *m)
+            .collect()
+    }
+
     /// The sticky identity NIC `mac` follows, if any.
     pub fn sticky_of(&self, mac: Mac) -> Option<String> {
         self.slots.get(&mac)?.sticky.clone()
@@ -183,6 +215,7 @@ impl Pool {
     /// [`State::Leaving`] until the cloud detached it.
     pub fn leave(&mut self, mac: Mac) {
         if let Some(s) = self.slots.get_mut(&mac) {
+            s.on_node = false;
             s.set(State::Leaving, &mut self.version);
         }
     }
@@ -326,6 +359,7 @@ impl Pool {
             self.slots.remove(&mac);
             return;
         }
+        s.on_node = false;
         s.set(
             if present { State::Free } else { State::Missing },
             &mut self.version,
@@ -496,6 +530,26 @@ mod tests {
             "known NICs stay as they are"
         );
         assert_eq!(p.state(m2), Some(State::Attaching));
+    }
+
+    /// A NIC a pod has through a passthru child stays on the node and is
+    /// listed as held there until its release, whatever else happens.
+    #[test]
+    fn a_nic_held_on_the_node_is_known_as_such_until_released() {
+        let mut p = Pool::default();
+        p.insert(spec(1), State::Free, true);
+        p.insert(spec(2), State::Free, true);
+        let a = p.reserve(&key("a")).unwrap().mac;
+        p.set_on_node(a);
+        assert_eq!(p.held_on_node(), vec![a]);
+        p.commit(a);
+        p.start_release(a);
+        assert_eq!(p.held_on_node(), vec![a], "releasing: still the pod's");
+        p.release(a, true);
+        assert!(p.held_on_node().is_empty());
+        let b = p.reserve(&key("b")).unwrap().mac;
+        assert_eq!(b, a, "free again, and a plain reservation now");
+        assert!(p.held_on_node().is_empty());
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub struct Record {
     /// capability), for CHECK and for taking them off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<Bandwidth>,
+    /// The wiring that made it (a driver's
+    /// [`crate::wiring::Driver::name`]): after a config change each
+    /// attachment is still taken apart by its own. Records written before
+    /// the field have none (see [`Record::wiring`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiring: Option<String>,
     #[serde(flatten)]
     pub holds: Holds,
 }
@@ -121,12 +127,14 @@ impl Record {
         self.holds.resource()
     }
 
-    /// The wiring that made it: `move` for a NIC, `shared` for a shared
-    /// address (a driver's [`crate::wiring::Driver::name`]).
-    pub fn wiring(&self) -> &'static str {
-        match &self.holds {
-            Holds::Nic { .. } => "move",
-            Holds::Address(_) => "shared",
+    /// The wiring that made it, as recorded; a record written before the
+    /// field says so by what it holds: `move` for a NIC (the only NIC
+    /// wiring then), `shared` for a shared address.
+    pub fn wiring(&self) -> &str {
+        match (&self.wiring, &self.holds) {
+            (Some(w), _) => w,
+            (None, Holds::Nic { .. }) => "move",
+            (None, Holds::Address(_)) => "shared",
         }
     }
 
@@ -185,6 +193,7 @@ mod tests {
             Resource::Nic("52:54:00:00:00:01".parse().unwrap())
         );
         assert_eq!(nic.sticky.as_deref(), Some("statefulset/ns/db-0"));
+        assert_eq!(nic.wiring(), "move", "a NIC record of before is move's");
         let shared: Record = serde_json::from_str(
             r#"{"key": {"network": "n", "container_id": "c", "ifname": "eth0"},
                 "phase": "releasing", "address": "10.0.1.200", "vxnet": "vxnet-a",
@@ -202,8 +211,14 @@ mod tests {
             panic!("{shared:?}")
         };
         assert_eq!(hold.routes.len(), 1);
+        assert_eq!(shared.wiring(), "shared");
+        // A record says which wiring made it, and is taken at its word.
+        let mut passthru = nic.clone();
+        passthru.wiring = Some("passthru".into());
+        let text = serde_json::to_string(&passthru).unwrap();
+        assert!(text.contains(r#""wiring":"passthru""#), "{text}");
         // And each reads back as it is written now.
-        for r in [nic, shared] {
+        for r in [nic, shared, passthru] {
             let again: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
             assert_eq!(again, r);
         }

@@ -249,6 +249,7 @@ mod tests {
             result: None,
             sticky: None,
             bandwidth: None,
+            wiring: None,
             holds: Holds::Nic {
                 mac: mac.parse().unwrap(),
             },
@@ -257,6 +258,7 @@ mod tests {
 
     fn shared(address: &str) -> Record {
         Record {
+            wiring: None,
             holds: Holds::Address(SharedHold {
                 address: address.parse().unwrap(),
                 vxnet: "vxnet-a".into(),

@@ -78,14 +78,23 @@ impl CloudPool {
     async fn check_links(&self, nics: &Nics) -> anyhow::Result<bool> {
         let links = nics.plumber.node().links().await?;
         let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
-        let mut vanished = false;
+        // A NIC a pod has through a passthru child stays on the node:
+        // gone from it, it vanished, and its pod lost its interface.
+        let mut vanished = nics
+            .pool()
+            .held_on_node()
+            .into_iter()
+            .any(|m| on_node(m).is_none());
         let snapshot = nics.pool().snapshot();
         for (mac, state) in snapshot {
             match state {
                 State::Free | State::Gateway => vanished |= on_node(mac).is_none(),
                 State::Missing => {
                     if let Some(link) = on_node(mac) {
-                        nics.plumber.park(link).await?;
+                        // Refused while a child of it still holds it.
+                        if nics.plumber.park(link).await.is_err() {
+                            continue;
+                        }
                         if nics
                             .pool()
                             .transition(mac, &[State::Missing], State::Free)
@@ -218,10 +227,17 @@ impl CloudPool {
             ),
         );
         // Whatever took it was a NIC of ours configured behind our back:
-        // park every free one again (down, no address).
+        // park every free one again (down, no address). One a pod has
+        // through a passthru child stays up (its pod's link), without the
+        // addresses it was given.
+        let held_on_node = nics.pool().held_on_node();
         for link in node.links().await? {
             let Some(mac) = link.mac else { continue };
-            if nics.pool().state(mac) == Some(State::Free)
+            if held_on_node.contains(&mac) {
+                if !node.addresses(link.index).await?.is_empty() {
+                    node.flush_addresses(link.index).await?;
+                }
+            } else if nics.pool().state(mac) == Some(State::Free)
                 && (link.up || !node.addresses(link.index).await?.is_empty())
             {
                 nics.plumber.park(&link).await?;
@@ -243,12 +259,21 @@ impl CloudPool {
     ) -> anyhow::Result<()> {
         let links = nics.plumber.node().links().await?;
         let on_node = |m: Mac| links.iter().find(|l| l.mac == Some(m));
+        let held_on_node = nics.pool().held_on_node();
         for spec in attached {
             let state = nics.pool().state(spec.mac);
             match state {
+                Some(State::Reserved(_) | State::Held(_) | State::Releasing)
+                    if held_on_node.contains(&spec.mac) && on_node(spec.mac).is_none() =>
+                {
+                    self.reattach_held(nics, spec.mac).await;
+                }
                 None => {
                     if let Some(link) = on_node(spec.mac) {
-                        nics.plumber.park(link).await?;
+                        // (Refused while a child of it holds it.)
+                        if nics.plumber.park(link).await.is_err() {
+                            continue;
+                        }
                         if nics.pool().insert_new(spec.clone(), State::Free) {
                             metrics().reconciled(Reconciled::Adopted, 1);
                             info!(nic = %spec.mac, "adopted an attached NIC of ours");
@@ -261,8 +286,9 @@ impl CloudPool {
                     self.reattach(nics, spec.mac).await;
                 }
                 Some(State::Missing) => {
-                    if let Some(link) = on_node(spec.mac) {
-                        nics.plumber.park(link).await?;
+                    if let Some(link) = on_node(spec.mac)
+                        && nics.plumber.park(link).await.is_ok()
+                    {
                         nics.pool()
                             .transition(spec.mac, &[State::Missing], State::Free);
                     }
@@ -307,16 +333,7 @@ impl CloudPool {
             return;
         }
         warn!(nic = %mac, "NIC vanished from the node; re-attaching it");
-        let id = [mac.to_string()];
-        let result = async {
-            for job in self.client.detach_nics(&id).await? {
-                self.client.wait_job(&job, std::future::pending()).await?;
-            }
-            let job = self.client.attach_nics(&id, &self.cfg.instance_id).await?;
-            self.client.wait_job(&job, wait_for_link(nics, mac)).await?;
-            Ok::<_, hostnic_iaas::Error>(())
-        }
-        .await;
+        let result = self.attach_again(nics, mac).await;
         // A gateway NIC comes back as the gateway, never free for a moment.
         let then = match was {
             State::Gateway => State::Gateway,
@@ -343,6 +360,51 @@ impl CloudPool {
             warn!(nic = %mac, error = ?result.err(), "re-attaching failed; will retry");
             nics.pool()
                 .transition(mac, &[State::Attaching], State::Missing);
+        }
+    }
+
+    /// Detaches NIC `mac` and attaches it here again, until its link is
+    /// on the node.
+    async fn attach_again(&self, nics: &Nics, mac: Mac) -> Result<(), hostnic_iaas::Error> {
+        let id = [mac.to_string()];
+        for job in self.client.detach_nics(&id).await? {
+            self.client.wait_job(&job, std::future::pending()).await?;
+        }
+        let job = self.client.attach_nics(&id, &self.cfg.instance_id).await?;
+        self.client.wait_job(&job, wait_for_link(nics, mac)).await?;
+        Ok(())
+    }
+
+    /// A NIC a pod has through a passthru child vanished from the node:
+    /// the kernel deleted the child with it, so the pod lost its
+    /// interface (as a moved NIC's pod would). Said so, and re-attached;
+    /// the pod's attachment keeps it until its DEL, which finds the child
+    /// gone and frees the NIC, parked. Its state is the attachment's, not
+    /// the upkeep's: it is not touched here.
+    async fn reattach_held(&self, nics: &Nics, mac: Mac) {
+        warn!(nic = %mac, "a NIC a pod has through a passthru child vanished from the node; the pod lost its interface; re-attaching the NIC");
+        publish::node_event(
+            NodeEvent::NicReattached,
+            format!(
+                "NIC {mac}, which a pod had (passthru), vanished from the node: the pod lost its interface until it is deleted; re-attaching the NIC"
+            ),
+        );
+        match self.attach_again(nics, mac).await {
+            Ok(()) => {
+                // Down and unaddressed until its pod's DEL frees it (a
+                // DHCP client would take a new link that is up).
+                if let Ok(Some(link)) = nics.plumber.node().link_by_mac(mac, None).await
+                    && let Err(e) = nics.plumber.park(&link).await
+                {
+                    warn!(nic = %mac, error = %e, "parking a re-attached NIC");
+                }
+                metrics().reconciled(Reconciled::Reattached, 1);
+                info!(nic = %mac, "re-attached");
+            }
+            Err(e) => {
+                metrics().reconciled(Reconciled::ReattachFailed, 1);
+                warn!(nic = %mac, error = %e, "re-attaching failed; will retry");
+            }
         }
     }
 

@@ -11,6 +11,7 @@ mod hooks;
 mod inventory;
 mod kubernetes;
 mod shared;
+mod wiring;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ pub use hooks::{Failure, HookSpec, Hooks};
 pub use inventory::{Cloud, Inventory, LeakSweep, NicSpec, Source};
 pub use kubernetes::Kubernetes;
 pub use shared::{SharedVxnet, table_of};
+pub use wiring::NicWiring;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,15 @@ pub struct Config {
     /// routes it, and keeps the node's default route on it.
     #[serde(default = "default_iface")]
     pub iface: String,
+    /// How a pod's own NIC reaches it: `passthru` (a macvlan of the NIC
+    /// made in the pod; the NIC stays on the node) or `move` (the NIC
+    /// itself moved into the pod).
+    #[serde(default)]
+    pub wiring: NicWiring,
+    /// Vxnets wired otherwise than `wiring` (a shared vxnet is always
+    /// `shared`): `vxnet-id = "move"`.
+    #[serde(default)]
+    pub vxnet_wiring: std::collections::BTreeMap<String, NicWiring>,
     /// MTU for pod NICs when the network config does not set one.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
@@ -304,6 +315,17 @@ impl Config {
         self.hooks.validate()?;
         self.kubernetes.validate()?;
         shared::validate(&self.shared, &self.vxnets)?;
+        let vxnets: Vec<String> = match self.inventory.source {
+            Source::Cloud => self.vxnets.clone(),
+            Source::Static => self
+                .inventory
+                .nics
+                .iter()
+                .filter_map(|n| n.vxnet.clone())
+                .collect(),
+        };
+        let shared: Vec<String> = self.shared.iter().map(|s| s.vxnet.clone()).collect();
+        wiring::validate(&self.vxnet_wiring, &vxnets, &shared)?;
         if !self.shared.is_empty() && self.inventory.source != Source::Cloud {
             bail!(
                 "[[shared]] needs inventory.source = \"cloud\": a shared vxnet's pods go through the node's own NIC there, which the agent makes"

@@ -258,6 +258,7 @@ impl Service {
                 result: None,
                 sticky: res.sticky.clone(),
                 bandwidth: req.bandwidth,
+                wiring: Some(driver.name().to_string()),
                 holds: res.holds.clone(),
             };
             attempt.record(&record)?;

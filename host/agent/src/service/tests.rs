@@ -718,6 +718,7 @@ async fn restore_keeps_what_lives_and_drops_the_rest_of_the_records() {
     // A reservation whose ADD never answered (an agent killed mid-ADD).
     let stale = Record {
         phase: Phase::Reserved,
+        wiring: None,
         holds: Holds::Nic { mac: mac(3) },
         key: crate::record::Key {
             network: "net".into(),

@@ -7,6 +7,9 @@
 //!   interface name and configured there; DEL brings it back to the node,
 //!   parked (down, no addresses, `hn<mac>`). The kernel side is
 //!   `plumb.rs`.
+//! - `passthru.rs`: `passthru`, the NIC stays on the node and the pod gets
+//!   a passthru macvlan of it, made straight in its namespace (no device
+//!   move); DEL deletes the child and parks the NIC.
 //!
 //! One [`ExclusiveNic`] driver per wiring; they share the acquisition and
 //! the start (`restore.rs`: the node has one pool of NICs, whichever
@@ -15,6 +18,7 @@
 
 mod acquire;
 mod moved;
+mod passthru;
 mod restore;
 
 use std::fmt;
@@ -39,6 +43,13 @@ use crate::record::{Record, Resource};
 pub trait NicWiring: Send + Sync + fmt::Debug {
     /// The wiring's name in the config, the records and `status`.
     fn name(&self) -> &'static str;
+
+    /// Whether the NIC stays in the node's namespace while a pod has it
+    /// (up, with a child in the pod): the node's upkeep must then never
+    /// take it for a free NIC, park it or configure it.
+    fn stays_on_node(&self) -> bool {
+        false
+    }
 
     /// Gives the pod its interface from the NIC parked on the node, as
     /// `w` says. On failure the NIC is parked again before the error
@@ -66,7 +77,10 @@ pub trait NicWiring: Send + Sync + fmt::Debug {
 /// record made by any of them is released by its own after a config
 /// change.
 pub fn wirings(nics: &Arc<Nics>) -> Vec<Arc<dyn NicWiring>> {
-    vec![Arc::new(moved::Move::new(nics.clone()))]
+    vec![
+        Arc::new(moved::Move::new(nics.clone())),
+        Arc::new(passthru::Passthru::new(nics.clone())),
+    ]
 }
 
 /// What the restore at start works from: the NICs the node should have
@@ -138,7 +152,8 @@ pub struct ExclusiveNic {
 }
 
 impl ExclusiveNic {
-    /// Whether the NIC is parked on the node (free to hand out again).
+    /// Whether the NIC is parked on the node (free to hand out again): on
+    /// the node, and no child of it holds it.
     async fn parked(&self, mac: Mac) -> bool {
         matches!(
             self.common
@@ -147,7 +162,7 @@ impl ExclusiveNic {
                 .node()
                 .link_by_mac(mac, Some(&mac.parked_name()))
                 .await,
-            Ok(Some(_))
+            Ok(Some(l)) if l.promiscuity == 0
         )
     }
 }
@@ -170,7 +185,11 @@ impl Driver for ExclusiveNic {
     }
 
     async fn reserve(&self, add: &Adding<'_>) -> Result<Reservation> {
-        self.common.acquisition.reserve(add).await
+        let res = self.common.acquisition.reserve(add).await?;
+        if self.wiring.stays_on_node() {
+            self.common.nics().pool().set_on_node(res.interface.mac);
+        }
+        Ok(res)
     }
 
     async fn wire(&self, add: &Adding<'_>, res: &mut Reservation, routes: Routes) -> Result<Wired> {

@@ -9,13 +9,22 @@
 //! | reserved    | node, or the recorded netns| roll back: the ADD never answered        |
 //! | reserved    | nowhere                    | drop the record, NIC missing             |
 //! | releasing   | (anywhere)                 | finish the DEL: as reserved              |
-//! | none        | node                       | park it, free                            |
+//! | none        | node, no child holds it    | park it, free                            |
+//! | none        | node, a child holds it     | missing until no child holds it          |
 //! | none        | nowhere                    | missing until it reappears               |
 //!
-//! A committed attachment whose NIC is back in the node namespace while its
-//! netns path no longer exists belonged to a pod that is gone: released.
+//! A committed attachment whose netns path no longer exists belonged to a
+//! pod that is gone, if its NIC is back in the node namespace (`move`) or
+//! never left it (`passthru`: the child went with the namespace):
+//! released. A committed `passthru` attachment is held on the node: up
+//! there, and never parked while its pod has it.
+//!
 //! A NIC without a record (or whose record could not be read) is free only
-//! if it is parked on the node: never one NIC to two pods.
+//! if it is parked on the node: never one NIC to two pods. A `passthru`
+//! NIC whose child lives in a namespace out of reach (a record lost, a
+//! netns path re-bound) is in promiscuous mode, which `Plumber::park`
+//! refuses: it stays missing until the child is gone, and the node check
+//! frees it then.
 //!
 //! A released NIC that follows a sticky identity is not freed: it is
 //! `leaving`, and the driver takes it off the node. So is a NIC the cloud
@@ -78,12 +87,14 @@ pub async fn reconcile(
     let mut pool = Pool::default();
     let mut live = Vec::new();
     let mut rolled_back = 0;
+    let mut held_on_node = Vec::new();
     for spec in &found.nics {
         let record = records.remove(&spec.mac);
         let sticky = record.as_ref().and_then(|r| r.sticky.clone());
         let state = match record {
             Some(rec) if rec.phase == Phase::Committed => {
-                if on_node(spec.mac).is_some()
+                let wiring = exclusive.wiring_of(&rec);
+                if (wiring.stays_on_node() || on_node(spec.mac).is_some())
                     && rec
                         .netns
                         .as_deref()
@@ -93,6 +104,9 @@ pub async fn reconcile(
                     release_record(exclusive, &rec).await?
                 } else {
                     let state = State::Held(rec.key.clone());
+                    if wiring.stays_on_node() {
+                        held_on_node.push(spec.mac);
+                    }
                     live.push(rec);
                     state
                 }
@@ -112,13 +126,14 @@ pub async fn reconcile(
             None => match on_node(spec.mac) {
                 // The node's gateway NIC keeps its name and address.
                 Some(link) if link.name == spec.mac.gateway_name() => State::Gateway,
-                Some(link) => {
-                    plumber
-                        .park(link)
-                        .await
-                        .with_context(|| format!("parking NIC {}", spec.mac))?;
-                    State::Free
-                }
+                Some(link) => match plumber.park(link).await {
+                    Ok(()) => State::Free,
+                    Err(e @ hostnic_netlink::Error::Refused { .. }) => {
+                        warn!(nic = %spec.mac, error = %e, "a NIC no record explains is held by a child in some pod; missing until it is not");
+                        State::Missing
+                    }
+                    Err(e) => return Err(e).context(format!("parking NIC {}", spec.mac)),
+                },
                 None => State::Missing,
             },
         };
@@ -129,6 +144,9 @@ pub async fn reconcile(
         if let Some(identity) = sticky {
             pool.set_sticky(spec.mac, &identity);
         }
+    }
+    for mac in held_on_node {
+        pool.set_on_node(mac);
     }
 
     // Records of NICs no longer in the inventory: serve their DEL, then
@@ -144,6 +162,9 @@ pub async fn reconcile(
                 pool.insert(spec, State::Held(rec.key.clone()), false);
                 if let Some(identity) = &rec.sticky {
                     pool.set_sticky(mac, identity);
+                }
+                if exclusive.wiring_of(&rec).stays_on_node() {
+                    pool.set_on_node(mac);
                 }
                 live.push(rec);
             }
@@ -206,12 +227,23 @@ async fn release_record(exclusive: &Exclusive, rec: &Record) -> anyhow::Result<S
         .as_deref()
         .and_then(|p| exclusive.nics().plumber.reopen(p, rec.netns_id));
     let wiring = exclusive.wiring_of(rec);
-    let whereabouts = wiring.detach(mac, netns.as_ref()).await.with_context(|| {
-        format!(
-            "returning NIC {mac} from container {}",
-            rec.key.container_id
-        )
-    })?;
+    let whereabouts = match wiring.detach(mac, netns.as_ref()).await {
+        Ok(w) => w,
+        // A child out of reach still holds it: out of use until it is gone
+        // (the node check frees it then).
+        Err(e @ hostnic_netlink::Error::Refused { .. }) => {
+            warn!(nic = %mac, container = %rec.key.container_id, error = %e, "a NIC's child could not be reached; missing until it is gone");
+            Whereabouts::Gone
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "returning NIC {mac} from container {}",
+                    rec.key.container_id
+                )
+            });
+        }
+    };
     Ok(match whereabouts {
         Whereabouts::Parked => State::Free,
         Whereabouts::Gone => State::Missing,

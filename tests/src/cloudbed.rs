@@ -13,6 +13,8 @@ use crate::{Agent, CniCall, bin};
 pub struct CloudBed {
     pub dir: tempfile::TempDir,
     pub sim: Sim,
+    /// The agent-wide `wiring` its agents get (see [`crate::test_wiring`]).
+    pub wiring: Option<String>,
 }
 
 impl CloudBed {
@@ -20,7 +22,11 @@ impl CloudBed {
         let dir = tempfile::tempdir()?;
         let sim = Sim::start(cfg)?;
         std::fs::write(dir.path().join("qcsecret.yaml"), sim.credentials_yaml())?;
-        Ok(CloudBed { dir, sim })
+        Ok(CloudBed {
+            dir,
+            sim,
+            wiring: crate::test_wiring(),
+        })
     }
 
     fn node_dir(&self, node: usize) -> PathBuf {
@@ -46,9 +52,10 @@ impl CloudBed {
             .map(|(id, _)| format!("{id:?}"))
             .collect();
         format!(
-            "socket = {:?}\nstate_dir = {:?}\niface = \"eth0\"\nvxnets = [{}]\npolicy = \"FailRotate\"\n\
+            "{}socket = {:?}\nstate_dir = {:?}\niface = \"eth0\"\nvxnets = [{}]\npolicy = \"FailRotate\"\n\
              iaas_credentials = {:?}\n[log]\nlevel = \"debug\"\n[inventory]\nsource = \"cloud\"\n\
              [cloud]\ninstance_id = {:?}\ncluster = \"test\"\n{cloud}\n",
+            crate::wiring_line(self.wiring.as_deref()),
             self.socket(node),
             self.state_dir(node),
             vxnets.join(", "),
@@ -97,6 +104,50 @@ impl CloudBed {
     /// The real `hostnic`, run in `node`'s namespace as its runtime would.
     pub fn hostnic(&self, node: usize) -> CniCall {
         CniCall::new(bin("hostnic"), Some(self.sim.nodes[node].ns.path()))
+    }
+
+    /// A POST to the simulator's API (`/control/...` drives it: a NIC
+    /// vanishing, ...): its JSON answer.
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-XPOST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body.to_string(),
+            ])
+            .arg(format!("http://{}{path}", self.sim.local_addr))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// A Service as kube-proxy makes one on `node`: ICMP to `service_ip`
+    /// DNATed to the node's own address.
+    pub fn service_on_node(&self, node: usize, service_ip: &str) -> anyhow::Result<()> {
+        let n = &self.sim.nodes[node];
+        let node_ip = n.ip.to_string();
+        n.ns.exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                service_ip,
+                "-p",
+                "icmp",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &node_ip,
+            ],
+        )?;
+        Ok(())
     }
 
     /// `hostnic-agent status --json` of `node`'s agent.

@@ -94,6 +94,8 @@ pub struct Nic {
 #[derive(Debug)]
 pub struct Testbed {
     pub nics: Vec<Nic>,
+    /// The agent-wide `wiring` its agents get (see [`test_wiring`]).
+    pub wiring: Option<String>,
     pub dir: tempfile::TempDir,
     // Drop order: node before wire, so NIC veths die with the node first.
     pub node: Ns,
@@ -157,6 +159,7 @@ impl Testbed {
         wire.ip_batch(&wire_cmds)?;
         Ok(Testbed {
             nics,
+            wiring: test_wiring(),
             dir: tempfile::tempdir()?,
             node,
             wire,
@@ -174,7 +177,8 @@ impl Testbed {
     /// The agent config for this testbed's inventory.
     pub fn agent_config(&self) -> String {
         let mut s = format!(
-            "socket = {:?}\nstate_dir = {:?}\niface = \"eth0\"\n[log]\nlevel = \"debug\"\n",
+            "{}socket = {:?}\nstate_dir = {:?}\niface = \"eth0\"\n[log]\nlevel = \"debug\"\n",
+            wiring_line(self.wiring.as_deref()),
             self.socket(),
             self.state_dir()
         );
@@ -257,6 +261,22 @@ impl Testbed {
             .map(|n| n.mac.clone())
             .collect())
     }
+}
+
+/// The wiring the testbeds' agents get unless a test sets its own:
+/// `HOSTNIC_TEST_WIRING` (`passthru` or `move`) runs a whole suite under
+/// one; unset, the agent's default.
+pub fn test_wiring() -> Option<String> {
+    std::env::var("HOSTNIC_TEST_WIRING")
+        .ok()
+        .filter(|w| !w.is_empty())
+}
+
+/// The config line for `wiring` (nothing: the agent's default).
+pub fn wiring_line(wiring: Option<&str>) -> String {
+    wiring
+        .map(|w| format!("wiring = {w:?}\n"))
+        .unwrap_or_default()
 }
 
 /// The agent's name for a NIC waiting in the node namespace.

@@ -114,27 +114,7 @@ fn pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node() {
         pod_routes.contains("default via 10.100.0.1 dev eth0"),
         "{pod_routes}"
     );
-    let node_ip = node0.ip.to_string();
-    node0
-        .ns
-        .exec(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                "10.96.0.10",
-                "-p",
-                "icmp",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &node_ip,
-            ],
-        )
-        .unwrap();
+    bed.service_on_node(0, "10.96.0.10").unwrap();
     assert!(
         pods[0].ping("10.96.0.10"),
         "the service IP is not reached through the node"
@@ -458,7 +438,7 @@ fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
         attach_latency_ms: 100,
         ..Faults::default()
     });
-    post(&bed, "/control/vanish", json!({"nic": freed}));
+    bed.post("/control/vanish", json!({"nic": freed}));
     let on_node = |mac: &str| {
         node.ns
             .ip(&["-o", "link", "show"])
@@ -478,8 +458,7 @@ fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
         "the simulator to move the default route",
         Duration::from_secs(10),
         || {
-            post(
-                &bed,
+            bed.post(
                 "/control/move-default-route",
                 json!({"instance": node.instance}),
             )["ok"]
@@ -584,23 +563,6 @@ fn an_agent_killed_mid_attach_adopts_the_nic_after_restart() {
         .unwrap()
         .unwrap();
     assert!(bed.leaked_nics().is_empty());
-}
-
-fn post(bed: &CloudBed, path: &str, body: Value) -> Value {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-XPOST",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body.to_string(),
-        ])
-        .arg(format!("http://{}{path}", bed.sim.local_addr))
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// What the pod and the SDN know, for a failed connectivity check.
@@ -843,8 +805,7 @@ fn at_rest_no_cloud_calls_and_kernel_changes_are_seen_from_netlink() {
 
     // The default route taken: put back at once (the timer is an hour).
     assert_eq!(
-        post(
-            &bed,
+        bed.post(
             "/control/move-default-route",
             json!({"instance": node.instance})
         )["ok"],
@@ -879,7 +840,7 @@ fn at_rest_no_cloud_calls_and_kernel_changes_are_seen_from_netlink() {
         .and_then(|n| n["id"].as_str())
         .unwrap()
         .to_string();
-    post(&bed, "/control/vanish", json!({"nic": victim}));
+    bed.post("/control/vanish", json!({"nic": victim}));
     wait_for(
         "the vanished NIC re-attached",
         Duration::from_secs(10),

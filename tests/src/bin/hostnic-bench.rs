@@ -1,6 +1,8 @@
 //! `hostnic-bench`: exec the real `hostnic` as a runtime does and compare
 //! it, in the same run on the same kernel, with the reference plugins
-//! `ptp` + `host-local` and `host-device` + `static`.
+//! `ptp` + `host-local` and `host-device` + `static`: warm ADD/DEL in both
+//! NIC wirings (`move`, `passthru`), a burst of every pod at once in each
+//! (RTNL contention), and iperf3 between two pods of one node in each.
 //!
 //! Every plugin is exec'd inside the testbed's node namespace with the same
 //! harness, so each number includes fork, exec and the plugin's whole work.
@@ -10,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hostnic_testbed::stats::{ms, pct};
-use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, reference_plugin_dir};
+use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, iperf, reference_plugin_dir};
 use serde_json::{Value, json};
 
 const DEFAULT_PODS: usize = 60;
 const EXEC_SAMPLES: usize = 300;
+const IPERF_SECONDS: u32 = 5;
 
 fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -32,16 +35,33 @@ fn main() -> anyhow::Result<()> {
 
     // hostnic: warm ADD (the NIC is already on the node) and DEL, with the
     // three default policy guests deciding (what one guest call costs is
-    // `hostnic-agent policy bench`'s to say).
-    let tb = Testbed::new(pods)?;
+    // `hostnic-agent policy bench`'s to say), in each NIC wiring.
+    let mut pt = Testbed::new(pods)?;
+    pt.wiring = Some("passthru".into());
+    let pt_conf = pt.netconf("1.0.0", json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]));
+    let pt_agent = pt.start_agent()?;
+    let passthru_row = add_del(
+        "hostnic passthru (warm NIC, default guests)",
+        &pt.hostnic(),
+        pods,
+        |_| pt_conf.clone(),
+    )?;
+    pt.settle();
+    let pt_burst = burst(&pt, &pt_conf, pods)?;
+    drop(pt_agent);
+    drop(pt);
+
+    let mut tb = Testbed::new(pods)?;
+    tb.wiring = Some("move".into());
     let conf = tb.netconf("1.0.0", json!([{"dst": "10.96.0.0/12", "gw": "0.0.0.0"}]));
     let agent = tb.start_agent()?;
     rows.push(add_del(
-        "hostnic (warm NIC, default guests)",
+        "hostnic move (warm NIC, default guests)",
         &tb.hostnic(),
         pods,
         |_| conf.clone(),
     )?);
+    rows.push(passthru_row);
     let rss_guests = agent.rss_kib();
     tb.settle();
     let exec_version = sample(EXEC_SAMPLES, || {
@@ -63,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Ok(t.elapsed())
     })?;
     let status_idle = status_with_idle_clients(&tb, &status_conf)?;
+    let move_burst = burst(&tb, &conf, pods)?;
     drop(agent);
     let restarts = restart_to_serving(&tb)?;
 
@@ -126,24 +147,44 @@ fn main() -> anyhow::Result<()> {
             ms(pct(&r.del, 99))
         );
     }
-    let ratio =
-        |i: usize| pct(&rows[0].add, 50).as_secs_f64() / pct(&rows[i].add, 50).as_secs_f64();
+    let ratio = |a: usize, b: usize| {
+        pct(&rows[a].add, 50).as_secs_f64() / pct(&rows[b].add, 50).as_secs_f64()
+    };
     println!();
+    for (i, wiring) in [(0, "move"), (1, "passthru")] {
+        println!(
+            "hostnic {wiring} warm ADD p50 / ptp+host-local ADD p50    = {:.2} (target <= 0.50)",
+            ratio(i, 2)
+        );
+        println!(
+            "hostnic {wiring} warm ADD p50 / host-device+static ADD p50 = {:.2}",
+            ratio(i, 3)
+        );
+    }
     println!(
-        "hostnic warm ADD p50 / ptp+host-local ADD p50    = {:.2} (target <= 0.50)",
-        ratio(1)
+        "{pods}-pod burst on one node, every ADD at once then every DEL at once: \
+         move ADD {} DEL {}, passthru ADD {} DEL {}; move/passthru ADD = {:.2} (target >= 3)",
+        ms(move_burst.0),
+        ms(move_burst.1),
+        ms(pt_burst.0),
+        ms(pt_burst.1),
+        move_burst.0.as_secs_f64() / pt_burst.0.as_secs_f64()
     );
+    let (mv_bps, pt_bps) = (throughput("move")?, throughput("passthru")?);
     println!(
-        "hostnic warm ADD p50 / host-device+static ADD p50 = {:.2}",
-        ratio(2)
+        "iperf3 pod to pod over the wire ({IPERF_SECONDS} s, two NICs): move {:.2} Gbit/s, \
+         passthru {:.2} Gbit/s, passthru/move = {:.3} (target within 5%)",
+        mv_bps / 1e9,
+        pt_bps / 1e9,
+        pt_bps / mv_bps
     );
     println!(
         "agent RSS with the three default guests loaded: {} KiB",
         rss_guests.map_or("?".into(), |k| k.to_string()),
     );
     println!(
-        "hostnic warm ADD p50 minus the kernel floor         = {}",
-        ms(pct(&rows[0].add, 50).saturating_sub(pct(&rows[3].add, 50)))
+        "hostnic move warm ADD p50 minus the kernel floor   = {}",
+        ms(pct(&rows[0].add, 50).saturating_sub(pct(&rows[4].add, 50)))
     );
     println!();
     println!("| hostnic executable, {EXEC_SAMPLES} execs | p50 | p99 |");
@@ -273,6 +314,73 @@ fn add_del(
     }
     drop(nss);
     Ok(Row { name, add, del })
+}
+
+/// Every pod's ADD at once (one thread each), then every DEL at once:
+/// the wall time of each wave, RTNL contention included.
+fn burst(tb: &Testbed, conf: &Value, pods: usize) -> anyhow::Result<(Duration, Duration)> {
+    let nss: Vec<Ns> = (0..pods)
+        .map(|i| Ns::new(&format!("u{i}")))
+        .collect::<Result<_, _>>()?;
+    let wave = |verb: &'static str| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let calls: Vec<_> = nss
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| {
+                    let (cni, path) = (tb.hostnic(), ns.path().display().to_string());
+                    s.spawn(move || {
+                        let id = format!("burst{i}");
+                        let env = CallEnv {
+                            container_id: &id,
+                            netns: &path,
+                            ifname: "eth0",
+                            args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p",
+                        };
+                        expect_ok(cni.call(verb, conf, &env))
+                            .with_context(|| format!("burst {verb} of pod {i}"))
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .try_for_each(|c| c.join().expect("a burst call panicked").map(drop))
+        })?;
+        Ok(t.elapsed())
+    };
+    let add = wave("ADD")?;
+    let del = wave("DEL")?;
+    tb.settle();
+    Ok((add, del))
+}
+
+/// iperf3 between two pods of one node, each with its own NIC in
+/// `wiring`, through the wire's bridge: bits per second.
+fn throughput(wiring: &str) -> anyhow::Result<f64> {
+    let mut tb = Testbed::new(2)?;
+    tb.wiring = Some(wiring.into());
+    let conf = tb.netconf("1.0.0", json!([]));
+    let _agent = tb.start_agent()?;
+    let pods = [Ns::new("ipc")?, Ns::new("ips")?];
+    let paths: Vec<String> = pods
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
+    let mut ips = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let id = format!("iperf{i}");
+        let env = CallEnv {
+            container_id: &id,
+            netns: path,
+            ifname: "eth0",
+            args: "IgnoreUnknown=1",
+        };
+        let r = expect_ok(tb.hostnic().call("ADD", &conf, &env))?;
+        let a = r["ips"][0]["address"].as_str().context("no address")?;
+        ips.push(a.split('/').next().unwrap_or(a).to_string());
+    }
+    iperf::bits_per_second(&pods[0], &pods[1], &ips[1], IPERF_SECONDS, false)
 }
 
 fn expect_ok(

@@ -185,6 +185,18 @@ impl Attachments {
             .map(|e| e.lock.clone())
     }
 
+    /// The lock of the attachment `key` if its release is under way.
+    pub fn releasing_key(&self, key: &Key) -> Option<Lock> {
+        self.entries()
+            .get(key)
+            .filter(|e| {
+                e.record
+                    .as_ref()
+                    .is_some_and(|r| r.phase == Phase::Releasing)
+            })
+            .map(|e| e.lock.clone())
+    }
+
     /// The locks of releases under way in namespace `ns`: an ADD into it
     /// waits for them, so it never meets an interface a DEL answered for.
     pub fn releasing_in(&self, ns: NsId) -> Vec<Lock> {

@@ -120,20 +120,34 @@ impl Service {
             return Err(Error::invalid_config(format!("mtu {mtu} is out of range")));
         }
         let key = key_of(&req.target);
-        // A retried ADD for an attachment we already made answers as before.
-        let claim = match self.attachments.claim(&key) {
-            Ok(claim) => claim,
-            Err(Taken::Committed(r)) => {
-                let held = r.resource();
-                return r.result.map(Reply::Added).ok_or_else(|| {
-                    Error::internal(format!("{held} is held but its record has no result"))
-                });
-            }
-            Err(Taken::Busy(_)) => {
-                return Err(Error::try_again(format!(
-                    "an ADD for container {} {} is still in progress",
-                    key.container_id, key.ifname
-                )));
+        // A retried ADD for an attachment we already made answers as before;
+        // one whose earlier attachment of the same key is still being
+        // released (in another namespace: a runtime reusing its ids) waits
+        // for the release, as an ADD into a namespace does.
+        let mut waited = false;
+        let claim = loop {
+            match self.attachments.claim(&key) {
+                Ok(claim) => break claim,
+                Err(Taken::Committed(r)) => {
+                    let held = r.resource();
+                    return r.result.map(Reply::Added).ok_or_else(|| {
+                        Error::internal(format!("{held} is held but its record has no result"))
+                    });
+                }
+                Err(Taken::Busy(Some(Phase::Releasing))) if !waited => {
+                    waited = true;
+                    self.wait_for_release_of(&key).await;
+                }
+                Err(Taken::Busy(phase)) => {
+                    let what = match phase {
+                        Some(Phase::Releasing) => "a DEL's release",
+                        _ => "an ADD",
+                    };
+                    return Err(Error::try_again(format!(
+                        "{what} for container {} {} is still in progress",
+                        key.container_id, key.ifname
+                    )));
+                }
             }
         };
         let asked = Asked::of(&req)?;

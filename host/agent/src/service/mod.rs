@@ -120,6 +120,20 @@ impl Service {
         }
     }
 
+    /// Waits (at most [`RELEASE_WAIT`]) for the release under way of the
+    /// attachment `key`.
+    async fn wait_for_release_of(&self, key: &Key) {
+        let Some(lock) = self.attachments.releasing_key(key) else {
+            return;
+        };
+        if tokio::time::timeout(RELEASE_WAIT, lock.lock())
+            .await
+            .is_err()
+        {
+            warn!(container = %key.container_id, ifname = %key.ifname, "the release of the same attachment is still under way");
+        }
+    }
+
     /// Releases an attachment now (its lock is the caller's): the driver
     /// takes it apart, the record goes, then the resource is free. A
     /// release that fails leaves the record for the next start and the

@@ -197,7 +197,12 @@ struct AnyPod {
 #[async_trait::async_trait]
 impl Namespaces for AnyPod {
     fn pod_ns_id(&self, ns: &Netns) -> Result<NsId, PlumbError> {
-        let id = ns.id()?;
+        let mut id = ns.id()?;
+        // `other_pod_ns()`: another pod's namespace, as far as the
+        // service can tell.
+        if ns.label() == OTHER_POD {
+            id.ino += 1;
+        }
         if Some(id) == self.node {
             return Err(PlumbError::NotAPod(crate::plumb::NotAPod {
                 label: ns.label().to_string(),
@@ -348,6 +353,13 @@ fn add_req(cid: &str) -> AddRequest {
 
 fn pod_ns() -> Netns {
     Netns::current().unwrap()
+}
+
+const OTHER_POD: &str = "/proc/self/ns/net";
+
+/// A namespace the fake takes for another pod's than [`pod_ns`]'s.
+fn other_pod_ns() -> Netns {
+    Netns::open(Path::new(OTHER_POD)).unwrap()
 }
 
 impl Bed {
@@ -595,6 +607,26 @@ async fn del_answers_before_the_release_and_an_add_into_the_namespace_waits_for_
     // DEL of what is not there, or twice: fine.
     b.del("never").await.unwrap();
     b.del("c1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_of_a_key_whose_release_is_under_way_waits_for_it() {
+    let b = bed(1).await;
+    b.add("c1").await.unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *b.driver.release_gate.lock().unwrap() = Some(gate.clone());
+    b.del("c1").await.unwrap();
+    // The same key again from another namespace (a runtime reusing its
+    // ids): it waits for the release, then gets the NIC it frees.
+    let add = {
+        let svc = b.svc.clone();
+        tokio::spawn(async move { svc.add(add_req("c1"), Some(other_pod_ns())).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!add.is_finished(), "the ADD did not wait for the release");
+    gate.notify_one();
+    assert!(matches!(add.await.unwrap().unwrap(), Reply::Added(_)));
+    assert_eq!(b.on_disk(), [Phase::Committed]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,12 @@ anything else), then the chained plugins.
     {
       "type": "hostnic",
       "socket": {{ .Values.config.socket | toJson }},
+      {{- range $key := list "mtu" "timeoutSeconds" "connectTimeoutSeconds" }}
+      {{- $v := index $.Values.cni $key }}
+      {{- if not (kindIs "invalid" $v) }}
+      {{ toJson $key }}: {{ $v }},
+      {{- end }}
+      {{- end }}
       {{- with .Values.cni.vxnets }}
       "vxnets": {{ toJson . }},
       {{- end }}

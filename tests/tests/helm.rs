@@ -106,6 +106,13 @@ fn every_agent_config_the_chart_renders_is_one_the_agent_accepts() {
         let socket = cfg.socket.display().to_string();
         assert_eq!(conflist["plugins"][0]["type"], "hostnic", "{file}");
         assert_eq!(conflist["plugins"][0]["socket"], socket.as_str(), "{file}");
+        // hostnic's entry as the runtime hands it to the executable (the
+        // list's cniVersion and name added) parses and validates.
+        let mut entry = conflist["plugins"][0].clone();
+        entry["cniVersion"] = conflist["cniVersion"].clone();
+        entry["name"] = conflist["name"].clone();
+        hostnic_proto::cni::NetConf::parse(entry.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{file}: hostnic's conflist entry: {e:?}\n{entry}"));
         let ds = find(&objects, "DaemonSet", "hostnic-agent").unwrap();
         let pod = &ds["spec"]["template"]["spec"];
         let dir = cfg.socket.parent().unwrap().display().to_string();

@@ -4,6 +4,7 @@
 //! module swapped in the way its "Policy modules" section tells. The
 //! DaemonSet tests and `scripts/demo --kubernetes` both go through here.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -83,21 +84,7 @@ pub fn site_configmap(zone: &str, vxnets: &[&str]) -> anyhow::Result<String> {
 /// Returns once both agents and both nodes are Ready, with how long that
 /// took from the first `kubectl apply`.
 pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
-    let image = image()?;
-    let bed = CloudBed::new(SimConfig {
-        nodes: 2,
-        ..SimConfig::with_vxnets(vxnets)?
-    })?;
-    let credentials = bed.dir.path().join("site");
-    std::fs::create_dir_all(&credentials)?;
-    std::fs::write(credentials.join("config.yaml"), bed.sim.credentials_yaml())?;
-    let zone = bed.sim.config().zone.clone();
-    let cluster = Cluster::start(bed, Install::DaemonSet(image))?;
-    for n in ["node-0", "node-1"] {
-        if cluster.node_ready(n).as_deref() == Some("True") {
-            bail!("{n} is Ready without a CNI");
-        }
-    }
+    let cluster = without_cni(vxnets)?;
 
     // deploy/README.md, in its order.
     let started = Instant::now();
@@ -107,18 +94,55 @@ pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
     apply_file("crds.yaml")?;
     apply_file("namespace-rbac.yaml")?;
     let ids: Vec<&str> = vxnets.iter().map(|(id, _)| *id).collect();
+    let zone = cluster.bed.sim.config().zone.clone();
     cluster.cp.apply(&site_configmap(&zone, &ids)?)?;
+    create_credentials(&cluster)?;
+    apply_file("daemonset.yaml")?;
+    wait_agents_ready(&cluster)?;
+    Ok((cluster, started.elapsed()))
+}
+
+/// A two-node cluster on a simulated cloud with `vxnets` (id, CIDR), its
+/// nodes registered but not Ready: they have no CNI until hostnic is
+/// installed. The hostnic image is on both nodes.
+pub fn without_cni(vxnets: &[(&str, &str)]) -> anyhow::Result<Cluster> {
+    let image = image()?;
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        ..SimConfig::with_vxnets(vxnets)?
+    })?;
+    let cluster = Cluster::start(bed, Install::DaemonSet(image))?;
+    for n in ["node-0", "node-1"] {
+        if cluster.node_ready(n).as_deref() == Some("True") {
+            bail!("{n} is Ready without a CNI");
+        }
+    }
+    Ok(cluster)
+}
+
+/// The credentials Secret `qcsecret` as deploy/README.md has a site create
+/// it: `config.yaml` in the original form, written outside the repository,
+/// then `kubectl create secret generic --from-file`.
+pub fn create_credentials(cluster: &Cluster) -> anyhow::Result<()> {
+    let site = cluster.bed.dir.path().join("site");
+    std::fs::create_dir_all(&site)?;
+    let file = site.join("config.yaml");
+    std::fs::write(&file, cluster.bed.sim.credentials_yaml())?;
     cluster.kubectl(&[
         "create",
         "secret",
         "generic",
         "qcsecret",
-        &format!("--from-file={}", credentials.join("config.yaml").display()),
+        &format!("--from-file={}", file.display()),
         "-n",
         "kube-system",
     ])?;
-    apply_file("daemonset.yaml")?;
-    // (A failure shows the pods, the events and the agents' logs.)
+    Ok(())
+}
+
+/// Waits until both agents and both nodes are Ready. (A failure shows the
+/// pods, the events and the agents' logs.)
+pub fn wait_agents_ready(cluster: &Cluster) -> anyhow::Result<()> {
     cluster.wait(
         "the agents Ready on both nodes",
         Duration::from_secs(180),
@@ -140,9 +164,75 @@ pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
         ["node-0", "node-1"]
             .iter()
             .all(|n| cluster.node_ready(n).as_deref() == Some("True"))
-    })?;
-    let took = started.elapsed();
-    Ok((cluster, took))
+    })
+}
+
+/// The DaemonSet's agent pods: name -> "uid restarts", to tell a restart
+/// or a replacement from a live reload.
+pub fn agent_identities(cluster: &Cluster) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(cluster
+        .agent_pods(None)?
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                format!(
+                    "{} {}",
+                    p["metadata"]["uid"].as_str().unwrap_or_default(),
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                ),
+            )
+        })
+        .collect())
+}
+
+/// The pods `selector` picks (default namespace) that failed for good
+/// (phase Failed): a pod whose sandbox creation is retried is not one.
+pub fn failed_pods(cluster: &Cluster, selector: &str) -> anyhow::Result<Vec<String>> {
+    let out = cluster.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "--field-selector=status.phase=Failed",
+        "-o",
+        "name",
+    ])?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// Each node's NICs in `state` (free, held, ...) by vxnet, from its agent's
+/// metrics, scraped in the node's namespace where the agent runs with
+/// hostNetwork.
+pub fn nics_in_state(cluster: &Cluster, state: &str) -> anyhow::Result<Vec<BTreeMap<String, f64>>> {
+    let label = format!("state=\"{state}\"");
+    cluster
+        .bed
+        .sim
+        .nodes
+        .iter()
+        .map(|n| {
+            let text =
+                n.ns.exec("curl", &["-sf", "http://127.0.0.1:9273/metrics"])?;
+            let mut by_vxnet = BTreeMap::new();
+            for l in text.lines() {
+                if !(l.starts_with("hostnic_nics{") && l.contains(&label)) {
+                    continue;
+                }
+                let vxnet = l
+                    .split("vxnet=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or_default();
+                let count = l.rsplit_once(' ').and_then(|(_, c)| c.parse::<f64>().ok());
+                *by_vxnet.entry(vxnet.to_string()).or_default() += count.unwrap_or_default();
+            }
+            Ok(by_vxnet)
+        })
+        .collect()
 }
 
 /// `toml` without the table `header` (its header line up to the next
@@ -212,6 +302,14 @@ pub fn swap_module(cluster: &Cluster, hook: &str, module: &Path) -> anyhow::Resu
     );
     let applied = Instant::now();
     cluster.cp.apply(&yaml)?;
+    wait_reloaded(cluster, hook, &digest)?;
+    Ok(applied.elapsed())
+}
+
+/// Waits until both agents log that they swapped in the `hook` guest whose
+/// module has `digest`, without a restart (a reload from the changed
+/// config file).
+pub fn wait_reloaded(cluster: &Cluster, hook: &str, digest: &str) -> anyhow::Result<()> {
     // One line per agent pod: `[pod/…/agent] … policy hook reloaded hook="vxnet" guest=guest vxnet@<digest>`.
     let reloaded = format!("guest {hook}@{}", &digest[..12]);
     let swapped = |logs: &str| {
@@ -225,6 +323,5 @@ pub fn swap_module(cluster: &Cluster, hook: &str, module: &Path) -> anyhow::Resu
         "both agents swapping the module in",
         Duration::from_secs(120),
         || swapped(&cluster.agent_pod_logs(-1)) == 2,
-    )?;
-    Ok(applied.elapsed())
+    )
 }

@@ -10,6 +10,7 @@ pub mod cloudbed;
 pub mod cluster;
 pub mod controlplane;
 pub mod deploy;
+pub mod helm;
 pub mod images;
 pub mod iperf;
 pub mod kubebed;

@@ -288,27 +288,7 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
         ("vxnet-b", "10.101.0.0/24"),
     ])
     .unwrap();
-    // name -> (uid, restarts) of the agent pods.
-    let agents = || -> BTreeMap<String, String> {
-        cluster
-            .agent_pods(None)
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    format!(
-                        "{} {}",
-                        p["metadata"]["uid"].as_str().unwrap_or_default(),
-                        p["status"]["containerStatuses"][0]["restartCount"]
-                    ),
-                )
-            })
-            .collect()
-    };
+    let agents = || deploy::agent_identities(&cluster).unwrap();
     let before = agents();
     assert_eq!(before.len(), 2, "{before:?}");
 
@@ -360,18 +340,8 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
     // Swapped live: the same agent pods, never restarted; no creation
     // failed for good.
     assert_eq!(agents(), before);
-    let failed = cluster
-        .kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            "app=placed",
-            "--field-selector=status.phase=Failed",
-            "-o",
-            "name",
-        ])
-        .unwrap();
-    assert!(failed.trim().is_empty(), "{failed}");
+    let failed = deploy::failed_pods(&cluster, "app=placed").unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
 
     // A second swap, to a module that reads the pod's owner (pod-facts,
     // contract 0.1.1, from the agent's watch): a StatefulSet's pods spread
@@ -421,23 +391,12 @@ fn rollout(cluster: &Cluster, verb: &str) {
     cluster.kubectl(&args).unwrap();
 }
 
-/// NICs held by pods on both nodes, from each agent's metrics (scraped in
-/// the node's namespace, where the agent runs with hostNetwork).
+/// NICs held by pods on both nodes, from each agent's metrics.
 fn held(cluster: &Cluster) -> f64 {
-    cluster
-        .bed
-        .sim
-        .nodes
+    deploy::nics_in_state(cluster, "held")
+        .unwrap()
         .iter()
-        .map(|n| {
-            let text =
-                n.ns.exec("curl", &["-sf", "http://127.0.0.1:9273/metrics"])
-                    .unwrap();
-            text.lines()
-                .filter(|l| l.starts_with("hostnic_nics{") && l.contains("state=\"held\""))
-                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum::<f64>()
-        })
+        .flat_map(|by_vxnet| by_vxnet.values())
         .sum()
 }
 

@@ -1,6 +1,8 @@
-//! The agent config shipped in `deploy/configmap.yaml` is one the agent
-//! accepts, and so is its commented `[hooks.vxnet]` example once an operator
-//! uncomments it and fills in the digest.
+//! The agent config shipped in `deploy/configmap.yaml` (the Helm chart's
+//! defaults, rendered by scripts/render-deploy) is one the agent accepts,
+//! and so is its commented `[hooks.vxnet]` example once an operator
+//! uncomments it and fills in the digest; and it keeps the agent's own
+//! defaults but where a DaemonSet on the cloud needs others.
 
 use hostnic_agent::config::Config;
 
@@ -60,4 +62,41 @@ fn its_commented_hooks_example_is_accepted_once_uncommented() {
         Some(std::path::Path::new("/etc/hostnic/my_vxnet_policy.wasm"))
     );
     assert_eq!(cfg.hooks.vxnet.deadline_ms, Some(200));
+}
+
+/// The chart's defaults (which deploy/configmap.yaml is rendered from) are
+/// the agent's own, but for what a DaemonSet on the cloud needs and says
+/// so: the cloud inventory, the API server, the cluster-wide leak sweep,
+/// the credentials' mount, and the site's zone and vxnets.
+#[test]
+fn the_shipped_config_keeps_the_agents_defaults_but_for_the_daemonsets() {
+    use hostnic_agent::config::{LeakSweep, Source};
+    let shipped = accepted(&shipped_agent_toml());
+    let builtin = Config::parse("").unwrap();
+    let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
+
+    assert_eq!(shipped.inventory.source, Source::Cloud);
+    assert!(shipped.inventory.nics.is_empty());
+    let mut cloud = builtin.cloud.clone();
+    cloud.leak_sweep = LeakSweep::Cluster;
+    assert_eq!(debug(&shipped.cloud), debug(&cloud));
+    let mut kubernetes = builtin.kubernetes.clone();
+    kubernetes.enabled = true;
+    kubernetes.node_name = "node-1".into();
+    assert_eq!(debug(&shipped.kubernetes), debug(&kubernetes));
+    assert_eq!(
+        shipped.iaas_credentials.as_deref(),
+        Some(std::path::Path::new("/etc/qingcloud"))
+    );
+    assert_eq!(shipped.zone.as_deref(), Some("pek3a"));
+
+    assert_eq!(shipped.socket, builtin.socket);
+    assert_eq!(shipped.state_dir, builtin.state_dir);
+    assert_eq!(shipped.iface, builtin.iface);
+    assert_eq!(shipped.mtu, builtin.mtu);
+    assert_eq!(shipped.policy, builtin.policy);
+    assert_eq!(debug(&shipped.log), debug(&builtin.log));
+    assert_eq!(debug(&shipped.hooks), debug(&builtin.hooks));
+    assert_eq!(debug(&shipped.metrics), debug(&builtin.metrics));
+    assert!(shipped.shared.is_empty());
 }

@@ -1,14 +1,15 @@
 //! `hostnic-demo --kubernetes`: the story on a real cluster built from
 //! source. The control plane and two worker nodes (each a simulated VM
 //! with its own containerd, kubelet and kube-proxy), hostnic installed with
-//! kubectl as deploy/README.md orders, a Deployment whose pods get cloud
-//! NICs, and a policy module swapped by one `kubectl apply`.
+//! one `helm install` as deploy/README.md shows, a Deployment whose pods
+//! get cloud NICs, and a policy module swapped by one `helm upgrade`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
 use hostnic_testbed::cluster::{self, Cluster};
+use hostnic_testbed::helm::{self, Helm};
 use hostnic_testbed::{controlplane, deploy, guest_wasm};
 
 use crate::{check, say};
@@ -19,15 +20,44 @@ pub fn run() -> anyhow::Result<()> {
     say("Kubernetes from source (scripts/k8s-build): about 10 min the first time, cached after");
     let bin = controlplane::k8s_bin()?;
     say(&format!("Kubernetes binaries in {}", bin.display()));
+    say("Helm from source (scripts/helm-build): a few minutes the first time, cached after");
+    say(&format!("Helm in {}", helm::helm_bin()?.display()));
     say(
-        "the hostnic image from deploy/Containerfile (scripts/image), then a control plane and two nodes",
+        "the hostnic image from deploy/Containerfile (scripts/image), then a control plane and two nodes without a CNI",
     );
-    let (cluster, took) = deploy::install(&[
+    let cluster = deploy::without_cni(&[
         ("vxnet-pods", "10.100.0.0/24"),
         ("vxnet-pods-b", "10.101.0.0/24"),
     ])?;
+    deploy::create_credentials(&cluster)?;
+    say(
+        "kubectl create secret generic qcsecret --from-file=./config.yaml -n kube-system (the simulator's credentials)",
+    );
+    let helm = Helm::on(&cluster)?;
+    let site_values = helm::site_values(&cluster, &["vxnet-pods", "vxnet-pods-b"], "");
+    let site = helm.values_file("site.yaml", &site_values)?;
+    say(
+        "helm install hostnic deploy/chart/hostnic -n kube-system -f site.yaml --wait, with site.yaml:",
+    );
+    for line in site_values.lines() {
+        println!("    {line}");
+    }
+    let started = std::time::Instant::now();
+    let chart = helm::chart().display().to_string();
+    helm.run(&[
+        "install",
+        helm::RELEASE,
+        &chart,
+        "-n",
+        helm::NAMESPACE,
+        "-f",
+        &site,
+        "--wait",
+    ])?;
+    deploy::wait_agents_ready(&cluster)?;
     say(&format!(
-        "kubectl apply -f deploy/ (RBAC, ConfigMap, the qcsecret Secret, DaemonSet): both agents and both nodes Ready in {took:.1?}"
+        "both agents and both nodes Ready {:.1?} after helm install",
+        started.elapsed()
     ));
     show(&cluster, &["get", "nodes", "-o", "wide"])?;
     show(
@@ -54,12 +84,28 @@ pub fn run() -> anyhow::Result<()> {
 
     let module = guest_wasm("example_policy");
     say(&format!(
-        "swapping in {} (it reads the label) by one kubectl apply of the hostnic ConfigMap, as deploy/README.md tells",
+        "swapping in {} (it reads the label) by one helm upgrade, as deploy/README.md tells:",
         module.display()
     ));
-    let took = deploy::swap_module(&cluster, "vxnet", &module)?;
+    println!(
+        "    helm upgrade hostnic deploy/chart/hostnic -n kube-system --reuse-values \\\n      --set-file config.hooks.vxnet.module=example_policy.wasm.b64 --set config.hooks.vxnet.sha256=<its digest>"
+    );
+    let values = helm.values_file("module.yaml", &helm::module_values("vxnet", &module)?)?;
+    let started = std::time::Instant::now();
+    helm.run(&[
+        "upgrade",
+        helm::RELEASE,
+        &chart,
+        "-n",
+        helm::NAMESPACE,
+        "--reuse-values",
+        "-f",
+        &values,
+    ])?;
+    deploy::wait_reloaded(&cluster, "vxnet", &hostnic_testbed::sha256_file(&module)?)?;
+    let took = started.elapsed();
     say(&format!(
-        "both agents swapped it live {took:.1?} after the apply (kubelet's sync period), without a restart:"
+        "both agents swapped it live {took:.1?} after the upgrade (kubelet's sync period), without a restart:"
     ));
     for line in cluster
         .agent_pod_logs(-1)

@@ -54,8 +54,12 @@ fn main() -> anyhow::Result<()> {
         let outcome = conformance::run(wiring, &selection, &dir)?;
         failed += outcome.failed();
         let mut text = format!("{}: {}\n", wiring.name, outcome.summary());
-        for spec in outcome.failures() {
-            text += &format!("  FAILED {}: {}\n", spec.status, spec.name);
+        for spec in &outcome.specs {
+            match spec.status.as_str() {
+                "passed" => {}
+                "skipped" => text += &format!("  SKIPPED {}: {}\n", spec.name, spec.reason),
+                other => text += &format!("  FAILED ({other}) {}\n", spec.name),
+            }
         }
         text += &format!(
             "  JUnit {}\n  log {}\n",

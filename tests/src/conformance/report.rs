@@ -49,12 +49,6 @@ impl Outcome {
         self.count(|s| s.status != "passed" && s.status != "skipped")
     }
 
-    pub fn failures(&self) -> impl Iterator<Item = &Spec> {
-        self.specs
-            .iter()
-            .filter(|s| s.status != "passed" && s.status != "skipped")
-    }
-
     /// One line: `N passed, N failed, N skipped in D`.
     pub fn summary(&self) -> String {
         format!(

@@ -5,7 +5,8 @@
 //! tagged image).
 //!
 //! The suite execs shell commands in its test pods: `/bin/sh -c` with
-//! `curl`, `wget -T`, `nc -u`, `dig`, `ip`, and the usual text tools. So the test
+//! `curl`, `wget -T`, `nc -u`, `dig`, `getent`, `ip`, and the usual text
+//! tools. So the test
 //! userland is Debian's dash as `/bin/sh` (busybox's shell runs its own
 //! `nc` applet, which has no `-u`, even when another `nc` comes first on
 //! PATH), the real curl, wget, netcat-openbsd's nc, dig and ip each with the
@@ -34,7 +35,10 @@ pub const COREDNS: &str = "registry.k8s.io/coredns/coredns:v1.12.1";
 
 /// Debian's tools the suite's commands call by name, from the packages
 /// `scripts/setup` installs: (path on this machine, path in the image).
-const TOOLS: [(&str, &str); 7] = [
+const TOOLS: [(&str, &str); 8] = [
+    // The DNS specs' /etc/hosts checks (`getent hosts NAME`); glibc's own
+    // files and dns lookups are in libc.so.6 since 2.34.
+    ("/usr/bin/getent", "/usr/bin/getent"),
     ("/usr/bin/dash", "/usr/bin/dash"),
     // GNU wget: Debian's busybox 1.35 wget segfaults whenever `-T` (a
     // timeout) is given, and the suite's Service checks all pass `-T 1`.
@@ -160,6 +164,7 @@ fn make_userland(root: &Path) -> anyhow::Result<()> {
     // One try, as busybox's wget (the one the upstream image has) makes:
     // GNU wget retries a timed-out request 20 times by default.
     std::fs::write(root.join("etc/wgetrc"), "tries = 1\n")?;
+    std::fs::write(root.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nuser-defined-in-image:x:1000:1000::/home:/bin/sh\n\

@@ -190,12 +190,23 @@ fn run_suite(
     let started = Instant::now();
     let mut child = cmd.spawn().context("starting e2e.test")?;
     let out = child.stdout.take().context("e2e.test's stdout")?;
-    for line in BufReader::new(out).lines() {
+    // Bytes, not text: a spec's output may hold what a server answered
+    // (the proxy specs' binary replies), and a log line that is not UTF-8
+    // must not end the run.
+    let copied = BufReader::new(out).split(b'\n').try_for_each(|line| {
         let line = line?;
-        writeln!(log, "{line}")?;
-        eprintln!("{line}");
+        log.write_all(&line)?;
+        log.write_all(b"\n")?;
+        eprintln!("{}", String::from_utf8_lossy(&line));
+        std::io::Result::Ok(())
+    });
+    if copied.is_err() {
+        // Nobody reads its output any more: it would block on the pipe.
+        // (It may have exited already; the error that matters is below.)
+        let _ = child.kill();
     }
     let status = child.wait()?;
+    copied.context("copying e2e.test's output")?;
     let duration = started.elapsed();
     let junit = report_dir.join("junit_01.xml");
     ensure!(

@@ -57,10 +57,15 @@ pub fn archives(dir: &Path, e2e_bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let userland = dir.join("userland");
     make_userland(&userland)?;
     // agnhost: the binary at the root, its symlink, the upload directory,
-    // the user and group the image defines (test/images/agnhost/Dockerfile).
+    // porter's certificate, the user and group the image defines
+    // (test/images/agnhost/Dockerfile).
     std::fs::copy(e2e_bin.join("agnhost"), userland.join("agnhost"))?;
     std::os::unix::fs::symlink("agnhost", userland.join("agnhost-2"))?;
     std::fs::create_dir_all(userland.join("uploads"))?;
+    // porter's TLS certificate, where its working directory (/) has it.
+    for f in ["localhost.crt", "localhost.key"] {
+        std::fs::copy(e2e_bin.join(f), userland.join(f))?;
+    }
     let env = json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
     let mut out = vec![
         docker_archive(

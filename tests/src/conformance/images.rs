@@ -62,8 +62,11 @@ pub fn archives(dir: &Path, e2e_bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::copy(e2e_bin.join("agnhost"), userland.join("agnhost"))?;
     std::os::unix::fs::symlink("agnhost", userland.join("agnhost-2"))?;
     std::fs::create_dir_all(userland.join("uploads"))?;
-    // porter's TLS certificate, where its working directory (/) has it.
-    for f in ["localhost.crt", "localhost.key"] {
+    // porter's TLS certificate, where its working directory (/) has it,
+    // and a CoreDNS at /coredns: the DNS configMap specs run their own DNS
+    // server pod as `/coredns -conf ...` in the agnhost image (upstream's
+    // has CoreDNS 1.6.2 there; this one is the cluster's 1.12.1).
+    for f in ["localhost.crt", "localhost.key", "coredns"] {
         std::fs::copy(e2e_bin.join(f), userland.join(f))?;
     }
     let env = json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);

@@ -924,3 +924,49 @@ fn a_throttled_start_keeps_trying_and_serves() {
     assert!(log.contains("the cloud is busy; retrying"), "{log}");
     assert_eq!(bed.sim.injected().get(&5100), Some(&6));
 }
+
+/// A NIC made with the address an ADD asked for is that ADD's from the
+/// moment it comes up (Attaching to Reserved, never Free): a cold ADD
+/// waiting for any NIC at the same time, which counts that NIC as on its
+/// way and is woken by every change of the pool, must not take it.
+#[test]
+fn a_nic_made_for_an_address_goes_to_the_add_that_asked() {
+    if !require_root("a_nic_made_for_an_address_goes_to_the_add_that_asked") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig::default()).unwrap();
+    // Every NIC is cold and takes a while to attach, so both ADDs wait.
+    bed.sim.set_faults(Faults {
+        attach_latency_ms: 1500,
+        ..Faults::default()
+    });
+    let _agent = bed
+        .start_agent(
+            0,
+            "warm_min = 0\nwarm_max = 0\nreconcile_seconds = 1\ncold_add_wait_seconds = 20",
+        )
+        .unwrap();
+    let wanted = "10.100.0.77";
+    let run = |cid: &'static str, ips: Option<&str>| {
+        let mut conf = bed.netconf(0, "1.0.0", json!([]));
+        if let Some(ip) = ips {
+            conf["runtimeConfig"] = json!({"ips": [ip]});
+        }
+        let cni = bed.hostnic(0);
+        std::thread::spawn(move || {
+            let ns = Ns::new("addr").unwrap();
+            let r = cni.add_retrying(&conf, &env(cid, &ns.path().display().to_string()));
+            (ns, r)
+        })
+    };
+    let pinned = run("pinned", Some(wanted));
+    // The other ADD starts while the pinned one's NIC is on its way.
+    std::thread::sleep(Duration::from_millis(300));
+    let any = run("any", None);
+    let (_pns, pinned) = pinned.join().unwrap();
+    let (_ans, any) = any.join().unwrap();
+    let pinned = pinned.unwrap_or_else(|e| panic!("the pinned ADD: {e:?}"));
+    let any = any.unwrap_or_else(|e| panic!("the other ADD: {e:?}"));
+    assert_eq!(ip_of(&pinned), wanted);
+    assert_ne!(ip_of(&any), wanted);
+}

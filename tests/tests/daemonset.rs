@@ -8,10 +8,13 @@
 //! Ready, and serve a Deployment's pods.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hostnic_testbed::cluster::Cluster;
-use hostnic_testbed::{cluster, deploy, require_root};
+use hostnic_testbed::{cluster, deploy, require_root, wait_for};
 
 /// One cluster at a time: two on two cores starve each other's kubelets.
 static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -85,27 +88,10 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
             .unwrap_or_else(|e| e.to_string())
     };
     let restarted = Instant::now();
-    cluster
-        .kubectl(&[
-            "rollout",
-            "restart",
-            "ds/hostnic-agent",
-            "-n",
-            "kube-system",
-        ])
-        .unwrap();
+    rollout(&cluster, "restart");
     let more = 12;
     cluster.cp.apply(&cluster::deployment("web", more)).unwrap();
-    cluster
-        .kubectl(&[
-            "rollout",
-            "status",
-            "ds/hostnic-agent",
-            "-n",
-            "kube-system",
-            "--timeout=180s",
-        ])
-        .unwrap();
+    rollout(&cluster, "status");
     eprintln!(
         "daemonset: rolling restart of both agents done in {:?}",
         restarted.elapsed()
@@ -136,6 +122,146 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     cluster.cp.apply(&cluster::deployment("web", 0)).unwrap();
     cluster
         .wait_gone("app=web", Duration::from_secs(120))
+        .unwrap();
+    assert!(
+        cluster.bed.leaked_nics().is_empty(),
+        "{:?}",
+        cluster.bed.leaked_nics()
+    );
+}
+
+/// Issue 22: `kubectl rollout restart` of the agents while 12 pods are
+/// being created costs no pod a sandbox retry. An ADD that reaches a node
+/// while its agent is being replaced (the old one stopped listening on
+/// SIGTERM, the new one not yet bound) waits for the new agent, so all 12
+/// run and no FailedCreatePodSandBox event names any of them. Also measures
+/// how long each node went without a listening agent.
+#[test]
+fn a_rolling_restart_of_the_agents_costs_no_pod_a_sandbox_retry() {
+    if !require_root("a_rolling_restart_of_the_agents_costs_no_pod_a_sandbox_retry") {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let (cluster, _) = deploy::install(&[("vxnet-pods", "10.100.0.0/24")]).unwrap();
+
+    // Each node's /run/hostnic is a directory of the test's: watch its
+    // socket as the executable sees it, noting every stretch in which
+    // connecting fails (nobody listens, or no socket): when it began
+    // after the restart, and how long it lasted.
+    let watching = Arc::new(AtomicBool::new(true));
+    let a_gap_began = Arc::new(AtomicBool::new(false));
+    let restarted = Instant::now();
+    let watchers: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let socket = n.dir.join("run-hostnic/agent.sock");
+            let (watching, a_gap_began) = (watching.clone(), a_gap_began.clone());
+            std::thread::spawn(move || {
+                let (mut gaps, mut down) = (Vec::new(), None::<Instant>);
+                while watching.load(Ordering::Relaxed) {
+                    match UnixStream::connect(&socket) {
+                        Ok(_) => gaps.extend(
+                            down.take()
+                                .map(|t| (t.duration_since(restarted), t.elapsed())),
+                        ),
+                        Err(_) => {
+                            down.get_or_insert_with(Instant::now);
+                            a_gap_began.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                gaps
+            })
+        })
+        .collect();
+
+    let app = "during";
+    let pods = 12;
+    rollout(&cluster, "restart");
+    // The pods are created as the first agent stops listening, so that
+    // their ADDs meet its gap: created with the restart command, they were
+    // sometimes all wired before the DaemonSet controller and kubelet had
+    // stopped the first agent.
+    wait_for(
+        "the first agent to stop listening",
+        Duration::from_secs(60),
+        || a_gap_began.load(Ordering::Relaxed),
+    )
+    .unwrap();
+    cluster.cp.apply(&cluster::deployment(app, pods)).unwrap();
+    rollout(&cluster, "status");
+    cluster
+        .wait(
+            "the pods created during the restart Running",
+            Duration::from_secs(180),
+            || cluster.running_pods(&format!("app={app}")).len() == pods,
+        )
+        .unwrap();
+    watching.store(false, Ordering::Relaxed);
+    let gaps: Vec<Vec<(Duration, Duration)>> =
+        watchers.into_iter().map(|w| w.join().unwrap()).collect();
+    // The executable's own trace, in containerd's log (its stderr).
+    let waited: Vec<String> = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_to_string(n.dir.join("containerd.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("hostnic: add: answered by hostnic-agent"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    eprintln!(
+        "daemonset: each node's stretch without a listening agent (began after the restart, lasted): {gaps:?}; {} ADDs waited for one:\n{}",
+        waited.len(),
+        waited.join("\n")
+    );
+    for (node, gaps) in cluster.nodes.iter().zip(&gaps) {
+        assert_eq!(gaps.len(), 1, "{}: {gaps:?}", node.name);
+    }
+
+    let events = cluster
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "reason=FailedCreatePodSandBox",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+    let failed: Vec<String> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["involvedObject"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("{app}-")))
+        })
+        .map(|e| format!("{}: {}", e["involvedObject"]["name"], e["message"]))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "pods paid the restart with a sandbox retry:\n{}",
+        failed.join("\n")
+    );
+    // The pods did meet the gap: else this proves nothing.
+    assert!(
+        !waited.is_empty(),
+        "no ADD came while an agent was being replaced; the test tests nothing"
+    );
+
+    cluster.cp.apply(&cluster::deployment(app, 0)).unwrap();
+    cluster
+        .wait_gone(&format!("app={app}"), Duration::from_secs(120))
         .unwrap();
     assert!(
         cluster.bed.leaked_nics().is_empty(),
@@ -283,6 +409,16 @@ fn a_policy_module_swapped_by_kubectl_apply_places_new_pods_without_restarting_a
         "{:?}",
         cluster.bed.leaked_nics()
     );
+}
+
+/// `kubectl rollout <verb>` of the agents' DaemonSet (`status` waits up to
+/// 3 minutes for the rollout to finish).
+fn rollout(cluster: &Cluster, verb: &str) {
+    let mut args = vec!["rollout", verb, "ds/hostnic-agent", "-n", "kube-system"];
+    if verb == "status" {
+        args.push("--timeout=180s");
+    }
+    cluster.kubectl(&args).unwrap();
 }
 
 /// NICs held by pods on both nodes, from each agent's metrics (scraped in

@@ -460,3 +460,50 @@ fn a_nic_moves_between_vms_keeping_address_mac_and_tags() {
         );
     });
 }
+
+/// `hostnic-iaas-sim --help` (and `-h`) prints its usage and exits 0, with
+/// or without root; a bad argument is a one-line error and exit 2, never a
+/// backtrace.
+#[test]
+fn the_standalone_simulator_answers_help_and_refuses_bad_arguments() {
+    let sim = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostnic-iaas-sim"))
+            .args(args)
+            // A backtrace would show even where the caller asks for them.
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for help in ["--help", "-h"] {
+        let (code, out, err) = sim(&[help]);
+        assert_eq!(code, Some(0), "{help}: {out}{err}");
+        for needle in [
+            "Usage: hostnic-iaas-sim [NODES] [ATTACH_LATENCY_MS]",
+            "root",
+        ] {
+            assert!(out.contains(needle), "{help} should say {needle:?}:\n{out}");
+        }
+        assert!(err.is_empty(), "{help}: {err}");
+    }
+    for (args, needle) in [
+        (&["--bogus"][..], "--bogus"),
+        (&["two"][..], "two"),
+        (&["0"][..], "0"),
+        (&["2", "fast"][..], "fast"),
+        (&["2", "200", "extra"][..], "extra"),
+    ] {
+        let (code, out, err) = sim(args);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle) && err.contains("--help"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("backtrace"), "{args:?}: {err}");
+    }
+}

@@ -111,6 +111,12 @@ impl Attachments {
         self.entries().get(key)?.record.clone()
     }
 
+    /// Whether `key` is claimed or held (an ADD that has not reserved
+    /// anything yet has no record but is under way).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.entries().contains_key(key)
+    }
+
     /// The attachment, locked; `None` if there is none, or it went (or
     /// has no record yet) once its lock was ours.
     pub async fn lock(&self, key: &Key) -> Option<Locked> {

@@ -72,10 +72,10 @@ pub fn of(svc: &Service) -> Result<Reply, CniError> {
             }
         })
         .collect();
-    let cloud = svc
-        .source
-        .cloud_calls()
-        .map(|(calls, budget)| CloudRow { calls, budget });
+    let cloud = svc.cloud.as_ref().map(|c| {
+        let (calls, budget) = c.calls();
+        CloudRow { calls, budget }
+    });
     let vxnets = svc
         .source
         .facts(&svc.nics.pool())

@@ -89,6 +89,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         Plumber::new(node_ns, node),
         pool::Pool::default(),
     ));
+    nics.watch_links().await;
     // The inventory: the static list, or what the cloud says is attached to
     // this VM (one DescribeNics; a restart makes no other cloud call before
     // it serves).
@@ -119,14 +120,20 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         }
     };
     let policies = policy::Policies::load(&cfg)?;
-    let source: Arc<dyn NicSource> = match &cloud {
-        Some(cloud) => Arc::new(CloudSource::new(cloud.clone(), nics.clone())),
+    let cloud_source = cloud
+        .as_ref()
+        .map(|c| Arc::new(CloudSource::new(c.clone(), nics.clone())));
+    let source: Arc<dyn NicSource> = match &cloud_source {
+        Some(c) => c.clone(),
         None => Arc::new(StaticInventory::new(nics.clone(), &cfg.inventory.nics)),
     };
     let attachments = Arc::new(Attachments::default());
     let shared = Arc::new(shared::Shared::new(
         &cfg.shared,
-        source.clone(),
+        &source.vxnets(),
+        cloud_source
+            .clone()
+            .map(|c| c as Arc<dyn shared::CloudAddresses>),
         attachments.clone(),
         claims,
     )?);
@@ -135,12 +142,20 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     })
     .await?;
     let drivers = Drivers::new(
-        Arc::new(ExclusiveNic::new(nics.clone(), source.clone(), found)),
-        Arc::new(SharedVeth::new(
-            shared.clone(),
+        Arc::new(ExclusiveNic::new(
             nics.clone(),
             source.clone(),
+            cloud_source.clone(),
+            found,
         )),
+        vec![(
+            Arc::new(SharedVeth::new(
+                shared.clone(),
+                nics.clone(),
+                cloud_source.clone(),
+            )),
+            shared.nets().iter().map(|n| n.vxnet.clone()).collect(),
+        )],
     );
     let loaded = store
         .load()
@@ -152,7 +167,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             drivers,
             store: Arc::new(store),
             nics: nics.clone(),
+            namespaces: nics.plumber.clone(),
             source,
+            cloud: cloud_source.clone(),
             policies,
             kube,
         },
@@ -184,13 +201,8 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     if !cfg.metrics.address.is_empty() {
         // Pods come first: a metrics port taken by something else is
         // reported, and the agent serves CNI without metrics.
-        if let Err(e) = scrape::serve(
-            &cfg.metrics.address,
-            nics.clone(),
-            service.source.clone(),
-            shared,
-        )
-        .await
+        if let Err(e) =
+            scrape::serve(&cfg.metrics.address, nics.clone(), cloud_source, shared).await
         {
             tracing::error!(error = %format!("{e:#}"), "metrics are OFF");
         }

@@ -17,12 +17,20 @@ use crate::pool::{Pool, State};
 /// How long an ADD with no free NIC waits for one a DEL is bringing back.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// How often a link wait looks again without a notification: the kernel
+/// drops notifications a slow reader does not take, and a watch that could
+/// not be opened sends none.
+const LINK_RECHECK: Duration = Duration::from_millis(500);
+
 #[derive(Debug)]
 pub struct Nics {
-    pub plumber: Plumber,
+    pub plumber: std::sync::Arc<Plumber>,
     pool: Mutex<Pool>,
     /// Told whenever the pool changed: waiters for a NIC look again.
     changed: Notify,
+    /// Told of every link added, changed or removed in the node's
+    /// namespace (netlink notifications, [`Nics::watch_links`]).
+    links: std::sync::Arc<Notify>,
 }
 
 /// The pool, locked; dropping it tells the waiters if anything changed.
@@ -57,9 +65,48 @@ impl Drop for PoolGuard<'_> {
 impl Nics {
     pub fn new(plumber: Plumber, pool: Pool) -> Nics {
         Nics {
-            plumber,
+            plumber: std::sync::Arc::new(plumber),
             pool: Mutex::new(pool),
             changed: Notify::new(),
+            links: std::sync::Arc::default(),
+        }
+    }
+
+    /// Watches the node's links (netlink notifications) so that link waits
+    /// ([`Nics::wait_for_link`]) wake when the kernel says, not on a timer.
+    pub async fn watch_links(&self) {
+        let mut events = match self.plumber.node_ns().watch().await {
+            Ok(rx) => rx,
+            Err(e) => {
+                warn!(error = %e, "watching the node's links; link waits look every 500 ms instead");
+                return;
+            }
+        };
+        let links = self.links.clone();
+        tokio::spawn(async move {
+            while let Some(change) = events.recv().await {
+                if change == hostnic_netlink::Change::Link {
+                    links.notify_waiters();
+                }
+            }
+        });
+    }
+
+    /// Resolves once a link with `mac` is in the node namespace
+    /// (`present`), or no longer is.
+    pub async fn wait_for_link(&self, mac: hostnic_netlink::Mac, present: bool) {
+        loop {
+            let changed = self.links.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let found = self.plumber.node().link_by_mac(mac, None).await;
+            match found {
+                Ok(Some(_)) if present => return,
+                Ok(None) if !present => return,
+                _ => {}
+            }
+            // (A timeout is the recheck, not an error.)
+            let _ = tokio::time::timeout(LINK_RECHECK, changed).await;
         }
     }
 

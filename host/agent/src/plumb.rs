@@ -112,6 +112,35 @@ pub struct Plumber {
     not_pods: Vec<(NsId, &'static str)>,
 }
 
+/// What the verbs ask of the kernel about a pod's namespace before any
+/// driver acts: behind a trait so the verbs can be tested without root.
+#[async_trait::async_trait]
+pub trait Namespaces: Send + Sync + std::fmt::Debug {
+    /// The identity of a pod's namespace, refusing the node's own (and
+    /// the agent's, and init's).
+    fn pod_ns_id(&self, ns: &Netns) -> Result<NsId, PlumbError>;
+    /// A recorded netns path, re-opened only if it still names the
+    /// namespace it named when recorded.
+    fn reopen(&self, path: &str, recorded: Option<NsId>) -> Option<Netns>;
+    /// Whether the pod already has a default route.
+    async fn has_default_route(&self, pod_ns: &Netns) -> Result<bool, PlumbError>;
+}
+
+#[async_trait::async_trait]
+impl Namespaces for Plumber {
+    fn pod_ns_id(&self, ns: &Netns) -> Result<NsId, PlumbError> {
+        Plumber::pod_ns_id(self, ns)
+    }
+
+    fn reopen(&self, path: &str, recorded: Option<NsId>) -> Option<Netns> {
+        Plumber::reopen(self, path, recorded)
+    }
+
+    async fn has_default_route(&self, pod_ns: &Netns) -> Result<bool, PlumbError> {
+        Plumber::has_default_route(self, pod_ns).await
+    }
+}
+
 /// Why a namespace cannot be a pod's.
 #[derive(Debug, thiserror::Error)]
 #[error("{label} is {which}, not a pod's network namespace")]

@@ -121,6 +121,15 @@ impl Record {
         self.holds.resource()
     }
 
+    /// The wiring that made it: `move` for a NIC, `shared` for a shared
+    /// address (a driver's [`crate::wiring::Driver::name`]).
+    pub fn wiring(&self) -> &'static str {
+        match &self.holds {
+            Holds::Nic { .. } => "move",
+            Holds::Address(_) => "shared",
+        }
+    }
+
     /// The NIC the attachment holds, if it holds one.
     pub fn mac(&self) -> Option<Mac> {
         match &self.holds {

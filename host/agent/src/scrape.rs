@@ -4,25 +4,26 @@
 
 use std::sync::Arc;
 
+use crate::cloud::source::CloudSource;
 use crate::metrics::metrics;
 use crate::nics::Nics;
 use crate::shared::Shared;
-use crate::source::NicSource;
 
 /// One scrape's text.
-fn scrape(nics: &Nics, source: &dyn NicSource, shared: &Shared) -> String {
+fn scrape(nics: &Nics, cloud: Option<&CloudSource>, shared: &Shared) -> String {
     let (counts, vm) = {
         let pool = nics.pool();
-        (pool.counts(), source.vm_nics(pool.len()))
+        (pool.counts(), cloud.map(|c| c.vm_nics(pool.len())))
     };
-    metrics().encode(counts, vm, source.cold_adds_waiting(), shared.counts())
+    let waiting = cloud.map_or(0, |c| c.cold_adds_waiting());
+    metrics().encode(counts, vm, waiting, shared.counts())
 }
 
 /// Serves `GET /metrics` on `address` until the process ends.
 pub async fn serve(
     address: &str,
     nics: Arc<Nics>,
-    source: Arc<dyn NicSource>,
+    cloud: Option<Arc<CloudSource>>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -38,7 +39,7 @@ pub async fn serve(
                     CONTENT_TYPE,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
-                scrape(&nics, source.as_ref(), &shared),
+                scrape(&nics, cloud.as_deref(), &shared),
             )
         }),
     );

@@ -64,7 +64,8 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves until `shutdown` resolves, then waits for requests in flight.
+/// Serves until `shutdown` resolves, then answers every connection it
+/// accepted and returns.
 ///
 /// Accepting never waits on anything: a connection gets a slot for serving
 /// only once its whole request has arrived, so idle and slow clients cannot
@@ -76,6 +77,9 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let open = Arc::new(AtomicUsize::new(0));
+    // Told when the last open connection closes (the graceful stop waits
+    // for it).
+    let idle = Arc::new(tokio::sync::Notify::new());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -88,9 +92,12 @@ pub async fn serve(
                         continue;
                     }
                     let (service, slots, open) = (service.clone(), slots.clone(), open.clone());
+                    let idle = idle.clone();
                     tokio::spawn(async move {
                         handle(stream, &service, &slots).await;
-                        open.fetch_sub(1, Ordering::SeqCst);
+                        if open.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            idle.notify_waiters();
+                        }
                     });
                 }
                 Err(e) => {
@@ -102,9 +109,27 @@ pub async fn serve(
             },
         }
     }
-    // Let requests in flight finish: an ADD cut in half is rolled back at
-    // the next start, but finishing it is kinder to the runtime.
-    let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+    // Stop listening at once: connections still in the backlog are reset,
+    // which tells the executable that nobody read its request, so it sends
+    // it again to our successor (host/cni/src/agent.rs).
+    drop(listener);
+    // Then answer every connection accepted, not only those being served:
+    // one whose request was read but that waits for a slot would otherwise
+    // be closed unanswered when the runtime stops, and an ADD the caller
+    // cannot know we did not act on is one it cannot safely send again
+    // (issue 22: a rolling restart failed such a sandbox). Each connection
+    // is bounded: REQUEST_TIMEOUT to arrive and to be answered, the
+    // service's own limits to be served. (An ADD cut in half by a kill is
+    // rolled back at the next start; finishing it is kinder.)
+    loop {
+        let done = idle.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if open.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        done.await;
+    }
 }
 
 async fn handle(mut stream: UnixStream, service: &Arc<Service>, slots: &Semaphore) {

@@ -3,7 +3,7 @@
 //! namespace, whatever wired it — so one step of the pipeline serves every
 //! driver. The kernel side is `hostnic_netlink::shaping`.
 
-use hostnic_netlink::{Limit, Netns, Shaped, Shaping};
+use hostnic_netlink::{Limit, Netns, Shaping};
 use hostnic_proto::cni::{Bandwidth, BandwidthLimit};
 
 use crate::error::{Error, Kind, Result};
@@ -42,9 +42,12 @@ pub async fn apply(netns: &Netns, ifname: &str, bw: &Bandwidth) -> Result<()> {
         .map_err(kernel("shaping", ifname))
 }
 
-/// Whether the pod's interface `ifname` is shaped as `bw` (or not at all,
-/// without limits): CHECK.
+/// Whether the pod's interface `ifname` is shaped as `bw`: CHECK. An
+/// attachment without limits has nothing of hostnic's to check here.
 pub async fn verify(netns: &Netns, ifname: &str, bw: Option<&Bandwidth>) -> Result<()> {
+    let Some(bw) = bw else {
+        return Ok(());
+    };
     let pod = netns
         .connect()
         .await
@@ -59,12 +62,9 @@ pub async fn verify(netns: &Netns, ifname: &str, bw: Option<&Bandwidth>) -> Resu
             format!("the pod has no interface {ifname}"),
         ));
     };
-    let want = match bw {
-        Some(bw) => shaping(bw)
-            .plan(&link)
-            .map_err(kernel("checking the shaping of", ifname))?,
-        None => Shaped::default(),
-    };
+    let want = shaping(bw)
+        .plan(&link)
+        .map_err(kernel("checking the shaping of", ifname))?;
     let have = pod
         .shaping(&link)
         .await

@@ -23,8 +23,20 @@ use serde_json::Value;
 /// annotations is a few KiB; anything near this is not a CNI config.
 pub const MAX_STDIN: usize = 1 << 20;
 
-/// How long to wait for the agent unless `timeoutSeconds` says otherwise.
+/// How long to wait for the agent's answer unless `timeoutSeconds` says
+/// otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long to keep trying to reach an agent that does not listen unless
+/// `connectTimeoutSeconds` says otherwise. The agent itself serves 50–140
+/// ms after its exec (testbed, debug build), but in a rolling update a
+/// node has none from the old agent's SIGTERM until the new pod's agent
+/// binds: the DaemonSet controller, kubelet and the init container made
+/// that 1.3–3.5 s in 14 node restarts on the cluster testbed (debug
+/// build, 2 cores), and it grows on a loaded node or while a new image is
+/// pulled. 30 s is ~9 times the worst seen, and with [`DEFAULT_TIMEOUT`] a
+/// call stays well inside the 4 minutes kubelet gives a sandbox.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `CNI_*` environment of one call.
 #[derive(Clone, Debug, Default)]
@@ -135,6 +147,14 @@ fn dispatch(
         timeout: conf
             .timeout_seconds
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+        // STATUS is polled every few seconds and must answer at once: an
+        // agent that does not listen now is "not available" now.
+        wait: match verb {
+            Verb::Status => Duration::ZERO,
+            _ => conf
+                .connect_timeout_seconds
+                .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs),
+        },
     };
     match verb {
         Verb::Add => add(env, &conf, version, &agent),

@@ -30,9 +30,9 @@ pub use mac::Mac;
 pub use netns::{Netns, NsId};
 pub use ops::{Link, Netlink, RouteEntry};
 pub use routing::{Rule, TableRoute};
-pub use shaping::{Limit, Shaped, Shaping, ifb_name};
+pub use shaping::{Shaped, Shaping, ifb_name};
 pub use socket::Change;
-pub use tbf::Tbf;
+pub use tbf::{Limit, Tbf};
 
 /// A failed namespace or netlink operation, naming what was attempted.
 #[derive(Debug, thiserror::Error)]

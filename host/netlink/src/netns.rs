@@ -135,7 +135,10 @@ impl Netns {
 
     /// Runs `f` on a short-lived OS thread that has entered this namespace
     /// and exits after it: no other thread ever changes namespace, and
-    /// there is nothing to switch back.
+    /// there is nothing to switch back. A thread that is in the namespace
+    /// already (it starts in the process's) does not enter it again:
+    /// `setns` wants CAP_SYS_ADMIN even then, and the agent's own
+    /// namespace needs none (its unit tests run without root).
     pub(crate) async fn inside<T: Send + 'static>(
         &self,
         thread: &str,
@@ -146,17 +149,22 @@ impl Netns {
             .try_clone()
             .map_err(Error::io("duplicating a netns descriptor"))?;
         let label = self.label.clone();
+        let target = self.id()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(thread.into())
             .spawn(move || {
-                let result = setns(&fd, CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| {
+                let here = Netns::current().and_then(|n| n.id()).ok();
+                let entered = if here == Some(target) {
+                    Ok(())
+                } else {
+                    setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
                         Error::io(format!(
                             "entering netns {label} (is it a network namespace?)"
                         ))(e.into())
                     })
-                    .and_then(|()| f());
+                };
+                let result = entered.and_then(|()| f());
                 // If the receiver is gone the caller was cancelled; what
                 // `f` made is dropped with the message.
                 let _ = tx.send(result);

@@ -24,16 +24,7 @@
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::LinkIfb;
 
-use crate::{Error, Link, Netlink, Result, Tbf};
-
-/// One direction's limit, in CNI's units (`runtimeConfig.bandwidth`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Limit {
-    /// Bits per second.
-    pub rate: u64,
-    /// Bits.
-    pub burst: u64,
-}
+use crate::{Error, Limit, Link, Netlink, Result, Tbf};
 
 /// The limits of one pod interface; `None`: unlimited that way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

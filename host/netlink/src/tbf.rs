@@ -11,7 +11,15 @@
 use netlink_packet_route::tc::TcOption;
 use rtnetlink::packet_core::{DefaultNla, Nla, NlasIterator};
 
-use crate::Limit;
+/// One direction's limit, in CNI's units (`runtimeConfig.bandwidth`):
+/// what a tbf is computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limit {
+    /// Bits per second.
+    pub rate: u64,
+    /// Bits.
+    pub burst: u64,
+}
 
 // <linux/pkt_sched.h>: enum { TCA_TBF_UNSPEC, TCA_TBF_PARMS, TCA_TBF_RTAB,
 // TCA_TBF_PTAB, TCA_TBF_RATE64, … }.

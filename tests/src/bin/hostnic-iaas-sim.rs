@@ -2,30 +2,50 @@
 //! SDN namespace and node VMs as namespaces, serves the API until Ctrl-C,
 //! and removes everything it made on exit.
 //!
-//! Usage: hostnic-iaas-sim [NODES] [ATTACH_LATENCY_MS]
+//! Usage: hostnic-iaas-sim [NODES] [ATTACH_LATENCY_MS] (`--help` says more)
 
-use anyhow::{Context, bail};
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Parser;
 use hostnic_testbed::sim::{Faults, Sim, SimConfig};
 
-fn main() -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("hostnic-iaas-sim needs root: it creates network namespaces");
+/// The simulated QingCloud, standalone: an SDN namespace and one network
+/// namespace per node VM, the QingCloud API subset over HTTP until Ctrl-C.
+/// Everything it creates is removed on exit. Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "hostnic-iaas-sim")]
+struct Cli {
+    /// How many node VMs to create.
+    #[arg(default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    nodes: u16,
+    /// How long an AttachNics job takes until the NIC's link appears, in
+    /// milliseconds.
+    #[arg(default_value_t = Faults::default().attach_latency_ms)]
+    attach_latency_ms: u64,
+}
+
+fn main() -> ExitCode {
+    // Parsed before anything else: `--help` needs no root, and a bad
+    // argument is clap's usage error (exit 2), not a backtrace.
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hostnic-iaas-sim: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    let mut args = std::env::args().skip(1);
-    let nodes = args
-        .next()
-        .map(|n| n.parse())
-        .transpose()
-        .context("NODES must be a number")?;
-    let latency = args
-        .next()
-        .map(|n| n.parse())
-        .transpose()
-        .context("ATTACH_LATENCY_MS must be a number")?;
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("needs root: it creates network namespaces");
+    }
     let cfg = SimConfig {
-        nodes: nodes.unwrap_or(2),
+        nodes: cli.nodes.into(),
         faults: Faults {
-            attach_latency_ms: latency.unwrap_or(Faults::default().attach_latency_ms),
+            attach_latency_ms: cli.attach_latency_ms,
             ..Faults::default()
         },
         ..SimConfig::default()
@@ -56,10 +76,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     std::thread::spawn(move || {
         rt.block_on(async {
+            // Without a handler SIGINT's default action ends the process,
+            // and the namespaces with it: nothing to report either way.
             let _ = tokio::signal::ctrl_c().await;
         });
+        // The receiver lives until main returns.
         let _ = tx.send(());
     });
+    // Err only if the sender is gone, which is also the end of the wait.
     let _ = rx.recv();
     drop(sim);
     Ok(())

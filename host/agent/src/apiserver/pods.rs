@@ -30,6 +30,9 @@ use crate::publish::Seen;
 #[derive(Debug, Clone)]
 pub struct PodCache {
     store: Store<Pod>,
+    /// Told whenever the watch applied a pod: an ADD waiting for its pod
+    /// looks again.
+    applied: Arc<tokio::sync::Notify>,
     wait: Duration,
     /// Pods waited for in vain lately, and when: a pod with several
     /// networks asks once per attachment, and should wait once, not once
@@ -44,23 +47,28 @@ impl PodCache {
     /// Starts watching the pods bound to `node`. The watch restarts with
     /// backoff on errors; the cache serves what it has meanwhile.
     pub fn start(client: kube::Client, node: &str, wait: Duration) -> PodCache {
+        use futures::StreamExt;
         let (store, writer) = reflector::store();
+        let cache = PodCache::new(store, wait);
+        let applied = cache.applied.clone();
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let stream = watcher(Api::<Pod>::all(client), config)
             .default_backoff()
             .reflect(writer)
-            .applied_objects();
+            .applied_objects()
+            .inspect(move |_| applied.notify_waiters());
         super::drive(
             stream,
             "pod",
             "retrying with backoff, ADDs use the runtime's view meanwhile",
         );
-        PodCache::new(store, wait)
+        cache
     }
 
     fn new(store: Store<Pod>, wait: Duration) -> PodCache {
         PodCache {
             store,
+            applied: Arc::default(),
             wait,
             missed: Arc::default(),
         }
@@ -79,13 +87,17 @@ impl PodCache {
             .missed()
             .get(&who)
             .is_some_and(|at| at.elapsed() < MISS_MEMORY);
-        let deadline = Instant::now()
+        let deadline = tokio::time::Instant::now()
             + if recently_missed {
                 Duration::ZERO
             } else {
                 self.wait
             };
+        // Woken by every pod the watch applies, not by a timer.
         loop {
+            let applied = self.applied.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
             if let Some(pod) = self.store.get(&key) {
                 let facts = facts(&pod);
                 if uid.is_none_or(|u| u.is_empty() || u == facts.uid) {
@@ -93,13 +105,12 @@ impl PodCache {
                     return Some(facts);
                 }
             }
-            if Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, applied).await.is_err() {
                 let mut missed = self.missed();
                 missed.retain(|_, at| at.elapsed() < MISS_MEMORY);
                 missed.entry(who).or_insert_with(Instant::now);
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -189,6 +200,26 @@ mod tests {
                          "labels": {"app": "web"}},
         }))
         .unwrap();
+        // Delivered while an ADD waits for it: found at once, not at the
+        // end of its wait.
+        let waiting = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get("default", "late", None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let late: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "late", "namespace": "default", "uid": "u2"},
+        }))
+        .unwrap();
+        let t = Instant::now();
+        writer.apply_watcher_event(&watcher::Event::Apply(late));
+        cache.applied.notify_waiters();
+        assert_eq!(waiting.await.unwrap().unwrap().uid, "u2");
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
         writer.apply_watcher_event(&watcher::Event::Apply(pod));
         let facts = cache.get("default", "web", None).await.unwrap();
         assert_eq!(facts.labels["app"], "web");

@@ -15,21 +15,25 @@ use super::{CloudPool, ProvisionError};
 use crate::config::NicSpec;
 use crate::nics::Nics;
 use crate::pool::State;
+use crate::record::Key;
 
 impl CloudPool {
     /// One NIC with exactly `ip` (the ip policy's address), created,
-    /// attached and parked; not batched.
+    /// attached and parked, and reserved for `key` as it comes up: never
+    /// free in between, where another ADD could take it. Not batched.
     pub async fn provision_with_ip(
         &self,
         nics: &Nics,
         vxnet: &str,
         ip: Ipv4Addr,
-    ) -> Result<Mac, ProvisionError> {
+        key: &Key,
+    ) -> Result<NicSpec, ProvisionError> {
         let macs = self
-            .provision_ips(nics, vxnet, 1, &[ip], State::Free)
+            .provision_ips(nics, vxnet, 1, &[ip], State::Reserved(key.clone()))
             .await?;
         macs.into_iter()
             .next()
+            .and_then(|mac| nics.pool().spec(mac))
             .ok_or(ProvisionError::Limit { have: 0, max: 0 })
     }
 
@@ -71,8 +75,9 @@ impl CloudPool {
     }
 
     /// Creates, attaches and parks NICs; those that come up go from
-    /// `Attaching` straight to `then` (free, or the node's gateway NIC,
-    /// which no ADD may take in between).
+    /// `Attaching` straight to `then` (free, the node's gateway NIC, or
+    /// reserved for the ADD that asked: no other ADD may take them in
+    /// between).
     async fn provision_ips(
         &self,
         nics: &Nics,
@@ -186,7 +191,8 @@ impl CloudPool {
     }
 
     /// Waits for a freshly attached NIC's link, parks it and moves it from
-    /// `Attaching` (the state of a NIC on its way) to `then`.
+    /// `Attaching` (the state of a NIC on its way) to `then` (`Reserved`:
+    /// claimed for that ADD).
     pub(super) async fn adopt_link(&self, nics: &Nics, mac: Mac, then: State) -> bool {
         let found = tokio::time::timeout(Duration::from_secs(30), wait_for_link(nics, mac)).await;
         let link = match (found, nics.plumber.node().link_by_mac(mac, None).await) {
@@ -194,10 +200,13 @@ impl CloudPool {
             _ => return false,
         };
         match nics.plumber.park(&link).await {
-            Ok(()) => nics
-                .pool()
-                .transition(mac, &[State::Attaching], then)
-                .is_some(),
+            Ok(()) => {
+                let mut pool = nics.pool();
+                match &then {
+                    State::Reserved(key) => pool.claim(mac, key, &[State::Attaching]).is_some(),
+                    _ => pool.transition(mac, &[State::Attaching], then).is_some(),
+                }
+            }
             Err(e) => {
                 warn!(nic = %mac, error = %e, "parking a new NIC");
                 false
@@ -332,16 +341,10 @@ impl CloudPool {
     }
 }
 
-/// Resolves once a link with `mac` exists in the node namespace. A link
-/// dump of a node is ~0.1 ms; every 5 ms during an attach is cheap and adds
-/// at most 5 ms to a cold ADD.
+/// Resolves once a link with `mac` exists in the node namespace (woken by
+/// the kernel's link notifications).
 pub(super) async fn wait_for_link(nics: &Nics, mac: Mac) {
-    loop {
-        if let Ok(Some(_)) = nics.plumber.node().link_by_mac(mac, None).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    nics.wait_for_link(mac, true).await
 }
 
 /// The gateway NIC in the node: named `gw<mac>`, up, with its address.

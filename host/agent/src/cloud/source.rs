@@ -1,5 +1,8 @@
 //! The cloud pool as an ADD's NIC source: a warm NIC where the plan wants
-//! one, else one the provisioner creates for this cold ADD.
+//! one, else one the provisioner creates for this cold ADD. Also what
+//! only the cloud does, as `CloudSource`'s own methods for those who hold
+//! one where there is a cloud: NICs that follow a sticky identity, the
+//! node's own NIC in a vxnet, the cloud's NICs in a vxnet, its counts.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -25,6 +28,76 @@ pub struct CloudSource {
 impl CloudSource {
     pub fn new(cloud: Arc<CloudPool>, nics: Arc<Nics>) -> CloudSource {
         CloudSource { cloud, nics }
+    }
+
+    /// The NIC that follows sticky `identity` (the ip policy's
+    /// `sticky(key)`), brought to this node for `key`; `None` when it has
+    /// none yet. `vxnets`: the network's vxnets, which the NIC must be in.
+    pub async fn acquire_sticky(
+        &self,
+        key: &Key,
+        identity: &str,
+        vxnets: Option<&[String]>,
+    ) -> Result<Option<Acquired>> {
+        Ok(self
+            .cloud
+            .follow(&self.nics, key, identity, vxnets)
+            .await?
+            .map(|nic| Acquired {
+                nic,
+                how: How::Followed,
+            }))
+    }
+
+    /// Marks the NIC an ADD acquired as following `identity` from now on
+    /// (a tag in the cloud), before the ADD answers.
+    pub async fn tag_sticky(&self, mac: Mac, identity: &str) -> Result<()> {
+        self.cloud.tag_sticky(mac, identity).await.map_err(|e| {
+            Error::try_again(format!("tagging NIC {mac} for sticky {identity}: {e}"))
+        })?;
+        self.nics.pool().set_sticky(mac, identity);
+        Ok(())
+    }
+
+    /// Takes a sticky NIC whose attachment is over off the node, to be
+    /// kept for its identity: it never goes back to the free pool.
+    pub async fn keep(&self, mac: Mac) -> anyhow::Result<()> {
+        self.cloud.keep(&self.nics, mac).await
+    }
+
+    /// The next hop for `gw 0.0.0.0` route templates in `vxnet`: the
+    /// node's own NIC there, set up if need be.
+    pub async fn node_gateway(&self, vxnet: &str) -> Result<Ipv4Addr> {
+        self.cloud.gateway(&self.nics, vxnet).await.map_err(|e| {
+            Error::try_again(format!(
+                "setting up the node's gateway NIC in {vxnet}: {e:#}"
+            ))
+        })
+    }
+
+    /// The VM's NICs (its primary included) and its limit, with
+    /// `pool_len` NICs in the pool.
+    pub fn vm_nics(&self, pool_len: usize) -> (usize, usize) {
+        let node = self.cloud.node_facts(pool_len);
+        (node.nics_in_use as usize, node.nic_limit as usize)
+    }
+
+    /// ADDs waiting for a NIC to be made for them.
+    pub fn cold_adds_waiting(&self) -> usize {
+        self.cloud.provisioner.waiting()
+    }
+
+    /// Cloud API requests sent so far per action, and the client's
+    /// budget in words.
+    pub fn calls(&self) -> (std::collections::BTreeMap<String, u64>, String) {
+        self.cloud.calls()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::shared::CloudAddresses for CloudSource {
+    async fn cloud_addresses(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        self.cloud.addresses_in(vxnet).await
     }
 }
 
@@ -107,14 +180,16 @@ impl NicSource for CloudSource {
         };
         let mut last = None;
         for ip in addrs.iter().take(MAX_ADDRESS_TRIES) {
-            match self.cloud.provision_with_ip(&self.nics, vxnet, *ip).await {
-                Ok(mac) => {
-                    if let Some(nic) = self.nics.pool().reserve_where(key, |s| s.mac == mac) {
-                        return Ok(Acquired {
-                            nic,
-                            how: How::Created,
-                        });
-                    }
+            match self
+                .cloud
+                .provision_with_ip(&self.nics, vxnet, *ip, key)
+                .await
+            {
+                Ok(nic) => {
+                    return Ok(Acquired {
+                        nic,
+                        how: How::Created,
+                    });
                 }
                 Err(e) => last = Some(e.to_string()),
             }
@@ -126,64 +201,7 @@ impl NicSource for CloudSource {
         )))
     }
 
-    async fn acquire_sticky(
-        &self,
-        key: &Key,
-        identity: &str,
-        vxnets: Option<&[String]>,
-    ) -> Result<Option<Acquired>> {
-        Ok(self
-            .cloud
-            .follow(&self.nics, key, identity, vxnets)
-            .await?
-            .map(|nic| Acquired {
-                nic,
-                how: How::Followed,
-            }))
-    }
-
-    async fn tag_sticky(&self, mac: Mac, identity: &str) -> Result<bool> {
-        self.cloud.tag_sticky(mac, identity).await.map_err(|e| {
-            Error::try_again(format!("tagging NIC {mac} for sticky {identity}: {e}"))
-        })?;
-        self.nics.pool().set_sticky(mac, identity);
-        Ok(true)
-    }
-
-    async fn keep(&self, mac: Mac) -> anyhow::Result<()> {
-        self.cloud.keep(&self.nics, mac).await
-    }
-
-    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>> {
-        self.cloud
-            .gateway(&self.nics, vxnet)
-            .await
-            .map(Some)
-            .map_err(|e| {
-                Error::try_again(format!(
-                    "setting up the node's gateway NIC in {vxnet}: {e:#}"
-                ))
-            })
-    }
-
-    async fn cloud_addresses(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
-        self.cloud.addresses_in(vxnet).await
-    }
-
     fn can_create(&self, pool_len: usize) -> bool {
         self.cloud.has_room(pool_len)
-    }
-
-    fn vm_nics(&self, pool_len: usize) -> Option<(usize, usize)> {
-        let node = self.cloud.node_facts(pool_len);
-        Some((node.nics_in_use as usize, node.nic_limit as usize))
-    }
-
-    fn cold_adds_waiting(&self) -> usize {
-        self.cloud.provisioner.waiting()
-    }
-
-    fn cloud_calls(&self) -> Option<(std::collections::BTreeMap<String, u64>, String)> {
-        Some(self.cloud.calls())
     }
 }

@@ -44,9 +44,6 @@ const STATEFULSET: &str = "statefulset/";
 /// about 15 s in all).
 const KEEP_TRIES: u32 = 6;
 
-/// How often a NIC leaving this node is looked for in the kernel.
-const LINK_POLL: Duration = Duration::from_millis(5);
-
 /// How often the cloud is asked whether a NIC taken from another VM is
 /// detached yet: at most this much is added to the move.
 const DETACH_POLL: Duration = Duration::from_millis(250);
@@ -331,11 +328,7 @@ impl CloudPool {
     /// until its link has left the node (or the cloud's job ends). Not
     /// attached (1400) or gone (2100): nothing to do.
     pub async fn detach_kept(&self, nics: &Nics, mac: Mac) -> Result<(), hostnic_iaas::Error> {
-        let gone = async {
-            while let Ok(Some(_)) = nics.plumber.node().link_by_mac(mac, None).await {
-                tokio::time::sleep(LINK_POLL).await;
-            }
-        };
+        let gone = nics.wait_for_link(mac, false);
         match self.client.detach_nics(&[mac.to_string()]).await {
             Ok(jobs) => {
                 let mut gone = std::pin::pin!(gone);

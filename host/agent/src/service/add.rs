@@ -36,9 +36,10 @@ struct Attempt {
 }
 
 impl Attempt {
-    /// Holds `res` for the attempt, letting go of any earlier one.
+    /// Holds `res` for the attempt, letting go of any earlier one (its
+    /// record first).
     fn hold(&mut self, res: Reservation) -> &mut Reservation {
-        self.reserved = None;
+        self.give_back();
         &mut self.reserved.insert((res, None)).0
     }
 
@@ -109,7 +110,7 @@ impl Service {
         // Validate: nothing is recorded or wired before these pass.
         // Never wire anything into the node's own namespace
         // (CNI_NETNS=/proc/1/ns/net on a real node).
-        let netns_id = self.nics.plumber.pod_ns_id(netns).map_err(|e| {
+        let netns_id = self.namespaces.pod_ns_id(netns).map_err(|e| {
             Error::invalid_env(format!("CNI_NETNS: {e}; refusing to wire a NIC into it"))
         })?;
         validate_target(&req.target)?;
@@ -141,8 +142,7 @@ impl Service {
         let default_route = match req.default_route {
             Some(d) => d,
             None => !self
-                .nics
-                .plumber
+                .namespaces
                 .has_default_route(netns)
                 .await
                 .map_err(|e| Error::internal(format!("reading the pod's routes: {e}")))?,

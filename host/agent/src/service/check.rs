@@ -50,11 +50,15 @@ impl Service {
                 ),
             )
         };
-        let record = self.attachments.get(key).ok_or_else(unknown)?;
+        let in_progress = || Error::try_again("the attachment's ADD is still in progress");
+        let Some(record) = self.attachments.get(key) else {
+            return Err(match self.attachments.contains(key) {
+                true => in_progress(),
+                false => unknown(),
+            });
+        };
         if record.phase != Phase::Committed {
-            return Err(Error::try_again(
-                "the attachment's ADD is still in progress",
-            ));
+            return Err(in_progress());
         }
         let locked = self.attachments.lock(key).await.ok_or_else(unknown)?;
         let record = locked.record;

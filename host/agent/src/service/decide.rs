@@ -240,7 +240,12 @@ impl Service {
             .iter()
             .any(|t| t.gw.is_some_and(|g| g.is_unspecified()));
         match &nic.vxnet {
-            Some(vxnet) if wanted => self.source.node_gateway(vxnet).await,
+            Some(vxnet) if wanted => match &self.cloud {
+                Some(cloud) => cloud.node_gateway(vxnet).await.map(Some),
+                // The static inventory: the node has no NIC of its own in
+                // the subnet.
+                None => Ok(None),
+            },
             _ => Ok(None),
         }
     }

@@ -91,7 +91,7 @@ impl Service {
         sent: Option<Netns>,
         path: Option<&str>,
     ) -> Option<Netns> {
-        let plumber = &self.nics.plumber;
+        let plumber = &self.namespaces;
         let recorded = record.netns_id;
         let key = &record.key;
         let sent = sent.filter(|ns| match plumber.pod_ns_id(ns) {

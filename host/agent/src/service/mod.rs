@@ -31,10 +31,12 @@ use tracing::warn;
 
 use crate::attachments::Attachments;
 use crate::audit::Audit;
+use crate::cloud::source::CloudSource;
 use crate::config::Config;
 use crate::decisions::For;
 use crate::error::{Error, Result};
 use crate::nics::Nics;
+use crate::plumb::Namespaces;
 use crate::policy::Policies;
 use crate::record::{Key, Record};
 use crate::source::NicSource;
@@ -55,8 +57,13 @@ pub struct Service {
     pub(crate) store: Arc<dyn Records>,
     /// The node's NICs: the pool and the plumber.
     pub(crate) nics: Arc<Nics>,
+    /// The kernel's say on pods' namespaces.
+    pub(crate) namespaces: Arc<dyn Namespaces>,
     /// The node's vxnets and what it knows of them (the guests' facts).
     pub(crate) source: Arc<dyn NicSource>,
+    /// The cloud's own duties (the node's gateway NICs, its counts);
+    /// `None` with the static inventory.
+    pub(crate) cloud: Option<Arc<CloudSource>>,
     pub(crate) default_mtu: u32,
     /// The policy hooks (the built-in guests with `hooks.enabled = false`).
     pub(crate) policies: Policies,
@@ -74,7 +81,9 @@ pub struct Parts {
     pub drivers: Drivers,
     pub store: Arc<dyn Records>,
     pub nics: Arc<Nics>,
+    pub namespaces: Arc<dyn Namespaces>,
     pub source: Arc<dyn NicSource>,
+    pub cloud: Option<Arc<CloudSource>>,
     pub policies: Policies,
     pub kube: Option<crate::apiserver::KubeView>,
 }
@@ -86,7 +95,9 @@ impl Service {
             drivers: parts.drivers,
             store: parts.store,
             nics: parts.nics,
+            namespaces: parts.namespaces,
             source: parts.source,
+            cloud: parts.cloud,
             default_mtu: cfg.mtu,
             policies: parts.policies,
             kube: parts.kube,
@@ -171,3 +182,5 @@ fn validate_target(t: &Target) -> Result<()> {
     cni::validate_container_id(&t.container_id)?;
     cni::validate_ifname(&t.ifname).map_err(Error::from)
 }
+#[cfg(test)]
+mod tests;

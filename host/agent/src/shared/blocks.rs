@@ -196,8 +196,10 @@ impl Shared {
     /// no pod gets one (and no block with one is claimed). Each is
     /// reported: the operator's DHCP range overlaps the shared range.
     pub async fn learn_cloud(&self, net: &SharedNet) -> anyhow::Result<()> {
-        let found: BTreeMap<Ipv4Addr, String> = self
-            .source
+        let Some(cloud) = &self.cloud else {
+            return Ok(());
+        };
+        let found: BTreeMap<Ipv4Addr, String> = cloud
             .cloud_addresses(&net.vxnet)
             .await?
             .into_iter()

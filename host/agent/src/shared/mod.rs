@@ -27,7 +27,15 @@ use crate::attachments::Attachments;
 use crate::config::{SharedVxnet, table_of};
 use crate::error::{Kind, Result};
 use crate::record::{Holds, Record, Resource, SharedHold};
-use crate::source::{NicSource, VxnetAddr};
+use crate::source::VxnetAddr;
+
+/// Which addresses of a vxnet the cloud gave its NICs: shared-NIC mode
+/// keeps its pods off them. The cloud pool answers it.
+#[async_trait::async_trait]
+pub trait CloudAddresses: Send + Sync + std::fmt::Debug {
+    /// Every NIC of `vxnet` in the cloud with an address: (id, address).
+    async fn cloud_addresses(&self, vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>>;
+}
 
 #[derive(Debug, Default)]
 struct Held {
@@ -57,8 +65,9 @@ pub struct Shared {
     attachments: Arc<Attachments>,
     /// The cluster's block claims; `None`: each range is the node's alone.
     claims: Option<Arc<dyn Claims>>,
-    /// The cloud, asked which addresses of a range its NICs hold.
-    source: Arc<dyn NicSource>,
+    /// The cloud, asked which addresses of a range its NICs hold (`None`:
+    /// the static inventory, no cloud to ask).
+    cloud: Option<Arc<dyn CloudAddresses>>,
     /// One block claim or release at a time.
     claiming: tokio::sync::Mutex<()>,
     /// The vxnets whose node-wide pieces are in place.
@@ -88,11 +97,11 @@ impl Shared {
     /// knows of them (subnet and gateway).
     pub fn new(
         config: &[SharedVxnet],
-        source: Arc<dyn NicSource>,
+        known: &[VxnetAddr],
+        cloud: Option<Arc<dyn CloudAddresses>>,
         attachments: Arc<Attachments>,
         claims: Option<Arc<dyn Claims>>,
     ) -> anyhow::Result<Shared> {
-        let known: Vec<VxnetAddr> = source.vxnets();
         let mut nets = Vec::new();
         for (n, s) in config.iter().enumerate() {
             let Some(v) = known.iter().find(|v| v.id == s.vxnet) else {
@@ -138,7 +147,7 @@ impl Shared {
             held: Mutex::default(),
             attachments,
             claims,
-            source,
+            cloud,
             claiming: tokio::sync::Mutex::default(),
             prepared: tokio::sync::Mutex::default(),
             announcer,

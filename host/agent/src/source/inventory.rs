@@ -110,11 +110,6 @@ impl NicSource for StaticInventory {
             })
     }
 
-    /// The node has no NIC of its own in a static subnet.
-    async fn node_gateway(&self, _vxnet: &str) -> Result<Option<Ipv4Addr>> {
-        Ok(None)
-    }
-
     fn can_create(&self, _pool_len: usize) -> bool {
         false
     }

@@ -1,15 +1,16 @@
-//! Where an ADD's NIC comes from: the step "acquire" of the ADD pipeline.
-//! Two sources implement [`NicSource`]: the static inventory
-//! ([`inventory::StaticInventory`]) and the cloud pool (`CloudSource` in
-//! `cloud/source.rs`), which can also create NICs.
-//! The caller has already decided (the plan); a source only finds, waits
-//! for or makes the NIC the plan asks for.
+//! Where an ADD's NIC comes from: the step "acquire" of the ADD pipeline
+//! for a NIC of its own. Two sources implement [`NicSource`]: the static
+//! inventory ([`inventory::StaticInventory`]) and the cloud pool
+//! (`CloudSource` in `cloud/source.rs`), which can also create NICs. The
+//! caller has already decided (the plan); a source only finds, waits for
+//! or makes the NIC the plan asks for. What only the cloud does (sticky
+//! NICs, the node's own NICs, its counts) is `CloudSource`'s own, reached
+//! where there is a cloud.
 
 pub mod inventory;
 
 use std::net::Ipv4Addr;
 
-use hostnic_netlink::Mac;
 use ipnet::Ipv4Net;
 
 use crate::config::NicSpec;
@@ -96,63 +97,8 @@ pub trait NicSource: Send + Sync + std::fmt::Debug {
         vxnet: Option<&str>,
     ) -> Result<Acquired>;
 
-    /// The NIC that follows sticky `identity` (the ip policy's
-    /// `sticky(key)`), brought to this node for `key`; `None` when it has
-    /// none yet, or when the source keeps no NIC per identity (the static
-    /// inventory, where the remembered address serves). `vxnets`: the
-    /// network's vxnets, which the NIC must be in.
-    async fn acquire_sticky(
-        &self,
-        _key: &Key,
-        _identity: &str,
-        _vxnets: Option<&[String]>,
-    ) -> Result<Option<Acquired>> {
-        Ok(None)
-    }
-
-    /// Marks the NIC an ADD acquired as following `identity` from now on
-    /// (a tag in the cloud), before the ADD answers. Sources without
-    /// sticky NICs ignore it.
-    async fn tag_sticky(&self, _mac: Mac, _identity: &str) -> Result<bool> {
-        Ok(false)
-    }
-
-    /// Takes a sticky NIC whose attachment is over off the node, to be
-    /// kept for its identity: it never goes back to the free pool.
-    async fn keep(&self, _mac: Mac) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    /// The next hop for `gw 0.0.0.0` route templates in `vxnet`: the
-    /// node's own NIC there, set up if need be. `None`: the source has no
-    /// such NIC, and the subnet gateway serves.
-    async fn node_gateway(&self, vxnet: &str) -> Result<Option<Ipv4Addr>>;
-
-    /// The cloud's NICs in `vxnet` and their addresses: shared-NIC mode
-    /// keeps its pods off them. Empty where there is no cloud to ask.
-    async fn cloud_addresses(&self, _vxnet: &str) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
-        Ok(Vec::new())
-    }
-
     /// Whether an ADD could still get a NIC with none free (STATUS).
     fn can_create(&self, pool_len: usize) -> bool;
-
-    /// The VM's NICs (its primary included) and its limit, with `pool_len`
-    /// NICs in the pool; `None` where the source has no VM to ask about.
-    fn vm_nics(&self, _pool_len: usize) -> Option<(usize, usize)> {
-        None
-    }
-
-    /// ADDs waiting for a NIC to be made for them.
-    fn cold_adds_waiting(&self) -> usize {
-        0
-    }
-
-    /// Cloud API requests sent so far per action, and the client's budget
-    /// in words; `None` without a cloud.
-    fn cloud_calls(&self) -> Option<(std::collections::BTreeMap<String, u64>, String)> {
-        None
-    }
 }
 
 /// A candidate vxnet with the pool's counts: its warm and its held NICs.

@@ -247,45 +247,53 @@ pub trait Driver: Send + Sync + fmt::Debug {
 /// The drivers of this node, and which serves which vxnet.
 #[derive(Debug)]
 pub struct Drivers {
-    exclusive: Arc<dyn Driver>,
-    shared: Arc<shared::SharedVeth>,
+    /// Every driver, in the order they restore: NICs first (a shared
+    /// vxnet's wiring hangs on the node's NIC there).
+    all: Vec<Arc<dyn Driver>>,
+    /// The vxnets a driver other than the first serves.
+    by_vxnet: Vec<(String, usize)>,
 }
 
 impl Drivers {
-    pub fn new(exclusive: Arc<dyn Driver>, shared: Arc<shared::SharedVeth>) -> Drivers {
-        Drivers { exclusive, shared }
+    /// `default` serves every vxnet the `others` do not name (and the
+    /// static inventory without vxnets); each of `others` serves its
+    /// vxnets.
+    pub fn new(default: Arc<dyn Driver>, others: Vec<(Arc<dyn Driver>, Vec<String>)>) -> Drivers {
+        let mut all = vec![default];
+        let mut by_vxnet = Vec::new();
+        for (driver, vxnets) in others {
+            all.push(driver);
+            by_vxnet.extend(vxnets.into_iter().map(|v| (v, all.len() - 1)));
+        }
+        Drivers { all, by_vxnet }
     }
 
     /// The driver of an ADD whose first choice is `vxnet` (`None`: the
     /// static inventory without vxnets).
     pub fn for_vxnet(&self, vxnet: Option<&str>) -> Arc<dyn Driver> {
-        match vxnet {
-            Some(v) if self.shared.serves(v) => self.shared.clone(),
-            _ => self.exclusive.clone(),
-        }
+        let i = vxnet
+            .and_then(|v| self.by_vxnet.iter().find(|(id, _)| id == v))
+            .map_or(0, |(_, i)| *i);
+        self.all[i].clone()
     }
 
-    /// The driver that wired `record`.
+    /// The driver that wired `record` (by the wiring its record names).
     pub fn for_record(&self, record: &Record) -> Arc<dyn Driver> {
-        match record.holds {
-            Holds::Nic { .. } => self.exclusive.clone(),
-            Holds::Address(_) => self.shared.clone(),
-        }
+        let name = record.wiring();
+        self.all
+            .iter()
+            .find(|d| d.name() == name)
+            .unwrap_or(&self.all[0])
+            .clone()
     }
 
-    /// Every driver, in the order they restore: NICs first (a shared
-    /// vxnet's wiring hangs on the node's NIC there).
-    pub fn all(&self) -> [Arc<dyn Driver>; 2] {
-        [self.exclusive.clone(), self.shared.clone()]
+    /// Every driver, in restore order.
+    pub fn all(&self) -> &[Arc<dyn Driver>] {
+        &self.all
     }
 
     /// `vxnet` as the guests see it, under the wiring that serves it.
     pub fn for_guests(&self, vxnet: hostnic_policy::Vxnet) -> hostnic_policy::Vxnet {
         self.for_vxnet(Some(&vxnet.id.clone())).for_guests(vxnet)
-    }
-
-    /// The shared-mode driver (its address book: `status`, metrics).
-    pub fn shared(&self) -> &Arc<shared::SharedVeth> {
-        &self.shared
     }
 }

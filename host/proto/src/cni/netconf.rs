@@ -153,9 +153,13 @@ pub struct NetConf {
     /// MTU for the pod's NIC; the agent's default when absent.
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// How long to wait for the agent, in seconds.
+    /// How long to wait for the agent's answer, in seconds.
     #[serde(default, rename = "timeoutSeconds")]
     pub timeout_seconds: Option<u64>,
+    /// How long to keep trying to reach an agent that does not listen (it
+    /// is restarting), in seconds; 0: try once. STATUS always tries once.
+    #[serde(default, rename = "connectTimeoutSeconds")]
+    pub connect_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub ipam: Ipam,
     /// The vxnets this network's NICs come from, a subset of the agent's

@@ -52,7 +52,7 @@ pub const PTP_SUBNETS: [&str; 2] = ["10.210.0.0/24", "10.211.0.0/24"];
 /// Untimed ADD/DEL pairs before each timed run (the first shared ADD also
 /// sets up the node's NIC in the vxnet).
 const WARMUP: usize = 3;
-pub const IPERF_SECONDS: &str = "3";
+pub const IPERF_SECONDS: u32 = 3;
 
 fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {

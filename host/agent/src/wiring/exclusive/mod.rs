@@ -14,6 +14,7 @@ use hostnic_netlink::{Mac, Netns};
 use tracing::{info, warn};
 
 use super::{Adding, Driver, Handback, Outcome, Reservation, Wired};
+use crate::cloud::source::CloudSource;
 use crate::config::NicSpec;
 use crate::error::{Error, Kind, Result};
 use crate::nics::Nics;
@@ -38,15 +39,24 @@ pub struct Found {
 pub struct ExclusiveNic {
     nics: Arc<Nics>,
     source: Arc<dyn NicSource>,
+    /// The cloud, for the NICs that follow a sticky identity; `None` with
+    /// the static inventory (a sticky pod's address is remembered instead).
+    cloud: Option<Arc<CloudSource>>,
     /// Taken by [`Driver::restore`].
     found: Mutex<Option<Found>>,
 }
 
 impl ExclusiveNic {
-    pub fn new(nics: Arc<Nics>, source: Arc<dyn NicSource>, found: Found) -> ExclusiveNic {
+    pub fn new(
+        nics: Arc<Nics>,
+        source: Arc<dyn NicSource>,
+        cloud: Option<Arc<CloudSource>>,
+        found: Found,
+    ) -> ExclusiveNic {
         ExclusiveNic {
             nics,
             source,
+            cloud,
             found: Mutex::new(Some(found)),
         }
     }
@@ -59,11 +69,12 @@ impl ExclusiveNic {
         if let Some(mac) = plan.mac {
             return Ok((self.acquire_mac(add, mac).await?, None));
         }
-        let Some(identity) = &plan.sticky else {
+        // Without a cloud no NIC follows an identity: the address is
+        // remembered instead.
+        let (Some(identity), Some(cloud)) = (&plan.sticky, &self.cloud) else {
             return Ok((self.acquire_any(add).await?, None));
         };
-        if let Some(followed) = self
-            .source
+        if let Some(followed) = cloud
             .acquire_sticky(add.key, identity, plan.order.as_deref())
             .await?
         {
@@ -71,16 +82,11 @@ impl ExclusiveNic {
         }
         let acquired = self.acquire_any(add).await?;
         let mac = acquired.nic.mac;
-        match self.source.tag_sticky(mac, identity).await {
-            Ok(true) => Ok((acquired, Some(identity.clone()))),
-            // The source keeps no NIC per identity: the address is
-            // remembered instead.
-            Ok(false) => Ok((acquired, None)),
-            Err(e) => {
-                self.nics.pool().release(mac, true);
-                Err(e)
-            }
+        if let Err(e) = cloud.tag_sticky(mac, identity).await {
+            self.nics.pool().release(mac, true);
+            return Err(e);
         }
+        Ok((acquired, Some(identity.clone())))
     }
 
     /// A NIC of the plan's vxnets, with one of its addresses if it has any.
@@ -134,12 +140,12 @@ impl ExclusiveNic {
     /// How a reserved NIC goes back: free (or missing) in the pool, or,
     /// if it follows a sticky identity, off the node to be kept for it.
     fn end(&self, mac: Mac) -> impl FnOnce(Outcome) + Send + 'static {
-        let (nics, source) = (self.nics.clone(), self.source.clone());
+        let (nics, cloud) = (self.nics.clone(), self.cloud.clone());
         move |outcome| match outcome {
             Outcome::Committed => nics.pool().commit(mac),
             Outcome::HandedOver => {}
             Outcome::Lost | Outcome::Missing => nics.pool().release(mac, false),
-            Outcome::GivenBack => give_back(&nics, &source, mac, true),
+            Outcome::GivenBack => give_back(&nics, cloud.as_ref(), mac, true),
         }
     }
 
@@ -159,10 +165,13 @@ impl ExclusiveNic {
 /// Frees a NIC whose attachment is over: back to the pool if `present`
 /// on the node (missing if not), or, if it follows a sticky identity,
 /// taken off the node in the background, kept in the cloud for it.
-fn give_back(nics: &Arc<Nics>, source: &Arc<dyn NicSource>, mac: Mac, present: bool) {
-    if present && nics.pool().sticky_of(mac).is_some() {
+fn give_back(nics: &Arc<Nics>, cloud: Option<&Arc<CloudSource>>, mac: Mac, present: bool) {
+    if let Some(cloud) = cloud
+        && present
+        && nics.pool().sticky_of(mac).is_some()
+    {
         nics.pool().leave(mac);
-        keep(source, vec![mac]);
+        keep(cloud, vec![mac]);
         return;
     }
     nics.pool().release(mac, present);
@@ -170,11 +179,11 @@ fn give_back(nics: &Arc<Nics>, source: &Arc<dyn NicSource>, mac: Mac, present: b
 
 /// Takes sticky NICs whose attachments are over off the node in the
 /// background, kept in the cloud for their identities.
-fn keep(source: &Arc<dyn NicSource>, macs: Vec<Mac>) {
+fn keep(cloud: &Arc<CloudSource>, macs: Vec<Mac>) {
     for mac in macs {
-        let source = source.clone();
+        let cloud = cloud.clone();
         tokio::spawn(async move {
-            if let Err(e) = source.keep(mac).await {
+            if let Err(e) = cloud.keep(mac).await {
                 warn!(nic = %mac, error = %format!("{e:#}"), "taking a sticky NIC off the node failed; it stays out of the pool until the agent restarts")
             }
         });
@@ -286,10 +295,10 @@ impl Driver for ExclusiveNic {
             warn!(nic = %mac, container = %key.container_id, "NIC not found in the pod or the node; marked missing");
         }
         info!(nic = %mac, container = %key.container_id, ifname = %key.ifname, ?whereabouts, "DEL");
-        let (nics, source) = (self.nics.clone(), self.source.clone());
+        let (nics, cloud) = (self.nics.clone(), self.cloud.clone());
         let parked = whereabouts == Whereabouts::Parked;
         Ok(Handback::new(move || {
-            give_back(&nics, &source, mac, parked)
+            give_back(&nics, cloud.as_ref(), mac, parked)
         }))
     }
 
@@ -314,7 +323,9 @@ impl Driver for ExclusiveNic {
             .take()
             .unwrap_or_default();
         let restored = restore::reconcile(&found, &self.nics, records).await?;
-        keep(&self.source, restored.leaving);
+        if let Some(cloud) = &self.cloud {
+            keep(cloud, restored.leaving);
+        }
         Ok(restored.live)
     }
 }

@@ -16,6 +16,7 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use super::{Adding, Handback, Outcome, Reservation, Wired};
+use crate::cloud::source::CloudSource;
 use crate::config::NicSpec;
 use crate::error::{Error, Kind, Result};
 use crate::nics::Nics;
@@ -25,7 +26,6 @@ use crate::record::{Holds, Record, Resource, SharedHold};
 use crate::shared::pins::pod_name;
 use crate::shared::wiring::{self, NEXT_HOP};
 use crate::shared::{Shared, SharedNet, Want};
-use crate::source::NicSource;
 
 /// How a shared-mode ADD came by its address (the decision audit's "how").
 pub const HOW: &str = "an address of the vxnet's shared range, on the node's NIC";
@@ -36,26 +36,22 @@ pub const HOW_PINNED: &str = "the address pinned for its sticky identity, on the
 pub struct SharedVeth {
     shared: Arc<Shared>,
     nics: Arc<Nics>,
-    source: Arc<dyn NicSource>,
+    /// The cloud, which sets up the node's own NIC in a vxnet (`None`:
+    /// the static inventory's node has none to set up).
+    cloud: Option<Arc<CloudSource>>,
 }
 
 impl SharedVeth {
-    pub fn new(shared: Arc<Shared>, nics: Arc<Nics>, source: Arc<dyn NicSource>) -> SharedVeth {
+    pub fn new(
+        shared: Arc<Shared>,
+        nics: Arc<Nics>,
+        cloud: Option<Arc<CloudSource>>,
+    ) -> SharedVeth {
         SharedVeth {
             shared,
             nics,
-            source,
+            cloud,
         }
-    }
-
-    /// Whether `vxnet` is one of the shared vxnets.
-    pub fn serves(&self, vxnet: &str) -> bool {
-        self.shared.net(vxnet).is_some()
-    }
-
-    /// What the node knows of its shared vxnets.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 
     /// The node's own NICs' addresses in `net`'s vxnet: the cloud gave
@@ -94,7 +90,9 @@ impl SharedVeth {
     /// The node's NIC in the shared vxnet (set up if need be) with the
     /// vxnet's node-wide pieces in place: (link index, its spec).
     pub(crate) async fn shared_nic(&self, net: &SharedNet) -> Result<(u32, NicSpec)> {
-        self.source.node_gateway(&net.vxnet).await?;
+        if let Some(cloud) = &self.cloud {
+            cloud.node_gateway(&net.vxnet).await?;
+        }
         let spec = self.nics.pool().gateway_in(&net.vxnet).ok_or_else(|| {
             Error::try_again(format!(
                 "the node has no NIC of its own in {} yet",

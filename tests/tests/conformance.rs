@@ -38,11 +38,12 @@ fn run(wiring: &str, focus: &str, want: usize) {
     }
     let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
+    let wiring_mode = conformance::wiring(wiring).unwrap();
     let selection = Selection {
         focus: focus.to_string(),
-        skip: conformance::SKIP.to_string(),
+        skip: wiring_mode.default_skip(),
     };
-    let outcome = conformance::run(conformance::wiring(wiring).unwrap(), &selection, dir.path())
+    let outcome = conformance::run(wiring_mode, &selection, dir.path())
         .unwrap_or_else(|e| panic!("{wiring}: {e:#}"));
     eprintln!("conformance ({wiring}): {}", outcome.summary());
     let failures: Vec<String> = outcome

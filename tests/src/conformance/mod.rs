@@ -29,6 +29,21 @@ use crate::controlplane::built_by;
 pub struct Wiring {
     pub name: &'static str,
     pub agent_toml: &'static str,
+    /// Specs that fail in this mode on a limitation of hostnic's with an
+    /// open issue (docs/testing.md): left out of the default selection,
+    /// named in every summary, never counted as passed.
+    pub known_failures: &'static str,
+}
+
+impl Wiring {
+    /// The default `--skip` in this mode: [`SKIP`] and its known failures.
+    pub fn default_skip(&self) -> String {
+        if self.known_failures.is_empty() {
+            SKIP.to_string()
+        } else {
+            format!("{SKIP}|{}", self.known_failures)
+        }
+    }
 }
 
 /// The cluster network: one vxnet, on which the shared range is the upper
@@ -40,12 +55,22 @@ pub const WIRINGS: [Wiring; 2] = [
     Wiring {
         name: "exclusive",
         agent_toml: "",
+        // Issue 29: Service traffic that does not come back through the
+        // node. A pod's request to a Service's externalIP leaves by the
+        // pod's own NIC and never meets kube-proxy; with
+        // externalTrafficPolicy=Local (no SNAT) the endpoint answers a
+        // NodePort client straight over the vxnet.
+        known_failures: concat!(
+            r"Services should be possible to connect to a service via ExternalIP when the external IP is not assigned to a node",
+            r"|Services should support externalTrafficPolicy=Local for type=NodePort",
+        ),
     },
     // Every pod an address of the node's NIC in the vxnet, behind a veth
     // (docs/shared-nic.md).
     Wiring {
         name: "shared",
         agent_toml: "[[shared]]\nvxnet = \"vxnet-pods\"\nrange = \"10.100.0.128/25\"\n",
+        known_failures: "",
     },
 ];
 
@@ -85,10 +110,12 @@ pub const FOCUS: &str = concat!(
 /// testbed's and not hostnic's (docs/testing.md lists every spec it
 /// drops): features off by default or absent from this machine's kernel,
 /// a cloud load balancer, IPv6, SCTP (no SCTP in the kernel), specs that
-/// restart or break the cluster's components, and known-flaky specs.
+/// restart or break the cluster's components, known-flaky specs, and a
+/// spec that resolves a public address (the testbed has no way out).
 pub const SKIP: &str = concat!(
     r"\[Feature:|\[FeatureGate:[^\]]*\] \[(Alpha|Beta)\]|\[Disruptive\]|\[Flaky\]",
     r"|LoadBalancer|ESIPP|IPv6|DualStack|[Ss][Cc][Tt][Pp]",
+    r"|DNS configMap nameserver Forward PTR lookup",
 );
 
 /// Brings up the cluster in `wiring`, runs the `selection` of the suite

@@ -46,19 +46,12 @@ fn run(wiring: &str, focus: &str, want: usize) {
     let outcome = conformance::run(wiring_mode, &selection, dir.path())
         .unwrap_or_else(|e| panic!("{wiring}: {e:#}"));
     eprintln!("conformance ({wiring}): {}", outcome.summary());
-    let failures: Vec<String> = outcome
-        .specs
-        .iter()
-        .filter(|s| s.status != "passed")
-        .map(|s| format!("{} {}: {}", s.status, s.name, s.reason))
-        .collect();
-    assert!(
-        failures.is_empty() && outcome.passed() == want,
-        "{wiring}: {} of {want} specs passed:\n{}\nthe suite's log: {}",
-        outcome.passed(),
-        failures.join("\n"),
-        std::fs::read_to_string(&outcome.log).unwrap_or_default()
-    );
+    if let Err(e) = outcome.expect_all_passed(want) {
+        panic!(
+            "{wiring}: {e:#}\nthe suite's log: {}",
+            std::fs::read_to_string(&outcome.log).unwrap_or_default()
+        );
+    }
 }
 
 #[test]

@@ -49,6 +49,26 @@ impl Outcome {
         self.count(|s| s.status != "passed" && s.status != "skipped")
     }
 
+    /// Ok only if exactly `want` specs ran and every one passed: a spec
+    /// that failed or skipped itself, or a focus that stopped matching
+    /// some of them, is an error naming what did not pass.
+    pub fn expect_all_passed(&self, want: usize) -> anyhow::Result<()> {
+        let not_passed: Vec<String> = self
+            .specs
+            .iter()
+            .filter(|s| s.status != "passed")
+            .map(|s| format!("  {} {}: {}", s.status, s.name, s.reason))
+            .collect();
+        anyhow::ensure!(
+            not_passed.is_empty() && self.passed() == want,
+            "{} of {want} specs passed, {} ran:\n{}",
+            self.passed(),
+            self.specs.len(),
+            not_passed.join("\n")
+        );
+        Ok(())
+    }
+
     /// One line: `N passed, N failed, N skipped in D`.
     pub fn summary(&self) -> String {
         format!(
@@ -173,5 +193,39 @@ mod tests {
             outcome.specs[2].reason,
             "Only supported for providers [gce gke] (not skeleton)"
         );
+    }
+
+    fn outcome(statuses: &[&str]) -> Outcome {
+        Outcome {
+            specs: statuses
+                .iter()
+                .enumerate()
+                .map(|(i, status)| Spec {
+                    name: format!("spec {i}"),
+                    status: status.to_string(),
+                    reason: String::new(),
+                })
+                .collect(),
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn only_every_wanted_spec_passing_is_a_pass() {
+        assert!(outcome(&["passed", "passed"]).expect_all_passed(2).is_ok());
+        // A spec that skipped itself is not a pass.
+        let e = outcome(&["passed", "skipped"])
+            .expect_all_passed(2)
+            .unwrap_err();
+        assert!(e.to_string().contains("skipped spec 1"), "{e}");
+        assert!(outcome(&["passed", "failed"]).expect_all_passed(2).is_err());
+        assert!(
+            outcome(&["passed", "interrupted"])
+                .expect_all_passed(2)
+                .is_err()
+        );
+        // A focus that matched fewer specs than it should.
+        assert!(outcome(&["passed"]).expect_all_passed(2).is_err());
+        assert!(outcome(&[]).expect_all_passed(2).is_err());
     }
 }

@@ -37,6 +37,11 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:hostnic-test";
 /// The Service CIDR, routed from pods through their node (`gw 0.0.0.0`).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The cluster DNS Service's address, kubelet's `clusterDNS`, as kubeadm
+/// sets it (the tenth of the Service CIDR). Like a kubeadm cluster before
+/// its DNS add-on is applied, nothing answers there until a test deploys
+/// CoreDNS (`conformance.rs`).
+pub const CLUSTER_DNS: &str = "10.96.0.10";
 
 const CGROUP_CONTROLLERS: [&str; 9] = [
     "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd",
@@ -435,7 +440,7 @@ fn images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// A `docker save` archive of one layer made of `root`: manifest.json, the
 /// image config, the layer, named by their sha256 as the format wants.
-fn docker_archive(
+pub fn docker_archive(
     dir: &Path,
     reference: &str,
     root: &Path,
@@ -530,7 +535,11 @@ impl KubeNode {
             // Mount points; empty, and left so (other tools may use them).
             std::fs::create_dir_all(host)?;
         }
-        // The node's mount namespace, held by a sleep, with its own dirs.
+        // The node's mount namespace, held by a sleep, with its own dirs,
+        // and its own UTS namespace: the VM's hostname is the node's name,
+        // as on a real node, for kubelet, containerd and the hostNetwork
+        // pods (a namespace shared with the machine would name every VM
+        // after the machine).
         let mounts: String = NODE_DIRS
             .iter()
             .map(|(own, host)| format!("mount --bind {} {host} && ", dir.join(own).display()))
@@ -541,8 +550,8 @@ impl KubeNode {
             // Slave: the machine's mounts reach the node (kubelet wants a
             // shared or slave mount for HostToContainer propagation), the
             // node's never reach the machine.
-            .args(["-m", "--propagation", "slave", "--", "sh", "-c"])
-            .arg(format!("{mounts}exec sleep infinity"))
+            .args(["-m", "-u", "--propagation", "slave", "--", "sh", "-c"])
+            .arg(format!("hostname {name} && {mounts}exec sleep infinity"))
             .stdin(Stdio::null())
             .spawn()
             .context("starting the node's mount namespace")?;
@@ -752,6 +761,7 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+clusterDNS: [{CLUSTER_DNS}]
 resolvConf: /etc/resolv.conf
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -832,10 +842,23 @@ iptables:
         Ok(node)
     }
 
-    /// A command in this node's network and mount namespaces.
+    /// Imports a docker archive into this node's containerd (namespace
+    /// k8s.io), for images a test adds once the cluster runs.
+    pub fn import_image(&self, archive: &Path) -> anyhow::Result<()> {
+        let sock = self.dir.join("containerd/containerd.sock");
+        run(self
+            .enter(&k8s_bin()?.join("ctr"))?
+            .arg("--address")
+            .arg(&sock)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(archive))
+        .map(drop)
+    }
+
+    /// A command in this node's network, mount and UTS namespaces.
     fn enter(&self, program: &Path) -> anyhow::Result<Command> {
         let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &self.holder.id().to_string(), "-m", "-n", "--"])
+        cmd.args(["-t", &self.holder.id().to_string(), "-m", "-n", "-u", "--"])
             .arg(program)
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         Ok(cmd)

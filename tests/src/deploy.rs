@@ -84,6 +84,15 @@ pub fn site_configmap(zone: &str, vxnets: &[&str]) -> anyhow::Result<String> {
 /// Returns once both agents and both nodes are Ready, with how long that
 /// took from the first `kubectl apply`.
 pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
+    install_with(vxnets, "")
+}
+
+/// The same, with `agent_toml` (TOML tables, such as a `[[shared]]`)
+/// appended to the ConfigMap's agent.toml, as a site adds its own.
+pub fn install_with(
+    vxnets: &[(&str, &str)],
+    agent_toml: &str,
+) -> anyhow::Result<(Cluster, Duration)> {
     let cluster = without_cni(vxnets)?;
 
     // deploy/README.md, in its order.
@@ -96,6 +105,20 @@ pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
     let ids: Vec<&str> = vxnets.iter().map(|(id, _)| *id).collect();
     let zone = cluster.bed.sim.config().zone.clone();
     cluster.cp.apply(&site_configmap(&zone, &ids)?)?;
+    if !agent_toml.is_empty() {
+        let toml = config_key(&cluster, "agent.toml")?;
+        let patch = serde_json::json!({"data": {"agent.toml": format!("{toml}\n{agent_toml}")}});
+        cluster.kubectl(&[
+            "patch",
+            "configmap",
+            "hostnic",
+            "-n",
+            "kube-system",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])?;
+    }
     create_credentials(&cluster)?;
     apply_file("daemonset.yaml")?;
     wait_agents_ready(&cluster)?;
@@ -165,6 +188,19 @@ pub fn wait_agents_ready(cluster: &Cluster) -> anyhow::Result<()> {
             .iter()
             .all(|n| cluster.node_ready(n).as_deref() == Some("True"))
     })
+}
+
+/// Key `key` of the hostnic ConfigMap, as the API server has it.
+fn config_key(cluster: &Cluster, key: &str) -> anyhow::Result<String> {
+    cluster.kubectl(&[
+        "get",
+        "configmap",
+        "hostnic",
+        "-n",
+        "kube-system",
+        "-o",
+        &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+    ])
 }
 
 /// The DaemonSet's agent pods: name -> "uid restarts", to tell a restart
@@ -263,17 +299,7 @@ pub fn swap_module(cluster: &Cluster, hook: &str, module: &Path) -> anyhow::Resu
     let digest = crate::sha256_file(module)?;
     let site = cluster.bed.dir.path().join("hostnic-config");
     std::fs::create_dir_all(&site)?;
-    let key = |k: &str| {
-        cluster.kubectl(&[
-            "get",
-            "configmap",
-            "hostnic",
-            "-n",
-            "kube-system",
-            "-o",
-            &format!("jsonpath={{.data.{}}}", k.replace('.', "\\.")),
-        ])
-    };
+    let key = |k: &str| config_key(cluster, k);
     let file = format!("{hook}.wasm");
     let toml = format!(
         "{}\n[hooks.{hook}]\npath = \"/etc/hostnic/{file}\"\nsha256 = \"{digest}\"\n",

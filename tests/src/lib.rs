@@ -8,6 +8,7 @@
 
 pub mod cloudbed;
 pub mod cluster;
+pub mod conformance;
 pub mod controlplane;
 pub mod deploy;
 pub mod helm;

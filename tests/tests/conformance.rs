@@ -1,0 +1,65 @@
+//! Judged by Kubernetes' own tests: a representative part of the upstream
+//! sig-network e2e suite (`e2e.test`, built from source by
+//! `scripts/e2e-build`) against the testbed cluster with hostnic installed
+//! from deploy/, in each wiring mode. `scripts/conformance` runs the whole
+//! selection (docs/testing.md); this keeps CI to a few minutes a mode.
+//! Every selected spec must run and pass: none may skip itself, so a
+//! selection that stopped matching is a failure, not a quiet pass.
+
+use hostnic_testbed::conformance::{self, Selection};
+use hostnic_testbed::require_root;
+
+/// One cluster at a time: two on two cores starve each other's kubelets.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Pod to pod and node to pod over http and udp on both nodes (the four
+/// `[Conformance]` granular checks), a Service in front of pods, DNS for
+/// the cluster's names, and a hostNetwork pod behind a Service (its
+/// hostname must be its node's: the testbed's UTS namespace per node).
+const CI_FOCUS: &str = concat!(
+    r"Networking Granular Checks: Pods should function for (intra|node)-pod communication: (http|udp) ",
+    r"|Services should serve a basic endpoint from pods \[Conformance\]",
+    r"|DNS should provide DNS for services \[Conformance\]",
+    r"|Networking Granular Checks: Services should function for service endpoints using hostNetwork",
+);
+
+/// Shared mode, where the wiring differs: pod to pod and node to pod, a
+/// Service, DNS.
+const CI_FOCUS_SHARED: &str = concat!(
+    r"Networking Granular Checks: Pods should function for (intra-pod communication: http|node-pod communication: udp) ",
+    r"|Services should serve a basic endpoint from pods \[Conformance\]",
+    r"|DNS should provide DNS for services \[Conformance\]",
+);
+
+fn run(wiring: &str, focus: &str, want: usize) {
+    let test = format!("conformance_{wiring}");
+    if !require_root(&test) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let wiring_mode = conformance::wiring(wiring).unwrap();
+    let selection = Selection {
+        focus: focus.to_string(),
+        skip: wiring_mode.default_skip(),
+    };
+    let outcome = conformance::run(wiring_mode, &selection, dir.path())
+        .unwrap_or_else(|e| panic!("{wiring}: {e:#}"));
+    eprintln!("conformance ({wiring}): {}", outcome.summary());
+    if let Err(e) = outcome.expect_all_passed(want) {
+        panic!(
+            "{wiring}: {e:#}\nthe suite's log: {}",
+            std::fs::read_to_string(&outcome.log).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn conformance_exclusive() {
+    run("exclusive", CI_FOCUS, 7);
+}
+
+#[test]
+fn conformance_shared() {
+    run("shared", CI_FOCUS_SHARED, 4);
+}

@@ -221,9 +221,13 @@ impl Cluster {
 
     /// What `http://<ip>/` answers to `wget` run in pod `pod` (3 s at most).
     pub fn fetch(&self, pod: &str, ip: &str) -> anyhow::Result<String> {
-        let url = format!("http://{ip}/");
+        self.fetch_url(pod, &format!("http://{ip}/"))
+    }
+
+    /// What `url` answers to `wget` run in pod `pod` (3 s at most).
+    pub fn fetch_url(&self, pod: &str, url: &str) -> anyhow::Result<String> {
         self.kubectl(&[
-            "exec", pod, "--", "timeout", "3", "wget", "-q", "-O", "-", &url,
+            "exec", pod, "--", "timeout", "3", "wget", "-q", "-O", "-", url,
         ])
     }
 
@@ -337,6 +341,16 @@ pub fn pod_on(pods: &BTreeMap<String, (String, String)>, node: &str) -> (String,
         .unwrap_or_else(|| panic!("no pod on {node}: {pods:?}"))
 }
 
+/// The web pods' server: busybox httpd on 8080; `/` answers the pod's
+/// name, `/cgi-bin/ip` its name and the client's address as it saw it.
+pub const WEB_SERVER: &str = "mkdir -p /www/cgi-bin && hostname > /www/index.html && \
+    printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/ip && \
+    chmod +x /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www";
+
+/// The `[cloud]` timers test-run agents get unless a test sets them.
+pub const AGENT_TIMERS: &str =
+    "warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n";
+
 pub fn deployment(name: &str, replicas: usize) -> String {
     labelled_deployment(name, replicas, &[])
 }
@@ -366,8 +380,9 @@ pub fn labelled_deployment(name: &str, replicas: usize, labels: &[(&str, &str)])
                     }],
                     "containers": [{
                         "name": "httpd", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-                        "command": ["/bin/sh", "-c",
-                            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                        // `/` answers the pod's name, `/cgi-bin/ip` its
+                        // name and the address the request came from.
+                        "command": ["/bin/sh", "-c", WEB_SERVER],
                     }],
                 },
             },
@@ -801,9 +816,9 @@ syncFrequency: 10s
         )?;
         node.procs.push(("kubelet", kubelet));
 
-        // kube-proxy, masquerading service traffic so that the answer comes
-        // back through the node that translated it (the pods of a vxnet
-        // otherwise answer each other directly over the vxnet).
+        // kube-proxy with its defaults: no masquerade of pod traffic (the
+        // agents send Service answers back through the node that
+        // translated them; backends see the client pod's own address).
         std::fs::write(
             dir.join("kube-proxy.yaml"),
             format!(
@@ -825,7 +840,6 @@ conntrack:
   udpTimeout: 0s
   udpStreamTimeout: 0s
 iptables:
-  masqueradeAll: true
   syncPeriod: 30s
   minSyncPeriod: 1s
 "#,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::cluster::{self, BUSYBOX_IMAGE, Cluster, Install};
+use hostnic_testbed::kubebed;
 use hostnic_testbed::require_root;
 use hostnic_testbed::sim::SimConfig;
 use serde_json::{Value, json};
@@ -27,7 +28,10 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
     })
     .unwrap();
     let started = Instant::now();
-    let cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
+    let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
+    // The agents as the DaemonSet runs them (with the API server): the
+    // Service below is reached with kube-proxy's defaults.
+    kubebed::watching_agents(&mut cluster, cluster::AGENT_TIMERS, "").unwrap();
     eprintln!(
         "cluster: control plane and 2 nodes Ready in {:?}",
         started.elapsed()

@@ -24,6 +24,7 @@ pub mod policy_cli;
 pub mod pool;
 pub mod publish;
 pub mod record;
+pub mod return_path;
 pub mod scrape;
 pub mod server;
 pub mod service;
@@ -59,6 +60,7 @@ use crate::wiring::shared::SharedVeth;
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     // The API server first: it may say which VM this is.
     let mut claims: Option<Arc<dyn shared::Claims>> = None;
+    let mut kube_client = None;
     let kube = match cfg.kubernetes.enabled {
         false => None,
         true => {
@@ -75,6 +77,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                     apiserver::blocks::ApiBlocks::new(client.clone(), &k.node_name).await,
                 ));
             }
+            kube_client = Some(client.clone());
             Some(apiserver::KubeView::start(client, k))
         }
     };
@@ -180,6 +183,13 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             )])
             .collect(),
     );
+    // Service answers back through the node that translated them, with
+    // every node's gateway NICs from the API server.
+    let return_path = kube_client.map(|client| {
+        let own = return_path::own_gateways(nics.clone());
+        let node = &cfg.kubernetes.node_name;
+        return_path::ReturnPath::start(apiserver::gateways::start(client, node, own))
+    });
     let loaded = store
         .load()
         .with_context(|| format!("reading the records under {}", cfg.state_dir.display()))?;
@@ -195,6 +205,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             cloud: cloud_source.clone(),
             policies,
             kube,
+            return_path,
         },
     ));
     service

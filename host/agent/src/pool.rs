@@ -322,6 +322,15 @@ impl Pool {
         v.into_iter().map(|(_, m)| m).collect()
     }
 
+    /// The node's gateway NICs, one per vxnet that has one.
+    pub fn gateways(&self) -> Vec<NicSpec> {
+        self.slots
+            .values()
+            .filter(|s| s.state == State::Gateway)
+            .map(|s| s.spec.clone())
+            .collect()
+    }
+
     /// The node's gateway NIC in `vxnet`.
     pub fn gateway_in(&self, vxnet: &str) -> Option<NicSpec> {
         self.slots

@@ -13,11 +13,13 @@
 //! gratuitous ARP that moves an address to another MAC in `arp.rs`, and
 //! the bandwidth limits of a pod's interface in `shaping.rs` (the tc
 //! requests they take in `tc.rs`, the kernel's `tbf` parameters in
-//! `tbf.rs`).
+//! `tbf.rs`); nftables rulesets, applied in a namespace by `nft`, in
+//! `nft.rs`.
 
 mod arp;
 mod mac;
 mod netns;
+mod nft;
 mod ops;
 mod routing;
 mod shaping;

@@ -12,7 +12,7 @@ agent's rather than widening this one.
 {{- define "hostnic.rules.agent" -}}
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch", "patch"]
 {{- if .Values.config.kubernetes.annotate }}
 - apiGroups: [""]
   resources: ["pods"]

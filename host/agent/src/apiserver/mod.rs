@@ -6,6 +6,7 @@
 //! what the runtime sends, as on a node outside Kubernetes.
 
 pub mod blocks;
+pub mod gateways;
 pub mod lease;
 pub mod nads;
 pub mod node;

@@ -317,6 +317,12 @@ impl Service {
             }
             self.remember_sticky(&plan, &record);
             attempt.commit(&record);
+            self.route_answers(
+                &record,
+                audit.vxnet.as_deref(),
+                driver.as_ref(),
+                Some(netns),
+            );
             describe_result(audit, &result);
             info!(resource = %record.resource(), ip = ?result.ips.first().map(|i| i.address),
                   container = %key.container_id, ifname = %key.ifname, wiring = driver.name(),

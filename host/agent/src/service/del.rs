@@ -45,6 +45,9 @@ impl Service {
             return Ok(Reply::Deleted);
         }
         self.attachments.update(&record);
+        if let Some(path) = &self.return_path {
+            path.detach(&record.key);
+        }
         self.drivers.for_record(&record).releasing(&record);
         let svc = self.clone();
         tokio::spawn(async move {

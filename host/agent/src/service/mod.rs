@@ -39,10 +39,11 @@ use crate::nics::Nics;
 use crate::plumb::Namespaces;
 use crate::policy::Policies;
 use crate::record::{Key, Record};
+use crate::return_path::{self, ReturnPath};
 use crate::source::NicSource;
 use crate::sticky::Sticky;
 use crate::store::Records;
-use crate::wiring::Drivers;
+use crate::wiring::{Driver, Drivers};
 
 /// How long an ADD waits for a release under way in its pod's namespace.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
@@ -71,6 +72,8 @@ pub struct Service {
     pub(crate) kube: Option<crate::apiserver::KubeView>,
     /// Each ADD's decision and why, the latest ones.
     pub(crate) audit: Audit,
+    /// Where the pods' Service answers go back; `None` outside Kubernetes.
+    pub(crate) return_path: Option<Arc<ReturnPath>>,
     sticky: Sticky,
 }
 
@@ -86,6 +89,7 @@ pub struct Parts {
     pub cloud: Option<Arc<CloudSource>>,
     pub policies: Policies,
     pub kube: Option<crate::apiserver::KubeView>,
+    pub return_path: Option<Arc<ReturnPath>>,
 }
 
 impl Service {
@@ -102,6 +106,7 @@ impl Service {
             policies: parts.policies,
             kube: parts.kube,
             audit: Audit::default(),
+            return_path: parts.return_path,
             sticky: Sticky::new(&cfg.state_dir),
         }
     }
@@ -155,12 +160,46 @@ impl Service {
         }
     }
 
+    /// Routes the Service answers of an attachment whose interface sits on
+    /// `vxnet` back through the nodes that translated them
+    /// (`return_path.rs`); an interface behind the node needs nothing.
+    fn route_answers(
+        &self,
+        record: &Record,
+        vxnet: Option<&str>,
+        driver: &dyn Driver,
+        netns: Option<&Netns>,
+    ) {
+        let (Some(path), Some(vxnet), Some(netns)) = (&self.return_path, vxnet, netns) else {
+            return;
+        };
+        if !driver.on_the_vxnet() {
+            return;
+        }
+        match netns.try_clone() {
+            Ok(netns) => path.attach(
+                &record.key,
+                return_path::Target {
+                    netns: Arc::new(netns),
+                    ifname: record.key.ifname.clone(),
+                    vxnet: vxnet.to_string(),
+                },
+            ),
+            Err(e) => {
+                warn!(container = %record.key.container_id, error = %e, "the pod's Service answers are not routed back through their nodes")
+            }
+        }
+    }
+
     /// Drops an attachment's record and its entry (its resource is the
     /// caller's to give back, after this).
     fn forget(&self, record: &Record) {
         if let Err(e) = self.store.remove(record.resource()) {
             // Left on disk, the next start releases it again.
             warn!(resource = %record.resource(), error = %e, "removing a record");
+        }
+        if let Some(path) = &self.return_path {
+            path.detach(&record.key);
         }
         self.attachments.remove(record);
     }

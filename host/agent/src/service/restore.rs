@@ -40,6 +40,15 @@ impl Service {
                 );
             }
             for r in live {
+                let vxnet = r
+                    .mac()
+                    .and_then(|m| self.nics.pool().spec(m))
+                    .and_then(|s| s.vxnet);
+                let netns = r
+                    .netns
+                    .as_deref()
+                    .and_then(|p| self.namespaces.reopen(p, r.netns_id));
+                self.route_answers(&r, vxnet.as_deref(), driver.as_ref(), netns.as_ref());
                 self.attachments.restore(r);
             }
         }

@@ -317,6 +317,7 @@ async fn bed(nics: u8) -> Bed {
             cloud: None,
             policies: crate::policy::Policies::load(&cfg).unwrap(),
             kube: None,
+            return_path: None,
         },
     );
     Bed {

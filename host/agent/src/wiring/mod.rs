@@ -203,6 +203,14 @@ pub trait Driver: Send + Sync + fmt::Debug {
         vxnet
     }
 
+    /// Whether the pod's interface sits on the vxnet itself (its frames go
+    /// straight onto it), so that its Service answers must be sent back
+    /// through the node that translated them (`return_path.rs`); an
+    /// interface behind the node answers through the node anyway.
+    fn on_the_vxnet(&self) -> bool {
+        true
+    }
+
     /// Whether an ADD this wiring serves could succeed now (STATUS: kept
     /// cheap, no syscalls).
     fn ready(&self) -> bool;

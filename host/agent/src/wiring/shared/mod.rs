@@ -188,6 +188,12 @@ impl super::Driver for SharedVeth {
         "shared"
     }
 
+    /// The pod's frames leave through the node's NIC: what the pod's own
+    /// namespace could do about its Service answers, the node would have to.
+    fn on_the_vxnet(&self) -> bool {
+        false
+    }
+
     /// A shared vxnet's ADD needs no NIC of its own.
     fn ready(&self) -> bool {
         !self.shared.nets().is_empty()

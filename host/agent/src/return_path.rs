@@ -1,0 +1,341 @@
+//! Service answers back through the node that translated them.
+//!
+//! A pod's request to a ClusterIP goes to its node (`gw 0.0.0.0` routes
+//! the Service CIDR to the node's own NIC in the vxnet), where kube-proxy
+//! translates it to a backend and sends it on over the vxnet. A backend
+//! with a NIC of its own would answer straight over the vxnet, from its
+//! own address, and the client — which spoke to the ClusterIP — drops the
+//! answer. kube-proxy's `masqueradeAll` hides this by making every request
+//! come from a node, at the price of the client's address (for logs, rate
+//! limits and NetworkPolicy).
+//!
+//! Instead, a pod whose interface sits on the vxnet remembers, per
+//! connection, which node's NIC the connection's first packet came from
+//! (a conntrack mark, looked up from the frame's source MAC among the
+//! nodes' own NICs in the vxnet), and sends that connection's answers back
+//! to that MAC (the destination MAC rewritten as the answer leaves the
+//! interface). The answer reaches the node that translated the request,
+//! whose conntrack reverses the translation. kube-proxy keeps its defaults
+//! and everything it does (session affinity, traffic policies); no
+//! per-Service state reaches a pod, only one entry per node of its vxnet.
+//! Traffic from anything that is not a node's NIC is left alone.
+//!
+//! The nodes' NICs come from the API server: every agent publishes its
+//! own ([`own_gateways`], `apiserver/gateways.rs`) and watches the others'.
+//! The rules are applied off the ADD's path: a pod's containers start, and
+//! it becomes a Service's endpoint, well after its ADD answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hostnic_netlink::{Mac, Netns};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, warn};
+
+use crate::nics::Nics;
+use crate::record::Key;
+
+/// How long a failed application waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// A node's own NIC in a vxnet: where its pods' Service traffic is
+/// translated, and where the answers must go back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Gateway {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// Every node's gateway NIC, by vxnet.
+pub type Gateways = BTreeMap<String, BTreeSet<Gateway>>;
+
+/// This node's gateway NICs by vxnet, as the pool has them, sent whenever
+/// they change.
+pub fn own_gateways(nics: Arc<Nics>) -> watch::Receiver<BTreeMap<String, Gateway>> {
+    let read = |nics: &Nics| -> BTreeMap<String, Gateway> {
+        nics.pool()
+            .gateways()
+            .into_iter()
+            .filter_map(|s| {
+                let gateway = Gateway {
+                    ip: s.address.addr(),
+                    mac: s.mac,
+                };
+                Some((s.vxnet?, gateway))
+            })
+            .collect()
+    };
+    let (tx, rx) = watch::channel(read(&nics));
+    tokio::spawn(async move {
+        loop {
+            let changed = nics.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = read(&nics);
+            tx.send_if_modified(|seen| {
+                let differs = *seen != now;
+                *seen = now;
+                differs
+            });
+            changed.await;
+        }
+    });
+    rx
+}
+
+/// The nftables tables of one pod interface, replacing any it had, in
+/// one transaction. The mark is the node's address as a number: never 0,
+/// the same whichever agent writes it. An interface name nft cannot quote
+/// (a `"` or `\\`, which the kernel allows) is refused.
+pub fn ruleset(ifname: &str, gateways: &BTreeSet<Gateway>) -> anyhow::Result<String> {
+    if !ifname
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+    {
+        anyhow::bail!("nftables cannot name interface {ifname:?} in a rule");
+    }
+    let table = table_name(ifname);
+    let elements = |pair: &dyn Fn(&Gateway) -> String| -> String {
+        if gateways.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = gateways.iter().map(pair).collect();
+        format!(" elements = {{ {} }};", list.join(", "))
+    };
+    let by_mac = elements(&|g| format!("{} : {:#010x}", g.mac, u32::from(g.ip)));
+    let by_mark = elements(&|g| format!("{:#010x} : {}", u32::from(g.ip), g.mac));
+    Ok(format!(
+        "table inet {table}\n\
+         delete table inet {table}\n\
+         table netdev {table}\n\
+         delete table netdev {table}\n\
+         table inet {table} {{\n\
+         \tmap nodes {{ type ether_addr : mark;{by_mac} }}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority mangle;\n\
+         \t\tiifname \"{ifname}\" ct state new ct mark set ether saddr map @nodes\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority mangle;\n\
+         \t\tct direction reply ct mark != 0 meta mark set ct mark\n\
+         \t}}\n\
+         }}\n\
+         table netdev {table} {{\n\
+         \tmap nodes {{ type mark : ether_addr;{by_mark} }}\n\
+         \tchain egress {{\n\
+         \t\ttype filter hook egress device \"{ifname}\" priority 0;\n\
+         \t\tmeta mark != 0 ether daddr set meta mark map @nodes\n\
+         \t}}\n\
+         }}\n"
+    ))
+}
+
+/// `hostnic-<ifname>`; an interface name with characters nft would not
+/// take in a name is spelt in hex.
+fn table_name(ifname: &str) -> String {
+    if ifname
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        format!("hostnic-{ifname}")
+    } else {
+        let hex: String = ifname.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("hostnic-x{hex}")
+    }
+}
+
+/// One pod interface: its namespace (held open while it is attached, so
+/// the path the runtime named need not be visible to the agent), its
+/// name, its vxnet.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub netns: Arc<Netns>,
+    pub ifname: String,
+    pub vxnet: String,
+}
+
+/// The pod interfaces on a vxnet of this node and the rules each needs,
+/// kept true as nodes come and go.
+#[derive(Debug)]
+pub struct ReturnPath {
+    /// Every node's gateway NICs; `None` until the API server has said.
+    gateways: watch::Receiver<Option<Gateways>>,
+    targets: Mutex<BTreeMap<Key, Target>>,
+    /// Interfaces whose rules are to be (re)applied.
+    dirty: Mutex<BTreeSet<Key>>,
+    wake: Notify,
+}
+
+impl ReturnPath {
+    /// Starts keeping the rules of the interfaces [`ReturnPath::attach`]
+    /// names true to `gateways`.
+    pub fn start(gateways: watch::Receiver<Option<Gateways>>) -> Arc<ReturnPath> {
+        let path = Arc::new(ReturnPath {
+            gateways,
+            targets: Mutex::default(),
+            dirty: Mutex::default(),
+            wake: Notify::new(),
+        });
+        tokio::spawn(path.clone().run());
+        path
+    }
+
+    /// An interface on a vxnet: its rules are applied (soon, not before
+    /// this returns) and kept true.
+    pub fn attach(&self, key: &Key, target: Target) {
+        if let Err(e) = ruleset(&target.ifname, &BTreeSet::new()) {
+            warn!(container = %key.container_id, error = %format!("{e:#}"), "the pod's Service answers are not routed back through their nodes");
+            return;
+        }
+        lock(&self.targets).insert(key.clone(), target);
+        lock(&self.dirty).insert(key.clone());
+        self.wake.notify_one();
+    }
+
+    /// The interface is gone (its rules go with it, or with its
+    /// namespace; an ADD of the same name replaces them).
+    pub fn detach(&self, key: &Key) {
+        lock(&self.targets).remove(key);
+        lock(&self.dirty).remove(key);
+    }
+
+    /// The interfaces it keeps, for `status` and tests.
+    pub fn targets(&self) -> usize {
+        lock(&self.targets).len()
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut gateways = self.gateways.clone();
+        // Nothing is applied before the nodes are known: a restarted agent
+        // must not empty the maps its pods have.
+        let mut seen = loop {
+            if let Some(known) = gateways.borrow_and_update().clone() {
+                break known;
+            }
+            if gateways.changed().await.is_err() {
+                return;
+            }
+        };
+        loop {
+            self.apply_dirty(&seen).await;
+            tokio::select! {
+                changed = gateways.changed() => {
+                    if changed.is_err() {
+                        // No more news of the nodes: what is applied stays.
+                        gateways = watch::channel(Some(seen.clone())).1;
+                        continue;
+                    }
+                    let Some(now) = gateways.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    let touched: BTreeSet<&String> = now
+                        .iter()
+                        .filter(|(v, g)| seen.get(*v) != Some(g))
+                        .map(|(v, _)| v)
+                        .chain(seen.keys().filter(|v| !now.contains_key(*v)))
+                        .collect();
+                    let keys: Vec<Key> = lock(&self.targets)
+                        .iter()
+                        .filter(|(_, t)| touched.contains(&t.vxnet))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    lock(&self.dirty).extend(keys);
+                    seen = now;
+                }
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Applies every dirty interface's rules; the failures are tried again
+    /// after [`RETRY`].
+    async fn apply_dirty(self: &Arc<Self>, gateways: &Gateways) {
+        let keys = std::mem::take(&mut *lock(&self.dirty));
+        let mut failed = Vec::new();
+        for key in keys {
+            let Some(target) = lock(&self.targets).get(&key).cloned() else {
+                continue;
+            };
+            let none = BTreeSet::new();
+            let nodes = gateways.get(&target.vxnet).unwrap_or(&none);
+            match apply(&target, nodes).await {
+                Ok(()) => {
+                    debug!(container = %key.container_id, ifname = %key.ifname, nodes = nodes.len(), "Service answers routed back through their nodes")
+                }
+                Err(e) => {
+                    warn!(container = %key.container_id, ifname = %key.ifname, error = %format!("{e:#}"),
+                          "routing the pod's Service answers back through their nodes failed; trying again");
+                    failed.push(key);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let path = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY).await;
+                lock(&path.dirty).extend(failed);
+                path.wake.notify_one();
+            });
+        }
+    }
+}
+
+/// Applies one interface's rules.
+async fn apply(target: &Target, nodes: &BTreeSet<Gateway>) -> anyhow::Result<()> {
+    target.netns.nft(ruleset(&target.ifname, nodes)?).await?;
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gw(ip: &str, mac: &str) -> Gateway {
+        Gateway {
+            ip: ip.parse().unwrap(),
+            mac: mac.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn each_node_is_a_mark_both_ways() {
+        let nodes: BTreeSet<Gateway> = [
+            gw("10.100.0.5", "52:54:00:00:00:05"),
+            gw("10.100.0.9", "52:54:00:00:00:09"),
+        ]
+        .into();
+        let rules = ruleset("eth0", &nodes).unwrap();
+        assert!(rules.contains("52:54:00:00:00:05 : 0x0a640005"), "{rules}");
+        assert!(rules.contains("0x0a640009 : 52:54:00:00:00:09"), "{rules}");
+        assert!(rules.contains("iifname \"eth0\""), "{rules}");
+        assert!(rules.contains("device \"eth0\""), "{rules}");
+        // Replaced whole: each table deleted (made first, so the delete
+        // cannot fail) before it is written again.
+        assert!(rules.starts_with(
+            "table inet hostnic-eth0\ndelete table inet hostnic-eth0\n\
+             table netdev hostnic-eth0\ndelete table netdev hostnic-eth0\n"
+        ));
+    }
+
+    #[test]
+    fn no_nodes_yet_is_empty_maps() {
+        let rules = ruleset("net1", &BTreeSet::new()).unwrap();
+        assert!(!rules.contains("elements"), "{rules}");
+        assert!(rules.contains("map nodes { type ether_addr : mark; }"));
+    }
+
+    #[test]
+    fn odd_interface_names_are_spelt_in_hex() {
+        assert_eq!(table_name("eth0"), "hostnic-eth0");
+        assert_eq!(table_name("net.1"), "hostnic-x6e65742e31");
+        assert!(ruleset("a\"b", &BTreeSet::new()).is_err());
+        assert!(ruleset("a\\b", &BTreeSet::new()).is_err());
+    }
+}

@@ -122,6 +122,11 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
     };
     for allowed in [
         &["get", "nodes/node-0"][..],
+        // Its gateway NICs on its Node, every Node's read (Service answers
+        // back through the node that translated them).
+        &["patch", "nodes/node-0"],
+        &["list", "nodes"],
+        &["watch", "nodes"],
         &["list", "pods", "--all-namespaces"],
         &["watch", "pods", "--all-namespaces"],
         &["create", "leases", "-n", "kube-system"],
@@ -141,10 +146,10 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
     for forbidden in [
         &["get", "secrets", "-n", "kube-system"][..],
         &["delete", "pods", "-n", "default"],
-        &["patch", "nodes/node-0"],
+        &["update", "nodes/node-0"],
+        &["delete", "nodes/node-0"],
         &["update", "leases/kube-scheduler", "-n", "kube-system"],
         &["create", "leases", "-n", "default"],
-        &["list", "nodes"],
         &["update", "pods", "-n", "default"],
         &["delete", "events.events.k8s.io", "-n", "default"],
         &["create", "events", "-n", "default"],

@@ -816,9 +816,12 @@ syncFrequency: 10s
         )?;
         node.procs.push(("kubelet", kubelet));
 
-        // kube-proxy with its defaults: no masquerade of pod traffic (the
-        // agents send Service answers back through the node that
-        // translated them; backends see the client pod's own address).
+        // kube-proxy, masquerading service traffic so that the answer comes
+        // back through the node that translated it. Answers from hostnic
+        // pods would come back without it (return_path.rs), but a backend
+        // that is no pod on the vxnet (the API server, a hostNetwork pod)
+        // answers a pod's own address over the network, past the node:
+        // issue 29's open part.
         std::fs::write(
             dir.join("kube-proxy.yaml"),
             format!(
@@ -840,6 +843,7 @@ conntrack:
   udpTimeout: 0s
   udpStreamTimeout: 0s
 iptables:
+  masqueradeAll: true
   syncPeriod: 30s
   minSyncPeriod: 1s
 "#,

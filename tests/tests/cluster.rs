@@ -29,8 +29,8 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
     .unwrap();
     let started = Instant::now();
     let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
-    // The agents as the DaemonSet runs them (with the API server): the
-    // Service below is reached with kube-proxy's defaults.
+    // The agents as the DaemonSet runs them (with the API server), so the
+    // pods get their Service answers' return path as on a real cluster.
     kubebed::watching_agents(&mut cluster, cluster::AGENT_TIMERS, "").unwrap();
     eprintln!(
         "cluster: control plane and 2 nodes Ready in {:?}",

@@ -285,6 +285,39 @@ impl Cluster {
         Ok(())
     }
 
+    /// Creates the Deployment `web` of `replicas` pods ([`deployment`]) and
+    /// waits up to 3 minutes for all of them Running; they, as
+    /// [`Cluster::running_pods`] gives them.
+    pub fn deploy_web(
+        &self,
+        replicas: usize,
+    ) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+        self.cp.apply(&deployment("web", replicas))?;
+        self.wait(
+            &format!("{replicas} web pods Running"),
+            Duration::from_secs(180),
+            || self.running_pods("app=web").len() == replicas,
+        )?;
+        Ok(self.running_pods("app=web"))
+    }
+
+    /// The first answer of `url` to pod `pod` within `limit` (kube-proxy
+    /// programs a new Service within a second or so); failing with the
+    /// last error and the cluster's logs.
+    pub fn fetch_within(&self, pod: &str, url: &str, limit: Duration) -> anyhow::Result<String> {
+        let mut last = Err(anyhow::anyhow!("not tried"));
+        let what = format!("{url} to answer {pod}");
+        let waited = self.wait(&what, limit, || {
+            last = self.fetch_url(pod, url);
+            last.is_ok()
+        });
+        match (waited, last) {
+            (Ok(()), Ok(answer)) => Ok(answer),
+            (Err(e), Err(last)) => Err(e.context(format!("{last:#}"))),
+            (_, last) => last,
+        }
+    }
+
     /// `kubectl` as the cluster admin.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         self.cp.kubectl(args)
@@ -330,8 +363,6 @@ impl Drop for KubeNode {
     }
 }
 
-/// A Deployment `name` of busybox httpd pods (label `app=<name>`, answering
-/// their hostname on port 8080), spread over the nodes.
 /// A pod of `pods` (as [`Cluster::running_pods`] gives them) on `node`:
 /// (name, IP).
 pub fn pod_on(pods: &BTreeMap<String, (String, String)>, node: &str) -> (String, String) {
@@ -351,6 +382,8 @@ pub const WEB_SERVER: &str = "mkdir -p /www/cgi-bin && hostname > /www/index.htm
 pub const AGENT_TIMERS: &str =
     "warm_min = 1\nwarm_max = 4\nreconcile_seconds = 2\ncold_add_wait_seconds = 20\n";
 
+/// A Deployment `name` of busybox httpd pods (label `app=<name>`,
+/// [`WEB_SERVER`] on port 8080), spread over the nodes.
 pub fn deployment(name: &str, replicas: usize) -> String {
     labelled_deployment(name, replicas, &[])
 }
@@ -816,12 +849,10 @@ syncFrequency: 10s
         )?;
         node.procs.push(("kubelet", kubelet));
 
-        // kube-proxy, masquerading service traffic so that the answer comes
-        // back through the node that translated it. Answers from hostnic
-        // pods would come back without it (return_path.rs), but a backend
-        // that is no pod on the vxnet (the API server, a hostNetwork pod)
-        // answers a pod's own address over the network, past the node:
-        // issue 29's open part.
+        // kube-proxy as Kubernetes ships it: no masqueradeAll, no
+        // clusterCIDR. The answers of Service traffic come back through the
+        // node that translated it by hostnic's return path
+        // (host/agent/src/return_path/).
         std::fs::write(
             dir.join("kube-proxy.yaml"),
             format!(
@@ -843,7 +874,6 @@ conntrack:
   udpTimeout: 0s
   udpStreamTimeout: 0s
 iptables:
-  masqueradeAll: true
   syncPeriod: 30s
   minSyncPeriod: 1s
 "#,

@@ -38,22 +38,11 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
     );
 
     let created = Instant::now();
-    cluster
-        .cp
-        .apply(&cluster::deployment("web", REPLICAS))
-        .unwrap();
-    cluster
-        .wait(
-            &format!("{REPLICAS} web pods Running"),
-            Duration::from_secs(180),
-            || cluster.running_pods("app=web").len() == REPLICAS,
-        )
-        .unwrap();
+    let pods = cluster.deploy_web(REPLICAS).unwrap();
     eprintln!(
         "cluster: {REPLICAS} pods Running {:?} after the Deployment was created",
         created.elapsed()
     );
-    let pods = cluster.running_pods("app=web");
     // Cloud NICs: addresses of the vxnet, each once, on both nodes, and the
     // cloud says each is attached to its pod's VM.
     let ips: BTreeSet<&str> = pods.values().map(|(_, ip)| ip.as_str()).collect();
@@ -84,18 +73,11 @@ fn a_deployment_gets_cloud_nics_talks_across_nodes_and_reaches_a_service() {
     // A ClusterIP Service through kube-proxy: pods route the Service CIDR
     // through their node's own NIC in the vxnet (gw 0.0.0.0).
     let cluster_ip = cluster.expose("web").unwrap();
-    let mut answered = String::new();
-    cluster
-        .wait(
-            "the Service to answer",
+    let answered = cluster
+        .fetch_within(
+            &a,
+            &format!("http://{cluster_ip}/"),
             Duration::from_secs(60),
-            || match cluster.fetch(&a, &cluster_ip) {
-                Ok(out) => {
-                    answered = out;
-                    true
-                }
-                Err(_) => false,
-            },
         )
         .unwrap();
     assert!(

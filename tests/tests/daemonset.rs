@@ -42,16 +42,7 @@ fn kubectl_apply_of_deploy_brings_hostnic_up_and_pods_get_cloud_nics() {
     let held_before = held(&cluster);
     assert_eq!(held_before, 0.0);
     let replicas = 6;
-    cluster
-        .cp
-        .apply(&cluster::deployment("web", replicas))
-        .unwrap();
-    cluster
-        .wait("the web pods Running", Duration::from_secs(180), || {
-            cluster.running_pods("app=web").len() == replicas
-        })
-        .unwrap();
-    let pods = cluster.running_pods("app=web");
+    let pods = cluster.deploy_web(replicas).unwrap();
     let ips: BTreeSet<&str> = pods.values().map(|(_, ip)| ip.as_str()).collect();
     assert_eq!(ips.len(), replicas, "{pods:?}");
     assert!(ips.iter().all(|ip| ip.starts_with("10.100.0.")), "{pods:?}");

@@ -147,18 +147,7 @@ fn a_shared_mode_deployment_on_kubelets_talks_across_nodes_and_reaches_a_service
     kubebed::watching_agents(&mut cluster, TIMERS, shared).unwrap();
 
     let replicas = 10;
-    cluster
-        .cp
-        .apply(&cluster::deployment("web", replicas))
-        .unwrap();
-    cluster
-        .wait(
-            &format!("{replicas} web pods Running"),
-            Duration::from_secs(180),
-            || cluster.running_pods("app=web").len() == replicas,
-        )
-        .unwrap();
-    let pods = cluster.running_pods("app=web");
+    let pods = cluster.deploy_web(replicas).unwrap();
     let ips: BTreeSet<&str> = pods.values().map(|(_, ip)| ip.as_str()).collect();
     assert_eq!(ips.len(), replicas, "{pods:?}");
     let claimed = blocks(&cluster.cp);

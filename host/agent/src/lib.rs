@@ -184,12 +184,21 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             .collect(),
     );
     // Service answers back through the node that translated them, with
-    // every node's gateway NICs from the API server.
-    let return_path = kube_client.map(|client| {
-        let own = return_path::own_gateways(nics.clone());
-        let node = &cfg.kubernetes.node_name;
-        return_path::ReturnPath::start(apiserver::gateways::start(client, node, own))
-    });
+    // every node's gateway NICs from the API server: in the pods'
+    // namespaces, and in the node's own for its gateway NICs and the
+    // backends that need a masquerade.
+    let return_path = match kube_client {
+        Some(client) => {
+            let own = return_path::own_gateways(nics.clone());
+            let node = &cfg.kubernetes.node_name;
+            let nodes = apiserver::gateways::start(client, node, own.clone());
+            let here = hostnic_netlink::Netns::current()
+                .context("opening the node's network namespace")?;
+            return_path::NodeRules::start(here, own, nodes.clone());
+            Some(return_path::ReturnPath::start(nodes))
+        }
+        None => None,
+    };
     let loaded = store
         .load()
         .with_context(|| format!("reading the records under {}", cfg.state_dir.display()))?;

@@ -1,24 +1,25 @@
 //! The nodes' gateway NICs, through the API server: each agent writes its
 //! own on its Node (the [`ANNOTATION`], a JSON object of vxnet → address
 //! and MAC) and watches every Node's, so that each pod knows where its
-//! Service answers go back (`return_path.rs`). Only the Nodes' metadata is
-//! watched.
+//! Service answers go back (`return_path/`), and every Node's addresses
+//! (a hostNetwork backend answers from them). Of each Node only its
+//! metadata and addresses are kept: status (images, conditions) and
+//! managed fields are dropped as they arrive.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::return_path::{Gateway, Gateways};
+use crate::return_path::{Gateway, Nodes, OwnGateway};
 
 /// The annotation on a Node naming its gateway NICs.
 pub const ANNOTATION: &str = "hostnic.io/gateways";
@@ -29,16 +30,26 @@ pub const ANNOTATION: &str = "hostnic.io/gateways";
 pub fn start(
     client: kube::Client,
     node: &str,
-    own: watch::Receiver<BTreeMap<String, Gateway>>,
-) -> watch::Receiver<Option<Gateways>> {
+    own: watch::Receiver<BTreeMap<String, OwnGateway>>,
+) -> watch::Receiver<Option<Nodes>> {
     tokio::spawn(publish(client.clone(), node.to_string(), own));
-    let writer = reflector::store::Writer::<PartialObjectMeta<Node>>::default();
+    let writer = reflector::store::Writer::<Node>::default();
     let store = writer.as_reader();
     let (tx, rx) = watch::channel(None);
     let mut listed = false;
-    let nodes = Api::<PartialObjectMeta<Node>>::all(client);
+    let nodes = Api::<Node>::all(client);
     let stream = watcher(nodes, watcher::Config::default())
         .default_backoff()
+        .modify(|node| {
+            node.metadata.managed_fields = None;
+            node.spec = None;
+            if let Some(status) = node.status.take() {
+                node.status = Some(NodeStatus {
+                    addresses: status.addresses,
+                    ..NodeStatus::default()
+                });
+            }
+        })
         .reflect(writer)
         .inspect(move |event| {
             listed |= matches!(event, Ok(watcher::Event::InitDone));
@@ -56,11 +67,20 @@ pub fn start(
     rx
 }
 
-/// Every Node's gateway NICs, by vxnet. A Node whose annotation does not
-/// parse is left out, with a warning.
-fn gather(store: &Store<PartialObjectMeta<Node>>) -> Gateways {
-    let mut all = Gateways::new();
+/// Every Node's gateway NICs, by vxnet, and addresses. A Node whose
+/// annotation does not parse is left out of the gateways, with a warning.
+fn gather(store: &Store<Node>) -> Nodes {
+    let mut all = Nodes::default();
     for node in store.state() {
+        let addresses = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten());
+        all.addresses.extend(
+            addresses
+                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                .filter_map(|a| a.address.parse::<std::net::Ipv4Addr>().ok()),
+        );
         let Some(value) = node
             .metadata
             .annotations
@@ -72,7 +92,7 @@ fn gather(store: &Store<PartialObjectMeta<Node>>) -> Gateways {
         match serde_json::from_str::<BTreeMap<String, Gateway>>(value) {
             Ok(own) => {
                 for (vxnet, gateway) in own {
-                    all.entry(vxnet).or_default().insert(gateway);
+                    all.gateways.entry(vxnet).or_default().insert(gateway);
                 }
             }
             Err(e) => warn!(
@@ -89,11 +109,15 @@ fn gather(store: &Store<PartialObjectMeta<Node>>) -> Gateways {
 async fn publish(
     client: kube::Client,
     node: String,
-    mut own: watch::Receiver<BTreeMap<String, Gateway>>,
+    mut own: watch::Receiver<BTreeMap<String, OwnGateway>>,
 ) {
     let nodes = Api::<Node>::all(client);
     loop {
-        let value = own.borrow_and_update().clone();
+        let value: BTreeMap<String, Gateway> = own
+            .borrow_and_update()
+            .iter()
+            .map(|(vxnet, g)| (vxnet.clone(), g.gateway))
+            .collect();
         let patch = json!({"metadata": {"annotations": {
             ANNOTATION: serde_json::to_string(&value).unwrap_or_default()
         }}});

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hostnic_netlink::{Mac, Netns};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
@@ -38,8 +39,10 @@ use tracing::{debug, warn};
 use crate::nics::Nics;
 use crate::record::Key;
 
+mod node;
 mod rules;
 
+pub use node::NodeRules;
 pub use rules::ruleset;
 
 /// How long a failed application waits before it is tried again.
@@ -56,19 +59,41 @@ pub struct Gateway {
 /// Every node's gateway NIC, by vxnet.
 pub type Gateways = BTreeMap<String, BTreeSet<Gateway>>;
 
+/// What the cluster's Nodes tell the return path: every node's gateway
+/// NICs, and every node's own addresses (where a hostNetwork backend
+/// answers from).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nodes {
+    pub gateways: Gateways,
+    pub addresses: BTreeSet<Ipv4Addr>,
+}
+
+/// One of this node's gateway NICs, as its namespace has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnGateway {
+    pub gateway: Gateway,
+    /// Its vxnet's subnet.
+    pub cidr: Ipv4Net,
+    pub ifname: String,
+}
+
 /// This node's gateway NICs by vxnet, as the pool has them, sent whenever
 /// they change.
-pub fn own_gateways(nics: Arc<Nics>) -> watch::Receiver<BTreeMap<String, Gateway>> {
-    let read = |nics: &Nics| -> BTreeMap<String, Gateway> {
+pub fn own_gateways(nics: Arc<Nics>) -> watch::Receiver<BTreeMap<String, OwnGateway>> {
+    let read = |nics: &Nics| -> BTreeMap<String, OwnGateway> {
         nics.pool()
             .gateways()
             .into_iter()
             .filter_map(|s| {
-                let gateway = Gateway {
-                    ip: s.address.addr(),
-                    mac: s.mac,
+                let own = OwnGateway {
+                    gateway: Gateway {
+                        ip: s.address.addr(),
+                        mac: s.mac,
+                    },
+                    cidr: s.address.trunc(),
+                    ifname: s.mac.gateway_name(),
                 };
-                Some((s.vxnet?, gateway))
+                Some((s.vxnet?, own))
             })
             .collect()
     };
@@ -104,8 +129,8 @@ pub struct Target {
 /// kept true as nodes come and go.
 #[derive(Debug)]
 pub struct ReturnPath {
-    /// Every node's gateway NICs; `None` until the API server has said.
-    gateways: watch::Receiver<Option<Gateways>>,
+    /// What the Nodes say; `None` until the API server has said.
+    nodes: watch::Receiver<Option<Nodes>>,
     targets: Mutex<BTreeMap<Key, Target>>,
     /// Interfaces whose rules are to be (re)applied.
     dirty: Mutex<BTreeSet<Key>>,
@@ -115,9 +140,9 @@ pub struct ReturnPath {
 impl ReturnPath {
     /// Starts keeping the rules of the interfaces [`ReturnPath::attach`]
     /// names true to `gateways`.
-    pub fn start(gateways: watch::Receiver<Option<Gateways>>) -> Arc<ReturnPath> {
+    pub fn start(nodes: watch::Receiver<Option<Nodes>>) -> Arc<ReturnPath> {
         let path = Arc::new(ReturnPath {
-            gateways,
+            nodes,
             targets: Mutex::default(),
             dirty: Mutex::default(),
             wake: Notify::new(),
@@ -151,16 +176,11 @@ impl ReturnPath {
     }
 
     async fn run(self: Arc<Self>) {
-        let mut gateways = self.gateways.clone();
+        let mut gateways = self.nodes.clone();
         // Nothing is applied before the nodes are known: a restarted agent
         // must not empty the maps its pods have.
-        let mut seen = loop {
-            if let Some(known) = gateways.borrow_and_update().clone() {
-                break known;
-            }
-            if gateways.changed().await.is_err() {
-                return;
-            }
+        let Some(mut seen) = known(&mut gateways).await.map(|n| n.gateways) else {
+            return;
         };
         loop {
             self.apply_dirty(&seen).await;
@@ -168,10 +188,14 @@ impl ReturnPath {
                 changed = gateways.changed() => {
                     if changed.is_err() {
                         // No more news of the nodes: what is applied stays.
-                        gateways = watch::channel(Some(seen.clone())).1;
+                        gateways = watch::channel(Some(Nodes {
+                            gateways: seen.clone(),
+                            ..Nodes::default()
+                        }))
+                        .1;
                         continue;
                     }
-                    let Some(now) = gateways.borrow_and_update().clone() else {
+                    let Some(now) = gateways.borrow_and_update().clone().map(|n| n.gateways) else {
                         continue;
                     };
                     let touched: BTreeSet<&String> = now
@@ -230,6 +254,17 @@ impl ReturnPath {
 async fn apply(target: &Target, nodes: &BTreeSet<Gateway>) -> anyhow::Result<()> {
     target.netns.nft(ruleset(&target.ifname, nodes)?).await?;
     Ok(())
+}
+
+/// What the Nodes say, once the API server has said it; `None` if it
+/// never will.
+async fn known(nodes: &mut watch::Receiver<Option<Nodes>>) -> Option<Nodes> {
+    loop {
+        if let Some(known) = nodes.borrow_and_update().clone() {
+            return Some(known);
+        }
+        nodes.changed().await.ok()?;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -14,21 +14,27 @@ static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Pod to pod and node to pod over http and udp on both nodes (the four
 /// `[Conformance]` granular checks), a Service in front of pods, DNS for
-/// the cluster's names, and a hostNetwork pod behind a Service (its
-/// hostname must be its node's: the testbed's UTS namespace per node).
+/// the cluster's names, a hostNetwork pod behind a Service (its hostname
+/// must be its node's: the testbed's UTS namespace per node), and, with
+/// kube-proxy's defaults, the client pod's address kept through a Service
+/// and a NodePort with externalTrafficPolicy=Local (the endpoint answers
+/// back through the node that translated).
 const CI_FOCUS: &str = concat!(
     r"Networking Granular Checks: Pods should function for (intra|node)-pod communication: (http|udp) ",
     r"|Services should serve a basic endpoint from pods \[Conformance\]",
     r"|DNS should provide DNS for services \[Conformance\]",
     r"|Networking Granular Checks: Services should function for service endpoints using hostNetwork",
+    r"|Services should preserve source pod IP for traffic thru service cluster IP",
+    r"|Services should support externalTrafficPolicy=Local for type=NodePort",
 );
 
 /// Shared mode, where the wiring differs: pod to pod and node to pod, a
-/// Service, DNS.
+/// Service, DNS, the client pod's address through a Service.
 const CI_FOCUS_SHARED: &str = concat!(
     r"Networking Granular Checks: Pods should function for (intra-pod communication: http|node-pod communication: udp) ",
     r"|Services should serve a basic endpoint from pods \[Conformance\]",
     r"|DNS should provide DNS for services \[Conformance\]",
+    r"|Services should preserve source pod IP for traffic thru service cluster IP",
 );
 
 fn run(wiring: &str, focus: &str, want: usize) {
@@ -56,10 +62,10 @@ fn run(wiring: &str, focus: &str, want: usize) {
 
 #[test]
 fn conformance_exclusive() {
-    run("exclusive", CI_FOCUS, 7);
+    run("exclusive", CI_FOCUS, 9);
 }
 
 #[test]
 fn conformance_shared() {
-    run("shared", CI_FOCUS_SHARED, 4);
+    run("shared", CI_FOCUS_SHARED, 5);
 }

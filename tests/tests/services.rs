@@ -5,7 +5,9 @@
 //! client pod's own address; and it reaches the API server through the
 //! `kubernetes` Service (a backend that is no pod: masqueraded by the
 //! node). The answers go back through the node that translated the
-//! request (`host/agent/src/return_path/`); an agent restart keeps it so.
+//! request (`host/agent/src/return_path/`); an agent restart keeps it so,
+//! and a backend leaving under load is never sent a request once the
+//! change has reached the client's node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -122,17 +124,85 @@ fn scenario(test: &str, extra: &str, restart: Restart) {
         );
     }
 
-    if restart == Restart::No {
-        return;
+    if restart == Restart::Yes {
+        // A restarted agent leaves its pods' answers going back (the rules
+        // live in the pods' namespaces; its start takes them over where it
+        // can reopen a pod's namespace by path, which this testbed's
+        // test-run agents, outside the nodes' mount namespaces, cannot).
+        cluster.agents[1].kill9();
+        cluster.agents[1] =
+            kubebed::agent(&cluster.bed, &cluster.cp, 1, (AGENT_TIMERS, ""), extra).unwrap();
+        via.check(&cluster, "after node-1's agent restarted");
     }
-    // A restarted agent leaves its pods' answers going back (the rules
-    // live in the pods' namespaces; its start takes them over where it can
-    // reopen a pod's namespace by path, which this testbed's test-run
-    // agents, outside the nodes' mount namespaces, cannot).
-    cluster.agents[1].kill9();
-    cluster.agents[1] =
-        kubebed::agent(&cluster.bed, &cluster.cp, 1, (AGENT_TIMERS, ""), extra).unwrap();
-    via.check(&cluster, "after node-1's agent restarted");
+    a_backend_leaves_under_load(&cluster, &via);
+}
+
+/// A backend on node-1 is deleted while the client keeps calling the
+/// Service: once node-0's kube-proxy has dropped it from its rules (the
+/// EndpointSlice change reached the node), no request goes to it and none
+/// fails.
+fn a_backend_leaves_under_load(cluster: &Cluster, via: &Via) {
+    let (gone, gone_ip) = cluster::pod_on(via.pods, "node-1");
+    let url = format!("http://{}/cgi-bin/ip", via.cluster_ip);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answers = std::sync::Mutex::new(Vec::new());
+    let reached_node = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let answer = cluster.fetch_url(via.client, &url);
+                let at = std::time::Instant::now();
+                answers
+                    .lock()
+                    .unwrap()
+                    .push((at, answer.map_err(|e| format!("{e:#}"))));
+            }
+        });
+        let node0 = &cluster.bed.sim.nodes[0].ns;
+        let dnat = format!("--to-destination {gone_ip}:");
+        let programmed = || {
+            node0
+                .exec("iptables-save", &["-t", "nat"])
+                .map(|rules| rules.contains(&dnat))
+        };
+        assert!(
+            programmed().unwrap(),
+            "node-0's kube-proxy has no rule for {gone} ({gone_ip}) to drop"
+        );
+        cluster
+            .kubectl(&["delete", "pod", &gone, "--wait=false"])
+            .unwrap();
+        let dropped = cluster.wait(
+            &format!("node-0's kube-proxy to drop {gone} ({gone_ip})"),
+            Duration::from_secs(60),
+            || programmed().is_ok_and(|p| !p),
+        );
+        let reached = std::time::Instant::now();
+        // Requests keep going for a while after the change.
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        dropped.map(|()| reached)
+    });
+    let reached = reached_node.unwrap();
+    let answers = answers.into_inner().unwrap();
+    let after: Vec<&Result<String, String>> = answers
+        .iter()
+        .filter(|(at, _)| *at > reached)
+        .map(|(_, a)| a)
+        .collect();
+    assert!(
+        after.len() >= 5,
+        "only {} requests after the change: {answers:?}",
+        after.len()
+    );
+    for answer in after {
+        match answer {
+            Ok(a) => assert!(
+                !a.starts_with(&format!("{gone} ")),
+                "{gone} answered after node-0 had dropped it: {a:?}"
+            ),
+            Err(e) => panic!("a request failed after node-0 had dropped {gone}: {e}"),
+        }
+    }
 }
 
 /// A ClusterIP Service (port 80) whose one endpoint is `ip:port`, given

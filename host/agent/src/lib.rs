@@ -194,7 +194,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             let nodes = apiserver::gateways::start(client, node, own.clone());
             let here = hostnic_netlink::Netns::current()
                 .context("opening the node's network namespace")?;
-            return_path::NodeRules::start(here, own, nodes.clone());
+            return_path::start_node_rules(here, own, nodes.clone());
             Some(return_path::ReturnPath::start(nodes))
         }
         None => None,

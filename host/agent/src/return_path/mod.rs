@@ -42,7 +42,7 @@ use crate::record::Key;
 mod node;
 mod rules;
 
-pub use node::NodeRules;
+pub use node::start_node_rules;
 pub use rules::ruleset;
 
 /// How long a failed application waits before it is tried again.

@@ -17,22 +17,16 @@ use tracing::{debug, warn};
 
 use super::{Nodes, OwnGateway, RETRY, known, rules};
 
-/// Keeps the node's Service rules true; runs until the agent stops.
-#[derive(Debug)]
-pub struct NodeRules;
-
-impl NodeRules {
-    /// Starts keeping the rules of this node's gateway NICs (`own`, by
-    /// vxnet) true to what the Nodes say. Nothing is written before the
-    /// Nodes are known: a restarted agent leaves what its predecessor
-    /// wrote until it knows better.
-    pub fn start(
-        netns: Netns,
-        own: watch::Receiver<BTreeMap<String, OwnGateway>>,
-        nodes: watch::Receiver<Option<Nodes>>,
-    ) {
-        tokio::spawn(run(Arc::new(netns), own, nodes));
-    }
+/// Starts keeping the rules of this node's gateway NICs (`own`, by vxnet)
+/// true to what the Nodes say, in `netns` (the node's), until the agent
+/// stops. Nothing is written before the Nodes are known: a restarted agent
+/// leaves what its predecessor wrote until it knows better.
+pub fn start_node_rules(
+    netns: Netns,
+    own: watch::Receiver<BTreeMap<String, OwnGateway>>,
+    nodes: watch::Receiver<Option<Nodes>>,
+) {
+    tokio::spawn(run(Arc::new(netns), own, nodes));
 }
 
 async fn run(

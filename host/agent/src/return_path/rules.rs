@@ -29,20 +29,18 @@ pub fn ruleset(ifname: &str, gateways: &BTreeSet<Gateway>) -> anyhow::Result<Str
         anyhow::bail!("nftables cannot name interface {ifname:?} in a rule");
     }
     let table = table_name(ifname);
-    let elements = |pair: &dyn Fn(&Gateway) -> String| -> String {
-        if gateways.is_empty() {
-            return String::new();
-        }
-        let list: Vec<String> = gateways.iter().map(pair).collect();
-        format!(" elements = {{ {} }};", list.join(", "))
-    };
-    let by_mac = elements(&|g| format!("{} : {:#010x}", g.mac, u32::from(g.ip)));
-    let by_mark = elements(&|g| format!("{:#010x} : {}", u32::from(g.ip), g.mac));
+    let by_mac = elements(
+        gateways
+            .iter()
+            .map(|g| format!("{} : {:#010x}", g.mac, u32::from(g.ip))),
+    );
+    let by_mark = elements(
+        gateways
+            .iter()
+            .map(|g| format!("{:#010x} : {}", u32::from(g.ip), g.mac)),
+    );
     Ok(format!(
-        "table inet {table}\n\
-         delete table inet {table}\n\
-         table netdev {table}\n\
-         delete table netdev {table}\n\
+        "{unset}\
          table inet {table} {{\n\
          \tmap nodes {{ type ether_addr : mark;{by_mac} }}\n\
          \tchain prerouting {{\n\
@@ -60,12 +58,14 @@ pub fn ruleset(ifname: &str, gateways: &BTreeSet<Gateway>) -> anyhow::Result<Str
          \t\ttype filter hook egress device \"{ifname}\" priority 0;\n\
          \t\tmeta mark != 0 ether daddr set meta mark map @nodes\n\
          \t}}\n\
-         }}\n"
+         }}\n",
+        unset = unset(ifname),
     ))
 }
 
-/// Takes away the tables [`ruleset`] wrote for an interface the node no
-/// longer has.
+/// Takes away the tables [`ruleset`] writes for `ifname`: ruleset starts
+/// with it, so it replaces them whole; alone, it is for an interface the
+/// node no longer has.
 pub fn unset(ifname: &str) -> String {
     let table = table_name(ifname);
     format!(
@@ -88,16 +88,8 @@ pub fn unset(ifname: &str) -> String {
 /// NodePort) run beside it in iptables, and a connection is translated
 /// once.
 pub fn masquerade(vxnets: &BTreeSet<Ipv4Net>, nodes: &BTreeSet<Ipv4Addr>) -> String {
-    fn elements<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
-        let list: Vec<String> = items.map(|i| i.to_string()).collect();
-        if list.is_empty() {
-            String::new()
-        } else {
-            format!(" elements = {{ {} }};", list.join(", "))
-        }
-    }
-    let vxnets = elements(vxnets.iter().map(|n| n.trunc()));
-    let nodes = elements(nodes.iter());
+    let vxnets = elements(vxnets.iter().map(|n| n.trunc().to_string()));
+    let nodes = elements(nodes.iter().map(|a| a.to_string()));
     format!(
         "table ip {NODE_TABLE}\n\
          delete table ip {NODE_TABLE}\n\
@@ -111,6 +103,17 @@ pub fn masquerade(vxnets: &BTreeSet<Ipv4Net>, nodes: &BTreeSet<Ipv4Addr>) -> Str
          \t}}\n\
          }}\n"
     )
+}
+
+/// A set's or map's ` elements = { … };`, or nothing for none (nft
+/// refuses an empty element list).
+fn elements(items: impl Iterator<Item = String>) -> String {
+    let list: Vec<String> = items.collect();
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", list.join(", "))
+    }
 }
 
 /// `hostnic-<ifname>`; an interface name with characters nft would not

@@ -58,7 +58,8 @@ fn build_image() -> anyhow::Result<PathBuf> {
 }
 
 /// deploy/configmap.yaml with what deploy/README.md tells a site to edit:
-/// its zone and vxnets, and its Service CIDR in the conflist's routes.
+/// its zone and vxnets, and its Service CIDR in the conflist's routes;
+/// and the wiring of a suite run under one (`HOSTNIC_TEST_WIRING`).
 pub fn site_configmap(zone: &str, vxnets: &[&str]) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(repo().join("deploy/configmap.yaml"))?;
     let list = format!("vxnets = {vxnets:?}");
@@ -75,7 +76,24 @@ pub fn site_configmap(zone: &str, vxnets: &[&str]) -> anyhow::Result<String> {
             "deploy/configmap.yaml changed: {edit} not set"
         );
     }
-    Ok(edited)
+    let Some(wiring) = crate::test_wiring() else {
+        return Ok(edited);
+    };
+    // A suite run under one wiring (`HOSTNIC_TEST_WIRING`) installs it.
+    let mut set = false;
+    let lines: Vec<String> = edited
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("wiring = ") {
+            Some(_) => {
+                set = true;
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}wiring = {wiring:?}")
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    ensure!(set, "deploy/configmap.yaml changed: no wiring line");
+    Ok(lines.join("\n") + "\n")
 }
 
 /// A two-node cluster on a simulated cloud with `vxnets` (id, CIDR), with

@@ -250,19 +250,39 @@ impl Testbed {
         wait_for_releases(&self.state_dir()).expect("releases to finish");
     }
 
-    /// Which inventory NICs sit parked in the node namespace now.
+    /// Which inventory NICs sit parked and free in the node namespace now
+    /// (see [`free_on_node`]): under `move` the NICs not in a pod, under
+    /// `passthru` the NICs no pod's child holds.
     pub fn parked_macs(&self) -> anyhow::Result<Vec<String>> {
-        let out = self.node.ip(&["-o", "link", "show"])?;
+        let free = free_on_node(&self.node)?;
         Ok(self
             .nics
             .iter()
-            .filter(|n| {
-                out.lines()
-                    .any(|l| l.contains(&n.mac) && l.contains(&parked_name(&n.mac)))
-            })
+            .filter(|n| free.contains(&n.mac))
             .map(|n| n.mac.clone())
             .collect())
     }
+}
+
+/// The MACs of the NICs parked in `node` under the agent's name for them
+/// and free: no passthru child holds them (a child keeps its lower
+/// promiscuous, so the kernel's count is the proof of a holder wherever
+/// the child's namespace is). Under `move` a NIC with a pod is not on the
+/// node at all; under `passthru` it stays, held.
+pub fn free_on_node(node: &Ns) -> anyhow::Result<Vec<String>> {
+    let out = node.ip(&["-d", "-o", "link", "show"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(':').nth(1)?.trim().split('@').next()?;
+            let mac = l.split("link/ether ").nth(1)?.split_whitespace().next()?;
+            let promiscuity = l
+                .split_whitespace()
+                .skip_while(|w| *w != "promiscuity")
+                .nth(1)?;
+            (name == parked_name(mac) && promiscuity == "0").then(|| mac.to_string())
+        })
+        .collect())
 }
 
 /// The wiring the testbeds' agents get unless a test sets its own:

@@ -129,10 +129,10 @@ fn census(node: &Ns, pods: &[Ns]) -> BTreeMap<String, Vec<String>> {
             })
             .collect()
     };
-    for (name, mac) in macs(node) {
-        if name.starts_with("hn") {
-            at.entry(mac).or_default().push("node".into());
-        }
+    // A NIC free on the node (a passthru NIC lent to a pod stays on the
+    // node too, held by the pod's child: it counts where the child is).
+    for mac in hostnic_testbed::free_on_node(node).unwrap_or_default() {
+        at.entry(mac).or_default().push("node".into());
     }
     for (i, pod) in pods.iter().enumerate() {
         for (name, mac) in macs(pod) {

@@ -195,6 +195,50 @@ fn passthru_pods_reach_the_gateway_and_each_other_and_del_leaves_the_nic_as_foun
     assert_eq!(tb.node_default_route().unwrap(), default_before);
 }
 
+/// DEL without a netns, while the pod's namespace lives on out of the
+/// agent's reach (its path gone, someone still holding it), cannot delete
+/// the child: DEL succeeds, the record goes, and the NIC is out of use —
+/// never handed to a second pod while the first one's child holds it —
+/// until that namespace goes. Then the next ADD finds it free.
+#[test]
+fn a_nic_held_by_a_child_out_of_reach_is_out_of_use_until_its_namespace_goes() {
+    if !require_root("a_nic_held_by_a_child_out_of_reach_is_out_of_use_until_its_namespace_goes") {
+        return;
+    }
+    let tb = passthru_bed(1);
+    let _agent = tb.start_agent().unwrap();
+    let cni = tb.hostnic();
+    let conf = tb.netconf("1.0.0", json!([]));
+    let pod = Ns::new("ptr").unwrap();
+    let path = pod.path().display().to_string();
+    let mac = mac_of(&ok(cni.call("ADD", &conf, &env("c1", &path))));
+    // Only an open descriptor keeps the pod's namespace now.
+    let held = std::fs::File::open(&path).unwrap();
+    drop(pod);
+    ok(cni.call("DEL", &conf, &env("c1", "")));
+    tb.settle();
+    assert!(tb.records().is_empty(), "{:?}", tb.records());
+    assert_eq!(promiscuity(&tb, &mac), 1, "the child should still hold it");
+    let other = Ns::new("ptr2").unwrap();
+    let other_path = other.path().display().to_string();
+    assert_eq!(
+        err_code(cni.call("ADD", &conf, &env("c2", &other_path))),
+        101, // no free NIC
+        "a NIC still held by a child was handed out"
+    );
+    // The namespace goes with its last holder, and the child with it.
+    drop(held);
+    wait_for(
+        "the child to go with its namespace",
+        Duration::from_secs(10),
+        || promiscuity(&tb, &mac) == 0,
+    )
+    .unwrap();
+    let r = ok(cni.call("ADD", &conf, &env("c2", &other_path)));
+    assert_eq!(mac_of(&r), mac);
+    assert_child_of(&tb, &other, &mac);
+}
+
 /// Whatever the agent was doing when killed, after a restart and the
 /// runtime's DEL retries every NIC is with the pod that was told success
 /// or parked, never held promiscuous by a child nobody owns.

@@ -83,6 +83,26 @@ pub fn wirings(nics: &Arc<Nics>) -> Vec<Arc<dyn NicWiring>> {
     ]
 }
 
+/// Takes `record`'s NIC `mac` back with `wiring`, from `pod` when it can
+/// be reached. A NIC that a child out of reach still holds (DEL named no
+/// namespace the agent could enter, yet the pod's lives on, kept by
+/// someone) is reported gone from the node's use: missing until that
+/// namespace goes and the node's check finds the NIC childless.
+async fn detach(
+    wiring: &dyn NicWiring,
+    record: &Record,
+    mac: Mac,
+    pod: Option<&Netns>,
+) -> Result<Whereabouts, hostnic_netlink::Error> {
+    match wiring.detach(mac, pod).await {
+        Err(e @ hostnic_netlink::Error::Refused { .. }) => {
+            warn!(nic = %mac, container = %record.key.container_id, error = %e, "a NIC's child could not be reached; missing until it is gone");
+            Ok(Whereabouts::Gone)
+        }
+        other => other,
+    }
+}
+
 /// What the restore at start works from: the NICs the node should have
 /// (the inventory, or what the cloud says is attached) and those the
 /// cloud tags as following a sticky identity.
@@ -260,12 +280,14 @@ impl Driver for ExclusiveNic {
         };
         let key = &record.key;
         self.common.acquisition.releasing(mac);
-        let whereabouts = self.wiring.detach(mac, netns).await.map_err(|e| {
-            Error::internal(format!(
-                "returning NIC {mac} from container {}: {e}",
-                key.container_id
-            ))
-        })?;
+        let whereabouts = detach(self.wiring.as_ref(), record, mac, netns)
+            .await
+            .map_err(|e| {
+                Error::internal(format!(
+                    "returning NIC {mac} from container {}: {e}",
+                    key.container_id
+                ))
+            })?;
         if whereabouts == Whereabouts::Gone {
             warn!(nic = %mac, container = %key.container_id, "NIC not found in the pod or the node; marked missing");
         }

@@ -227,23 +227,14 @@ async fn release_record(exclusive: &Exclusive, rec: &Record) -> anyhow::Result<S
         .as_deref()
         .and_then(|p| exclusive.nics().plumber.reopen(p, rec.netns_id));
     let wiring = exclusive.wiring_of(rec);
-    let whereabouts = match wiring.detach(mac, netns.as_ref()).await {
-        Ok(w) => w,
-        // A child out of reach still holds it: out of use until it is gone
-        // (the node check frees it then).
-        Err(e @ hostnic_netlink::Error::Refused { .. }) => {
-            warn!(nic = %mac, container = %rec.key.container_id, error = %e, "a NIC's child could not be reached; missing until it is gone");
-            Whereabouts::Gone
-        }
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "returning NIC {mac} from container {}",
-                    rec.key.container_id
-                )
-            });
-        }
-    };
+    let whereabouts = super::detach(wiring.as_ref(), rec, mac, netns.as_ref())
+        .await
+        .with_context(|| {
+            format!(
+                "returning NIC {mac} from container {}",
+                rec.key.container_id
+            )
+        })?;
     Ok(match whereabouts {
         Whereabouts::Parked => State::Free,
         Whereabouts::Gone => State::Missing,

@@ -12,8 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hostnic_testbed::stats::{ms, pct};
-use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, iperf, reference_plugin_dir};
+use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, reference_plugin_dir};
 use serde_json::{Value, json};
+
+mod agent;
+mod wirings;
+
+use agent::{restart_to_serving, status_with_idle_clients};
+use wirings::{burst, throughput};
 
 const DEFAULT_PODS: usize = 60;
 const EXEC_SAMPLES: usize = 300;
@@ -222,52 +228,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// STATUS through the executable while 900 idle and 100 slow clients hold
-/// connections to the agent.
-fn status_with_idle_clients(tb: &Testbed, conf: &Value) -> anyhow::Result<Vec<Duration>> {
-    use std::os::unix::net::UnixStream;
-    let idle: Vec<UnixStream> = (0..900)
-        .map(|_| UnixStream::connect(tb.socket()))
-        .collect::<Result<_, _>>()?;
-    let slow: Vec<UnixStream> = (0..100)
-        .map(|_| -> anyhow::Result<UnixStream> {
-            let s = UnixStream::connect(tb.socket())?;
-            hostnic_testbed::rawclient::send(&s, &1000u32.to_be_bytes(), &[])?;
-            Ok(s)
-        })
-        .collect::<Result<_, _>>()?;
-    let took = sample(EXEC_SAMPLES, || {
-        for s in &slow {
-            // The agent cuts slow clients off after 3 s; that is fine.
-            let _ = hostnic_testbed::rawclient::send(s, b" ", &[]);
-        }
-        let t = Instant::now();
-        expect_ok(tb.hostnic().call("STATUS", conf, &CallEnv::default()))?;
-        Ok(t.elapsed())
-    })?;
-    drop((idle, slow));
-    Ok(took)
-}
-
-/// Agent start to serving (its socket accepts), with the compiled-guest
-/// cache emptied before each start, then warm.
-fn restart_to_serving(tb: &Testbed) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let cache = tb.state_dir().join("policy/compiled");
-    let time = |cold: bool| -> anyhow::Result<Duration> {
-        if cold && cache.exists() {
-            std::fs::remove_dir_all(&cache)?;
-        }
-        let t = Instant::now();
-        let agent = tb.start_agent()?;
-        let took = t.elapsed();
-        drop(agent);
-        Ok(took)
-    };
-    let cold = (0..5).map(|_| time(true)).collect::<Result<_, _>>()?;
-    let warm = (0..5).map(|_| time(false)).collect::<Result<_, _>>()?;
-    Ok((cold, warm))
-}
-
 struct Row {
     name: &'static str,
     add: Vec<Duration>,
@@ -314,73 +274,6 @@ fn add_del(
     }
     drop(nss);
     Ok(Row { name, add, del })
-}
-
-/// Every pod's ADD at once (one thread each), then every DEL at once:
-/// the wall time of each wave, RTNL contention included.
-fn burst(tb: &Testbed, conf: &Value, pods: usize) -> anyhow::Result<(Duration, Duration)> {
-    let nss: Vec<Ns> = (0..pods)
-        .map(|i| Ns::new(&format!("u{i}")))
-        .collect::<Result<_, _>>()?;
-    let wave = |verb: &'static str| -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        std::thread::scope(|s| {
-            let calls: Vec<_> = nss
-                .iter()
-                .enumerate()
-                .map(|(i, ns)| {
-                    let (cni, path) = (tb.hostnic(), ns.path().display().to_string());
-                    s.spawn(move || {
-                        let id = format!("burst{i}");
-                        let env = CallEnv {
-                            container_id: &id,
-                            netns: &path,
-                            ifname: "eth0",
-                            args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p",
-                        };
-                        expect_ok(cni.call(verb, conf, &env))
-                            .with_context(|| format!("burst {verb} of pod {i}"))
-                    })
-                })
-                .collect();
-            calls
-                .into_iter()
-                .try_for_each(|c| c.join().expect("a burst call panicked").map(drop))
-        })?;
-        Ok(t.elapsed())
-    };
-    let add = wave("ADD")?;
-    let del = wave("DEL")?;
-    tb.settle();
-    Ok((add, del))
-}
-
-/// iperf3 between two pods of one node, each with its own NIC in
-/// `wiring`, through the wire's bridge: bits per second.
-fn throughput(wiring: &str) -> anyhow::Result<f64> {
-    let mut tb = Testbed::new(2)?;
-    tb.wiring = Some(wiring.into());
-    let conf = tb.netconf("1.0.0", json!([]));
-    let _agent = tb.start_agent()?;
-    let pods = [Ns::new("ipc")?, Ns::new("ips")?];
-    let paths: Vec<String> = pods
-        .iter()
-        .map(|p| p.path().display().to_string())
-        .collect();
-    let mut ips = Vec::new();
-    for (i, path) in paths.iter().enumerate() {
-        let id = format!("iperf{i}");
-        let env = CallEnv {
-            container_id: &id,
-            netns: path,
-            ifname: "eth0",
-            args: "IgnoreUnknown=1",
-        };
-        let r = expect_ok(tb.hostnic().call("ADD", &conf, &env))?;
-        let a = r["ips"][0]["address"].as_str().context("no address")?;
-        ips.push(a.split('/').next().unwrap_or(a).to_string());
-    }
-    iperf::bits_per_second(&pods[0], &pods[1], &ips[1], IPERF_SECONDS, false)
 }
 
 fn expect_ok(

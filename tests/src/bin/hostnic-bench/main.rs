@@ -1,8 +1,10 @@
 //! `hostnic-bench`: exec the real `hostnic` as a runtime does and compare
 //! it, in the same run on the same kernel, with the reference plugins
 //! `ptp` + `host-local` and `host-device` + `static`: warm ADD/DEL in both
-//! NIC wirings (`move`, `passthru`), a burst of every pod at once in each
-//! (RTNL contention), and iperf3 between two pods of one node in each.
+//! NIC wirings (`move`, `passthru`), the same through a conflist chaining
+//! `portmap` and `tuning` as libcni runs it, a burst of every pod at once
+//! in each wiring (RTNL contention), and iperf3 from a pod on one
+//! simulated VM to a pod on the other in each.
 //!
 //! Every plugin is exec'd inside the testbed's node namespace with the same
 //! harness, so each number includes fork, exec and the plugin's whole work.
@@ -16,9 +18,11 @@ use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, reference_plugin_dir};
 use serde_json::{Value, json};
 
 mod agent;
+mod chain;
 mod wirings;
 
 use agent::{restart_to_serving, status_with_idle_clients};
+use chain::chained;
 use wirings::{burst, throughput};
 
 const DEFAULT_PODS: usize = 60;
@@ -53,6 +57,14 @@ fn main() -> anyhow::Result<()> {
         |_| pt_conf.clone(),
     )?;
     pt.settle();
+    let mut chained_rows = vec![chained(
+        "hostnic passthru + portmap + tuning",
+        &pt.hostnic(),
+        (hostnic_testbed::bin("hostnic"), pt_conf.clone()),
+        plugins,
+        pods,
+    )?];
+    pt.settle();
     let pt_burst = burst(&pt, &pt_conf, pods)?;
     drop(pt_agent);
     drop(pt);
@@ -69,6 +81,14 @@ fn main() -> anyhow::Result<()> {
     )?);
     rows.push(passthru_row);
     let rss_guests = agent.rss_kib();
+    tb.settle();
+    chained_rows.push(chained(
+        "hostnic move + portmap + tuning",
+        &tb.hostnic(),
+        (hostnic_testbed::bin("hostnic"), conf.clone()),
+        plugins,
+        pods,
+    )?);
     tb.settle();
     let exec_version = sample(EXEC_SAMPLES, || {
         let t = Instant::now();
@@ -105,6 +125,13 @@ fn main() -> anyhow::Result<()> {
     rows.push(add_del("ptp + host-local", &ptp, pods, |_| {
         ptp_conf.clone()
     })?);
+    chained_rows.push(chained(
+        "ptp + host-local + portmap + tuning",
+        &ptp,
+        (plugins.join("ptp"), ptp_conf.clone()),
+        plugins,
+        pods,
+    )?);
 
     // host-device + static: moves an existing device, like hostnic, but
     // with everything in the conflist and no daemon.
@@ -176,9 +203,33 @@ fn main() -> anyhow::Result<()> {
         ms(pt_burst.1),
         move_burst.0.as_secs_f64() / pt_burst.0.as_secs_f64()
     );
+    println!();
+    println!(
+        "| through libcni's way of running a conflist | ADD p50 | ADD p99 | DEL p50 | DEL p99 |"
+    );
+    println!("|---|---|---|---|---|");
+    for r in &chained_rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name,
+            ms(pct(&r.add, 50)),
+            ms(pct(&r.add, 99)),
+            ms(pct(&r.del, 50)),
+            ms(pct(&r.del, 99))
+        );
+    }
+    let chain_ratio = |a: usize| {
+        pct(&chained_rows[a].add, 50).as_secs_f64() / pct(&chained_rows[2].add, 50).as_secs_f64()
+    };
+    println!(
+        "chained ADD p50 / ptp chain ADD p50: passthru {:.2}, move {:.2}",
+        chain_ratio(0),
+        chain_ratio(1)
+    );
+    println!();
     let (mv_bps, pt_bps) = (throughput("move")?, throughput("passthru")?);
     println!(
-        "iperf3 pod to pod over the wire ({IPERF_SECONDS} s, two NICs): move {:.2} Gbit/s, \
+        "iperf3 pod to pod, one VM to another ({IPERF_SECONDS} s, a NIC each): move {:.2} Gbit/s, \
          passthru {:.2} Gbit/s, passthru/move = {:.3} (target within 5%)",
         mv_bps / 1e9,
         pt_bps / 1e9,
@@ -228,10 +279,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Row {
-    name: &'static str,
-    add: Vec<Duration>,
-    del: Vec<Duration>,
+#[derive(Debug)]
+pub struct Row {
+    pub name: &'static str,
+    pub add: Vec<Duration>,
+    pub del: Vec<Duration>,
 }
 
 /// ADD `pods` pods one after another, then DEL them, timing each exec.

@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::{CallEnv, Ns, Testbed, iperf};
 use serde_json::{Value, json};
 
@@ -48,28 +50,28 @@ pub fn burst(tb: &Testbed, conf: &Value, pods: usize) -> anyhow::Result<(Duratio
     Ok((add, del))
 }
 
-/// iperf3 between two pods of one node, each with its own NIC in
-/// `wiring`, through the wire's bridge: bits per second.
+/// iperf3 from a pod on one simulated VM to a pod on the other, each with
+/// a NIC of its own wired `wiring`, through the simulator's SDN (strict:
+/// it forwards only to the MAC the cloud gave each NIC): bits per second.
 pub fn throughput(wiring: &str) -> anyhow::Result<f64> {
-    let mut tb = Testbed::new(2)?;
-    tb.wiring = Some(wiring.into());
-    let conf = tb.netconf("1.0.0", json!([]));
-    let _agent = tb.start_agent()?;
+    let mut bed = CloudBed::new(SimConfig::with_vxnets(&[("vxnet-a", "10.90.0.0/24")])?)?;
+    bed.wiring = Some(wiring.into());
+    let _agents = (0..2)
+        .map(|n| bed.start_agent(n, "warm_min = 1\nwarm_max = 1\nreconcile_seconds = 1\n"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let pods = [Ns::new("ipc")?, Ns::new("ips")?];
-    let paths: Vec<String> = pods
-        .iter()
-        .map(|p| p.path().display().to_string())
-        .collect();
     let mut ips = Vec::new();
-    for (i, path) in paths.iter().enumerate() {
-        let id = format!("iperf{i}");
+    for (node, pod) in pods.iter().enumerate() {
+        bed.wait_warm(node, "vxnet-a", 1)?;
+        let (id, path) = (format!("iperf{node}"), pod.path().display().to_string());
         let env = CallEnv {
             container_id: &id,
-            netns: path,
+            netns: &path,
             ifname: "eth0",
             args: "IgnoreUnknown=1",
         };
-        let r = expect_ok(tb.hostnic().call("ADD", &conf, &env))?;
+        let conf = bed.netconf(node, "1.0.0", json!([]));
+        let r = expect_ok(bed.hostnic(node).call("ADD", &conf, &env))?;
         let a = r["ips"][0]["address"].as_str().context("no address")?;
         ips.push(a.split('/').next().unwrap_or(a).to_string());
     }

@@ -56,9 +56,9 @@ state_dir = {{ $c.state_dir | toJson }}
 iface = {{ $c.iface | toJson }}
 # MTU for pod NICs when the conflist does not set one.
 mtu = {{ int64 $c.mtu }}
-# How a pod's own NIC reaches it: "move" (the NIC itself is moved into the
-# pod) or "passthru" (the NIC stays on the node, the pod gets a passthru
-# macvlan of it: no device move per ADD). Per vxnet in [vxnet_wiring].
+# How a pod's own NIC reaches it: "passthru" (the NIC stays on the node,
+# the pod gets a passthru macvlan of it: no device move per ADD) or "move"
+# (the NIC itself is moved into the pod). Per vxnet in [vxnet_wiring].
 # docs/operator-guide.md, "Choosing a wiring".
 wiring = {{ $c.wiring | toJson }}
 

@@ -15,13 +15,14 @@ use serde::Deserialize;
 pub enum NicWiring {
     /// The NIC stays on the node; the pod gets a passthru macvlan of it,
     /// made straight in its namespace (no device move): an exclusive ADD
-    /// at a fraction of a move's cost (`docs/performance.md`).
+    /// at a fraction of a move's cost (`docs/performance.md`). The
+    /// default: the whole suite runs under it, and under `move` with
+    /// `HOSTNIC_TEST_WIRING=move`.
+    #[default]
     Passthru,
     /// The NIC itself is moved into the pod: the pod sees the device
     /// (its driver, its offloads), at the cost of a device move per ADD
-    /// and DEL. The default until the whole suite has run under
-    /// `passthru` (`HOSTNIC_TEST_WIRING=passthru`).
-    #[default]
+    /// and DEL.
     Move,
 }
 
@@ -67,7 +68,7 @@ mod tests {
     #[test]
     fn the_wiring_is_per_agent_and_per_vxnet() {
         let c = crate::config::Config::parse("").unwrap();
-        assert_eq!(c.wiring, NicWiring::Move);
+        assert_eq!(c.wiring, NicWiring::Passthru);
         let c = crate::config::Config::parse(
             "wiring = \"move\"\nvxnets = [\"vxnet-a\", \"vxnet-b\"]\n[vxnet_wiring]\nvxnet-b = \"passthru\"\n",
         )

@@ -1,8 +1,9 @@
 //! `hostnic-k8s-bench [PODS]`: pod created → Running on the real cluster
 //! (kubelet, containerd, the control plane; see `cluster.rs`), one pod at a
 //! time so that each measures the path and not a queue, with hostnic on a
-//! warm pool next to the reference ptp plugin (host-local addresses) on the
-//! same testbed, in the same run. Prints p50/p99 and the ratio.
+//! warm pool in each NIC wiring (`passthru`, `move`) next to the reference
+//! ptp plugin (host-local addresses) on the same testbed, in the same run.
+//! Prints p50/p99 and the ratios.
 //!
 //! The time is the client's: from `kubectl apply` of the pod to the first
 //! `kubectl get` that shows it Running (polled every ~50 ms, each poll a
@@ -37,22 +38,26 @@ fn main() -> anyhow::Result<()> {
     let per_node = pods.div_ceil(2);
     println!("pod created -> Running, {pods} pods one at a time over 2 nodes (p50 / p99 / max)");
     let mut rows = Vec::new();
-    for (name, install) in [
+    let warm = Install::Agents(format!(
+        "warm_min = {}\nwarm_max = {}\n",
+        per_node + 1,
+        per_node + 4
+    ));
+    for (name, install, wiring) in [
         (
-            "hostnic (warm pool)",
-            Install::Agents(format!(
-                "warm_min = {}\nwarm_max = {}\n",
-                per_node + 1,
-                per_node + 4
-            )),
+            "hostnic passthru (warm pool)",
+            warm.clone(),
+            Some("passthru"),
         ),
-        ("ptp + host-local", Install::Ptp),
+        ("hostnic move (warm pool)", warm, Some("move")),
+        ("ptp + host-local", Install::Ptp, None),
     ] {
-        let bed = CloudBed::new(SimConfig {
+        let mut bed = CloudBed::new(SimConfig {
             nodes: 2,
             vxnets: vec![("vxnet-pods".into(), "10.100.0.0/24".parse()?)],
             ..SimConfig::default()
         })?;
+        bed.wiring = wiring.map(str::to_string);
         let cluster = Cluster::start(bed, install.clone())?;
         if let Install::Agents(_) = install {
             // Warm: every pod will find a free NIC on its node.
@@ -78,10 +83,12 @@ fn main() -> anyhow::Result<()> {
         );
         rows.push(pct(&samples, 50));
     }
-    if let [hostnic, ptp] = rows[..] {
+    if let [passthru, moved, ptp] = rows[..] {
+        let ratio = |a: Duration| a.as_secs_f64() / ptp.as_secs_f64().max(1e-9);
         println!(
-            "  p50 ratio hostnic / ptp: {:.2}",
-            hostnic.as_secs_f64() / ptp.as_secs_f64().max(1e-9)
+            "  p50 ratio hostnic / ptp: passthru {:.2}, move {:.2}",
+            ratio(passthru),
+            ratio(moved)
         );
     }
     restarts(5)

@@ -37,6 +37,11 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:hostnic-test";
 /// The Service CIDR, routed from pods through their node (`gw 0.0.0.0`).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Where the testbed's Services' `externalIPs` come from, routed from pods
+/// through their node as a site routes its own (docs/operator-guide.md,
+/// "Services and kube-proxy"): TEST-NET-3, the documentation range the
+/// upstream e2e suite takes its external IPs from.
+pub const EXTERNAL_IP_CIDR: &str = "203.0.113.0/24";
 /// The cluster DNS Service's address, kubelet's `clusterDNS`, as kubeadm
 /// sets it (the tenth of the Service CIDR). Like a kubeadm cluster before
 /// its DNS add-on is applied, nothing answers there until a test deploys
@@ -634,7 +639,10 @@ impl KubeNode {
                     "plugins": [{
                         "type": "hostnic",
                         "socket": cluster.bed.socket(i),
-                        "ipam": {"routes": [{"dst": SERVICE_CIDR, "gw": "0.0.0.0"}]},
+                        "ipam": {"routes": [
+                            {"dst": SERVICE_CIDR, "gw": "0.0.0.0"},
+                            {"dst": EXTERNAL_IP_CIDR, "gw": "0.0.0.0"},
+                        ]},
                         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
                     }],
                 });

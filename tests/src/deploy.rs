@@ -58,28 +58,33 @@ fn build_image() -> anyhow::Result<PathBuf> {
 }
 
 /// deploy/configmap.yaml with what deploy/README.md tells a site to edit:
-/// its zone and vxnets, and its Service CIDR in the conflist's routes;
-/// and the wiring of a suite run under one (`HOSTNIC_TEST_WIRING`).
-pub fn site_configmap(zone: &str, vxnets: &[&str]) -> anyhow::Result<String> {
+/// its zone and vxnets, its Service CIDR and the CIDR its Services'
+/// `externalIPs` come from in the conflist's routes, and its `wiring` (or
+/// the agent's default when `None`).
+pub fn site_configmap(zone: &str, vxnets: &[&str], wiring: Option<&str>) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(repo().join("deploy/configmap.yaml"))?;
     let list = format!("vxnets = {vxnets:?}");
+    let routes = format!(
+        "{{ \"dst\": \"{}\", \"gw\": \"0.0.0.0\" }}, {{ \"dst\": \"{}\", \"gw\": \"0.0.0.0\" }}",
+        cluster::SERVICE_CIDR,
+        cluster::EXTERNAL_IP_CIDR
+    );
     let edited = text
         .replace("zone = \"pek3a\"", &format!("zone = \"{zone}\""))
         .replace("vxnets = [\"vxnet-xxxxxxx\", \"vxnet-yyyyyyy\"]", &list)
         .replace(
-            "\"dst\": \"10.96.0.0/12\"",
-            &format!("\"dst\": \"{}\"", cluster::SERVICE_CIDR),
+            "{ \"dst\": \"10.96.0.0/12\", \"gw\": \"0.0.0.0\" }",
+            &routes,
         );
-    for edit in [&list, zone, cluster::SERVICE_CIDR] {
+    for edit in [&list, zone, &routes] {
         ensure!(
             edited.contains(edit),
             "deploy/configmap.yaml changed: {edit} not set"
         );
     }
-    let Some(wiring) = crate::test_wiring() else {
+    let Some(wiring) = wiring else {
         return Ok(edited);
     };
-    // A suite run under one wiring (`HOSTNIC_TEST_WIRING`) installs it.
     let mut set = false;
     let lines: Vec<String> = edited
         .lines()
@@ -101,14 +106,18 @@ pub fn site_configmap(zone: &str, vxnets: &[&str]) -> anyhow::Result<String> {
 /// ConfigMap, the credentials Secret in the original form, the DaemonSet.
 /// Returns once both agents and both nodes are Ready, with how long that
 /// took from the first `kubectl apply`.
+/// The wiring is the agent's default, or `HOSTNIC_TEST_WIRING`'s in a
+/// suite run under one.
 pub fn install(vxnets: &[(&str, &str)]) -> anyhow::Result<(Cluster, Duration)> {
-    install_with(vxnets, "")
+    install_with(vxnets, crate::test_wiring().as_deref(), "")
 }
 
-/// The same, with `agent_toml` (TOML tables, such as a `[[shared]]`)
-/// appended to the ConfigMap's agent.toml, as a site adds its own.
+/// The same with `wiring` (`None`: the agent's default) and `agent_toml`
+/// (TOML tables, such as a `[[shared]]`) appended to the ConfigMap's
+/// agent.toml, as a site adds its own.
 pub fn install_with(
     vxnets: &[(&str, &str)],
+    wiring: Option<&str>,
     agent_toml: &str,
 ) -> anyhow::Result<(Cluster, Duration)> {
     let cluster = without_cni(vxnets)?;
@@ -122,7 +131,7 @@ pub fn install_with(
     apply_file("namespace-rbac.yaml")?;
     let ids: Vec<&str> = vxnets.iter().map(|(id, _)| *id).collect();
     let zone = cluster.bed.sim.config().zone.clone();
-    cluster.cp.apply(&site_configmap(&zone, &ids)?)?;
+    cluster.cp.apply(&site_configmap(&zone, &ids, wiring)?)?;
     if !agent_toml.is_empty() {
         let toml = config_key(&cluster, "agent.toml")?;
         let patch = serde_json::json!({"data": {"agent.toml": format!("{toml}\n{agent_toml}")}});

@@ -99,6 +99,40 @@ fn scenario(test: &str, extra: &str, restart: Restart) {
         .unwrap();
     assert_eq!(hairpin.trim(), client);
 
+    // A Service's externalIP, from the range the pods' routes send through
+    // their node as the Service CIDR (cluster::EXTERNAL_IP_CIDR): kube-proxy
+    // translates it there, and a web pod answers.
+    let external = "203.0.113.10";
+    cluster
+        .cp
+        .apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web-external", "namespace": "default"},
+                "spec": {"selector": {"app": "web"}, "externalIPs": [external],
+                         "ports": [{"port": 80, "targetPort": 8080}]},
+            })
+            .to_string(),
+        )
+        .unwrap();
+    let answer = cluster
+        .fetch_within(
+            &client,
+            &format!("http://{external}/cgi-bin/ip"),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "the externalIP {external} did not answer {client}: {e:#}\n{}",
+                diagnose(&cluster)
+            )
+        });
+    let backend = answer.split_whitespace().next().unwrap_or_default();
+    assert!(
+        pods.contains_key(backend),
+        "{external} was answered by {answer:?}, not a web pod"
+    );
+
     // A backend that is a node's own process (a hostNetwork pod on
     // node-1) given by its address on node-1's gateway NIC: its answer
     // leaves by that NIC, whose rules send it back to node-0. It too sees

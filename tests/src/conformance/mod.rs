@@ -22,12 +22,15 @@ pub use report::{Outcome, Spec};
 use crate::cluster::{CLUSTER_DNS, Cluster};
 use crate::controlplane::built_by;
 
-/// How pods are wired, as the agent's config says it: the mode's name
-/// and the TOML tables appended to the ConfigMap's agent.toml. A new mode
-/// is one more line of [`WIRINGS`].
+/// How pods are wired, as the agent's config says it: the mode's name,
+/// its `wiring` and the TOML tables appended to the ConfigMap's
+/// agent.toml. A new mode is one more entry of [`WIRINGS`].
 #[derive(Debug)]
 pub struct Wiring {
     pub name: &'static str,
+    /// The agent's `wiring`; `None`: its default (or
+    /// `HOSTNIC_TEST_WIRING`'s in a suite run under one).
+    pub wiring: Option<&'static str>,
     pub agent_toml: &'static str,
     /// Specs that fail in this mode on a limitation of hostnic's with an
     /// open issue (docs/testing.md): left out of the default selection,
@@ -44,26 +47,38 @@ impl Wiring {
             format!("{SKIP}|{}", self.known_failures)
         }
     }
+
+    /// The `wiring` the agents get.
+    fn agent_wiring(&self) -> Option<String> {
+        self.wiring.map(str::to_string).or_else(crate::test_wiring)
+    }
 }
 
 /// The cluster network: one vxnet, on which the shared range is the upper
 /// half (the cloud hands out NIC addresses from the bottom).
 const VXNET: (&str, &str) = ("vxnet-pods", "10.100.0.0/24");
 
-pub const WIRINGS: [Wiring; 2] = [
-    // Every pod its own cloud NIC.
+pub const WIRINGS: [Wiring; 3] = [
+    // Every pod its own cloud NIC, in the default wiring (passthru: a
+    // macvlan of the NIC in the pod).
     Wiring {
         name: "exclusive",
+        wiring: None,
         agent_toml: "",
-        // A pod's request to a Service's externalIP leaves by the pod's
-        // own NIC and never meets kube-proxy (the pod's routes send only
-        // the Service CIDR to the node).
-        known_failures: r"Services should be possible to connect to a service via ExternalIP when the external IP is not assigned to a node",
+        known_failures: "",
+    },
+    // Every pod its own cloud NIC, the device itself moved into the pod.
+    Wiring {
+        name: "move",
+        wiring: Some("move"),
+        agent_toml: "",
+        known_failures: "",
     },
     // Every pod an address of the node's NIC in the vxnet, behind a veth
     // (docs/shared-nic.md).
     Wiring {
         name: "shared",
+        wiring: None,
         agent_toml: "[[shared]]\nvxnet = \"vxnet-pods\"\nrange = \"10.100.0.128/25\"\n",
         known_failures: "",
     },
@@ -120,7 +135,11 @@ pub fn run(wiring: &Wiring, selection: &Selection, report_dir: &Path) -> anyhow:
     let e2e = e2e_bin()?;
     images::check_references(&e2e.join("e2e.test"))?;
     std::fs::create_dir_all(report_dir)?;
-    let (cluster, took) = crate::deploy::install_with(&[VXNET], wiring.agent_toml)?;
+    let (cluster, took) = crate::deploy::install_with(
+        &[VXNET],
+        wiring.agent_wiring().as_deref(),
+        wiring.agent_toml,
+    )?;
     eprintln!(
         "conformance: {} wiring, hostnic installed from deploy/, both nodes Ready in {took:.1?}",
         wiring.name

@@ -152,12 +152,7 @@ impl CloudBed {
 
     /// `hostnic-agent status --json` of `node`'s agent.
     pub fn status(&self, node: usize) -> anyhow::Result<Value> {
-        let out = std::process::Command::new(bin("hostnic-agent"))
-            .args(["status", "--json", "--socket"])
-            .arg(self.socket(node))
-            .output()?;
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| anyhow::anyhow!("hostnic-agent status --json: {e}"))
+        crate::agent_status(&self.socket(node))
     }
 
     /// `hostnic-agent policy decisions` of `node`'s agent: its latest hook

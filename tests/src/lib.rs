@@ -244,6 +244,11 @@ impl Testbed {
             .unwrap_or_default()
     }
 
+    /// `hostnic-agent status --json` of this testbed's agent.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        agent_status(&self.socket())
+    }
+
     /// Waits until every NIC a DEL was answered for is back (see
     /// [`wait_for_releases`]).
     pub fn settle(&self) {
@@ -283,6 +288,16 @@ pub fn free_on_node(node: &Ns) -> anyhow::Result<Vec<String>> {
             (name == parked_name(mac) && promiscuity == "0").then(|| mac.to_string())
         })
         .collect())
+}
+
+/// `hostnic-agent status --json` of the agent listening on `socket`.
+pub fn agent_status(socket: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(bin("hostnic-agent"))
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()?;
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("hostnic-agent status --json: {e}"))
 }
 
 /// The wiring the testbeds' agents get unless a test sets its own:

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hostnic_testbed::stats::{ms, pct};
+use hostnic_testbed::stats::{PHASES, ms, pct, phases};
 use hostnic_testbed::{CallEnv, CniCall, Ns, Testbed, reference_plugin_dir};
 use serde_json::{Value, json};
 
@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         pods,
         |_| pt_conf.clone(),
     )?;
+    let pt_phases = phases(&pt.status()?)?;
     pt.settle();
     let mut chained_rows = vec![chained(
         "hostnic passthru + portmap + tuning",
@@ -79,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         pods,
         |_| conf.clone(),
     )?);
+    let move_phases = phases(&tb.status()?)?;
     rows.push(passthru_row);
     let rss_guests = agent.rss_kib();
     tb.settle();
@@ -202,6 +204,23 @@ fn main() -> anyhow::Result<()> {
         ms(pt_burst.0),
         ms(pt_burst.1),
         move_burst.0.as_secs_f64() / pt_burst.0.as_secs_f64()
+    );
+    println!();
+    println!("the agent's account of its latest warm ADDs (up to 20), p50:");
+    println!("| phase | passthru | move |\n|---|---|---|");
+    for (i, (phase, _)) in PHASES.iter().enumerate() {
+        println!(
+            "| {phase} | {} | {} |",
+            ms(pct(&pt_phases[i], 50)),
+            ms(pct(&move_phases[i], 50))
+        );
+    }
+    let outside =
+        |row: &Row, agent: &[Duration]| ms(pct(&row.add, 50).saturating_sub(pct(agent, 50)));
+    println!(
+        "| outside the agent: exec, the plugin, the socket (exec ADD p50 - agent total p50) | {} | {} |",
+        outside(&rows[1], &pt_phases[PHASES.len() - 1]),
+        outside(&rows[0], &move_phases[PHASES.len() - 1])
     );
     println!();
     println!(

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::sim::SimConfig;
-use hostnic_testbed::stats::{ms, pct};
+use hostnic_testbed::stats::{PHASES, ms, pct, phases};
 use hostnic_testbed::{Agent, Ns, reference_plugin_dir};
 use serde_json::Value;
 
@@ -326,49 +326,6 @@ fn veth_floor(node: &Ns, pods: usize) -> anyhow::Result<Row> {
         del,
         first: Value::Null,
     })
-}
-
-/// The agent phases shown, each an audit field or `a-b` for their
-/// difference; the last is the whole attachment.
-const PHASES: [(&str, &str); 6] = [
-    (
-        "before the plan (checks, the pod's routes, API facts)",
-        "prepare_us",
-    ),
-    ("plan (vxnet and ip guests)", "plan_us"),
-    ("acquire (an address / a warm NIC)", "acquire_us"),
-    (
-        "wire: the kernel's part (veth / NIC move, configuration)",
-        "attach_us",
-    ),
-    ("wire: routes guest and record writes", "wire_us-attach_us"),
-    ("the whole attachment in the agent", "total_us"),
-];
-
-/// Each of [`PHASES`]' times in the agent's latest ADD decisions.
-fn phases(status: &Value) -> anyhow::Result<Vec<Vec<Duration>>> {
-    let decisions: Vec<&Value> = status["decisions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| d["error"].is_null())
-        .collect();
-    if decisions.is_empty() {
-        bail!("the agent reported no decisions");
-    }
-    Ok(PHASES
-        .iter()
-        .map(|(_, key)| {
-            decisions
-                .iter()
-                .filter_map(|d| match key.split_once('-') {
-                    Some((a, b)) => Some(d[a].as_u64()?.saturating_sub(d[b].as_u64()?)),
-                    None => d[*key].as_u64(),
-                })
-                .map(Duration::from_micros)
-                .collect()
-        })
-        .collect())
 }
 
 /// The shared pod got a /32 of its node's range, as the mode promises.

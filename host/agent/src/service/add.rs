@@ -315,6 +315,8 @@ impl Service {
                     record.resource()
                 )));
             }
+            // The wire ends with its record (as `Audited` says).
+            audit.wire_us = acquired.elapsed().as_micros() as u64;
             self.remember_sticky(&plan, &record);
             attempt.commit(&record);
             self.route_answers(

@@ -134,12 +134,30 @@ impl NicWiring for Passthru {
 
     async fn attach(&self, w: &Wiring, pod_ns: &Netns) -> Result<(), PlumbError> {
         let node = self.nics.plumber.node();
-        let (lower, pod) = self.nics.plumber.nic_and_pod(w, pod_ns).await?;
+        let lower = node
+            .link_by_mac(w.mac, Some(&w.mac.parked_name()))
+            .await?
+            .ok_or(PlumbError::NicMissing(w.mac))?;
         self.quieten(&lower).await;
+        // The NIC up, with the pod's MTU (a child's may not exceed its
+        // lower's: the child is born with a carrier), while the socket into
+        // the pod is made: neither waits for the other. A name taken in the
+        // pod is the child's creation's to report (EEXIST), not a lookup's.
+        let (up, pod) = tokio::join!(node.set_mtu_up(lower.index, w.mtu), pod_ns.connect());
+        let pod = match pod {
+            Ok(pod) => pod,
+            Err(e) => {
+                return match self.take_apart(None, w.mac).await {
+                    Ok(_) => Err(e.into()),
+                    Err(undo) => Err(PlumbError::UndoFailed {
+                        what: Box::new(e.into()),
+                        undo,
+                    }),
+                };
+            }
+        };
         let made = async {
-            // Up first, with the pod's MTU (a child's may not exceed its
-            // lower's): the child is born with a carrier.
-            node.set_mtu_up(lower.index, w.mtu).await?;
+            up?;
             match node
                 .add_passthru_macvlan(lower.index, (&w.ifname, pod_ns), w.mtu)
                 .await

@@ -239,6 +239,57 @@ fn a_nic_held_by_a_child_out_of_reach_is_out_of_use_until_its_namespace_goes() {
     assert_child_of(&tb, &other, &mac);
 }
 
+/// An agent restarted while a pod's namespace lives on where it cannot
+/// open it by path (a runtime keeping its namespaces outside the agent's
+/// mounts, as containerd's `netns_mounts_under_state_dir` does) adopts the
+/// pod's NIC: the child holding it promiscuous says the pod lives. Found
+/// by the real cluster, whose restarted agents released live pods' NICs.
+/// Once the namespace is gone and DEL comes, the NIC is free again.
+#[test]
+fn a_restart_adopts_a_pod_whose_namespace_path_it_cannot_open() {
+    if !require_root("a_restart_adopts_a_pod_whose_namespace_path_it_cannot_open") {
+        return;
+    }
+    let tb = passthru_bed(2);
+    let agent = tb.start_agent().unwrap();
+    let cni = tb.hostnic();
+    let conf = tb.netconf("1.0.0", json!([]));
+    let pod = Ns::new("pta").unwrap();
+    let path = pod.path().display().to_string();
+    let mac = mac_of(&ok(cni.call("ADD", &conf, &env("c1", &path))));
+    // The namespace outlives its path, held by an open descriptor.
+    let held = std::fs::File::open(&path).unwrap();
+    drop(pod);
+    drop(agent);
+    let _agent = tb.start_agent().unwrap();
+    assert_eq!(tb.records().len(), 1, "the live pod's record was dropped");
+    assert_eq!(promiscuity(&tb, &mac), 1);
+    // Its NIC is not handed out: the next pod gets the other one, and a
+    // third finds none.
+    let (p2, p3) = (Ns::new("ptb").unwrap(), Ns::new("ptc").unwrap());
+    let p2path = p2.path().display().to_string();
+    let p3path = p3.path().display().to_string();
+    assert_ne!(
+        mac_of(&ok(cni.call("ADD", &conf, &env("c2", &p2path)))),
+        mac
+    );
+    assert_eq!(err_code(cni.call("ADD", &conf, &env("c3", &p3path))), 101);
+    // The pod goes (its namespace with the child), then its DEL.
+    drop(held);
+    wait_for(
+        "the child to go with its namespace",
+        Duration::from_secs(10),
+        || promiscuity(&tb, &mac) == 0,
+    )
+    .unwrap();
+    ok(cni.call("DEL", &conf, &env("c1", "")));
+    tb.settle();
+    assert_eq!(
+        mac_of(&ok(cni.call("ADD", &conf, &env("c3", &p3path)))),
+        mac
+    );
+}
+
 /// Whatever the agent was doing when killed, after a restart and the
 /// runtime's DEL retries every NIC is with the pod that was told success
 /// or parked, never held promiscuous by a child nobody owns.

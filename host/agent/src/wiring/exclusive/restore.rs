@@ -13,11 +13,14 @@
 //! | none        | node, a child holds it     | missing until no child holds it          |
 //! | none        | nowhere                    | missing until it reappears               |
 //!
-//! A committed attachment whose netns path no longer exists belonged to a
-//! pod that is gone, if its NIC is back in the node namespace (`move`) or
-//! never left it (`passthru`: the child went with the namespace):
-//! released. A committed `passthru` attachment is held on the node: up
-//! there, and never parked while its pod has it.
+//! A committed attachment whose netns path no longer opens belonged to a
+//! pod that is gone if the kernel agrees: its NIC is back in the node
+//! namespace (`move`), or no child holds it promiscuous any more
+//! (`passthru`: the child went with the namespace). Then it is released.
+//! A `passthru` NIC still held is adopted even when its path does not
+//! open: the path may be one the agent's mounts do not show. A committed
+//! `passthru` attachment is held on the node: up there, and never parked
+//! while its pod has it.
 //!
 //! A NIC without a record (or whose record could not be read) is free only
 //! if it is parked on the node: never one NIC to two pods. A `passthru`
@@ -94,12 +97,22 @@ pub async fn reconcile(
         let state = match record {
             Some(rec) if rec.phase == Phase::Committed => {
                 let wiring = exclusive.wiring_of(&rec);
-                if (wiring.stays_on_node() || on_node(spec.mac).is_some())
-                    && rec
-                        .netns
-                        .as_deref()
-                        .is_none_or(|p| plumber.reopen(p, rec.netns_id).is_none())
-                {
+                let unreachable = rec
+                    .netns
+                    .as_deref()
+                    .is_none_or(|p| plumber.reopen(p, rec.netns_id).is_none());
+                // Whether the pod is gone, asked of the kernel, not of a
+                // path the agent may not see (a runtime keeping its
+                // namespaces outside the agent's mounts): a moved NIC is
+                // back on the node; a passthru NIC has no child holding it
+                // promiscuous, wherever the child's namespace is.
+                let link = on_node(spec.mac);
+                let pod_gone = if wiring.stays_on_node() {
+                    link.is_none_or(|l| l.promiscuity == 0)
+                } else {
+                    link.is_some()
+                };
+                if unreachable && pod_gone {
                     warn!(nic = %spec.mac, container = %rec.key.container_id, "pod is gone; releasing its NIC");
                     release_record(exclusive, &rec).await?
                 } else {

@@ -153,7 +153,12 @@ fn restarts(n: usize) -> anyhow::Result<()> {
         ready.push(t.elapsed());
         gone.push(old_gone.unwrap_or_default());
         let log = cluster.kubectl(&["logs", "-n", "kube-system", &new, "-c", "agent"])?;
-        start.push(serving_after(&log).context("no 'serving' line in the new agent's log")?);
+        let took = serving_after(&log).context("no 'serving' line in the new agent's log")?;
+        if took > Duration::from_secs(1) {
+            // A slow start is explained by its log: show what it waited on.
+            eprintln!("agent {new} took {took:?} to serve; its log:\n{log}");
+        }
+        start.push(took);
     }
     let row = |name: &str, s: &[Duration]| {
         println!(

@@ -22,7 +22,7 @@ use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::cluster::{self, BUSYBOX_IMAGE, Cluster, Install};
 use hostnic_testbed::deploy;
 use hostnic_testbed::sim::SimConfig;
-use hostnic_testbed::stats::{ms, pct};
+use hostnic_testbed::stats::{self, ms, pct};
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +81,21 @@ fn main() -> anyhow::Result<()> {
             ms(pct(&samples, 99)),
             ms(*samples.iter().max().unwrap_or(&Duration::ZERO))
         );
+        if let Install::Agents(_) = install {
+            // How much of it is hostnic's: the agents' own account of
+            // their latest ADDs.
+            let mut total = Vec::new();
+            for node in 0..cluster.nodes.len() {
+                let phases = stats::phases(&cluster.bed.status(node)?)?;
+                total.extend(phases[stats::PHASES.len() - 1].iter().copied());
+            }
+            println!(
+                "  {:20} the agents' own ADD p50 / p99: {} / {}",
+                "",
+                ms(pct(&total, 50)),
+                ms(pct(&total, 99))
+            );
+        }
         rows.push(pct(&samples, 50));
     }
     if let [passthru, moved, ptp] = rows[..] {

@@ -86,6 +86,32 @@ fn assert_parked(tb: &Testbed, mac: &str) {
     assert_eq!(promiscuity(tb, mac), 0, "{lower}");
 }
 
+/// Pod `c1` added in a namespace named `name` whose path then goes, so
+/// only the returned descriptor keeps it (and the child in it) alive:
+/// the pod's MAC and that descriptor.
+fn pod_out_of_reach(
+    cni: &hostnic_testbed::CniCall,
+    conf: &Value,
+    name: &str,
+) -> (String, std::fs::File) {
+    let pod = Ns::new(name).unwrap();
+    let path = pod.path().display().to_string();
+    let mac = mac_of(&ok(cni.call("ADD", conf, &env("c1", &path))));
+    let held = std::fs::File::open(&path).unwrap();
+    drop(pod);
+    (mac, held)
+}
+
+/// Waits until no child holds NIC `mac` (its namespace went with it).
+fn wait_childless(tb: &Testbed, mac: &str) {
+    wait_for(
+        "the child to go with its namespace",
+        Duration::from_secs(10),
+        || promiscuity(tb, mac) == 0,
+    )
+    .unwrap();
+}
+
 fn mac_of(r: &Value) -> String {
     r["interfaces"][0]["mac"].as_str().unwrap().to_string()
 }
@@ -209,12 +235,7 @@ fn a_nic_held_by_a_child_out_of_reach_is_out_of_use_until_its_namespace_goes() {
     let _agent = tb.start_agent().unwrap();
     let cni = tb.hostnic();
     let conf = tb.netconf("1.0.0", json!([]));
-    let pod = Ns::new("ptr").unwrap();
-    let path = pod.path().display().to_string();
-    let mac = mac_of(&ok(cni.call("ADD", &conf, &env("c1", &path))));
-    // Only an open descriptor keeps the pod's namespace now.
-    let held = std::fs::File::open(&path).unwrap();
-    drop(pod);
+    let (mac, held) = pod_out_of_reach(&cni, &conf, "ptr");
     ok(cni.call("DEL", &conf, &env("c1", "")));
     tb.settle();
     assert!(tb.records().is_empty(), "{:?}", tb.records());
@@ -228,12 +249,7 @@ fn a_nic_held_by_a_child_out_of_reach_is_out_of_use_until_its_namespace_goes() {
     );
     // The namespace goes with its last holder, and the child with it.
     drop(held);
-    wait_for(
-        "the child to go with its namespace",
-        Duration::from_secs(10),
-        || promiscuity(&tb, &mac) == 0,
-    )
-    .unwrap();
+    wait_childless(&tb, &mac);
     let r = ok(cni.call("ADD", &conf, &env("c2", &other_path)));
     assert_eq!(mac_of(&r), mac);
     assert_child_of(&tb, &other, &mac);
@@ -254,12 +270,7 @@ fn a_restart_adopts_a_pod_whose_namespace_path_it_cannot_open() {
     let agent = tb.start_agent().unwrap();
     let cni = tb.hostnic();
     let conf = tb.netconf("1.0.0", json!([]));
-    let pod = Ns::new("pta").unwrap();
-    let path = pod.path().display().to_string();
-    let mac = mac_of(&ok(cni.call("ADD", &conf, &env("c1", &path))));
-    // The namespace outlives its path, held by an open descriptor.
-    let held = std::fs::File::open(&path).unwrap();
-    drop(pod);
+    let (mac, held) = pod_out_of_reach(&cni, &conf, "pta");
     drop(agent);
     let _agent = tb.start_agent().unwrap();
     assert_eq!(tb.records().len(), 1, "the live pod's record was dropped");
@@ -276,12 +287,7 @@ fn a_restart_adopts_a_pod_whose_namespace_path_it_cannot_open() {
     assert_eq!(err_code(cni.call("ADD", &conf, &env("c3", &p3path))), 101);
     // The pod goes (its namespace with the child), then its DEL.
     drop(held);
-    wait_for(
-        "the child to go with its namespace",
-        Duration::from_secs(10),
-        || promiscuity(&tb, &mac) == 0,
-    )
-    .unwrap();
+    wait_childless(&tb, &mac);
     ok(cni.call("DEL", &conf, &env("c1", "")));
     tb.settle();
     assert_eq!(

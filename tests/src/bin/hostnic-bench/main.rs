@@ -170,18 +170,7 @@ fn main() -> anyhow::Result<()> {
         del: floor_out,
     });
 
-    println!("| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
-    println!("|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} |",
-            r.name,
-            ms(pct(&r.add, 50)),
-            ms(pct(&r.add, 99)),
-            ms(pct(&r.del, 50)),
-            ms(pct(&r.del, 99))
-        );
-    }
+    print_rows("plugin", &rows);
     let ratio = |a: usize, b: usize| {
         pct(&rows[a].add, 50).as_secs_f64() / pct(&rows[b].add, 50).as_secs_f64()
     };
@@ -223,20 +212,7 @@ fn main() -> anyhow::Result<()> {
         outside(&rows[0], &move_phases[PHASES.len() - 1])
     );
     println!();
-    println!(
-        "| through libcni's way of running a conflist | ADD p50 | ADD p99 | DEL p50 | DEL p99 |"
-    );
-    println!("|---|---|---|---|---|");
-    for r in &chained_rows {
-        println!(
-            "| {} | {} | {} | {} | {} |",
-            r.name,
-            ms(pct(&r.add, 50)),
-            ms(pct(&r.add, 99)),
-            ms(pct(&r.del, 50)),
-            ms(pct(&r.del, 99))
-        );
-    }
+    print_rows("through libcni's way of running a conflist", &chained_rows);
     let chain_ratio = |a: usize| {
         pct(&chained_rows[a].add, 50).as_secs_f64() / pct(&chained_rows[2].add, 50).as_secs_f64()
     };
@@ -296,6 +272,22 @@ fn main() -> anyhow::Result<()> {
         println!("| {what} | {} | {} |", ms(pct(v, 50)), ms(pct(v, 100)));
     }
     Ok(())
+}
+
+/// `rows` as a markdown table of ADD and DEL p50/p99, headed `what`.
+fn print_rows(what: &str, rows: &[Row]) {
+    println!("| {what} | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name,
+            ms(pct(&r.add, 50)),
+            ms(pct(&r.add, 99)),
+            ms(pct(&r.del, 50)),
+            ms(pct(&r.del, 99))
+        );
+    }
 }
 
 #[derive(Debug)]

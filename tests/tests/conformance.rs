@@ -39,6 +39,9 @@ const CI_FOCUS_SHARED: &str = concat!(
     r"|Services should preserve source pod IP for traffic thru service cluster IP",
 );
 
+/// e2e.test processes at once: the specs mostly wait on the cluster.
+const PROCS: usize = 3;
+
 fn run(wiring: &str, focus: &str, want: usize) {
     let test = format!("conformance_{wiring}");
     if !require_root(&test) {
@@ -50,6 +53,7 @@ fn run(wiring: &str, focus: &str, want: usize) {
     let selection = Selection {
         focus: focus.to_string(),
         skip: wiring_mode.default_skip(),
+        procs: PROCS,
     };
     let outcome = conformance::run(wiring_mode, &selection, dir.path())
         .unwrap_or_else(|e| panic!("{wiring}: {e:#}"));

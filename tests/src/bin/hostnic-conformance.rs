@@ -25,6 +25,10 @@ struct Cli {
     /// mode's known failures; the reasons in docs/testing.md).
     #[arg(long)]
     skip: Option<String>,
+    /// How many e2e.test processes run the specs at once (ginkgo's
+    /// --procs); `[Serial]` specs run alone at the end.
+    #[arg(long, default_value_t = 4)]
+    procs: usize,
     /// Where the reports go.
     #[arg(long, default_value = "target/conformance")]
     report_dir: PathBuf,
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         let selection = Selection {
             focus: focus.clone(),
             skip: cli.skip.clone().unwrap_or_else(|| wiring.default_skip()),
+            procs: cli.procs,
         };
         let dir = cli.report_dir.join(wiring.name);
         let outcome = conformance::run(wiring, &selection, &dir)?;

@@ -9,7 +9,7 @@
 mod images;
 mod report;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -92,7 +92,7 @@ pub fn wiring(name: &str) -> anyhow::Result<&'static Wiring> {
     })
 }
 
-/// `scripts/e2e-build`'s bin directory: e2e.test, agnhost, coredns.
+/// `scripts/e2e-build`'s bin directory: e2e.test, ginkgo, agnhost, coredns.
 pub fn e2e_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| built_by("e2e-build"))
@@ -100,12 +100,16 @@ pub fn e2e_bin() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
-/// The specs to run: ginkgo's `--focus` and `--skip` regular expressions
-/// (and, for a spec that reads a label, `--label-filter`).
+/// The specs to run: ginkgo's `--focus` and `--skip` regular expressions,
+/// and how many processes run them at once.
 #[derive(Debug, Clone)]
 pub struct Selection {
     pub focus: String,
     pub skip: String,
+    /// ginkgo's `--procs`: the specs in that many e2e.test processes, as
+    /// upstream's CI runs them (`hack/ginkgo-e2e.sh --nodes`); a spec
+    /// marked `[Serial]` still runs alone, after the others.
+    pub procs: usize,
 }
 
 /// The default selection (`scripts/conformance` without a FOCUS): every
@@ -185,7 +189,7 @@ fn deploy_dns(cluster: &Cluster) -> anyhow::Result<()> {
     )
 }
 
-/// `e2e.test` in the SDN namespace (where the API server listens and
+/// `e2e.test` under the ginkgo CLI in the SDN namespace (where the API server listens and
 /// every node and pod is routed), its output to `report_dir/e2e.log` and
 /// to stderr as it comes.
 fn run_suite(
@@ -194,62 +198,81 @@ fn run_suite(
     selection: &Selection,
     report_dir: &Path,
 ) -> anyhow::Result<Outcome> {
+    // Absolute: ginkgo runs e2e.test in the binary's own directory, where
+    // a relative --report-dir would put the report. And no report of an
+    // earlier run left to be read as this one's.
+    let report_dir = &std::path::absolute(report_dir)?;
+    let junit = report_dir.join("junit_01.xml");
+    match std::fs::remove_file(&junit) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let home = report_dir.join("home");
     std::fs::create_dir_all(&home)?;
     let log_path = report_dir.join("e2e.log");
     let mut log = std::fs::File::create(&log_path)?;
     let kubectl = cluster.cp.bin.join("kubectl");
-    let mut cmd = cluster.bed.sim.sdn_ns().command(e2e.join("e2e.test"))?;
-    cmd.arg(format!(
-        "--kubeconfig={}",
-        cluster.cp.admin_kubeconfig().display()
-    ))
-    .arg(format!("--kubectl-path={}", kubectl.display()))
-    .arg(format!("--report-dir={}", report_dir.display()))
-    .args([
-        // No cloud: the suite's provider-neutral code paths; the specs
-        // that need a provider (SSH to nodes, load balancers) skip
-        // themselves with their reason.
-        "--provider=skeleton",
-        "--num-nodes=2",
-        "--allowed-not-ready-nodes=0",
-        "--dump-logs-on-failure=false",
-        "--ginkgo.no-color",
-        "--ginkgo.timeout=6h",
-        "--ginkgo.flake-attempts=1",
-    ])
-    .arg(format!("--ginkgo.focus={}", selection.focus))
-    .arg(format!("--ginkgo.skip={}", selection.skip))
-    .env("HOME", &home)
-    .env(
-        "PATH",
-        format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", cluster.cp.bin.display()),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    // The ginkgo CLI runs e2e.test (its children inherit the namespace):
+    // the runner's flags first, then the binary, then after `--` the
+    // suite's own.
+    let mut cmd = cluster.bed.sim.sdn_ns().command(e2e.join("ginkgo"))?;
+    cmd.arg(format!("--procs={}", selection.procs.max(1)))
+        .args(["--no-color", "--timeout=6h", "--flake-attempts=1"])
+        .arg(format!("--focus={}", selection.focus))
+        .arg(format!("--skip={}", selection.skip))
+        .arg(e2e.join("e2e.test"))
+        .arg("--")
+        .arg(format!(
+            "--kubeconfig={}",
+            cluster.cp.admin_kubeconfig().display()
+        ))
+        .arg(format!("--kubectl-path={}", kubectl.display()))
+        .arg(format!("--report-dir={}", report_dir.display()))
+        .args([
+            // No cloud: the suite's provider-neutral code paths; the specs
+            // that need a provider (SSH to nodes, load balancers) skip
+            // themselves with their reason.
+            "--provider=skeleton",
+            "--num-nodes=2",
+            "--allowed-not-ready-nodes=0",
+            "--dump-logs-on-failure=false",
+        ])
+        .env("HOME", &home)
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", cluster.cp.bin.display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let started = Instant::now();
-    let mut child = cmd.spawn().context("starting e2e.test")?;
-    let out = child.stdout.take().context("e2e.test's stdout")?;
-    // Bytes, not text: a spec's output may hold what a server answered
-    // (the proxy specs' binary replies), and a log line that is not UTF-8
-    // must not end the run.
-    let copied = BufReader::new(out).split(b'\n').try_for_each(|line| {
-        let line = line?;
-        log.write_all(&line)?;
-        log.write_all(b"\n")?;
-        eprintln!("{}", String::from_utf8_lossy(&line));
-        std::io::Result::Ok(())
-    });
+    let mut child = cmd.spawn().context("starting ginkgo")?;
+    let mut out = child.stdout.take().context("ginkgo's stdout")?;
+    // Bytes as they come, not lines: a spec's output may hold what a
+    // server answered (the proxy specs' binary replies), and ginkgo marks
+    // each spec that passed with a `•` on a line that ends only when the
+    // suite does.
+    let copied = (|| -> std::io::Result<()> {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = out.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            log.write_all(&buf[..n])?;
+            let mut err = std::io::stderr().lock();
+            err.write_all(&buf[..n])?;
+            err.flush()?;
+        }
+    })();
     if copied.is_err() {
         // Nobody reads its output any more: it would block on the pipe.
         // (It may have exited already; the error that matters is below.)
         let _ = child.kill();
     }
     let status = child.wait()?;
-    copied.context("copying e2e.test's output")?;
+    copied.context("copying the suite's output")?;
     let duration = started.elapsed();
-    let junit = report_dir.join("junit_01.xml");
     ensure!(
         junit.exists(),
         "e2e.test ({status}) wrote no JUnit report; its log: {}",

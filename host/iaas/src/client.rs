@@ -13,6 +13,7 @@ use crate::Credentials;
 use crate::budget::Limiter;
 use crate::error::Error;
 use crate::options::Options;
+use crate::pace::{Pace, Share};
 use crate::params::Params;
 use crate::response::{self, Attempt, Failure};
 use crate::sign;
@@ -32,6 +33,7 @@ struct Inner {
     endpoint: String,
     opts: Options,
     limiter: Limiter,
+    pace: Pace,
     calls: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -50,6 +52,16 @@ impl fmt::Debug for Client {
 /// only retried when the request provably never left (connect failed).
 fn creates(action: &str) -> bool {
     matches!(action, "CreateNics" | "CreateTag")
+}
+
+/// The account's request rate was exceeded.
+const THROTTLED: i64 = 5100;
+
+fn valid_share(share: &Share) -> Result<(), Error> {
+    share.validate().map_err(|problem| Error::Invalid {
+        action: "Client::set_share",
+        problem,
+    })
 }
 
 impl Client {
@@ -79,6 +91,10 @@ impl Client {
             .build()
             .map_err(|source| Error::Setup { source })?;
         let limiter = Limiter::new(opts.budget, opts.budgets.clone(), opts.quota_cooldown);
+        if let Some(share) = &opts.share {
+            valid_share(share)?;
+        }
+        let pace = Pace::new(opts.share);
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -87,6 +103,7 @@ impl Client {
                 creds,
                 opts,
                 limiter,
+                pace,
                 calls: Mutex::default(),
             }),
         })
@@ -115,6 +132,28 @@ impl Client {
         &self.inner.opts
     }
 
+    /// Paces every request of this client (every clone) to this node's
+    /// slots in the account's rate: when the nodes sharing it change.
+    pub fn set_share(&self, share: Share) -> Result<(), Error> {
+        valid_share(&share)?;
+        self.inner.pace.set(share);
+        Ok(())
+    }
+
+    /// Waits until this node's next slot in the account's rate comes,
+    /// without taking it: what to ask for is then decided with what is
+    /// known when the request can leave, not seconds before.
+    pub async fn paced(&self) {
+        self.inner.pace.ready().await;
+    }
+
+    /// This node's requests per second now (lower than its share for a
+    /// while after the cloud refused a request for the account's rate),
+    /// and its share; infinite when unpaced.
+    pub fn pace(&self) -> (f64, f64) {
+        self.inner.pace.rate()
+    }
+
     /// One action, with retries, re-signing and cool-down as the reference
     /// prescribes; `T` is the answer's shape when `ret_code` is 0.
     pub(crate) async fn call<T: DeserializeOwned>(
@@ -132,7 +171,7 @@ impl Client {
         }
         let (mut retries, mut resigned, mut sent) = (0u32, false, 0u32);
         loop {
-            let waited = inner.limiter.acquire(action).await;
+            let waited = inner.limiter.acquire(action).await + inner.pace.acquire().await;
             if let Some(o) = &inner.opts.observer
                 && !waited.is_zero()
             {
@@ -164,7 +203,15 @@ impl Client {
                         message,
                     });
                 }
-                Err(Attempt::Retry(f)) => f,
+                Err(Attempt::Retry(f)) => {
+                    if let Failure::Code {
+                        code: THROTTLED, ..
+                    } = f
+                    {
+                        inner.pace.throttled();
+                    }
+                    f
+                }
             };
             let give_up = match &failure {
                 Failure::Transport(e) => creates(action) && !e.is_connect(),

@@ -6,7 +6,8 @@
 //! - [`Credentials`] reads the original `qcsecret` YAML file; the secret is a
 //!   [`SecretKey`] that prints as `<redacted>` everywhere.
 //! - [`Client`] sends signed GETs with per-action token buckets, retries busy
-//!   answers with jittered backoff, re-signs expired ones, cools an action
+//!   answers with jittered backoff, paces every request to the node's
+//!   slots in the account's rate ([`Share`], [`Client::set_share`]), re-signs expired ones, cools an action
 //!   down after a quota error, and counts the requests it sends
 //!   ([`Client::calls`]). Its typed actions are `describe_nics`,
 //!   `create_nics`, `attach_nics`, `detach_nics`, `delete_nics`,
@@ -22,6 +23,7 @@ mod credentials;
 mod error;
 mod job;
 mod options;
+mod pace;
 pub mod params;
 mod response;
 mod secret;
@@ -35,6 +37,7 @@ pub use credentials::{Credentials, CredentialsError, Protocol};
 pub use error::Error;
 pub use job::JobOutcome;
 pub use options::{Backoff, Clock, Observer, Options};
+pub use pace::Share;
 pub use secret::SecretKey;
 pub use types::{
     CreatedNic, Instance, InstanceNic, Job, JobId, JobStatus, Nic, NicStatus, ResourceTagPair,

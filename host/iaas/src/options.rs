@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::budget::Budget;
+use crate::pace::Share;
 
 /// Tuning that is not in the credentials file. Tests shrink every duration.
 #[derive(Clone, Debug)]
@@ -15,6 +16,11 @@ pub struct Options {
     pub budget: Budget,
     /// Per-action budgets, by action name (`"DescribeNics"`).
     pub budgets: BTreeMap<String, Budget>,
+    /// The account's rate and this node's place among the nodes sharing
+    /// it: every request, whatever its action, waits for one of the node's
+    /// slots (`crate::pace`). `None`: unpaced. Changed while running with
+    /// [`crate::Client::set_share`].
+    pub share: Option<Share>,
     pub backoff: Backoff,
     /// How long an action is refused after the cloud answered 2500.
     pub quota_cooldown: Duration,
@@ -47,6 +53,7 @@ impl Default for Options {
         Options {
             budget: Budget::default(),
             budgets: BTreeMap::new(),
+            share: None,
             backoff: Backoff::default(),
             quota_cooldown: Duration::from_secs(300),
             job_poll_interval: Duration::from_secs(5),

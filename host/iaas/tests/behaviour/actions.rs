@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use hostnic_iaas::{
-    Budget, Error, NicFilter, NicStatus, Options, ResourceTagPair, TagFilter, TagId, sign,
+    Budget, Error, NicFilter, NicStatus, Options, ResourceTagPair, Share, TagFilter, TagId, sign,
 };
 use serde_json::json;
 
@@ -246,4 +246,55 @@ async fn the_token_bucket_spreads_a_burst() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[tokio::test]
+async fn the_pace_spans_every_action_and_a_refusal_slows_the_node() {
+    // The first DescribeJobs is refused for the account's rate (5100).
+    let srv = Server::start(|seen, n| match (seen.action.as_str(), n) {
+        ("DescribeJobs", 0) => fail(5100, "ServerBusy, too many requests"),
+        ("DescribeJobs", _) => ok("DescribeJobs", json!({"total_count": 0, "job_set": []})),
+        _ => ok("DescribeTags", json!({"total_count": 0, "tag_set": []})),
+    })
+    .await;
+    // Node 1 of 2 sharing 40 requests a second: its slots are 50 ms apart.
+    let c = srv.client(Options {
+        share: Some(Share {
+            account_rate: 40.0,
+            nodes: 2,
+            node: 1,
+        }),
+        ..fast()
+    });
+    assert_eq!(c.pace(), (20.0, 20.0));
+    // Two actions, one pace: 10 requests take 9 slots at least, whatever
+    // their actions.
+    let start = Instant::now();
+    for i in 0..10 {
+        if i % 2 == 0 {
+            c.describe_tags(&TagFilter::default()).await.unwrap();
+        } else {
+            c.describe_jobs(&[]).await.unwrap();
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(440),
+        "10 requests at 20/s in {took:?}"
+    );
+    // The refusal (its retry succeeded) halved the node's rate, for every
+    // action; it climbs back from there.
+    let (rate, share) = c.pace();
+    assert_eq!(share, 20.0);
+    assert!(rate < 20.0 * 0.75, "the rate after a 5100: {rate}");
+    // A new share applies to the client's clones too, at once.
+    c.clone().set_share(Share::alone(5.0)).unwrap();
+    assert!(c.pace().0 <= 5.0);
+    assert!(c.set_share(Share::alone(0.0)).is_err());
+    let outside = Share {
+        account_rate: 20.0,
+        nodes: 2,
+        node: 2,
+    };
+    assert!(c.set_share(outside).is_err());
 }

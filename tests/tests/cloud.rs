@@ -931,3 +931,63 @@ fn a_nic_made_for_an_address_goes_to_the_add_that_asked() {
     assert_eq!(ip_of(&pinned), wanted);
     assert_ne!(ip_of(&any), wanted);
 }
+
+/// With `[cni] conf_dir` the agent writes the network config only once it
+/// serves and its pool has its first NIC: until then the runtime reports
+/// the network not ready, and kubelet the node, so no pod is sent to it.
+#[test]
+fn the_network_config_appears_only_once_the_pool_has_its_first_nic() {
+    if !require_root("the_network_config_appears_only_once_the_pool_has_its_first_nic") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults: Faults {
+            attach_latency_ms: 3000,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let site = bed.dir.path().join("site");
+    let conf_dir = bed.dir.path().join("net.d");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conflist = site.join("10-hostnic.conflist");
+    let text = json!({
+        "cniVersion": "1.0.0",
+        "name": "hostnic-cloud",
+        "plugins": [bed.netconf(0, "1.0.0", json!([]))],
+    });
+    std::fs::write(&conflist, text.to_string()).unwrap();
+    let installed = conf_dir.join("10-hostnic.conflist");
+    let config = format!(
+        "warm_min = 1\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 10\n\
+         [cni]\nconf_dir = {conf_dir:?}\nconflist = {conflist:?}\n"
+    );
+    let _agent = bed.start_agent(0, &config).unwrap();
+    let serving = Instant::now();
+    // Serving, its first NIC still attaching (3 s): no network config.
+    assert!(
+        !installed.exists(),
+        "the conflist was installed before the pool had a NIC"
+    );
+    wait_for("the conflist", Duration::from_secs(30), || {
+        installed.exists()
+    })
+    .unwrap();
+    // It came with the attach, not before: an agent that installed it on
+    // serving would have done so within milliseconds.
+    let after = serving.elapsed();
+    assert!(
+        after >= Duration::from_secs(2),
+        "installed {after:?} after serving"
+    );
+    assert!(bed.sim.calls().contains_key("AttachNics"));
+    assert_eq!(
+        std::fs::read_to_string(&installed).unwrap(),
+        text.to_string()
+    );
+    // Nothing else in the directory: no temporary file left behind.
+    assert_eq!(std::fs::read_dir(&conf_dir).unwrap().count(), 1);
+}

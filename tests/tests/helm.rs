@@ -103,6 +103,23 @@ fn every_agent_config_the_chart_renders_is_one_the_agent_accepts() {
         // the DaemonSet mounts from the host at the same path and probes.
         let conflist: Value = serde_json::from_str(data(cm, "10-hostnic.conflist"))
             .unwrap_or_else(|e| panic!("{file}: the conflist is not JSON: {e}"));
+        // The agent installs that conflist (the ConfigMap's, as mounted)
+        // into the CNI config directory its container mounts, once ready.
+        assert_eq!(
+            cfg.cni.conflist,
+            std::path::Path::new("/etc/hostnic/10-hostnic.conflist"),
+            "{file}"
+        );
+        let ds = find(&objects, "DaemonSet", "hostnic-agent").unwrap();
+        let agent = &ds["spec"]["template"]["spec"]["containers"][0];
+        let conf_dir = cfg.cni.conf_dir.as_ref().expect("[cni] conf_dir");
+        assert!(
+            agent["volumeMounts"].as_array().unwrap().iter().any(|m| {
+                m["name"] == "cni-conf" && m["mountPath"] == conf_dir.display().to_string().as_str()
+            }),
+            "{file}: the agent container does not mount cni-conf at {}",
+            conf_dir.display()
+        );
         let socket = cfg.socket.display().to_string();
         assert_eq!(conflist["plugins"][0]["type"], "hostnic", "{file}");
         assert_eq!(conflist["plugins"][0]["socket"], socket.as_str(), "{file}");

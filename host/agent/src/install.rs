@@ -31,27 +31,45 @@ pub struct InstallCni {
     /// The node's CNI config directory, as mounted in the container.
     #[arg(long, default_value = "/host/etc/cni/net.d")]
     pub conf_dir: PathBuf,
+    /// Install the executable only (the conflist is still checked): the
+    /// agent installs the conflist itself once it can serve (`[cni]
+    /// conf_dir`), so the node's network is not ready before.
+    #[arg(long)]
+    pub without_conflist: bool,
 }
 
 pub fn run(args: &InstallCni) -> anyhow::Result<()> {
-    // Validate, then act: a broken conflist never reaches the node.
-    let conf =
-        fs::read(&args.conflist).with_context(|| format!("reading {}", args.conflist.display()))?;
-    check_conflist(&conf).with_context(|| format!("{}", args.conflist.display()))?;
+    // Validate, then act: a broken conflist never reaches the node, and
+    // fails the init container rather than the agent later.
+    read_conflist(&args.conflist)?;
     let exe = fs::read(&args.executable)
         .with_context(|| format!("reading {}", args.executable.display()))?;
-    let conf_name = file_name(&args.conflist)?;
-    for (dir, name) in [(&args.bin_dir, "hostnic"), (&args.conf_dir, conf_name)] {
-        remove_stale_temporaries(dir, name)?;
-    }
+    remove_stale_temporaries(&args.bin_dir, "hostnic")?;
     install(&args.bin_dir, "hostnic", &exe, 0o755)?;
-    install(&args.conf_dir, conf_name, &conf, 0o644)?;
-    println!(
-        "installed {} and {}",
-        args.bin_dir.join("hostnic").display(),
-        args.conf_dir.join(conf_name).display()
-    );
+    println!("installed {}", args.bin_dir.join("hostnic").display());
+    if !args.without_conflist {
+        let path = install_conflist(&args.conflist, &args.conf_dir)?;
+        println!("installed {}", path.display());
+    }
     Ok(())
+}
+
+/// Installs the network config `conflist` (checked first) into the
+/// runtime's config directory `conf_dir`, atomically; returns its path
+/// there.
+pub fn install_conflist(conflist: &Path, conf_dir: &Path) -> anyhow::Result<PathBuf> {
+    let conf = read_conflist(conflist)?;
+    let name = file_name(conflist)?;
+    remove_stale_temporaries(conf_dir, name)?;
+    install(conf_dir, name, &conf, 0o644)?;
+    Ok(conf_dir.join(name))
+}
+
+/// The conflist's bytes, if it is one hostnic serves.
+pub fn read_conflist(conflist: &Path) -> anyhow::Result<Vec<u8>> {
+    let conf = fs::read(conflist).with_context(|| format!("reading {}", conflist.display()))?;
+    check_conflist(&conf).with_context(|| format!("{}", conflist.display()))?;
+    Ok(conf)
 }
 
 fn file_name(p: &Path) -> anyhow::Result<&str> {
@@ -140,6 +158,7 @@ mod tests {
             conflist: conflist.clone(),
             bin_dir: bin.clone(),
             conf_dir: conf.clone(),
+            without_conflist: false,
         };
         run(&args).unwrap();
         assert_eq!(fs::read(bin.join("hostnic")).unwrap(), b"\x7fELF new");

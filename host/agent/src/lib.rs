@@ -15,6 +15,7 @@ pub mod fds;
 pub mod inspect;
 pub mod install;
 pub mod metrics;
+pub mod network_ready;
 pub mod networks;
 pub mod nics;
 pub mod plan;
@@ -58,6 +59,11 @@ use crate::wiring::shared::SharedVeth;
 /// Runs the agent until SIGTERM or SIGINT. The namespace the agent starts
 /// in is "the node": NICs wait there and return there.
 pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
+    // The network config this agent installs once it serves: a broken one
+    // stops it here, not after it has taken NICs.
+    if cfg.cni.conf_dir.is_some() {
+        install::read_conflist(&cfg.cni.conflist).context("[cni] conflist")?;
+    }
     // The API server first: it may say which VM this is.
     let mut claims: Option<Arc<dyn shared::Claims>> = None;
     let mut kube_client = None;
@@ -107,8 +113,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         }
         Source::Cloud => {
             let duties = kube.as_ref().map(|k| k.duties.clone());
+            let nodes = kube.as_ref().map(|k| k.nodes.clone());
             let cloud = cloud::patiently("connecting to the cloud", || {
-                CloudPool::connect(&cfg, duties.clone())
+                CloudPool::connect(&cfg, duties.clone(), nodes.clone())
             })
             .await?;
             let inventory =
@@ -187,17 +194,17 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     // every node's gateway NICs from the API server: in the pods'
     // namespaces, and in the node's own for its gateway NICs and the
     // backends that need a masquerade.
-    let return_path = match kube_client {
-        Some(client) => {
+    let return_path = match (kube_client, &kube) {
+        (Some(client), Some(view)) => {
             let own = return_path::own_gateways(nics.clone());
-            let node = &cfg.kubernetes.node_name;
-            let nodes = apiserver::gateways::start(client, node, own.clone());
+            apiserver::gateways::publish(client, &cfg.kubernetes.node_name, own.clone());
+            let nodes = view.nodes.clone();
             let here = hostnic_netlink::Netns::current()
                 .context("opening the node's network namespace")?;
             return_path::start_node_rules(here, own, nodes.clone());
             Some(return_path::ReturnPath::start(nodes))
         }
-        None => None,
+        _ => None,
     };
     let loaded = store
         .load()
@@ -252,6 +259,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     }
     let listener = server::bind(&cfg.socket)?;
     info!(socket = %cfg.socket.display(), free_nics = nics.pool().free_count(), "serving");
+    network_ready::start(&cfg, nics.clone());
     server::serve(listener, service, shutdown_signal()).await;
     info!("stopped");
     Ok(())

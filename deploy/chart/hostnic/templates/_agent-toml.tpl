@@ -130,6 +130,13 @@ events = {{ $c.kubernetes.events }}
 # leave off when Multus is installed.
 networks = {{ $c.kubernetes.networks }}
 
+[cni]
+# The agent installs the network config (the ConfigMap's conflist) into
+# the node's CNI config directory, as its container mounts it, once it
+# serves and its pool has its first NIC: the node turns Ready only then.
+conf_dir = "/host/etc/cni/net.d"
+conflist = "/etc/hostnic/10-hostnic.conflist"
+
 [metrics]
 # GET /metrics (OpenMetrics) in the node's network namespace (the agent
 # runs with hostNetwork): loopback keeps it on the node; "0.0.0.0:9273"
@@ -161,6 +168,9 @@ leak_sweep = {{ $c.cloud.leak_sweep | toJson }}
 # A cold ADD answers "try again later" after this long (the attach goes
 # on); keep it under the runtime's CNI timeout.
 cold_add_wait_seconds = {{ int64 $c.cloud.cold_add_wait_seconds }}
+# Requests per second the cloud allows the account, every node's together;
+# each node paces its calls to its share (this over the number of Nodes).
+account_api_rate = {{ $c.cloud.account_api_rate }}
 {{- range $c.shared }}
 
 # Shared-NIC mode: this vxnet's pods share the node's NIC there.

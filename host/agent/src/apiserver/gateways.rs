@@ -1,8 +1,9 @@
 //! The nodes' gateway NICs, through the API server: each agent writes its
 //! own on its Node (the [`ANNOTATION`], a JSON object of vxnet → address
 //! and MAC) and watches every Node's, so that each pod knows where its
-//! Service answers go back (`return_path/`), and every Node's addresses
-//! (a hostNetwork backend answers from them). Of each Node only its
+//! Service answers go back (`return_path/`), every Node's addresses
+//! (a hostNetwork backend answers from them), and how many Nodes share the
+//! cloud account's API rate (`cloud::pace`). Of each Node only its
 //! metadata and addresses are kept: status (images, conditions) and
 //! managed fields are dropped as they arrive.
 
@@ -25,14 +26,19 @@ use crate::return_path::{Gateway, Nodes, OwnGateway};
 pub const ANNOTATION: &str = "hostnic.io/gateways";
 
 /// Writes this node's gateway NICs on its Node whenever they change (a
-/// failed write is retried), and returns every node's, kept current by a
-/// watch of the Nodes: `None` until the watch has listed them all.
-pub fn start(
+/// failed write is retried).
+pub fn publish(
     client: kube::Client,
     node: &str,
     own: watch::Receiver<BTreeMap<String, OwnGateway>>,
-) -> watch::Receiver<Option<Nodes>> {
-    tokio::spawn(publish(client.clone(), node.to_string(), own));
+) {
+    tokio::spawn(publishing(client, node.to_string(), own));
+}
+
+/// Every node's gateway NICs and addresses, and every Node's name,
+/// kept current by a watch of the Nodes: `None` until the watch has listed
+/// them all.
+pub fn watch(client: kube::Client) -> watch::Receiver<Option<Nodes>> {
     let writer = reflector::store::Writer::<Node>::default();
     let store = writer.as_reader();
     let (tx, rx) = watch::channel(None);
@@ -72,6 +78,7 @@ pub fn start(
 fn gather(store: &Store<Node>) -> Nodes {
     let mut all = Nodes::default();
     for node in store.state() {
+        all.names.extend(node.metadata.name.clone());
         let addresses = node
             .status
             .iter()
@@ -106,7 +113,7 @@ fn gather(store: &Store<Node>) -> Nodes {
 }
 
 /// Keeps this node's annotation equal to `own`.
-async fn publish(
+async fn publishing(
     client: kube::Client,
     node: String,
     mut own: watch::Receiver<BTreeMap<String, OwnGateway>>,

@@ -30,6 +30,9 @@ pub struct KubeView {
     pub duties: Duties,
     /// NetworkAttachmentDefinitions, with `[kubernetes] networks = true`.
     pub nads: Option<nads::NadCache>,
+    /// Every Node's gateway NICs and addresses, and how many there are:
+    /// `None` until the watch has listed them.
+    pub nodes: tokio::sync::watch::Receiver<Option<crate::return_path::Nodes>>,
 }
 
 /// A client from the configured kubeconfig, or the pod's ServiceAccount.
@@ -49,7 +52,7 @@ pub async fn client(cfg: &Kubernetes) -> anyhow::Result<kube::Client> {
 }
 
 impl KubeView {
-    /// Starts the pod watch and the Lease election for this node.
+    /// Starts the pod and Node watches and the Lease election for this node.
     pub fn start(client: kube::Client, cfg: &Kubernetes) -> KubeView {
         let pods = pods::PodCache::start(
             client.clone(),
@@ -58,6 +61,7 @@ impl KubeView {
         );
         let nads = cfg.networks.then(|| nads::NadCache::start(client.clone()));
         let owners = statefulsets::Owners::new(client.clone());
+        let nodes = gateways::watch(client.clone());
         let elector = lease::Elector::start(
             client,
             &cfg.lease_namespace,
@@ -70,6 +74,7 @@ impl KubeView {
             pods,
             duties: Duties { elector, owners },
             nads,
+            nodes,
         }
     }
 }

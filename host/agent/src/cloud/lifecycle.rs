@@ -123,11 +123,6 @@ impl CloudPool {
                 })
             })
             .collect();
-        // The name already marks them as ours; a missing tag only slows
-        // leak collection from other nodes.
-        if let Err(e) = self.client.attach_tags(&pairs).await {
-            warn!(error = %e, "tagging new NICs");
-        }
         {
             let mut pool = nics.pool();
             for s in &specs {
@@ -135,15 +130,22 @@ impl CloudPool {
             }
         }
         // Attach in fives (the API's limit per call), all chunks at once:
-        // the token bucket paces the calls, the waits overlap.
+        // the node's pace spaces the calls, the waits overlap. The tags go
+        // beside them, after the attaches in the node's slots: the name
+        // already marks the NICs as ours, and a missing tag only slows
+        // leak collection from other nodes, so no pod waits for it.
         let chunks = specs
             .chunks(hostnic_iaas::MAX_NICS_PER_ATTACH)
             .map(|chunk| self.attach_chunk(nics, chunk, &then));
-        let ready: Vec<Mac> = futures::future::join_all(chunks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let (ready, tagged) = futures::future::join(
+            futures::future::join_all(chunks),
+            self.client.attach_tags(&pairs),
+        )
+        .await;
+        if let Err(e) = tagged {
+            warn!(error = %e, "tagging new NICs");
+        }
+        let ready: Vec<Mac> = ready.into_iter().flatten().collect();
         info!(vxnet, count = ready.len(), "NICs attached and ready");
         match (ready.is_empty(), specs.first()) {
             (true, Some(first)) => Err(ProvisionError::NoLink(first.mac)),

@@ -20,6 +20,7 @@
 
 pub mod kpis;
 mod lifecycle;
+pub mod pace;
 pub mod provisioner;
 pub mod source;
 mod sticky;
@@ -157,9 +158,15 @@ pub struct CloudPool {
 }
 
 impl CloudPool {
-    /// Connects to the cloud: loads the credentials, checks every configured
-    /// vxnet exists, and finds or creates the cluster's tag.
-    pub async fn connect(cfg: &Config, duties: Option<Duties>) -> anyhow::Result<CloudPool> {
+    /// Connects to the cloud: loads the credentials, paces the client to
+    /// this node's slots in the account's rate (following `nodes`, the
+    /// Node list, in Kubernetes), checks every configured vxnet exists,
+    /// and finds or creates the cluster's tag.
+    pub async fn connect(
+        cfg: &Config,
+        duties: Option<Duties>,
+        mut nodes: Option<pace::NodeList>,
+    ) -> anyhow::Result<CloudPool> {
         let path = cfg
             .iaas_credentials
             .as_deref()
@@ -168,12 +175,19 @@ impl CloudPool {
         if let Some(zone) = &cfg.zone {
             creds.zone.clone_from(zone);
         }
+        let node = &cfg.kubernetes.node_name;
+        let share = pace::at_start(&cfg.cloud, nodes.as_mut().map(|n| (n, node.as_str()))).await;
         let opts = Options {
             observer: Some(crate::metrics::CloudObserver::shared()),
+            share: Some(share),
             ..Options::default()
         };
         let client = Client::new(creds, opts)?;
-        Self::with_client(cfg, client, duties).await
+        let pool = Self::with_client(cfg, client, duties).await?;
+        if let Some(nodes) = nodes {
+            pace::follow(pool.client.clone(), cfg.cloud.clone(), nodes, node.clone());
+        }
+        Ok(pool)
     }
 
     pub async fn with_client(

@@ -183,14 +183,14 @@ impl Provisioner {
     }
 
     /// Creates NICs while cold ADDs wait for more than are on their way:
-    /// per vxnet, one batch for all the ADDs waiting for one there. Demand
+    /// per vxnet, one batch for all the ADDs waiting for one there when
+    /// the node's next call may leave. Demand
     /// that arrives during a batch is served by the next, so a burst of
     /// pods costs a few calls, not a few per pod. A failure in a vxnet
     /// moves its waiters on to the next vxnet of their order.
     async fn run(&self, cloud: &CloudPool, nics: &Nics) {
         loop {
-            let demand = self.unmet_demand(nics);
-            if demand.is_empty() {
+            if self.unmet_demand(nics).is_empty() {
                 self.running.store(false, Ordering::SeqCst);
                 nics.wake_waiters();
                 // A waiter may have come between the look and the store.
@@ -200,7 +200,12 @@ impl Provisioner {
                 }
                 return;
             }
-            for (vxnet, n) in demand {
+            // A batch is sized when its CreateNics can leave, in the
+            // node's next slot of the account's rate (`cloud::pace`): the
+            // ADDs that arrive while the node waits for it join the batch
+            // instead of making the next one.
+            cloud.client.paced().await;
+            for (vxnet, n) in self.unmet_demand(nics) {
                 let Err(e) = cloud.provision(nics, &vxnet, n.min(MAX_BATCH)).await else {
                     continue;
                 };

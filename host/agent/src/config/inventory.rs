@@ -89,6 +89,22 @@ pub struct Cloud {
     /// under the runtime's CNI timeout.
     #[serde(default = "default_cold_wait")]
     pub cold_add_wait_seconds: u64,
+    /// Requests per second the cloud allows the account, every node's
+    /// together. Each node sends all its requests, whatever the action, in
+    /// its own slots of that rate: a share of it, among the Nodes in
+    /// Kubernetes (from the API server, followed as nodes come and go), or
+    /// as `api_rate_nodes` and `api_rate_slot` say outside it. A refusal
+    /// for the rate (5100) slows the whole node down.
+    #[serde(default = "default_account_rate")]
+    pub account_api_rate: f64,
+    /// Outside Kubernetes: how many nodes share `account_api_rate`, and
+    /// this node's place among them (`0..api_rate_nodes`, each node its
+    /// own): node `i` of `n` sends in the slots `i, i + n, …` of the
+    /// account's rate.
+    #[serde(default = "default_rate_nodes")]
+    pub api_rate_nodes: u32,
+    #[serde(default)]
+    pub api_rate_slot: u32,
 }
 
 /// See [`Cloud::leak_sweep`].
@@ -140,6 +156,14 @@ fn default_reconcile() -> u64 {
 fn default_cold_wait() -> u64 {
     20
 }
+/// QingCloud documents no rate, only a daily quota; 20 a second is what a
+/// cluster's agents together hold to unless told the account allows more.
+fn default_account_rate() -> f64 {
+    20.0
+}
+fn default_rate_nodes() -> u32 {
+    1
+}
 
 /// One NIC of the static inventory.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -187,6 +211,19 @@ impl Cloud {
         {
             bail!(
                 "cloud.reconcile_seconds, cloud.cloud_poll_seconds and cloud.cold_add_wait_seconds must be at least 1"
+            );
+        }
+        if !(self.account_api_rate.is_finite() && self.account_api_rate > 0.0) {
+            bail!(
+                "cloud.account_api_rate {} must be a number of requests per second above 0",
+                self.account_api_rate
+            );
+        }
+        if self.api_rate_slot >= self.api_rate_nodes {
+            bail!(
+                "cloud.api_rate_slot {} must be below cloud.api_rate_nodes {} (0 for the first node)",
+                self.api_rate_slot,
+                self.api_rate_nodes
             );
         }
         Ok(())

@@ -7,6 +7,7 @@
 //! Each table with rules of its own has a module: `[hooks]`, `[inventory]`
 //! with `[cloud]`, and `[kubernetes]`.
 
+mod cni;
 mod hooks;
 mod inventory;
 mod kubernetes;
@@ -20,6 +21,7 @@ use hostnic_proto::cni::MTU_RANGE;
 use hostnic_proto::rpc::DEFAULT_SOCKET;
 use serde::Deserialize;
 
+pub use cni::Cni;
 pub use hooks::{Failure, HookSpec, Hooks};
 pub use inventory::{Cloud, Inventory, LeakSweep, NicSpec, Source};
 pub use kubernetes::Kubernetes;
@@ -77,6 +79,9 @@ pub struct Config {
     /// The API server's view: the node's VM, its pods, the Lease.
     #[serde(default)]
     pub kubernetes: Kubernetes,
+    /// The network config the agent installs once it can serve.
+    #[serde(default)]
+    pub cni: Cni,
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: Metrics,
@@ -433,7 +438,17 @@ mod tests {
         let c = Config::parse(&ok).unwrap();
         c.validate().unwrap();
         assert_eq!(c.cloud.max_nics, 64);
+        assert_eq!(c.cloud.account_api_rate, 20.0);
         assert_eq!(Config::parse("").unwrap().cloud.warm_max, 4);
+        // The account's rate, an integer as Helm writes it, and this
+        // node's place among the nodes sharing it.
+        let shared = format!("{ok}account_api_rate = 50\napi_rate_nodes = 5\napi_rate_slot = 4\n");
+        let c = Config::parse(&shared).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cloud.account_api_rate, 50.0);
+        assert!(err(&format!("{ok}account_api_rate = 0\n")).contains("account_api_rate"));
+        let outside = format!("{ok}api_rate_nodes = 2\napi_rate_slot = 2\n");
+        assert!(err(&outside).contains("api_rate_slot 2 must be below"));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub type Gateways = BTreeMap<String, BTreeSet<Gateway>>;
 pub struct Nodes {
     pub gateways: Gateways,
     pub addresses: BTreeSet<Ipv4Addr>,
+    /// Every Node's name: how many nodes share the account's API rate,
+    /// and each one's place among them (`cloud::pace`).
+    pub names: BTreeSet<String>,
 }
 
 /// One of this node's gateway NICs, as its namespace has it.

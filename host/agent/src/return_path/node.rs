@@ -123,6 +123,7 @@ mod tests {
         let nodes = Nodes {
             gateways: [("vxnet-a".into(), [a.gateway, peer].into())].into(),
             addresses: ["192.168.0.3".parse().unwrap()].into(),
+            names: BTreeSet::new(),
         };
         let written: BTreeSet<String> = [a.ifname.clone(), "gw525400000999".into()].into();
         let text = ruleset(&gateways, &nodes, &written).unwrap();

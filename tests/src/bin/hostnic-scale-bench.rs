@@ -57,15 +57,22 @@ fn main() -> anyhow::Result<()> {
     // The defaults an operator runs with, cold (no NIC exists yet), but no
     // warm NIC beyond the pods': the simulator's vxnet is one Linux bridge,
     // whose 1,024-port limit 1,000 pod NICs nearly fill.
-    let timers = "warm_min = 0\nwarm_max = 4\ncold_add_wait_seconds = 20";
+    // Each node sends its calls in its own slots of the account's rate:
+    // the agents run outside Kubernetes here, so the share is configured.
+    let timers = |n: usize| {
+        format!(
+            "warm_min = 0\nwarm_max = 4\ncold_add_wait_seconds = 20\n\
+             account_api_rate = {rate}\napi_rate_nodes = {vms}\napi_rate_slot = {n}"
+        )
+    };
     let start = Instant::now();
     let calls = || -> u64 { bed.sim.calls().values().sum() };
     // Agents start as the DaemonSet starts them: all at once.
     let agents: Vec<Agent> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..vms)
             .map(|n| {
-                let bed = &bed;
-                s.spawn(move || bed.start_agent_within(n, timers, Duration::from_secs(300)))
+                let (bed, timers) = (&bed, &timers);
+                s.spawn(move || bed.start_agent_within(n, &timers(n), Duration::from_secs(300)))
             })
             .collect();
         handles
@@ -187,6 +194,15 @@ fn main() -> anyhow::Result<()> {
         "| API calls in {} s at rest, all {vms} nodes | {at_rest} |",
         rest_window.as_secs()
     );
+    println!("\n| action | requests | refused (5100) | per pod, accepted |\n|---|---|---|---|");
+    let refused = bed.sim.throttled();
+    for (action, n) in bed.sim.calls() {
+        let r = refused.get(&action).copied().unwrap_or(0);
+        println!(
+            "| {action} | {n} | {r} | {:.2} |",
+            (n - r) as f64 / total as f64
+        );
+    }
     for f in failures.iter().take(5) {
         println!("failed: {f}");
     }

@@ -81,6 +81,8 @@ pub struct Injector {
     /// What was injected so far, by ret_code (0 for failed jobs), so a test
     /// can show its faults really happened.
     pub injected: std::collections::BTreeMap<u32, u64>,
+    /// Calls refused by the account's rate limit (5100), by action.
+    pub throttled: std::collections::BTreeMap<String, u64>,
 }
 
 impl Injector {
@@ -90,6 +92,7 @@ impl Injector {
             rng: fastrand::Rng::with_seed(seed),
             window: (Instant::now(), 0),
             injected: std::collections::BTreeMap::new(),
+            throttled: std::collections::BTreeMap::new(),
         }
     }
 
@@ -104,6 +107,7 @@ impl Injector {
             *n += 1;
             if *n > limit {
                 *self.injected.entry(5100).or_default() += 1;
+                *self.throttled.entry(action.to_string()).or_default() += 1;
                 return Some((
                     5100,
                     format!("ServerBusy, more than {limit} requests per second"),

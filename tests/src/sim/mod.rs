@@ -266,6 +266,11 @@ impl Sim {
         self.inner.injector().injected.clone()
     }
 
+    /// Calls refused so far by the account's rate limit, per action.
+    pub fn throttled(&self) -> BTreeMap<String, u64> {
+        self.inner.injector().throttled.clone()
+    }
+
     /// API calls answered so far, per action.
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.inner

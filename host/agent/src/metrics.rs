@@ -229,7 +229,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "cloud_api_throttle_wait",
-            "Time requests waited for the client's per-action budget",
+            "Time requests waited for the client's per-action budget and for the node's slots in the account's rate",
             Unit::Seconds,
             m.cloud_budget_wait.clone(),
         );

@@ -18,7 +18,7 @@
 //! A 5100 means the account's rate was exceeded all the same (another
 //! user of the account, a node that counted differently): the node then
 //! uses fewer of its slots — half as many, down to a sixteenth — and
-//! climbs back to all of them linearly over [`RECOVERY`].
+//! climbs back linearly, from half of them to all in [`RECOVERY`].
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,7 +65,7 @@ impl Share {
         }
         if self.nodes == 0 || self.node >= self.nodes {
             return Err(format!(
-                "node {} of {} sharing the account's rate",
+                "this node's place {} is outside 0..{} of the nodes sharing the account's rate",
                 self.node, self.nodes
             ));
         }

@@ -2,8 +2,8 @@
 //! own on its Node (the [`ANNOTATION`], a JSON object of vxnet → address
 //! and MAC) and watches every Node's, so that each pod knows where its
 //! Service answers go back (`return_path/`), every Node's addresses
-//! (a hostNetwork backend answers from them), and how many Nodes share the
-//! cloud account's API rate (`cloud::pace`). Of each Node only its
+//! (a hostNetwork backend answers from them), and every Node's name (the
+//! nodes sharing the cloud account's API rate, `cloud::pace`). Of each Node only its
 //! metadata and addresses are kept: status (images, conditions) and
 //! managed fields are dropped as they arrive.
 

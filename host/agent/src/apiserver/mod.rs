@@ -30,8 +30,8 @@ pub struct KubeView {
     pub duties: Duties,
     /// NetworkAttachmentDefinitions, with `[kubernetes] networks = true`.
     pub nads: Option<nads::NadCache>,
-    /// Every Node's gateway NICs and addresses, and how many there are:
-    /// `None` until the watch has listed them.
+    /// Every Node's gateway NICs, addresses and name: `None` until the
+    /// watch has listed them.
     pub nodes: tokio::sync::watch::Receiver<Option<crate::return_path::Nodes>>,
 }
 

@@ -146,7 +146,7 @@ fn a_pod_gets_a_nic_from_each_of_three_vxnets_with_one_default_route() {
     }
     bed.settle(0);
     bed.settle(1);
-    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+    no_nic_left_unattached(&bed);
 }
 
 #[test]
@@ -205,10 +205,7 @@ fn a_network_cannot_reach_past_the_agents_vxnets_or_its_own() {
     // unattached.
     let links = pod.ip(&["-o", "link"]).unwrap();
     assert_eq!(links.lines().count(), 1, "only lo: {links}");
-    wait_for("no NIC left unattached", Duration::from_secs(10), || {
-        bed.leaked_nics().is_empty()
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", bed.leaked_nics()));
+    no_nic_left_unattached(&bed);
 }
 
 /// A network configures the vxnet guest its own way (its config's
@@ -298,5 +295,15 @@ fn each_network_configures_its_own_vxnet_policy_within_what_the_agent_allows() {
         }
     }
     bed.settle(0);
-    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+    no_nic_left_unattached(&bed);
+}
+
+/// No NIC the cloud has stays unattached: a leak. A warm NIC the agent
+/// is still bringing (created, its attach waiting for the node's next
+/// slot in the account's rate) is given up to 10 s.
+fn no_nic_left_unattached(bed: &CloudBed) {
+    wait_for("no NIC left unattached", Duration::from_secs(10), || {
+        bed.leaked_nics().is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", bed.leaked_nics()));
 }

@@ -29,6 +29,12 @@ pub const RECOVERY: Duration = Duration::from_secs(20);
 /// The least part of its slots a run of refusals leaves a node.
 const FLOOR: f64 = 1.0 / 16.0;
 
+/// How late in its slot, as a part of a slot, a request may still leave:
+/// a waiter woken a little after its slot began (timers, a busy CPU) still
+/// has it; one woken later would send in the next node's slot, so it waits
+/// for its own next one.
+const LATE: f64 = 0.5;
+
 /// The account's rate and this node's place among those sharing it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Share {
@@ -108,7 +114,8 @@ impl State {
         let slot = 1.0 / self.share.account_rate;
         let cycle = slot * self.share.nodes as f64;
         let offset = slot * self.share.node as f64;
-        let earliest = now.max(self.next);
+        // A slot that began less than `LATE` of a slot ago is still good.
+        let earliest = (now - slot * LATE).max(self.next);
         // The first of the node's slots (offset + k·cycle) at or after
         // `earliest`.
         let k = ((earliest - offset) / cycle).ceil();
@@ -175,20 +182,31 @@ impl Pace {
         }
     }
 
-    /// Waits for the node's next slot; returns the wait.
+    /// Waits for the node's next slot; returns the wait. Woken too late
+    /// for it (more than `LATE` of a slot after it began), the request
+    /// waits for the node's next slot instead of sending in another's.
     pub(crate) async fn acquire(&self) -> Duration {
-        let wait = {
-            let mut s = self.lock();
-            let Some(state) = &mut *s else {
-                return Duration::ZERO;
+        let started = wall();
+        loop {
+            let (at, slot) = {
+                let mut s = self.lock();
+                let Some(state) = &mut *s else {
+                    return Duration::ZERO;
+                };
+                (state.take(wall()), 1.0 / state.share.account_rate)
             };
-            let now = wall();
-            Duration::from_secs_f64((state.take(now) - now).max(0.0))
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            let wait = at - wall();
+            if wait > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+            if wall() - at <= slot * LATE {
+                return Duration::from_secs_f64((wall() - started).max(0.0));
+            }
+            tracing::debug!(
+                late_ms = ((wall() - at) * 1000.0) as u64,
+                "woke too late for this node's slot; waiting for its next one"
+            );
         }
-        wait
     }
 
     /// Waits until a request would go at once, without taking the slot:
@@ -281,6 +299,18 @@ mod tests {
         assert_eq!(s.peek(1000.0), seen);
         assert_eq!(s.take(1000.0), seen);
         assert!((s.peek(1000.0) - seen - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_slot_just_begun_is_still_good_a_later_one_is_not() {
+        // Node 1 of 4 at 20/s: its slots are 50 ms + k × 200 ms.
+        let mut s = state(20.0, 4, 1);
+        // Asked 10 ms into its slot (a waiter woken a little late, or a
+        // request sized the moment `ready` returned): that slot.
+        assert!((s.peek(1000.06) - 1000.05).abs() < 1e-9);
+        // Asked 30 ms into it, more than half a slot: the next node's slot
+        // has begun, so its own next one.
+        assert!((s.peek(1000.08) - 1000.25).abs() < 1e-9);
     }
 
     #[test]

@@ -160,21 +160,28 @@ fn pods_on_two_nodes_talk_over_the_sdn_and_reach_services_through_their_node() {
         "leaked: {:?}",
         bed.leaked_nics()
     );
-    // Every NIC an agent made carries its cluster's and its node's tag.
-    let inspect = bed.sim.inspect();
-    for nic in inspect["nics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["role"] == 0)
-    {
-        let tags = nic["tag_names"].to_string();
-        let node = nic["instance"].as_str().unwrap();
-        assert!(
-            tags.contains("\"hostnic-test\"") && tags.contains(&format!("hostnic-test-{node}")),
-            "{nic}"
-        );
-    }
+    // Every NIC an agent made carries its cluster's and its node's tag,
+    // added once its node has had no cold ADD waiting for a few seconds.
+    let untagged = || -> Vec<String> {
+        let inspect = bed.sim.inspect();
+        inspect["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == 0)
+            .filter(|nic| {
+                let tags = nic["tag_names"].to_string();
+                let node = nic["instance"].as_str().unwrap_or_default();
+                !(tags.contains("\"hostnic-test\"")
+                    && tags.contains(&format!("hostnic-test-{node}")))
+            })
+            .map(|n| n.to_string())
+            .collect()
+    };
+    wait_for("every NIC tagged", Duration::from_secs(20), || {
+        untagged().is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", untagged()));
 }
 
 /// The agent's log without its DEBUG lines, for a failure message.
@@ -276,6 +283,75 @@ fn a_burst_of_first_pods_makes_one_gateway_nic_and_keeps_every_pod_nic() {
     for (i, path) in paths.iter().enumerate() {
         bed.hostnic(0)
             .call("DEL", &conf, &env(&format!("g{i}"), path))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}
+
+/// A batch made for cold ADDs also makes NICs for those the node's recent
+/// cold ADDs say are coming, up to `warm_max`: kubelet starts a node's
+/// pods a few at a time, and one batch now costs fewer of the account's
+/// calls than one per pod later. Pods one after another: the first is
+/// cold (1 recent: 1 + 1 made), the second warm, the third cold (2
+/// recent: 1 + 2), two warm, the sixth cold (3 recent, warm_max 3: 1 +
+/// 3), three warm. Without the look ahead, nine pods made nine batches.
+#[test]
+fn cold_adds_make_nics_ahead_for_the_pods_that_follow() {
+    if !require_root("cold_adds_make_nics_ahead_for_the_pods_that_follow") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults: Faults {
+            attach_latency_ms: 100,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let agent = bed
+        .start_agent(
+            0,
+            "warm_min = 0\nwarm_max = 3\nreconcile_seconds = 3600\ncold_add_wait_seconds = 10\nidle_seconds = 3600",
+        )
+        .unwrap();
+    let conf = bed.netconf(0, "1.0.0", json!([]));
+    let pods: Vec<Ns> = (0..9)
+        .map(|i| Ns::new(&format!("la{i}")).unwrap())
+        .collect();
+    let creates = || bed.sim.calls().get("CreateNics").copied().unwrap_or(0);
+    let ours = || {
+        bed.sim.inspect()["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == 0)
+            .count()
+    };
+    let mut made = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let path = pod.path().display().to_string();
+        add(&bed.hostnic(0), &conf, &env(&format!("la{i}"), &path))
+            .unwrap_or_else(|e| panic!("pod {i}: {e}\n{}", quiet(&agent)));
+        made.push((creates(), ours()));
+        // The batch's other NICs come up with this pod's (one attach, 100
+        // ms): the next pod finds them free, not on their way.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let batches: Vec<u64> = made.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        batches,
+        [1, 1, 2, 2, 2, 3, 3, 3, 3],
+        "CreateNics after each pod"
+    );
+    let nics: Vec<usize> = made.iter().map(|(_, n)| *n).collect();
+    assert_eq!(nics, [2, 2, 5, 5, 5, 9, 9, 9, 9], "NICs after each pod");
+
+    for (i, pod) in pods.iter().enumerate() {
+        let path = pod.path().display().to_string();
+        bed.hostnic(0)
+            .call("DEL", &conf, &env(&format!("la{i}"), &path))
             .unwrap()
             .unwrap();
     }
@@ -548,16 +624,28 @@ fn an_agent_killed_mid_attach_adopts_the_nic_after_restart() {
         "the cut ADD cannot have succeeded"
     );
 
-    // The restarted agent adopts the NIC once the cloud attaches it; the
-    // runtime's retried ADD gets it.
+    // The restarted agent adopts the NICs once the cloud attaches them
+    // (the batch has one made ahead, for a pod that may follow); the
+    // runtime's retried ADD gets one of them, and nothing new is made.
+    let ours = || -> Vec<Value> {
+        bed.sim.inspect()["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == 0)
+            .map(|n| n["id"].clone())
+            .collect()
+    };
+    let made_before = ours();
     agent = bed.start_agent(0, timers).unwrap();
     let r = add(&bed.hostnic(0), &conf, &env("k1", &path))
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
     assert!(pod.ping("10.100.0.1"));
-    let nics = bed.sim.inspect()["nics"].as_array().unwrap().clone();
-    let ours: Vec<&Value> = nics.iter().filter(|n| n["role"] == 0).collect();
-    assert_eq!(ours.len(), 1, "one NIC created, not two: {ours:?}");
-    assert_eq!(ours[0]["id"], r["interfaces"][0]["mac"]);
+    assert_eq!(ours(), made_before, "a NIC made again after the restart");
+    assert!(
+        made_before.contains(&r["interfaces"][0]["mac"]),
+        "{made_before:?}"
+    );
     bed.hostnic(0)
         .call("DEL", &conf, &env("k1", &path))
         .unwrap()
@@ -634,12 +722,13 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
         ready < Duration::from_secs(5),
         "serving again took {ready:?}"
     );
-    // DescribeVxNets, DescribeTags, DescribeNics, and the vxnets' count
-    // (one DescribeNics each); a timer tick may add one more DescribeNics
-    // by the time we look.
+    // DescribeVxNets, DescribeNics, and the vxnets' count (one
+    // DescribeNics each); a timer tick may add one more DescribeNics by the
+    // time we look, and tags the previous agent had not added yet two more
+    // (DescribeTags, AttachTags).
     let vxnets = bed.sim.config().vxnets.len() as u64;
     assert!(
-        calls <= 4 + vxnets,
+        calls <= 5 + vxnets,
         "a restart made {calls} cloud calls: {:?}",
         bed.sim.calls()
     );

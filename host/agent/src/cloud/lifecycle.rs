@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hostnic_iaas::ResourceTagPair;
 use hostnic_netlink::Mac;
 use tracing::{info, warn};
 
@@ -60,7 +59,7 @@ impl CloudPool {
         }
     }
 
-    /// Creates `count` NICs in `vxnet`, tags them, attaches them to this node
+    /// Creates `count` NICs in `vxnet`, attaches them to this node
     /// and parks them as they appear. Returns those that became free; any
     /// that failed are detached and deleted again (or left to the leak
     /// collector if even that fails).
@@ -86,6 +85,21 @@ impl CloudPool {
         ips: &[Ipv4Addr],
         then: State,
     ) -> Result<Vec<Mac>, ProvisionError> {
+        let specs = self.create_batch(nics, vxnet, count, ips).await?;
+        self.attach_batch(nics, vxnet, &specs, &then).await
+    }
+
+    /// Creates up to `count` NICs in `vxnet` (fewer if the VM has no room
+    /// for them) and puts them in the pool as `Attaching`: counted as on
+    /// their way from then on, so no other batch is made for the same
+    /// demand.
+    pub(super) async fn create_batch(
+        &self,
+        nics: &Nics,
+        vxnet: &str,
+        count: usize,
+        ips: &[Ipv4Addr],
+    ) -> Result<Vec<NicSpec>, ProvisionError> {
         let have = nics.pool().len() + 1;
         let count = count.min(self.cfg.max_nics.saturating_sub(have));
         if count == 0 {
@@ -113,38 +127,34 @@ impl CloudPool {
             .iter()
             .filter_map(|c| self.spec(c.nic_id.parse().ok()?, vxnet, c.private_ip?))
             .collect();
-        let pairs: Vec<ResourceTagPair> = created
-            .iter()
-            .flat_map(|c| {
-                self.tags.iter().map(|t| ResourceTagPair {
-                    tag_id: t.clone(),
-                    resource_type: "nic".into(),
-                    resource_id: c.nic_id.clone(),
-                })
-            })
-            .collect();
         {
             let mut pool = nics.pool();
             for s in &specs {
                 pool.insert(s.clone(), State::Attaching, true);
             }
         }
+        self.tagger.queue(specs.iter().map(|s| s.mac));
+        Ok(specs)
+    }
+
+    /// Attaches a batch [`Self::create_batch`] made and parks its NICs as
+    /// they appear, moving them to `then`. Returns those that did; any
+    /// that failed are detached and deleted again (or left to the leak
+    /// collector if even that fails).
+    pub(super) async fn attach_batch(
+        &self,
+        nics: &Nics,
+        vxnet: &str,
+        specs: &[NicSpec],
+        then: &State,
+    ) -> Result<Vec<Mac>, ProvisionError> {
         // Attach in fives (the API's limit per call), all chunks at once:
-        // the node's pace spaces the calls, the waits overlap. The tags go
-        // beside them, after the attaches in the node's slots: the name
-        // already marks the NICs as ours, and a missing tag only slows
-        // leak collection from other nodes, so no pod waits for it.
+        // the node's pace spaces the calls, the waits overlap. The tags
+        // come later, when the node is quiet (`tagger`).
         let chunks = specs
             .chunks(hostnic_iaas::MAX_NICS_PER_ATTACH)
-            .map(|chunk| self.attach_chunk(nics, chunk, &then));
-        let (ready, tagged) = futures::future::join(
-            futures::future::join_all(chunks),
-            self.client.attach_tags(&pairs),
-        )
-        .await;
-        if let Err(e) = tagged {
-            warn!(error = %e, "tagging new NICs");
-        }
+            .map(|chunk| self.attach_chunk(nics, chunk, then));
+        let ready = futures::future::join_all(chunks).await;
         let ready: Vec<Mac> = ready.into_iter().flatten().collect();
         info!(vxnet, count = ready.len(), "NICs attached and ready");
         match (ready.is_empty(), specs.first()) {
@@ -252,7 +262,7 @@ impl CloudPool {
 
     /// The free NICs to keep in `vxnet`: `(warm_min, warm_max)`, none in a
     /// shared vxnet.
-    fn warm_targets(&self, vxnet: &str) -> (usize, usize) {
+    pub(super) fn warm_targets(&self, vxnet: &str) -> (usize, usize) {
         match self.shared.iter().any(|s| s == vxnet) {
             true => (0, 0),
             false => (self.cfg.warm_min, self.cfg.warm_max),

@@ -5,7 +5,8 @@
 //! Every NIC the agent creates is named `hostnic-<cluster>-<instance>` and
 //! tagged `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`: the name
 //! finds this node's NICs (also those whose create answer was lost), the
-//! tags let an operator, and any node, find the cluster's and a node's NICs.
+//! tags, added once the node is quiet, let an operator, and any node, find
+//! the cluster's and a node's NICs.
 //!
 //! Cloud calls happen outside the pool's lock: a cold ADD waiting for an
 //! attach never delays a warm ADD.
@@ -16,6 +17,7 @@
 //! - `provisioner`: the cold ADDs waiting and the batches made for them;
 //! - `source`: the pool as an ADD's [`crate::source::NicSource`];
 //! - `sticky`: NICs that follow a sticky identity from node to node;
+//! - `tagger`: the cluster's and the node's tags on new NICs;
 //! - `upkeep`: the node check, the slow cloud poll, re-attach and leaks.
 
 pub mod kpis;
@@ -24,15 +26,17 @@ pub mod pace;
 pub mod provisioner;
 pub mod source;
 mod sticky;
+mod tagger;
 mod upkeep;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use hostnic_iaas::{Client, Credentials, NicFilter, NicStatus, Options, TagFilter, TagId};
+use hostnic_iaas::{Client, Credentials, NicFilter, NicStatus, Options};
 use hostnic_netlink::{Mac, RouteEntry};
 use ipnet::Ipv4Net;
 use tracing::warn;
@@ -136,8 +140,10 @@ pub struct CloudPool {
     /// The vxnets in shared-NIC mode: their pods take no NIC, so no warm
     /// NIC is kept there (only the node's own, made at the first ADD).
     shared: Vec<String>,
-    /// `hostnic-<cluster>` and `hostnic-<cluster>-<instance>`.
-    tags: [TagId; 2],
+    /// Tags the NICs this node creates, when the node is quiet.
+    tagger: tagger::Tagger,
+    /// Whether a task waits for the node to be quiet to tag.
+    tagging: AtomicBool,
     /// What this node has seen of each vxnet: failed creates (the vxnet
     /// policy's `recent-failures`; FailRotate moves on when it is not
     /// zero), attach times, free addresses as counted.
@@ -160,8 +166,8 @@ pub struct CloudPool {
 impl CloudPool {
     /// Connects to the cloud: loads the credentials, paces the client to
     /// this node's slots in the account's rate (following `nodes`, the
-    /// Node list, in Kubernetes), checks every configured vxnet exists,
-    /// and finds or creates the cluster's tag.
+    /// Node list, in Kubernetes) and checks every configured vxnet exists.
+    /// The tags are looked up later, when first needed (`tagger`).
     pub async fn connect(
         cfg: &Config,
         duties: Option<Duties>,
@@ -218,37 +224,14 @@ impl CloudPool {
             };
             vxnets.push((id.clone(), VxnetInfo { cidr, gateway }));
         }
-        // One look-up finds both tags: the node's name starts with the
-        // cluster's.
-        let cluster_tag = format!("hostnic-{}", cfg.cloud.cluster);
-        let node_tag = format!("{cluster_tag}-{}", cfg.cloud.instance_id);
-        let existing = client
-            .describe_tags(&TagFilter {
-                search_word: Some(cluster_tag.clone()),
-                ..TagFilter::default()
-            })
-            .await
-            .context("looking up the cluster's tags")?;
-        let mut tags = Vec::new();
-        for name in [&cluster_tag, &node_tag] {
-            tags.push(match existing.iter().find(|t| &t.tag_name == name) {
-                Some(t) => t.tag_id.clone(),
-                None => client
-                    .create_tag(name)
-                    .await
-                    .with_context(|| format!("creating the tag {name}"))?,
-            });
-        }
-        let tags: [TagId; 2] = tags
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("two tags expected"))?;
         Ok(CloudPool {
             client,
             name: format!("hostnic-{}-{}", cfg.cloud.cluster, cfg.cloud.instance_id),
             cfg: cfg.cloud.clone(),
             vxnets,
             shared: cfg.shared.iter().map(|s| s.vxnet.clone()).collect(),
-            tags,
+            tagger: tagger::Tagger::new(&cfg.cloud.cluster, &cfg.cloud.instance_id),
+            tagging: AtomicBool::new(false),
             kpis: kpis::Kpis::default(),
             default_route: Mutex::new(None),
             gateway_setup: tokio::sync::Mutex::new(()),

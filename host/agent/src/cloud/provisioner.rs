@@ -1,12 +1,13 @@
 //! Cold ADDs. An ADD that finds no warm NIC where its vxnet order wants one
 //! waits while the node's provisioner creates NICs for every waiting ADD at
-//! once (one CreateNics for the whole demand, attaches in fives, in
-//! parallel), moving down the order only as creating fails. The
+//! once (one CreateNics for the whole demand and as many more as the node's
+//! recent cold ADDs, up to `warm_max`; attaches in fives, in parallel),
+//! moving down the order only as creating fails. The
 //! provisioner runs on a task of its own, so a runtime timeout cannot cut
 //! an attach in half; an ADD that waits longer than `cold_wait` answers
 //! "try again later" and its retry finds the NIC warm.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ use crate::source::still_attaching;
 /// NICs per provisioning batch (one CreateNics call).
 const MAX_BATCH: usize = 20;
 
+/// How far back the cold ADDs a batch looks ahead by are counted.
+const LOOKAHEAD_WINDOW: Duration = Duration::from_secs(30);
+
 #[derive(Debug)]
 pub struct Provisioner {
     /// How long a cold ADD waits for its NIC before "try again later".
@@ -30,6 +34,9 @@ pub struct Provisioner {
     /// the demand, per vxnet.
     waiters: Mutex<HashMap<u64, (Vec<String>, Instant)>>,
     next_waiter: AtomicU64,
+    /// The cold ADDs of the last [`LOOKAHEAD_WINDOW`]: when each came and
+    /// its first choice of vxnet.
+    recent: Mutex<VecDeque<(Instant, String)>>,
     /// Whether the provisioner task is running.
     running: AtomicBool,
     /// The VM had no room for another NIC: when, and the answer for the
@@ -49,6 +56,16 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Drops the cold ADDs older than [`LOOKAHEAD_WINDOW`].
+fn forget_old(recent: &mut VecDeque<(Instant, String)>) {
+    while recent
+        .front()
+        .is_some_and(|(at, _)| at.elapsed() > LOOKAHEAD_WINDOW)
+    {
+        recent.pop_front();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -59,6 +76,7 @@ impl Provisioner {
             cold_wait,
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
             running: AtomicBool::new(false),
             full: Mutex::new(None),
             failed: Mutex::new(BTreeMap::new()),
@@ -68,6 +86,11 @@ impl Provisioner {
     /// The cold ADDs waiting now.
     pub fn waiting(&self) -> usize {
         lock(&self.waiters).len()
+    }
+
+    /// No cold ADD waits and no batch is being made.
+    pub fn idle(&self) -> bool {
+        self.waiting() == 0 && !self.running.load(Ordering::SeqCst)
     }
 
     /// A NIC for a cold ADD: waits while the provisioner creates NICs, and
@@ -84,6 +107,11 @@ impl Provisioner {
         let deadline = tokio::time::Instant::from_std(started + self.cold_wait);
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         lock(&self.waiters).insert(id, (order.to_vec(), started));
+        if let Some(first) = order.first() {
+            let mut recent = lock(&self.recent);
+            forget_old(&mut recent);
+            recent.push_back((started, first.clone()));
+        }
         let _waiting = Waiting(self, id);
         self.kick(cloud, nics);
         // Woken by every change of the pool (a NIC attached and parked)
@@ -173,22 +201,70 @@ impl Provisioner {
             .collect()
     }
 
+    /// NICs a batch for `n` waiting ADDs in `vxnet` makes beyond them: as
+    /// many as the node's cold ADDs for that vxnet in the last
+    /// [`LOOKAHEAD_WINDOW`], up to the vxnet's `warm_max` (what the node
+    /// keeps idle anyway) and the addresses the vxnet was last counted to
+    /// have. kubelet starts a node's pods a few at a time, so a node
+    /// bringing up many pods sees only some of them waiting; its recent
+    /// demand says more are coming, and one batch now costs fewer of the
+    /// account's calls than one per handful later. What is not taken
+    /// stays warm, and above `warm_max` is trimmed as ever.
+    fn lookahead(&self, cloud: &CloudPool, vxnet: &str, n: usize) -> usize {
+        let recent = {
+            let mut recent = lock(&self.recent);
+            forget_old(&mut recent);
+            recent.iter().filter(|(_, v)| v == vxnet).count()
+        };
+        let room = cloud
+            .kpis
+            .free_ips(vxnet)
+            .map_or(usize::MAX, |free| (free as usize).saturating_sub(n));
+        recent.min(cloud.warm_targets(vxnet).1).min(room)
+    }
+
+    /// Attaches a batch on a task of its own: the NICs count as on their
+    /// way, and the next batch, for ADDs that came since, can be created
+    /// while this one attaches. If none of the batch comes up, its vxnet
+    /// failed for the ADDs waiting now.
+    fn attach_aside(
+        &self,
+        cloud: &Arc<CloudPool>,
+        nics: &Arc<Nics>,
+        vxnet: String,
+        specs: Vec<NicSpec>,
+    ) {
+        let (cloud, nics) = (cloud.clone(), nics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cloud
+                .attach_batch(&nics, &vxnet, &specs, &State::Free)
+                .await
+            {
+                lock(&cloud.provisioner.failed).insert(vxnet, (Instant::now(), e.answer()));
+                nics.wake_waiters();
+            }
+        });
+    }
+
     /// Starts the provisioner task unless it is running.
     fn kick(&self, cloud: &Arc<CloudPool>, nics: &Arc<Nics>) {
         if self.running.swap(true, Ordering::SeqCst) {
             return;
         }
         let (cloud, nics) = (cloud.clone(), nics.clone());
-        tokio::spawn(async move { cloud.provisioner.run(&cloud, &nics).await });
+        tokio::spawn(async move {
+            cloud.provisioner.run(&cloud, &nics).await;
+            cloud.tag_when_quiet(&nics);
+        });
     }
 
     /// Creates NICs while cold ADDs wait for more than are on their way:
     /// per vxnet, one batch for all the ADDs waiting for one there when
-    /// the node's next call may leave. Demand
-    /// that arrives during a batch is served by the next, so a burst of
-    /// pods costs a few calls, not a few per pod. A failure in a vxnet
+    /// the node's next call may leave, attached on a task of its own.
+    /// Demand that arrives during a batch is served by the next, so a
+    /// burst of pods costs a few calls, not a few per pod. A failure in a vxnet
     /// moves its waiters on to the next vxnet of their order.
-    async fn run(&self, cloud: &CloudPool, nics: &Nics) {
+    async fn run(&self, cloud: &Arc<CloudPool>, nics: &Arc<Nics>) {
         loop {
             if self.unmet_demand(nics).is_empty() {
                 self.running.store(false, Ordering::SeqCst);
@@ -206,8 +282,23 @@ impl Provisioner {
             // instead of making the next one.
             cloud.client.paced().await;
             for (vxnet, n) in self.unmet_demand(nics) {
-                let Err(e) = cloud.provision(nics, &vxnet, n.min(MAX_BATCH)).await else {
-                    continue;
+                let ahead = self.lookahead(cloud, &vxnet, n);
+                let batch = (n + ahead).min(MAX_BATCH);
+                let mut made = cloud.create_batch(nics, &vxnet, batch, &[]).await;
+                // A vxnet with room for the waiting ADDs' NICs but not for
+                // those ahead of them still serves the waiting ones.
+                if ahead > 0 && matches!(&made, Err(ProvisionError::Cloud(e)) if !e.is_transient())
+                {
+                    made = cloud
+                        .create_batch(nics, &vxnet, n.min(MAX_BATCH), &[])
+                        .await;
+                }
+                let e = match made {
+                    Ok(specs) => {
+                        self.attach_aside(cloud, nics, vxnet, specs);
+                        continue;
+                    }
+                    Err(e) => e,
                 };
                 let err = e.answer();
                 if let ProvisionError::Limit { .. } = e {

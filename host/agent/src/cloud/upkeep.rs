@@ -3,6 +3,8 @@
 //! targets), and the slow cloud poll that reconciles the cloud, the kernel
 //! and the pool and deletes leaked NICs.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -10,8 +12,8 @@ use hostnic_iaas::{NicFilter, NicStatus};
 use hostnic_netlink::{Mac, RouteEntry};
 use tracing::{info, warn};
 
-use super::CloudPool;
 use super::lifecycle::{configure_gateway, wait_for_link};
+use super::{CloudPool, tagger};
 use crate::config::{LeakSweep, NicSpec};
 use crate::metrics::{Reconciled, metrics};
 use crate::nics::Nics;
@@ -53,6 +55,48 @@ impl CloudPool {
         self.check_node(nics).await;
         self.top_up(nics).await;
         self.trim(nics).await;
+        if self.quiet(nics) && self.tagger.queued() > 0 {
+            self.tag(nics).await;
+        }
+    }
+
+    /// No cold ADD waits, no batch is being made or attached: the node's
+    /// slots of the account's rate are free for what can wait.
+    fn quiet(&self, nics: &Nics) -> bool {
+        let pool = nics.pool();
+        self.provisioner.idle()
+            && self
+                .vxnets
+                .iter()
+                .all(|(v, _)| pool.count_in(v, &[State::Attaching]) == 0)
+    }
+
+    /// Tags the new NICs once the node is quiet (no cold ADD waiting, no
+    /// NIC on its way) after [`tagger::QUIET`]: one such task at a time.
+    pub fn tag_when_quiet(self: &Arc<Self>, nics: &Arc<Nics>) {
+        if self.tagging.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (cloud, nics) = (self.clone(), nics.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tagger::QUIET).await;
+                if cloud.quiet(&nics) {
+                    break;
+                }
+            }
+            cloud.tagging.store(false, Ordering::SeqCst);
+            cloud.tag(&nics).await;
+        });
+    }
+
+    /// Tags the queued NICs the pool still has; those that fail stay
+    /// queued for the next tick.
+    async fn tag(&self, nics: &Nics) {
+        let exists = |m| nics.pool().state(m).is_some();
+        if let Err(e) = self.tagger.flush(&self.client, exists).await {
+            warn!(error = %format!("{e:#}"), "tagging new NICs; the next tick retries");
+        }
     }
 
     /// What the kernel alone can tell: the default route, NICs that left or
@@ -127,6 +171,13 @@ impl CloudPool {
             .into_iter()
             .filter(|n| n.nic_name == self.name && !n.is_primary())
             .collect();
+        // Tags lost with an agent that stopped before tagging its NICs.
+        self.tagger.queue(
+            named
+                .iter()
+                .filter(|n| n.instance_id == self.cfg.instance_id && self.tagger.lacks_tags(n))
+                .filter_map(|n| n.nic_id.parse().ok()),
+        );
         let (sticky, attached): (Vec<_>, Vec<_>) = named
             .iter()
             .filter(|n| n.instance_id == self.cfg.instance_id)
@@ -475,7 +526,8 @@ impl CloudPool {
         };
         let mut next_tick = tokio::time::Instant::now() + local;
         let mut next_poll = tokio::time::Instant::now() + poll_every();
-        // The vxnets' free addresses: counted at start, then on their timer.
+        // The vxnets' free addresses: counted at start (once no cold ADD
+        // waits), then on their timer.
         let count_every = || {
             Duration::from_secs(self.cfg.vxnet_count_seconds).mul_f64(0.8 + 0.4 * fastrand::f64())
         };
@@ -494,6 +546,13 @@ impl CloudPool {
                     next_tick = tokio::time::Instant::now() + local;
                 }
                 _ = tokio::time::sleep_until(next_count), if counting => {
+                    // Counting can wait for a quiet moment: a node
+                    // bringing up its first pods needs its slots of the
+                    // account's rate for their NICs.
+                    if !self.quiet(nics) {
+                        next_count = tokio::time::Instant::now() + tagger::QUIET;
+                        continue;
+                    }
                     self.count_vxnets().await;
                     next_count = tokio::time::Instant::now() + count_every();
                 }

@@ -44,13 +44,19 @@ impl CloudBed {
     /// The agent config for `node`; `cloud` adds keys to its `[cloud]`
     /// table (warm targets, timers).
     pub fn agent_config(&self, node: usize, cloud: &str) -> String {
-        let vxnets: Vec<String> = self
+        let all: Vec<String> = self
             .sim
             .config()
             .vxnets
             .iter()
-            .map(|(id, _)| format!("{id:?}"))
+            .map(|(id, _)| id.clone())
             .collect();
+        self.agent_config_in(node, &all, cloud)
+    }
+
+    /// The same, with the agent's `vxnets` (in order) chosen.
+    pub fn agent_config_in(&self, node: usize, vxnets: &[String], cloud: &str) -> String {
+        let vxnets: Vec<String> = vxnets.iter().map(|id| format!("{id:?}")).collect();
         format!(
             "{}socket = {:?}\nstate_dir = {:?}\niface = \"eth0\"\nvxnets = [{}]\npolicy = \"FailRotate\"\n\
              iaas_credentials = {:?}\n[log]\nlevel = \"debug\"\n[inventory]\nsource = \"cloud\"\n\
@@ -81,11 +87,27 @@ impl CloudBed {
         cloud: &str,
         limit: Duration,
     ) -> anyhow::Result<Agent> {
+        self.spawn_agent(node, &self.agent_config(node, cloud), limit)
+    }
+
+    /// An agent on `node` whose pods take NICs in `vxnets` (in order),
+    /// waiting up to `limit` for it to serve.
+    pub fn start_agent_in(
+        &self,
+        node: usize,
+        vxnets: &[String],
+        cloud: &str,
+        limit: Duration,
+    ) -> anyhow::Result<Agent> {
+        self.spawn_agent(node, &self.agent_config_in(node, vxnets, cloud), limit)
+    }
+
+    fn spawn_agent(&self, node: usize, config: &str, limit: Duration) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(self.node_dir(node))?;
         Agent::spawn_within(
             &self.sim.nodes[node].ns,
             &self.node_dir(node),
-            &self.agent_config(node, cloud),
+            config,
             self.socket(node),
             limit,
         )

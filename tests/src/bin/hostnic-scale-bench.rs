@@ -24,6 +24,8 @@ use serde_json::json;
 const RUNTIME_TIMEOUT: Duration = Duration::from_secs(240);
 /// ADDs one node runs at once (kubelet starts pods in parallel).
 const PER_NODE_PARALLEL: usize = 5;
+/// The most free NICs a node keeps (the default `warm_max`).
+const WARM_MAX: usize = 4;
 
 fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -43,10 +45,25 @@ fn main() -> anyhow::Result<()> {
     println!(
         "hostnic-scale-bench: {vms} VMs × {per_vm} pods, cold start, account limit {rate} calls/s, attach 1 s\n"
     );
+    // Each simulated vxnet is one Linux bridge of at most 1,024 ports: the
+    // nodes are spread over as many vxnets as their pods' NICs, and the
+    // warm NICs a node may keep beside them, need (as a cluster's node
+    // pools are spread over subnets).
+    let per_vxnet_ports = 1000;
+    let vxnet_count = (vms * (per_vm + WARM_MAX)).div_ceil(per_vxnet_ports).max(1);
+    let vxnets: Vec<(String, ipnet::Ipv4Net)> = (0..vxnet_count)
+        .map(|i| {
+            let cidr = format!("10.{}.0.0/19", 100 + i).parse()?;
+            Ok((format!("vxnet-pods{i}"), cidr))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    println!(
+        "{vxnet_count} vxnets, node n in vxnet-pods(n mod {vxnet_count}); warm_min 0, warm_max {WARM_MAX}\n"
+    );
     let setup = Instant::now();
     let bed = CloudBed::new(SimConfig {
         nodes: vms,
-        vxnets: vec![("vxnet-pods".into(), "10.100.0.0/19".parse()?)],
+        vxnets: vxnets.clone(),
         faults: Faults {
             attach_latency_ms: 1000,
             throttle_per_second: Some(rate),
@@ -55,13 +72,12 @@ fn main() -> anyhow::Result<()> {
         ..SimConfig::default()
     })?;
     // The defaults an operator runs with, cold (no NIC exists yet), but no
-    // warm NIC beyond the pods': the simulator's vxnet is one Linux bridge,
-    // whose 1,024-port limit 1,000 pod NICs nearly fill.
+    // warm NIC kept before the first pod (warm_min 0).
     // Each node sends its calls in its own slots of the account's rate:
     // the agents run outside Kubernetes here, so the share is configured.
     let timers = |n: usize| {
         format!(
-            "warm_min = 0\nwarm_max = 4\ncold_add_wait_seconds = 20\n\
+            "warm_min = 0\nwarm_max = {WARM_MAX}\ncold_add_wait_seconds = 20\n\
              account_api_rate = {rate}\napi_rate_nodes = {vms}\napi_rate_slot = {n}"
         )
     };
@@ -72,7 +88,8 @@ fn main() -> anyhow::Result<()> {
         let handles: Vec<_> = (0..vms)
             .map(|n| {
                 let (bed, timers) = (&bed, &timers);
-                s.spawn(move || bed.start_agent_within(n, &timers(n), Duration::from_secs(300)))
+                let vxnet = vec![vxnets[n % vxnets.len()].0.clone()];
+                s.spawn(move || bed.start_agent_in(n, &vxnet, &timers(n), Duration::from_secs(300)))
             })
             .collect();
         handles
@@ -158,6 +175,12 @@ fn main() -> anyhow::Result<()> {
     let during = calls();
     let throttled: u64 = bed.sim.injected().get(&5100).copied().unwrap_or(0);
 
+    // What the nodes leave for a quiet moment (tagging the new NICs,
+    // counting the vxnets' addresses) comes once the pods run.
+    let deferred_window = Duration::from_secs(20);
+    std::thread::sleep(deferred_window);
+    let deferred = calls() - during;
+
     // At rest: every pod running, nothing to do.
     let rest_window = Duration::from_secs(60);
     let before_rest = calls();
@@ -183,6 +206,10 @@ fn main() -> anyhow::Result<()> {
         "| cloud API requests to bring them up, refused ones included | {during} ({:.2} per pod; {} accepted) |",
         during as f64 / total as f64,
         during - throttled
+    );
+    println!(
+        "| requests in the {} s after, left for a quiet moment (tags, counts) | {deferred} |",
+        deferred_window.as_secs()
     );
     println!(
         "| API requests per second at peak, refused ones included | {} |",

@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
 
     // Sample the API rate every second while the pods come up.
     let done = AtomicBool::new(false);
-    let (times, failures, samples) = std::thread::scope(|s| {
+    let (times, failures, samples, node_done) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
             let mut per_second = Vec::new();
             let mut last = calls();
@@ -151,14 +151,18 @@ fn main() -> anyhow::Result<()> {
                         };
                         out.push(r);
                     }
-                    out
+                    (n, out, start.elapsed())
                 })
             })
             .collect();
-        let results: Vec<Result<Duration, String>> = workers
-            .into_iter()
-            .flat_map(|h| h.join().expect("worker"))
-            .collect();
+        // When each node had every pod running: its last worker's end.
+        let mut node_done = vec![Duration::ZERO; vms];
+        let mut results: Vec<Result<Duration, String>> = Vec::new();
+        for h in workers {
+            let (n, out, ended) = h.join().expect("worker");
+            node_done[n] = node_done[n].max(ended);
+            results.extend(out);
+        }
         done.store(true, Ordering::SeqCst);
         let samples = sampler.join().expect("sampler");
         let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
@@ -169,6 +173,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|e| e.unwrap_err())
                 .collect::<Vec<_>>(),
             samples,
+            node_done,
         )
     });
     let all_running = start.elapsed();
@@ -194,6 +199,12 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| all running after (from the agents' start) | {:.1} s |",
         all_running.as_secs_f64()
+    );
+    println!(
+        "| nodes with every pod running after, p50 / p90 / last | {:.1} s / {:.1} s / {:.1} s |",
+        pct(&node_done, 50).as_secs_f64(),
+        pct(&node_done, 90).as_secs_f64(),
+        pct(&node_done, 100).as_secs_f64()
     );
     if !times.is_empty() {
         println!(

@@ -358,6 +358,54 @@ fn cold_adds_make_nics_ahead_for_the_pods_that_follow() {
     assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
 }
 
+/// Tags wait for a quiet node and no pod waits for them. Tagging that
+/// keeps failing (a key without tag rights) costs the node's timer one
+/// try in ten minutes, not one per tick.
+#[test]
+fn tagging_that_keeps_failing_holds_no_pod_and_costs_no_call_per_tick() {
+    if !require_root("tagging_that_keeps_failing_holds_no_pod_and_costs_no_call_per_tick") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 1,
+        faults: Faults {
+            errors: vec![ErrorRule {
+                action: Some("AttachTags".into()),
+                code: 1400,
+                rate: 1.0,
+                count: None,
+            }],
+            attach_latency_ms: 100,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let agent = bed
+        .start_agent(
+            0,
+            "warm_min = 0\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 10",
+        )
+        .unwrap();
+    let conf = bed.netconf(0, "1.0.0", json!([]));
+    let pod = Ns::new("tf").unwrap();
+    let path = pod.path().display().to_string();
+    add(&bed.hostnic(0), &conf, &env("tf", &path))
+        .unwrap_or_else(|e| panic!("{e}\n{}", quiet(&agent)));
+    let tries = || bed.sim.calls().get("AttachTags").copied().unwrap_or(0);
+    wait_for("a try to tag", Duration::from_secs(20), || tries() >= 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", quiet(&agent)));
+    let after_first = tries();
+    // Five ticks of the node's timer.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(tries(), after_first, "{}", quiet(&agent));
+    bed.hostnic(0)
+        .call("DEL", &conf, &env("tf", &path))
+        .unwrap()
+        .unwrap();
+    assert!(bed.leaked_nics().is_empty(), "{:?}", bed.leaked_nics());
+}
+
 /// The cold ADD's demand is per vxnet: a warm NIC in a vxnet the pod does
 /// not take is no supply for it. (Counted as one, the provisioner created
 /// nothing, and the pod waited for the warm-pool timer or answered "try

@@ -6,14 +6,16 @@
 //! sweep. So no pod waits for a tag. New NICs are queued and tagged
 //! together, one AttachTags for all of them, once the node is quiet (no
 //! cold ADD waiting, no NIC on its way) after [`QUIET`]: in a burst of
-//! pods the node's slots of the account's rate go to creates and attaches. The tags themselves are
-//! looked up (and made, if missing) the first time they are needed, not at
-//! start, where every call delays the node's first pod. NICs whose tags
-//! were lost (an agent stopped before its flush) are queued again by the
-//! cloud poll, which sees each NIC's tags.
+//! pods the node's slots of the account's rate go to creates and
+//! attaches. The tags themselves are looked up (and made, if missing) the
+//! first time they are needed, not at start, where every call delays the
+//! node's first pod, and again after a failed AttachTags (a tag deleted
+//! from the console). NICs whose tags were lost (an agent stopped before
+//! its flush) are queued again by the cloud poll, which sees each NIC's
+//! tags.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hostnic_iaas::{Client, ResourceTagPair, TagFilter, TagId};
@@ -23,6 +25,11 @@ use hostnic_netlink::Mac;
 /// tag.
 pub const QUIET: Duration = Duration::from_secs(5);
 
+/// After a failed AttachTags the node tries again only this much later: a
+/// node whose tagging keeps failing (a key without tag rights) stays
+/// within a few calls an hour.
+const RETRY_AFTER: Duration = Duration::from_secs(600);
+
 #[derive(Debug)]
 pub struct Tagger {
     /// The cluster's tag, then the node's.
@@ -31,6 +38,8 @@ pub struct Tagger {
     ids: tokio::sync::Mutex<Option<[TagId; 2]>>,
     /// NICs created and not tagged yet.
     queued: Mutex<Vec<Mac>>,
+    /// When tagging last failed.
+    failed: Mutex<Option<Instant>>,
 }
 
 impl Tagger {
@@ -41,6 +50,7 @@ impl Tagger {
             names: [cluster_tag, node_tag],
             ids: tokio::sync::Mutex::new(None),
             queued: Mutex::new(Vec::new()),
+            failed: Mutex::new(None),
         }
     }
 
@@ -69,9 +79,16 @@ impl Tagger {
         self.queue_lock().len()
     }
 
+    /// Whether to flush: NICs are queued and the last failure, if any, is
+    /// [`RETRY_AFTER`] old.
+    pub fn due(&self) -> bool {
+        let failed = *self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued() > 0 && failed.is_none_or(|at| at.elapsed() >= RETRY_AFTER)
+    }
+
     /// Tags the queued NICs that `exists` still knows, with one AttachTags
     /// (after looking the tags up, the first time). On failure they stay
-    /// queued for the next flush.
+    /// queued for the next flush, which looks the tags up again.
     pub async fn flush(&self, client: &Client, exists: impl Fn(Mac) -> bool) -> anyhow::Result<()> {
         let macs: Vec<Mac> = {
             let mut q = self.queue_lock();
@@ -82,7 +99,10 @@ impl Tagger {
             return Ok(());
         }
         let result = self.attach(client, &macs).await;
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = result.is_err().then(Instant::now);
         if result.is_err() {
+            // A tag may be gone: looked up again next time.
+            *self.ids.lock().await = None;
             self.queue(macs);
         }
         result

@@ -55,7 +55,7 @@ impl CloudPool {
         self.check_node(nics).await;
         self.top_up(nics).await;
         self.trim(nics).await;
-        if self.quiet(nics) && self.tagger.queued() > 0 {
+        if self.quiet(nics) && self.tagger.due() {
             self.tag(nics).await;
         }
     }
@@ -86,16 +86,18 @@ impl CloudPool {
                 }
             }
             cloud.tagging.store(false, Ordering::SeqCst);
-            cloud.tag(&nics).await;
+            if cloud.tagger.due() {
+                cloud.tag(&nics).await;
+            }
         });
     }
 
     /// Tags the queued NICs the pool still has; those that fail stay
-    /// queued for the next tick.
+    /// queued, tried again once due ([`tagger::Tagger::due`]).
     async fn tag(&self, nics: &Nics) {
         let exists = |m| nics.pool().state(m).is_some();
         if let Err(e) = self.tagger.flush(&self.client, exists).await {
-            warn!(error = %format!("{e:#}"), "tagging new NICs; the next tick retries");
+            warn!(error = %format!("{e:#}"), "tagging new NICs; tried again in ten minutes");
         }
     }
 

@@ -26,6 +26,16 @@ fn add(cni: &CniCall, conf: &Value, e: &CallEnv) -> Result<Value, PluginError> {
     cni.add_retrying(conf, e)
 }
 
+/// A simulated cloud of one VM with `faults`.
+fn one_node(faults: Faults) -> CloudBed {
+    CloudBed::new(SimConfig {
+        nodes: 1,
+        faults,
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
 fn ip_of(result: &Value) -> String {
     result["ips"][0]["address"]
         .as_str()
@@ -301,15 +311,10 @@ fn cold_adds_make_nics_ahead_for_the_pods_that_follow() {
     if !require_root("cold_adds_make_nics_ahead_for_the_pods_that_follow") {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults: Faults {
-            attach_latency_ms: 100,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(Faults {
+        attach_latency_ms: 100,
+        ..Faults::default()
+    });
     let agent = bed
         .start_agent(
             0,
@@ -366,21 +371,16 @@ fn tagging_that_keeps_failing_holds_no_pod_and_costs_no_call_per_tick() {
     if !require_root("tagging_that_keeps_failing_holds_no_pod_and_costs_no_call_per_tick") {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults: Faults {
-            errors: vec![ErrorRule {
-                action: Some("AttachTags".into()),
-                code: 1400,
-                rate: 1.0,
-                count: None,
-            }],
-            attach_latency_ms: 100,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(Faults {
+        errors: vec![ErrorRule {
+            action: Some("AttachTags".into()),
+            code: 1400,
+            rate: 1.0,
+            count: None,
+        }],
+        attach_latency_ms: 100,
+        ..Faults::default()
+    });
     let agent = bed
         .start_agent(
             0,
@@ -494,12 +494,7 @@ fn cloud_faults_leak_nothing_and_every_pod_that_got_success_works() {
         throttle_per_second: Some(15),
         ..Faults::default()
     };
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults,
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(faults);
     let agent = bed.start_agent(0, "warm_min = 0\nwarm_max = 8\nreconcile_seconds = 1\ncold_add_wait_seconds = 5\nidle_seconds = 3600").unwrap();
     let node = &bed.sim.nodes[0];
     let default_before = node.ns.ip(&["route", "show", "default"]).unwrap();
@@ -647,12 +642,7 @@ fn an_agent_killed_mid_attach_adopts_the_nic_after_restart() {
         attach_latency_ms: 1500,
         ..Faults::default()
     };
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults,
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(faults);
     let timers = "warm_min = 0\nwarm_max = 4\nreconcile_seconds = 1\ncold_add_wait_seconds = 10";
     let mut agent = bed.start_agent(0, timers).unwrap();
     let conf = bed.netconf(0, "1.0.0", json!([]));
@@ -720,15 +710,10 @@ fn limits_trimming_leak_collection_and_a_cheap_restart() {
     if !require_root("limits_trimming_leak_collection_and_a_cheap_restart") {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults: Faults {
-            attach_latency_ms: 50,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(Faults {
+        attach_latency_ms: 50,
+        ..Faults::default()
+    });
     // max_nics 4: the primary, and three for pods (no gateway NIC here).
     let timers = "warm_min = 0\nwarm_max = 1\nmax_nics = 4\nidle_seconds = 1\nleak_grace_seconds = 1\nreconcile_seconds = 1\ncloud_poll_seconds = 1\ncold_add_wait_seconds = 10";
     let mut agent = bed.start_agent(0, timers).unwrap();
@@ -904,15 +889,10 @@ fn at_rest_no_cloud_calls_and_kernel_changes_are_seen_from_netlink() {
     if !require_root("at_rest_no_cloud_calls_and_kernel_changes_are_seen_from_netlink") {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults: Faults {
-            attach_latency_ms: 50,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(Faults {
+        attach_latency_ms: 50,
+        ..Faults::default()
+    });
     let node = &bed.sim.nodes[0];
     let default_before = node.ns.ip(&["route", "show", "default"]).unwrap();
     let agent = bed
@@ -1000,21 +980,16 @@ fn a_throttled_start_keeps_trying_and_serves() {
     if !require_root("a_throttled_start_keeps_trying_and_serves") {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults: Faults {
-            // More refusals in a row than the client retries (4 attempts).
-            errors: vec![ErrorRule {
-                action: Some("DescribeVxNets".into()),
-                code: 5100,
-                rate: 1.0,
-                count: Some(6),
-            }],
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(Faults {
+        // More refusals in a row than the client retries (4 attempts).
+        errors: vec![ErrorRule {
+            action: Some("DescribeVxNets".into()),
+            code: 5100,
+            rate: 1.0,
+            count: Some(6),
+        }],
+        ..Faults::default()
+    });
     let agent = bed
         .start_agent_within(0, "warm_min = 0", Duration::from_secs(60))
         .unwrap();
@@ -1077,15 +1052,10 @@ fn the_network_config_appears_only_once_the_pool_has_its_first_nic() {
     if !require_root("the_network_config_appears_only_once_the_pool_has_its_first_nic") {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 1,
-        faults: Faults {
-            attach_latency_ms: 3000,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let bed = one_node(Faults {
+        attach_latency_ms: 3000,
+        ..Faults::default()
+    });
     let site = bed.dir.path().join("site");
     let conf_dir = bed.dir.path().join("net.d");
     std::fs::create_dir_all(&site).unwrap();

@@ -96,6 +96,35 @@ impl Ns {
         run(self.command(program)?.args(args))
     }
 
+    /// Binds a TCP listener inside the namespace: a socket belongs to the
+    /// namespace it was created in, so a thread enters it, binds, and
+    /// exits.
+    pub fn listen(&self, addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+        self.inside(move || Ok(std::net::TcpListener::bind(addr)?))
+            .with_context(|| format!("binding {addr} in netns {}", self.name))
+    }
+
+    /// Whether a TCP connection from here to `addr` is accepted within
+    /// `timeout` (refused, unreachable or silent: false).
+    pub fn connects(&self, addr: std::net::SocketAddr, timeout: std::time::Duration) -> bool {
+        self.inside(move || Ok(std::net::TcpStream::connect_timeout(&addr, timeout)?))
+            .is_ok()
+    }
+
+    /// Runs `f` on a thread of its own that entered the namespace.
+    fn inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let file = std::fs::File::open(self.path())?;
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("a thread in netns {} panicked", self.name))?
+    }
+
     /// Whether `ping` from here reaches `ip` (one packet, one second).
     pub fn ping(&self, ip: &str) -> bool {
         self.exec("ping", &["-c", "1", "-W", "1", "-q", ip]).is_ok()

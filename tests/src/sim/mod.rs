@@ -195,7 +195,7 @@ impl Sim {
             .with_state(inner.clone());
 
         let local = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let node_listener = bind_in(&inner.sdn.ns, SocketAddr::from((mgmt.gateway, 80)))?;
+        let node_listener = inner.sdn.ns.listen(SocketAddr::from((mgmt.gateway, 80)))?;
         let (local_addr, node_addr) = (local.local_addr()?, node_listener.local_addr()?);
         for l in [local, node_listener] {
             l.set_nonblocking(true)?;
@@ -289,19 +289,6 @@ impl Drop for Sim {
             rt.shutdown_background();
         }
     }
-}
-
-/// Binds a TCP listener inside `ns`: the socket belongs to the namespace
-/// it was created in, so a thread enters it, binds, and exits.
-fn bind_in(ns: &Ns, addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let f = std::fs::File::open(ns.path())?;
-    std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        Ok(std::net::TcpListener::bind(addr)?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("bind thread panicked"))?
-    .with_context(|| format!("binding {addr} in netns {}", ns.name()))
 }
 
 fn reply(action: &str, result: Result<Value, cloud::ApiError>) -> Json<Value> {

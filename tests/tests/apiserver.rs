@@ -140,6 +140,22 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["list", "hostnicblocks.hostnic.io"],
         &["delete", "hostnicblocks.hostnic.io"],
         &["update", "hostnicblocks.hostnic.io"],
+        // NetworkPolicy: the policies, the namespaces' labels, the
+        // Services in front of the pods.
+        &[
+            "list",
+            "networkpolicies.networking.k8s.io",
+            "--all-namespaces",
+        ],
+        &[
+            "watch",
+            "networkpolicies.networking.k8s.io",
+            "--all-namespaces",
+        ],
+        &["list", "namespaces"],
+        &["watch", "namespaces"],
+        &["list", "services", "--all-namespaces"],
+        &["watch", "services", "--all-namespaces"],
     ] {
         assert!(can(allowed), "the agent needs {allowed:?}");
     }
@@ -157,6 +173,14 @@ fn an_agent_on_a_kubernetes_node_learns_its_vm_and_its_pods_from_the_api_server(
         &["update", "statefulsets.apps", "-n", "default"],
         &["patch", "hostnicblocks.hostnic.io"],
         &["get", "secrets", "-n", "default"],
+        &[
+            "create",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            "default",
+        ],
+        &["update", "namespaces/default"],
+        &["patch", "services", "-n", "default"],
     ] {
         assert!(!can(forbidden), "the agent must not {forbidden:?}");
     }

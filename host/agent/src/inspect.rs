@@ -121,6 +121,11 @@ pub fn of(svc: &Service) -> Result<Reply, CniError> {
         decisions: svc.audit.latest(20.min(audit::CAPACITY)),
         cloud,
         shared,
+        network_policy: svc
+            .netpol
+            .as_ref()
+            .map(|n| n.enforced())
+            .unwrap_or_default(),
     };
     let state = serde_json::to_value(&inspection)
         .map_err(|e| CniError::new(code::INTERNAL, format!("encoding the status: {e}")))?;
@@ -142,6 +147,10 @@ pub struct Inspection {
     /// Pods in shared-NIC mode: an address each on the node's NIC.
     #[serde(default)]
     pub shared: Vec<SharedRow>,
+    /// With NetworkPolicy enforced: the node's pods and the policies
+    /// selecting each (none: not isolated).
+    #[serde(default)]
+    pub network_policy: Vec<crate::netpol::Enforced>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -321,6 +330,30 @@ pub fn render(i: &Inspection) -> String {
             &["VXNET", "ADDRESS", "STATE", "POD", "IF", "VETH", "STICKY"],
             &rows,
         );
+    }
+
+    if !i.network_policy.is_empty() {
+        let isolated = i
+            .network_policy
+            .iter()
+            .filter(|p| !p.policies.is_empty())
+            .count();
+        let _ = writeln!(
+            out,
+            "\nNetworkPolicy ({isolated} of {} pods isolated)",
+            i.network_policy.len()
+        );
+        let rows: Vec<Vec<String>> = i
+            .network_policy
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{}/{}", p.namespace, p.name),
+                    dash(&p.policies.join(", ")),
+                ]
+            })
+            .collect();
+        table(&mut out, &["POD", "POLICIES"], &rows);
     }
 
     let _ = writeln!(out, "\nGuests");

@@ -15,6 +15,7 @@ pub mod fds;
 pub mod inspect;
 pub mod install;
 pub mod metrics;
+pub mod netpol;
 pub mod network_ready;
 pub mod networks;
 pub mod nics;
@@ -194,9 +195,24 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     // every node's gateway NICs from the API server: in the pods'
     // namespaces, and in the node's own for its gateway NICs and the
     // backends that need a masquerade.
+    let mut netpol = None;
     let return_path = match (kube_client, &kube) {
         (Some(client), Some(view)) => {
             let own = return_path::own_gateways(nics.clone());
+            // NetworkPolicy in the pods' namespaces; the node's own
+            // addresses (read again as its NICs change) always pass.
+            if let Some(policies) = &view.policies {
+                let node = netpol::node_addresses(
+                    hostnic_netlink::Netns::current()
+                        .context("opening the node's network namespace")?,
+                    own.clone(),
+                );
+                netpol = Some(netpol::Enforcer::start(
+                    policies.clone(),
+                    node,
+                    std::time::Duration::from_millis(cfg.kubernetes.pod_wait_ms.max(5000)),
+                ));
+            }
             apiserver::gateways::publish(client, &cfg.kubernetes.node_name, own.clone());
             let nodes = view.nodes.clone();
             let here = hostnic_netlink::Netns::current()
@@ -222,6 +238,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             policies,
             kube,
             return_path,
+            netpol,
         },
     ));
     service

@@ -129,6 +129,9 @@ events = {{ $c.kubernetes.events }}
 # Native multi-network (the k8s.v1.cni.cncf.io/networks annotation);
 # leave off when Multus is installed.
 networks = {{ $c.kubernetes.networks }}
+# NetworkPolicy, enforced in each pod's own namespace (an nftables table
+# written before the pod's interface is wired).
+network_policy = {{ $c.kubernetes.network_policy }}
 
 [cni]
 # The agent installs the network config (the ConfigMap's conflist) into

@@ -38,6 +38,18 @@ agent's rather than widening this one.
 - apiGroups: ["k8s.cni.cncf.io"]
   resources: ["network-attachment-definitions"]
   verbs: ["get", "list", "watch"]
+{{- if .Values.config.kubernetes.network_policy }}
+# NetworkPolicy ([kubernetes] network_policy = true): the policies, the
+# namespaces' labels and the Services' ClusterIPs and selectors (a pod's
+# egress to a Service is judged by the pods behind it). Read only; every
+# pod's labels and address come from the pod rule above.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["namespaces", "services"]
+  verbs: ["list", "watch"]
+{{- end }}
 # Shared-NIC mode ([[shared]]): a node claims blocks of a shared range
 # (create decides a race), reads the claims, and gives idle ones back;
 # a sticky identity's pinned address moves to its new node by an update

@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod gateways;
 pub mod lease;
 pub mod nads;
+pub mod netpol;
 pub mod node;
 pub mod pods;
 pub mod statefulsets;
@@ -33,6 +34,9 @@ pub struct KubeView {
     /// Every Node's gateway NICs, addresses and name: `None` until the
     /// watch has listed them.
     pub nodes: tokio::sync::watch::Receiver<Option<crate::return_path::Nodes>>,
+    /// What NetworkPolicy enforcement reads, with `[kubernetes]
+    /// network_policy = true`.
+    pub policies: Option<netpol::PolicyView>,
 }
 
 /// A client from the configured kubeconfig, or the pod's ServiceAccount.
@@ -62,6 +66,9 @@ impl KubeView {
         let nads = cfg.networks.then(|| nads::NadCache::start(client.clone()));
         let owners = statefulsets::Owners::new(client.clone());
         let nodes = gateways::watch(client.clone());
+        let policies = cfg
+            .network_policy
+            .then(|| netpol::PolicyView::start(client.clone()));
         let elector = lease::Elector::start(
             client,
             &cfg.lease_namespace,
@@ -75,6 +82,7 @@ impl KubeView {
             duties: Duties { elector, owners },
             nads,
             nodes,
+            policies,
         }
     }
 }

@@ -47,6 +47,11 @@ pub struct Kubernetes {
     /// network itself.
     #[serde(default)]
     pub networks: bool,
+    /// Enforce NetworkPolicy in each pod's own namespace (`netpol/`):
+    /// needs list and watch on networkpolicies, namespaces, services and
+    /// pods. An ADD then waits for the policies to be listed.
+    #[serde(default)]
+    pub network_policy: bool,
 }
 
 impl Default for Kubernetes {
@@ -86,6 +91,10 @@ impl Kubernetes {
         } else if k.networks {
             bail!(
                 "kubernetes.networks needs kubernetes.enabled: NetworkAttachmentDefinitions come from the API server"
+            );
+        } else if k.network_policy {
+            bail!(
+                "kubernetes.network_policy needs kubernetes.enabled: NetworkPolicies come from the API server"
             );
         }
         Ok(())

@@ -186,15 +186,26 @@ impl Service {
             claim: Some(claim),
             reserved: None,
         };
-        let added = self
-            .attempt(
-                attempt,
-                (&req, &pod, &asked),
-                mtu,
-                (netns, netns_id),
-                &mut audit,
-            )
-            .await;
+        // The pod's NetworkPolicy rules are in its namespace before its
+        // interface is (`netpol/`).
+        let added = match self.enforce_policies(&key, &req.pod, netns).await {
+            Ok(()) => {
+                self.attempt(
+                    attempt,
+                    (&req, &pod, &asked),
+                    mtu,
+                    (netns, netns_id),
+                    &mut audit,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if added.is_err()
+            && let Some(netpol) = &self.netpol
+        {
+            netpol.forget(&key);
+        }
         audit.total_us = received.elapsed().as_micros() as u64;
         if let Err(e) = &added {
             audit.error = Some(e.to_string());
@@ -215,6 +226,22 @@ impl Service {
         }
         self.audit.record(audit, &reason);
         added.map(Reply::Added)
+    }
+
+    /// Writes the pod's NetworkPolicy rules into its namespace, when they
+    /// are enforced and the pod is a Kubernetes pod.
+    async fn enforce_policies(
+        &self,
+        key: &crate::record::Key,
+        pod: &hostnic_proto::rpc::Pod,
+        netns: &Netns,
+    ) -> Result<()> {
+        match (&self.netpol, &pod.namespace, &pod.name) {
+            (Some(netpol), Some(namespace), Some(name)) => {
+                netpol.enforce(key, namespace, name, netns).await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The pipeline. A resource found gone when the driver reaches for it

@@ -35,6 +35,7 @@ use crate::cloud::source::CloudSource;
 use crate::config::Config;
 use crate::decisions::For;
 use crate::error::{Error, Result};
+use crate::netpol::Enforcer;
 use crate::nics::Nics;
 use crate::plumb::Namespaces;
 use crate::policy::Policies;
@@ -74,6 +75,8 @@ pub struct Service {
     pub(crate) audit: Audit,
     /// Where the pods' Service answers go back; `None` outside Kubernetes.
     pub(crate) return_path: Option<Arc<ReturnPath>>,
+    /// The pods' NetworkPolicy rules; `None` unless enforced.
+    pub(crate) netpol: Option<Arc<Enforcer>>,
     sticky: Sticky,
 }
 
@@ -90,6 +93,7 @@ pub struct Parts {
     pub policies: Policies,
     pub kube: Option<crate::apiserver::KubeView>,
     pub return_path: Option<Arc<ReturnPath>>,
+    pub netpol: Option<Arc<Enforcer>>,
 }
 
 impl Service {
@@ -107,6 +111,7 @@ impl Service {
             kube: parts.kube,
             audit: Audit::default(),
             return_path: parts.return_path,
+            netpol: parts.netpol,
             sticky: Sticky::new(&cfg.state_dir),
         }
     }
@@ -200,6 +205,9 @@ impl Service {
         }
         if let Some(path) = &self.return_path {
             path.detach(&record.key);
+        }
+        if let Some(netpol) = &self.netpol {
+            netpol.forget(&record.key);
         }
         self.attachments.remove(record);
     }

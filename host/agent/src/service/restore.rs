@@ -49,6 +49,11 @@ impl Service {
                     .as_deref()
                     .and_then(|p| self.namespaces.reopen(p, r.netns_id));
                 self.route_answers(&r, vxnet.as_deref(), driver.as_ref(), netns.as_ref());
+                if let (Some(netpol), Some(ns), Some(namespace), Some(name)) =
+                    (&self.netpol, netns, &r.pod.namespace, &r.pod.name)
+                {
+                    netpol.adopt(&r.key, namespace, name, std::sync::Arc::new(ns));
+                }
                 self.attachments.restore(r);
             }
         }

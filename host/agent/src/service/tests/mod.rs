@@ -326,6 +326,7 @@ async fn bed(nics: u8) -> Bed {
             policies: crate::policy::Policies::load(&cfg).unwrap(),
             kube: None,
             return_path: None,
+            netpol: None,
         },
     );
     Bed {

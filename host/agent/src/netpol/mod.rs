@@ -1,0 +1,302 @@
+//! NetworkPolicy, enforced in each pod's own namespace.
+//!
+//! An exclusive NIC's traffic never passes the node's netfilter: it leaves
+//! the pod's namespace straight onto the vxnet. So the rules live where
+//! every wiring's traffic passes — the pod's namespace, one nftables table
+//! per pod (`render.rs`), made from what the policies allow the pod
+//! (`compile.rs`) and the API server's view (`apiserver/netpol.rs`).
+//!
+//! **No open window.** An ADD writes the pod's table before its interface
+//! is wired, so the pod never has an address without its rules. An ADD
+//! whose pod or policies the view does not hold yet fails (the runtime
+//! retries) rather than wire a pod the policies may isolate.
+//!
+//! **Following changes.** Every change the watches deliver marks every
+//! pod of the node; each pod's table is made again and written only when
+//! it differs from what it has. Writes are one at a time, each from the
+//! view of its moment, so the last write a pod gets is from the newest
+//! view. A failed write is tried again. An API server that is away stops
+//! the news, never the rules: what the kernel has stays.
+//!
+//! **Restarts.** The tables live in the kernel: an agent that stops
+//! changes nothing a pod sees. At start it adopts its pods again and
+//! rewrites each table from the view once the view has listed.
+
+pub mod compile;
+mod render;
+pub mod select;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hostnic_netlink::Netns;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::apiserver::netpol::PolicyView;
+use crate::error::{Error, Result};
+use crate::record::Key;
+
+pub use render::TABLE;
+
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// One pod interface whose namespace carries the pod's rules.
+#[derive(Debug)]
+struct Target {
+    netns: Arc<Netns>,
+    namespace: String,
+    name: String,
+    /// The ruleset it has, as last written.
+    applied: Option<String>,
+    policies: Vec<String>,
+}
+
+/// The node's pods' rules, kept true to the view.
+#[derive(Debug)]
+pub struct Enforcer {
+    view: PolicyView,
+    /// The node's own addresses: its traffic to and from its pods
+    /// (kubelet's probes) always passes.
+    node: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    targets: Mutex<BTreeMap<Key, Target>>,
+    /// One write at a time (see the module's comment).
+    writing: tokio::sync::Mutex<()>,
+    /// How long an ADD waits for the view to list, or to hold its pod.
+    wait: Duration,
+}
+
+/// A pod's rules, for `status`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Enforced {
+    pub namespace: String,
+    pub name: String,
+    pub policies: Vec<String>,
+}
+
+impl Enforcer {
+    pub fn start(
+        view: PolicyView,
+        node: watch::Receiver<BTreeSet<Ipv4Addr>>,
+        wait: Duration,
+    ) -> Arc<Enforcer> {
+        let enforcer = Arc::new(Enforcer {
+            view,
+            node,
+            targets: Mutex::default(),
+            writing: tokio::sync::Mutex::new(()),
+            wait,
+        });
+        tokio::spawn(enforcer.clone().run());
+        enforcer
+    }
+
+    /// Writes pod `namespace/name`'s rules into `netns` (an ADD's, before
+    /// its interface is wired) and keeps them true from now on.
+    pub async fn enforce(
+        &self,
+        key: &Key,
+        namespace: &str,
+        name: &str,
+        netns: &Netns,
+    ) -> Result<()> {
+        if !self.view.ready(self.wait).await {
+            return Err(Error::try_again(
+                "the API server's NetworkPolicies are not listed yet; the pod is not wired without its rules",
+            ));
+        }
+        self.wait_for_pod(namespace, name).await?;
+        let netns = netns.try_clone().map_err(|e| {
+            Error::internal(format!("holding the pod's namespace for its rules: {e}"))
+        })?;
+        self.targets().insert(
+            key.clone(),
+            Target {
+                netns: Arc::new(netns),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                applied: None,
+                policies: Vec::new(),
+            },
+        );
+        if let Err(e) = self.write(key).await {
+            self.forget(key);
+            return Err(Error::internal(format!(
+                "writing the pod's NetworkPolicy rules: {e:#}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A pod interface found at start: its rules are rewritten once the
+    /// view has listed (they stay as the kernel has them meanwhile).
+    pub fn adopt(&self, key: &Key, namespace: &str, name: &str, netns: Arc<Netns>) {
+        self.targets().insert(
+            key.clone(),
+            Target {
+                netns,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                applied: None,
+                policies: Vec::new(),
+            },
+        );
+    }
+
+    /// The interface is gone (its table goes with its namespace).
+    pub fn forget(&self, key: &Key) {
+        self.targets().remove(key);
+    }
+
+    /// The pods whose rules this node keeps, and the policies selecting
+    /// each.
+    pub fn enforced(&self) -> Vec<Enforced> {
+        let mut seen = BTreeSet::new();
+        self.targets()
+            .values()
+            .filter(|t| seen.insert((t.namespace.clone(), t.name.clone())))
+            .map(|t| Enforced {
+                namespace: t.namespace.clone(),
+                name: t.name.clone(),
+                policies: t.policies.clone(),
+            })
+            .collect()
+    }
+
+    async fn wait_for_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        let mut changed = self.view.changed();
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            changed.borrow_and_update();
+            if self.view.pod(namespace, name).is_some() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return Err(Error::try_again(format!(
+                    "pod {namespace}/{name} is not in the API server's view yet; its NetworkPolicies cannot be decided"
+                )));
+            }
+        }
+    }
+
+    /// Makes `key`'s table from the view now and writes it if it differs
+    /// from what the pod has.
+    async fn write(&self, key: &Key) -> anyhow::Result<()> {
+        let _one = self.writing.lock().await;
+        let Some((netns, namespace, name, applied)) = self.targets().get(key).map(|t| {
+            (
+                t.netns.clone(),
+                t.namespace.clone(),
+                t.name.clone(),
+                t.applied.clone(),
+            )
+        }) else {
+            return Ok(());
+        };
+        // A pod the view lost (deleted while its sandbox lives on) keeps
+        // the rules it has.
+        let Some(pod) = self.view.pod(&namespace, &name) else {
+            return Ok(());
+        };
+        let rules = compile::compile(&self.view.snapshot(), &pod);
+        let text = render::ruleset(&rules, &self.node.borrow());
+        if applied.as_ref() != Some(&text) {
+            netns.nft(text.clone()).await?;
+            debug!(pod = %format!("{namespace}/{name}"), policies = rules.policies.len(), "NetworkPolicy rules written");
+        }
+        if let Some(t) = self.targets().get_mut(key) {
+            t.applied = Some(text);
+            t.policies = rules.policies;
+        }
+        Ok(())
+    }
+
+    /// Rewrites every pod's rules whenever the view or the node's
+    /// addresses change; failures are tried again after [`RETRY`].
+    async fn run(self: Arc<Self>) {
+        let mut changed = self.view.changed();
+        let mut node = self.node.clone();
+        while !self.view.ready(Duration::from_secs(3600)).await {}
+        info!("NetworkPolicy view listed; enforcing");
+        loop {
+            changed.borrow_and_update();
+            node.borrow_and_update();
+            let keys: Vec<Key> = self.targets().keys().cloned().collect();
+            let mut failed = false;
+            for key in keys {
+                if let Err(e) = self.write(&key).await {
+                    failed = true;
+                    warn!(container = %key.container_id, error = %format!("{e:#}"), "writing a pod's NetworkPolicy rules failed; trying again");
+                }
+            }
+            let retry = async {
+                if failed {
+                    tokio::time::sleep(RETRY).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                r = node.changed() => if r.is_err() { return },
+                _ = retry => {}
+            }
+            // A burst of changes (a namespace of pods coming up) is taken
+            // as one.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn targets(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Target>> {
+        self.targets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The node's own addresses (every IPv4 address in its namespace but
+/// loopback's), read again whenever `again` says its NICs changed.
+pub fn node_addresses<T: Send + Sync + 'static>(
+    node: Netns,
+    mut again: watch::Receiver<T>,
+) -> watch::Receiver<BTreeSet<Ipv4Addr>> {
+    let (tx, rx) = watch::channel(BTreeSet::new());
+    tokio::spawn(async move {
+        loop {
+            again.borrow_and_update();
+            match read_addresses(&node).await {
+                Ok(now) => {
+                    tx.send_if_modified(|seen| {
+                        let differs = *seen != now;
+                        *seen = now;
+                        differs
+                    });
+                }
+                Err(e) => warn!(error = %e, "reading the node's addresses for NetworkPolicy"),
+            }
+            if again.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn read_addresses(node: &Netns) -> hostnic_netlink::Result<BTreeSet<Ipv4Addr>> {
+    let nl = node.connect().await?;
+    let mut out = BTreeSet::new();
+    for link in nl.links().await? {
+        for addr in nl.addresses(link.index).await? {
+            if let ipnet::IpNet::V4(v4) = addr
+                && !v4.addr().is_loopback()
+            {
+                out.insert(v4.addr());
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,269 @@
+//! NetworkPolicy in the pod's own namespace, against a real API server
+//! (its watches) and the real kernel (the pods' tables): the pod's rules
+//! are there before it has an interface, so a prober hammering its
+//! address from the first instant is never let in; an allowed peer gets in
+//! at its first try; changes are followed; a restarted agent leaves the
+//! rules standing and enforces a policy changed while it was away.
+//! Kubernetes' own Netpol suite runs in `conformance.rs`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::controlplane::ControlPlane;
+use hostnic_testbed::sim::SimConfig;
+use hostnic_testbed::{Agent, CallEnv, Ns, agent_status, kubebed, require_root, wait_for};
+use serde_json::{Value, json};
+
+/// The server's pinned address (`hostnic.io/ip`) and port.
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 50);
+const PORT: u16 = 8080;
+
+fn web() -> SocketAddr {
+    SocketAddr::from((WEB, PORT))
+}
+
+fn bed() -> CloudBed {
+    CloudBed::new(SimConfig {
+        nodes: 1,
+        vxnets: vec![("vxnet-a".into(), "10.100.0.0/24".parse().unwrap())],
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
+fn agent(bed: &CloudBed, cp: &ControlPlane) -> Agent {
+    kubebed::agent(
+        bed,
+        cp,
+        0,
+        ("warm_min = 3\nwarm_max = 4\n", "network_policy = true\n"),
+        "",
+    )
+    .unwrap()
+}
+
+/// A pod bound to node-0 in namespace default, with `labels` and
+/// `annotations`.
+fn pod(cp: &ControlPlane, name: &str, labels: Value, annotations: Value) {
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": labels, "annotations": annotations},
+            "spec": {"nodeName": "node-0", "automountServiceAccountToken": false,
+                     "containers": [{"name": "c", "image": "busybox",
+                                     "ports": [{"name": "http", "containerPort": PORT}]}]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+/// ADD of pod `name` into `ns`, retried while the agent says "try again";
+/// then its address is reported on the pod, as the kubelet reports it.
+fn add(bed: &CloudBed, cp: &ControlPlane, name: &str, ns: &Ns) -> Ipv4Addr {
+    let path = ns.path().display().to_string();
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+    let env = CallEnv {
+        container_id: &format!("cid-{name}"),
+        netns: &path,
+        ifname: "eth0",
+        args: &args,
+    };
+    let conf = bed.netconf(0, "1.1.0", json!([]));
+    let start = Instant::now();
+    let result = loop {
+        match bed.hostnic(0).call("ADD", &conf, &env).unwrap() {
+            Ok(r) => break r,
+            Err(e) if e.code == Some(11) && start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("ADD {name}: {e}"),
+        }
+    };
+    let cidr = result["ips"][0]["address"].as_str().unwrap();
+    let ip: Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+    cp.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        "default",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &json!({"status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}})
+            .to_string(),
+    ])
+    .unwrap();
+    ip
+}
+
+/// Policy `name` on the pods labelled app=web: ingress on PORT from the
+/// pods labelled role=`from`.
+fn allow_from(cp: &ControlPlane, name: &str, from: &str) {
+    cp.apply(
+        &json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                     "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": from}}}],
+                                  "ports": [{"port": "http"}]}]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+/// Accepts every connection to `listener` until dropped, counting them.
+fn serve(listener: std::net::TcpListener) -> Arc<AtomicUsize> {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if conn.is_ok() {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    accepted
+}
+
+fn connects(from: &Ns) -> bool {
+    from.connects(web(), Duration::from_millis(500))
+}
+
+#[test]
+fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_instant() {
+    if !require_root(
+        "a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_instant",
+    ) {
+        return;
+    }
+    let bed = bed();
+    let cp = kubebed::control_plane(&bed, None).unwrap();
+    let mut a0 = agent(&bed, &cp);
+    allow_from(&cp, "web-from-clients", "client");
+    pod(&cp, "ok", json!({"role": "client"}), json!({}));
+    pod(&cp, "no", json!({"role": "other"}), json!({}));
+    pod(
+        &cp,
+        "web",
+        json!({"app": "web"}),
+        json!({"hostnic.io/ip": WEB.to_string()}),
+    );
+    let (ok, no, web_ns) = (
+        Ns::new("np-ok").unwrap(),
+        Arc::new(Ns::new("np-no").unwrap()),
+        Ns::new("np-web").unwrap(),
+    );
+    add(&bed, &cp, "ok", &ok);
+    add(&bed, &cp, "no", &no);
+
+    // The server listens before it has an interface; a forbidden client
+    // hammers its address from before the ADD until after it.
+    let listener = web_ns
+        .listen(SocketAddr::from(([0, 0, 0, 0], PORT)))
+        .unwrap();
+    let accepted = serve(listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let no = no.clone();
+        std::thread::spawn(move || {
+            let (mut tries, mut got_in) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                tries += 1;
+                if no.connects(web(), Duration::from_millis(50)) {
+                    got_in += 1;
+                } else {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            (tries, got_in)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(add(&bed, &cp, "web", &web_ns), WEB);
+    // The allowed client is let in at its first try, right after the ADD.
+    assert!(connects(&ok), "the allowed client was refused");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    let (tries, got_in) = prober.join().unwrap();
+    eprintln!("the forbidden prober tried {tries} times, got in {got_in} times");
+    assert!(tries > 10, "the prober hardly ran: {tries} tries");
+    assert_eq!(got_in, 0, "a forbidden client reached the pod");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "only the allowed client got in"
+    );
+    // `hostnic-agent status` names the policies isolating each pod.
+    let status = agent_status(&bed.socket(0)).unwrap();
+    let rows = status["network_policy"].as_array().unwrap();
+    let of = |pod: &str| -> Value {
+        rows.iter()
+            .find(|r| r["name"] == pod)
+            .map(|r| r["policies"].clone())
+            .unwrap_or_else(|| panic!("{pod} not in {rows:?}"))
+    };
+    assert_eq!(of("web"), json!(["default/web-from-clients"]));
+    assert_eq!(of("ok"), json!([]));
+
+    // A peer's labels change: it is let in, then kept out again.
+    for (role, let_in) in [("client", true), ("other", false)] {
+        cp.kubectl(&[
+            "label",
+            "pod",
+            "no",
+            "-n",
+            "default",
+            &format!("role={role}"),
+            "--overwrite",
+        ])
+        .unwrap();
+        wait_for(
+            &format!("the client relabelled role={role}: let in {let_in}"),
+            Duration::from_secs(10),
+            || connects(&no) == let_in,
+        )
+        .unwrap();
+    }
+
+    // The agent stops: the rules stand. A policy changed while it is away
+    // is enforced within seconds of its start.
+    a0.kill9();
+    assert!(!connects(&no), "a stopped agent opened the pod");
+    assert!(connects(&ok), "a stopped agent closed the pod");
+    allow_from(&cp, "web-from-others", "other");
+    let started = Instant::now();
+    let _a0 = agent(&bed, &cp);
+    wait_for(
+        "the policy changed while away enforced",
+        Duration::from_secs(15),
+        || connects(&no),
+    )
+    .unwrap();
+    eprintln!(
+        "a policy changed while the agent was away: enforced {:?} after its start",
+        started.elapsed()
+    );
+    for name in ["web-from-clients", "web-from-others"] {
+        cp.kubectl(&["delete", "networkpolicy", name, "-n", "default"])
+            .unwrap();
+    }
+    wait_for(
+        "the pod's table gone with its last policy",
+        Duration::from_secs(10),
+        || {
+            web_ns
+                .exec("nft", &["list", "tables"])
+                .is_ok_and(|t| !t.contains("hostnic-policy"))
+        },
+    )
+    .unwrap();
+}

@@ -33,8 +33,8 @@ pub fn ruleset(rules: &PodRules, node: &BTreeSet<Ipv4Addr>) -> String {
         return out;
     }
     let _ = writeln!(out, "table inet {TABLE} {{");
-    set(&mut out, "node", node);
-    set(&mut out, "services", &rules.services);
+    named_set(&mut out, "node", node);
+    named_set(&mut out, "services", &rules.services);
     let sets = Sets {
         node: !node.is_empty(),
         services: !rules.services.is_empty(),
@@ -69,7 +69,7 @@ struct Sets {
     services: bool,
 }
 
-fn set(out: &mut String, name: &str, addrs: &BTreeSet<Ipv4Addr>) {
+fn named_set(out: &mut String, name: &str, addrs: &BTreeSet<Ipv4Addr>) {
     if !addrs.is_empty() {
         let _ = writeln!(
             out,
@@ -159,14 +159,14 @@ fn lines(allow: &Allow, addr: &str) -> Vec<String> {
                     .map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.nft()))
             )
         )],
-        Admits::Match { peers, ports } => {
-            let peers: Vec<String> = match peers {
+        Admits::Match { peers: p, ports: q } => {
+            let peers = match p {
                 None => vec![String::new()],
-                Some(list) => list.iter().filter_map(|p| peer(p, addr)).collect(),
+                Some(list) => peers(list, addr),
             };
-            let ports: Vec<String> = match ports {
+            let ports = match q {
                 None => vec![String::new()],
-                Some(list) => list.iter().map(port).collect(),
+                Some(list) => ports(list),
             };
             peers
                 .iter()
@@ -180,27 +180,89 @@ fn lines(allow: &Allow, addr: &str) -> Vec<String> {
     }
 }
 
-fn peer(p: &Peer, addr: &str) -> Option<String> {
-    match p {
-        Peer::Addrs(a) if a.is_empty() => None,
-        Peer::Addrs(a) => Some(format!(
-            "ip {addr} {{ {} }}",
-            join(a.iter().map(Ipv4Addr::to_string))
-        )),
-        Peer::Block { cidr, except } if except.is_empty() => Some(format!("ip {addr} {cidr}")),
-        Peer::Block { cidr, except } => Some(format!(
-            "ip {addr} {cidr} ip {addr} != {{ {} }}",
-            // nft refuses overlapping elements in one set.
-            join(Ipv4Net::aggregate(except).iter().map(Ipv4Net::to_string))
-        )),
+/// A rule's peers as matches: every address and plain block in one set
+/// (merged: nft refuses overlapping elements), each block with excepts on
+/// its own. None when they admit nobody.
+fn peers(list: &[Peer], addr: &str) -> Vec<String> {
+    let mut plain = Vec::new();
+    let mut out = Vec::new();
+    for p in list {
+        match p {
+            Peer::Addrs(a) => plain.extend(a.iter().map(|ip| Ipv4Net::from(*ip))),
+            Peer::Block { cidr, except } if except.is_empty() => plain.push(cidr.trunc()),
+            Peer::Block { cidr, except } => out.push(format!(
+                "ip {addr} {} ip {addr} != {}",
+                cidr.trunc(),
+                set(Ipv4Net::aggregate(except).iter().map(net))
+            )),
+        }
+    }
+    if !plain.is_empty() {
+        out.insert(
+            0,
+            format!(
+                "ip {addr} {}",
+                set(Ipv4Net::aggregate(&plain).iter().map(net))
+            ),
+        );
+    }
+    out
+}
+
+/// A prefix as nft writes it: a single address without its /32.
+fn net(n: &Ipv4Net) -> String {
+    if n.prefix_len() == 32 {
+        n.addr().to_string()
+    } else {
+        n.to_string()
     }
 }
 
-fn port(r: &PortRange) -> String {
-    match r.ports {
-        None => format!("meta l4proto {}", r.proto.nft()),
-        Some((a, b)) if a == b => format!("meta l4proto {} th dport {a}", r.proto.nft()),
-        Some((a, b)) => format!("meta l4proto {} th dport {a}-{b}", r.proto.nft()),
+/// Ports as matches, one per protocol: a protocol with all its ports, or
+/// the set of its ranges (merged: nft refuses overlapping elements).
+fn ports(list: &[PortRange]) -> Vec<String> {
+    let mut by_proto: std::collections::BTreeMap<_, Option<Vec<(u16, u16)>>> = Default::default();
+    for r in list {
+        let entry = by_proto.entry(r.proto).or_insert_with(|| Some(Vec::new()));
+        match (r.ports, entry.as_mut()) {
+            (Some(range), Some(ranges)) => ranges.push(range),
+            _ => *entry = None,
+        }
+    }
+    by_proto
+        .into_iter()
+        .map(|(proto, ranges)| match ranges {
+            None => format!("meta l4proto {}", proto.nft()),
+            Some(mut ranges) => {
+                ranges.sort_unstable();
+                let mut merged: Vec<(u16, u16)> = Vec::new();
+                for (a, b) in ranges {
+                    match merged.last_mut() {
+                        Some(last) if u32::from(a) <= u32::from(last.1) + 1 => {
+                            last.1 = last.1.max(b)
+                        }
+                        _ => merged.push((a, b)),
+                    }
+                }
+                let items = merged.iter().map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                });
+                format!("meta l4proto {} th dport {}", proto.nft(), set(items))
+            }
+        })
+        .collect()
+}
+
+/// One element bare, several in braces.
+fn set(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    match items.as_slice() {
+        [one] => one.clone(),
+        _ => format!("{{ {} }}", items.join(", ")),
     }
 }
 
@@ -277,8 +339,8 @@ mod tests {
                 "ct state established,related accept",
                 "ct state invalid drop",
                 "ip saddr @node accept",
-                "ip saddr { 10.0.0.5 } meta l4proto tcp th dport 80-81 counter accept comment \"x/deny ingress 0\"",
-                "ip saddr 10.0.0.0/16 ip saddr != { 10.0.1.0/24 } meta l4proto tcp th dport 80-81 counter accept comment \"x/deny ingress 0\"",
+                "ip saddr 10.0.0.5 meta l4proto tcp th dport 80-81 counter accept comment \"x/deny ingress 0\"",
+                "ip saddr 10.0.0.0/16 ip saddr != 10.0.1.0/24 meta l4proto tcp th dport 80-81 counter accept comment \"x/deny ingress 0\"",
                 "meta l4proto tcp counter reject with tcp reset comment \"denied\"",
                 "counter reject comment \"denied\"",
             ],
@@ -342,6 +404,38 @@ mod tests {
         let ingress = ingress.split("chain egress").next().unwrap();
         assert!(!ingress.contains("counter accept"), "{ingress}");
         assert!(ingress.contains("counter reject"), "{ingress}");
+    }
+
+    #[test]
+    fn ten_thousand_blocks_and_overlapping_ports_make_one_line() {
+        let blocks = (0..10_000u32)
+            .map(|i| Peer::Block {
+                cidr: Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i * 4), 30).unwrap(),
+                except: Vec::new(),
+            })
+            .chain([Peer::Addrs([Ipv4Addr::new(192, 168, 0, 1)].into())])
+            .collect();
+        let range = |a, b| PortRange {
+            proto: Proto::Tcp,
+            ports: Some((a, b)),
+        };
+        let a = allow(Admits::Match {
+            peers: Some(blocks),
+            ports: Some(vec![
+                range(80, 90),
+                range(85, 100),
+                range(101, 101),
+                range(443, 443),
+            ]),
+        });
+        // 10,000 adjacent /30s are five prefixes; the ranges merge.
+        assert_eq!(
+            lines(&a, "saddr"),
+            [
+                "ip saddr { 10.0.0.0/17, 10.0.128.0/20, 10.0.144.0/21, 10.0.152.0/22, 10.0.156.0/26, 192.168.0.1 } \
+                 meta l4proto tcp th dport { 80-101, 443 }"
+            ]
+        );
     }
 
     #[test]

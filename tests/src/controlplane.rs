@@ -491,6 +491,24 @@ impl ControlPlane {
     }
 
     /// The tails of etcd's and the API server's logs, for failures.
+    /// Stops (SIGSTOP) or resumes (SIGCONT) component `name`
+    /// (`kube-apiserver`, `etcd`): an API server that is away without
+    /// closing its connections.
+    pub fn pause(&self, name: &str, paused: bool) -> anyhow::Result<()> {
+        let (_, child) = self
+            .procs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .with_context(|| format!("no {name} in this control plane"))?;
+        let signal = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
     pub fn logs(&self) -> String {
         let mut text = String::new();
         for name in [

@@ -234,6 +234,32 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
         .unwrap();
     }
 
+    // The API server goes away without a word: the rules stand.
+    cp.pause("kube-apiserver", true).unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!connects(&no), "an API server away opened the pod");
+        assert!(connects(&ok), "an API server away closed the pod");
+    }
+    cp.pause("kube-apiserver", false).unwrap();
+    let metrics = bed.sim.nodes[0]
+        .ns
+        .exec("curl", &["-sf", "http://127.0.0.1:9273/metrics"])
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(value("hostnic_netpol_isolated_pods "), 1.0);
+    // Each ADD wrote its pod's table (a cold one told to come back
+    // writes it again).
+    assert!(value("hostnic_netpol_table_writes_total{trigger=\"add\",result=\"written\"} ") >= 3.0);
+    assert!(
+        value("hostnic_netpol_table_writes_total{trigger=\"change\",result=\"written\"} ") >= 2.0
+    );
+
     // The agent stops: the rules stand. A policy changed while it is away
     // is enforced within seconds of its start.
     a0.kill9();

@@ -40,6 +40,14 @@ struct VerbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetpolLabels {
+    /// add (an ADD's first write) or change (the view changed).
+    trigger: &'static str,
+    /// written, unchanged (the table already said so) or error.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloudLabels {
     action: String,
     ret_code: String,
@@ -134,6 +142,9 @@ pub struct Metrics {
     guest_calls: Family<GuestCallLabels, Counter>,
     guest_latency: Histograms<HookLabels>,
     guest_swaps: Family<SwapLabels, Counter>,
+    netpol_writes: Family<NetpolLabels, Counter>,
+    netpol_sync: Histogram,
+    netpol_isolated: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -162,6 +173,9 @@ impl Metrics {
             guest_calls: Family::default(),
             guest_latency: Family::new_with_constructor(latency),
             guest_swaps: Family::default(),
+            netpol_writes: Family::default(),
+            netpol_sync: latency(),
+            netpol_isolated: Gauge::default(),
         };
         r.register(
             "build",
@@ -254,7 +268,40 @@ impl Metrics {
             "Policy module swaps by hook and result (accepted, refused)",
             m.guest_swaps.clone(),
         );
+        r.register(
+            "netpol_table_writes",
+            "NetworkPolicy tables made for the node's pods, by trigger (add, change) and result (written, unchanged, error)",
+            m.netpol_writes.clone(),
+        );
+        r.register_with_unit(
+            "netpol_sync_duration",
+            "From a change the NetworkPolicy watches delivered to every pod's table written",
+            Unit::Seconds,
+            m.netpol_sync.clone(),
+        );
+        r.register(
+            "netpol_isolated_pods",
+            "The node's pods some NetworkPolicy isolates",
+            m.netpol_isolated.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// A pod's NetworkPolicy table made (and written if it changed).
+    pub fn netpol_write(&self, add: bool, result: &'static str) {
+        self.netpol_writes
+            .get_or_create(&NetpolLabels {
+                trigger: if add { "add" } else { "change" },
+                result,
+            })
+            .inc();
+    }
+
+    /// A change made true on every pod of the node, `elapsed` after it
+    /// was delivered; `isolated` of them are isolated now.
+    pub fn netpol_synced(&self, elapsed: Duration, isolated: usize) {
+        self.netpol_sync.observe(elapsed.as_secs_f64());
+        self.netpol_isolated.set(isolated as i64);
     }
 
     /// One CNI request served: `verb` is the RPC operation's name.

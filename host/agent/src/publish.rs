@@ -156,6 +156,27 @@ pub fn add_failed(audit: &Audited, e: &crate::error::Error) {
     });
 }
 
+/// A Warning on pod `namespace/name` (not about an ADD: its
+/// NetworkPolicy rules could not be written, say).
+pub fn pod_event(namespace: &str, name: &str, reason: &'static str, note: impl Into<String>) {
+    let Some(p) = PUBLISHER.get() else { return };
+    if !p.events {
+        return;
+    }
+    send(Job::Event {
+        regarding: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(namespace.to_string()),
+            name: Some(name.to_string()),
+            ..ObjectReference::default()
+        },
+        reason,
+        kind: EventType::Warning,
+        note: truncate(&note.into(), 1000),
+    });
+}
+
 /// An agent-level fact, as an event on this node.
 pub fn node_event(what: NodeEvent, note: impl Into<String>) {
     let Some(p) = PUBLISHER.get() else { return };

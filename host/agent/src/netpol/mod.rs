@@ -29,7 +29,7 @@ pub mod select;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hostnic_netlink::Netns;
 use tokio::sync::watch;
@@ -37,6 +37,8 @@ use tracing::{debug, info, warn};
 
 use crate::apiserver::netpol::PolicyView;
 use crate::error::{Error, Result};
+use crate::metrics::metrics;
+use crate::publish;
 use crate::record::Key;
 
 pub use render::TABLE;
@@ -122,7 +124,7 @@ impl Enforcer {
                 policies: Vec::new(),
             },
         );
-        if let Err(e) = self.write(key).await {
+        if let Err(e) = self.write(key, true).await {
             self.forget(key);
             return Err(Error::internal(format!(
                 "writing the pod's NetworkPolicy rules: {e:#}"
@@ -187,7 +189,19 @@ impl Enforcer {
 
     /// Makes `key`'s table from the view now and writes it if it differs
     /// from what the pod has.
-    async fn write(&self, key: &Key) -> anyhow::Result<()> {
+    async fn write(&self, key: &Key, add: bool) -> anyhow::Result<()> {
+        let written = self.write_now(key).await;
+        let result = match &written {
+            Ok(true) => "written",
+            Ok(false) => "unchanged",
+            Err(_) => "error",
+        };
+        metrics().netpol_write(add, result);
+        written.map(drop)
+    }
+
+    /// [`Enforcer::write`]'s work: whether it wrote.
+    async fn write_now(&self, key: &Key) -> anyhow::Result<bool> {
         let _one = self.writing.lock().await;
         let Some((netns, namespace, name, applied)) = self.targets().get(key).map(|t| {
             (
@@ -197,16 +211,17 @@ impl Enforcer {
                 t.applied.clone(),
             )
         }) else {
-            return Ok(());
+            return Ok(false);
         };
         // A pod the view lost (deleted while its sandbox lives on) keeps
         // the rules it has.
         let Some(pod) = self.view.pod(&namespace, &name) else {
-            return Ok(());
+            return Ok(false);
         };
         let rules = compile::compile(&self.view.snapshot(), &pod);
         let text = render::ruleset(&rules, &self.node.borrow());
-        if applied.as_ref() != Some(&text) {
+        let differs = applied.as_ref() != Some(&text);
+        if differs {
             netns.nft(text.clone()).await?;
             debug!(pod = %format!("{namespace}/{name}"), policies = rules.policies.len(), "NetworkPolicy rules written");
         }
@@ -214,7 +229,7 @@ impl Enforcer {
             t.applied = Some(text);
             t.policies = rules.policies;
         }
-        Ok(())
+        Ok(differs)
     }
 
     /// Rewrites every pod's rules whenever the view or the node's
@@ -224,16 +239,37 @@ impl Enforcer {
         let mut node = self.node.clone();
         while !self.view.ready(Duration::from_secs(3600)).await {}
         info!("NetworkPolicy view listed; enforcing");
+        let mut since = Instant::now();
         loop {
             changed.borrow_and_update();
             node.borrow_and_update();
             let keys: Vec<Key> = self.targets().keys().cloned().collect();
             let mut failed = false;
             for key in keys {
-                if let Err(e) = self.write(&key).await {
+                if let Err(e) = self.write(&key, false).await {
                     failed = true;
-                    warn!(container = %key.container_id, error = %format!("{e:#}"), "writing a pod's NetworkPolicy rules failed; trying again");
+                    let (namespace, name) = self
+                        .targets()
+                        .get(&key)
+                        .map(|t| (t.namespace.clone(), t.name.clone()))
+                        .unwrap_or_default();
+                    warn!(pod = %format!("{namespace}/{name}"), container = %key.container_id, error = %format!("{e:#}"),
+                          "writing a pod's NetworkPolicy rules failed; it keeps its last ones, trying again");
+                    publish::pod_event(
+                        &namespace,
+                        &name,
+                        "NetworkPolicyNotWritten",
+                        format!("the pod keeps its last NetworkPolicy rules: {e:#}"),
+                    );
                 }
+            }
+            if !failed {
+                let isolated = self
+                    .targets()
+                    .values()
+                    .filter(|t| !t.policies.is_empty())
+                    .count();
+                metrics().netpol_synced(since.elapsed(), isolated);
             }
             let retry = async {
                 if failed {
@@ -247,6 +283,7 @@ impl Enforcer {
                 r = node.changed() => if r.is_err() { return },
                 _ = retry => {}
             }
+            since = Instant::now();
             // A burst of changes (a namespace of pods coming up) is taken
             // as one.
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -19,7 +19,8 @@ static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// kube-proxy's defaults, the client pod's address kept through a Service
 /// and a NodePort with externalTrafficPolicy=Local (the endpoint answers
 /// back through the node that translated), and a Service's externalIP
-/// (routed through the node as the testbed's site config says).
+/// (routed through the node as the testbed's site config says); with
+/// [`NETPOL`], NetworkPolicy.
 const CI_FOCUS: &str = concat!(
     r"Networking Granular Checks: Pods should function for (intra|node)-pod communication: (http|udp) ",
     r"|Services should serve a basic endpoint from pods \[Conformance\]",
@@ -30,8 +31,37 @@ const CI_FOCUS: &str = concat!(
     r"|Services should be possible to connect to a service via ExternalIP when the external IP is not assigned to a node",
 );
 
+/// NetworkPolicy (`Netpol`, nine namespaced pods probed through their
+/// Services): isolation, named ports both ways, an egress ipBlock of the
+/// server's own address and one excepting it (judged through the
+/// ClusterIP), a peer whose labels change, egress denied to a namespace,
+/// UDP.
+const NETPOL: &str = concat!(
+    r"|Netpol NetworkPolicy between server and client should (",
+    r"support a 'default-deny-ingress' policy",
+    r"|allow ingress access on one named port",
+    r"|allow egress access on one named port",
+    r"|allow egress access to server in CIDR block",
+    r"|enforce except clause while egress access to server in CIDR block",
+    r"|allow ingress access from updated pod",
+    r"|deny egress from all pods in a namespace",
+    r")",
+    r"|Netpol \[LinuxOnly\] NetworkPolicy between server and client using UDP should support a 'default-deny-ingress' policy",
+);
+
+/// Shared mode's NetworkPolicy part: the same table behind a veth.
+const NETPOL_SHARED: &str = concat!(
+    r"|Netpol NetworkPolicy between server and client should (",
+    r"support a 'default-deny-ingress' policy",
+    r"|allow egress access on one named port",
+    r"|enforce except clause while egress access to server in CIDR block",
+    r"|allow ingress access from updated pod",
+    r")",
+);
+
 /// Shared mode, where the wiring differs: pod to pod and node to pod, a
-/// Service, DNS, the client pod's address through a Service.
+/// Service, DNS, the client pod's address through a Service; with
+/// [`NETPOL_SHARED`], NetworkPolicy.
 const CI_FOCUS_SHARED: &str = concat!(
     r"Networking Granular Checks: Pods should function for (intra-pod communication: http|node-pod communication: udp) ",
     r"|Services should serve a basic endpoint from pods \[Conformance\]",
@@ -68,10 +98,10 @@ fn run(wiring: &str, focus: &str, want: usize) {
 
 #[test]
 fn conformance_exclusive() {
-    run("exclusive", CI_FOCUS, 10);
+    run("exclusive", &format!("{CI_FOCUS}{NETPOL}"), 18);
 }
 
 #[test]
 fn conformance_shared() {
-    run("shared", CI_FOCUS_SHARED, 5);
+    run("shared", &format!("{CI_FOCUS_SHARED}{NETPOL_SHARED}"), 9);
 }

@@ -283,13 +283,17 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
             .unwrap();
     }
     wait_for(
-        "the pod's table gone with its last policy",
+        "the pod's chains empty with its last policy gone",
         Duration::from_secs(10),
         || {
             web_ns
-                .exec("nft", &["list", "tables"])
-                .is_ok_and(|t| !t.contains("hostnic-policy"))
+                .exec(
+                    "nft",
+                    &["list", "chain", "inet", "hostnic-policy", "ingress"],
+                )
+                .is_ok_and(|t| !t.contains("reject") && !t.contains("accept comment"))
         },
     )
     .unwrap();
+    assert!(connects(&no) && connects(&ok));
 }

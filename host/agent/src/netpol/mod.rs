@@ -13,9 +13,9 @@
 //!
 //! **Following changes.** Every change the watches deliver marks every
 //! pod of the node; each pod's table is made again and written only when
-//! it differs from what it has. Writes are one at a time, each from the
-//! view of its moment, so the last write a pod gets is from the newest
-//! view. A failed write is tried again. An API server that is away stops
+//! it differs from what it has. A pod's writes are one at a time, each
+//! from the view of its moment, so the last write a pod gets is from the
+//! newest view; different pods are written side by side. A failed write is tried again. An API server that is away stops
 //! the news, never the rules: what the kernel has stays.
 //!
 //! **Restarts.** The tables live in the kernel: an agent that stops
@@ -31,6 +31,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hostnic_netlink::Netns;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -46,10 +47,15 @@ pub use render::TABLE;
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// Pods whose tables are written at once after a change.
+const PARALLEL: usize = 16;
+
 /// One pod interface whose namespace carries the pod's rules.
 #[derive(Debug)]
 struct Target {
     netns: Arc<Netns>,
+    /// One write at a time into this pod (see the module's comment).
+    writing: Arc<tokio::sync::Mutex<()>>,
     namespace: String,
     name: String,
     /// The ruleset it has, as last written.
@@ -65,8 +71,6 @@ pub struct Enforcer {
     /// (kubelet's probes) always passes.
     node: watch::Receiver<BTreeSet<Ipv4Addr>>,
     targets: Mutex<BTreeMap<Key, Target>>,
-    /// One write at a time (see the module's comment).
-    writing: tokio::sync::Mutex<()>,
     /// How long an ADD waits for the view to list, or to hold its pod.
     wait: Duration,
 }
@@ -89,7 +93,6 @@ impl Enforcer {
             view,
             node,
             targets: Mutex::default(),
-            writing: tokio::sync::Mutex::new(()),
             wait,
         });
         tokio::spawn(enforcer.clone().run());
@@ -118,6 +121,7 @@ impl Enforcer {
             key.clone(),
             Target {
                 netns: Arc::new(netns),
+                writing: Arc::default(),
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 applied: None,
@@ -140,6 +144,7 @@ impl Enforcer {
             key.clone(),
             Target {
                 netns,
+                writing: Arc::default(),
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 applied: None,
@@ -202,7 +207,10 @@ impl Enforcer {
 
     /// [`Enforcer::write`]'s work: whether it wrote.
     async fn write_now(&self, key: &Key) -> anyhow::Result<bool> {
-        let _one = self.writing.lock().await;
+        let Some(writing) = self.targets().get(key).map(|t| t.writing.clone()) else {
+            return Ok(false);
+        };
+        let _one = writing.lock().await;
         let Some((netns, namespace, name, applied)) = self.targets().get(key).map(|t| {
             (
                 t.netns.clone(),
@@ -244,9 +252,20 @@ impl Enforcer {
             changed.borrow_and_update();
             node.borrow_and_update();
             let keys: Vec<Key> = self.targets().keys().cloned().collect();
+            // Pods are written side by side: a write that replaces rules
+            // waits out an RCU grace period in the kernel, not the CPU.
+            let this = &self;
+            let results: Vec<(Key, anyhow::Result<()>)> = futures::stream::iter(keys)
+                .map(|key| async move {
+                    let r = this.write(&key, false).await;
+                    (key, r)
+                })
+                .buffer_unordered(PARALLEL)
+                .collect()
+                .await;
             let mut failed = false;
-            for key in keys {
-                if let Err(e) = self.write(&key, false).await {
+            for (key, result) in results {
+                if let Err(e) = result {
                     failed = true;
                     let (namespace, name) = self
                         .targets()

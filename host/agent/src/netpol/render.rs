@@ -1,15 +1,21 @@
 //! A pod's policy rules as the nftables table of its own namespace, text
 //! for `nft -f`: pure, so it is tested without a kernel.
 //!
-//! One `inet` table, replaced whole in one transaction. A direction no
-//! policy isolates has no chain (everything passes); an isolated one
-//! hooks `input` (ingress) or `output` (egress) and, in order: accepts
-//! loopback, the packets of connections already allowed (and related
-//! ICMP), drops invalid ones, accepts the pod's own node (kubelet's
-//! probes), then each rule of each policy with a counter, and rejects the
-//! rest (a refused connection fails at once, where a drop would make the
-//! client wait for its timeout): TCP with a reset, the rest with an ICMP
-//! error.
+//! One `inet` table with the same shape in every pod — two sets (the
+//! node's addresses, the Services' ClusterIPs) and two base chains, on
+//! `input` (ingress) and `output` (egress), `policy accept` — whose
+//! contents are replaced in one transaction: the chains and sets flushed
+//! and filled again. Nothing is deleted but rules and elements: taking a
+//! table or a hooked chain away makes the kernel wait out an RCU grace
+//! period (~12 ms here), and the table is written on every ADD.
+//!
+//! A direction no policy isolates has an empty chain (everything passes).
+//! An isolated one, in order: accepts loopback, the packets of
+//! connections already allowed (and related ICMP), drops invalid ones,
+//! accepts the pod's own node (kubelet's probes), then each rule of each
+//! policy with a counter, and rejects the rest (a refused connection fails
+//! at once, where a drop would make the client wait for its timeout): TCP
+//! with a reset, the rest with an ICMP error.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -25,85 +31,48 @@ pub const TABLE: &str = "hostnic-policy";
 /// The comment of the rule that rejects what no policy allowed.
 pub const DENIED: &str = "denied";
 
-/// The pod's table, replacing any it had; with no isolated direction, the
-/// table goes.
+/// The pod's table, its contents replacing what it had.
 pub fn ruleset(rules: &PodRules, node: &BTreeSet<Ipv4Addr>) -> String {
-    let mut out = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
-    if rules.ingress.is_none() && rules.egress.is_none() {
-        return out;
-    }
-    let _ = writeln!(out, "table inet {TABLE} {{");
-    named_set(&mut out, "node", node);
-    named_set(&mut out, "services", &rules.services);
-    let sets = Sets {
-        node: !node.is_empty(),
-        services: !rules.services.is_empty(),
-    };
-    chain(
-        &mut out,
-        "ingress",
-        "input",
-        "iif",
-        "saddr",
-        &rules.ingress,
-        sets,
+    let mut out = format!(
+        "table inet {TABLE} {{\n\
+         \tset node {{ type ipv4_addr; }}\n\
+         \tset services {{ type ipv4_addr; }}\n\
+         \tchain ingress {{ type filter hook input priority filter; policy accept; }}\n\
+         \tchain egress {{ type filter hook output priority filter; policy accept; }}\n\
+         }}\n\
+         flush chain inet {TABLE} ingress\n\
+         flush chain inet {TABLE} egress\n\
+         flush set inet {TABLE} node\n\
+         flush set inet {TABLE} services\n"
     );
-    chain(
-        &mut out,
-        "egress",
-        "output",
-        "oif",
-        "daddr",
-        &rules.egress,
-        sets,
-    );
-    out.push_str("}\n");
+    elements(&mut out, "node", node);
+    elements(&mut out, "services", &rules.services);
+    chain(&mut out, "ingress", "iif", "saddr", &rules.ingress);
+    chain(&mut out, "egress", "oif", "daddr", &rules.egress);
     out
 }
 
-/// Which of the table's sets have elements (nft refuses an empty one in
-/// a rule).
-#[derive(Clone, Copy)]
-struct Sets {
-    node: bool,
-    services: bool,
-}
-
-fn named_set(out: &mut String, name: &str, addrs: &BTreeSet<Ipv4Addr>) {
+fn elements(out: &mut String, set: &str, addrs: &BTreeSet<Ipv4Addr>) {
     if !addrs.is_empty() {
         let _ = writeln!(
             out,
-            "\tset {name} {{ type ipv4_addr; elements = {{ {} }}; }}",
+            "add element inet {TABLE} {set} {{ {} }}",
             join(addrs.iter().map(Ipv4Addr::to_string))
         );
     }
 }
 
-/// One direction's chain. Egress to a ClusterIP is judged by the triples
+/// One direction's rules. Egress to a ClusterIP is judged by the triples
 /// of the Services in front of allowed pods: after the triples and the
 /// rules that admit everything, any other Service address is rejected
 /// before a rule could admit it by its own address.
-fn chain(
-    out: &mut String,
-    name: &str,
-    hook: &str,
-    iface: &str,
-    addr: &str,
-    rules: &Direction,
-    sets: Sets,
-) {
+fn chain(out: &mut String, name: &str, iface: &str, addr: &str, rules: &Direction) {
     let Some(rules) = rules else { return };
-    let _ = writeln!(out, "\tchain {name} {{");
-    let _ = writeln!(
-        out,
-        "\t\ttype filter hook {hook} priority filter; policy accept;"
-    );
-    let _ = writeln!(out, "\t\t{iface} \"lo\" accept");
-    out.push_str("\t\tct state established,related accept\n");
-    out.push_str("\t\tct state invalid drop\n");
-    if sets.node {
-        let _ = writeln!(out, "\t\tip {addr} @node accept");
-    }
+    let rule = format!("add rule inet {TABLE} {name} ");
+    let _ = writeln!(out, "{rule}{iface} \"lo\" accept");
+    let _ = writeln!(out, "{rule}ct state established,related accept");
+    let _ = writeln!(out, "{rule}ct state invalid drop");
+    let _ = writeln!(out, "{rule}ip {addr} @node accept");
     let everything = |a: &&Allow| {
         matches!(
             a.what,
@@ -115,32 +84,31 @@ fn chain(
         )
     };
     let (first, rest): (Vec<&Allow>, Vec<&Allow>) = rules.iter().partition(everything);
-    accepts(out, &first, name, addr);
-    if sets.services && name == "egress" {
-        deny(out, "ip daddr @services ");
+    accepts(out, &rule, &first, name, addr);
+    if name == "egress" {
+        deny(out, &rule, "ip daddr @services ");
     }
-    accepts(out, &rest, name, addr);
-    deny(out, "");
-    out.push_str("\t}\n");
+    accepts(out, &rule, &rest, name, addr);
+    deny(out, &rule, "");
 }
 
 /// Refuses what `matching` matches: a TCP connection with a reset (the
 /// client fails at once; an ICMP error only after its SYN's first
 /// retransmission, a second later), anything else with an ICMP error.
-fn deny(out: &mut String, matching: &str) {
+fn deny(out: &mut String, rule: &str, matching: &str) {
     let _ = writeln!(
         out,
-        "\t\t{matching}meta l4proto tcp counter reject with tcp reset comment \"{DENIED}\""
+        "{rule}{matching}meta l4proto tcp counter reject with tcp reset comment \"{DENIED}\""
     );
-    let _ = writeln!(out, "\t\t{matching}counter reject comment \"{DENIED}\"");
+    let _ = writeln!(out, "{rule}{matching}counter reject comment \"{DENIED}\"");
 }
 
-fn accepts(out: &mut String, allows: &[&Allow], direction: &str, addr: &str) {
+fn accepts(out: &mut String, rule: &str, allows: &[&Allow], direction: &str, addr: &str) {
     for allow in allows {
         for line in lines(allow, addr) {
             let _ = writeln!(
                 out,
-                "\t\t{line} counter accept comment \"{}\"",
+                "{rule}{line} counter accept comment \"{}\"",
                 comment(allow, direction)
             );
         }
@@ -294,18 +262,32 @@ mod tests {
         }
     }
 
+    /// The rules `text` adds to `chain`, without the command.
+    fn rules<'a>(text: &'a str, chain: &str) -> Vec<&'a str> {
+        let prefix = format!("add rule inet hostnic-policy {chain} ");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .collect()
+    }
+
     #[test]
-    fn a_pod_no_policy_isolates_has_no_table() {
-        let text = ruleset(&PodRules::default(), &BTreeSet::new());
-        assert_eq!(
-            text,
-            "table inet hostnic-policy\ndelete table inet hostnic-policy\n"
+    fn a_pod_no_policy_isolates_has_empty_chains_and_nothing_is_deleted() {
+        let text = ruleset(&PodRules::default(), &[Ipv4Addr::new(10, 0, 0, 1)].into());
+        assert!(rules(&text, "ingress").is_empty(), "{text}");
+        assert!(rules(&text, "egress").is_empty(), "{text}");
+        assert!(
+            text.contains(
+                "chain ingress { type filter hook input priority filter; policy accept; }"
+            )
         );
+        assert!(text.contains("flush chain inet hostnic-policy ingress\n"));
+        assert!(text.contains("add element inet hostnic-policy node { 10.0.0.1 }\n"));
+        assert!(!text.contains("delete"), "{text}");
     }
 
     #[test]
     fn an_isolated_direction_allows_its_rules_then_rejects() {
-        let rules = PodRules {
+        let rules_ = PodRules {
             ingress: Some(vec![allow(Admits::Match {
                 peers: Some(vec![
                     Peer::Addrs([Ipv4Addr::new(10, 0, 0, 5)].into()),
@@ -324,17 +306,11 @@ mod tests {
             policies: vec!["x/deny".into()],
             services: BTreeSet::new(),
         };
-        let text = ruleset(&rules, &[Ipv4Addr::new(10, 0, 0, 1)].into());
-        assert!(!text.contains("chain egress"), "{text}");
-        let ingress: Vec<&str> = text
-            .lines()
-            .skip_while(|l| !l.contains("chain ingress"))
-            .map(str::trim)
-            .collect();
+        let text = ruleset(&rules_, &[Ipv4Addr::new(10, 0, 0, 1)].into());
+        assert!(rules(&text, "egress").is_empty(), "{text}");
         assert_eq!(
-            &ingress[1..10],
+            rules(&text, "ingress"),
             [
-                "type filter hook input priority filter; policy accept;",
                 "iif \"lo\" accept",
                 "ct state established,related accept",
                 "ct state invalid drop",
@@ -350,7 +326,7 @@ mod tests {
 
     #[test]
     fn egress_triples_and_a_deny_all() {
-        let rules = PodRules {
+        let rules_ = PodRules {
             ingress: Some(Vec::new()),
             egress: Some(vec![
                 allow(Admits::Match {
@@ -367,19 +343,11 @@ mod tests {
             policies: vec!["x/deny".into()],
             services: [Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(10, 96, 0, 11)].into(),
         };
-        let text = ruleset(&rules, &BTreeSet::new());
+        let text = ruleset(&rules_, &BTreeSet::new());
         // The Service triples come first, then every other ClusterIP is
         // refused before the block could admit it by its own address.
-        let egress: Vec<&str> = text
-            .split("chain egress")
-            .nth(1)
-            .unwrap()
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.contains("accept comment") || l.contains("reject"))
-            .collect();
         assert_eq!(
-            egress,
+            rules(&text, "egress")[4..],
             [
                 "ip daddr . meta l4proto . th dport { 10.96.0.10 . udp . 53 } counter accept comment \"x/deny egress 0\"",
                 "ip daddr @services meta l4proto tcp counter reject with tcp reset comment \"denied\"",
@@ -391,19 +359,19 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(
-                "set services { type ipv4_addr; elements = { 10.96.0.10, 10.96.0.11 }; }"
-            )
+            text.contains("add element inet hostnic-policy services { 10.96.0.10, 10.96.0.11 }")
         );
-        assert!(text.contains(
-            "ip daddr . meta l4proto . th dport { 10.96.0.10 . udp . 53 } counter accept"
-        ));
-        assert!(!text.contains("@node"), "{text}");
+        assert!(
+            !text.contains("add element inet hostnic-policy node"),
+            "{text}"
+        );
         // The ingress chain allows nothing but what is always allowed.
-        let ingress = text.split("chain ingress").nth(1).unwrap();
-        let ingress = ingress.split("chain egress").next().unwrap();
-        assert!(!ingress.contains("counter accept"), "{ingress}");
-        assert!(ingress.contains("counter reject"), "{ingress}");
+        let ingress = rules(&text, "ingress");
+        assert!(
+            !ingress.iter().any(|r| r.contains("counter accept")),
+            "{text}"
+        );
+        assert!(ingress.last().unwrap().contains("counter reject"), "{text}");
     }
 
     #[test]

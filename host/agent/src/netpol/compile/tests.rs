@@ -246,3 +246,35 @@ fn policies_add_up() {
     // b is selected by the deny alone.
     assert_eq!(compile(&c, &c.pods[1]).ingress, Some(Vec::new()));
 }
+
+#[test]
+fn a_selector_matching_a_thousand_pods_is_one_set_of_their_addresses() {
+    let mut c = cluster(vec![policy(
+        "x",
+        "team",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"team": "t"}}}]}]}),
+    )]);
+    c.pods.extend((0..1000u32).map(|i| {
+        let ip = (Ipv4Addr::new(10, 1, 0, 0).to_bits() + i).to_be_bytes();
+        pod("x", &format!("t{i}"), &[("team", "t")], ip)
+    }));
+    let rules = compile(&c, &c.pods[0]);
+    let ingress = rules.ingress.as_ref().unwrap();
+    let Admits::Match {
+        peers: Some(peers), ..
+    } = &ingress[0].what
+    else {
+        panic!("{ingress:?}");
+    };
+    let [Peer::Addrs(addrs)] = peers.as_slice() else {
+        panic!("{peers:?}");
+    };
+    assert_eq!(addrs.len(), 1000);
+    // One rule in the pod's table: the thousand addresses merge into
+    // prefixes of one set.
+    let text = crate::netpol::render::ruleset(&rules, &Default::default());
+    let rule: Vec<&str> = text.lines().filter(|l| l.contains("x/team")).collect();
+    assert_eq!(rule.len(), 1, "{text}");
+    assert!(rule[0].contains("10.1.0.0/23"), "{}", rule[0]);
+}

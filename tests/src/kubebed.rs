@@ -82,6 +82,24 @@ pub fn agent(
     )
 }
 
+/// Reports `ip` as pod `name`'s address (namespace default), as its
+/// kubelet would once the sandbox is up.
+pub fn report_pod_ip(cp: &ControlPlane, name: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    let ip = ip.to_string();
+    cp.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        "default",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}).to_string(),
+    ])?;
+    Ok(())
+}
+
 /// A pod object bound to node `node` (namespace default), as the
 /// scheduler would leave it.
 pub fn pod_object(name: &str, node: &str) -> String {

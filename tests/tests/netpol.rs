@@ -86,19 +86,7 @@ fn add(bed: &CloudBed, cp: &ControlPlane, name: &str, ns: &Ns) -> Ipv4Addr {
     };
     let cidr = result["ips"][0]["address"].as_str().unwrap();
     let ip: Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
-    cp.kubectl(&[
-        "patch",
-        "pod",
-        name,
-        "-n",
-        "default",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &json!({"status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}})
-            .to_string(),
-    ])
-    .unwrap();
+    kubebed::report_pod_ip(cp, name, ip).unwrap();
     ip
 }
 

@@ -138,26 +138,19 @@ pub fn added(audit: &Audited, reason: &str, result: &AddResult, seen: Option<See
 
 /// A failed ADD an operator may have to act on: a Warning on the pod.
 pub fn add_failed(audit: &Audited, e: &crate::error::Error) {
-    let Some(p) = PUBLISHER.get() else { return };
-    if !p.events || audit.pod.is_empty() {
+    if audit.pod.is_empty() {
         return;
     }
-    send(Job::Event {
-        regarding: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: Some(audit.namespace.clone()),
-            name: Some(audit.pod.clone()),
-            ..ObjectReference::default()
-        },
-        reason: e.reason(),
-        kind: EventType::Warning,
-        note: truncate(&format!("{}: {}", audit.ifname, e), 1000),
-    });
+    pod_event(
+        &audit.namespace,
+        &audit.pod,
+        e.reason(),
+        format!("{}: {}", audit.ifname, e),
+    );
 }
 
-/// A Warning on pod `namespace/name` (not about an ADD: its
-/// NetworkPolicy rules could not be written, say).
+/// A Warning on pod `namespace/name`: a failed ADD, or its NetworkPolicy
+/// rules that could not be written.
 pub fn pod_event(namespace: &str, name: &str, reason: &'static str, note: impl Into<String>) {
     let Some(p) = PUBLISHER.get() else { return };
     if !p.events {

@@ -176,22 +176,23 @@ fn wait_warm(bed: &CloudBed, n: usize) -> anyhow::Result<()> {
 
 /// ADD of pod `name` into `ns` through the executable; its result.
 fn add(bed: &CloudBed, cid: &str, name: &str, ns: &Ns) -> anyhow::Result<Value> {
-    let path = ns.path().display().to_string();
-    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
-    let env = CallEnv {
-        container_id: cid,
-        netns: &path,
-        ifname: "eth0",
-        args: &args,
-    };
-    let conf = bed.netconf(0, "1.1.0", json!([]));
-    match bed.hostnic(0).call("ADD", &conf, &env)? {
-        Ok(r) => Ok(r),
-        Err(e) => bail!("ADD {name}: {e}"),
-    }
+    call(bed, "ADD", cid, name, ns, None)
 }
 
 fn del(bed: &CloudBed, cid: &str, name: &str, ns: &Ns, prev: Value) -> anyhow::Result<()> {
+    call(bed, "DEL", cid, name, ns, Some(prev)).map(drop)
+}
+
+/// `verb` for pod `name` (namespace default) in `ns`, as a runtime calls
+/// it.
+fn call(
+    bed: &CloudBed,
+    verb: &str,
+    cid: &str,
+    name: &str,
+    ns: &Ns,
+    prev: Option<Value>,
+) -> anyhow::Result<Value> {
     let path = ns.path().display().to_string();
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
     let env = CallEnv {
@@ -201,10 +202,12 @@ fn del(bed: &CloudBed, cid: &str, name: &str, ns: &Ns, prev: Value) -> anyhow::R
         args: &args,
     };
     let mut conf = bed.netconf(0, "1.1.0", json!([]));
-    conf["prevResult"] = prev;
-    match bed.hostnic(0).call("DEL", &conf, &env)? {
-        Ok(_) => Ok(()),
-        Err(e) => bail!("DEL {name}: {e}"),
+    if let Some(prev) = prev {
+        conf["prevResult"] = prev;
+    }
+    match bed.hostnic(0).call(verb, &conf, &env)? {
+        Ok(r) => Ok(r),
+        Err(e) => bail!("{verb} {name}: {e}"),
     }
 }
 
@@ -256,19 +259,7 @@ fn flip(
     let s = add(bed, "npb-server", "p0", &server)?;
     let p = add(bed, "npb-peer", "peer", &peer)?;
     for (name, result) in [("p0", &s), ("peer", &p)] {
-        let ip = address(result)?;
-        cp.kubectl(&[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            "default",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &json!({"status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}})
-                .to_string(),
-        ])?;
+        kubebed::report_pod_ip(cp, name, address(result)?)?;
     }
     let target = SocketAddr::from((address(&s)?, PORT));
     let listener = server.listen(SocketAddr::from(([0, 0, 0, 0], PORT)))?;

@@ -208,7 +208,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
                     own.clone(),
                 );
                 netpol = Some(netpol::Enforcer::start(
-                    policies.clone(),
+                    Arc::new(policies.clone()),
                     node,
                     std::time::Duration::from_millis(cfg.kubernetes.pod_wait_ms.max(5000)),
                 ));

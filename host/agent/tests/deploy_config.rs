@@ -66,8 +66,9 @@ fn its_commented_hooks_example_is_accepted_once_uncommented() {
 
 /// The chart's defaults (which deploy/configmap.yaml is rendered from) are
 /// the agent's own, but for what a DaemonSet on the cloud needs and says
-/// so: the cloud inventory, the API server, the cluster-wide leak sweep,
-/// the credentials' mount, and the site's zone and vxnets.
+/// so: the cloud inventory, the API server (and NetworkPolicy enforced
+/// from it), the cluster-wide leak sweep, the credentials' mount, and the
+/// site's zone and vxnets.
 #[test]
 fn the_shipped_config_keeps_the_agents_defaults_but_for_the_daemonsets() {
     use hostnic_agent::config::{LeakSweep, Source};
@@ -82,6 +83,7 @@ fn the_shipped_config_keeps_the_agents_defaults_but_for_the_daemonsets() {
     assert_eq!(debug(&shipped.cloud), debug(&cloud));
     let mut kubernetes = builtin.kubernetes.clone();
     kubernetes.enabled = true;
+    kubernetes.network_policy = true;
     kubernetes.node_name = "node-1".into();
     assert_eq!(debug(&shipped.kubernetes), debug(&kubernetes));
     assert_eq!(

@@ -5,8 +5,6 @@
 //! object is dropped as it arrives. Every change bumps one counter the
 //! enforcement waits on; it never re-lists on a timer.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, PodStatus, Service, ServiceSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -16,6 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::netpol::View;
 use crate::netpol::compile::{Cluster, NamedPort, PodView, Proto, ServicePort, ServiceView};
 
 /// The four caches, and the counter their changes bump.
@@ -26,6 +25,7 @@ pub struct PolicyView {
     pods: Store<Pod>,
     services: Store<Service>,
     changed: watch::Receiver<u64>,
+    listed: watch::Receiver<bool>,
 }
 
 impl PolicyView {
@@ -93,34 +93,41 @@ impl PolicyView {
                 });
             }
         });
+        let (tx, listed) = watch::channel(false);
+        let stores = (
+            policies.clone(),
+            namespaces.clone(),
+            pods.clone(),
+            services.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = stores.0.wait_until_ready().await;
+            let _ = stores.1.wait_until_ready().await;
+            let _ = stores.2.wait_until_ready().await;
+            let _ = stores.3.wait_until_ready().await;
+            let _ = tx.send(true);
+        });
         PolicyView {
             policies,
             namespaces,
             pods,
             services,
             changed,
+            listed,
         }
     }
+}
 
-    /// Waits up to `wait` for every watch to have listed once.
-    pub async fn ready(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, async {
-            let _ = self.policies.wait_until_ready().await;
-            let _ = self.namespaces.wait_until_ready().await;
-            let _ = self.pods.wait_until_ready().await;
-            let _ = self.services.wait_until_ready().await;
-        })
-        .await
-        .is_ok()
+impl View for PolicyView {
+    fn listed(&self) -> watch::Receiver<bool> {
+        self.listed.clone()
     }
 
-    /// Bumped whenever any of the caches changed.
-    pub fn changed(&self) -> watch::Receiver<u64> {
+    fn changed(&self) -> watch::Receiver<u64> {
         self.changed.clone()
     }
 
-    /// The cluster as the caches have it now.
-    pub fn snapshot(&self) -> Cluster {
+    fn snapshot(&self) -> Cluster {
         Cluster {
             policies: self
                 .policies
@@ -154,8 +161,7 @@ impl PolicyView {
         }
     }
 
-    /// Pod `namespace/name` as the cache has it now.
-    pub fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodView> {
         let pod = self.pods.get(&ObjectRef::new(name).within(namespace))?;
         pod_view(&pod).or_else(|| {
             // A pod whose address is not reported yet is still itself.

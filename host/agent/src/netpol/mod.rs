@@ -36,7 +36,6 @@ use hostnic_netlink::Netns;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::apiserver::netpol::PolicyView;
 use crate::error::{Error, Result};
 use crate::metrics::metrics;
 use crate::publish;
@@ -49,6 +48,20 @@ const RETRY: Duration = Duration::from_secs(2);
 
 /// Pods whose tables are written at once after a change.
 const PARALLEL: usize = 16;
+
+/// What the enforcement reads of the cluster (`apiserver/netpol.rs`
+/// watches the API server for it).
+pub trait View: Send + Sync + std::fmt::Debug {
+    /// True once every watch has listed.
+    fn listed(&self) -> watch::Receiver<bool>;
+    /// Bumped whenever anything changed.
+    fn changed(&self) -> watch::Receiver<u64>;
+    /// The cluster as the view has it now.
+    fn snapshot(&self) -> compile::Cluster;
+    /// Pod `namespace/name` as the view has it now (without an address
+    /// until its kubelet reports one).
+    fn pod(&self, namespace: &str, name: &str) -> Option<compile::PodView>;
+}
 
 /// One pod interface whose namespace carries the pod's rules.
 #[derive(Debug)]
@@ -66,7 +79,7 @@ struct Target {
 /// The node's pods' rules, kept true to the view.
 #[derive(Debug)]
 pub struct Enforcer {
-    view: PolicyView,
+    view: Arc<dyn View>,
     /// The node's own addresses: its traffic to and from its pods
     /// (kubelet's probes) always passes.
     node: watch::Receiver<BTreeSet<Ipv4Addr>>,
@@ -85,7 +98,7 @@ pub struct Enforced {
 
 impl Enforcer {
     pub fn start(
-        view: PolicyView,
+        view: Arc<dyn View>,
         node: watch::Receiver<BTreeSet<Ipv4Addr>>,
         wait: Duration,
     ) -> Arc<Enforcer> {
@@ -108,7 +121,7 @@ impl Enforcer {
         name: &str,
         netns: &Netns,
     ) -> Result<()> {
-        if !self.view.ready(self.wait).await {
+        if !self.listed(self.wait).await {
             return Err(Error::try_again(
                 "the API server's NetworkPolicies are not listed yet; the pod is not wired without its rules",
             ));
@@ -171,6 +184,14 @@ impl Enforcer {
                 policies: t.policies.clone(),
             })
             .collect()
+    }
+
+    /// Whether the view has listed, waiting up to `wait` for it.
+    async fn listed(&self, wait: Duration) -> bool {
+        let mut listed = self.view.listed();
+        tokio::time::timeout(wait, listed.wait_for(|l| *l))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     async fn wait_for_pod(&self, namespace: &str, name: &str) -> Result<()> {
@@ -245,7 +266,10 @@ impl Enforcer {
     async fn run(self: Arc<Self>) {
         let mut changed = self.view.changed();
         let mut node = self.node.clone();
-        while !self.view.ready(Duration::from_secs(3600)).await {}
+        let mut listed = self.view.listed();
+        if listed.wait_for(|l| *l).await.is_err() {
+            return;
+        }
         info!("NetworkPolicy view listed; enforcing");
         let mut since = Instant::now();
         loop {

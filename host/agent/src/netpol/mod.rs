@@ -15,8 +15,9 @@
 //! pod of the node; each pod's table is made again and written only when
 //! it differs from what it has. A pod's writes are one at a time, each
 //! from the view of its moment, so the last write a pod gets is from the
-//! newest view; different pods are written side by side. A failed write is tried again. An API server that is away stops
-//! the news, never the rules: what the kernel has stays.
+//! newest view; different pods are written side by side. A failed write
+//! is tried again. An API server that is away stops the news, never the
+//! rules: what the kernel has stays.
 //!
 //! **Restarts.** The tables live in the kernel: an agent that stops
 //! changes nothing a pod sees. At start it adopts its pods again and
@@ -130,17 +131,7 @@ impl Enforcer {
         let netns = netns.try_clone().map_err(|e| {
             Error::internal(format!("holding the pod's namespace for its rules: {e}"))
         })?;
-        self.targets().insert(
-            key.clone(),
-            Target {
-                netns: Arc::new(netns),
-                writing: Arc::default(),
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                applied: None,
-                policies: Vec::new(),
-            },
-        );
+        self.adopt(key, namespace, name, Arc::new(netns));
         if let Err(e) = self.write(key, true).await {
             self.forget(key);
             return Err(Error::internal(format!(
@@ -150,8 +141,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// A pod interface found at start: its rules are rewritten once the
-    /// view has listed (they stay as the kernel has them meanwhile).
+    /// A pod interface whose rules are kept from now on: one an ADD
+    /// makes, or one found at start (its rules are rewritten once the
+    /// view has listed; they stay as the kernel has them meanwhile).
     pub fn adopt(&self, key: &Key, namespace: &str, name: &str, netns: Arc<Netns>) {
         self.targets().insert(
             key.clone(),

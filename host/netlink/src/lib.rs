@@ -13,7 +13,7 @@
 //! gratuitous ARP that moves an address to another MAC in `arp.rs`, and
 //! the bandwidth limits of a pod's interface in `shaping.rs` (the tc
 //! requests they take in `tc.rs`, the kernel's `tbf` parameters in
-//! `tbf.rs`); nftables rulesets, applied in a namespace by `nft`, in
+//! `tbf.rs`); nftables rulesets, applied in a namespace by libnftables, in
 //! `nft.rs`.
 
 mod arp;

@@ -34,12 +34,45 @@ async fn routing_operations_in_throwaway_namespaces() {
     routes(a, idx).await;
     rules(a).await;
     sysctl(&pair.ns_a, &pair.name_a).await;
+    nft(&pair.ns_a).await;
 
     // Deleting one end takes the other with it; twice is fine.
     a.del_link(idx).await.unwrap();
     assert_eq!(a.link_by_name("hnrt0").await.unwrap(), None);
     assert_eq!(b.link_by_name("hnrt0p").await.unwrap(), None);
     a.del_link(idx).await.unwrap();
+}
+
+/// A ruleset applied in the namespace (and only there), listed with its
+/// counters, refused whole when one line is wrong.
+async fn nft(ns: &Netns) {
+    ns.nft("table inet hnrt {\n chain c {\n  type filter hook input priority 0\n  counter comment \"c0\"\n }\n}\n".into())
+        .await
+        .unwrap();
+    let listed = ns.nft_list_json("table inet hnrt").await.unwrap();
+    assert!(
+        listed.contains(r#""comment": "c0""#) || listed.contains(r#""comment":"c0""#),
+        "{listed}"
+    );
+    assert!(listed.contains("\"counter\""), "{listed}");
+    let here = Netns::current()
+        .unwrap()
+        .nft_list_json("table inet hnrt")
+        .await;
+    assert!(here.is_err(), "the table is only in the test's namespace");
+    let why = ns
+        .nft("add table inet hnrt2\nadd chain inet hnrt2 c { type filter hook input priority 0; }\nadd rule inet hnrt2 c nonsense\n".into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("nonsense") || why.contains("syntax error"),
+        "{why}"
+    );
+    assert!(
+        ns.nft_list_json("table inet hnrt2").await.is_err(),
+        "all or nothing"
+    );
 }
 
 /// A veth pair whose peer is created directly in the other namespace.

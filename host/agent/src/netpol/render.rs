@@ -1,5 +1,5 @@
-//! A pod's policy rules as the nftables table of its own namespace, text
-//! for `nft -f`: pure, so it is tested without a kernel.
+//! A pod's policy rules as the nftables table of its own namespace, in
+//! nft's script syntax: pure, so it is tested without a kernel.
 //!
 //! One `inet` table with the same shape in every pod — two sets (the
 //! node's addresses, the Services' ClusterIPs) and two base chains, on

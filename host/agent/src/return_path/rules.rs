@@ -1,4 +1,4 @@
-//! The nftables rules of Service answers, as text for `nft -f`: pure, so
+//! The nftables rules of Service answers, in nft's script syntax: pure, so
 //! they are tested without a kernel.
 
 use std::collections::BTreeSet;

@@ -201,6 +201,15 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
     };
     assert_eq!(of("web"), json!(["default/web-from-clients"]));
     assert_eq!(of("ok"), json!([]));
+    // Its counters trace both clients: the allowed one by the policy's
+    // rule, the forbidden one's tries by the refusal.
+    let counters = &rows.iter().find(|r| r["name"] == "web").unwrap()["counters"];
+    let packets = |v: &Value| v["packets"].as_u64().unwrap_or(0);
+    assert!(
+        packets(&counters["rules"]["default/web-from-clients ingress 0"]) >= 1,
+        "{counters}"
+    );
+    assert!(packets(&counters["denied"]) >= 1, "{counters}");
 
     // A peer's labels change: it is let in, then kept out again.
     for (role, let_in) in [("client", true), ("other", false)] {

@@ -19,7 +19,7 @@ use crate::service::Service;
 /// What `hostnic-agent status` shows: a look at the pool (the pods' names
 /// from their records), the shared attachments, the guests and their
 /// counts, the latest decisions, the cloud's calls.
-pub fn of(svc: &Service) -> Result<Reply, CniError> {
+pub async fn of(svc: &Service) -> Result<Reply, CniError> {
     let records = svc.attachments.all();
     let rows = svc.nics.pool().rows();
     let nics = rows
@@ -121,11 +121,10 @@ pub fn of(svc: &Service) -> Result<Reply, CniError> {
         decisions: svc.audit.latest(20.min(audit::CAPACITY)),
         cloud,
         shared,
-        network_policy: svc
-            .netpol
-            .as_ref()
-            .map(|n| n.enforced())
-            .unwrap_or_default(),
+        network_policy: match &svc.netpol {
+            Some(n) => n.enforced().await,
+            None => Vec::new(),
+        },
     };
     let state = serde_json::to_value(&inspection)
         .map_err(|e| CniError::new(code::INTERNAL, format!("encoding the status: {e}")))?;
@@ -347,13 +346,17 @@ pub fn render(i: &Inspection) -> String {
             .network_policy
             .iter()
             .map(|p| {
+                let counted = |c: Option<u64>| c.map_or_else(|| "-".to_string(), |n| n.to_string());
+                let c = p.counters.as_ref();
                 vec![
                     format!("{}/{}", p.namespace, p.name),
                     dash(&p.policies.join(", ")),
+                    counted(c.map(|c| c.allowed().packets)),
+                    counted(c.map(|c| c.denied.packets)),
                 ]
             })
             .collect();
-        table(&mut out, &["POD", "POLICIES"], &rows);
+        table(&mut out, &["POD", "POLICIES", "ALLOWED", "DENIED"], &rows);
     }
 
     let _ = writeln!(out, "\nGuests");

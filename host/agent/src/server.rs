@@ -237,7 +237,7 @@ async fn dispatch(
         Op::Gc(r) => service.gc(r).await.map_err(CniError::from),
         Op::Status => service.status(),
         Op::Decisions { limit } => service.decisions(limit),
-        Op::Inspect => crate::inspect::of(service),
+        Op::Inspect => crate::inspect::of(service).await,
     };
     crate::metrics::metrics().cni_request(
         op_name,

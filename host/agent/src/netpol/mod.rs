@@ -24,6 +24,7 @@
 //! rewrites each table from the view once the view has listed.
 
 pub mod compile;
+pub mod counters;
 mod render;
 pub mod select;
 
@@ -95,6 +96,8 @@ pub struct Enforced {
     pub namespace: String,
     pub name: String,
     pub policies: Vec<String>,
+    /// What its table counted; `None` when it could not be read.
+    pub counters: Option<counters::Counters>,
 }
 
 impl Enforcer {
@@ -163,19 +166,41 @@ impl Enforcer {
         self.targets().remove(key);
     }
 
-    /// The pods whose rules this node keeps, and the policies selecting
-    /// each.
-    pub fn enforced(&self) -> Vec<Enforced> {
+    /// The pods whose rules this node keeps, the policies selecting
+    /// each and what its table counted.
+    pub async fn enforced(&self) -> Vec<Enforced> {
         let mut seen = BTreeSet::new();
-        self.targets()
+        let pods: Vec<(Arc<Netns>, Enforced)> = self
+            .targets()
             .values()
             .filter(|t| seen.insert((t.namespace.clone(), t.name.clone())))
-            .map(|t| Enforced {
-                namespace: t.namespace.clone(),
-                name: t.name.clone(),
-                policies: t.policies.clone(),
+            .map(|t| {
+                let pod = Enforced {
+                    namespace: t.namespace.clone(),
+                    name: t.name.clone(),
+                    policies: t.policies.clone(),
+                    counters: None,
+                };
+                (t.netns.clone(), pod)
             })
-            .collect()
+            .collect();
+        let mut out = Vec::with_capacity(pods.len());
+        for (netns, mut pod) in pods {
+            let listed = netns.nft_list_json(&format!("table inet {TABLE}")).await;
+            pod.counters = match listed.map(|l| counters::read(&l)) {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(e)) => {
+                    warn!(pod = %format!("{}/{}", pod.namespace, pod.name), error = %e, "reading the NetworkPolicy counters");
+                    None
+                }
+                Err(e) => {
+                    debug!(pod = %format!("{}/{}", pod.namespace, pod.name), error = %e, "listing the NetworkPolicy table");
+                    None
+                }
+            };
+            out.push(pod);
+        }
+        out
     }
 
     /// Whether the view has listed, waiting up to `wait` for it.

@@ -1,16 +1,22 @@
 //! nftables in a namespace: a ruleset (nft's script syntax) applied in one
-//! atomic transaction by libnftables — nft's own parser and netlink code,
-//! called in this process on a thread that has entered the namespace, so
-//! the library's netlink socket is made there. No process is started per
-//! ruleset: `nft -f -` run per write cost an ADD ~2 ms of fork, exec and
-//! library loading (docs/performance.md, "NetworkPolicy").
+//! atomic transaction, two ways.
 //!
-//! libnftables documents no thread safety beyond "one context per
-//! thread", and its context set-up touches process-wide state (GMP's
-//! allocator hooks), so one ruleset is applied at a time; each takes
-//! well under a millisecond.
+//! - [`Netns::nft`]: by libnftables — nft's own parser and netlink code —
+//!   called in this process on a thread that has entered the namespace,
+//!   so the library's netlink socket is made there. No process is
+//!   started: an `nft -f -` per write cost an ADD ~2 ms of fork, exec and
+//!   library loading (docs/performance.md, "NetworkPolicy"). libnftables
+//!   keeps process-wide state (its interface cache, its one-time set-up),
+//!   so one call runs at a time.
+//! - [`Netns::nft_apart`]: by `nft -f -` in a process of its own, for a
+//!   write that replaces rules or elements a namespace has. The kernel
+//!   makes such a commit wait out an RCU grace period (8–24 ms here);
+//!   apart, that wait holds up no other write, as it would behind the one
+//!   in-process call.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use crate::{Error, Netns, Result};
@@ -74,6 +80,17 @@ impl Context {
     }
 }
 
+/// The `nft` [`Netns::nft_apart`] runs: Debian's (and the image's), else
+/// the one on `PATH`.
+fn nft_program() -> &'static str {
+    const DEBIAN: &str = "/usr/sbin/nft";
+    if std::path::Path::new(DEBIAN).exists() {
+        DEBIAN
+    } else {
+        "nft"
+    }
+}
+
 /// A copy of a C string the context owns.
 ///
 /// # Safety
@@ -93,10 +110,44 @@ impl Drop for Context {
 impl Netns {
     /// Applies `ruleset` (nft's script syntax) in this namespace, all of
     /// it or none: libnftables sends one netlink batch. Its message names
-    /// what it refused.
+    /// what it refused. For a write that only adds (see the module's
+    /// comment).
     pub async fn nft(&self, ruleset: String) -> Result<()> {
         let op = format!("applying nftables rules in netns {}", self.label());
         self.run_nft(op, ruleset, 0).await.map(drop)
+    }
+
+    /// [`Netns::nft`] by an `nft -f -` process of its own (see the
+    /// module's comment).
+    pub async fn nft_apart(&self, ruleset: String) -> Result<()> {
+        let op = format!("applying nftables rules in netns {}", self.label());
+        let nft = nft_program();
+        self.inside("netns-nft", move || {
+            let mut child = Command::new(nft)
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(Error::io(format!("{op}: running {nft}")))?;
+            let written = child
+                .stdin
+                .take()
+                .map(|mut stdin| stdin.write_all(ruleset.as_bytes()))
+                .unwrap_or(Ok(()));
+            let out = child
+                .wait_with_output()
+                .map_err(Error::io(format!("{op}: waiting for {nft}")))?;
+            if !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                return Err(Error::Refused {
+                    op,
+                    why: format!("{nft} exited with {}: {why}", out.status),
+                });
+            }
+            written.map_err(Error::io(format!("{op}: writing to {nft}")))
+        })
+        .await
     }
 
     /// What `list` (nft's command, as in `table inet filter`) prints in

@@ -60,6 +60,12 @@ async fn nft(ns: &Netns) {
         .nft_list_json("table inet hnrt")
         .await;
     assert!(here.is_err(), "the table is only in the test's namespace");
+    // The same, by a process apart, replacing what the chain had.
+    ns.nft_apart("flush chain inet hnrt c\nadd rule inet hnrt c counter comment \"c1\"\n".into())
+        .await
+        .unwrap();
+    let listed = ns.nft_list_json("table inet hnrt").await.unwrap();
+    assert!(listed.contains("c1") && !listed.contains("c0"), "{listed}");
     let why = ns
         .nft("add table inet hnrt2\nadd chain inet hnrt2 c { type filter hook input priority 0; }\nadd rule inet hnrt2 c nonsense\n".into())
         .await

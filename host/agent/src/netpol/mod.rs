@@ -233,7 +233,7 @@ impl Enforcer {
     /// Makes `key`'s table from the view now and writes it if it differs
     /// from what the pod has.
     async fn write(&self, key: &Key, add: bool) -> anyhow::Result<()> {
-        let written = self.write_now(key).await;
+        let written = self.write_now(key, add).await;
         let result = match &written {
             Ok(true) => "written",
             Ok(false) => "unchanged",
@@ -244,7 +244,7 @@ impl Enforcer {
     }
 
     /// [`Enforcer::write`]'s work: whether it wrote.
-    async fn write_now(&self, key: &Key) -> anyhow::Result<bool> {
+    async fn write_now(&self, key: &Key, add: bool) -> anyhow::Result<bool> {
         let Some(writing) = self.targets().get(key).map(|t| t.writing.clone()) else {
             return Ok(false);
         };
@@ -268,8 +268,23 @@ impl Enforcer {
         let text = render::ruleset(&rules, &self.node.borrow());
         let differs = applied.as_ref() != Some(&text);
         if differs {
-            netns.nft(text.clone()).await?;
-            debug!(pod = %format!("{namespace}/{name}"), policies = rules.policies.len(), "NetworkPolicy rules written");
+            let started = Instant::now();
+            // An ADD's write is the first into a new namespace: it only
+            // adds, and is quick in this process. Any other replaces what
+            // the pod had, and waits in the kernel (hostnic-netlink's
+            // nft.rs): in a process apart it holds up no ADD.
+            if add {
+                netns.nft(text.clone()).await?;
+            } else {
+                netns.nft_apart(text.clone()).await?;
+            }
+            debug!(
+                pod = %format!("{namespace}/{name}"),
+                policies = rules.policies.len(),
+                first = applied.is_none(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "NetworkPolicy rules written"
+            );
         }
         if let Some(t) = self.targets().get_mut(key) {
             t.applied = Some(text);

@@ -255,7 +255,10 @@ impl ReturnPath {
 
 /// Applies one interface's rules.
 async fn apply(target: &Target, nodes: &BTreeSet<Gateway>) -> anyhow::Result<()> {
-    target.netns.nft(ruleset(&target.ifname, nodes)?).await?;
+    target
+        .netns
+        .nft_apart(ruleset(&target.ifname, nodes)?)
+        .await?;
     Ok(())
 }
 

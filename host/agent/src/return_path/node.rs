@@ -43,7 +43,7 @@ async fn run(
         let gateways = own.borrow_and_update().clone();
         let cluster = nodes.borrow_and_update().clone().unwrap_or_default();
         match ruleset(&gateways, &cluster, &written) {
-            Ok(text) => match netns.nft(text).await {
+            Ok(text) => match netns.nft_apart(text).await {
                 Ok(()) => {
                     written = gateways.values().map(|g| g.ifname.clone()).collect();
                     debug!(

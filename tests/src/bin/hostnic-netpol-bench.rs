@@ -9,6 +9,9 @@
 //!    probing it every few milliseconds; the time from `kubectl apply` of a
 //!    policy that shuts the peer out until the peer is refused, and from
 //!    its deletion until the peer is let in again.
+//! 3. Throughput (iperf3) from the peer to the pod, no policy isolating
+//!    the pod, then one admitting the peer (every packet then passes the
+//!    pod's connection tracking and rules), in alternating runs.
 //!
 //! Usage: hostnic-netpol-bench [ROUNDS] [PODS_PER_ROUND] [FLIPS]
 //! (default 6 × 15, 20).
@@ -21,7 +24,7 @@ use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::controlplane::ControlPlane;
 use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::stats::{ms, pct};
-use hostnic_testbed::{CallEnv, Ns, kubebed};
+use hostnic_testbed::{CallEnv, Ns, iperf, kubebed};
 use serde_json::{Value, json};
 
 const WARM: &str = "warm_min = 20\nwarm_max = 40\n";
@@ -91,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     // 2. Policy created / deleted → enforced.
     let agent = kubebed::agent(&bed, &cp, 0, (WARM, "network_policy = true\n"), "")?;
     wait_warm(&bed, 2)?;
-    let (shut, opened) = flip(&bed, &cp, flips)?;
+    let (shut, opened, (open, admitted)) = flip(&bed, &cp, flips)?;
     drop(agent);
     println!(
         "\npolicy created → peer refused: p50 {} p99 {} ({flips} times)",
@@ -103,8 +106,23 @@ fn main() -> anyhow::Result<()> {
         ms(pct(&opened, 50)),
         ms(pct(&opened, 99))
     );
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (open, admitted) = (median(&open), median(&admitted));
+    println!(
+        "\npeer → pod throughput, median of {THROUGHPUT_RUNS} × {THROUGHPUT_SECONDS} s: no policy {:.2} Gbit/s, a policy admitting the peer {:.2} Gbit/s ({:+.1} %, target within 5 %)",
+        open / 1e9,
+        admitted / 1e9,
+        (admitted / open - 1.0) * 100.0
+    );
     Ok(())
 }
+
+const THROUGHPUT_RUNS: usize = 5;
+const THROUGHPUT_SECONDS: u32 = 3;
 
 #[derive(Default)]
 struct Samples {
@@ -241,13 +259,17 @@ fn add_del(bed: &CloudBed, first: usize, n: usize, s: &mut Samples) -> anyhow::R
     Ok(())
 }
 
+/// Bits per second with no policy and with one admitting the peer.
+type Throughput = (Vec<f64>, Vec<f64>);
+
 /// `flips` times: a policy shutting the peer out is created, then
-/// deleted; how long each took to be enforced, seen from the peer.
+/// deleted; how long each took to be enforced, seen from the peer. Then
+/// the throughput from the peer, with and without a policy.
 fn flip(
     bed: &CloudBed,
     cp: &ControlPlane,
     flips: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Throughput)> {
     cp.apply(
         &json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "peer", "namespace": "default", "labels": {"role": "peer"}},
@@ -291,9 +313,30 @@ fn flip(
         cp.kubectl(&["delete", "networkpolicy", "shut", "-n", "default"])?;
         opened.push(until(true)?);
     }
+    // The admitting policy opens iperf3's port only: the peer refused on
+    // PORT says it is enforced.
+    let admit = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "admit", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "peer"}}}],
+                              "ports": [{"port": 5201}]}]},
+    })
+    .to_string();
+    let server_ip = address(&s)?.to_string();
+    let measure = || iperf::bits_per_second(&peer, &server, &server_ip, THROUGHPUT_SECONDS, false);
+    let (mut open, mut admitted) = (Vec::new(), Vec::new());
+    for _ in 0..THROUGHPUT_RUNS {
+        open.push(measure()?);
+        cp.apply(&admit)?;
+        until(false)?;
+        admitted.push(measure()?);
+        cp.kubectl(&["delete", "networkpolicy", "admit", "-n", "default"])?;
+        until(true)?;
+    }
     del(bed, "npb-server", "p0", &server, s)?;
     del(bed, "npb-peer", "peer", &peer, p)?;
-    Ok((shut, opened))
+    Ok((shut, opened, (open, admitted)))
 }
 
 fn address(result: &Value) -> anyhow::Result<Ipv4Addr> {

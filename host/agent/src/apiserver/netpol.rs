@@ -129,12 +129,7 @@ impl View for PolicyView {
 
     fn snapshot(&self) -> Cluster {
         Cluster {
-            policies: self
-                .policies
-                .state()
-                .iter()
-                .map(|p| (**p).clone())
-                .collect(),
+            policies: self.policies.state(),
             namespaces: self
                 .namespaces
                 .state()

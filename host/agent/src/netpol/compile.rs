@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -93,7 +94,8 @@ pub struct ServicePort {
 /// The cluster as the policies of one moment see it.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
-    pub policies: Vec<NetworkPolicy>,
+    /// Shared with the watch's store, not copied.
+    pub policies: Vec<Arc<NetworkPolicy>>,
     /// Namespace name → its labels.
     pub namespaces: BTreeMap<String, Labels>,
     /// Every pod on the pod network (hostNetwork pods are left out: their

@@ -30,7 +30,7 @@ fn policy(ns: &str, name: &str, spec: serde_json::Value) -> NetworkPolicy {
 /// Namespaces x and y; pods a and b in x, c in y.
 fn cluster(policies: Vec<NetworkPolicy>) -> Cluster {
     Cluster {
-        policies,
+        policies: policies.into_iter().map(std::sync::Arc::new).collect(),
         namespaces: [
             (
                 "x".to_string(),

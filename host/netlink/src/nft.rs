@@ -7,7 +7,10 @@
 //!   started: an `nft -f -` per write cost an ADD ~2 ms of fork, exec and
 //!   library loading (docs/performance.md, "NetworkPolicy"). libnftables
 //!   keeps process-wide state (its interface cache, its one-time set-up),
-//!   so one call runs at a time.
+//!   so one call runs at a time. Like nft, it ends the process when it
+//!   cannot open or read a netlink socket, or allocate (its
+//!   `netlink_init_error`, `memory_allocation_error`): the agent is then
+//!   restarted, as after any kill, and finds its pods' tables in place.
 //! - [`Netns::nft_apart`]: by `nft -f -` in a process of its own, for a
 //!   write that replaces rules or elements a namespace has. The kernel
 //!   makes such a commit wait out an RCU grace period (8–24 ms here);

@@ -440,4 +440,55 @@ mod tests {
         assert!(text.contains("(hooks disabled"), "{text}");
         assert!(text.contains("(static inventory"), "{text}");
     }
+
+    #[test]
+    fn network_policy_rows_show_what_each_table_counted() {
+        use crate::netpol::counters::{Count, Counters};
+        let counted = Counters {
+            rules: [
+                (
+                    "default/a ingress 0".to_string(),
+                    Count {
+                        packets: 5,
+                        bytes: 300,
+                    },
+                ),
+                (
+                    "default/b egress 1".to_string(),
+                    Count {
+                        packets: 7,
+                        bytes: 420,
+                    },
+                ),
+            ]
+            .into(),
+            denied: Count {
+                packets: 143,
+                bytes: 8580,
+            },
+        };
+        let pod = |name: &str, policies: Vec<String>, counters| crate::netpol::Enforced {
+            namespace: "default".into(),
+            name: name.into(),
+            policies,
+            counters,
+        };
+        let i = Inspection {
+            network_policy: vec![
+                pod(
+                    "web",
+                    vec!["default/a".into(), "default/b".into()],
+                    Some(counted),
+                ),
+                pod("gone", vec![], None),
+            ],
+            ..Inspection::default()
+        };
+        let text = render(&i);
+        assert!(
+            text.contains("NetworkPolicy (1 of 2 pods isolated)\n"),
+            "{text}"
+        );
+        assert!(text.contains("POD           POLICIES              ALLOWED  DENIED\ndefault/web   default/a, default/b  12       143\ndefault/gone  -                     -        -\n"), "{text}");
+    }
 }

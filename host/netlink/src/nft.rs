@@ -172,8 +172,7 @@ impl Netns {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let ctx = Context::new().ok_or_else(|| Error::Refused {
                 op: op.clone(),
-                why: "libnftables could not make a context (out of memory, or no netlink socket)"
-                    .into(),
+                why: "libnftables could not buffer a context's output (out of memory)".into(),
             })?;
             // SAFETY: ctx is a live context; flags are by value.
             unsafe { nft_ctx_output_set_flags(ctx.0, output) };

@@ -275,10 +275,12 @@ impl Enforcer {
         let differs = applied.as_ref() != Some(&text);
         if differs {
             let started = Instant::now();
-            // An ADD's write is the first into a new namespace: it only
-            // adds, and is quick in this process. Any other replaces what
-            // the pod had, and waits in the kernel (hostnic-netlink's
-            // nft.rs): in a process apart it holds up no ADD.
+            // An ADD's write is, but for a retried ADD or a pod's second
+            // interface, the first into a new namespace: it only adds,
+            // and is quick in this process. Any other replaces what the
+            // pod had, and waits in the kernel (hostnic-netlink's
+            // nft.rs): in a process apart it holds up no ADD. (The
+            // exceptions are as right in-process, only slower.)
             if add {
                 netns.nft(text.clone()).await?;
             } else {

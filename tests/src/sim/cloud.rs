@@ -53,6 +53,62 @@ pub struct Vxnet {
     used: BTreeSet<Ipv4Addr>,
 }
 
+impl Vxnet {
+    /// Takes `count` free addresses, or exactly `ips` (then `count` is
+    /// their number): the gateway, network and broadcast are never free.
+    pub(super) fn allocate(
+        &mut self,
+        count: usize,
+        ips: &[Ipv4Addr],
+    ) -> Result<Vec<Ipv4Addr>, ApiError> {
+        let vxnet = &self.id;
+        let mut chosen = Vec::new();
+        if ips.is_empty() {
+            let broadcast = self.cidr.broadcast();
+            chosen.extend(
+                self.cidr
+                    .hosts()
+                    .filter(|ip| !self.used.contains(ip) && *ip != broadcast)
+                    .take(count),
+            );
+            if chosen.len() < count {
+                return err(
+                    1400,
+                    format!(
+                        "ResourceInsufficient, vxnet [{vxnet}] has {} free addresses, {count} asked",
+                        chosen.len()
+                    ),
+                );
+            }
+        } else {
+            for ip in ips {
+                if !self.cidr.contains(ip)
+                    || *ip == self.cidr.network()
+                    || *ip == self.cidr.broadcast()
+                {
+                    return err(
+                        1100,
+                        format!("InvalidParameter, {ip} is not an address of vxnet [{vxnet}]"),
+                    );
+                }
+                if self.used.contains(ip) {
+                    return err(
+                        2110,
+                        format!("ResourceAlreadyExists, {ip} is in use in vxnet [{vxnet}]"),
+                    );
+                }
+            }
+            chosen.extend_from_slice(ips);
+        }
+        self.used.extend(chosen.iter().copied());
+        Ok(chosen)
+    }
+
+    pub(super) fn release(&mut self, ip: Ipv4Addr) {
+        self.used.remove(&ip);
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Instance {
     pub id: String,
@@ -199,44 +255,7 @@ impl Cloud {
                 "InvalidParameter, count must equal the number of private_ips",
             );
         }
-        let Some(v) = self.vxnets.get(vxnet) else {
-            return err(2100, format!("ResourceNotFound, vxnet [{vxnet}] not found"));
-        };
-        let mut chosen = Vec::new();
-        if ips.is_empty() {
-            let broadcast = v.cidr.broadcast();
-            chosen.extend(
-                v.cidr
-                    .hosts()
-                    .filter(|ip| !v.used.contains(ip) && *ip != broadcast)
-                    .take(count),
-            );
-            if chosen.len() < count {
-                return err(
-                    1400,
-                    format!(
-                        "ResourceInsufficient, vxnet [{vxnet}] has {} free addresses, {count} asked",
-                        chosen.len()
-                    ),
-                );
-            }
-        } else {
-            for ip in ips {
-                if !v.cidr.contains(ip) || *ip == v.cidr.network() || *ip == v.cidr.broadcast() {
-                    return err(
-                        1100,
-                        format!("InvalidParameter, {ip} is not an address of vxnet [{vxnet}]"),
-                    );
-                }
-                if v.used.contains(ip) {
-                    return err(
-                        2110,
-                        format!("ResourceAlreadyExists, {ip} is in use in vxnet [{vxnet}]"),
-                    );
-                }
-            }
-            chosen.extend_from_slice(ips);
-        }
+        let chosen = self.vxnet_mut(vxnet)?.allocate(count, ips)?;
         let mut out = Vec::new();
         for ip in chosen {
             let n = self.next();
@@ -262,9 +281,14 @@ impl Cloud {
             self.nics.insert(id, nic.clone());
             out.push(nic);
         }
-        let v = self.vxnets.get_mut(vxnet).expect("checked above");
-        v.used.extend(out.iter().map(|n| n.ip));
         Ok(out)
+    }
+
+    pub(super) fn vxnet_mut(&mut self, vxnet: &str) -> Result<&mut Vxnet, ApiError> {
+        self.vxnets.get_mut(vxnet).ok_or_else(|| ApiError {
+            code: 2100,
+            message: format!("ResourceNotFound, vxnet [{vxnet}] not found"),
+        })
     }
 
     fn nic(&self, id: &str) -> Result<&Nic, ApiError> {
@@ -385,7 +409,7 @@ impl Cloud {
         for id in nics {
             let nic = self.nics.remove(id).expect("checked above");
             if let Some(v) = self.vxnets.get_mut(&nic.vxnet) {
-                v.used.remove(&nic.ip);
+                v.release(nic.ip);
             }
             for t in self.tags.values_mut() {
                 t.resources.remove(&("nic".to_string(), id.clone()));

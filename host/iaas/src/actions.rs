@@ -128,42 +128,44 @@ impl Client {
     /// as detached; the jobs of the rest are returned (none if all were
     /// gone).
     pub async fn detach_nics<S: AsRef<str>>(&self, nics: &[S]) -> Result<Vec<JobId>, Error> {
-        let answers: Vec<JobResponse> = self.gone_tolerant("DetachNics", nics).await?;
+        let answers: Vec<JobResponse> = self.gone_tolerant("DetachNics", "nics", nics).await?;
         Ok(answers.into_iter().map(|r| r.job_id).collect())
     }
 
     /// Deletes detached `nics`; NICs already gone (2100) count as deleted.
     pub async fn delete_nics<S: AsRef<str>>(&self, nics: &[S]) -> Result<(), Error> {
-        let _: Vec<Empty> = self.gone_tolerant("DeleteNics", nics).await?;
+        let _: Vec<Empty> = self.gone_tolerant("DeleteNics", "nics", nics).await?;
         Ok(())
     }
 
-    /// Sends `action` for all of `nics`. A 2100 names one missing NIC but
-    /// may have refused the whole batch, so then it is sent again NIC by NIC
-    /// — the others must not be silently skipped — taking each 2100 as
-    /// "already gone". Returns the answers of the calls that took effect.
-    async fn gone_tolerant<S: AsRef<str>, T: serde::de::DeserializeOwned>(
+    /// Sends `action` for all of `items` (the list parameter `list`). A
+    /// 2100 names one missing item but may have refused the whole batch, so
+    /// then it is sent again item by item — the others must not be silently
+    /// skipped — taking each 2100 as "already gone". Returns the answers of
+    /// the calls that took effect.
+    pub(crate) async fn gone_tolerant<S: AsRef<str>, T: serde::de::DeserializeOwned>(
         &self,
         action: &str,
-        nics: &[S],
+        list: &str,
+        items: &[S],
     ) -> Result<Vec<T>, Error> {
-        if nics.is_empty() {
+        if items.is_empty() {
             return Ok(Vec::new());
         }
         let send = |batch: Vec<&str>| {
             let mut p = Params::new();
-            p.list("nics", batch);
+            p.list(list, batch);
             async move { self.call::<T>(action, &p).await }
         };
-        match send(ids(nics).collect()).await {
+        match send(ids(items).collect()).await {
             Ok(r) => return Ok(vec![r]),
-            Err(e) if e.is_not_found() && nics.len() > 1 => {}
+            Err(e) if e.is_not_found() && items.len() > 1 => {}
             Err(e) if e.is_not_found() => return Ok(Vec::new()),
             Err(e) => return Err(e),
         }
         let mut done = Vec::new();
-        for nic in ids(nics) {
-            match send(vec![nic]).await {
+        for item in ids(items) {
+            match send(vec![item]).await {
                 Ok(r) => done.push(r),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
@@ -236,7 +238,11 @@ impl Client {
     /// Follows `offset`/`limit` until `total_count` items arrived (or a page
     /// comes back empty, if the set shrank meanwhile). Items added or removed
     /// between pages can shift the window; callers reconcile anyway.
-    async fn paged<R: Page>(&self, action: &str, params: Params) -> Result<Vec<R::Item>, Error> {
+    pub(crate) async fn paged<R: Page>(
+        &self,
+        action: &str,
+        params: Params,
+    ) -> Result<Vec<R::Item>, Error> {
         let mut all = Vec::new();
         loop {
             let mut p = params.clone();

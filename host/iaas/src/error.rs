@@ -112,6 +112,11 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    #[error(
+        "{action}: the cloud's answer is inconsistent: {problem}; describe the resources before acting on them"
+    )]
+    Unexpected { action: String, problem: String },
+
     #[error("{action}: refused before sending: {problem}; this is a bug in the caller")]
     Invalid {
         action: &'static str,

@@ -12,7 +12,8 @@
 //!   ([`Client::calls`]). Its typed actions are `describe_nics`,
 //!   `create_nics`, `attach_nics`, `detach_nics`, `delete_nics`,
 //!   `describe_vxnets`, `describe_instances`, `describe_jobs`, `create_tag`,
-//!   `attach_tags`, `describe_tags`, and [`Client::wait_job`].
+//!   `attach_tags`, `describe_tags`, and [`Client::wait_job`]; the load
+//!   balancer's actions are in [`lb`].
 //! - [`Error`] is one enum keyed on the cloud's `ret_code`; every message
 //!   names the action and what to do.
 
@@ -22,6 +23,7 @@ mod client;
 mod credentials;
 mod error;
 mod job;
+pub mod lb;
 mod options;
 mod pace;
 pub mod params;

@@ -204,12 +204,14 @@ pub struct ResourceTagPair {
 }
 
 /// `null` reads as the type's default.
-fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `null` and `""` read as `None`; anything else must parse.
-fn maybe<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn maybe<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr,
@@ -255,6 +257,8 @@ macro_rules! page {
         }
     };
 }
+
+pub(crate) use page;
 
 page!(DescribeNicsResponse, nic_set, Nic);
 page!(DescribeVxNetsResponse, vxnet_set, VxNet);

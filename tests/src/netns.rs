@@ -112,7 +112,7 @@ impl Ns {
     }
 
     /// Runs `f` on a thread of its own that entered the namespace.
-    fn inside<T: Send + 'static>(
+    pub fn inside<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {

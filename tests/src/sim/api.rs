@@ -89,25 +89,25 @@ pub fn authenticate(
 }
 
 /// `name.1`, `name.2`, … decoded the way the client encodes them.
-fn list(p: &Params, name: &str) -> Vec<String> {
+pub(super) fn list(p: &Params, name: &str) -> Vec<String> {
     params::list(p, name)
         .into_iter()
         .map(str::to_string)
         .collect()
 }
 
-fn one(p: &Params, name: &str) -> Option<String> {
+pub(super) fn one(p: &Params, name: &str) -> Option<String> {
     params::get(p, name).map(str::to_string)
 }
 
-fn required(params: &Params, name: &str) -> Result<String, ApiError> {
+pub(super) fn required(params: &Params, name: &str) -> Result<String, ApiError> {
     one(params, name).ok_or_else(|| ApiError {
         code: 1100,
         message: format!("InvalidParameter, missing parameter [{name}]"),
     })
 }
 
-fn number(params: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
+pub(super) fn number(params: &Params, name: &str, default: usize) -> Result<usize, ApiError> {
     match one(params, name) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| ApiError {
@@ -117,7 +117,7 @@ fn number(params: &Params, name: &str, default: usize) -> Result<usize, ApiError
     }
 }
 
-fn time(secs_since_start: u64, start: SystemTime) -> String {
+pub(super) fn time(secs_since_start: u64, start: SystemTime) -> String {
     sign::format_time_stamp(start + Duration::from_secs(secs_since_start))
 }
 

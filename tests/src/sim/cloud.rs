@@ -159,6 +159,9 @@ pub struct Job {
     pub resources: Vec<String>,
     /// The instance an attach goes to.
     pub instance: Option<String>,
+    /// What an UpdateLoadBalancers job applies, fixed when it starts.
+    #[serde(skip)]
+    pub plans: Vec<super::balancer::Plan>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -178,6 +181,11 @@ pub enum Plumbing {
     Detach {
         nics: Vec<String>,
     },
+    /// Bring up these load balancers' data paths.
+    CreateBalancers(Vec<super::balancer::Balancer>),
+    /// Make these load balancers forward these plans.
+    ApplyBalancers(Vec<(String, super::balancer::Plan)>),
+    DeleteBalancers(Vec<String>),
 }
 
 #[derive(Debug, Default)]
@@ -188,11 +196,15 @@ pub struct Cloud {
     pub nics: BTreeMap<String, Nic>,
     pub jobs: BTreeMap<String, Job>,
     pub tags: BTreeMap<String, Tag>,
+    pub lbs: BTreeMap<String, super::balancer::Balancer>,
+    pub listeners: BTreeMap<String, super::balancer::Listener>,
+    pub backends: BTreeMap<String, super::balancer::Backend>,
     serial: u32,
 }
 
 impl Cloud {
-    fn next(&mut self) -> u32 {
+    /// The next serial number, for ids.
+    pub(super) fn next(&mut self) -> u32 {
         self.serial += 1;
         self.serial
     }
@@ -298,7 +310,12 @@ impl Cloud {
         })
     }
 
-    fn job(&mut self, action: &str, resources: Vec<String>, instance: Option<String>) -> String {
+    pub(super) fn job(
+        &mut self,
+        action: &str,
+        resources: Vec<String>,
+        instance: Option<String>,
+    ) -> String {
         let id = format!("j-{:08x}", self.next());
         self.jobs.insert(
             id.clone(),
@@ -308,6 +325,7 @@ impl Cloud {
                 status: JobStatus::Pending,
                 resources,
                 instance,
+                plans: Vec::new(),
             },
         );
         id
@@ -427,6 +445,18 @@ impl Cloud {
         job.status = JobStatus::Working;
         let job = job.clone();
         Some(match job.action.as_str() {
+            "CreateLoadBalancer" => Plumbing::CreateBalancers(
+                job.resources
+                    .iter()
+                    .filter_map(|id| self.lbs.get(id).cloned())
+                    .collect(),
+            ),
+            "UpdateLoadBalancers" => {
+                let plans: Vec<_> = job.resources.iter().map(|id| self.plan(id)).collect();
+                self.jobs.get_mut(id)?.plans = plans.clone();
+                Plumbing::ApplyBalancers(job.resources.iter().cloned().zip(plans).collect())
+            }
+            "DeleteLoadBalancers" => Plumbing::DeleteBalancers(job.resources.clone()),
             "AttachNics" => Plumbing::Attach {
                 nics: job
                     .resources
@@ -452,6 +482,11 @@ impl Cloud {
             JobStatus::Failed
         };
         let (action, resources) = (job.action.clone(), job.resources.clone());
+        if action.contains("LoadBalancer") {
+            let plans = job.plans.clone();
+            self.finish_lb_job(&action, &resources, &plans, ok);
+            return;
+        }
         for m in resources {
             let Some(nic) = self.nics.get_mut(&m) else {
                 continue;
@@ -486,7 +521,15 @@ impl Cloud {
             if !self.tags.contains_key(tag) {
                 return err(2100, format!("ResourceNotFound, tag [{tag}] not found"));
             }
-            if kind != "nic" || !self.nics.contains_key(res) {
+            let known = match kind.as_str() {
+                "nic" => self.nics.contains_key(res),
+                "loadbalancer" => self
+                    .lbs
+                    .get(res)
+                    .is_some_and(|lb| lb.status != super::balancer::LbStatus::Deleted),
+                _ => false,
+            };
+            if !known {
                 return err(2100, format!("ResourceNotFound, {kind} [{res}] not found"));
             }
         }
@@ -496,11 +539,11 @@ impl Cloud {
                 .expect("checked")
                 .resources
                 .insert((kind.clone(), res.clone()));
-            self.nics
-                .get_mut(res)
-                .expect("checked")
-                .tags
-                .insert(tag.clone());
+            let tags = match kind.as_str() {
+                "nic" => &mut self.nics.get_mut(res).expect("checked").tags,
+                _ => &mut self.lbs.get_mut(res).expect("checked").tags,
+            };
+            tags.insert(tag.clone());
         }
         Ok(())
     }

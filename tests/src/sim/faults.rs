@@ -48,6 +48,12 @@ pub struct Faults {
     /// The next this many attach jobs fail, whatever the rate says.
     #[serde(default)]
     pub fail_next_jobs: u32,
+    /// How long a load balancer's create, update or delete job takes.
+    #[serde(default = "default_lb_job_ms")]
+    pub lb_job_latency_ms: u64,
+    /// The next this many load-balancer jobs fail (nothing changes).
+    #[serde(default)]
+    pub fail_next_lb_jobs: u32,
 }
 
 fn default_attach_ms() -> u64 {
@@ -55,6 +61,9 @@ fn default_attach_ms() -> u64 {
 }
 fn default_detach_ms() -> u64 {
     100
+}
+fn default_lb_job_ms() -> u64 {
+    300
 }
 
 impl Default for Faults {
@@ -67,6 +76,8 @@ impl Default for Faults {
             detach_latency_ms: default_detach_ms(),
             job_fail_rate: 0.0,
             fail_next_jobs: 0,
+            lb_job_latency_ms: default_lb_job_ms(),
+            fail_next_lb_jobs: 0,
         }
     }
 }
@@ -130,6 +141,15 @@ impl Injector {
             }
         }
         None
+    }
+
+    pub fn lb_job_fails(&mut self) -> bool {
+        if self.faults.fail_next_lb_jobs > 0 {
+            self.faults.fail_next_lb_jobs -= 1;
+            *self.injected.entry(0).or_default() += 1;
+            return true;
+        }
+        false
     }
 
     pub fn job_fails(&mut self) -> bool {

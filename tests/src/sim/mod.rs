@@ -7,8 +7,12 @@
 //! namespace for tests, and the management gateway inside the SDN namespace
 //! for agents in node namespaces):
 //!
-//! - `GET /iaas/?…` — the API, signed requests only.
-//! - `GET /inspect` — every NIC, job and instance, and calls per action.
+//! - `GET /iaas/?…` — the API, signed requests only: NICs, vxnets,
+//!   instances, jobs and tags ([`api`]), and load balancers with their
+//!   listeners and backends ([`lb_api`], [`balancer`]), each a namespace on
+//!   its vxnet proxying to its healthy backends ([`lb_proxy`]).
+//! - `GET /inspect` — every NIC, job, instance and load balancer, and calls
+//!   per action.
 //! - `POST /control/faults` — replace the fault settings ([`Faults`] as JSON).
 //! - `POST /control/vanish` `{"nic": MAC}` — the NIC's link disappears from
 //!   its node; the cloud still says it is attached.
@@ -17,8 +21,11 @@
 //!   rebooted multi-NIC VM's DHCP client does.
 
 pub mod api;
+pub mod balancer;
 pub mod cloud;
 pub mod faults;
+pub mod lb_api;
+pub mod lb_proxy;
 pub mod sdn;
 
 use std::collections::BTreeMap;
@@ -100,6 +107,7 @@ struct Inner {
     cloud: Mutex<Cloud>,
     injector: Mutex<Injector>,
     sdn: Sdn,
+    lbs: lb_proxy::Dataplanes,
     calls: Mutex<BTreeMap<String, u64>>,
     started: (SystemTime, Instant),
 }
@@ -183,6 +191,7 @@ impl Sim {
             cloud: Mutex::new(cloud),
             injector: Mutex::new(injector),
             sdn,
+            lbs: lb_proxy::Dataplanes::default(),
             calls: Mutex::default(),
             started: (SystemTime::now(), Instant::now()),
         });
@@ -271,6 +280,16 @@ impl Sim {
         self.inner.injector().throttled.clone()
     }
 
+    /// The namespace a running load balancer's data path lives in.
+    pub fn lb_netns(&self, lb: &str) -> Option<String> {
+        self.inner.lbs.netns(lb)
+    }
+
+    /// How many load balancers' data paths run.
+    pub fn lbs_running(&self) -> usize {
+        self.inner.lbs.running()
+    }
+
     /// API calls answered so far, per action.
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.inner
@@ -337,7 +356,13 @@ async fn iaas(State(sim): State<Arc<Inner>>, method: Method, uri: Uri) -> Json<V
     if let Some((code, message)) = sim.injector().error_for(&action) {
         return reply(&action, Err(cloud::ApiError { code, message }));
     }
-    let result = api::dispatch(&mut sim.cloud(), &action, &params, sim.now(), sim.started.0);
+    let (now, start) = (sim.now(), sim.started.0);
+    let result = if lb_api::handles(&action) {
+        let health = |id: &str| sim.lbs.health.status(id);
+        lb_api::dispatch(&mut sim.cloud(), &action, &params, now, start, &health)
+    } else {
+        api::dispatch(&mut sim.cloud(), &action, &params, now, start)
+    };
     if let Ok(v) = &result
         && let Some(job) = v["job_id"].as_str()
     {
@@ -396,9 +421,62 @@ async fn run_job(sim: Arc<Inner>, job: String) {
             }
             true
         }
+        balancers => {
+            tokio::time::sleep(Duration::from_millis(latency.lb_job_latency_ms)).await;
+            let fails = sim.injector().lb_job_fails();
+            // Namespaces and threads: off the async workers.
+            let inner = sim.clone();
+            tokio::task::spawn_blocking(move || !fails && plumb_balancers(&inner, balancers))
+                .await
+                .unwrap_or(false)
+        }
     };
     let now = sim.now();
     sim.cloud().finish_job(&job, ok, now);
+}
+
+/// A load-balancer job's kernel side; false if any part failed (the
+/// job then fails, and the model keeps its state from before).
+fn plumb_balancers(sim: &Inner, plumbing: cloud::Plumbing) -> bool {
+    let mut ok = true;
+    let mut failed = |what: &str, e: anyhow::Error| {
+        eprintln!("iaas-sim: {what}: {e:#}");
+        ok = false;
+    };
+    match plumbing {
+        cloud::Plumbing::CreateBalancers(lbs) => {
+            for lb in lbs {
+                let net = sim
+                    .cloud()
+                    .vxnets
+                    .get(&lb.vxnet)
+                    .map(|v| (v.gateway, v.cidr.prefix_len()));
+                let Some((gateway, prefix)) = net else {
+                    failed(&lb.id, anyhow::anyhow!("vxnet {} is gone", lb.vxnet));
+                    continue;
+                };
+                if let Err(e) = sim.lbs.create(&lb, &sim.sdn, gateway, prefix) {
+                    failed(&format!("creating {}", lb.id), e);
+                }
+            }
+        }
+        cloud::Plumbing::ApplyBalancers(plans) => {
+            for (lb, plan) in plans {
+                if let Err(e) = sim.lbs.apply(&lb, plan) {
+                    failed(&format!("applying {lb}"), e);
+                }
+            }
+        }
+        cloud::Plumbing::DeleteBalancers(lbs) => {
+            for lb in lbs {
+                if let Err(e) = sim.lbs.delete(&lb, &sim.sdn) {
+                    failed(&format!("deleting {lb}"), e);
+                }
+            }
+        }
+        cloud::Plumbing::Attach { .. } | cloud::Plumbing::Detach { .. } => {}
+    }
+    ok
 }
 
 fn inspect_json(sim: &Inner) -> Value {
@@ -422,6 +500,13 @@ fn inspect_json(sim: &Inner) -> Value {
         "nics": nics,
         "jobs": cloud.jobs.values().collect::<Vec<_>>(),
         "instances": cloud.instances.values().collect::<Vec<_>>(),
+        "loadbalancers": cloud.lbs.values().map(|lb| {
+            let mut v = serde_json::to_value(lb).unwrap_or_default();
+            v["running"] = json!(sim.lbs.netns(&lb.id).is_some());
+            v
+        }).collect::<Vec<_>>(),
+        "listeners": cloud.listeners.values().collect::<Vec<_>>(),
+        "backends": cloud.backends.values().collect::<Vec<_>>(),
         "calls": *sim.calls.lock().unwrap_or_else(|p| p.into_inner()),
     })
 }

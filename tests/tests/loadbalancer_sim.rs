@@ -214,23 +214,61 @@ fn backend(name: &str, ip: Ipv4Addr) -> NewBackend {
     }
 }
 
+/// The cloud answers the next `action` with 1400.
+fn refuse_once(sim: &Sim, action: &str) {
+    sim.set_faults(Faults {
+        errors: vec![ErrorRule {
+            action: Some(action.into()),
+            code: 1400,
+            rate: 1.0,
+            count: Some(1),
+        }],
+        ..Faults::default()
+    });
+}
+
+fn one_vm() -> Sim {
+    Sim::start(SimConfig {
+        nodes: 1,
+        ..SimConfig::default()
+    })
+    .unwrap()
+}
+
+/// Two backends serving their names on 8080, and a client, on the vxnet.
+struct Backends {
+    a: (Ipv4Addr, Server),
+    b: (Ipv4Addr, Server),
+    outside: Ns,
+    _namespaces: [Ns; 2],
+}
+
+async fn backends(sim: &Sim, c: &Client) -> Backends {
+    let (a, a_ip) = on_vxnet(sim, c, "backend-a").await;
+    let (b, b_ip) = on_vxnet(sim, c, "backend-b").await;
+    let (outside, _) = on_vxnet(sim, c, "client").await;
+    Backends {
+        a: (a_ip, Server::start(&a, a_ip, 8080, "a")),
+        b: (b_ip, Server::start(&b, b_ip, 8080, "b")),
+        outside,
+        _namespaces: [a, b],
+    }
+}
+
 #[test]
 fn a_load_balancer_on_the_vxnet_forwards_to_its_healthy_backends_only() {
     if !require_root("a_load_balancer_on_the_vxnet_forwards_to_its_healthy_backends_only") {
         return;
     }
-    let sim = Sim::start(SimConfig {
-        nodes: 1,
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let sim = one_vm();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let c = client(&sim);
-        let (a, a_ip) = on_vxnet(&sim, &c, "backend-a").await;
-        let (b, b_ip) = on_vxnet(&sim, &c, "backend-b").await;
-        let (outside, _) = on_vxnet(&sim, &c, "client").await;
-        let _a_server = Server::start(&a, a_ip, 8080, "a");
-        let mut b_server = Server::start(&b, b_ip, 8080, "b");
+        let Backends {
+            a: (a_ip, _a_server),
+            b: (b_ip, mut b_server),
+            outside,
+            _namespaces,
+        } = backends(&sim, &c).await;
 
         let (lb, job) = c.create_load_balancer(&new_lb("web")).await.unwrap();
         let pending = described(&c, &lb).await;
@@ -329,11 +367,7 @@ fn load_balancer_calls_are_checked_and_a_failing_cloud_changes_nothing() {
     if !require_root("load_balancer_calls_are_checked_and_a_failing_cloud_changes_nothing") {
         return;
     }
-    let sim = Sim::start(SimConfig {
-        nodes: 1,
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let sim = one_vm();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let c = client(&sim);
         let (lb, job) = c.create_load_balancer(&new_lb("checked")).await.unwrap();
@@ -375,15 +409,7 @@ fn load_balancer_calls_are_checked_and_a_failing_cloud_changes_nothing() {
         assert_eq!(e.ret_code(), Some(1400), "outside the VPC: {e}");
 
         // The cloud refuses half-way: the refused call adds nothing.
-        sim.set_faults(Faults {
-            errors: vec![ErrorRule {
-                action: Some("AddLoadBalancerBackends".into()),
-                code: 1400,
-                rate: 1.0,
-                count: Some(1),
-            }],
-            ..Faults::default()
-        });
+        refuse_once(&sim, "AddLoadBalancerBackends");
         let ip = Ipv4Addr::new(10, 100, 0, 50);
         assert!(c.add_backends(&l, &[backend("x", ip)]).await.is_err());
         assert!(
@@ -439,4 +465,119 @@ fn load_balancer_calls_are_checked_and_a_failing_cloud_changes_nothing() {
         assert_eq!(tagged[0].loadbalancer_id, lb);
         assert!(sim.calls().contains_key("DescribeLoadBalancers"));
     });
+}
+
+/// The Service controller's cloud side against the simulator: from
+/// nothing to a forwarding load balancer, a changed set of backends in one
+/// add, one delete and one update, a pass with nothing to do costing only
+/// its describe, and a pass cut short by the cloud finished by the next —
+/// no listener or backend twice.
+#[test]
+fn the_controller_converges_in_few_calls_and_finishes_what_a_failure_cut_short() {
+    use hostnic_agent::balancer::converge::{Calls, Outcome, converge};
+    use hostnic_agent::balancer::desired::{Desired, DesiredListener};
+    if !require_root("the_controller_converges_in_few_calls_and_finishes_what_a_failure_cut_short")
+    {
+        return;
+    }
+    let sim = one_vm();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let c = client(&sim);
+        let Backends {
+            a: (a_ip, _a_server),
+            b: (b_ip, _b_server),
+            outside,
+            _namespaces,
+        } = backends(&sim, &c).await;
+        let want = |ips: &[Ipv4Addr]| Desired {
+            name: "k8s_lb_test_shop_web_1a2b3c4d".into(),
+            network: LoadBalancerNetwork::Internal {
+                vxnet: VXNET.into(),
+                private_ip: None,
+            },
+            lb_type: 0,
+            listener_prefix: "listener_shop_web_".into(),
+            listeners: vec![DesiredListener {
+                listener: listener(
+                    "listener_shop_web_80_tcp",
+                    80,
+                    ListenerProtocol::Tcp,
+                    quick_check(),
+                ),
+                backends: ips
+                    .iter()
+                    .map(|ip| (BackendTarget::Address(*ip), 8080))
+                    .collect(),
+            }],
+        };
+        let pass = |d: Desired| {
+            let (c, sim) = (&c, &sim);
+            async move {
+                let mut calls = Calls::default();
+                let before = sim.calls();
+                let out = converge(c, &d, None, &mut calls).await;
+                let after = sim.calls();
+                // Without the job's polls (every 20 ms here).
+                let sum = |m: &std::collections::BTreeMap<String, u64>| {
+                    m.iter()
+                        .filter(|(k, _)| *k != "DescribeJobs")
+                        .map(|(_, v)| v)
+                        .sum::<u64>()
+                };
+                let made = sum(&after) - sum(&before);
+                (out, calls, made)
+            }
+        };
+        let (out, calls, _) = pass(want(&[a_ip])).await;
+        assert_eq!(out.unwrap(), Outcome::Pending("being created"));
+        assert!(calls.created);
+        let vip = loop {
+            match pass(want(&[a_ip])).await.0.unwrap() {
+                Outcome::Ready(ips) => break ips[0],
+                Outcome::Pending(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let front = SocketAddr::from((vip, 80));
+        let a_name = a_ip.to_string();
+        backends_become(&c, &find_id(&c).await, &[(&a_name, BackendStatus::Up)]).await;
+        assert_eq!(request(&outside, front).as_deref(), Some("a"));
+
+        // a out, b in: one add, one delete, one update (and its job polls).
+        let (out, calls, made) = pass(want(&[b_ip])).await;
+        assert!(matches!(out.unwrap(), Outcome::Ready(_)));
+        assert_eq!(
+            (calls.backends_added, calls.backends_deleted, calls.updated),
+            (1, 1, true)
+        );
+        assert_eq!(made, 4, "describe, add, delete, update: {calls:?}");
+        let (_, calls, made) = pass(want(&[b_ip])).await;
+        assert_eq!(calls, Calls::default(), "nothing to do");
+        assert_eq!(made, 1, "a pass with nothing to do is one describe");
+
+        // The cloud refuses the add after the delete went through: the next
+        // pass finishes the change.
+        refuse_once(&sim, "AddLoadBalancerBackends");
+        assert!(pass(want(&[a_ip])).await.0.is_err());
+        let (out, _, _) = pass(want(&[a_ip])).await;
+        assert!(matches!(out.unwrap(), Outcome::Ready(_)));
+        let lb = described(&c, &find_id(&c).await).await;
+        assert!(lb.is_settled());
+        assert_eq!(lb.listeners.len(), 1, "{lb:?}");
+        let targets: Vec<String> = lb.listeners[0]
+            .backends
+            .iter()
+            .map(|b| b.resource_id.clone())
+            .collect();
+        assert_eq!(targets, [a_ip.to_string()]);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(request(&outside, front).as_deref(), Some("a"));
+    });
+}
+
+async fn find_id(c: &Client) -> LoadBalancerId {
+    hostnic_agent::balancer::converge::find(c, "k8s_lb_test_shop_web_1a2b3c4d")
+        .await
+        .unwrap()
+        .unwrap()
+        .loadbalancer_id
 }

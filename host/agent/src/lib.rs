@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod attachments;
 pub mod audit;
+pub mod balancer;
 pub mod client;
 pub mod cloud;
 pub mod config;
@@ -130,6 +131,18 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             )
         }
     };
+    // Services of type LoadBalancer, on the node holding the Lease.
+    if cfg.load_balancer.enabled
+        && let (Some(client), Some(view), Some(cloud)) = (&kube_client, &kube, &cloud)
+    {
+        balancer::start(
+            client.clone(),
+            cloud.client().clone(),
+            cfg.load_balancer.clone(),
+            &cfg.cloud.cluster,
+            view.duties.elector.clone(),
+        );
+    }
     let policies = policy::Policies::load(&cfg)?;
     let cloud_source = cloud
         .as_ref()

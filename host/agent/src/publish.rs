@@ -2,7 +2,7 @@
 //! ADD's decision on its pod (the NPWG `k8s.v1.cni.cncf.io/network-status`
 //! annotation and `hostnic.io/decision`), and events (events.k8s.io/v1) an
 //! operator must act on — on the pod for a failed ADD, on the node for
-//! agent-level facts.
+//! agent-level facts, on a Service for its load balancer.
 //!
 //! Callers hand a job to a bounded queue and go on; one task talks to the
 //! API server. A full queue drops the job with a warning rather than slow
@@ -41,6 +41,7 @@ pub enum NodeEvent {
     DefaultRouteRestored,
     NicReattached,
     LeakedNicsDeleted,
+    LeakedLoadBalancersDeleted,
     PolicyModuleRefused,
     PolicyModuleSwapped,
 }
@@ -51,6 +52,7 @@ impl NodeEvent {
             NodeEvent::DefaultRouteRestored => "DefaultRouteRestored",
             NodeEvent::NicReattached => "NicReattached",
             NodeEvent::LeakedNicsDeleted => "LeakedNicsDeleted",
+            NodeEvent::LeakedLoadBalancersDeleted => "LeakedLoadBalancersDeleted",
             NodeEvent::PolicyModuleRefused => "PolicyModuleRefused",
             NodeEvent::PolicyModuleSwapped => "PolicyModuleSwapped",
         }
@@ -58,7 +60,9 @@ impl NodeEvent {
 
     fn kind(self) -> EventType {
         match self {
-            NodeEvent::LeakedNicsDeleted | NodeEvent::PolicyModuleSwapped => EventType::Normal,
+            NodeEvent::LeakedNicsDeleted
+            | NodeEvent::LeakedLoadBalancersDeleted
+            | NodeEvent::PolicyModuleSwapped => EventType::Normal,
             _ => EventType::Warning,
         }
     }
@@ -166,6 +170,25 @@ pub fn pod_event(namespace: &str, name: &str, reason: &'static str, note: impl I
         },
         reason,
         kind: EventType::Warning,
+        note: truncate(&note.into(), 1000),
+    });
+}
+
+/// An event on any object (a Service's load balancer).
+pub fn object_event(
+    regarding: ObjectReference,
+    kind: EventType,
+    reason: &'static str,
+    note: impl Into<String>,
+) {
+    let Some(p) = PUBLISHER.get() else { return };
+    if !p.events {
+        return;
+    }
+    send(Job::Event {
+        regarding,
+        reason,
+        kind,
         note: truncate(&note.into(), 1000),
     });
 }

@@ -243,6 +243,12 @@ impl CloudPool {
     }
 
     /// Requests sent so far per action, and the client's budget in words.
+    /// The node's cloud client: its credentials and its pace, shared with
+    /// the Service controller.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn calls(&self) -> (BTreeMap<String, u64>, String) {
         let opts = self.client.options();
         let mut budget = format!(

@@ -5,12 +5,13 @@
 //! Keys from the original hostnic agent (`iface`, `vxnets`, `policy`,
 //! `zone`, `iaas_credentials`, `loglevel`) keep their names and meaning.
 //! Each table with rules of its own has a module: `[hooks]`, `[inventory]`
-//! with `[cloud]`, and `[kubernetes]`.
+//! with `[cloud]`, `[kubernetes]` and `[load_balancer]`.
 
 mod cni;
 mod hooks;
 mod inventory;
 mod kubernetes;
+mod load_balancer;
 mod shared;
 mod wiring;
 
@@ -25,6 +26,7 @@ pub use cni::Cni;
 pub use hooks::{Failure, HookSpec, Hooks};
 pub use inventory::{Cloud, Inventory, LeakSweep, NicSpec, Source};
 pub use kubernetes::Kubernetes;
+pub use load_balancer::{Backends, LoadBalancer};
 pub use shared::{SharedVxnet, table_of};
 pub use wiring::NicWiring;
 
@@ -79,6 +81,9 @@ pub struct Config {
     /// The API server's view: the node's VM, its pods, the Lease.
     #[serde(default)]
     pub kubernetes: Kubernetes,
+    /// Services of type LoadBalancer on the cloud's load balancer.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
     /// The network config the agent installs once it can serve.
     #[serde(default)]
     pub cni: Cni,
@@ -319,6 +324,10 @@ impl Config {
         }
         self.hooks.validate()?;
         self.kubernetes.validate()?;
+        self.load_balancer.validate(
+            self.kubernetes.enabled,
+            self.inventory.source == Source::Cloud,
+        )?;
         shared::validate(&self.shared, &self.vxnets)?;
         let vxnets: Vec<String> = match self.inventory.source {
             Source::Cloud => self.vxnets.clone(),

@@ -125,6 +125,29 @@ impl Ns {
         .map_err(|_| anyhow::anyhow!("a thread in netns {} panicked", self.name))?
     }
 
+    /// One `GET /` (HTTP/1.0, a new connection) from here to `addr`: the
+    /// body of a 200 answer, trimmed; None for anything else (refused,
+    /// closed, silent for 3 s, another status).
+    pub fn http_get(&self, addr: std::net::SocketAddr) -> Option<String> {
+        use std::io::{Read, Write};
+        let answer = self
+            .inside(move || {
+                let timeout = std::time::Duration::from_secs(3);
+                let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            })
+            .ok()?;
+        if !answer.starts_with("HTTP/1.") || answer.get(8..13) != Some(" 200 ") {
+            return None;
+        }
+        let body = answer.split_once("\r\n\r\n")?.1.trim();
+        (!body.is_empty()).then(|| body.to_string())
+    }
+
     /// Whether `ping` from here reaches `ip` (one packet, one second).
     pub fn ping(&self, ip: &str) -> bool {
         self.exec("ping", &["-c", "1", "-W", "1", "-q", ip]).is_ok()

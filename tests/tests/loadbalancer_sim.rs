@@ -126,21 +126,6 @@ impl Drop for Server {
     }
 }
 
-/// One request from `ns` to `addr`: the body that answered, or None.
-fn request(ns: &Ns, addr: SocketAddr) -> Option<String> {
-    ns.inside(move || {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .ok()
-    .and_then(|r| r.split_once("\r\n\r\n").map(|(_, body)| body.to_string()))
-    .filter(|b| !b.is_empty())
-}
-
 async fn described(c: &Client, lb: &LoadBalancerId) -> LoadBalancer {
     let filter = LoadBalancerFilter {
         loadbalancers: vec![lb.clone()],
@@ -292,7 +277,7 @@ fn a_load_balancer_on_the_vxnet_forwards_to_its_healthy_backends_only() {
             .unwrap();
         assert!(!described(&c, &lb).await.is_applied(), "not applied yet");
         assert_eq!(
-            request(&outside, front),
+            outside.http_get(front),
             None,
             "nothing listens before the update"
         );
@@ -312,7 +297,7 @@ fn a_load_balancer_on_the_vxnet_forwards_to_its_healthy_backends_only() {
             &[("a", BackendStatus::Up), ("b", BackendStatus::Up)],
         )
         .await;
-        let answers: Vec<String> = (0..10).filter_map(|_| request(&outside, front)).collect();
+        let answers: Vec<String> = (0..10).filter_map(|_| outside.http_get(front)).collect();
         assert_eq!(answers.len(), 10, "every request answered: {answers:?}");
         let from_a = answers.iter().filter(|n| *n == "a").count();
         assert_eq!(from_a, 5, "round robin over two backends: {answers:?}");
@@ -324,7 +309,7 @@ fn a_load_balancer_on_the_vxnet_forwards_to_its_healthy_backends_only() {
         let t = Instant::now();
         let mut during = Vec::new();
         while t.elapsed() < Duration::from_secs(3) {
-            during.push(request(&outside, front));
+            during.push(outside.http_get(front));
         }
         assert!(
             during.iter().all(|r| r.as_deref() == Some("a")),
@@ -349,7 +334,7 @@ fn a_load_balancer_on_the_vxnet_forwards_to_its_healthy_backends_only() {
             .unwrap();
         done(&c, &jobs[0]).await.unwrap();
         assert_eq!(sim.lbs_running(), 0);
-        assert_eq!(request(&outside, front), None);
+        assert_eq!(outside.http_get(front), None);
         let again = c.create_nics(VXNET, "reuse", 1, &[vip]).await.unwrap();
         assert_eq!(again[0].private_ip, Some(vip), "the address was freed");
         assert!(
@@ -540,7 +525,7 @@ fn the_controller_converges_in_few_calls_and_finishes_what_a_failure_cut_short()
         let front = SocketAddr::from((vip, 80));
         let a_name = a_ip.to_string();
         backends_become(&c, &find_id(&c).await, &[(&a_name, BackendStatus::Up)]).await;
-        assert_eq!(request(&outside, front).as_deref(), Some("a"));
+        assert_eq!(outside.http_get(front).as_deref(), Some("a"));
 
         // a out, b in: one add, one delete, one update (and its job polls).
         let (out, calls, made) = pass(want(&[b_ip])).await;
@@ -570,7 +555,7 @@ fn the_controller_converges_in_few_calls_and_finishes_what_a_failure_cut_short()
             .collect();
         assert_eq!(targets, [a_ip.to_string()]);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(request(&outside, front).as_deref(), Some("a"));
+        assert_eq!(outside.http_get(front).as_deref(), Some("a"));
     });
 }
 

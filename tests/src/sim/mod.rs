@@ -280,6 +280,34 @@ impl Sim {
         self.inner.injector().throttled.clone()
     }
 
+    /// A VM outside the cluster with its primary NIC on `vxnet`: a client
+    /// of the cloud's network (of a load balancer, say). Its namespace goes
+    /// when the returned node is dropped.
+    pub fn add_vm(&self, role: &str, vxnet: &str) -> anyhow::Result<Node> {
+        let ns = Ns::new(role)?;
+        let (instance, primary, gateway, prefix) = {
+            let mut cloud = self.inner.cloud();
+            let instance = format!("i-{role}{:04}", cloud.next());
+            let primary = cloud
+                .add_instance(&instance, ns.path(), vxnet, self.inner.now())
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let v = &cloud.vxnets[vxnet];
+            (instance, primary, v.gateway, v.cidr.prefix_len())
+        };
+        let name = self.inner.sdn.plug(&primary.id, vxnet, &ns.path())?;
+        ns.ip_batch(&[
+            format!("link set {name} name eth0"),
+            format!("addr add {}/{prefix} dev eth0", primary.ip),
+            "link set eth0 up".into(),
+            format!("route add default via {gateway} dev eth0"),
+        ])?;
+        Ok(Node {
+            instance,
+            ns,
+            ip: primary.ip,
+        })
+    }
+
     /// The namespace a running load balancer's data path lives in.
     pub fn lb_netns(&self, lb: &str) -> Option<String> {
         self.inner.lbs.netns(lb)
@@ -506,7 +534,11 @@ fn inspect_json(sim: &Inner) -> Value {
             v
         }).collect::<Vec<_>>(),
         "listeners": cloud.listeners.values().collect::<Vec<_>>(),
-        "backends": cloud.backends.values().collect::<Vec<_>>(),
+        "backends": cloud.backends.values().map(|b| {
+            let mut v = serde_json::to_value(b).unwrap_or_default();
+            v["status"] = json!(sim.lbs.health.status(&b.id));
+            v
+        }).collect::<Vec<_>>(),
         "calls": *sim.calls.lock().unwrap_or_else(|p| p.into_inner()),
     })
 }

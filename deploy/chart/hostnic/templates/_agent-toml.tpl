@@ -133,6 +133,15 @@ networks = {{ $c.kubernetes.networks }}
 # written before the pod's interface is wired).
 network_policy = {{ $c.kubernetes.network_policy }}
 
+[load_balancer]
+# Services of type LoadBalancer: a cloud load balancer each, run by the
+# node holding the Lease, its backends the ready pods' own addresses.
+enabled = {{ $c.load_balancer.enabled }}
+vxnet = {{ $c.load_balancer.vxnet | toJson }}
+backends = {{ $c.load_balancer.backends | toJson }}
+health_check = {{ $c.load_balancer.health_check | toJson }}
+class = {{ $c.load_balancer.class | toJson }}
+
 [cni]
 # The agent installs the network config (the ConfigMap's conflist) into
 # the node's CNI config directory, as its container mounts it, once it

@@ -50,6 +50,21 @@ agent's rather than widening this one.
   resources: ["namespaces", "services"]
   verbs: ["list", "watch"]
 {{- end }}
+{{- if .Values.config.load_balancer.enabled }}
+# Services of type LoadBalancer ([load_balancer] enabled = true), on the
+# node holding the Lease: the Services (patch: the hostnic.io/load-balancer
+# finalizer), their status (the load balancer's address), and the
+# EndpointSlices whose ready endpoints are the backends.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["services/status"]
+  verbs: ["patch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+{{- end }}
 # Shared-NIC mode ([[shared]]): a node claims blocks of a shared range
 # (create decides a race), reads the claims, and gives idle ones back;
 # a sticky identity's pinned address moves to its new node by an update

@@ -1,0 +1,301 @@
+//! Services of type LoadBalancer on the testbed cluster: the Service
+//! controller (in the agent holding the Lease) gives a Deployment's
+//! Service a cloud load balancer whose backends are the pods' own
+//! addresses; a client VM on the vxnet, outside the cluster, reaches every
+//! pod through it; a rolling update under continuous requests fails none;
+//! scaling to zero and back follows; deleting the Service deletes the load
+//! balancer.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::cluster::{self, AGENT_TIMERS, Cluster, Install};
+use hostnic_testbed::helm::Helm;
+use hostnic_testbed::sim::faults::ErrorRule;
+use hostnic_testbed::sim::{Faults, SimConfig};
+use hostnic_testbed::{kubebed, require_root};
+use serde_json::{Value, json};
+
+const VXNET: &str = "vxnet-pods";
+const REPLICAS: usize = 4;
+const LB: &str =
+    "[load_balancer]\nenabled = true\nvxnet = \"vxnet-pods\"\nhealth_check = \"1|1|2|1\"\n";
+
+/// The web Deployment, its pods ready only once they answer, and given
+/// time to leave the load balancer before they stop serving (a preStop
+/// pause, as behind any cloud load balancer).
+fn web(replicas: usize) -> String {
+    let mut d: Value = serde_json::from_str(&cluster::deployment("web", replicas)).unwrap();
+    let spec = &mut d["spec"]["template"]["spec"];
+    spec["terminationGracePeriodSeconds"] = json!(10);
+    let c = &mut spec["containers"][0];
+    c["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1});
+    c["lifecycle"] = json!({"preStop": {"exec": {"command": ["sleep", "4"]}}});
+    d.to_string()
+}
+
+fn ingress(cluster: &Cluster) -> Option<Ipv4Addr> {
+    cluster
+        .kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The sim's load balancers that are not deleted.
+fn live_lbs(cluster: &Cluster) -> Vec<Value> {
+    cluster.bed.sim.inspect()["loadbalancers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|lb| lb["status"] != "deleted")
+        .collect()
+}
+
+#[test]
+fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
+    if !require_root("a_load_balancer_service_reaches_the_pods_through_the_cloud") {
+        return;
+    }
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        vxnets: vec![(VXNET.into(), "10.100.0.0/24".parse().unwrap())],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
+    kubebed::watching_agents(&mut cluster, AGENT_TIMERS, LB).unwrap();
+    // The chart's RBAC with the controller on (deploy/ has it off).
+    let helm = Helm::offline().unwrap();
+    for object in helm
+        .template(&[
+            "--show-only",
+            "templates/rbac.yaml",
+            "--set",
+            "config.vxnets={vxnet-pods},config.load_balancer.enabled=true",
+        ])
+        .unwrap()
+    {
+        cluster.cp.apply(&object.to_string()).unwrap();
+    }
+    let client = cluster.bed.sim.add_vm("outside", VXNET).unwrap();
+
+    cluster.cp.apply(&web(REPLICAS)).unwrap();
+    cluster
+        .wait("the web pods ready", Duration::from_secs(180), || {
+            ready_pods(&cluster).len() == REPLICAS
+        })
+        .unwrap();
+    cluster
+        .cp
+        .apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            })
+            .to_string(),
+        )
+        .unwrap();
+    let t = Instant::now();
+    cluster
+        .wait(
+            "the Service's load balancer address",
+            Duration::from_secs(60),
+            || ingress(&cluster).is_some(),
+        )
+        .unwrap();
+    let vip = ingress(&cluster).unwrap();
+    let front = SocketAddr::from((vip, 80));
+    eprintln!("load balancer {vip} after {:?}", t.elapsed());
+    let finalizers = cluster
+        .kubectl(&["get", "svc", "web", "-o", "jsonpath={.metadata.finalizers}"])
+        .unwrap();
+    assert!(
+        finalizers.contains("hostnic.io/load-balancer"),
+        "{finalizers}"
+    );
+
+    // Every pod answers through the load balancer (round robin over 4).
+    let pods = ready_pods(&cluster);
+    let mut seen = std::collections::BTreeSet::new();
+    cluster
+        .wait(
+            "every pod answering through the load balancer",
+            Duration::from_secs(30),
+            || {
+                if let Some(name) = client.ns.http_get(front) {
+                    seen.insert(name);
+                }
+                seen.len() == REPLICAS
+            },
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "answered: {seen:?} of {pods:?}; the cloud: {:#}\n{e:#}",
+                cluster.bed.sim.inspect()
+            )
+        });
+    let lbs = live_lbs(&cluster);
+    assert_eq!(lbs.len(), 1, "{lbs:?}");
+    assert_eq!(
+        backends(&cluster),
+        pods,
+        "the backends are the pods' own addresses"
+    );
+
+    // A rolling update under continuous requests: none fails.
+    let before = ready_pods(&cluster);
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = std::thread::scope(|s| {
+        let requests = s.spawn(|| {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                match client.ns.http_get(front) {
+                    Some(_) => ok += 1,
+                    None => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        });
+        cluster
+            .kubectl(&["rollout", "restart", "deployment/web"])
+            .unwrap();
+        cluster
+            .kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"])
+            .unwrap();
+        cluster
+            .wait("the old pods gone", Duration::from_secs(60), || {
+                cluster.running_pods("app=web").len() == REPLICAS
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        requests.join().unwrap()
+    });
+    let after = ready_pods(&cluster);
+    assert!(
+        before.is_disjoint(&after),
+        "every pod was replaced: {before:?} {after:?}"
+    );
+    cluster
+        .wait(
+            "the backends to be the new pods",
+            Duration::from_secs(10),
+            || backends(&cluster) == after,
+        )
+        .unwrap();
+    eprintln!("rolling update: {ok} requests answered, {failed} failed");
+    assert!(ok > 50, "only {ok} requests made");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the rolling update",
+        ok + failed
+    );
+
+    // Scaled to zero, the load balancer has no backend; scaled back while
+    // the cloud refuses the first adds, it converges anyway, and says why
+    // it was late on the Service.
+    cluster
+        .kubectl(&["scale", "deployment/web", "--replicas=0"])
+        .unwrap();
+    cluster
+        .wait("no backends", Duration::from_secs(60), || {
+            backends(&cluster).is_empty()
+        })
+        .unwrap();
+    assert_eq!(client.ns.http_get(front), None);
+    cluster.bed.sim.set_faults(Faults {
+        errors: vec![ErrorRule {
+            action: Some("AddLoadBalancerBackends".into()),
+            code: 1400,
+            rate: 1.0,
+            count: Some(2),
+        }],
+        ..Faults::default()
+    });
+    cluster
+        .kubectl(&["scale", "deployment/web", &format!("--replicas={REPLICAS}")])
+        .unwrap();
+    cluster
+        .wait("the backends back", Duration::from_secs(120), || {
+            let ready = ready_pods(&cluster);
+            ready.len() == REPLICAS && backends(&cluster) == ready
+        })
+        .unwrap();
+    assert_eq!(cluster.bed.sim.injected().get(&1400), Some(&2));
+    cluster
+        .wait("an answer again", Duration::from_secs(10), || {
+            client.ns.http_get(front).is_some()
+        })
+        .unwrap();
+    let events = cluster.kubectl(&["get", "events", "-o", "json"]).unwrap();
+    assert!(
+        events.contains("SyncLoadBalancerFailed"),
+        "no event said why"
+    );
+
+    // Deleting the Service deletes its load balancer (the finalizer waits
+    // for it).
+    cluster
+        .kubectl(&["delete", "svc", "web", "--timeout=60s"])
+        .unwrap();
+    cluster
+        .wait("the load balancer deleted", Duration::from_secs(30), || {
+            live_lbs(&cluster).is_empty()
+        })
+        .unwrap();
+    assert_eq!(cluster.bed.sim.lbs_running(), 0);
+    assert_eq!(client.ns.http_get(front), None);
+}
+
+/// The addresses the load balancer forwards to (its backends as last
+/// applied, not as configured).
+fn backends(cluster: &Cluster) -> std::collections::BTreeSet<String> {
+    live_lbs(cluster)
+        .iter()
+        .flat_map(|lb| {
+            lb["applied"]["listeners"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|l| l[1].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["resource_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The addresses of the web pods that are Ready.
+fn ready_pods(cluster: &Cluster) -> std::collections::BTreeSet<String> {
+    let out = cluster
+        .kubectl(&["get", "pods", "-l", "app=web", "-o", "json"])
+        .unwrap_or_default();
+    let list: Value = serde_json::from_str(&out).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+        .collect()
+}

@@ -208,3 +208,36 @@ fn sweep_stale() {
         }
     });
 }
+
+/// Runs `f` on a thread of its own inside `netns`.
+pub fn in_netns<T: Send + 'static>(
+    netns: &File,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let netns = netns.try_clone()?;
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("entering the pod's netns")?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in the pod's netns panicked"))?
+}
+
+/// The network namespace of pod `name`: that of a process whose
+/// environment says `HOSTNAME=<name>` (containerd sets it for every
+/// container of the pod).
+pub fn pod_netns(name: &str) -> anyhow::Result<File> {
+    let want = format!("HOSTNAME={name}");
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let dir: PathBuf = entry.path();
+        let Ok(environ) = std::fs::read(dir.join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            return File::open(dir.join("ns/net"))
+                .with_context(|| format!("opening {}/ns/net", dir.display()));
+        }
+    }
+    bail!("no process of pod {name} found")
+}

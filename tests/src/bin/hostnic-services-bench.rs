@@ -22,7 +22,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use anyhow::{Context, bail};
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::cluster::{self, AGENT_TIMERS, Cluster, Install};
 use hostnic_testbed::kubebed;
+use hostnic_testbed::netns::{in_netns, pod_netns};
 use hostnic_testbed::sim::SimConfig;
 use hostnic_testbed::stats::{ms, pct};
 use serde_json::json;
@@ -189,39 +189,6 @@ fn echo(netns: File, client: Ipv4Addr, seen_client: Arc<AtomicUsize>) {
             let _ = stream.write_all(&b);
         }
     }
-}
-
-/// Runs `f` on a thread of its own inside `netns`.
-fn in_netns<T: Send + 'static>(
-    netns: &File,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    let netns = netns.try_clone()?;
-    std::thread::spawn(move || -> anyhow::Result<T> {
-        nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .context("entering the pod's netns")?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the thread in the pod's netns panicked"))?
-}
-
-/// The network namespace of pod `name`: that of a process whose
-/// environment says `HOSTNAME=<name>` (containerd sets it for every
-/// container of the pod).
-fn pod_netns(name: &str) -> anyhow::Result<File> {
-    let want = format!("HOSTNAME={name}");
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let dir: PathBuf = entry.path();
-        let Ok(environ) = std::fs::read(dir.join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
-            return File::open(dir.join("ns/net"))
-                .with_context(|| format!("opening {}/ns/net", dir.display()));
-        }
-    }
-    bail!("no process of pod {name} found")
 }
 
 fn nft(ns: &hostnic_testbed::netns::Ns, ruleset: &str) -> anyhow::Result<()> {

@@ -125,3 +125,29 @@ pub fn watching_agents(cluster: &mut Cluster, cloud: &str, extra: &str) -> anyho
     }
     Ok(())
 }
+
+/// The agents' `[load_balancer]` table for the testbed: internal load
+/// balancers on the first vxnet, health checked every second.
+pub const LOAD_BALANCER: &str =
+    "[load_balancer]\nenabled = true\nvxnet = \"vxnet-pods\"\nhealth_check = \"1|1|2|1\"\n";
+
+/// [`watching_agents`] with the Service controller on ([`LOAD_BALANCER`]
+/// appended to `extra`), and the chart's RBAC rendered with it on (the
+/// plain manifests in deploy/ have it off).
+pub fn load_balancing_agents(
+    cluster: &mut Cluster,
+    cloud: &str,
+    extra: &str,
+) -> anyhow::Result<()> {
+    watching_agents(cluster, cloud, &format!("{extra}\n{LOAD_BALANCER}"))?;
+    let helm = crate::helm::Helm::offline()?;
+    for object in helm.template(&[
+        "--show-only",
+        "templates/rbac.yaml",
+        "--set",
+        "config.vxnets={vxnet-pods},config.load_balancer.enabled=true",
+    ])? {
+        cluster.cp.apply(&object.to_string())?;
+    }
+    Ok(())
+}

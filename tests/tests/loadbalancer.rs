@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use hostnic_testbed::cloudbed::CloudBed;
 use hostnic_testbed::cluster::{self, AGENT_TIMERS, Cluster, Install};
-use hostnic_testbed::helm::Helm;
 use hostnic_testbed::sim::faults::ErrorRule;
 use hostnic_testbed::sim::{Faults, SimConfig};
 use hostnic_testbed::{kubebed, require_root};
@@ -20,8 +19,6 @@ use serde_json::{Value, json};
 
 const VXNET: &str = "vxnet-pods";
 const REPLICAS: usize = 4;
-const LB: &str =
-    "[load_balancer]\nenabled = true\nvxnet = \"vxnet-pods\"\nhealth_check = \"1|1|2|1\"\n";
 
 /// The web Deployment, its pods ready only once they answer, and given
 /// time to leave the load balancer before they stop serving (a preStop
@@ -74,20 +71,7 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
     })
     .unwrap();
     let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
-    kubebed::watching_agents(&mut cluster, AGENT_TIMERS, LB).unwrap();
-    // The chart's RBAC with the controller on (deploy/ has it off).
-    let helm = Helm::offline().unwrap();
-    for object in helm
-        .template(&[
-            "--show-only",
-            "templates/rbac.yaml",
-            "--set",
-            "config.vxnets={vxnet-pods},config.load_balancer.enabled=true",
-        ])
-        .unwrap()
-    {
-        cluster.cp.apply(&object.to_string()).unwrap();
-    }
+    kubebed::load_balancing_agents(&mut cluster, AGENT_TIMERS, "").unwrap();
     let client = cluster.bed.sim.add_vm("outside", VXNET).unwrap();
 
     cluster.cp.apply(&web(REPLICAS)).unwrap();

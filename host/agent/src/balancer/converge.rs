@@ -2,12 +2,16 @@
 //! the API allows: found by its name, created if missing; listeners added,
 //! replaced (when their settings changed) or deleted; backends added and
 //! deleted in one call per listener and one for all deletions; then one
-//! UpdateLoadBalancers, waited for, only if something changed or was left
-//! unapplied. Every step reads the cloud first, so a run cut short (a
-//! killed agent, a failing cloud) is finished by the next.
+//! UpdateLoadBalancers, only if something changed or was left unapplied.
+//! The update is not waited for: the next pass sees the load balancer
+//! busy until it is applied (one describe a second), and changes that
+//! arrive meanwhile go into the next update together. Every step reads the
+//! cloud first, so a run cut short (a killed agent, a failing cloud) is
+//! finished by the next.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use hostnic_iaas::lb::{
     BackendId, BackendTarget, Listener, ListenerId, LoadBalancer, LoadBalancerFilter,
@@ -18,13 +22,19 @@ use tracing::info;
 
 use super::desired::{Desired, DesiredListener};
 
+/// How often a load balancer being created is looked at (the real cloud
+/// takes tens of seconds).
+const CREATING: Duration = Duration::from_secs(3);
+/// How often one being updated is (its job takes seconds; changes wait).
+const APPLYING: Duration = Duration::from_secs(1);
+
 /// Where a load balancer stands after one pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Forwarding as desired, on these addresses.
     Ready(Vec<Ipv4Addr>),
-    /// Being created or changed by the cloud: look again shortly.
-    Pending(&'static str),
+    /// Being created or changed by the cloud: look again after this long.
+    Pending(&'static str, Duration),
 }
 
 /// What one pass did, for the log and the tests.
@@ -90,11 +100,11 @@ pub async fn converge(
                     tracing::warn!(lb = %id, error = %e, "tagging the load balancer failed");
                 }
             }
-            return Ok(Outcome::Pending("being created"));
+            return Ok(Outcome::Pending("being created", CREATING));
         }
     };
     if lb.status != LoadBalancerStatus::Active || !lb.transition_status.is_empty() {
-        return Ok(Outcome::Pending("busy in the cloud"));
+        return Ok(Outcome::Pending("busy in the cloud", APPLYING));
     }
     let id = &lb.loadbalancer_id;
     let mut changed = false;
@@ -170,11 +180,11 @@ pub async fn converge(
     }
 
     if changed || !lb.is_applied() {
-        let job = client
+        client
             .update_load_balancers(std::slice::from_ref(id))
             .await?;
         calls.updated = true;
-        client.wait_job(&job, std::future::pending()).await?;
+        return Ok(Outcome::Pending("applying", APPLYING));
     }
     Ok(Outcome::Ready(lb.addresses()))
 }

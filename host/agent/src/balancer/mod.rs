@@ -22,6 +22,9 @@
 //! - a refused Service (a broken annotation) or a failing cloud is an event
 //!   on the Service, and a retry.
 //!
+//! At rest a Service costs one describe every half hour (every five
+//! minutes with NodePort backends, which follow the nodes so).
+//!
 //! A sweep at each start of holding and every half hour deletes the
 //! cluster's load balancers (named `k8s_lb_<cluster>_…`) whose Service is
 //! gone, replaced, or no longer of type LoadBalancer without its
@@ -57,11 +60,11 @@ use desired::Names;
 pub const FINALIZER: &str = "hostnic.io/load-balancer";
 /// How long EndpointSlice changes gather before a reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(500);
-/// How often a pending load balancer is looked at again.
-const PENDING: Duration = Duration::from_secs(2);
-/// A Service at rest is reconciled again this often (NodePort backends
-/// follow the nodes this way).
-const RESYNC: Duration = Duration::from_secs(600);
+/// A Service at rest is looked at again this often (one describe), to
+/// undo changes made to its load balancer by hand; with NodePort
+/// backends, more often, as they follow the nodes this way.
+const RESYNC: Duration = Duration::from_secs(1800);
+const RESYNC_NODEPORT: Duration = Duration::from_secs(300);
 const SWEEP: Duration = Duration::from_secs(1800);
 
 struct Context {
@@ -147,8 +150,10 @@ fn error_policy(svc: Arc<Service>, e: &Error, _: Arc<Context>) -> Action {
         "SyncLoadBalancerFailed",
         e.to_string(),
     );
-    let quota = matches!(e, Error::Cloud(c) if c.is_quota());
-    Action::requeue(if quota {
+    // What the cloud refuses for good (a parameter, the credentials, a
+    // quota) is not asked again every few seconds.
+    let lasting = matches!(e, Error::Cloud(c) if !c.is_transient());
+    Action::requeue(if lasting {
         Duration::from_secs(300)
     } else {
         Duration::from_secs(5)
@@ -203,10 +208,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={name}")))
         .await?
         .items;
-    let nodes = match svc.annotations().get(desired::BACKENDS).map(String::as_str) {
-        Some("nodeport") => ready_nodes(&ctx.kube).await?,
-        None if ctx.cfg.backends == Backends::Nodeport => ready_nodes(&ctx.kube).await?,
-        _ => Vec::new(),
+    let nodeport = match svc.annotations().get(desired::BACKENDS).map(String::as_str) {
+        Some(mode) => mode == "nodeport",
+        None => ctx.cfg.backends == Backends::Nodeport,
+    };
+    let nodes = match nodeport {
+        true => ready_nodes(&ctx.kube).await?,
+        false => Vec::new(),
     };
     let want = match desired::desired(&svc, &slices, &nodes, &ctx.names, &ctx.cfg) {
         Ok(d) => d,
@@ -222,7 +230,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         info!(service = %key(&svc), lb = %want.name, ?calls, ?outcome, "load balancer changed");
     }
     match outcome {
-        Outcome::Pending(why) => {
+        Outcome::Pending(why, again) => {
             if calls.created {
                 event(
                     &svc,
@@ -232,7 +240,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
                 );
             }
             tracing::debug!(service = %key(&svc), why, "load balancer pending");
-            Ok(Action::requeue(PENDING))
+            Ok(Action::requeue(again))
         }
         Outcome::Ready(addresses) => {
             let ingress: Vec<_> = addresses
@@ -265,7 +273,11 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
                     format!("load balancer {} on {addresses:?}", want.name),
                 );
             }
-            Ok(Action::requeue(RESYNC))
+            Ok(Action::requeue(if nodeport {
+                RESYNC_NODEPORT
+            } else {
+                RESYNC
+            }))
         }
     }
 }

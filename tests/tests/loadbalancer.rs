@@ -4,7 +4,10 @@
 //! addresses; a client VM on the vxnet, outside the cluster, reaches every
 //! pod through it; a rolling update under continuous requests fails none;
 //! scaling to zero and back follows; deleting the Service deletes the load
-//! balancer.
+//! balancer. A public load balancer takes its EIP and is reached from the
+//! internet; a second Service asking for the same EIP gets an event, and
+//! the EIP once the first Service is gone — deleted while the node running
+//! the controller was killed, so the other node finishes its work.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +23,9 @@ use serde_json::{Value, json};
 const VXNET: &str = "vxnet-pods";
 const REPLICAS: usize = 4;
 
+/// One cluster at a time: two on two cores starve each other's kubelets.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The web Deployment, its pods ready only once they answer, and given
 /// time to leave the load balancer before they stop serving (a preStop
 /// pause, as behind any cloud load balancer).
@@ -34,11 +40,15 @@ fn web(replicas: usize) -> String {
 }
 
 fn ingress(cluster: &Cluster) -> Option<Ipv4Addr> {
+    ingress_of(cluster, "web")
+}
+
+fn ingress_of(cluster: &Cluster, service: &str) -> Option<Ipv4Addr> {
     cluster
         .kubectl(&[
             "get",
             "svc",
-            "web",
+            service,
             "-o",
             "jsonpath={.status.loadBalancer.ingress[0].ip}",
         ])
@@ -64,14 +74,8 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
     if !require_root("a_load_balancer_service_reaches_the_pods_through_the_cloud") {
         return;
     }
-    let bed = CloudBed::new(SimConfig {
-        nodes: 2,
-        vxnets: vec![(VXNET.into(), "10.100.0.0/24".parse().unwrap())],
-        ..SimConfig::default()
-    })
-    .unwrap();
-    let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
-    kubebed::load_balancing_agents(&mut cluster, AGENT_TIMERS, "").unwrap();
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let cluster = load_balancing_cluster();
     let client = cluster.bed.sim.add_vm("outside", VXNET).unwrap();
 
     cluster.cp.apply(&web(REPLICAS)).unwrap();
@@ -246,6 +250,19 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
     assert_eq!(client.ns.http_get(front), None);
 }
 
+/// Two nodes, agents running the Service controller.
+fn load_balancing_cluster() -> Cluster {
+    let bed = CloudBed::new(SimConfig {
+        nodes: 2,
+        vxnets: vec![(VXNET.into(), "10.100.0.0/24".parse().unwrap())],
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
+    kubebed::load_balancing_agents(&mut cluster, AGENT_TIMERS, "").unwrap();
+    cluster
+}
+
 /// The addresses the load balancer forwards to (its backends as last
 /// applied, not as configured).
 fn backends(cluster: &Cluster) -> std::collections::BTreeSet<String> {
@@ -282,4 +299,120 @@ fn ready_pods(cluster: &Cluster) -> std::collections::BTreeSet<String> {
         })
         .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
         .collect()
+}
+
+/// Service `name` in front of the web pods, on the load balancer of EIP
+/// `eip`.
+fn public_service(name: &str, eip: &str) -> String {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "annotations": {
+            "service.beta.kubernetes.io/qingcloud-load-balancer-network-type": "public",
+            "service.beta.kubernetes.io/qingcloud-load-balancer-eip-ids": eip,
+        }},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    })
+    .to_string()
+}
+
+#[test]
+fn an_eip_goes_to_one_service_and_the_other_node_finishes_the_work_of_a_killed_one() {
+    if !require_root(
+        "an_eip_goes_to_one_service_and_the_other_node_finishes_the_work_of_a_killed_one",
+    ) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cluster = load_balancing_cluster();
+    let internet = cluster
+        .bed
+        .sim
+        .add_vm("internet", hostnic_testbed::sim::balancer::INTERNET)
+        .unwrap();
+    let (eip, eip_addr) = cluster.bed.sim.eips().remove(0);
+    cluster.deploy_web(2).unwrap();
+
+    cluster.cp.apply(&public_service("web", &eip)).unwrap();
+    cluster
+        .wait("web on its EIP", Duration::from_secs(60), || {
+            ingress_of(&cluster, "web") == Some(eip_addr)
+        })
+        .unwrap();
+    let front = SocketAddr::from((eip_addr, 80));
+    cluster
+        .wait(
+            "an answer from the internet",
+            Duration::from_secs(20),
+            || internet.ns.http_get(front).is_some(),
+        )
+        .unwrap();
+
+    // A second Service asks for the same EIP: an event says so, no address.
+    cluster.cp.apply(&public_service("web2", &eip)).unwrap();
+    cluster
+        .wait(
+            "an event on web2 naming the taken EIP",
+            Duration::from_secs(30),
+            || {
+                cluster
+                    .kubectl(&[
+                        "get",
+                        "events",
+                        "--field-selector",
+                        "involvedObject.name=web2",
+                        "-o",
+                        "json",
+                    ])
+                    .is_ok_and(|e| {
+                        e.contains("SyncLoadBalancerFailed") && e.contains("is associated")
+                    })
+            },
+        )
+        .unwrap();
+    assert_eq!(ingress_of(&cluster, "web2"), None);
+    assert_eq!(live_lbs(&cluster).len(), 1);
+
+    // The node running the controller is killed; web is deleted meanwhile.
+    // The other node takes the Lease, deletes web's load balancer, and
+    // gives the EIP to web2.
+    let holder = cluster
+        .kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "hostnic-cluster-duties",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap();
+    let i: usize = holder.trim().trim_start_matches("node-").parse().unwrap();
+    cluster.agents[i].kill9();
+    cluster
+        .kubectl(&["delete", "svc", "web", "--wait=false"])
+        .unwrap();
+    cluster
+        .wait("web2 on the EIP", Duration::from_secs(90), || {
+            ingress_of(&cluster, "web2") == Some(eip_addr)
+        })
+        .unwrap();
+    cluster
+        .wait("web gone", Duration::from_secs(30), || {
+            cluster
+                .kubectl(&["get", "svc", "web", "-o", "name"])
+                .is_err()
+        })
+        .unwrap();
+    let lbs = live_lbs(&cluster);
+    assert_eq!(lbs.len(), 1, "{lbs:?}");
+    assert!(
+        lbs[0]["name"].as_str().unwrap().contains("_web2_"),
+        "{lbs:?}"
+    );
+    cluster
+        .wait("an answer through web2", Duration::from_secs(20), || {
+            internet.ns.http_get(front).is_some()
+        })
+        .unwrap();
 }

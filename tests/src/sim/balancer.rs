@@ -14,6 +14,33 @@ use super::cloud::{ApiError, Cloud, err};
 
 /// The most backends one load balancer takes (the cloud's documented cap).
 pub const MAX_BACKENDS: usize = 200;
+/// The most EIPs one public load balancer takes.
+pub const MAX_EIPS: usize = 4;
+/// The simulated internet: the vxnet EIP addresses are on. A public load
+/// balancer's port is there, with its first EIP's address; clients on the
+/// internet are VMs there. It is not part of the VPC.
+pub const INTERNET: &str = "vxnet-internet";
+
+/// A public address of the account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Eip {
+    pub id: String,
+    pub addr: Ipv4Addr,
+    /// The load balancer it is associated with.
+    pub lb: Option<String>,
+}
+
+/// Where CreateLoadBalancer puts a load balancer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LbNetwork {
+    /// An address on this vxnet (this one, or one the cloud picks).
+    Vxnet {
+        vxnet: String,
+        private_ip: Option<Ipv4Addr>,
+    },
+    /// These EIPs, on the internet.
+    Eips(Vec<String>),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +58,8 @@ pub struct Balancer {
     pub ip: Ipv4Addr,
     /// The MAC of its port on the vxnet.
     pub mac: String,
+    /// A public load balancer's EIPs (its `ip` is the first one's).
+    pub eips: Vec<String>,
     pub lb_type: u8,
     pub status: LbStatus,
     /// `creating`, `updating`, `deleting` or empty.
@@ -181,13 +210,22 @@ impl Cloud {
         Ok(lb)
     }
 
-    /// CreateLoadBalancer on a vxnet: the address is taken now, the data
-    /// path comes up with the job.
+    /// The account's EIPs, `count` of them, on the internet vxnet.
+    pub fn add_eips(&mut self, count: usize) -> Result<(), ApiError> {
+        for addr in self.vxnet_mut(INTERNET)?.allocate(count, &[])? {
+            let id = format!("eip-{:08x}", self.next());
+            self.eips.insert(id.clone(), Eip { id, addr, lb: None });
+        }
+        Ok(())
+    }
+
+    /// CreateLoadBalancer: on a vxnet, its address taken now; or on EIPs,
+    /// which must be free and become its. The data path comes up with the
+    /// job.
     pub fn create_lb(
         &mut self,
         name: &str,
-        vxnet: &str,
-        private_ip: Option<Ipv4Addr>,
+        network: &LbNetwork,
         lb_type: u8,
         now: u64,
     ) -> Result<(String, String), ApiError> {
@@ -197,10 +235,47 @@ impl Cloud {
                 format!("InvalidParameter, loadbalancer_type {lb_type} must be 0..5"),
             );
         }
-        let ip = self
-            .vxnet_mut(vxnet)?
-            .allocate(1, private_ip.as_slice())?
-            .remove(0);
+        let (vxnet, ip, eips) = match network {
+            LbNetwork::Vxnet { vxnet, private_ip } => {
+                if vxnet == INTERNET {
+                    return err(
+                        1100,
+                        format!("InvalidParameter, [{vxnet}] is not a vxnet of the VPC"),
+                    );
+                }
+                let ip = self
+                    .vxnet_mut(vxnet)?
+                    .allocate(1, private_ip.as_slice())?
+                    .remove(0);
+                (vxnet.clone(), ip, Vec::new())
+            }
+            LbNetwork::Eips(ids) => {
+                if ids.is_empty() || ids.len() > MAX_EIPS {
+                    return err(
+                        1100,
+                        format!(
+                            "InvalidParameter, a load balancer takes 1..{MAX_EIPS} eips, got {}",
+                            ids.len()
+                        ),
+                    );
+                }
+                for id in ids {
+                    let eip = self.eips.get(id).ok_or_else(|| ApiError {
+                        code: 2100,
+                        message: format!("ResourceNotFound, eip [{id}] not found"),
+                    })?;
+                    if let Some(lb) = &eip.lb {
+                        return err(
+                            1400,
+                            format!(
+                                "PermissionDenied, eip [{id}] is associated with loadbalancer [{lb}]"
+                            ),
+                        );
+                    }
+                }
+                (INTERNET.to_string(), self.eips[&ids[0]].addr, ids.clone())
+            }
+        };
         let n = self.next();
         let id = format!("lb-{n:08x}");
         let mac = format!(
@@ -215,9 +290,10 @@ impl Cloud {
             Balancer {
                 id: id.clone(),
                 name: name.to_string(),
-                vxnet: vxnet.to_string(),
+                vxnet,
                 ip,
                 mac,
+                eips: eips.clone(),
                 lb_type,
                 status: LbStatus::Pending,
                 transition: "creating",
@@ -226,6 +302,9 @@ impl Cloud {
                 created: now,
             },
         );
+        for e in &eips {
+            self.eips.get_mut(e).expect("checked").lb = Some(id.clone());
+        }
         let job = self.job("CreateLoadBalancer", vec![id.clone()], None);
         Ok((id, job))
     }
@@ -368,7 +447,11 @@ impl Cloud {
     /// address, or an address in one of the VPC's vxnets.
     fn resolve(&self, resource_id: &str) -> Result<Ipv4Addr, ApiError> {
         if let Ok(ip) = resource_id.parse::<Ipv4Addr>() {
-            if self.vxnets.values().any(|v| v.cidr.contains(&ip)) {
+            if self
+                .vxnets
+                .values()
+                .any(|v| v.id != INTERNET && v.cidr.contains(&ip))
+            {
                 return Ok(ip);
             }
             return err(
@@ -501,9 +584,17 @@ impl Cloud {
                 ("DeleteLoadBalancers", true) | ("CreateLoadBalancer", false) => {
                     lb.status = LbStatus::Deleted;
                     lb.applied = Plan::default();
-                    let (vxnet, ip) = (lb.vxnet.clone(), lb.ip);
-                    if let Ok(v) = self.vxnet_mut(&vxnet) {
+                    let (vxnet, ip, eips) = (lb.vxnet.clone(), lb.ip, lb.eips.clone());
+                    if eips.is_empty()
+                        && let Ok(v) = self.vxnet_mut(&vxnet)
+                    {
                         v.release(ip);
+                    }
+                    // Deleting a load balancer frees its EIPs.
+                    for e in eips {
+                        if let Some(eip) = self.eips.get_mut(&e) {
+                            eip.lb = None;
+                        }
                     }
                     self.listeners.retain(|_, l| &l.lb != id);
                     self.backends.retain(|_, b| &b.lb != id);
@@ -580,10 +671,19 @@ mod tests {
 
     fn cloud() -> Cloud {
         let mut c = Cloud::default();
+        c.add_vxnet(INTERNET, "198.51.100.0/24".parse().unwrap());
+        c.add_eips(2).unwrap();
         c.add_vxnet("vxnet-a", "10.1.0.0/28".parse().unwrap());
         c.add_vxnet("vxnet-m", "192.168.0.0/24".parse().unwrap());
         c.add_instance("i-1", "/x".into(), "vxnet-m", 0).unwrap();
         c
+    }
+
+    fn on_a(private_ip: Option<Ipv4Addr>) -> LbNetwork {
+        LbNetwork::Vxnet {
+            vxnet: "vxnet-a".into(),
+            private_ip,
+        }
     }
 
     fn listener(port: u16) -> NewListener {
@@ -614,7 +714,7 @@ mod tests {
     }
 
     fn active(c: &mut Cloud) -> String {
-        let (lb, job) = c.create_lb("web", "vxnet-a", None, 0, 0).unwrap();
+        let (lb, job) = c.create_lb("web", &on_a(None), 0, 0).unwrap();
         finish(c, &job, true);
         lb
     }
@@ -622,7 +722,7 @@ mod tests {
     #[test]
     fn a_pending_load_balancer_takes_no_changes_and_cannot_be_deleted() {
         let mut c = cloud();
-        let (lb, job) = c.create_lb("web", "vxnet-a", None, 0, 0).unwrap();
+        let (lb, job) = c.create_lb("web", &on_a(None), 0, 0).unwrap();
         assert_eq!(c.lbs[&lb].status, LbStatus::Pending);
         assert_eq!(
             c.add_listeners(&lb, &[listener(80)]).unwrap_err().code,
@@ -635,12 +735,19 @@ mod tests {
         finish(&mut c, &job, true);
         assert_eq!(c.jobs[&job].status, JobStatus::Successful);
         assert_eq!(c.lbs[&lb].status, LbStatus::Active);
+        assert_eq!(c.create_lb("x", &on_a(None), 6, 0).unwrap_err().code, 1100);
         assert_eq!(
-            c.create_lb("x", "vxnet-a", None, 6, 0).unwrap_err().code,
-            1100
-        );
-        assert_eq!(
-            c.create_lb("x", "vxnet-zz", None, 0, 0).unwrap_err().code,
+            c.create_lb(
+                "x",
+                &LbNetwork::Vxnet {
+                    vxnet: "vxnet-zz".into(),
+                    private_ip: None
+                },
+                0,
+                0
+            )
+            .unwrap_err()
+            .code,
             2100
         );
     }
@@ -725,9 +832,51 @@ mod tests {
             c.delete_lbs(std::slice::from_ref(&lb)).unwrap_err().code,
             2100
         );
-        let (_, again) = c.create_lb("web2", "vxnet-a", Some(ip), 0, 0).unwrap();
+        let (_, again) = c.create_lb("web2", &on_a(Some(ip)), 0, 0).unwrap();
         finish(&mut c, &again, false);
-        let (_, third) = c.create_lb("web3", "vxnet-a", Some(ip), 0, 0).unwrap();
+        let (_, third) = c.create_lb("web3", &on_a(Some(ip)), 0, 0).unwrap();
         assert!(!third.is_empty(), "a failed create frees its address too");
+    }
+
+    #[test]
+    fn an_eip_belongs_to_one_load_balancer_at_a_time() {
+        let mut c = cloud();
+        let eip = c.eips.keys().next().unwrap().clone();
+        let (first, job) = c
+            .create_lb("one", &LbNetwork::Eips(vec![eip.clone()]), 0, 0)
+            .unwrap();
+        assert_eq!(c.lbs[&first].ip, c.eips[&eip].addr);
+        assert_eq!(c.lbs[&first].vxnet, INTERNET);
+        let taken = c
+            .create_lb("two", &LbNetwork::Eips(vec![eip.clone()]), 0, 0)
+            .unwrap_err();
+        assert_eq!(taken.code, 1400);
+        assert!(taken.message.contains(&first), "{}", taken.message);
+        assert_eq!(
+            c.create_lb("x", &LbNetwork::Eips(vec!["eip-nope".into()]), 0, 0)
+                .unwrap_err()
+                .code,
+            2100
+        );
+        assert_eq!(
+            c.create_lb("x", &LbNetwork::Eips(vec![]), 0, 0)
+                .unwrap_err()
+                .code,
+            1100
+        );
+        finish(&mut c, &job, true);
+        let l = c.add_listeners(&first, &[listener(80)]).unwrap().remove(0);
+        let far = c.eips.values().nth(1).unwrap().addr.to_string();
+        assert_eq!(
+            c.add_backends(&l, &[backend(&far)]).unwrap_err().code,
+            1400,
+            "an internet address is no backend"
+        );
+        let del = c.delete_lbs(std::slice::from_ref(&first)).unwrap();
+        finish(&mut c, &del, true);
+        assert!(
+            c.create_lb("two", &LbNetwork::Eips(vec![eip]), 0, 0)
+                .is_ok()
+        );
     }
 }

@@ -199,6 +199,7 @@ pub struct Cloud {
     pub lbs: BTreeMap<String, super::balancer::Balancer>,
     pub listeners: BTreeMap<String, super::balancer::Listener>,
     pub backends: BTreeMap<String, super::balancer::Backend>,
+    pub eips: BTreeMap<String, super::balancer::Eip>,
     serial: u32,
 }
 

@@ -10,7 +10,9 @@ use hostnic_iaas::params;
 use serde_json::{Value, json};
 
 use super::api::{Params, list, number, one, required, time};
-use super::balancer::{Backend, Balancer, Check, LbStatus, Listener, NewBackend, NewListener};
+use super::balancer::{
+    Backend, Balancer, Check, LbNetwork, LbStatus, Listener, NewBackend, NewListener,
+};
 use super::cloud::{ApiError, Cloud, err};
 
 /// What the data path's health checks say of a backend id: `up`,
@@ -34,32 +36,37 @@ pub fn dispatch(
 ) -> Result<Value, ApiError> {
     Ok(match action {
         "CreateLoadBalancer" => {
-            if !list(p, "eips").is_empty() {
-                return err(
-                    1100,
-                    "InvalidParameter, the simulator's load balancers take a vxnet; EIPs are not simulated",
-                );
-            }
-            let vxnet = one(p, "vxnet").ok_or_else(|| ApiError {
-                code: 1100,
-                message: "InvalidParameter, one of [eips] or [vxnet] is required".into(),
-            })?;
-            let private_ip = one(p, "private_ip")
-                .map(|s| {
-                    s.parse::<Ipv4Addr>().map_err(|_| ApiError {
-                        code: 1100,
-                        message: format!(
-                            "InvalidParameter, private_ip [{s}] is not an IPv4 address"
-                        ),
-                    })
-                })
-                .transpose()?;
+            let eips = list(p, "eips");
+            let network = match (one(p, "vxnet"), eips.is_empty()) {
+                (Some(_), false) => {
+                    return err(1100, "InvalidParameter, give [eips] or [vxnet], not both");
+                }
+                (None, true) => {
+                    return err(
+                        1100,
+                        "InvalidParameter, one of [eips] or [vxnet] is required",
+                    );
+                }
+                (None, false) => LbNetwork::Eips(eips),
+                (Some(vxnet), true) => LbNetwork::Vxnet {
+                    vxnet,
+                    private_ip: one(p, "private_ip")
+                        .map(|s| {
+                            s.parse::<Ipv4Addr>().map_err(|_| ApiError {
+                                code: 1100,
+                                message: format!(
+                                    "InvalidParameter, private_ip [{s}] is not an IPv4 address"
+                                ),
+                            })
+                        })
+                        .transpose()?,
+                },
+            };
             let lb_type = number(p, "loadbalancer_type", 0)?;
             let name = one(p, "loadbalancer_name").unwrap_or_default();
             let (id, job) = cloud.create_lb(
                 &name,
-                &vxnet,
-                private_ip,
+                &network,
                 u8::try_from(lb_type).unwrap_or(u8::MAX),
                 now,
             )?;
@@ -256,12 +263,20 @@ fn balancer_json(
     start: SystemTime,
     health: HealthOf<'_>,
 ) -> Value {
+    let eips: Vec<Value> = b
+        .eips
+        .iter()
+        .filter_map(|e| cloud.eips.get(e))
+        .map(|e| json!({"eip_id": e.id, "eip_name": e.id, "eip_addr": e.addr.to_string()}))
+        .collect();
     let mut v = json!({
         "loadbalancer_id": b.id, "loadbalancer_name": b.name,
         "status": status_of(b), "transition_status": b.transition,
         "is_applied": u8::from(cloud.is_applied(b)),
-        "loadbalancer_type": b.lb_type, "vxnet_id": b.vxnet,
-        "private_ips": [b.ip.to_string()], "eips": [], "cluster": [],
+        "loadbalancer_type": b.lb_type,
+        "vxnet_id": if b.eips.is_empty() { b.vxnet.as_str() } else { "" },
+        "private_ips": if b.eips.is_empty() { vec![b.ip.to_string()] } else { Vec::new() },
+        "eips": eips.clone(), "cluster": eips,
         "tags": b.tags.iter().map(|t| json!({"tag_id": t, "tag_name": cloud.tags.get(t).map(|t| t.name.clone())})).collect::<Vec<_>>(),
         "create_time": time(b.created, start),
     });

@@ -48,6 +48,9 @@ use faults::Injector;
 use sdn::Sdn;
 
 pub const MGMT_VXNET: &str = "vxnet-mgmt";
+/// The simulated internet ([`balancer::INTERNET`]): EIPs, public load
+/// balancers, and VMs standing for clients on the internet.
+pub const INTERNET_CIDR: &str = "198.51.100.0/24";
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -62,6 +65,8 @@ pub struct SimConfig {
     pub limits: Limits,
     pub faults: Faults,
     pub seed: u64,
+    /// How many EIPs the account has ([`Sim::eips`]).
+    pub eips: usize,
 }
 
 impl Default for SimConfig {
@@ -76,6 +81,7 @@ impl Default for SimConfig {
             limits: Limits::default(),
             faults: Faults::default(),
             seed: 42,
+            eips: 4,
         }
     }
 }
@@ -156,6 +162,12 @@ impl Sim {
             let v = cloud.add_vxnet(id, *cidr);
             sdn.add_vxnet(id, *cidr, v.gateway)?;
         }
+        let internet: Ipv4Net = INTERNET_CIDR.parse().expect("cidr");
+        let inet = cloud.add_vxnet(balancer::INTERNET, internet);
+        sdn.add_vxnet(balancer::INTERNET, internet, inet.gateway)?;
+        cloud
+            .add_eips(cfg.eips)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let mut nodes = Vec::new();
         for i in 0..cfg.nodes {
             let ns = Ns::new(&format!("vm{i}"))?;
@@ -306,6 +318,16 @@ impl Sim {
             ns,
             ip: primary.ip,
         })
+    }
+
+    /// The account's EIPs: (id, address).
+    pub fn eips(&self) -> Vec<(String, Ipv4Addr)> {
+        self.inner
+            .cloud()
+            .eips
+            .values()
+            .map(|e| (e.id.clone(), e.addr))
+            .collect()
     }
 
     /// The namespace a running load balancer's data path lives in.
@@ -534,6 +556,7 @@ fn inspect_json(sim: &Inner) -> Value {
             v
         }).collect::<Vec<_>>(),
         "listeners": cloud.listeners.values().collect::<Vec<_>>(),
+        "eips": cloud.eips.values().collect::<Vec<_>>(),
         "backends": cloud.backends.values().map(|b| {
             let mut v = serde_json::to_value(b).unwrap_or_default();
             v["status"] = json!(sim.lbs.health.status(&b.id));

@@ -482,6 +482,7 @@ fn the_controller_converges_in_few_calls_and_finishes_what_a_failure_cut_short()
             },
             lb_type: 0,
             listener_prefix: "listener_shop_web_".into(),
+            left_out: 0,
             listeners: vec![DesiredListener {
                 listener: listener(
                     "listener_shop_web_80_tcp",

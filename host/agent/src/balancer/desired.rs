@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use hostnic_iaas::lb::{
-    BackendTarget, BalanceMode, HealthCheck, ListenerProtocol, LoadBalancerNetwork, NewListener,
+    BackendTarget, BalanceMode, HealthCheck, ListenerProtocol, LoadBalancerNetwork,
+    MAX_BACKENDS_PER_LOAD_BALANCER, NewListener,
 };
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,6 +33,10 @@ pub struct Desired {
     /// the load balancer without it are not this Service's.
     pub listener_prefix: String,
     pub listeners: Vec<DesiredListener>,
+    /// Backends left out to stay within the cloud's cap
+    /// ([`MAX_BACKENDS_PER_LOAD_BALANCER`] per load balancer, every
+    /// listener's together).
+    pub left_out: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,13 +292,33 @@ pub fn desired(
             backends: targets,
         });
     }
+    let left_out = cap_backends(&mut listeners);
     Ok(Desired {
         name: names.load_balancer(namespace, name, uid),
         network,
         lb_type,
         listener_prefix: Names::listener_prefix(namespace, name),
         listeners,
+        left_out,
     })
+}
+
+/// Keeps the backends within the cloud's cap per load balancer, listener
+/// by listener in address order (the same ones every pass, so the cloud is
+/// not churned); how many were left out.
+fn cap_backends(listeners: &mut [DesiredListener]) -> usize {
+    let mut room = MAX_BACKENDS_PER_LOAD_BALANCER;
+    let mut left_out = 0;
+    for l in listeners {
+        let keep = l.backends.len().min(room);
+        left_out += l.backends.len() - keep;
+        l.backends = std::mem::take(&mut l.backends)
+            .into_iter()
+            .take(keep)
+            .collect();
+        room -= keep;
+    }
+    left_out
 }
 
 /// The ready endpoints' (address, port) for a Service port: the port of
@@ -474,5 +499,27 @@ mod tests {
         svc.spec.as_mut().unwrap().load_balancer_class = None;
         svc.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
         assert!(!served(&svc, "hostnic.io/qingcloud"));
+    }
+
+    #[test]
+    fn backends_beyond_the_cloud_cap_are_left_out_the_same_way_every_time() {
+        let endpoints: Vec<serde_json::Value> = (0..150)
+            .map(|i| json!({"addresses": [format!("10.0.{}.{}", i / 200, i % 200 + 1)]}))
+            .collect();
+        let s = slice(json!(endpoints));
+        let d = desired(&service(json!({})), &[s], &[], &names(), &cfg()).unwrap();
+        // Two ports of 150 backends each: 200 in all, the first port full.
+        assert_eq!(d.listeners[0].backends.len(), 150);
+        assert_eq!(d.listeners[1].backends.len(), 50);
+        assert_eq!(d.left_out, 100);
+        let again = desired(
+            &service(json!({})),
+            &[slice(json!(endpoints))],
+            &[],
+            &names(),
+            &cfg(),
+        )
+        .unwrap();
+        assert_eq!(again, d);
     }
 }

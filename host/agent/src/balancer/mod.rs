@@ -223,6 +223,18 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
             return Ok(Action::await_change());
         }
     };
+    if want.left_out > 0 {
+        event(
+            &svc,
+            EventType::Warning,
+            "TooManyBackends",
+            format!(
+                "{} backends left out: a load balancer takes at most {} (every port's together)",
+                want.left_out,
+                hostnic_iaas::lb::MAX_BACKENDS_PER_LOAD_BALANCER
+            ),
+        );
+    }
     let tag = ctx.tag.get_or_init(|| cluster_tag(&ctx)).await.clone();
     let mut calls = Calls::default();
     let outcome = converge::converge(&ctx.cloud, &want, tag.as_ref(), &mut calls).await?;

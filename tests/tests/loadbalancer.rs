@@ -21,7 +21,7 @@ use hostnic_testbed::{kubebed, require_root};
 use serde_json::{Value, json};
 
 const VXNET: &str = "vxnet-pods";
-const REPLICAS: usize = 4;
+const REPLICAS: usize = 10;
 
 /// One cluster at a time: two on two cores starve each other's kubelets.
 static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -115,7 +115,7 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
         "{finalizers}"
     );
 
-    // Every pod answers through the load balancer (round robin over 4).
+    // Every pod answers through the load balancer (round robin over all of them).
     let pods = ready_pods(&cluster);
     let mut seen = std::collections::BTreeSet::new();
     cluster

@@ -545,6 +545,33 @@ fn the_controller_converges_in_few_calls_and_finishes_what_a_failure_cut_short()
         assert_eq!(calls, Calls::default(), "nothing to do");
         assert_eq!(made, 1, "a pass with nothing to do is one describe");
 
+        // The cloud took a create twice (its answer lost, the call made
+        // again): the next pass deletes the younger one, keeps the one in
+        // use.
+        let kept = find_id(&c).await;
+        let (twin, job) = c
+            .create_load_balancer(&NewLoadBalancer {
+                name: "k8s_lb_test_shop_web_1a2b3c4d".into(),
+                ..new_lb("")
+            })
+            .await
+            .unwrap();
+        done(&c, &job).await.unwrap();
+        let (_, calls, _) = pass(want(&[b_ip])).await;
+        assert_eq!(calls.duplicates_deleted, 1);
+        // Deleting is a job: the twin is gone once it ends.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let live = hostnic_agent::balancer::converge::find_all(&c, "k8s_lb_test_shop_web_1a2b3c4d")
+            .await
+            .unwrap();
+        assert_eq!(
+            live.iter()
+                .map(|lb| &lb.loadbalancer_id)
+                .collect::<Vec<_>>(),
+            [&kept],
+            "{twin} deleted"
+        );
+
         // The cloud refuses the add after the delete went through: the next
         // pass finishes the change.
         refuse_once(&sim, "AddLoadBalancerBackends");

@@ -46,10 +46,14 @@ pub struct Calls {
     pub backends_added: usize,
     pub backends_deleted: usize,
     pub updated: bool,
+    /// Load balancers of the same name deleted (the oldest is kept).
+    pub duplicates_deleted: usize,
 }
 
-/// The live load balancer (pending, active or stopped) named `name`.
-pub async fn find(client: &Client, name: &str) -> Result<Option<LoadBalancer>, Error> {
+/// The live load balancers (pending, active or stopped) named `name`,
+/// oldest first. More than one is a create the cloud took twice (its
+/// answer lost, the call made again).
+pub async fn find_all(client: &Client, name: &str) -> Result<Vec<LoadBalancer>, Error> {
     let filter = LoadBalancerFilter {
         search_word: Some(name.to_string()),
         status: vec![
@@ -60,11 +64,36 @@ pub async fn find(client: &Client, name: &str) -> Result<Option<LoadBalancer>, E
         verbose: true,
         ..LoadBalancerFilter::default()
     };
-    Ok(client
+    let mut all: Vec<LoadBalancer> = client
         .describe_load_balancers(&filter)
         .await?
         .into_iter()
-        .find(|lb| lb.loadbalancer_name == name))
+        .filter(|lb| lb.loadbalancer_name == name)
+        .collect();
+    all.sort_by(|a, b| {
+        (&a.create_time, &a.loadbalancer_id).cmp(&(&b.create_time, &b.loadbalancer_id))
+    });
+    Ok(all)
+}
+
+/// The load balancer named `name` (the oldest, if the cloud has several).
+pub async fn find(client: &Client, name: &str) -> Result<Option<LoadBalancer>, Error> {
+    Ok(find_all(client, name).await?.into_iter().next())
+}
+
+/// Deletes the load balancers in `extra` that can be deleted now (not
+/// pending or in a transition: those go on a later pass).
+async fn delete_settled(client: &Client, extra: &[LoadBalancer]) -> Result<usize, Error> {
+    let ids: Vec<LoadBalancerId> = extra
+        .iter()
+        .filter(|lb| lb.status != LoadBalancerStatus::Pending && lb.transition_status.is_empty())
+        .map(|lb| lb.loadbalancer_id.clone())
+        .collect();
+    if !ids.is_empty() {
+        client.delete_load_balancers(&ids).await?;
+        info!(lbs = ?ids, "deleted load balancers");
+    }
+    Ok(ids.len())
 }
 
 /// One pass towards `desired`. `tag` marks what it creates as the
@@ -75,7 +104,16 @@ pub async fn converge(
     tag: Option<&TagId>,
     calls: &mut Calls,
 ) -> Result<Outcome, Error> {
-    let lb = match find(client, &desired.name).await? {
+    let mut found = find_all(client, &desired.name).await?;
+    let extra = if found.len() > 1 {
+        found.split_off(1)
+    } else {
+        Vec::new()
+    };
+    // A second load balancer of the same name would be a leak no sweep
+    // finds (its name is a live Service's).
+    calls.duplicates_deleted += delete_settled(client, &extra).await?;
+    let lb = match found.pop() {
         Some(lb) => lb,
         None => {
             let (id, _job) = client
@@ -220,14 +258,17 @@ fn same_listener(have: &Listener, want: &NewListener) -> bool {
         && have.healthy_check_option == want.health_check.option()
 }
 
-/// Deletes the load balancer named `name`; already gone is done.
+/// Deletes the load balancers named `name` (several, if the cloud took a
+/// create twice); already gone is done. Whether there was one.
 pub async fn remove(client: &Client, name: &str) -> Result<Option<LoadBalancerId>, Error> {
-    let Some(lb) = find(client, name).await? else {
+    let all = find_all(client, name).await?;
+    let Some(first) = all.first().map(|lb| lb.loadbalancer_id.clone()) else {
         return Ok(None);
     };
-    client
-        .delete_load_balancers(std::slice::from_ref(&lb.loadbalancer_id))
-        .await?;
-    info!(lb = %lb.loadbalancer_id, name, "deleted a load balancer");
-    Ok(Some(lb.loadbalancer_id))
+    // A pending one is refused (1400, transient): the finalizer waits for
+    // a later pass.
+    let ids: Vec<LoadBalancerId> = all.iter().map(|lb| lb.loadbalancer_id.clone()).collect();
+    client.delete_load_balancers(&ids).await?;
+    info!(lbs = ?ids, name, "deleted a Service's load balancer");
+    Ok(Some(first))
 }

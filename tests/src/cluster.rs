@@ -323,6 +323,21 @@ impl Cluster {
         }
     }
 
+    /// The first address in Service `name`'s `status.loadBalancer.ingress`.
+    pub fn lb_ingress(&self, name: &str) -> Option<std::net::Ipv4Addr> {
+        self.kubectl(&[
+            "get",
+            "svc",
+            name,
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+    }
+
     /// `kubectl` as the cluster admin.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         self.cp.kubectl(args)

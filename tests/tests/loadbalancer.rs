@@ -9,7 +9,7 @@
 //! the EIP once the first Service is gone — deleted while the node running
 //! the controller was killed, so the other node finishes its work.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,25 +37,6 @@ fn web(replicas: usize) -> String {
     c["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1});
     c["lifecycle"] = json!({"preStop": {"exec": {"command": ["sleep", "4"]}}});
     d.to_string()
-}
-
-fn ingress(cluster: &Cluster) -> Option<Ipv4Addr> {
-    ingress_of(cluster, "web")
-}
-
-fn ingress_of(cluster: &Cluster, service: &str) -> Option<Ipv4Addr> {
-    cluster
-        .kubectl(&[
-            "get",
-            "svc",
-            service,
-            "-o",
-            "jsonpath={.status.loadBalancer.ingress[0].ip}",
-        ])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The sim's load balancers that are not deleted.
@@ -101,10 +82,10 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
         .wait(
             "the Service's load balancer address",
             Duration::from_secs(60),
-            || ingress(&cluster).is_some(),
+            || cluster.lb_ingress("web").is_some(),
         )
         .unwrap();
-    let vip = ingress(&cluster).unwrap();
+    let vip = cluster.lb_ingress("web").unwrap();
     let front = SocketAddr::from((vip, 80));
     eprintln!("load balancer {vip} after {:?}", t.elapsed());
     let finalizers = cluster
@@ -138,7 +119,7 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
     let lbs = live_lbs(&cluster);
     assert_eq!(lbs.len(), 1, "{lbs:?}");
     assert_eq!(
-        backends(&cluster),
+        cluster.bed.sim.lb_forwards_to(),
         pods,
         "the backends are the pods' own addresses"
     );
@@ -182,7 +163,7 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
         .wait(
             "the backends to be the new pods",
             Duration::from_secs(10),
-            || backends(&cluster) == after,
+            || cluster.bed.sim.lb_forwards_to() == after,
         )
         .unwrap();
     eprintln!("rolling update: {ok} requests answered, {failed} failed");
@@ -202,7 +183,7 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
         .unwrap();
     cluster
         .wait("no backends", Duration::from_secs(60), || {
-            backends(&cluster).is_empty()
+            cluster.bed.sim.lb_forwards_to().is_empty()
         })
         .unwrap();
     assert_eq!(client.ns.http_get(front), None);
@@ -221,7 +202,7 @@ fn a_load_balancer_service_reaches_the_pods_through_the_cloud() {
     cluster
         .wait("the backends back", Duration::from_secs(120), || {
             let ready = ready_pods(&cluster);
-            ready.len() == REPLICAS && backends(&cluster) == ready
+            ready.len() == REPLICAS && cluster.bed.sim.lb_forwards_to() == ready
         })
         .unwrap();
     assert_eq!(cluster.bed.sim.injected().get(&1400), Some(&2));
@@ -261,22 +242,6 @@ fn load_balancing_cluster() -> Cluster {
     let mut cluster = Cluster::start(bed, Install::Agents(String::new())).unwrap();
     kubebed::load_balancing_agents(&mut cluster, AGENT_TIMERS, "").unwrap();
     cluster
-}
-
-/// The addresses the load balancer forwards to (its backends as last
-/// applied, not as configured).
-fn backends(cluster: &Cluster) -> std::collections::BTreeSet<String> {
-    live_lbs(cluster)
-        .iter()
-        .flat_map(|lb| {
-            lb["applied"]["listeners"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .flat_map(|l| l[1].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| b["resource_id"].as_str().map(str::to_string))
-        .collect()
 }
 
 /// The addresses of the web pods that are Ready.
@@ -336,7 +301,7 @@ fn an_eip_goes_to_one_service_and_the_other_node_finishes_the_work_of_a_killed_o
     cluster.cp.apply(&public_service("web", &eip)).unwrap();
     cluster
         .wait("web on its EIP", Duration::from_secs(60), || {
-            ingress_of(&cluster, "web") == Some(eip_addr)
+            cluster.lb_ingress("web") == Some(eip_addr)
         })
         .unwrap();
     let front = SocketAddr::from((eip_addr, 80));
@@ -370,7 +335,7 @@ fn an_eip_goes_to_one_service_and_the_other_node_finishes_the_work_of_a_killed_o
             },
         )
         .unwrap();
-    assert_eq!(ingress_of(&cluster, "web2"), None);
+    assert_eq!(cluster.lb_ingress("web2"), None);
     assert_eq!(live_lbs(&cluster).len(), 1);
 
     // The node running the controller is killed; web is deleted meanwhile.
@@ -394,7 +359,7 @@ fn an_eip_goes_to_one_service_and_the_other_node_finishes_the_work_of_a_killed_o
         .unwrap();
     cluster
         .wait("web2 on the EIP", Duration::from_secs(90), || {
-            ingress_of(&cluster, "web2") == Some(eip_addr)
+            cluster.lb_ingress("web2") == Some(eip_addr)
         })
         .unwrap();
     cluster

@@ -126,6 +126,15 @@ impl Drop for Server {
     }
 }
 
+/// UpdateLoadBalancers, and its job to its end.
+async fn apply(c: &Client, lb: &LoadBalancerId) {
+    let job = c
+        .update_load_balancers(std::slice::from_ref(lb))
+        .await
+        .unwrap();
+    done(c, &job).await.unwrap();
+}
+
 async fn described(c: &Client, lb: &LoadBalancerId) -> LoadBalancer {
     let filter = LoadBalancerFilter {
         loadbalancers: vec![lb.clone()],
@@ -282,14 +291,7 @@ fn a_load_balancer_on_the_vxnet_forwards_to_its_healthy_backends_only() {
             "nothing listens before the update"
         );
 
-        done(
-            &c,
-            &c.update_load_balancers(std::slice::from_ref(&lb))
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        apply(&c, &lb).await;
         assert!(described(&c, &lb).await.is_settled());
         backends_become(
             &c,
@@ -420,14 +422,7 @@ fn load_balancer_calls_are_checked_and_a_failing_cloud_changes_nothing() {
             !seen.is_applied() && seen.transition_status.is_empty(),
             "{seen:?}"
         );
-        done(
-            &c,
-            &c.update_load_balancers(std::slice::from_ref(&lb))
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        apply(&c, &lb).await;
         assert!(described(&c, &lb).await.is_settled());
 
         // Tags find it, as the sweep will.

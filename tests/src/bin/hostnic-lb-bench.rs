@@ -15,7 +15,7 @@
 //!   load-balancer calls made meanwhile.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -67,9 +67,9 @@ fn main() -> anyhow::Result<()> {
     cluster.wait(
         "the load balancer's address",
         Duration::from_secs(120),
-        || ingress(&cluster).is_some(),
+        || cluster.lb_ingress("echo").is_some(),
     )?;
-    let target = SocketAddr::from((ingress(&cluster).expect("waited for"), 80));
+    let target = SocketAddr::from((cluster.lb_ingress("echo").expect("waited for"), 80));
 
     println!(
         "Connections from a VM on the vxnet through the cloud's load balancer to {REPLICAS} pods \
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             &format!("{mode} backends applied"),
             Duration::from_secs(60),
             || {
-                let b = applied(&cluster);
+                let b = cluster.bed.sim.lb_forwards_to();
                 !b.is_empty() && b.iter().all(|r| r.starts_with("i-") == instances)
             },
         )?;
@@ -124,7 +124,12 @@ fn main() -> anyhow::Result<()> {
         "hostnic.io/load-balancer-backends=pods",
     ])?;
     cluster.wait("pod backends again", Duration::from_secs(60), || {
-        applied(&cluster).iter().all(|r| !r.starts_with("i-"))
+        cluster
+            .bed
+            .sim
+            .lb_forwards_to()
+            .iter()
+            .all(|r| !r.starts_with("i-"))
     })?;
 
     println!(
@@ -155,7 +160,7 @@ fn main() -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        while !applied(&cluster).contains(&ip) {
+        while !cluster.bed.sim.lb_forwards_to().contains(&ip) {
             if ready_at.elapsed() > Duration::from_secs(60) {
                 bail!(
                     "pod {ip} not a backend within 60 s of Ready\n{}",
@@ -180,39 +185,6 @@ fn main() -> anyhow::Result<()> {
         ms(pct(&waits, 99))
     );
     Ok(())
-}
-
-fn ingress(cluster: &Cluster) -> Option<Ipv4Addr> {
-    cluster
-        .kubectl(&[
-            "get",
-            "svc",
-            "echo",
-            "-o",
-            "jsonpath={.status.loadBalancer.ingress[0].ip}",
-        ])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The resource ids the load balancer forwards to (as last applied).
-fn applied(cluster: &Cluster) -> Vec<String> {
-    cluster.bed.sim.inspect()["loadbalancers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|lb| lb["status"] == "active")
-        .flat_map(|lb| {
-            lb["applied"]["listeners"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .flat_map(|l| l[1].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| b["resource_id"].as_str().map(str::to_string))
-        .collect()
 }
 
 /// The Ready web pods: (name, address).

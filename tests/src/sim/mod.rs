@@ -320,6 +320,19 @@ impl Sim {
         })
     }
 
+    /// What the load balancers forward to, as last applied (not as
+    /// configured): every backend's `resource_id`.
+    pub fn lb_forwards_to(&self) -> std::collections::BTreeSet<String> {
+        self.inner
+            .cloud()
+            .lbs
+            .values()
+            .flat_map(|lb| &lb.applied.listeners)
+            .flat_map(|(_, backends)| backends)
+            .map(|b| b.resource_id.clone())
+            .collect()
+    }
+
     /// The account's EIPs: (id, address).
     pub fn eips(&self) -> Vec<(String, Ipv4Addr)> {
         self.inner

@@ -85,13 +85,23 @@ pub fn agent(
 /// Reports `ip` as pod `name`'s address (namespace default), as its
 /// kubelet would once the sandbox is up.
 pub fn report_pod_ip(cp: &ControlPlane, name: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    report_pod_ip_in(cp, "default", name, ip)
+}
+
+/// The same for pod `namespace/name`.
+pub fn report_pod_ip_in(
+    cp: &ControlPlane,
+    namespace: &str,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+) -> anyhow::Result<()> {
     let ip = ip.to_string();
     cp.kubectl(&[
         "patch",
         "pod",
         name,
         "-n",
-        "default",
+        namespace,
         "--subresource=status",
         "--type=merge",
         "-p",

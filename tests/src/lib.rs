@@ -31,7 +31,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 pub use netns::Ns;
-pub use plugin::{CallEnv, Chain, CniCall, PluginError};
+pub use plugin::{CallEnv, Chain, CniCall, PluginError, result_address};
 
 /// The subnet of the testbed's vxnet and its gateway (on the wire bridge).
 pub const SUBNET_PREFIX: &str = "10.99.0";

@@ -278,3 +278,11 @@ impl Chain<'_> {
         Ok(Ok(Value::Null))
     }
 }
+
+/// The first address of an ADD result, without its prefix length.
+pub fn result_address(result: &Value) -> anyhow::Result<std::net::Ipv4Addr> {
+    let cidr = result["ips"][0]["address"]
+        .as_str()
+        .context("an ADD result without an address")?;
+    Ok(cidr.split('/').next().unwrap_or_default().parse()?)
+}

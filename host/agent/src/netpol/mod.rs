@@ -13,7 +13,8 @@
 //!
 //! **Following changes.** Every change the watches deliver marks every
 //! pod of the node; each pod's table is made again and written only when
-//! it differs from what it has. A pod's writes are one at a time, each
+//! it differs from what it has (only the sets that differ, when nothing
+//! else does: `render.rs`). A pod's writes are one at a time, each
 //! from the view of its moment, so the last write a pod gets is from the
 //! newest view; different pods are written side by side. A failed write
 //! is tried again. An API server that is away stops the news, never the
@@ -74,8 +75,8 @@ struct Target {
     writing: Arc<tokio::sync::Mutex<()>>,
     namespace: String,
     name: String,
-    /// The ruleset it has, as last written.
-    applied: Option<String>,
+    /// The table it has, as last written.
+    applied: Option<render::Table>,
     policies: Vec<String>,
 }
 
@@ -270,10 +271,19 @@ impl Enforcer {
         };
         let making = Instant::now();
         let rules = compile::compile(&self.cluster(), &pod);
-        let text = render::ruleset(&rules, &self.node.borrow());
+        let table = render::table(&rules, &self.node.borrow());
+        // Only the sets whose elements changed, when they alone did.
+        let text = match &applied {
+            None => Some(table.replacing(None)),
+            Some(before) => match table.changes(before) {
+                Some(sets) if sets.is_empty() => None,
+                Some(sets) => Some(sets),
+                None => Some(table.replacing(Some(before))),
+            },
+        };
         let made = making.elapsed();
-        let differs = applied.as_ref() != Some(&text);
-        if differs {
+        let differs = text.is_some();
+        if let Some(text) = text {
             let started = Instant::now();
             // An ADD's write is, but for a retried ADD or a pod's second
             // interface, the first into a new namespace: it only adds,
@@ -282,9 +292,9 @@ impl Enforcer {
             // nft.rs): in a process apart it holds up no ADD. (The
             // exceptions are as right in-process, only slower.)
             if add {
-                netns.nft(text.clone()).await?;
+                netns.nft(text).await?;
             } else {
-                netns.nft_apart(text.clone()).await?;
+                netns.nft_apart(text).await?;
             }
             debug!(
                 pod = %format!("{namespace}/{name}"),
@@ -296,7 +306,7 @@ impl Enforcer {
             );
         }
         if let Some(t) = self.targets().get_mut(key) {
-            t.applied = Some(text);
+            t.applied = Some(table);
             t.policies = rules.policies;
         }
         Ok(differs)

@@ -1,13 +1,16 @@
 //! A pod's policy rules as the nftables table of its own namespace, in
 //! nft's script syntax: pure, so it is tested without a kernel.
 //!
-//! One `inet` table with the same shape in every pod — two sets (the
-//! node's addresses, the Services' ClusterIPs) and two base chains, on
-//! `input` (ingress) and `output` (egress), `policy accept` — whose
-//! contents are replaced in one transaction: the chains and sets flushed
-//! and filled again. Nothing is deleted but rules and elements: taking a
-//! table or a hooked chain away makes the kernel wait out an RCU grace
-//! period (~12 ms here), and the table is written on every ADD.
+//! One `inet` table in every pod — two sets (the node's addresses, the
+//! Services' ClusterIPs), a named set per rule for its peers, and two base
+//! chains, on `input` (ingress) and `output` (egress), `policy accept`.
+//! When only peers changed (a pod of a selector came or went, a Service's
+//! backends moved), only the sets that differ are flushed and filled again
+//! ([`Table::changes`]); else everything is replaced in one transaction:
+//! the chains and sets flushed and filled again, and sets no rule uses any
+//! more deleted ([`Table::replacing`]). The table and its hooked chains are
+//! never deleted: that makes the kernel wait out an RCU grace period
+//! (~12 ms here), and the table is written on every ADD.
 //!
 //! A direction no policy isolates has an empty chain (everything passes).
 //! An isolated one, in order: accepts loopback, the packets of
@@ -17,7 +20,7 @@
 //! at once, where a drop would make the client wait for its timeout): TCP
 //! with a reset, the rest with an ICMP error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
@@ -31,49 +34,120 @@ pub const TABLE: &str = "hostnic-policy";
 /// The comment of the rule that rejects what no policy allowed.
 pub const DENIED: &str = "denied";
 
-/// The pod's table, its contents replacing what it had.
-pub fn ruleset(rules: &PodRules, node: &BTreeSet<Ipv4Addr>) -> String {
-    let mut out = format!(
-        "table inet {TABLE} {{\n\
-         \tset node {{ type ipv4_addr; }}\n\
-         \tset services {{ type ipv4_addr; }}\n\
-         \tchain ingress {{ type filter hook input priority filter; policy accept; }}\n\
-         \tchain egress {{ type filter hook output priority filter; policy accept; }}\n\
-         }}\n\
-         flush chain inet {TABLE} ingress\n\
-         flush chain inet {TABLE} egress\n\
-         flush set inet {TABLE} node\n\
-         flush set inet {TABLE} services\n"
-    );
-    elements(&mut out, "node", node);
-    elements(&mut out, "services", &rules.services);
-    chain(&mut out, "ingress", "iif", "saddr", &rules.ingress);
-    chain(&mut out, "egress", "oif", "daddr", &rules.egress);
-    out
+/// Sets of single addresses (the node's, the ClusterIPs).
+const ADDRESSES: &str = "type ipv4_addr;";
+/// Sets of a rule's peers: addresses and prefixes.
+const PREFIXES: &str = "type ipv4_addr; flags interval;";
+/// Sets of (address, protocol, port) triples.
+const TRIPLES: &str = "type ipv4_addr . inet_proto . inet_service;";
+
+/// A pod's table: its shape (the sets it declares, the rules of its
+/// chains) and what each set holds. A rule's peers (the addresses of the
+/// pods its selectors pick, its Services' triples) are a named set of
+/// their own, so a peer coming or going changes a set's elements, not the
+/// rules, and the rules' counters go on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    /// By name: its declaration and its elements.
+    sets: BTreeMap<String, (&'static str, Vec<String>)>,
+    /// `add rule` lines, ingress's then egress's.
+    rules: Vec<String>,
 }
 
-fn elements(out: &mut String, set: &str, addrs: &BTreeSet<Ipv4Addr>) {
-    if !addrs.is_empty() {
+impl Table {
+    /// The whole table, replacing what the pod's table had: `before`, as
+    /// last written (its sets this table has no more are deleted), or
+    /// unknown.
+    pub fn replacing(&self, before: Option<&Table>) -> String {
+        let mut out = format!("table inet {TABLE} {{\n");
+        for (name, (kind, _)) in &self.sets {
+            let _ = writeln!(out, "\tset {name} {{ {kind} }}");
+        }
+        let _ = write!(
+            out,
+            "\tchain ingress {{ type filter hook input priority filter; policy accept; }}\n\
+             \tchain egress {{ type filter hook output priority filter; policy accept; }}\n\
+             }}\n\
+             flush chain inet {TABLE} ingress\n\
+             flush chain inet {TABLE} egress\n"
+        );
+        for gone in before
+            .into_iter()
+            .flat_map(|b| b.sets.keys())
+            .filter(|name| !self.sets.contains_key(*name))
+        {
+            let _ = writeln!(out, "delete set inet {TABLE} {gone}");
+        }
+        for (name, (_, elements)) in &self.sets {
+            fill(&mut out, name, elements);
+        }
+        for rule in &self.rules {
+            out.push_str(rule);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// What makes `before` this table when they differ in their sets'
+    /// elements only: those sets flushed and filled again (empty when
+    /// nothing differs). `None` when their shapes differ: then
+    /// [`Table::replacing`].
+    pub fn changes(&self, before: &Table) -> Option<String> {
+        let same_sets = self.sets.len() == before.sets.len()
+            && self
+                .sets
+                .iter()
+                .zip(&before.sets)
+                .all(|((a, (x, _)), (b, (y, _)))| a == b && x == y);
+        if !same_sets || self.rules != before.rules {
+            return None;
+        }
+        let mut out = String::new();
+        for ((name, (_, now)), (_, (_, was))) in self.sets.iter().zip(&before.sets) {
+            if now != was {
+                fill(&mut out, name, now);
+            }
+        }
+        Some(out)
+    }
+}
+
+fn fill(out: &mut String, set: &str, elements: &[String]) {
+    let _ = writeln!(out, "flush set inet {TABLE} {set}");
+    if !elements.is_empty() {
         let _ = writeln!(
             out,
             "add element inet {TABLE} {set} {{ {} }}",
-            join(addrs.iter().map(Ipv4Addr::to_string))
+            elements.join(", ")
         );
     }
+}
+
+/// The pod's table.
+pub fn table(rules: &PodRules, node: &BTreeSet<Ipv4Addr>) -> Table {
+    let mut t = Table::default();
+    let addresses =
+        |a: &BTreeSet<Ipv4Addr>| (ADDRESSES, a.iter().map(Ipv4Addr::to_string).collect());
+    t.sets.insert("node".into(), addresses(node));
+    t.sets.insert("services".into(), addresses(&rules.services));
+    chain(&mut t, "ingress", "iif", "saddr", &rules.ingress);
+    chain(&mut t, "egress", "oif", "daddr", &rules.egress);
+    t
 }
 
 /// One direction's rules. Egress to a ClusterIP is judged by the triples
 /// of the Services in front of allowed pods: after the triples and the
 /// rules that admit everything, any other Service address is rejected
 /// before a rule could admit it by its own address.
-fn chain(out: &mut String, name: &str, iface: &str, addr: &str, rules: &Direction) {
+fn chain(t: &mut Table, name: &str, iface: &str, addr: &str, rules: &Direction) {
     let Some(rules) = rules else { return };
     let rule = format!("add rule inet {TABLE} {name} ");
-    let _ = writeln!(out, "{rule}{iface} \"lo\" accept");
-    let _ = writeln!(out, "{rule}ct state established,related accept");
-    let _ = writeln!(out, "{rule}ct state invalid drop");
-    let _ = writeln!(out, "{rule}ip {addr} @node accept");
-    let everything = |a: &&Allow| {
+    t.rules.push(format!("{rule}{iface} \"lo\" accept"));
+    t.rules
+        .push(format!("{rule}ct state established,related accept"));
+    t.rules.push(format!("{rule}ct state invalid drop"));
+    t.rules.push(format!("{rule}ip {addr} @node accept"));
+    let everything = |(_, a): &Placed| {
         matches!(
             a.what,
             Admits::Triples(_)
@@ -83,54 +157,60 @@ fn chain(out: &mut String, name: &str, iface: &str, addr: &str, rules: &Directio
                 }
         )
     };
-    let (first, rest): (Vec<&Allow>, Vec<&Allow>) = rules.iter().partition(everything);
-    accepts(out, &rule, &first, name, addr);
+    // Each rule's sets are named after its place in the direction.
+    let (first, rest): (Vec<Placed>, Vec<Placed>) = rules.iter().enumerate().partition(everything);
+    accepts(t, &rule, &first, name, addr);
     if name == "egress" {
-        deny(out, &rule, "ip daddr @services ");
+        deny(t, &rule, "ip daddr @services ");
     }
-    accepts(out, &rule, &rest, name, addr);
-    deny(out, &rule, "");
+    accepts(t, &rule, &rest, name, addr);
+    deny(t, &rule, "");
 }
 
 /// Refuses what `matching` matches: a TCP connection with a reset (the
 /// client fails at once; an ICMP error only after its SYN's first
 /// retransmission, a second later), anything else with an ICMP error.
-fn deny(out: &mut String, rule: &str, matching: &str) {
-    let _ = writeln!(
-        out,
+fn deny(t: &mut Table, rule: &str, matching: &str) {
+    t.rules.push(format!(
         "{rule}{matching}meta l4proto tcp counter reject with tcp reset comment \"{DENIED}\""
-    );
-    let _ = writeln!(out, "{rule}{matching}counter reject comment \"{DENIED}\"");
+    ));
+    t.rules.push(format!(
+        "{rule}{matching}counter reject comment \"{DENIED}\""
+    ));
 }
 
-fn accepts(out: &mut String, rule: &str, allows: &[&Allow], direction: &str, addr: &str) {
-    for allow in allows {
-        for line in lines(allow, addr) {
-            let _ = writeln!(
-                out,
+/// A rule and its place among its direction's.
+type Placed<'a> = (usize, &'a Allow);
+
+fn accepts(t: &mut Table, rule: &str, allows: &[Placed], direction: &str, addr: &str) {
+    for &(place, allow) in allows {
+        let set = format!("{direction}-{place}");
+        for line in lines(t, allow, addr, &set) {
+            t.rules.push(format!(
                 "{rule}{line} counter accept comment \"{}\"",
                 comment(allow, direction)
-            );
+            ));
         }
     }
 }
 
-/// The matches of one rule, a line each; none for a rule that admits
-/// nobody (a selector that selects no pod yet).
-fn lines(allow: &Allow, addr: &str) -> Vec<String> {
+/// The matches of one rule, a line each, its sets (named after `set`)
+/// into `t`.
+fn lines(t: &mut Table, allow: &Allow, addr: &str, set: &str) -> Vec<String> {
     match &allow.what {
-        Admits::Triples(t) if t.is_empty() => Vec::new(),
-        Admits::Triples(t) => vec![format!(
-            "ip {addr} . meta l4proto . th dport {{ {} }}",
-            join(
-                t.iter()
-                    .map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.nft()))
-            )
-        )],
+        Admits::Triples(triples) => {
+            let set = format!("{set}-triples");
+            let elements = triples
+                .iter()
+                .map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.nft()))
+                .collect();
+            t.sets.insert(set.clone(), (TRIPLES, elements));
+            vec![format!("ip {addr} . meta l4proto . th dport @{set}")]
+        }
         Admits::Match { peers: p, ports: q } => {
             let peers = match p {
                 None => vec![String::new()],
-                Some(list) => peers(list, addr),
+                Some(list) => peers(t, list, addr, set),
             };
             let ports = match q {
                 None => vec![String::new()],
@@ -148,31 +228,32 @@ fn lines(allow: &Allow, addr: &str) -> Vec<String> {
     }
 }
 
-/// A rule's peers as matches: every address and plain block in one set
-/// (merged: nft refuses overlapping elements), each block with excepts on
-/// its own. None when they admit nobody.
-fn peers(list: &[Peer], addr: &str) -> Vec<String> {
-    let mut plain = Vec::new();
+/// A rule's peers as matches: every address and plain block in one named
+/// set (merged: nft refuses overlapping elements; empty while its
+/// selectors pick nobody), each block with excepts on its own.
+fn peers(t: &mut Table, list: &[Peer], addr: &str, set: &str) -> Vec<String> {
+    let mut plain: Option<Vec<Ipv4Net>> = None;
     let mut out = Vec::new();
     for p in list {
         match p {
-            Peer::Addrs(a) => plain.extend(a.iter().map(|ip| Ipv4Net::from(*ip))),
-            Peer::Block { cidr, except } if except.is_empty() => plain.push(cidr.trunc()),
+            Peer::Addrs(a) => plain
+                .get_or_insert_default()
+                .extend(a.iter().map(|ip| Ipv4Net::from(*ip))),
+            Peer::Block { cidr, except } if except.is_empty() => {
+                plain.get_or_insert_default().push(cidr.trunc())
+            }
             Peer::Block { cidr, except } => out.push(format!(
                 "ip {addr} {} ip {addr} != {}",
                 cidr.trunc(),
-                set(Ipv4Net::aggregate(except).iter().map(net))
+                set_of(Ipv4Net::aggregate(except).iter().map(net))
             )),
         }
     }
-    if !plain.is_empty() {
-        out.insert(
-            0,
-            format!(
-                "ip {addr} {}",
-                set(Ipv4Net::aggregate(&plain).iter().map(net))
-            ),
-        );
+    if let Some(plain) = plain {
+        let set = format!("{set}-peers");
+        let elements = Ipv4Net::aggregate(&plain).iter().map(net).collect();
+        t.sets.insert(set.clone(), (PREFIXES, elements));
+        out.insert(0, format!("ip {addr} @{set}"));
     }
     out
 }
@@ -219,14 +300,14 @@ fn ports(list: &[PortRange]) -> Vec<String> {
                         format!("{a}-{b}")
                     }
                 });
-                format!("meta l4proto {} th dport {}", proto.nft(), set(items))
+                format!("meta l4proto {} th dport {}", proto.nft(), set_of(items))
             }
         })
         .collect()
 }
 
 /// One element bare, several in braces.
-fn set(items: impl Iterator<Item = String>) -> String {
+fn set_of(items: impl Iterator<Item = String>) -> String {
     let items: Vec<String> = items.collect();
     match items.as_slice() {
         [one] => one.clone(),
@@ -245,10 +326,6 @@ fn comment(allow: &Allow, direction: &str) -> String {
     format!("{policy}{tail}")
 }
 
-fn join(items: impl Iterator<Item = String>) -> String {
-    items.collect::<Vec<_>>().join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +337,10 @@ mod tests {
             index: 0,
             what,
         }
+    }
+
+    fn ruleset(rules: &PodRules, node: &BTreeSet<Ipv4Addr>) -> String {
+        table(rules, node).replacing(None)
     }
 
     /// The rules `text` adds to `chain`, without the command.
@@ -315,11 +396,22 @@ mod tests {
                 "ct state established,related accept",
                 "ct state invalid drop",
                 "ip saddr @node accept",
-                "ip saddr 10.0.0.5 meta l4proto tcp th dport 80-81 counter accept comment \"x/deny ingress 0\"",
+                "ip saddr @ingress-0-peers meta l4proto tcp th dport 80-81 counter accept comment \"x/deny ingress 0\"",
                 "ip saddr 10.0.0.0/16 ip saddr != 10.0.1.0/24 meta l4proto tcp th dport 80-81 counter accept comment \"x/deny ingress 0\"",
                 "meta l4proto tcp counter reject with tcp reset comment \"denied\"",
                 "counter reject comment \"denied\"",
             ],
+            "{text}"
+        );
+        assert!(
+            text.contains("\tset ingress-0-peers { type ipv4_addr; flags interval; }\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "flush set inet hostnic-policy ingress-0-peers\n\
+                 add element inet hostnic-policy ingress-0-peers { 10.0.0.5 }\n"
+            ),
             "{text}"
         );
     }
@@ -349,10 +441,10 @@ mod tests {
         assert_eq!(
             rules(&text, "egress")[4..],
             [
-                "ip daddr . meta l4proto . th dport { 10.96.0.10 . udp . 53 } counter accept comment \"x/deny egress 0\"",
+                "ip daddr . meta l4proto . th dport @egress-1-triples counter accept comment \"x/deny egress 0\"",
                 "ip daddr @services meta l4proto tcp counter reject with tcp reset comment \"denied\"",
                 "ip daddr @services counter reject comment \"denied\"",
-                "ip daddr 0.0.0.0/0 counter accept comment \"x/deny egress 0\"",
+                "ip daddr @egress-0-peers counter accept comment \"x/deny egress 0\"",
                 "meta l4proto tcp counter reject with tcp reset comment \"denied\"",
                 "counter reject comment \"denied\"",
             ],
@@ -361,6 +453,10 @@ mod tests {
         assert!(
             text.contains("add element inet hostnic-policy services { 10.96.0.10, 10.96.0.11 }")
         );
+        assert!(text.contains(
+            "add element inet hostnic-policy egress-1-triples { 10.96.0.10 . udp . 53 }"
+        ));
+        assert!(text.contains("add element inet hostnic-policy egress-0-peers { 0.0.0.0/0 }"));
         assert!(
             !text.contains("add element inet hostnic-policy node"),
             "{text}"
@@ -397,13 +493,68 @@ mod tests {
             ]),
         });
         // 10,000 adjacent /30s are five prefixes; the ranges merge.
+        let mut t = Table::default();
         assert_eq!(
-            lines(&a, "saddr"),
+            lines(&mut t, &a, "saddr", "ingress-0"),
+            ["ip saddr @ingress-0-peers meta l4proto tcp th dport { 80-101, 443 }"]
+        );
+        assert_eq!(
+            t.sets["ingress-0-peers"].1,
             [
-                "ip saddr { 10.0.0.0/17, 10.0.128.0/20, 10.0.144.0/21, 10.0.152.0/22, 10.0.156.0/26, 192.168.0.1 } \
-                 meta l4proto tcp th dport { 80-101, 443 }"
+                "10.0.0.0/17",
+                "10.0.128.0/20",
+                "10.0.144.0/21",
+                "10.0.152.0/22",
+                "10.0.156.0/26",
+                "192.168.0.1"
             ]
         );
+    }
+
+    #[test]
+    fn a_peer_coming_changes_its_set_only_and_a_rule_gone_deletes_its_set() {
+        let peers = |ips: &[[u8; 4]]| PodRules {
+            ingress: Some(vec![allow(Admits::Match {
+                peers: Some(vec![Peer::Addrs(
+                    ips.iter().map(|ip| Ipv4Addr::from(*ip)).collect(),
+                )]),
+                ports: None,
+            })]),
+            egress: None,
+            policies: vec!["x/deny".into()],
+            services: BTreeSet::new(),
+        };
+        let node = [Ipv4Addr::new(10, 0, 0, 1)].into();
+        let none = table(&peers(&[]), &node);
+        let one = table(&peers(&[[10, 0, 0, 5]]), &node);
+        // Selecting nobody yet, the rule is there with an empty set.
+        assert!(
+            none.replacing(None)
+                .contains("ip saddr @ingress-0-peers counter accept"),
+            "{}",
+            none.replacing(None)
+        );
+        assert_eq!(one.changes(&one).as_deref(), Some(""));
+        assert_eq!(
+            one.changes(&none).as_deref(),
+            Some(
+                "flush set inet hostnic-policy ingress-0-peers\n\
+                 add element inet hostnic-policy ingress-0-peers { 10.0.0.5 }\n"
+            )
+        );
+        // Another shape is replaced whole; the set no rule uses goes.
+        let open = table(&PodRules::default(), &node);
+        assert_eq!(open.changes(&one), None);
+        let replaced = open.replacing(Some(&one));
+        assert!(
+            replaced.contains("delete set inet hostnic-policy ingress-0-peers\n"),
+            "{replaced}"
+        );
+        assert!(
+            replaced.find("flush chain inet hostnic-policy ingress") < replaced.find("delete set"),
+            "the rules using a set go before it: {replaced}"
+        );
+        assert!(!open.replacing(None).contains("delete"));
     }
 
     #[test]

@@ -250,6 +250,23 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
             .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
     };
     assert_eq!(value("hostnic_netpol_isolated_pods "), 1.0);
+    // The rules are those of the isolated pod's table, as the kernel has
+    // them (the others' chains are empty).
+    let listed: Value = serde_json::from_str(
+        &web_ns
+            .exec("nft", &["-j", "list", "table", "inet", "hostnic-policy"])
+            .unwrap(),
+    )
+    .unwrap();
+    let in_kernel = listed["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o.get("rule").is_some())
+        .count();
+    assert!(in_kernel > 0);
+    assert_eq!(value("hostnic_netpol_rules "), in_kernel as f64);
+    assert!(value("hostnic_netpol_set_elements ") > 0.0);
     // Each ADD wrote its pod's table (a cold one told to come back
     // writes it again).
     assert!(value("hostnic_netpol_table_writes_total{trigger=\"add\",result=\"written\"} ") >= 3.0);

@@ -145,6 +145,8 @@ pub struct Metrics {
     netpol_writes: Family<NetpolLabels, Counter>,
     netpol_sync: Histogram,
     netpol_isolated: Gauge,
+    netpol_rules: Gauge,
+    netpol_elements: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -176,6 +178,8 @@ impl Metrics {
             netpol_writes: Family::default(),
             netpol_sync: latency(),
             netpol_isolated: Gauge::default(),
+            netpol_rules: Gauge::default(),
+            netpol_elements: Gauge::default(),
         };
         r.register(
             "build",
@@ -284,6 +288,16 @@ impl Metrics {
             "The node's pods some NetworkPolicy isolates",
             m.netpol_isolated.clone(),
         );
+        r.register(
+            "netpol_rules",
+            "Rules in the NetworkPolicy tables of the node's pods",
+            m.netpol_rules.clone(),
+        );
+        r.register(
+            "netpol_set_elements",
+            "Elements in the sets of the NetworkPolicy tables of the node's pods (peers' addresses and prefixes, Services' triples, the node's addresses)",
+            m.netpol_elements.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -298,10 +312,18 @@ impl Metrics {
     }
 
     /// A change made true on every pod of the node, `elapsed` after it
-    /// was delivered; `isolated` of them are isolated now.
-    pub fn netpol_synced(&self, elapsed: Duration, isolated: usize) {
+    /// was delivered; `isolated` of them are isolated now, and their
+    /// tables hold `rules` rules and `elements` set elements.
+    pub fn netpol_synced(
+        &self,
+        elapsed: Duration,
+        isolated: usize,
+        (rules, elements): (usize, usize),
+    ) {
         self.netpol_sync.observe(elapsed.as_secs_f64());
         self.netpol_isolated.set(isolated as i64);
+        self.netpol_rules.set(rules as i64);
+        self.netpol_elements.set(elements as i64);
     }
 
     /// One CNI request served: `verb` is the RPC operation's name.

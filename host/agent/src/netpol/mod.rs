@@ -358,12 +358,14 @@ impl Enforcer {
                 }
             }
             if !failed {
-                let isolated = self
-                    .targets()
+                let targets = self.targets();
+                let isolated = targets.values().filter(|t| !t.policies.is_empty()).count();
+                let size = targets
                     .values()
-                    .filter(|t| !t.policies.is_empty())
-                    .count();
-                metrics().netpol_synced(since.elapsed(), isolated);
+                    .filter_map(|t| t.applied.as_ref())
+                    .fold((0, 0), |(r, e), t| (r + t.rules(), e + t.elements()));
+                drop(targets);
+                metrics().netpol_synced(since.elapsed(), isolated, size);
             }
             let retry = async {
                 if failed {

@@ -112,6 +112,18 @@ impl Table {
     }
 }
 
+impl Table {
+    /// How many rules its chains hold.
+    pub fn rules(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// How many elements its sets hold.
+    pub fn elements(&self) -> usize {
+        self.sets.values().map(|(_, e)| e.len()).sum()
+    }
+}
+
 fn fill(out: &mut String, set: &str, elements: &[String]) {
     let _ = writeln!(out, "flush set inet {TABLE} {set}");
     if !elements.is_empty() {

@@ -210,6 +210,7 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
         "{counters}"
     );
     assert!(packets(&counters["denied"]) >= 1, "{counters}");
+    let admitted = packets(&counters["rules"]["default/web-from-clients ingress 0"]);
 
     // A peer's labels change: it is let in, then kept out again.
     for (role, let_in) in [("client", true), ("other", false)] {
@@ -230,6 +231,21 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
         )
         .unwrap();
     }
+    // A peer coming and going changed the rule's set, not the rule: its
+    // counter went on, one connection up.
+    let status = agent_status(&bed.socket(0)).unwrap();
+    let web = status["network_policy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap()
+        .clone();
+    let counters = &web["counters"];
+    assert!(
+        packets(&counters["rules"]["default/web-from-clients ingress 0"]) > admitted,
+        "the rule's counter started again: {admitted} before, {counters} now"
+    );
 
     // The API server goes away without a word: the rules stand.
     cp.pause("kube-apiserver", true).unwrap();

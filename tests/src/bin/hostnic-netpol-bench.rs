@@ -4,7 +4,10 @@
 //! 1. Warm ADD and DEL through the executable with enforcement off, and on
 //!    with 0, 10 and 100 policies in the pods' namespace (each selecting
 //!    the pods, each rule a pod selector and a port), in rounds of the same
-//!    run, each round starting with the next mode.
+//!    run, each round starting with the next mode. The selectors pick no
+//!    pod (a rule admitting nobody is not written), except in the last
+//!    mode: 100 peer pods (of another node, their addresses reported),
+//!    one for each policy, so each ADD writes 100 rules and 100 sets.
 //! 2. From a policy's creation to its enforcement: a pod listening, a peer
 //!    probing it every few milliseconds; the time from `kubectl apply` of a
 //!    policy that shuts the peer out until the peer is refused, and from
@@ -49,21 +52,49 @@ fn main() -> anyhow::Result<()> {
     let items: Vec<Value> = (0..per_round).map(|i| pod(&format!("p{i}"))).collect();
     cp.apply(&json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string())?;
 
-    // (name, [kubernetes] keys, policies in the namespace)
+    // The peers the last mode's policies admit: client-<i> for policy i.
+    // (no controller manager makes the namespace's ServiceAccount here)
+    let peers: Vec<Value> = [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "clients"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "default", "namespace": "clients"}}),
+    ]
+    .into_iter()
+    .chain((0..100).map(peer))
+    .collect();
+    cp.apply(&json!({"apiVersion": "v1", "kind": "List", "items": peers}).to_string())?;
+    for i in 0..100u8 {
+        kubebed::report_pod_ip_in(
+            &cp,
+            "clients",
+            &format!("client-{i}"),
+            std::net::Ipv4Addr::new(192, 0, 2, i + 1),
+        )?;
+    }
+
+    // (name, [kubernetes] keys, policies in the namespace, their peers'
+    // namespace)
     let modes = [
-        ("enforcement off", "network_policy = false\n", 0),
-        ("on, 0 policies", "network_policy = true\n", 0),
-        ("on, 10 policies", "network_policy = true\n", 10),
-        ("on, 100 policies", "network_policy = true\n", 100),
+        ("enforcement off", "network_policy = false\n", 0, NOBODY),
+        ("on, 0 policies", "network_policy = true\n", 0, NOBODY),
+        ("on, 10 policies", "network_policy = true\n", 10, NOBODY),
+        ("on, 100 policies", "network_policy = true\n", 100, NOBODY),
+        (
+            "on, 100 policies, a peer each",
+            "network_policy = true\n",
+            100,
+            "clients",
+        ),
     ];
     let mut samples: Vec<Samples> = modes.iter().map(|_| Samples::default()).collect();
     for round in 0..rounds {
         for m in (0..modes.len()).map(|k| (k + round) % modes.len()) {
-            let (_, kube, policies) = modes[m];
-            set_policies(&cp, policies)?;
+            let (_, kube, policies, peers) = modes[m];
+            set_policies(&cp, policies, peers)?;
             let agent = kubebed::agent(&bed, &cp, 0, (WARM, kube), "")?;
             wait_warm(&bed, per_round)?;
-            add_del(&bed, round * per_round, per_round, &mut samples[m])?;
+            let sets = if peers == NOBODY { 0 } else { policies };
+            add_del(&bed, round * per_round, per_round, sets, &mut samples[m])?;
             // The agent's own time for each of this round's ADDs (its
             // audit), free of the executable's start.
             let phases = stats::phases(&bed.status(0)?)?;
@@ -74,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             drop(agent);
         }
     }
-    set_policies(&cp, 0)?;
+    set_policies(&cp, 0, NOBODY)?;
 
     println!("| mode | ADD p50 | ADD p99 | in the agent p50 | DEL p50 | DEL p99 |");
     println!("|---|---|---|---|---|---|");
@@ -153,9 +184,24 @@ fn pod(name: &str) -> Value {
     })
 }
 
+/// A namespace without pods: policies admitting its pods admit nobody.
+const NOBODY: &str = "nobody";
+
+/// Peer pod `client-<i>` of namespace clients (on a node of its own), the
+/// only pod labelled role=client-<i>.
+fn peer(i: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("client-{i}"), "namespace": "clients",
+                     "labels": {"role": format!("client-{i}")}},
+        "spec": {"nodeName": "node-elsewhere", "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "busybox"}]},
+    })
+}
+
 /// Exactly `n` policies in namespace default, each selecting app=web and
-/// admitting role=client-<i> on the named port.
-fn set_policies(cp: &ControlPlane, n: usize) -> anyhow::Result<()> {
+/// admitting role=client-<i> of namespace `peers` on the named port.
+fn set_policies(cp: &ControlPlane, n: usize, peers: &str) -> anyhow::Result<()> {
     cp.kubectl(&[
         "delete",
         "networkpolicies",
@@ -173,7 +219,8 @@ fn set_policies(cp: &ControlPlane, n: usize) -> anyhow::Result<()> {
                 "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": {"name": format!("np{i}"), "namespace": "default"},
                 "spec": {"podSelector": {"matchLabels": {"app": "web"}},
-                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": format!("client-{i}")}}}],
+                         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": peers}},
+                                                "podSelector": {"matchLabels": {"role": format!("client-{i}")}}}],
                                       "ports": [{"port": "http"}]}]},
             })
         })
@@ -240,8 +287,15 @@ fn call(
     }
 }
 
-/// ADD then DEL of `n` pods (`p0`…), each timed through the executable.
-fn add_del(bed: &CloudBed, first: usize, n: usize, s: &mut Samples) -> anyhow::Result<()> {
+/// ADD then DEL of `n` pods (`p0`…), each timed through the executable;
+/// the first pod's table must have `sets` sets of peers.
+fn add_del(
+    bed: &CloudBed,
+    first: usize,
+    n: usize,
+    sets: usize,
+    s: &mut Samples,
+) -> anyhow::Result<()> {
     let nss: Vec<Ns> = (0..n)
         .map(|i| Ns::new(&format!("npb{i}")))
         .collect::<Result<_, _>>()?;
@@ -255,6 +309,15 @@ fn add_del(bed: &CloudBed, first: usize, n: usize, s: &mut Samples) -> anyhow::R
             ns,
         )?);
         s.add.push(t.elapsed());
+    }
+    if let Some(ns) = nss.first().filter(|_| n > 0) {
+        let listed = ns.exec("nft", &["list", "table", "inet", "hostnic-policy"]);
+        let found = listed.map_or(0, |l| {
+            l.lines().filter(|l| l.contains("set ingress-")).count()
+        });
+        if found != sets {
+            bail!("pod p0's table has {found} sets of peers, not {sets}");
+        }
     }
     for ((i, ns), prev) in nss.iter().enumerate().zip(results) {
         let t = Instant::now();

@@ -13,13 +13,15 @@
 //! gratuitous ARP that moves an address to another MAC in `arp.rs`, and
 //! the bandwidth limits of a pod's interface in `shaping.rs` (the tc
 //! requests they take in `tc.rs`, the kernel's `tbf` parameters in
-//! `tbf.rs`); nftables rulesets, applied in a namespace by libnftables, in
-//! `nft.rs`.
+//! `tbf.rs`); the nftables tables hostnic owns, written over its own
+//! nf_tables socket, in `nftables/`, and rulesets applied and listed by
+//! nft's own code in `nft.rs`.
 
 mod arp;
 mod mac;
 mod netns;
 mod nft;
+pub mod nftables;
 mod ops;
 mod routing;
 mod shaping;

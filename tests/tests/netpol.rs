@@ -121,6 +121,33 @@ fn serve(listener: std::net::TcpListener) -> Arc<AtomicUsize> {
     accepted
 }
 
+/// `nft flush table` and `delete table` in `ns`, as a process of the pod
+/// would run them, are refused and change nothing.
+fn cannot_touch_the_table(ns: &Ns) {
+    let before = ns
+        .exec("nft", &["list", "table", "inet", "hostnic-policy"])
+        .unwrap();
+    for verb in ["flush", "delete"] {
+        let why = ns
+            .exec("nft", &[verb, "table", "inet", "hostnic-policy"])
+            .expect_err("the pod changed its own rules");
+        assert!(
+            format!("{why:#}").contains("Operation not permitted"),
+            "{verb}: {why:#}"
+        );
+    }
+    let after = ns
+        .exec("nft", &["list", "table", "inet", "hostnic-policy"])
+        .unwrap();
+    // Counters move with traffic; the rules are the same.
+    let rules = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| l.split(" counter packets").next().unwrap_or(l).to_string())
+            .collect()
+    };
+    assert_eq!(rules(&before), rules(&after));
+}
+
 fn connects(from: &Ns) -> bool {
     from.connects(web(), Duration::from_millis(500))
 }
@@ -211,6 +238,11 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
     );
     assert!(packets(&counters["denied"]) >= 1, "{counters}");
     let admitted = packets(&counters["rules"]["default/web-from-clients ingress 0"]);
+
+    // The pod's own processes, with CAP_NET_ADMIN in its namespace,
+    // cannot take its rules away: the agent's socket owns the table.
+    cannot_touch_the_table(&web_ns);
+    assert!(!connects(&no), "the pod's own attempt opened it");
 
     // A peer's labels change: it is let in, then kept out again.
     for (role, let_in) in [("client", true), ("other", false)] {
@@ -308,6 +340,8 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
         "a policy changed while the agent was away: enforced {:?} after its start",
         started.elapsed()
     );
+    // The new agent adopted the table its predecessor left.
+    cannot_touch_the_table(&web_ns);
     for name in ["web-from-clients", "web-from-others"] {
         cp.kubectl(&["delete", "networkpolicy", name, "-n", "default"])
             .unwrap();

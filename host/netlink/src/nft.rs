@@ -1,21 +1,19 @@
-//! nftables in a namespace: a ruleset (nft's script syntax) applied in one
-//! atomic transaction, two ways.
+//! nftables in a namespace by nft's own code, for what hostnic's own
+//! nf_tables socket (`nftables/`) does not do:
 //!
-//! - [`Netns::nft`]: by libnftables — nft's own parser and netlink code —
-//!   called in this process on a thread that has entered the namespace,
-//!   so the library's netlink socket is made there. No process is
-//!   started: an `nft -f -` per write cost an ADD ~2 ms of fork, exec and
-//!   library loading (docs/performance.md, "NetworkPolicy"). libnftables
-//!   keeps process-wide state (its interface cache, its one-time set-up),
-//!   so one call runs at a time. Like nft, it ends the process when it
-//!   cannot open or read a netlink socket, or allocate (its
-//!   `netlink_init_error`, `memory_allocation_error`): the agent is then
-//!   restarted, as after any kill, and finds its pods' tables in place.
-//! - [`Netns::nft_apart`]: by `nft -f -` in a process of its own, for a
-//!   write that replaces rules or elements a namespace has. The kernel
-//!   makes such a commit wait out an RCU grace period (8–24 ms here);
-//!   apart, that wait holds up no other write, as it would behind the one
-//!   in-process call.
+//! - [`Netns::nft_apart`]: a ruleset (nft's script syntax) applied in one
+//!   atomic transaction by `nft -f -` in a process of its own (the return
+//!   path's rules). The kernel makes a commit that replaces rules wait
+//!   out an RCU grace period (8–24 ms here); apart, that wait holds up
+//!   nothing in the agent.
+//! - [`Netns::nft_list_json`]: a listing as libnftables-json(5), by
+//!   libnftables called in this process on a thread that has entered the
+//!   namespace (no process is started). libnftables keeps process-wide
+//!   state (its interface cache, its one-time set-up), so one call runs
+//!   at a time. Like nft, it ends the process when it cannot open or read
+//!   a netlink socket, or allocate (its `netlink_init_error`,
+//!   `memory_allocation_error`): the agent is then restarted, as after any
+//!   kill, and finds its pods' tables in place.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::Write;
@@ -112,16 +110,8 @@ impl Drop for Context {
 
 impl Netns {
     /// Applies `ruleset` (nft's script syntax) in this namespace, all of
-    /// it or none: libnftables sends one netlink batch. Its message names
-    /// what it refused. For a write that only adds (see the module's
-    /// comment).
-    pub async fn nft(&self, ruleset: String) -> Result<()> {
-        let op = format!("applying nftables rules in netns {}", self.label());
-        self.run_nft(op, ruleset, 0).await.map(drop)
-    }
-
-    /// [`Netns::nft`] by an `nft -f -` process of its own (see the
-    /// module's comment).
+    /// it or none, by an `nft -f -` process of its own (see the module's
+    /// comment); the error holds nft's own message.
     pub async fn nft_apart(&self, ruleset: String) -> Result<()> {
         let op = format!("applying nftables rules in netns {}", self.label());
         let nft = nft_program();

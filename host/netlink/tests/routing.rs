@@ -46,7 +46,7 @@ async fn routing_operations_in_throwaway_namespaces() {
 /// A ruleset applied in the namespace (and only there), listed with its
 /// counters, refused whole when one line is wrong.
 async fn nft(ns: &Netns) {
-    ns.nft("table inet hnrt {\n chain c {\n  type filter hook input priority 0\n  counter comment \"c0\"\n }\n}\n".into())
+    ns.nft_apart("table inet hnrt {\n chain c {\n  type filter hook input priority 0\n  counter comment \"c0\"\n }\n}\n".into())
         .await
         .unwrap();
     let listed = ns.nft_list_json("table inet hnrt").await.unwrap();
@@ -60,14 +60,14 @@ async fn nft(ns: &Netns) {
         .nft_list_json("table inet hnrt")
         .await;
     assert!(here.is_err(), "the table is only in the test's namespace");
-    // The same, by a process apart, replacing what the chain had.
+    // Again, replacing what the chain had.
     ns.nft_apart("flush chain inet hnrt c\nadd rule inet hnrt c counter comment \"c1\"\n".into())
         .await
         .unwrap();
     let listed = ns.nft_list_json("table inet hnrt").await.unwrap();
     assert!(listed.contains("c1") && !listed.contains("c0"), "{listed}");
     let why = ns
-        .nft("add table inet hnrt2\nadd chain inet hnrt2 c { type filter hook input priority 0; }\nadd rule inet hnrt2 c nonsense\n".into())
+        .nft_apart("add table inet hnrt2\nadd chain inet hnrt2 c { type filter hook input priority 0; }\nadd rule inet hnrt2 c nonsense\n".into())
         .await
         .unwrap_err()
         .to_string();

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::netpol::View;
-use crate::netpol::compile::{Cluster, NamedPort, PodView, Proto, ServicePort, ServiceView};
+use crate::netpol::compile::{Cluster, NamedPort, PodView, ServicePort, ServiceView, protocol};
 
 /// The four caches, and the counter their changes bump.
 #[derive(Clone, Debug)]
@@ -235,7 +235,7 @@ fn named_ports(pod: &Pod) -> Vec<NamedPort> {
         .filter_map(|p| {
             Some(NamedPort {
                 name: p.name.clone()?,
-                proto: Proto::parse(p.protocol.as_deref())?,
+                proto: protocol(p.protocol.as_deref())?,
                 port: u16::try_from(p.container_port).ok()?,
             })
         })
@@ -257,7 +257,7 @@ fn service_view(svc: &Service) -> Option<ServiceView> {
             .flatten()
             .filter_map(|p| {
                 Some(ServicePort {
-                    proto: Proto::parse(p.protocol.as_deref())?,
+                    proto: protocol(p.protocol.as_deref())?,
                     port: u16::try_from(p.port).ok()?,
                     target: p.target_port.clone().unwrap_or(
                         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0),

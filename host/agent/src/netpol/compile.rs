@@ -26,32 +26,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::select::{Labels, matches};
 
-/// A transport protocol a policy port names (TCP when it names none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-    Sctp,
-}
+/// A transport protocol a policy or a port names.
+pub use hostnic_netlink::nftables::Proto;
 
-impl Proto {
-    /// The API's spelling; `None` for one it does not define.
-    pub fn parse(s: Option<&str>) -> Option<Proto> {
-        match s.unwrap_or("TCP") {
-            "TCP" => Some(Proto::Tcp),
-            "UDP" => Some(Proto::Udp),
-            "SCTP" => Some(Proto::Sctp),
-            _ => None,
-        }
-    }
-
-    /// nftables' name.
-    pub fn nft(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Sctp => "sctp",
-        }
+/// The API's spelling of a protocol (TCP when it names none); `None` for
+/// one it does not define.
+pub fn protocol(s: Option<&str>) -> Option<Proto> {
+    match s.unwrap_or("TCP") {
+        "TCP" => Some(Proto::Tcp),
+        "UDP" => Some(Proto::Udp),
+        "SCTP" => Some(Proto::Sctp),
+        _ => None,
     }
 }
 
@@ -378,7 +363,7 @@ fn peers(
 fn ranges(list: &[NetworkPolicyPort], owner: Option<&PodView>) -> Vec<PortRange> {
     let mut out = Vec::new();
     for p in list {
-        let Some(proto) = Proto::parse(p.protocol.as_deref()) else {
+        let Some(proto) = protocol(p.protocol.as_deref()) else {
             continue;
         };
         match &p.port {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostnic_netlink::Netns;
+use hostnic_netlink::nftables::{Command, Nftables};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -45,6 +46,9 @@ use crate::publish;
 use crate::record::Key;
 
 pub use render::TABLE;
+
+/// The kernel's answer to adopting a table that was never `persist`.
+const EOPNOTSUPP: i32 = 95;
 
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(2);
@@ -71,6 +75,9 @@ pub trait View: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 struct Target {
     netns: Arc<Netns>,
+    /// The nf_tables socket that owns the pod's table, from its first
+    /// write on (closed with the target: the table stays, ownerless).
+    socket: Option<Nftables>,
     /// One write at a time into this pod (see the module's comment).
     writing: Arc<tokio::sync::Mutex<()>>,
     namespace: String,
@@ -157,6 +164,7 @@ impl Enforcer {
             key.clone(),
             Target {
                 netns,
+                socket: None,
                 writing: Arc::default(),
                 namespace: namespace.to_string(),
                 name: name.to_string(),
@@ -238,7 +246,7 @@ impl Enforcer {
     /// Makes `key`'s table from the view now and writes it if it differs
     /// from what the pod has.
     async fn write(&self, key: &Key, add: bool) -> anyhow::Result<()> {
-        let written = self.write_now(key, add).await;
+        let written = self.write_now(key).await;
         let result = match &written {
             Ok(true) => "written",
             Ok(false) => "unchanged",
@@ -249,14 +257,15 @@ impl Enforcer {
     }
 
     /// [`Enforcer::write`]'s work: whether it wrote.
-    async fn write_now(&self, key: &Key, add: bool) -> anyhow::Result<bool> {
+    async fn write_now(&self, key: &Key) -> anyhow::Result<bool> {
         let Some(writing) = self.targets().get(key).map(|t| t.writing.clone()) else {
             return Ok(false);
         };
         let _one = writing.lock().await;
-        let Some((netns, namespace, name, applied)) = self.targets().get(key).map(|t| {
+        let Some((netns, socket, namespace, name, applied)) = self.targets().get(key).map(|t| {
             (
                 t.netns.clone(),
+                t.socket.clone(),
                 t.namespace.clone(),
                 t.name.clone(),
                 t.applied.clone(),
@@ -273,7 +282,7 @@ impl Enforcer {
         let rules = compile::compile(&self.cluster(), &pod);
         let table = render::table(&rules, &self.node.borrow());
         // Only the sets whose elements changed, when they alone did.
-        let text = match &applied {
+        let script = match &applied {
             None => Some(table.replacing(None)),
             Some(before) => match table.changes(before) {
                 Some(sets) if sets.is_empty() => None,
@@ -282,19 +291,30 @@ impl Enforcer {
             },
         };
         let made = making.elapsed();
-        let differs = text.is_some();
-        if let Some(text) = text {
+        let differs = script.is_some();
+        if let Some(script) = script {
             let started = Instant::now();
-            // An ADD's write is, but for a retried ADD or a pod's second
-            // interface, the first into a new namespace: it only adds,
-            // and is quick in this process. Any other replaces what the
-            // pod had, and waits in the kernel (hostnic-netlink's
-            // nft.rs): in a process apart it holds up no ADD. (The
-            // exceptions are as right in-process, only slower.)
-            if add {
-                netns.nft(text).await?;
-            } else {
-                netns.nft_apart(text).await?;
+            let socket = match socket {
+                Some(s) => s,
+                None => {
+                    let s = netns.nftables().await?;
+                    if let Some(t) = self.targets().get_mut(key) {
+                        t.socket = Some(s.clone());
+                    }
+                    s
+                }
+            };
+            match socket.apply(&script).await {
+                // A table an agent before owner flags made cannot be
+                // adopted (`persist` is set only at creation): the first
+                // write replaces it whole, in the same transaction.
+                Err(e) if applied.is_none() && e.errno() == Some(EOPNOTSUPP) => {
+                    info!(pod = %format!("{namespace}/{name}"), "the pod's NetworkPolicy table predates its owner flags; replacing it");
+                    let mut again = script.clone();
+                    again.commands.insert(0, Command::Destroy);
+                    socket.apply(&again).await?;
+                }
+                written => written?,
             }
             debug!(
                 pod = %format!("{namespace}/{name}"),

@@ -1,5 +1,7 @@
-//! A pod's policy rules as the nftables table of its own namespace, in
-//! nft's script syntax: pure, so it is tested without a kernel.
+//! A pod's policy rules as the nftables table of its own namespace: the
+//! commands of one transaction (hostnic-netlink's `nftables`, which
+//! writes them over the agent's own socket and prints them in nft's
+//! syntax). Pure, so it is tested without a kernel.
 //!
 //! One `inet` table in every pod — two sets (the node's addresses, the
 //! Services' ClusterIPs), a named set per rule for its peers, and two base
@@ -21,9 +23,11 @@
 //! with a reset, the rest with an ICMP error.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
 use std::net::Ipv4Addr;
 
+use hostnic_netlink::nftables::{
+    Command, Element, Field, Hook, Match, Proto, Rule, Script, SetKind, Verdict,
+};
 use ipnet::Ipv4Net;
 
 use super::compile::{Admits, Allow, Direction, Peer, PodRules, PortRange};
@@ -34,13 +38,6 @@ pub const TABLE: &str = "hostnic-policy";
 /// The comment of the rule that rejects what no policy allowed.
 pub const DENIED: &str = "denied";
 
-/// Sets of single addresses (the node's, the ClusterIPs).
-const ADDRESSES: &str = "type ipv4_addr;";
-/// Sets of a rule's peers: addresses and prefixes.
-const PREFIXES: &str = "type ipv4_addr; flags interval;";
-/// Sets of (address, protocol, port) triples.
-const TRIPLES: &str = "type ipv4_addr . inet_proto . inet_service;";
-
 /// A pod's table: its shape (the sets it declares, the rules of its
 /// chains) and what each set holds. A rule's peers (the addresses of the
 /// pods its selectors pick, its Services' triples) are a named set of
@@ -48,10 +45,10 @@ const TRIPLES: &str = "type ipv4_addr . inet_proto . inet_service;";
 /// rules, and the rules' counters go on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Table {
-    /// By name: its declaration and its elements.
-    sets: BTreeMap<String, (&'static str, Vec<String>)>,
-    /// `add rule` lines, ingress's then egress's.
-    rules: Vec<String>,
+    /// By name: its kind and its elements.
+    sets: BTreeMap<String, (SetKind, Vec<Element>)>,
+    /// Ingress's rules, then egress's.
+    rules: Vec<Rule>,
 }
 
 impl Table {
@@ -60,19 +57,18 @@ impl Table {
     /// they are, sets it had otherwise are flushed and filled, sets it did
     /// not have are filled, and sets this table has no more are deleted;
     /// with `before` unknown, every set is flushed and filled.
-    pub fn replacing(&self, before: Option<&Table>) -> String {
-        let mut out = self.declared();
-        let _ = write!(
-            out,
-            "flush chain inet {TABLE} ingress\n\
-             flush chain inet {TABLE} egress\n"
-        );
+    pub fn replacing(&self, before: Option<&Table>) -> Script {
+        let mut out = Script::new(TABLE);
+        out.commands.push(self.declared());
+        for chain in ["ingress", "egress"] {
+            out.commands.push(Command::FlushChain(chain.into()));
+        }
         for gone in before
             .into_iter()
             .flat_map(|b| b.sets.keys())
             .filter(|name| !self.sets.contains_key(*name))
         {
-            let _ = writeln!(out, "delete set inet {TABLE} {gone}");
+            out.commands.push(Command::DeleteSet(gone.clone()));
         }
         for (name, (_, elements)) in &self.sets {
             match before.map(|b| b.sets.get(name)) {
@@ -81,28 +77,23 @@ impl Table {
                 _ => fill(&mut out, name, elements),
             }
         }
-        self.add_rules(&mut out);
+        out.commands
+            .extend(self.rules.iter().cloned().map(Command::AddRule));
         out
     }
 
-    /// The table's block: its sets and its two base chains.
-    fn declared(&self) -> String {
-        let mut out = format!("table inet {TABLE} {{\n");
-        for (name, (kind, _)) in &self.sets {
-            let _ = writeln!(out, "\tset {name} {{ {kind} }}");
-        }
-        out.push_str(
-            "\tchain ingress { type filter hook input priority filter; policy accept; }\n\
-             \tchain egress { type filter hook output priority filter; policy accept; }\n\
-             }\n",
-        );
-        out
-    }
-
-    fn add_rules(&self, out: &mut String) {
-        for rule in &self.rules {
-            out.push_str(rule);
-            out.push('\n');
+    /// The table: its sets and its two base chains.
+    fn declared(&self) -> Command {
+        Command::Declare {
+            sets: self
+                .sets
+                .iter()
+                .map(|(name, (kind, _))| (name.clone(), *kind))
+                .collect(),
+            chains: vec![
+                ("ingress".into(), Hook::Input),
+                ("egress".into(), Hook::Output),
+            ],
         }
     }
 
@@ -110,7 +101,7 @@ impl Table {
     /// elements only: those sets flushed and filled again (empty when
     /// nothing differs). `None` when their shapes differ: then
     /// [`Table::replacing`].
-    pub fn changes(&self, before: &Table) -> Option<String> {
+    pub fn changes(&self, before: &Table) -> Option<Script> {
         let same_sets = self.sets.len() == before.sets.len()
             && self
                 .sets
@@ -120,7 +111,7 @@ impl Table {
         if !same_sets || self.rules != before.rules {
             return None;
         }
-        let mut out = String::new();
+        let mut out = Script::new(TABLE);
         for ((name, (_, now)), (_, (_, was))) in self.sets.iter().zip(&before.sets) {
             if now != was {
                 fill(&mut out, name, now);
@@ -143,46 +134,82 @@ impl Table {
 }
 
 /// `set` emptied, then given `elements`.
-fn fill(out: &mut String, set: &str, elements: &[String]) {
-    let _ = writeln!(out, "flush set inet {TABLE} {set}");
+fn fill(out: &mut Script, set: &str, elements: &[Element]) {
+    out.commands.push(Command::FlushSet(set.into()));
     add(out, set, elements);
 }
 
 /// `elements` added to `set`.
-fn add(out: &mut String, set: &str, elements: &[String]) {
+fn add(out: &mut Script, set: &str, elements: &[Element]) {
     if !elements.is_empty() {
-        let _ = writeln!(
-            out,
-            "add element inet {TABLE} {set} {{ {} }}",
-            elements.join(", ")
-        );
+        out.commands
+            .push(Command::AddElements(set.into(), elements.to_vec()));
     }
 }
 
 /// The pod's table.
 pub fn table(rules: &PodRules, node: &BTreeSet<Ipv4Addr>) -> Table {
     let mut t = Table::default();
-    let addresses =
-        |a: &BTreeSet<Ipv4Addr>| (ADDRESSES, a.iter().map(Ipv4Addr::to_string).collect());
+    let addresses = |a: &BTreeSet<Ipv4Addr>| {
+        (
+            SetKind::Addresses,
+            a.iter().copied().map(Element::Addr).collect(),
+        )
+    };
     t.sets.insert("node".into(), addresses(node));
     t.sets.insert("services".into(), addresses(&rules.services));
-    chain(&mut t, "ingress", "iif", "saddr", &rules.ingress);
-    chain(&mut t, "egress", "oif", "daddr", &rules.egress);
+    chain(&mut t, Way::INGRESS, &rules.ingress);
+    chain(&mut t, Way::EGRESS, &rules.egress);
     t
+}
+
+/// A direction: its chain, its hook, and which address is the peer's.
+#[derive(Clone, Copy)]
+struct Way {
+    chain: &'static str,
+    hook: Hook,
+    peer: Field,
+}
+
+impl Way {
+    const INGRESS: Way = Way {
+        chain: "ingress",
+        hook: Hook::Input,
+        peer: Field::Source,
+    };
+    const EGRESS: Way = Way {
+        chain: "egress",
+        hook: Hook::Output,
+        peer: Field::Destination,
+    };
+
+    fn rule(&self, matches: Vec<Match>, verdict: Verdict, comment: Option<String>) -> Rule {
+        Rule {
+            chain: self.chain.into(),
+            matches,
+            counter: comment.is_some(),
+            verdict,
+            comment,
+        }
+    }
 }
 
 /// One direction's rules. Egress to a ClusterIP is judged by the triples
 /// of the Services in front of allowed pods: after the triples and the
 /// rules that admit everything, any other Service address is rejected
 /// before a rule could admit it by its own address.
-fn chain(t: &mut Table, name: &str, iface: &str, addr: &str, rules: &Direction) {
+fn chain(t: &mut Table, way: Way, rules: &Direction) {
     let Some(rules) = rules else { return };
-    let rule = format!("add rule inet {TABLE} {name} ");
-    t.rules.push(format!("{rule}{iface} \"lo\" accept"));
-    t.rules
-        .push(format!("{rule}ct state established,related accept"));
-    t.rules.push(format!("{rule}ct state invalid drop"));
-    t.rules.push(format!("{rule}ip {addr} @node accept"));
+    t.rules.extend([
+        way.rule(vec![Match::Loopback(way.hook)], Verdict::Accept, None),
+        way.rule(vec![Match::EstablishedOrRelated], Verdict::Accept, None),
+        way.rule(vec![Match::Invalid], Verdict::Drop, None),
+        way.rule(
+            vec![Match::InSet(way.peer, "node".into())],
+            Verdict::Accept,
+            None,
+        ),
+    ]);
     let everything = |(_, a): &Placed| {
         matches!(
             a.what,
@@ -195,62 +222,64 @@ fn chain(t: &mut Table, name: &str, iface: &str, addr: &str, rules: &Direction) 
     };
     // Each rule's sets are named after its place in the direction.
     let (first, rest): (Vec<Placed>, Vec<Placed>) = rules.iter().enumerate().partition(everything);
-    accepts(t, &rule, &first, name, addr);
-    if name == "egress" {
-        deny(t, &rule, "ip daddr @services ");
+    accepts(t, way, &first);
+    if way.chain == "egress" {
+        deny(
+            t,
+            way,
+            vec![Match::InSet(Field::Destination, "services".into())],
+        );
     }
-    accepts(t, &rule, &rest, name, addr);
-    deny(t, &rule, "");
+    accepts(t, way, &rest);
+    deny(t, way, Vec::new());
 }
 
 /// Refuses what `matching` matches: a TCP connection with a reset (the
 /// client fails at once; an ICMP error only after its SYN's first
 /// retransmission, a second later), anything else with an ICMP error.
-fn deny(t: &mut Table, rule: &str, matching: &str) {
-    t.rules.push(format!(
-        "{rule}{matching}meta l4proto tcp counter reject with tcp reset comment \"{DENIED}\""
-    ));
-    t.rules.push(format!(
-        "{rule}{matching}counter reject comment \"{DENIED}\""
-    ));
+fn deny(t: &mut Table, way: Way, matching: Vec<Match>) {
+    let mut tcp = matching.clone();
+    tcp.push(Match::Protocol(Proto::Tcp));
+    t.rules
+        .push(way.rule(tcp, Verdict::Reset, Some(DENIED.into())));
+    t.rules
+        .push(way.rule(matching, Verdict::Reject, Some(DENIED.into())));
 }
 
 /// A rule and its place among its direction's.
 type Placed<'a> = (usize, &'a Allow);
 
-fn accepts(t: &mut Table, rule: &str, allows: &[Placed], direction: &str, addr: &str) {
+fn accepts(t: &mut Table, way: Way, allows: &[Placed]) {
     for &(place, allow) in allows {
-        let set = format!("{direction}-{place}");
-        for line in lines(t, allow, addr, &set) {
-            t.rules.push(format!(
-                "{rule}{line} counter accept comment \"{}\"",
-                comment(allow, direction)
-            ));
+        let set = format!("{}-{place}", way.chain);
+        for matches in alternatives(t, allow, way.peer, &set) {
+            t.rules
+                .push(way.rule(matches, Verdict::Accept, Some(comment(allow, way.chain))));
         }
     }
 }
 
-/// The matches of one rule, a line each, its sets (named after `set`)
-/// into `t`; none for a rule that admits nobody.
-fn lines(t: &mut Table, allow: &Allow, addr: &str, set: &str) -> Vec<String> {
+/// The matches of one rule, a rule's worth each, its sets (named after
+/// `set`) into `t`; none for a rule that admits nobody.
+fn alternatives(t: &mut Table, allow: &Allow, field: Field, set: &str) -> Vec<Vec<Match>> {
     match &allow.what {
         Admits::Triples(triples) if triples.is_empty() => Vec::new(),
         Admits::Triples(triples) => {
             let set = format!("{set}-triples");
             let elements = triples
                 .iter()
-                .map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.nft()))
+                .map(|&(ip, proto, port)| Element::Triple(ip, proto, port))
                 .collect();
-            t.sets.insert(set.clone(), (TRIPLES, elements));
-            vec![format!("ip {addr} . meta l4proto . th dport @{set}")]
+            t.sets.insert(set.clone(), (SetKind::Triples, elements));
+            vec![vec![Match::TripleInSet(field, set)]]
         }
         Admits::Match { peers: p, ports: q } => {
             let peers = match p {
-                None => vec![String::new()],
-                Some(list) => peers(t, list, addr, set),
+                None => vec![Vec::new()],
+                Some(list) => peers(t, list, field, set),
             };
             let ports = match q {
-                None => vec![String::new()],
+                None => vec![Vec::new()],
                 Some(list) => ports(list),
             };
             peers
@@ -258,7 +287,7 @@ fn lines(t: &mut Table, allow: &Allow, addr: &str, set: &str) -> Vec<String> {
                 .flat_map(|p| {
                     ports
                         .iter()
-                        .map(move |q| format!("{p} {q}").trim().to_string())
+                        .map(move |q| p.iter().chain(q).cloned().collect())
                 })
                 .collect()
         }
@@ -266,12 +295,12 @@ fn lines(t: &mut Table, allow: &Allow, addr: &str, set: &str) -> Vec<String> {
 }
 
 /// A rule's peers as matches: every address and plain block in one named
-/// set (merged: nft refuses overlapping elements), each block with
+/// set (merged: overlapping elements are refused), each block with
 /// excepts on its own. None when they admit nobody: a rule whose
 /// selectors pick no pod yet costs an ADD nothing (with a set and a rule
 /// for each, 100 such policies made an ADD ~4 ms slower,
 /// hostnic-netpol-bench), and its first peer changes the table's shape.
-fn peers(t: &mut Table, list: &[Peer], addr: &str, set: &str) -> Vec<String> {
+fn peers(t: &mut Table, list: &[Peer], field: Field, set: &str) -> Vec<Vec<Match>> {
     let mut plain: Option<Vec<Ipv4Net>> = None;
     let mut out = Vec::new();
     for p in list {
@@ -282,35 +311,28 @@ fn peers(t: &mut Table, list: &[Peer], addr: &str, set: &str) -> Vec<String> {
             Peer::Block { cidr, except } if except.is_empty() => {
                 plain.get_or_insert_default().push(cidr.trunc())
             }
-            Peer::Block { cidr, except } => out.push(format!(
-                "ip {addr} {} ip {addr} != {}",
-                cidr.trunc(),
-                set_of(Ipv4Net::aggregate(except).iter().map(net))
-            )),
+            Peer::Block { cidr, except } => out.push(vec![
+                Match::InNet(field, cidr.trunc()),
+                Match::NotIn(field, Ipv4Net::aggregate(except)),
+            ]),
         }
     }
     if let Some(plain) = plain.filter(|p| !p.is_empty()) {
         let set = format!("{set}-peers");
-        let elements = Ipv4Net::aggregate(&plain).iter().map(net).collect();
-        t.sets.insert(set.clone(), (PREFIXES, elements));
-        out.insert(0, format!("ip {addr} @{set}"));
+        let elements = Ipv4Net::aggregate(&plain)
+            .into_iter()
+            .map(Element::Net)
+            .collect();
+        t.sets.insert(set.clone(), (SetKind::Prefixes, elements));
+        out.insert(0, vec![Match::InSet(field, set)]);
     }
     out
 }
 
-/// A prefix as nft writes it: a single address without its /32.
-fn net(n: &Ipv4Net) -> String {
-    if n.prefix_len() == 32 {
-        n.addr().to_string()
-    } else {
-        n.to_string()
-    }
-}
-
 /// Ports as matches, one per protocol: a protocol with all its ports, or
-/// the set of its ranges (merged: nft refuses overlapping elements).
-fn ports(list: &[PortRange]) -> Vec<String> {
-    let mut by_proto: std::collections::BTreeMap<_, Option<Vec<(u16, u16)>>> = Default::default();
+/// its ranges (merged: overlapping elements are refused).
+fn ports(list: &[PortRange]) -> Vec<Vec<Match>> {
+    let mut by_proto: BTreeMap<_, Option<Vec<(u16, u16)>>> = BTreeMap::new();
     for r in list {
         let entry = by_proto.entry(r.proto).or_insert_with(|| Some(Vec::new()));
         match (r.ports, entry.as_mut()) {
@@ -320,39 +342,26 @@ fn ports(list: &[PortRange]) -> Vec<String> {
     }
     by_proto
         .into_iter()
-        .map(|(proto, ranges)| match ranges {
-            None => format!("meta l4proto {}", proto.nft()),
-            Some(mut ranges) => {
-                ranges.sort_unstable();
-                let mut merged: Vec<(u16, u16)> = Vec::new();
-                for (a, b) in ranges {
-                    match merged.last_mut() {
-                        Some(last) if u32::from(a) <= u32::from(last.1) + 1 => {
-                            last.1 = last.1.max(b)
+        .map(|(proto, ranges)| {
+            let protocol = Match::Protocol(proto);
+            match ranges {
+                None => vec![protocol],
+                Some(mut ranges) => {
+                    ranges.sort_unstable();
+                    let mut merged: Vec<(u16, u16)> = Vec::new();
+                    for (a, b) in ranges {
+                        match merged.last_mut() {
+                            Some(last) if u32::from(a) <= u32::from(last.1) + 1 => {
+                                last.1 = last.1.max(b)
+                            }
+                            _ => merged.push((a, b)),
                         }
-                        _ => merged.push((a, b)),
                     }
+                    vec![protocol, Match::Ports(merged)]
                 }
-                let items = merged.iter().map(|&(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                });
-                format!("meta l4proto {} th dport {}", proto.nft(), set_of(items))
             }
         })
         .collect()
-}
-
-/// One element bare, several in braces.
-fn set_of(items: impl Iterator<Item = String>) -> String {
-    let items: Vec<String> = items.collect();
-    match items.as_slice() {
-        [one] => one.clone(),
-        _ => format!("{{ {} }}", items.join(", ")),
-    }
 }
 
 /// `<policy> <direction> <rule>`, within nftables' 128 bytes.

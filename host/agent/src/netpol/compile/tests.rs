@@ -273,7 +273,9 @@ fn a_selector_matching_a_thousand_pods_is_one_set_of_their_addresses() {
     assert_eq!(addrs.len(), 1000);
     // One rule in the pod's table: the thousand addresses merge into
     // prefixes of one set.
-    let text = crate::netpol::render::table(&rules, &Default::default()).replacing(None);
+    let text = crate::netpol::render::table(&rules, &Default::default())
+        .replacing(None)
+        .to_string();
     let rule: Vec<&str> = text.lines().filter(|l| l.contains("x/team")).collect();
     assert_eq!(rule.len(), 1, "{text}");
     let set = text

@@ -269,6 +269,43 @@ async fn the_writer_makes_what_nft_makes_and_owns_it() {
         listing(&pair.name_a).contains("10.0.0.1"),
         "the flush was undone"
     );
+    // The same when the refused command is not the last.
+    bad.commands.reverse();
+    let err = next.apply(&bad).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`add rule inet hnft nochain accept`"),
+        "{err}"
+    );
+
+    // A large transaction: 1,000 sets and rules, ~3,000 messages (one
+    // answer each overflowed the socket's receive buffer).
+    let mut large = Script::new(TABLE);
+    let sets = (0..1000)
+        .map(|i| (format!("s{i}"), SetKind::Prefixes))
+        .collect();
+    large.commands.push(Command::Declare {
+        sets,
+        chains: vec![("ingress".into(), Hook::Input)],
+    });
+    for i in 0..1000u32 {
+        let set = format!("s{i}");
+        large.commands.push(Command::FlushSet(set.clone()));
+        let peer = Ipv4Addr::from(0x0a00_0000 + i);
+        large.commands.push(Command::AddElements(
+            set.clone(),
+            vec![Element::Net(peer.into())],
+        ));
+        large.commands.push(rule(
+            "ingress",
+            vec![Match::InSet(Field::Source, set)],
+            Verdict::Accept,
+            Some("large"),
+        ));
+    }
+    next.apply(&large).await.unwrap();
+    let listed = listing(&pair.name_a);
+    assert_eq!(listed.matches("comment \"large\"").count(), 1000);
 
     // 5. Destroy takes it all, and a table that is not there is no error.
     let mut destroy = Script::new(TABLE);

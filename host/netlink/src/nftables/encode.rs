@@ -49,13 +49,33 @@ const REG32_00: u32 = 8;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 
-/// One batch: its bytes, and what each acknowledged message was (by its
-/// sequence number, from `first_seq`), to name what the kernel refused.
+/// One batch: its bytes, and what each message was (by its sequence
+/// number, from `first_seq`), to name what the kernel refused.
+///
+/// Only the last message asks for an acknowledgement: the kernel answers
+/// a batch's messages together once it is done with all of them, each
+/// refused one with its error, so that answer comes last. (An answer to
+/// each of ~400 messages overflowed the socket's receive buffer.)
 pub struct Batch {
     pub bytes: Vec<u8>,
     pub first_seq: u32,
     /// Index of the script's command each message came from.
     pub commands: Vec<usize>,
+}
+
+impl Batch {
+    /// The sequence number of the batch's begin: the kernel's answer to
+    /// a batch it could not take at all (out of memory).
+    pub fn begin_seq(&self) -> u32 {
+        self.first_seq.wrapping_sub(1)
+    }
+
+    /// The sequence number of the message acknowledged.
+    pub fn last_seq(&self) -> u32 {
+        self.first_seq
+            .wrapping_add(self.commands.len() as u32)
+            .wrapping_sub(1)
+    }
 }
 
 /// `script` as a batch whose messages are numbered from `seq`.
@@ -66,11 +86,16 @@ pub fn batch(script: &Script, seq: u32) -> Batch {
         commands: Vec::new(),
         table: &script.table,
         next_set_id: 1,
+        last: None,
     };
     b.control(NFNL_MSG_BATCH_BEGIN);
     let first_seq = b.seq;
     for (i, command) in script.commands.iter().enumerate() {
         b.command(i, command);
+    }
+    if let Some(at) = b.last {
+        let flags = u16::from_ne_bytes([b.out[at + 6], b.out[at + 7]]) | NLM_F_ACK;
+        b.out[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
     }
     b.control(NFNL_MSG_BATCH_END);
     Batch {
@@ -86,6 +111,8 @@ struct Builder<'a> {
     commands: Vec<usize>,
     table: &'a str,
     next_set_id: u32,
+    /// Where the last nf_tables message starts.
+    last: Option<usize>,
 }
 
 impl Builder<'_> {
@@ -95,15 +122,16 @@ impl Builder<'_> {
         self.finish(start);
     }
 
-    /// An acknowledged nf_tables message of command `command`; `attrs`
-    /// writes its attributes.
+    /// An nf_tables message of command `command`; `attrs` writes its
+    /// attributes.
     fn message(&mut self, command: usize, kind: u8, flags: u16, attrs: impl FnOnce(&mut Attrs)) {
         let start = self.header(
             (NFNL_SUBSYS_NFTABLES << 8) | u16::from(kind),
-            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NLM_F_REQUEST | flags,
             NFPROTO_INET,
             0,
         );
+        self.last = Some(start);
         attrs(&mut Attrs(&mut self.out));
         self.finish(start);
         self.commands.push(command);

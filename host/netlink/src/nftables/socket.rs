@@ -75,6 +75,8 @@ fn open() -> std::io::Result<OwnedFd> {
     // kernel's own message.
     netlink_flag(&fd, NETLINK_CAP_ACK)?;
     netlink_flag(&fd, NETLINK_EXT_ACK)?;
+    // Room for the errors of a large batch refused message by message.
+    setsockopt(&fd, sockopt::RcvBufForce, &(1 << 20))?;
     Ok(fd)
 }
 
@@ -172,27 +174,17 @@ impl Inner {
         }
     }
 
-    /// Reads an answer for each message: the first refusal (its sequence
-    /// number, errno and the kernel's message), or none.
+    /// Reads the kernel's answers up to the last message's (or the
+    /// batch's, when it could not take it at all): the first refusal
+    /// (its sequence number, errno and the kernel's message), or none.
     fn answers(
         &self,
         batch: &encode::Batch,
     ) -> std::io::Result<Option<(u32, i32, Option<String>)>> {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut left = batch.commands.len();
         let mut refused = None;
-        while left > 0 {
-            // Answers come all at once, after the whole batch: once one
-            // refused, the rest are either here or never coming.
-            let flags = match refused {
-                Some(_) => MsgFlags::MSG_DONTWAIT,
-                None => MsgFlags::empty(),
-            };
-            let n = match recv(self.fd.as_raw_fd(), &mut buf, flags) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EAGAIN) if refused.is_some() => break,
-                Err(e) => return Err(e.into()),
-            };
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
             let mut at = 0;
             while at + 16 <= n {
                 let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
@@ -203,7 +195,6 @@ impl Inner {
                 let flags = u16::from_ne_bytes([buf[at + 6], buf[at + 7]]);
                 let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
                 if kind == NLMSG_ERROR && len >= 20 {
-                    left = left.saturating_sub(1);
                     let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4"));
                     if code != 0 && refused.is_none() {
                         let message = (flags & NLM_F_ACK_TLVS != 0)
@@ -211,11 +202,13 @@ impl Inner {
                             .flatten();
                         refused = Some((seq, -code, message));
                     }
+                    if seq == batch.last_seq() || seq == batch.begin_seq() {
+                        return Ok(refused);
+                    }
                 }
                 at += (len + 3) & !3;
             }
         }
-        Ok(refused)
     }
 }
 

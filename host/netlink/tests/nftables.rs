@@ -326,4 +326,12 @@ async fn the_writer_makes_what_nft_makes_and_owns_it() {
     assert_eq!(listing(&pair.name_a), ours);
     let why = nft_f(&pair.name_a, "flush table inet hnft").unwrap_err();
     assert!(why.contains("Operation not permitted"), "{why}");
+
+    // 7. Not owned (a kernel without `persist`): any process may change it.
+    let mut unowned = script.clone();
+    unowned.commands.insert(0, Command::Destroy);
+    unowned.owned = false;
+    next.apply(&unowned).await.unwrap();
+    assert_eq!(listing(&pair.name_a), ours);
+    nft_f(&pair.name_a, "flush table inet hnft").unwrap();
 }

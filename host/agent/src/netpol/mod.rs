@@ -31,12 +31,13 @@ pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostnic_netlink::Netns;
-use hostnic_netlink::nftables::{Command, Nftables};
+use hostnic_netlink::nftables::{Command, Nftables, Script};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -99,6 +100,9 @@ pub struct Enforcer {
     latest: Mutex<Option<(u64, Arc<compile::Cluster>)>>,
     /// How long an ADD waits for the view to list, or to hold its pod.
     wait: Duration,
+    /// Whether tables are flagged `owner` and `persist` (until the
+    /// kernel refuses them: [`Enforcer::unflagged`]).
+    owned: AtomicBool,
 }
 
 /// A pod's rules, for `status`.
@@ -123,6 +127,7 @@ impl Enforcer {
             targets: Mutex::default(),
             latest: Mutex::default(),
             wait,
+            owned: AtomicBool::new(true),
         });
         tokio::spawn(enforcer.clone().run());
         enforcer
@@ -304,15 +309,12 @@ impl Enforcer {
                     s
                 }
             };
+            let mut script = script;
+            script.owned = self.owned.load(Ordering::Relaxed);
+            let pod = format!("{namespace}/{name}");
             match socket.apply(&script).await {
-                // A table an agent before owner flags made cannot be
-                // adopted (`persist` is set only at creation): the first
-                // write replaces it whole, in the same transaction.
-                Err(e) if applied.is_none() && e.errno() == Some(EOPNOTSUPP) => {
-                    info!(pod = %format!("{namespace}/{name}"), "the pod's NetworkPolicy table predates its owner flags; replacing it");
-                    let mut again = script.clone();
-                    again.commands.insert(0, Command::Destroy);
-                    socket.apply(&again).await?;
+                Err(e) if applied.is_none() && script.owned && e.errno() == Some(EOPNOTSUPP) => {
+                    self.unflagged(&socket, script, &pod).await?
                 }
                 written => written?,
             }
@@ -330,6 +332,40 @@ impl Enforcer {
             t.policies = rules.policies;
         }
         Ok(differs)
+    }
+
+    /// A first write the kernel would not flag `owner` and `persist`:
+    /// the pod's table predates the flags (an agent before them made it,
+    /// and `persist` is given only at creation), so it is destroyed and
+    /// made again in the same transaction; or the kernel has no `persist`
+    /// (Linux before 6.9), and tables are written without the flags from
+    /// now on (an owned table would go with each agent restart).
+    async fn unflagged(
+        &self,
+        socket: &Nftables,
+        mut script: Script,
+        pod: &str,
+    ) -> hostnic_netlink::Result<()> {
+        let mut again = script.clone();
+        again.commands.insert(0, Command::Destroy);
+        match socket.apply(&again).await {
+            Err(e) if e.errno() == Some(EOPNOTSUPP) => {
+                if self.owned.swap(false, Ordering::Relaxed) {
+                    warn!(
+                        "this kernel has no nftables `persist` flag (Linux before 6.9): pods' NetworkPolicy tables are written without an owner, so a pod with CAP_NET_ADMIN can delete its own"
+                    );
+                }
+                script.owned = false;
+                socket.apply(&script).await
+            }
+            done => {
+                info!(
+                    pod,
+                    "the pod's NetworkPolicy table predated its owner flags; made again with them"
+                );
+                done
+            }
+        }
     }
 
     /// Rewrites every pod's rules whenever the view or the node's

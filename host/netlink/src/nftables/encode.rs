@@ -87,6 +87,7 @@ pub fn batch(script: &Script, seq: u32) -> Batch {
         table: &script.table,
         next_set_id: 1,
         last: None,
+        owned: script.owned,
     };
     b.control(NFNL_MSG_BATCH_BEGIN);
     let first_seq = b.seq;
@@ -113,6 +114,7 @@ struct Builder<'a> {
     next_set_id: u32,
     /// Where the last nf_tables message starts.
     last: Option<usize>,
+    owned: bool,
 }
 
 impl Builder<'_> {
@@ -160,9 +162,14 @@ impl Builder<'_> {
         let table = self.table;
         match command {
             Command::Declare { sets, chains } => {
+                let flags = if self.owned {
+                    TABLE_F_OWNER | TABLE_F_PERSIST
+                } else {
+                    0
+                };
                 self.message(i, NEWTABLE, NLM_F_CREATE, |a| {
                     a.str(1, table);
-                    a.u32(2, TABLE_F_OWNER | TABLE_F_PERSIST);
+                    a.u32(2, flags);
                 });
                 for (name, kind) in sets {
                     let (key_type, key_len, flags) = key(*kind);

@@ -141,10 +141,10 @@ pub struct Rule {
 /// One command of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
-    /// The table (flagged `owner` and `persist`, adopted if it is ours
-    /// and ownerless), its sets and its base chains (`filter` type,
-    /// priority 0, policy accept): made where missing, kept as they are
-    /// where present.
+    /// The table (flagged `owner` and `persist` if the script is
+    /// [`Script::owned`], then adopted if it is ownerless), its sets and
+    /// its base chains (`filter` type, priority 0, policy accept): made
+    /// where missing, kept as they are where present.
     Declare {
         sets: Vec<(String, SetKind)>,
         chains: Vec<(String, Hook)>,
@@ -160,10 +160,15 @@ pub enum Command {
 
 /// Commands applied to table `table` (family `inet`) in one transaction:
 /// all of them or none.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Script {
     pub table: String,
     pub commands: Vec<Command>,
+    /// Whether [`Command::Declare`] flags the table `owner` and
+    /// `persist` (the default). Linux before 6.9 has no `persist` and
+    /// refuses both (EOPNOTSUPP); an owned table without it would go
+    /// with the socket.
+    pub owned: bool,
 }
 
 impl Script {
@@ -171,6 +176,7 @@ impl Script {
         Script {
             table: table.into(),
             commands: Vec::new(),
+            owned: true,
         }
     }
 

@@ -2,9 +2,9 @@
 //! would send for it (see `nf_tables.h`; attribute integers are big
 //! endian, register contents in the host's order).
 
-use ipnet::Ipv4Net;
-
-use super::{Command, Element, Field, Hook, Match, Rule, Script, SetKind, Verdict};
+use super::attrs::Attrs;
+use super::expr::*;
+use super::{Command, Element, Hook, Match, Rule, Script, SetKind, Verdict};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -16,7 +16,6 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
-const NLA_F_NESTED: u16 = 0x8000;
 
 // enum nf_tables_msg_types
 const NEWTABLE: u8 = 0;
@@ -41,13 +40,6 @@ const SET_ELEM_INTERVAL_END: u32 = 0x1;
 const TYPE_IPV4_ADDR: u32 = 7;
 const TYPE_INET_PROTO: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
-
-const REG_VERDICT: u32 = 0;
-const REG_1: u32 = 1;
-const REG32_00: u32 = 8;
-
-const NF_DROP: u32 = 0;
-const NF_ACCEPT: u32 = 1;
 
 /// One batch: its bytes, and what each message was (by its sequence
 /// number, from `first_seq`), to name what the kernel refused.
@@ -476,181 +468,4 @@ fn elements_attr(a: &mut Attrs, keys: &[Key]) {
             });
         }
     });
-}
-
-const META_IIF: u32 = 4;
-const META_OIF: u32 = 5;
-const META_NFPROTO: u32 = 15;
-const META_L4PROTO: u32 = 16;
-const CMP_EQ: u32 = 0;
-const CMP_NEQ: u32 = 1;
-const BASE_NETWORK: u32 = 1;
-const BASE_TRANSPORT: u32 = 2;
-const CT_INVALID: u32 = 1;
-const CT_ESTABLISHED: u32 = 2;
-const CT_RELATED: u32 = 4;
-const REJECT_TCP_RST: u32 = 1;
-const REJECT_ICMPX_UNREACH: u32 = 2;
-const ICMPX_PORT_UNREACH: u8 = 1;
-
-fn offset(field: Field) -> u32 {
-    match field {
-        Field::Source => 12,
-        Field::Destination => 16,
-    }
-}
-
-fn address(reg: u32, field: Field) -> Expr {
-    Expr::Payload(reg, BASE_NETWORK, offset(field), 4)
-}
-
-fn ct_state(exprs: &mut Vec<Expr>, bits: u32) {
-    exprs.push(Expr::CtState(REG_1));
-    exprs.push(Expr::Bitwise(REG_1, bits.to_ne_bytes().to_vec()));
-    exprs.push(Expr::Cmp(REG_1, CMP_NEQ, vec![0; 4]));
-}
-
-/// The address in register 1 compared with `net` (`op` equal or not).
-fn prefix(exprs: &mut Vec<Expr>, net: &Ipv4Net, op: u32) {
-    let addr = net.network().octets().to_vec();
-    if net.prefix_len() < 32 {
-        exprs.push(Expr::Bitwise(REG_1, net.netmask().octets().to_vec()));
-    }
-    exprs.push(Expr::Cmp(REG_1, op, addr));
-}
-
-/// One expression of a rule.
-enum Expr {
-    /// dreg, base, offset, length.
-    Payload(u32, u32, u32, u32),
-    /// dreg, key.
-    Meta(u32, u32),
-    /// dreg (conntrack state).
-    CtState(u32),
-    /// reg (source and destination), mask (xor 0).
-    Bitwise(u32, Vec<u8>),
-    /// sreg, op, data.
-    Cmp(u32, u32, Vec<u8>),
-    /// sreg, from, to (equal: within).
-    Range(u32, Vec<u8>, Vec<u8>),
-    /// sreg, set, set id (in this batch), inverted.
-    Lookup(u32, String, Option<u32>, bool),
-    Counter,
-    Verdict(u32),
-    /// type, ICMP code.
-    Reject(u32, Option<u8>),
-}
-
-impl Expr {
-    /// NFTA_EXPR_NAME and NFTA_EXPR_DATA.
-    fn write(&self, a: &mut Attrs) {
-        let name = match self {
-            Expr::Payload(..) => "payload",
-            Expr::Meta(..) => "meta",
-            Expr::CtState(..) => "ct",
-            Expr::Bitwise(..) => "bitwise",
-            Expr::Cmp(..) => "cmp",
-            Expr::Range(..) => "range",
-            Expr::Lookup(..) => "lookup",
-            Expr::Counter => "counter",
-            Expr::Verdict(..) => "immediate",
-            Expr::Reject(..) => "reject",
-        };
-        a.str(1, name);
-        a.nest(2, |d| match self {
-            Expr::Payload(dreg, base, offset, len) => {
-                d.u32(1, *dreg);
-                d.u32(2, *base);
-                d.u32(3, *offset);
-                d.u32(4, *len);
-            }
-            Expr::Meta(dreg, key) => {
-                d.u32(2, *key);
-                d.u32(1, *dreg);
-            }
-            Expr::CtState(dreg) => {
-                d.u32(2, 0);
-                d.u32(1, *dreg);
-            }
-            Expr::Bitwise(reg, mask) => {
-                d.u32(1, *reg);
-                d.u32(2, *reg);
-                d.u32(3, mask.len() as u32);
-                d.nest(4, |v| v.bytes(1, mask));
-                d.nest(5, |v| v.bytes(1, &vec![0; mask.len()]));
-            }
-            Expr::Cmp(sreg, op, data) => {
-                d.u32(1, *sreg);
-                d.u32(2, *op);
-                d.nest(3, |v| v.bytes(1, data));
-            }
-            Expr::Range(sreg, from, to) => {
-                d.u32(1, *sreg);
-                d.u32(2, 0);
-                d.nest(3, |v| v.bytes(1, from));
-                d.nest(4, |v| v.bytes(1, to));
-            }
-            Expr::Lookup(sreg, set, id, inverted) => {
-                d.str(1, set);
-                d.u32(2, *sreg);
-                if let Some(id) = id {
-                    d.u32(4, *id);
-                }
-                if *inverted {
-                    d.u32(5, 1);
-                }
-            }
-            Expr::Counter => {}
-            Expr::Verdict(code) => {
-                d.u32(1, REG_VERDICT);
-                d.nest(2, |data| data.nest(2, |v| v.u32(1, *code)));
-            }
-            Expr::Reject(kind, code) => {
-                d.u32(1, *kind);
-                if let Some(code) = code {
-                    d.bytes(2, &[*code]);
-                }
-            }
-        });
-    }
-}
-
-/// Netlink attributes appended to a message.
-struct Attrs<'a>(&'a mut Vec<u8>);
-
-impl Attrs<'_> {
-    fn bytes(&mut self, kind: u16, value: &[u8]) {
-        let len = 4 + value.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(value);
-        self.pad();
-    }
-
-    fn u32(&mut self, kind: u16, value: u32) {
-        self.bytes(kind, &value.to_be_bytes());
-    }
-
-    /// A NUL-terminated string.
-    fn str(&mut self, kind: u16, value: &str) {
-        let mut v = value.as_bytes().to_vec();
-        v.push(0);
-        self.bytes(kind, &v);
-    }
-
-    fn nest(&mut self, kind: u16, inner: impl FnOnce(&mut Attrs)) {
-        let start = self.0.len();
-        self.0.extend_from_slice(&[0; 2]);
-        self.0
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-        inner(&mut Attrs(self.0));
-        let len = (self.0.len() - start) as u16;
-        self.0[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn pad(&mut self) {
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-    }
 }

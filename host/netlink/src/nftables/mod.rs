@@ -15,7 +15,9 @@
 //! a large table: 100 sets and 100 rules took ~17 ms of its own work
 //! (`nft -c`), the kernel ~3 ms.
 
+mod attrs;
 mod encode;
+mod expr;
 mod socket;
 mod text;
 

@@ -65,12 +65,20 @@ fn pod(cp: &ControlPlane, name: &str, labels: Value, annotations: Value) {
 /// ADD of pod `name` into `ns`, retried while the agent says "try again";
 /// then its address is reported on the pod, as the kubelet reports it.
 fn add(bed: &CloudBed, cp: &ControlPlane, name: &str, ns: &Ns) -> Ipv4Addr {
+    let ip = add_interface(bed, name, ns, "eth0");
+    kubebed::report_pod_ip(cp, name, ip).unwrap();
+    ip
+}
+
+/// ADD of interface `ifname` of pod `name` into `ns`, retried while the
+/// agent says "try again"; its address.
+fn add_interface(bed: &CloudBed, name: &str, ns: &Ns, ifname: &str) -> Ipv4Addr {
     let path = ns.path().display().to_string();
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
     let env = CallEnv {
         container_id: &format!("cid-{name}"),
         netns: &path,
-        ifname: "eth0",
+        ifname,
         args: &args,
     };
     let conf = bed.netconf(0, "1.1.0", json!([]));
@@ -85,9 +93,7 @@ fn add(bed: &CloudBed, cp: &ControlPlane, name: &str, ns: &Ns) -> Ipv4Addr {
         }
     };
     let cidr = result["ips"][0]["address"].as_str().unwrap();
-    let ip: Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
-    kubebed::report_pod_ip(cp, name, ip).unwrap();
-    ip
+    cidr.split('/').next().unwrap().parse().unwrap()
 }
 
 /// Policy `name` on the pods labelled app=web: ingress on PORT from the
@@ -243,6 +249,11 @@ fn a_pod_behind_a_policy_is_never_reached_by_what_it_forbids_from_its_first_inst
     // cannot take its rules away: the agent's socket owns the table.
     cannot_touch_the_table(&web_ns);
     assert!(!connects(&no), "the pod's own attempt opened it");
+    // A second interface of a pod writes the same table, through the
+    // same socket (a table owned by one socket refuses any other).
+    add_interface(&bed, "ok", &ok, "net1");
+    cannot_touch_the_table(&ok);
+    assert!(!connects(&no) && connects(&ok));
 
     // A peer's labels change: it is let in, then kept out again.
     for (role, let_in) in [("client", true), ("other", false)] {

@@ -29,15 +29,15 @@ pub mod counters;
 mod render;
 pub mod select;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hostnic_netlink::Netns;
 use hostnic_netlink::nftables::{Command, Nftables, Script};
+use hostnic_netlink::{Netns, NsId};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -76,9 +76,9 @@ pub trait View: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 struct Target {
     netns: Arc<Netns>,
-    /// The nf_tables socket that owns the pod's table, from its first
-    /// write on (closed with the target: the table stays, ownerless).
-    socket: Option<Nftables>,
+    /// Its identity: the pod's interfaces share one table, and so one
+    /// socket ([`Enforcer::socket`]).
+    ns_id: Option<NsId>,
     /// One write at a time into this pod (see the module's comment).
     writing: Arc<tokio::sync::Mutex<()>>,
     namespace: String,
@@ -103,6 +103,8 @@ pub struct Enforcer {
     /// Whether tables are flagged `owner` and `persist` (until the
     /// kernel refuses them: [`Enforcer::unflagged`]).
     owned: AtomicBool,
+    /// Each pod namespace's socket ([`Enforcer::socket`]).
+    sockets: Mutex<HashMap<NsId, Nftables>>,
 }
 
 /// A pod's rules, for `status`.
@@ -128,6 +130,7 @@ impl Enforcer {
             latest: Mutex::default(),
             wait,
             owned: AtomicBool::new(true),
+            sockets: Mutex::default(),
         });
         tokio::spawn(enforcer.clone().run());
         enforcer
@@ -168,8 +171,8 @@ impl Enforcer {
         self.targets().insert(
             key.clone(),
             Target {
+                ns_id: netns.id().ok(),
                 netns,
-                socket: None,
                 writing: Arc::default(),
                 namespace: namespace.to_string(),
                 name: name.to_string(),
@@ -181,7 +184,35 @@ impl Enforcer {
 
     /// The interface is gone (its table goes with its namespace).
     pub fn forget(&self, key: &Key) {
-        self.targets().remove(key);
+        let mut targets = self.targets();
+        let Some(gone) = targets.remove(key) else {
+            return;
+        };
+        // The pod's last interface: its socket closes (the table stays,
+        // ownerless, and goes with the namespace).
+        if let Some(id) = gone.ns_id
+            && !targets.values().any(|t| t.ns_id == Some(id))
+        {
+            self.sockets().remove(&id);
+        }
+    }
+
+    /// The nf_tables socket that owns the table of `netns`, opened at its
+    /// first write and shared by the pod's interfaces: a table owned by
+    /// one socket refuses every other.
+    async fn socket(&self, netns: &Netns) -> hostnic_netlink::Result<Nftables> {
+        let id = netns.id()?;
+        if let Some(s) = self.sockets().get(&id) {
+            return Ok(s.clone());
+        }
+        let made = netns.nftables().await?;
+        // Another interface's write may have opened one meanwhile; one
+        // that has not written yet owns nothing, and goes.
+        Ok(self.sockets().entry(id).or_insert(made).clone())
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<NsId, Nftables>> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The pods whose rules this node keeps, the policies selecting
@@ -267,10 +298,9 @@ impl Enforcer {
             return Ok(false);
         };
         let _one = writing.lock().await;
-        let Some((netns, socket, namespace, name, applied)) = self.targets().get(key).map(|t| {
+        let Some((netns, namespace, name, applied)) = self.targets().get(key).map(|t| {
             (
                 t.netns.clone(),
-                t.socket.clone(),
                 t.namespace.clone(),
                 t.name.clone(),
                 t.applied.clone(),
@@ -299,16 +329,7 @@ impl Enforcer {
         let differs = script.is_some();
         if let Some(script) = script {
             let started = Instant::now();
-            let socket = match socket {
-                Some(s) => s,
-                None => {
-                    let s = netns.nftables().await?;
-                    if let Some(t) = self.targets().get_mut(key) {
-                        t.socket = Some(s.clone());
-                    }
-                    s
-                }
-            };
+            let socket = self.socket(&netns).await?;
             let mut script = script;
             script.owned = self.owned.load(Ordering::Relaxed);
             let pod = format!("{namespace}/{name}");

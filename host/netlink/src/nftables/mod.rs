@@ -69,6 +69,8 @@ impl Proto {
 /// One element of a set.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Element {
+    /// An address (of a [`SetKind::Addresses`] set; a prefixes set takes
+    /// it as a /32 [`Element::Net`]).
     Addr(Ipv4Addr),
     /// A prefix (of a [`SetKind::Prefixes`] set); elements of one set must
     /// not overlap.

@@ -54,6 +54,10 @@ pub struct Faults {
     /// The next this many load-balancer jobs fail (nothing changes).
     #[serde(default)]
     pub fail_next_lb_jobs: u32,
+    /// How long the answer to these actions takes once the cloud has done
+    /// them: a caller killed meanwhile never hears what was done.
+    #[serde(default)]
+    pub answer_latency_ms_by_action: std::collections::BTreeMap<String, u64>,
 }
 
 fn default_attach_ms() -> u64 {
@@ -78,6 +82,7 @@ impl Default for Faults {
             fail_next_jobs: 0,
             lb_job_latency_ms: default_lb_job_ms(),
             fail_next_lb_jobs: 0,
+            answer_latency_ms_by_action: Default::default(),
         }
     }
 }

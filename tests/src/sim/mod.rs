@@ -431,6 +431,15 @@ async fn iaas(State(sim): State<Arc<Inner>>, method: Method, uri: Uri) -> Json<V
     {
         tokio::spawn(run_job(sim.clone(), job.to_string()));
     }
+    let late = sim
+        .injector()
+        .faults
+        .answer_latency_ms_by_action
+        .get(&action)
+        .copied();
+    if let Some(ms) = late {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     reply(&action, result)
 }
 

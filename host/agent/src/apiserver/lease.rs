@@ -12,9 +12,15 @@
 //!
 //! A holder that cannot renew in time stops acting as the holder before
 //! the others may take over.
+//!
+//! The Lease also carries what the holder publishes for every node (the
+//! NIC bank's list, `cloud::bank`) in an annotation: the holder writes it
+//! with its renewals, the others read it with their rounds, so publishing
+//! costs no request of its own.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -23,9 +29,26 @@ use kube::Api;
 use kube::api::PostParams;
 use tracing::{info, warn};
 
+/// The annotation the holder publishes in (JSON; see `cloud::bank`).
+pub const PUBLISHED: &str = "hostnic.io/nic-bank";
+
 #[derive(Debug, Clone)]
 pub struct Elector {
     held: Arc<AtomicBool>,
+    notes: Arc<Notes>,
+}
+
+/// What the holder publishes on the Lease, and what the last round read.
+#[derive(Debug, Default)]
+struct Notes {
+    /// Written with this node's renewals while it holds the Lease.
+    to_publish: Mutex<Option<String>>,
+    /// The annotation as the last round read it (or, for the holder, wrote it).
+    seen: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Elector {
@@ -39,7 +62,9 @@ impl Elector {
         duration: Duration,
     ) -> Elector {
         let held = Arc::new(AtomicBool::new(false));
+        let notes = Arc::new(Notes::default());
         let mut election = Election {
+            notes: notes.clone(),
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
             identity: identity.to_string(),
@@ -69,11 +94,28 @@ impl Elector {
                 if now != was {
                     info!(lease = %election.name, holder = now, "{}", if now { "this node holds the Lease: it does the cluster-wide duties" } else { "this node no longer holds the Lease" });
                 }
+                if was && !now {
+                    // A later holding publishes afresh, not this one's list.
+                    *lock(&election.notes.to_publish) = None;
+                }
                 flag.store(now, Ordering::SeqCst);
                 tokio::time::sleep(duration / 3).await;
             }
         });
-        Elector { held }
+        Elector { held, notes }
+    }
+
+    /// Publishes `value` on the Lease with this node's next renewal (only
+    /// while it holds the Lease; a former holder's value stays on the
+    /// Lease until the next holder publishes its own).
+    pub fn publish(&self, value: String) {
+        *lock(&self.notes.to_publish) = Some(value);
+    }
+
+    /// What the Lease carried at the last round: at most a third of the
+    /// Lease's duration old.
+    pub fn published(&self) -> Option<String> {
+        lock(&self.notes.seen).clone()
     }
 
     /// Whether this node holds the Lease now.
@@ -86,6 +128,7 @@ impl Elector {
 type Record = (Option<String>, Option<MicroTime>);
 
 struct Election {
+    notes: Arc<Notes>,
     api: Api<Lease>,
     name: String,
     identity: String,
@@ -116,6 +159,11 @@ impl Election {
             };
             return conflict_is_false(self.api.create(&PostParams::default(), &lease).await);
         };
+        *lock(&self.notes.seen) = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PUBLISHED).cloned());
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let record = (spec.holder_identity.clone(), spec.renew_time.clone());
         let seen_since = match &self.observed {
@@ -138,6 +186,23 @@ impl Election {
         }
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(seconds);
+        let to_publish = lock(&self.notes.to_publish).clone();
+        if let Some(value) = to_publish {
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(PUBLISHED.to_string(), value.clone());
+            let written = conflict_is_false(
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await,
+            );
+            if matches!(written, Ok(true)) {
+                *lock(&self.notes.seen) = Some(value);
+            }
+            return written;
+        }
         // The read resourceVersion stays in `lease.metadata`: a write over a
         // newer record is refused.
         conflict_is_false(

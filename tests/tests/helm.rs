@@ -281,6 +281,17 @@ fn the_chart_refuses_bad_values_by_name() {
                 "--set",
                 "config.vxnets={a}",
                 "--set",
+                "config.cloud.bank_max=8",
+                "--set",
+                "config.cloud.leak_sweep=node",
+            ],
+            "config.cloud.bank_max 8 needs config.cloud.leak_sweep: cluster",
+        ),
+        (
+            vec![
+                "--set",
+                "config.vxnets={a}",
+                "--set",
                 "config.policy=MostFree",
             ],
             "/config/policy",

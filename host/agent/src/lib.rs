@@ -267,6 +267,8 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         // Warm the pool and keep reconciling in the background; ADDs are
         // served meanwhile (a cold one creates its own NIC).
         let nics = nics.clone();
+        let keeper = cloud.clone();
+        tokio::spawn(async move { keeper.keep_bank().await });
         tokio::spawn(async move {
             cloud.delete_stranded(&nics, stranded).await;
             cloud.tick(&nics).await;

@@ -183,6 +183,12 @@ cold_add_wait_seconds = {{ int64 $c.cloud.cold_add_wait_seconds }}
 # Requests per second the cloud allows the account, every node's together;
 # each node paces its calls to its share (this over the number of Nodes).
 account_api_rate = {{ $c.cloud.account_api_rate }}
+# The NIC bank: the Lease holder keeps created, unattached NICs per vxnet
+# (twice the last minute's claims, within bank_min..=bank_max; above
+# bank_min released after idle_seconds without a claim), so a new node's
+# pods need only attach calls. bank_max = 0: no bank.
+bank_min = {{ int64 $c.cloud.bank_min }}
+bank_max = {{ int64 $c.cloud.bank_max }}
 {{- range $c.shared }}
 
 # Shared-NIC mode: this vxnet's pods share the node's NIC there.

@@ -63,6 +63,12 @@ install/upgrade time instead of in a crash-looping pod.
 {{- if gt (int64 $c.cloud.warm_min) (int64 $c.cloud.warm_max) -}}
 {{- fail (printf "config.cloud.warm_min %v is above config.cloud.warm_max %v" $c.cloud.warm_min $c.cloud.warm_max) -}}
 {{- end -}}
+{{- if gt (int64 $c.cloud.bank_min) (int64 $c.cloud.bank_max) -}}
+{{- fail (printf "config.cloud.bank_min %v is above config.cloud.bank_max %v" $c.cloud.bank_min $c.cloud.bank_max) -}}
+{{- end -}}
+{{- if and (gt (int64 $c.cloud.bank_max) 0) (ne $c.cloud.leak_sweep "cluster") -}}
+{{- fail (printf "config.cloud.bank_max %v needs config.cloud.leak_sweep: cluster" $c.cloud.bank_max) -}}
+{{- end -}}
 {{- range $s := $c.shared -}}
 {{- if not (has $s.vxnet $c.vxnets) -}}
 {{- fail (printf "config.shared: vxnet %s is not one of config.vxnets" $s.vxnet) -}}

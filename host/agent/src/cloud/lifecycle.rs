@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hostnic_iaas::JobId;
 use hostnic_netlink::Mac;
 use tracing::{info, warn};
 
@@ -167,8 +168,38 @@ impl CloudPool {
     /// those whose links appeared; the others are detached and deleted.
     async fn attach_chunk(&self, nics: &Nics, chunk: &[NicSpec], then: &State) -> Vec<Mac> {
         let macs: Vec<String> = chunk.iter().map(|s| s.mac.to_string()).collect();
-        let started = std::time::Instant::now();
-        let attached = match self.client.attach_nics(&macs, &self.cfg.instance_id).await {
+        let started = Instant::now();
+        let job = self.client.attach_nics(&macs, &self.cfg.instance_id).await;
+        self.settle_attach(nics, chunk, then, job, (started, false))
+            .await
+    }
+
+    /// Waits for the attach of NICs claimed from the bank (their
+    /// AttachNics was the claim) and frees those whose links appeared. If
+    /// the attach failed they are the bank's again: forgotten, not deleted.
+    pub(super) async fn settle_claim(
+        &self,
+        nics: &Nics,
+        chunk: &[NicSpec],
+        job: JobId,
+    ) -> Vec<Mac> {
+        self.settle_attach(nics, chunk, &State::Free, Ok(job), (Instant::now(), true))
+            .await
+    }
+
+    /// Waits for an attach `job` and parks the NICs of `chunk` as their
+    /// links appear, moving them to `then`. An attach that failed leaves
+    /// NICs this node made to be deleted, and the bank's (`from_bank`) to
+    /// the bank.
+    async fn settle_attach(
+        &self,
+        nics: &Nics,
+        chunk: &[NicSpec],
+        then: &State,
+        job: Result<JobId, hostnic_iaas::Error>,
+        (started, from_bank): (Instant, bool),
+    ) -> Vec<Mac> {
+        let attached = match job {
             Ok(job) => {
                 let last = chunk.last().map(|s| s.mac);
                 let early = async {
@@ -186,8 +217,16 @@ impl CloudPool {
             self.kpis.attached(vxnet, started.elapsed());
         }
         if let Err(e) = attached {
+            let macs: Vec<Mac> = chunk.iter().map(|s| s.mac).collect();
+            if from_bank {
+                warn!(nics = ?macs, error = %e, "attaching NICs claimed from the bank failed; they stay the bank's");
+                let mut pool = nics.pool();
+                for m in macs {
+                    pool.remove_if(m, &[State::Attaching], Instant::now());
+                }
+                return Vec::new();
+            }
             warn!(nics = ?macs, error = %e, "attaching NICs failed; deleting them");
-            let macs = chunk.iter().map(|s| s.mac).collect();
             self.discard(nics, macs, &[State::Attaching]).await;
             return Vec::new();
         }

@@ -12,6 +12,7 @@
 //! attach never delays a warm ADD.
 //!
 //! - this file: the connection (vxnets, tags, this node's NICs at start);
+//! - `bank`: NICs the Lease holder keeps made for every node to claim;
 //! - `lifecycle`: a NIC created, attached and parked, or discarded; the
 //!   warm targets; the node's gateway NIC;
 //! - `provisioner`: the cold ADDs waiting and the batches made for them;
@@ -20,6 +21,7 @@
 //! - `tagger`: the cluster's and the node's tags on new NICs;
 //! - `upkeep`: the node check, the slow cloud poll, re-attach and leaks.
 
+mod bank;
 pub mod kpis;
 mod lifecycle;
 pub mod pace;
@@ -36,7 +38,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use hostnic_iaas::{Client, Credentials, NicFilter, NicStatus, Options};
+use hostnic_iaas::{Client, Credentials, Nic, NicFilter, NicStatus, Options};
 use hostnic_netlink::{Mac, RouteEntry};
 use ipnet::Ipv4Net;
 use tracing::warn;
@@ -161,6 +163,10 @@ pub struct CloudPool {
     /// cluster's leaks and releases kept sticky NICs) and the StatefulSets
     /// the release asks about. `None` outside Kubernetes.
     duties: Option<Duties>,
+    /// The Nodes (in Kubernetes): a Node joining wakes the bank's keeper.
+    nodes: Option<pace::NodeList>,
+    /// The bank NICs this node tried to claim lately.
+    bank: bank::Claims,
 }
 
 impl CloudPool {
@@ -189,7 +195,8 @@ impl CloudPool {
             ..Options::default()
         };
         let client = Client::new(creds, opts)?;
-        let pool = Self::with_client(cfg, client, duties).await?;
+        let mut pool = Self::with_client(cfg, client, duties).await?;
+        pool.nodes.clone_from(&nodes);
         if let Some(nodes) = nodes {
             pace::follow(pool.client.clone(), cfg.cloud.clone(), nodes, node.clone());
         }
@@ -239,6 +246,8 @@ impl CloudPool {
                 cfg.cloud.cold_add_wait_seconds,
             )),
             duties,
+            nodes: None,
+            bank: bank::Claims::default(),
         })
     }
 
@@ -336,20 +345,44 @@ impl CloudPool {
         })
     }
 
-    /// This node's NICs as the cloud sees them, from one DescribeNics of
-    /// the NICs named for it (no other cloud call before the agent serves).
+    /// What one DescribeNics asks for this node's NICs: those named for it
+    /// (also those it created and lost); with the bank, whose NICs keep
+    /// its name when a node claims them, those attached to it (its lost
+    /// ones are then the Lease holder's leak sweep's).
+    fn own_filter(&self) -> NicFilter {
+        match self.banking() {
+            true => NicFilter {
+                instances: vec![self.cfg.instance_id.clone()],
+                ..NicFilter::default()
+            },
+            false => NicFilter {
+                nic_name: Some(self.name.clone()),
+                ..NicFilter::default()
+            },
+        }
+    }
+
+    /// Whether `n`, found with [`Self::own_filter`], is one of this node's
+    /// NICs: a secondary NIC named for it, or a bank NIC attached to it.
+    fn is_own(&self, n: &Nic) -> bool {
+        !n.is_primary()
+            && (n.nic_name == self.name
+                || (self.banking()
+                    && n.nic_name == self.bank_name()
+                    && n.instance_id == self.cfg.instance_id))
+    }
+
+    /// This node's NICs as the cloud sees them, from one DescribeNics (no
+    /// other cloud call before the agent serves).
     pub async fn inventory(&self) -> anyhow::Result<Inventory> {
         let named = self
             .client
-            .describe_nics(&NicFilter {
-                nic_name: Some(self.name.clone()),
-                ..NicFilter::default()
-            })
+            .describe_nics(&self.own_filter())
             .await
             .context("describing this node's NICs")?;
         let (here, elsewhere): (Vec<_>, Vec<_>) = named
             .into_iter()
-            .filter(|n| !n.is_primary() && n.nic_name == self.name)
+            .filter(|n| self.is_own(n))
             .partition(|n| n.instance_id == self.cfg.instance_id);
         Ok(Inventory {
             nics: here

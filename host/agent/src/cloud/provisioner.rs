@@ -19,6 +19,7 @@ use crate::nics::Nics;
 use crate::pool::State;
 use crate::record::Key;
 use crate::source::still_attaching;
+use hostnic_iaas::JobId;
 
 /// NICs per provisioning batch (one CreateNics call).
 const MAX_BATCH: usize = 20;
@@ -246,6 +247,23 @@ impl Provisioner {
         });
     }
 
+    /// Waits for NICs claimed from the bank on a task of its own, as
+    /// [`Self::attach_aside`] does for a batch made here. A claim that
+    /// does not come up fails nothing: the next round creates NICs.
+    fn settle_aside(
+        &self,
+        cloud: &Arc<CloudPool>,
+        nics: &Arc<Nics>,
+        specs: Vec<NicSpec>,
+        job: JobId,
+    ) {
+        let (cloud, nics) = (cloud.clone(), nics.clone());
+        tokio::spawn(async move {
+            cloud.settle_claim(&nics, &specs, job).await;
+            nics.wake_waiters();
+        });
+    }
+
     /// Starts the provisioner task unless it is running.
     fn kick(&self, cloud: &Arc<CloudPool>, nics: &Arc<Nics>) {
         if self.running.swap(true, Ordering::SeqCst) {
@@ -284,6 +302,11 @@ impl Provisioner {
             for (vxnet, n) in self.unmet_demand(nics) {
                 let ahead = self.lookahead(cloud, &vxnet, n);
                 let batch = (n + ahead).min(MAX_BATCH);
+                // The bank first: its NICs need only the attach.
+                if let Some((specs, job)) = cloud.claim(nics, &vxnet, batch).await {
+                    self.settle_aside(cloud, nics, specs, job);
+                    continue;
+                }
                 let mut made = cloud.create_batch(nics, &vxnet, batch, &[]).await;
                 // A vxnet with room for the waiting ADDs' NICs but not for
                 // those ahead of them still serves the waiting ones.

@@ -158,20 +158,18 @@ impl CloudPool {
     }
 
     /// The slow cloud poll: one DescribeNics of the NICs named for this
-    /// node, which is both what is attached here (reconciled with the pool
-    /// and the kernel) and what this node created and lost (its leaks).
+    /// node (or, with the bank, attached to it), which is both what is
+    /// attached here (reconciled with the pool and the kernel) and what
+    /// this node created and lost (its leaks).
     pub async fn poll(&self, nics: &Nics) -> anyhow::Result<()> {
         let described = Instant::now();
         let named: Vec<hostnic_iaas::Nic> = self
             .client
-            .describe_nics(&NicFilter {
-                nic_name: Some(self.name.clone()),
-                ..NicFilter::default()
-            })
+            .describe_nics(&self.own_filter())
             .await
-            .context("describing the NICs named for this node")?
+            .context("describing this node's NICs")?
             .into_iter()
-            .filter(|n| n.nic_name == self.name && !n.is_primary())
+            .filter(|n| self.is_own(n))
             .collect();
         // Tags lost with an agent that stopped before tagging its NICs.
         self.tagger.queue(
@@ -493,8 +491,10 @@ impl CloudPool {
                 hostnic_iaas::sign::parse_time_stamp(&n.create_time)
                     .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= grace)
             })
-            // A kept sticky NIC is no leak: the sticky release decides.
+            // A kept sticky NIC is no leak: the sticky release decides;
+            // nor is a NIC in the bank: its keeper releases it.
             .filter(|n| self.sticky_identity(n).is_none())
+            .filter(|n| !(self.banking() && n.nic_name == self.bank_name()))
             .filter(|n| {
                 n.nic_id
                     .parse::<Mac>()

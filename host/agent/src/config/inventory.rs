@@ -105,6 +105,17 @@ pub struct Cloud {
     pub api_rate_nodes: u32,
     #[serde(default)]
     pub api_rate_slot: u32,
+    /// The NIC bank (`cloud::bank`): created, unattached NICs the Lease
+    /// holder keeps per vxnet for every node, so a node's cold ADDs need
+    /// only an AttachNics. The holder keeps as many as nodes claimed in the
+    /// last minute, twice over, within `bank_min..=bank_max`, and releases
+    /// those above `bank_min` once no claim came for `idle_seconds`.
+    /// `bank_max = 0` (the default): no bank. Needs `[kubernetes]` and
+    /// `leak_sweep = "cluster"`.
+    #[serde(default)]
+    pub bank_min: usize,
+    #[serde(default)]
+    pub bank_max: usize,
 }
 
 /// See [`Cloud::leak_sweep`].
@@ -217,6 +228,20 @@ impl Cloud {
             bail!(
                 "cloud.account_api_rate {} must be a number of requests per second above 0",
                 self.account_api_rate
+            );
+        }
+        const MAX_BANK: usize = hostnic_iaas::MAX_NICS_PER_CREATE as usize;
+        if self.bank_min > self.bank_max || self.bank_max > MAX_BANK {
+            bail!(
+                "cloud.bank_min {} and cloud.bank_max {} must be 0 <= bank_min <= bank_max <= {MAX_BANK} (NICs per vxnet; one CreateNics makes at most {MAX_BANK})",
+                self.bank_min,
+                self.bank_max
+            );
+        }
+        if self.bank_max > 0 && self.leak_sweep != LeakSweep::Cluster {
+            bail!(
+                "cloud.bank_max {} needs cloud.leak_sweep = \"cluster\": a node's poll finds the NICs attached to it, and its own detached leaks are the Lease holder's to sweep",
+                self.bank_max
             );
         }
         if self.api_rate_slot >= self.api_rate_nodes {

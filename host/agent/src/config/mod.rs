@@ -309,6 +309,12 @@ impl Config {
                 bail!("inventory.nics lists static NICs but inventory.source is \"cloud\"");
             }
             self.cloud.validate()?;
+            if self.cloud.bank_max > 0 && !self.kubernetes.enabled {
+                bail!(
+                    "cloud.bank_max {} needs [kubernetes] enabled: the NIC bank is kept by the Lease holder and published on its Lease",
+                    self.cloud.bank_max
+                );
+            }
         }
         if !self.metrics.address.is_empty()
             && self
@@ -458,6 +464,20 @@ mod tests {
         assert!(err(&format!("{ok}account_api_rate = 0\n")).contains("account_api_rate"));
         let outside = format!("{ok}api_rate_nodes = 2\napi_rate_slot = 2\n");
         assert!(err(&outside).contains("api_rate_slot 2 must be below"));
+        // The NIC bank: bounds in order and within one CreateNics, the
+        // cluster's leak sweep, and a Lease to keep it by.
+        let bank = |keys: &str| format!("{ok}{keys}\n");
+        assert!(err(&bank("bank_min = 5\nbank_max = 4")).contains("bank_min 5"));
+        assert!(err(&bank("bank_max = 253")).contains("<= 252"));
+        assert!(err(&bank("bank_max = 8")).contains("leak_sweep = \"cluster\""));
+        let swept = bank("bank_max = 8\nleak_sweep = \"cluster\"");
+        assert!(err(&swept).contains("needs [kubernetes] enabled"));
+        let c = Config::parse(&format!(
+            "{swept}[kubernetes]\nenabled = true\nnode_name = \"n\"\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.cloud.bank_min, c.cloud.bank_max), (0, 8));
     }
 
     #[test]

@@ -147,6 +147,12 @@ impl Client {
         self.inner.pace.ready().await;
     }
 
+    /// The share of the account's rate this client paces to (its node's
+    /// place among the nodes); `None` when unpaced.
+    pub fn share(&self) -> Option<Share> {
+        self.inner.pace.share()
+    }
+
     /// This node's requests per second now (lower than its share for a
     /// while after the cloud refused a request for the account's rate),
     /// and its share; infinite when unpaced.

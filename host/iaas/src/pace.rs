@@ -170,6 +170,11 @@ impl Pace {
 
     /// The node's requests per second now (lower than its share for a
     /// while after a refusal), and its share. Unpaced: infinite.
+    /// The share the node paces to; `None` when unpaced.
+    pub(crate) fn share(&self) -> Option<Share> {
+        self.lock().as_ref().map(|s| s.share)
+    }
+
     pub(crate) fn rate(&self) -> (f64, f64) {
         let mut s = self.lock();
         match &mut *s {

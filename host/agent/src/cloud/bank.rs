@@ -14,14 +14,15 @@
 //! - A node short of NICs claims up to five listed NICs with one
 //!   AttachNics (`claim`). The cloud refuses the attach of a NIC no longer
 //!   available, so it is the only lock: of two nodes claiming the same NIC
-//!   one gets it, the other creates its own. Nodes start their picks at
-//!   different places in the list, so they rarely meet.
+//!   one gets it, the other creates its own. Each node picks first from its
+//!   own stripe of the list (every n-th NIC from its place among the n
+//!   nodes sharing the account's rate), so nodes reading the same list do
+//!   not meet until their stripes run out.
 //! - A claimed NIC keeps the bank's name; the node finds it by its
 //!   instance (`CloudPool::own_filter`), and the leak sweep leaves the
 //!   bank's detached NICs to the keeper.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -129,13 +130,13 @@ pub struct Claims {
 
 impl Claims {
     /// Up to `n` of `offered` this node has not tried lately and `known`
-    /// does not hold, starting at a place in the list of the node's own
-    /// (`seed`), so nodes claiming at once pick apart. Marks them tried.
+    /// does not hold: first from its stripe (`place`, `place + nodes`, …),
+    /// then the rest from there on. Marks them tried.
     pub fn pick(
         &self,
         offered: &[Banked],
         n: usize,
-        seed: &str,
+        (place, nodes): (usize, usize),
         known: impl Fn(Mac) -> bool,
     ) -> Vec<Banked> {
         if offered.is_empty() || n == 0 {
@@ -143,12 +144,17 @@ impl Claims {
         }
         let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
         tried.retain(|_, at| at.elapsed() < TRIED_FOR);
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        seed.hash(&mut h);
-        let start = (h.finish() % offered.len() as u64) as usize;
-        let picked: Vec<Banked> = offered[start..]
+        let nodes = nodes.max(1);
+        let start = place % nodes % offered.len();
+        let stripe = offered.iter().skip(place % nodes).step_by(nodes);
+        let rest = offered[start..]
             .iter()
             .chain(&offered[..start])
+            .enumerate()
+            .filter(|(i, _)| (start + i) % offered.len() % nodes != place % nodes)
+            .map(|(_, b)| b);
+        let picked: Vec<Banked> = stripe
+            .chain(rest)
             .filter(|b| !tried.contains_key(&b.nic) && !known(b.nic))
             .take(n)
             .copied()
@@ -195,11 +201,10 @@ impl CloudPool {
         };
         let room = self.cfg.max_nics.saturating_sub(nics.pool().len() + 1);
         let n = want.min(hostnic_iaas::MAX_NICS_PER_ATTACH).min(room);
-        let picked = self
-            .bank
-            .pick(listing.get(vxnet)?, n, &self.cfg.instance_id, |m| {
-                nics.pool().state(m).is_some()
-            });
+        let place = self.client.share().map_or((0, 1), |s| (s.node, s.nodes));
+        let picked = self.bank.pick(listing.get(vxnet)?, n, place, |m| {
+            nics.pool().state(m).is_some()
+        });
         let specs: Vec<NicSpec> = picked
             .iter()
             .filter_map(|b| self.spec(b.nic, vxnet, b.ip))
@@ -396,24 +401,33 @@ mod tests {
     }
 
     #[test]
-    fn a_node_picks_from_its_own_place_and_never_twice() {
+    fn a_node_picks_its_stripe_first_then_the_rest_and_never_twice() {
         let offered: Vec<Banked> = (1..=10).map(banked).collect();
         let claims = Claims::default();
-        let first = claims.pick(&offered, 3, "i-node-a", |_| false);
-        assert_eq!(first.len(), 3);
-        let again = claims.pick(&offered, 10, "i-node-a", |_| false);
+        // Node 1 of 3: its stripe is the 2nd, 5th and 8th NIC.
+        let first = claims.pick(&offered, 3, (1, 3), |_| false);
+        assert_eq!(first, vec![banked(2), banked(5), banked(8)]);
+        let again = claims.pick(&offered, 10, (1, 3), |_| false);
         assert_eq!(again.len(), 7, "the tried ones are left out");
         assert!(again.iter().all(|b| !first.contains(b)));
-        assert!(claims.pick(&offered, 5, "i-node-a", |_| false).is_empty());
-        // Known to the pool already: not offered again.
-        let other = Claims::default();
-        let known = offered[0].nic;
-        let picked = other.pick(&offered, 10, "i-node-b", |m| m == known);
-        assert_eq!(picked.len(), 9);
-        // Different nodes start at different places (for most seeds).
-        let starts: std::collections::BTreeSet<Mac> = (0..20)
-            .map(|i| Claims::default().pick(&offered, 1, &format!("i-{i}"), |_| false)[0].nic)
+        assert!(claims.pick(&offered, 5, (1, 3), |_| false).is_empty());
+        // Three nodes reading the same list pick apart while their
+        // stripes last.
+        let picks: Vec<Vec<Banked>> = (0..3)
+            .map(|p| Claims::default().pick(&offered, 3, (p, 3), |_| false))
             .collect();
-        assert!(starts.len() > 3, "{starts:?}");
+        let all: std::collections::BTreeSet<Mac> = picks.iter().flatten().map(|b| b.nic).collect();
+        assert_eq!(all.len(), 9, "{picks:?}");
+        // Known to the pool already: not offered again.
+        let known = offered[0].nic;
+        let picked = Claims::default().pick(&offered, 10, (0, 1), |m| m == known);
+        assert_eq!(picked.len(), 9);
+        // More nodes than NICs: a node past the list still finds some.
+        assert_eq!(
+            Claims::default()
+                .pick(&offered, 2, (17, 20), |_| false)
+                .len(),
+            2
+        );
     }
 }

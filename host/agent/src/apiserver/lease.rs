@@ -45,6 +45,9 @@ struct Notes {
     to_publish: Mutex<Option<String>>,
     /// The annotation as the last round read it (or, for the holder, wrote it).
     seen: Mutex<Option<String>>,
+    /// Wakes the election for a round before its time (at most one a
+    /// second): to publish at once, or to read afresh.
+    wake: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,7 +102,11 @@ impl Elector {
                     *lock(&election.notes.to_publish) = None;
                 }
                 flag.store(now, Ordering::SeqCst);
-                tokio::time::sleep(duration / 3).await;
+                let soonest = tokio::time::Instant::now() + Duration::from_secs(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(duration / 3) => {}
+                    _ = election.notes.wake.notified() => tokio::time::sleep_until(soonest).await,
+                }
             }
         });
         Elector { held, notes }
@@ -109,7 +116,16 @@ impl Elector {
     /// while it holds the Lease; a former holder's value stays on the
     /// Lease until the next holder publishes its own).
     pub fn publish(&self, value: String) {
-        *lock(&self.notes.to_publish) = Some(value);
+        let changed = lock(&self.notes.to_publish).replace(value.clone()) != Some(value);
+        if changed {
+            self.notes.wake.notify_one();
+        }
+    }
+
+    /// Asks for the next round now (or a second after the last): a node
+    /// that found nothing for it in what was published reads again.
+    pub fn refresh(&self) {
+        self.notes.wake.notify_one();
     }
 
     /// What the Lease carried at the last round: at most a third of the

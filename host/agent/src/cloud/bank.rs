@@ -54,6 +54,8 @@ const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 /// How long a node leaves alone a bank NIC it tried to claim: the list it
 /// reads may still name it after another node took it.
 const TRIED_FOR: Duration = Duration::from_secs(120);
+/// How long a node keeps to its stripe after a claim past it was refused.
+const CROWDED_FOR: Duration = Duration::from_secs(60);
 
 /// The NICs to keep in a vxnet's bank after `claimed` claims in the last
 /// [`DEMAND_WINDOW`]: twice that (the bank is looked at a few times a
@@ -122,49 +124,74 @@ impl Keeper {
     }
 }
 
-/// A node's claims: the bank NICs it tried lately.
+/// A node's claims: the bank NICs it tried lately, and when a claim past
+/// its stripe last met another node's.
 #[derive(Debug, Default)]
 pub struct Claims {
     tried: Mutex<HashMap<Mac, Instant>>,
+    crowded: Mutex<Option<Instant>>,
+}
+
+/// Whether `mac` is in the stripe of node `place` of `nodes`: a NIC's
+/// stripe follows from its id alone, so nodes reading different versions
+/// of the list still pick apart.
+fn in_stripe(mac: Mac, (place, nodes): (usize, usize)) -> bool {
+    let id = mac.0.iter().fold(0u64, |a, b| a << 8 | u64::from(*b));
+    id % nodes.max(1) as u64 == (place % nodes.max(1)) as u64
 }
 
 impl Claims {
     /// Up to `n` of `offered` this node has not tried lately and `known`
-    /// does not hold: first from its stripe (`place`, `place + nodes`, …),
-    /// then the rest from there on. Marks them tried.
+    /// does not hold: first those in its stripe, then (unless a claim
+    /// past it met another node's within [`CROWDED_FOR`]) the others, in
+    /// a random order. Marks them tried.
     pub fn pick(
         &self,
         offered: &[Banked],
         n: usize,
-        (place, nodes): (usize, usize),
+        place: (usize, usize),
         known: impl Fn(Mac) -> bool,
     ) -> Vec<Banked> {
         if offered.is_empty() || n == 0 {
             return Vec::new();
         }
-        let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
+        let crowded = lock(&self.crowded).is_some_and(|at| at.elapsed() < CROWDED_FOR);
+        let mut tried = lock(&self.tried);
         tried.retain(|_, at| at.elapsed() < TRIED_FOR);
-        let nodes = nodes.max(1);
-        let start = place % nodes % offered.len();
-        let stripe = offered.iter().skip(place % nodes).step_by(nodes);
-        let rest = offered[start..]
+        let (stripe, mut rest): (Vec<Banked>, Vec<Banked>) = offered
             .iter()
-            .chain(&offered[..start])
-            .enumerate()
-            .filter(|(i, _)| (start + i) % offered.len() % nodes != place % nodes)
-            .map(|(_, b)| b);
-        let picked: Vec<Banked> = stripe
-            .chain(rest)
             .filter(|b| !tried.contains_key(&b.nic) && !known(b.nic))
-            .take(n)
-            .copied()
-            .collect();
+            .partition(|b| in_stripe(b.nic, place));
+        // One claim never mixes the two: a NIC past the stripe another
+        // node takes first costs the whole AttachNics, and the stripe's
+        // with it. Past the stripe nodes meet, so each picks in an order
+        // of its own.
+        let picked: Vec<Banked> = match (stripe.is_empty(), crowded) {
+            (false, _) => stripe.into_iter().take(n).collect(),
+            (true, false) => {
+                fastrand::shuffle(&mut rest);
+                rest.into_iter().take(n).collect()
+            }
+            (true, true) => Vec::new(),
+        };
         let now = Instant::now();
         for b in &picked {
             tried.insert(b.nic, now);
         }
         picked
     }
+
+    /// A claim of `picked` was refused: if it reached past the stripe,
+    /// other nodes claim too, and this one keeps to its stripe a while.
+    pub fn refused(&self, picked: &[NicSpec], place: (usize, usize)) {
+        if picked.iter().any(|s| !in_stripe(s.mac, place)) {
+            *lock(&self.crowded) = Some(Instant::now());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl CloudPool {
@@ -191,7 +218,8 @@ impl CloudPool {
         if !self.banking() {
             return None;
         }
-        let published = self.duties.as_ref()?.elector.published()?;
+        let duties = self.duties.as_ref()?;
+        let published = duties.elector.published()?;
         let listing: Listing = match serde_json::from_str(&published) {
             Ok(l) => l,
             Err(e) => {
@@ -202,14 +230,17 @@ impl CloudPool {
         let room = self.cfg.max_nics.saturating_sub(nics.pool().len() + 1);
         let n = want.min(hostnic_iaas::MAX_NICS_PER_ATTACH).min(room);
         let place = self.client.share().map_or((0, 1), |s| (s.node, s.nodes));
-        let picked = self.bank.pick(listing.get(vxnet)?, n, place, |m| {
-            nics.pool().state(m).is_some()
-        });
+        let offered = listing.get(vxnet).map_or(&[][..], Vec::as_slice);
+        let picked = self
+            .bank
+            .pick(offered, n, place, |m| nics.pool().state(m).is_some());
         let specs: Vec<NicSpec> = picked
             .iter()
             .filter_map(|b| self.spec(b.nic, vxnet, b.ip))
             .collect();
         if specs.is_empty() {
+            // The holder may have refilled the bank since the last read.
+            duties.elector.refresh();
             return None;
         }
         let ids: Vec<String> = specs.iter().map(|s| s.mac.to_string()).collect();
@@ -227,6 +258,7 @@ impl CloudPool {
             }
             Err(e) => {
                 info!(vxnet, nics = ?ids, error = %e, "claiming NICs from the bank failed (another node may have been first); creating NICs instead");
+                self.bank.refused(&specs, place);
                 None
             }
         }
@@ -404,17 +436,24 @@ mod tests {
     fn a_node_picks_its_stripe_first_then_the_rest_and_never_twice() {
         let offered: Vec<Banked> = (1..=10).map(banked).collect();
         let claims = Claims::default();
-        // Node 1 of 3: its stripe is the 2nd, 5th and 8th NIC.
-        let first = claims.pick(&offered, 3, (1, 3), |_| false);
-        assert_eq!(first, vec![banked(2), banked(5), banked(8)]);
+        // Node 1 of 3: its stripe is the NICs whose id is 1 modulo 3
+        // (52:54:00:00:00:00 is 1 modulo 3 itself), and a claim takes
+        // only those while there are any.
+        let first = claims.pick(&offered, 5, (1, 3), |_| false);
+        assert_eq!(first, vec![banked(3), banked(6), banked(9)]);
         let again = claims.pick(&offered, 10, (1, 3), |_| false);
-        assert_eq!(again.len(), 7, "the tried ones are left out");
+        assert_eq!(again.len(), 7, "then the rest, the tried ones left out");
         assert!(again.iter().all(|b| !first.contains(b)));
         assert!(claims.pick(&offered, 5, (1, 3), |_| false).is_empty());
-        // Three nodes reading the same list pick apart while their
-        // stripes last.
+        // Three nodes pick apart while their stripes last, whatever the
+        // order of the list each read.
+        let mut reversed = offered.clone();
+        reversed.reverse();
         let picks: Vec<Vec<Banked>> = (0..3)
-            .map(|p| Claims::default().pick(&offered, 3, (p, 3), |_| false))
+            .map(|p| {
+                let list = if p == 1 { &reversed } else { &offered };
+                Claims::default().pick(list, 3, (p, 3), |_| false)
+            })
             .collect();
         let all: std::collections::BTreeSet<Mac> = picks.iter().flatten().map(|b| b.nic).collect();
         assert_eq!(all.len(), 9, "{picks:?}");
@@ -422,12 +461,21 @@ mod tests {
         let known = offered[0].nic;
         let picked = Claims::default().pick(&offered, 10, (0, 1), |m| m == known);
         assert_eq!(picked.len(), 9);
-        // More nodes than NICs: a node past the list still finds some.
-        assert_eq!(
-            Claims::default()
-                .pick(&offered, 2, (17, 20), |_| false)
-                .len(),
-            2
-        );
+        // More nodes than NICs: a node whose stripe is empty still finds
+        // some, until a claim past its stripe is refused.
+        let lone = Claims::default();
+        let past: Vec<Banked> = lone.pick(&offered, 2, (12, 20), |_| false);
+        assert_eq!(past.len(), 2);
+        let specs: Vec<NicSpec> = past
+            .iter()
+            .map(|b| NicSpec {
+                mac: b.nic,
+                address: ipnet::Ipv4Net::new(b.ip, 24).unwrap(),
+                gateway: Ipv4Addr::new(10, 0, 0, 254),
+                vxnet: None,
+            })
+            .collect();
+        lone.refused(&specs, (12, 20));
+        assert!(lone.pick(&offered, 2, (12, 20), |_| false).is_empty());
     }
 }

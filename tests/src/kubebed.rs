@@ -62,24 +62,54 @@ pub fn agent(
     extra: &str,
 ) -> anyhow::Result<Agent> {
     let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
+    let vxnets: Vec<String> = bed
+        .sim
+        .config()
+        .vxnets
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    let config = agent_config(bed, i, &vxnets, &kubeconfig, (cloud, kube), extra);
+    spawn_agent(bed, i, &config, Duration::from_secs(30))
+}
+
+/// [`agent`]'s configuration, with the node's `vxnets` chosen and the
+/// ServiceAccount's `kubeconfig` made once for many agents. The Lease
+/// lasts 3 s unless `kube` sets `lease_seconds`.
+pub fn agent_config(
+    bed: &CloudBed,
+    i: usize,
+    vxnets: &[String],
+    kubeconfig: &std::path::Path,
+    (cloud, kube): (&str, &str),
+    extra: &str,
+) -> String {
     let instance = format!("instance_id = {:?}\n", bed.sim.nodes[i].instance);
-    let config = bed.agent_config(i, cloud).replace(&instance, "")
+    let lease = match kube.contains("lease_seconds") {
+        true => "",
+        false => "lease_seconds = 3\n",
+    };
+    bed.agent_config_in(i, vxnets, cloud).replace(&instance, "")
         + &format!(
-            "{extra}\n[kubernetes]\nenabled = true\nkubeconfig = {kubeconfig:?}\nnode_name = \"node-{i}\"\npod_wait_ms = 300\nlease_seconds = 3\n{kube}"
-        );
+            "{extra}\n[kubernetes]\nenabled = true\nkubeconfig = {kubeconfig:?}\nnode_name = \"node-{i}\"\npod_wait_ms = 300\n{lease}{kube}"
+        )
+}
+
+/// Starts the agent of VM `i` with `config`, waiting up to `limit` for it
+/// to serve.
+pub fn spawn_agent(
+    bed: &CloudBed,
+    i: usize,
+    config: &str,
+    limit: Duration,
+) -> anyhow::Result<Agent> {
     let dir = bed
         .socket(i)
         .parent()
         .expect("a socket has a directory")
         .to_path_buf();
     std::fs::create_dir_all(&dir)?;
-    Agent::spawn_within(
-        &bed.sim.nodes[i].ns,
-        &dir,
-        &config,
-        bed.socket(i),
-        Duration::from_secs(30),
-    )
+    Agent::spawn_within(&bed.sim.nodes[i].ns, &dir, config, bed.socket(i), limit)
 }
 
 /// Reports `ip` as pod `name`'s address (namespace default), as its

@@ -4,19 +4,27 @@
 //! every ADD an exec of the real `hostnic`, retried on "try again later"
 //! within the runtime's timeout.
 //!
-//! Usage: `hostnic-scale-bench [VMS] [PODS_PER_VM] [ACCOUNT_CALLS_PER_SECOND]`
-//! (default 50 × 20, 20 calls/s). Prints the time until every pod runs,
-//! ADD p50/p99, API calls per second at peak and at rest, calls throttled
-//! and pods that failed.
+//! Usage: `hostnic-scale-bench [VMS] [PODS_PER_VM] [ACCOUNT_CALLS_PER_SECOND]
+//! [--kube | --bank MIN:MAX]` (default 50 × 20, 20 calls/s). Prints the
+//! time until every pod runs, ADD p50/p99, API calls per second at peak
+//! and at rest, calls throttled and pods that failed.
+//!
+//! Without a flag the agents run outside Kubernetes, each told its place
+//! in the account's rate. With `--kube` they run as the DaemonSet runs
+//! them, against a real API server (a Node per VM, the Lease): node 0
+//! starts first and holds the Lease, the clock starts with the others.
+//! `--bank MIN:MAX` is `--kube` with the NIC bank on (`bank_min`,
+//! `bank_max`), node 0's bank filled before the others start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hostnic_testbed::cloudbed::CloudBed;
+use hostnic_testbed::controlplane::ControlPlane;
 use hostnic_testbed::sim::{Faults, SimConfig};
 use hostnic_testbed::stats::{ms, pct};
-use hostnic_testbed::{Agent, CallEnv, Ns};
+use hostnic_testbed::{Agent, CallEnv, Ns, kubebed, wait_for};
 use serde_json::json;
 
 /// How long a runtime keeps retrying an ADD (kubelet's sandbox creation
@@ -31,11 +39,25 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("hostnic-scale-bench needs root: it creates network namespaces");
     }
+    const USAGE: &str = "usage: hostnic-scale-bench [VMS] [PODS_PER_VM] [CALLS_PER_SECOND] [--kube | --bank MIN:MAX]";
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut mode = Mode::Configured;
+    if let Some(at) = args.iter().position(|a| a == "--kube") {
+        args.remove(at);
+        mode = Mode::Kube { bank: None };
+    }
+    if let Some(at) = args.iter().position(|a| a == "--bank") {
+        args.remove(at);
+        let v = args.get(at).context(USAGE)?.clone();
+        args.remove(at);
+        let (min, max) = v.split_once(':').context(USAGE)?;
+        mode = Mode::Kube {
+            bank: Some((min.parse().context(USAGE)?, max.parse().context(USAGE)?)),
+        };
+    }
     let arg = |i: usize, default: u64| -> anyhow::Result<u64> {
-        std::env::args().nth(i).map_or(Ok(default), |v| {
-            v.parse()
-                .context("usage: hostnic-scale-bench [VMS] [PODS_PER_VM] [CALLS_PER_SECOND]")
-        })
+        args.get(i)
+            .map_or(Ok(default), |v| v.parse().context(USAGE))
     };
     let (vms, per_vm, rate) = (
         arg(1, 50)? as usize,
@@ -43,7 +65,8 @@ fn main() -> anyhow::Result<()> {
         arg(3, 20)? as u32,
     );
     println!(
-        "hostnic-scale-bench: {vms} VMs × {per_vm} pods, cold start, account limit {rate} calls/s, attach 1 s\n"
+        "hostnic-scale-bench: {vms} VMs × {per_vm} pods, cold start, account limit {rate} calls/s, attach 1 s, {}\n",
+        mode.describe()
     );
     // Each simulated vxnet is one Linux bridge of at most 1,024 ports: the
     // nodes are spread over as many vxnets as their pods' NICs, and the
@@ -73,30 +96,101 @@ fn main() -> anyhow::Result<()> {
     })?;
     // The defaults an operator runs with, cold (no NIC exists yet), but no
     // warm NIC kept before the first pod (warm_min 0).
-    // Each node sends its calls in its own slots of the account's rate:
-    // the agents run outside Kubernetes here, so the share is configured.
+    // Outside Kubernetes each node is told its place in the account's
+    // rate; in Kubernetes the Node list gives it.
     let timers = |n: usize| {
-        format!(
-            "warm_min = 0\nwarm_max = {WARM_MAX}\ncold_add_wait_seconds = 20\n\
-             account_api_rate = {rate}\napi_rate_nodes = {vms}\napi_rate_slot = {n}"
-        )
+        let base = format!(
+            "warm_min = 0\nwarm_max = {WARM_MAX}\ncold_add_wait_seconds = 20\naccount_api_rate = {rate}\n"
+        );
+        match mode {
+            Mode::Configured => format!("{base}api_rate_nodes = {vms}\napi_rate_slot = {n}"),
+            Mode::Kube { bank } => {
+                let (min, max) = bank.unwrap_or((0, 0));
+                format!("{base}leak_sweep = \"cluster\"\nbank_min = {min}\nbank_max = {max}")
+            }
+        }
     };
-    let start = Instant::now();
+    // Outside Kubernetes a node knows its own vxnet only. In Kubernetes it
+    // lists them all, its own first (FailRotate takes it unless it
+    // fails), as one ConfigMap for the cluster would: the Lease holder
+    // keeps the bank in each.
+    let vxnet_of = |n: usize| match mode {
+        Mode::Configured => vec![vxnets[n % vxnets.len()].0.clone()],
+        Mode::Kube { .. } => (0..vxnets.len())
+            .map(|k| vxnets[(n + k) % vxnets.len()].0.clone())
+            .collect(),
+    };
+    let limit = Duration::from_secs(300);
     let calls = || -> u64 { bed.sim.calls().values().sum() };
+    let (cp, first, start) = match mode {
+        Mode::Configured => (None, Vec::new(), Instant::now()),
+        Mode::Kube { bank } => {
+            let cp = kubebed::control_plane(&bed, None)?;
+            let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
+            let config = |n: usize| {
+                kubebed::agent_config(
+                    &bed,
+                    n,
+                    &vxnet_of(n),
+                    &kubeconfig,
+                    (&timers(n), "lease_seconds = 15\n"),
+                    "",
+                )
+            };
+            // Node 0 is there first: it holds the Lease (and fills the
+            // bank) before the others come.
+            let zero = kubebed::spawn_agent(&bed, 0, &config(0), limit)?;
+            let held = Instant::now();
+            let want = bank.map_or(0, |(min, _)| min * vxnet_count);
+            wait_for(
+                "node-0 to hold the Lease and fill the bank",
+                Duration::from_secs(120),
+                || lease(&cp, "{.spec.holderIdentity}") == "node-0" && banked(&cp) >= want,
+            )?;
+            println!(
+                "node 0 holds the Lease{} after {:.1} s; {} calls so far",
+                if want > 0 {
+                    format!(", its bank of {want} NICs listed,")
+                } else {
+                    String::new()
+                },
+                held.elapsed().as_secs_f64(),
+                calls()
+            );
+            let start = Instant::now();
+            let others: Vec<Agent> = std::thread::scope(|s| {
+                let handles: Vec<_> = (1..vms)
+                    .map(|n| {
+                        let (bed, config) = (&bed, &config);
+                        s.spawn(move || kubebed::spawn_agent(bed, n, &config(n), limit))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("agent thread"))
+                    .collect::<Result<_, _>>()
+            })?;
+            let mut all = vec![zero];
+            all.extend(others);
+            (Some(cp), all, start)
+        }
+    };
     // Agents start as the DaemonSet starts them: all at once.
-    let agents: Vec<Agent> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..vms)
-            .map(|n| {
-                let (bed, timers) = (&bed, &timers);
-                let vxnet = vec![vxnets[n % vxnets.len()].0.clone()];
-                s.spawn(move || bed.start_agent_in(n, &vxnet, &timers(n), Duration::from_secs(300)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("agent thread"))
-            .collect::<Result<_, _>>()
-    })?;
+    let agents: Vec<Agent> = match mode {
+        Mode::Kube { .. } => first,
+        Mode::Configured => std::thread::scope(|s| {
+            let handles: Vec<_> = (0..vms)
+                .map(|n| {
+                    let (bed, timers, vxnet_of) = (&bed, &timers, &vxnet_of);
+                    s.spawn(move || bed.start_agent_in(n, &vxnet_of(n), &timers(n), limit))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("agent thread"))
+                .collect::<Result<_, _>>()
+        })?,
+    };
     println!(
         "{vms} agents serving {:.1} s after their start ({:.1} s of testbed setup before)",
         start.elapsed().as_secs_f64(),
@@ -244,6 +338,89 @@ fn main() -> anyhow::Result<()> {
     for f in failures.iter().take(5) {
         println!("failed: {f}");
     }
+    if let Some(cp) = &cp {
+        let inspect = bed.sim.inspect();
+        let attached: Vec<&serde_json::Value> = inspect["nics"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|n| n["role"] == 0 && !n["instance"].is_null())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let from_bank = attached
+            .iter()
+            .filter(|n| n["name"].as_str().is_some_and(|s| s.ends_with("-bank")))
+            .count();
+        println!(
+            "\nNICs attached to the nodes at the end: {}, {from_bank} of them claimed from the bank; bank NICs listed on the Lease: {}",
+            attached.len(),
+            banked(cp)
+        );
+        let logs: Vec<String> = agents.iter().map(Agent::log_text).collect();
+        let count = |what: &str| logs.iter().map(|l| l.matches(what).count()).sum::<usize>();
+        println!(
+            "claims (one AttachNics each): {} taken, {} refused (another node was first)",
+            count("claimed NICs from the bank"),
+            count("claiming NICs from the bank failed")
+        );
+        for line in logs
+            .iter()
+            .flat_map(|l| l.lines())
+            .filter(|l| l.contains("claiming NICs from the bank failed"))
+            .take(3)
+        {
+            println!("  {line}");
+        }
+    }
     drop(agents);
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Outside Kubernetes: each agent told its place in the account's rate.
+    Configured,
+    /// As the DaemonSet runs them, with the NIC bank's `(min, max)` or none.
+    Kube { bank: Option<(usize, usize)> },
+}
+
+impl Mode {
+    fn describe(&self) -> String {
+        match self {
+            Mode::Configured => "outside Kubernetes (each agent told its slot)".into(),
+            Mode::Kube { bank: None } => "in Kubernetes, no NIC bank".into(),
+            Mode::Kube {
+                bank: Some((min, max)),
+            } => {
+                format!("in Kubernetes, NIC bank {min}..={max} per vxnet")
+            }
+        }
+    }
+}
+
+/// A field of the cluster-duties Lease (a kubectl jsonpath).
+fn lease(cp: &ControlPlane, path: &str) -> String {
+    cp.kubectl(&[
+        "get",
+        "lease",
+        "hostnic-cluster-duties",
+        "-n",
+        "kube-system",
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
+/// The bank's NICs the Lease lists, every vxnet's.
+fn banked(cp: &ControlPlane) -> usize {
+    let listing: serde_json::Value =
+        serde_json::from_str(&lease(cp, "{.metadata.annotations.hostnic\\.io/nic-bank}"))
+            .unwrap_or_default();
+    listing.as_object().map_or(0, |m| {
+        m.values().filter_map(|v| v.as_array()).map(Vec::len).sum()
+    })
 }

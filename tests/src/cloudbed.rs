@@ -44,14 +44,17 @@ impl CloudBed {
     /// The agent config for `node`; `cloud` adds keys to its `[cloud]`
     /// table (warm targets, timers).
     pub fn agent_config(&self, node: usize, cloud: &str) -> String {
-        let all: Vec<String> = self
-            .sim
+        self.agent_config_in(node, &self.vxnet_ids(), cloud)
+    }
+
+    /// Every simulated vxnet's id, in order.
+    pub fn vxnet_ids(&self) -> Vec<String> {
+        self.sim
             .config()
             .vxnets
             .iter()
             .map(|(id, _)| id.clone())
-            .collect();
-        self.agent_config_in(node, &all, cloud)
+            .collect()
     }
 
     /// The same, with the agent's `vxnets` (in order) chosen.

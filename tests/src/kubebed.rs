@@ -62,13 +62,7 @@ pub fn agent(
     extra: &str,
 ) -> anyhow::Result<Agent> {
     let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
-    let vxnets: Vec<String> = bed
-        .sim
-        .config()
-        .vxnets
-        .iter()
-        .map(|(id, _)| id.clone())
-        .collect();
+    let vxnets = bed.vxnet_ids();
     let config = agent_config(bed, i, &vxnets, &kubeconfig, (cloud, kube), extra);
     spawn_agent(bed, i, &config, Duration::from_secs(30))
 }

@@ -61,20 +61,26 @@ fn banked(bed: &CloudBed) -> BTreeSet<String> {
         .collect()
 }
 
+/// A field of the Lease (a kubectl jsonpath); empty if it has none.
+fn lease(cp: &ControlPlane, path: &str) -> String {
+    cp.kubectl(&[
+        "get",
+        "lease",
+        LEASE,
+        "-n",
+        "kube-system",
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
 /// The bank's NICs as the Lease lists them.
 fn published(cp: &ControlPlane) -> BTreeSet<String> {
-    let out = cp
-        .kubectl(&[
-            "get",
-            "lease",
-            LEASE,
-            "-n",
-            "kube-system",
-            "-o",
-            "jsonpath={.metadata.annotations.hostnic\\.io/nic-bank}",
-        ])
-        .unwrap_or_default();
-    let listing: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+    let out = lease(cp, "{.metadata.annotations.hostnic\\.io/nic-bank}");
+    let listing: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
     listing
         .as_object()
         .into_iter()
@@ -85,18 +91,10 @@ fn published(cp: &ControlPlane) -> BTreeSet<String> {
 }
 
 fn holder(cp: &ControlPlane) -> Option<usize> {
-    let out = cp
-        .kubectl(&[
-            "get",
-            "lease",
-            LEASE,
-            "-n",
-            "kube-system",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .ok()?;
-    out.trim().strip_prefix("node-")?.parse().ok()
+    lease(cp, "{.spec.holderIdentity}")
+        .strip_prefix("node-")?
+        .parse()
+        .ok()
 }
 
 /// Brings pod `name` up on `node` (retrying "try again later" as kubelet

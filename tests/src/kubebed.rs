@@ -106,6 +106,23 @@ pub fn spawn_agent(
     Agent::spawn_within(&bed.sim.nodes[i].ns, &dir, config, bed.socket(i), limit)
 }
 
+/// A field of the cluster-duties Lease (a kubectl jsonpath, e.g.
+/// `{.spec.holderIdentity}`); empty when it has none.
+pub fn lease(cp: &ControlPlane, path: &str) -> String {
+    cp.kubectl(&[
+        "get",
+        "lease",
+        "hostnic-cluster-duties",
+        "-n",
+        "kube-system",
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
 /// Reports `ip` as pod `name`'s address (namespace default), as its
 /// kubelet would once the sandbox is up.
 pub fn report_pod_ip(cp: &ControlPlane, name: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {

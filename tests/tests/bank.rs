@@ -15,7 +15,6 @@ use hostnic_testbed::sim::{Faults, SimConfig};
 use hostnic_testbed::{Agent, CallEnv, Ns, require_root, wait_for};
 use serde_json::{Value, json};
 
-const LEASE: &str = "hostnic-cluster-duties";
 const BANK: &str = "hostnic-test-bank";
 
 fn bed(faults: Faults) -> CloudBed {
@@ -61,25 +60,9 @@ fn banked(bed: &CloudBed) -> BTreeSet<String> {
         .collect()
 }
 
-/// A field of the Lease (a kubectl jsonpath); empty if it has none.
-fn lease(cp: &ControlPlane, path: &str) -> String {
-    cp.kubectl(&[
-        "get",
-        "lease",
-        LEASE,
-        "-n",
-        "kube-system",
-        "-o",
-        &format!("jsonpath={path}"),
-    ])
-    .unwrap_or_default()
-    .trim()
-    .to_string()
-}
-
 /// The bank's NICs as the Lease lists them.
 fn published(cp: &ControlPlane) -> BTreeSet<String> {
-    let out = lease(cp, "{.metadata.annotations.hostnic\\.io/nic-bank}");
+    let out = kubebed::lease(cp, "{.metadata.annotations.hostnic\\.io/nic-bank}");
     let listing: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
     listing
         .as_object()
@@ -91,7 +74,7 @@ fn published(cp: &ControlPlane) -> BTreeSet<String> {
 }
 
 fn holder(cp: &ControlPlane) -> Option<usize> {
-    lease(cp, "{.spec.holderIdentity}")
+    kubebed::lease(cp, "{.spec.holderIdentity}")
         .strip_prefix("node-")?
         .parse()
         .ok()

@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             wait_for(
                 "node-0 to hold the Lease and fill the bank",
                 Duration::from_secs(120),
-                || lease(&cp, "{.spec.holderIdentity}") == "node-0" && banked(&cp) >= want,
+                || kubebed::lease(&cp, "{.spec.holderIdentity}") == "node-0" && banked(&cp) >= want,
             )?;
             println!(
                 "node 0 holds the Lease{} after {:.1} s; {} calls so far",
@@ -399,27 +399,13 @@ impl Mode {
     }
 }
 
-/// A field of the cluster-duties Lease (a kubectl jsonpath).
-fn lease(cp: &ControlPlane, path: &str) -> String {
-    cp.kubectl(&[
-        "get",
-        "lease",
-        "hostnic-cluster-duties",
-        "-n",
-        "kube-system",
-        "-o",
-        &format!("jsonpath={path}"),
-    ])
-    .unwrap_or_default()
-    .trim()
-    .to_string()
-}
-
 /// The bank's NICs the Lease lists, every vxnet's.
 fn banked(cp: &ControlPlane) -> usize {
-    let listing: serde_json::Value =
-        serde_json::from_str(&lease(cp, "{.metadata.annotations.hostnic\\.io/nic-bank}"))
-            .unwrap_or_default();
+    let listing: serde_json::Value = serde_json::from_str(&kubebed::lease(
+        cp,
+        "{.metadata.annotations.hostnic\\.io/nic-bank}",
+    ))
+    .unwrap_or_default();
     listing.as_object().map_or(0, |m| {
         m.values().filter_map(|v| v.as_array()).map(Vec::len).sum()
     })

@@ -310,15 +310,21 @@ impl CloudPool {
             }
             let k = keeper.get_or_insert_with(Keeper::new);
             match self.bank_round(k).await {
-                Ok(moved) if moved => rest = ACTIVE,
-                Ok(_) => rest = (rest * 2).min(longest),
+                Ok(moved) => {
+                    rest = match moved {
+                        true => ACTIVE,
+                        false => (rest * 2).min(longest),
+                    };
+                    // Only what was looked at: a holding whose first look
+                    // failed leaves the last holder's list standing.
+                    if let Ok(list) = serde_json::to_string(&k.held) {
+                        duties.elector.publish(list);
+                    }
+                }
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "looking at the NIC bank; trying again");
                     rest = rest.max(ACTIVE * 4).min(longest);
                 }
-            }
-            if let Ok(list) = serde_json::to_string(&k.held) {
-                duties.elector.publish(list);
             }
         }
     }

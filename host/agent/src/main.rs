@@ -138,10 +138,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The crates that compile and run guests (a target matches its prefix:
+/// `wasmtime` is also `wasmtime_cranelift`), whose `debug` output (~50,000
+/// lines, 5 MB, to compile the default guests) would bury the agent's own
+/// when an operator asks for `debug`.
+const GUEST_COMPILER: [&str; 2] = ["cranelift", "wasmtime"];
+
+/// The tracing filter for the configured level: the guest compiler stays at
+/// `info` unless the filter names it.
+fn log_filter(level: &str) -> String {
+    let mut filter = level.to_string();
+    for target in GUEST_COMPILER {
+        if !level.contains(target) {
+            filter += &format!(",{target}=info");
+        }
+    }
+    filter
+}
+
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     use anyhow::Context;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&cfg.log.level)?;
+    let filter = EnvFilter::try_new(log_filter(&cfg.log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
@@ -242,5 +260,19 @@ fn status(socket: &std::path::Path, json: bool) -> ExitCode {
             eprintln!("hostnic-agent status: the agent's answer does not parse: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_guest_compiler_stays_at_info_unless_named() {
+        assert_eq!(log_filter("debug"), "debug,cranelift=info,wasmtime=info");
+        assert_eq!(
+            log_filter("debug,wasmtime=trace"),
+            "debug,wasmtime=trace,cranelift=info"
+        );
     }
 }

@@ -14,7 +14,7 @@ mod release;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -286,10 +286,12 @@ impl NicSource for NoVxnets {
 }
 
 /// The built-in guests' compiled modules, shared by the tests (compiling
-/// them is the slow part of a policy runtime's start).
+/// them is the slow part of a policy runtime's start) and kept between
+/// runs: a fixed directory, where a temporary one held by a static would
+/// never be removed. The cache checks every file, so sharing it is safe.
 fn policy_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| std::env::temp_dir().join("hostnic-agent-unit-tests-policy"))
 }
 
 struct Bed {

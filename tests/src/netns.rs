@@ -48,25 +48,31 @@ impl Ns {
 
     /// Runs many `ip` commands in one process (`ip -batch`).
     pub fn ip_batch(&self, lines: &[String]) -> anyhow::Result<()> {
+        self.batch("ip", lines)
+    }
+
+    /// Runs many commands of `program` (`ip`, `bridge`: both take `-n` and
+    /// `-batch`) in one process.
+    pub fn batch(&self, program: &str, lines: &[String]) -> anyhow::Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut child = Command::new("ip")
+        let mut child = Command::new(program)
             .args(["-n", &self.name, "-batch", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("spawning ip -batch")?;
+            .with_context(|| format!("spawning {program} -batch"))?;
         child
             .stdin
             .take()
-            .context("ip -batch stdin")?
+            .with_context(|| format!("{program} -batch stdin"))?
             .write_all(lines.join("\n").as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
-                "ip -n {} -batch failed: {}",
+                "{program} -n {} -batch failed: {}",
                 self.name,
                 String::from_utf8_lossy(&out.stderr)
             );

@@ -474,23 +474,34 @@ async fn run_job(sim: Arc<Inner>, job: String) {
                 .map(|i| i.netns.clone());
             let mut ok = !fails;
             if let (Some(node), true) = (node, ok) {
-                for (mac, vxnet) in &nics {
-                    if let Err(e) = sim.sdn.plug(mac, vxnet, &node) {
-                        eprintln!("iaas-sim: plugging {mac}: {e:#}");
-                        ok = false;
+                // Hot-plugs exec `ip` and `bridge`: off the async workers,
+                // so the API keeps answering (and counting its rate) on
+                // time, as a cloud's front end does while hosts plug NICs.
+                let inner = sim.clone();
+                ok = tokio::task::spawn_blocking(move || match inner.sdn.plug_all(&nics, &node) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        eprintln!("iaas-sim: plugging {nics:?}: {e:#}");
+                        false
                     }
-                }
+                })
+                .await
+                .unwrap_or(false);
                 tokio::time::sleep(Duration::from_millis(20 + attach_ms / 10)).await;
             }
             ok
         }
         cloud::Plumbing::Detach { nics } => {
             tokio::time::sleep(Duration::from_millis(latency.detach_latency_ms)).await;
-            for mac in &nics {
-                if let Err(e) = sim.sdn.unplug(mac) {
-                    eprintln!("iaas-sim: unplugging {mac}: {e:#}");
+            let inner = sim.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for mac in &nics {
+                    if let Err(e) = inner.sdn.unplug(mac) {
+                        eprintln!("iaas-sim: unplugging {mac}: {e:#}");
+                    }
                 }
-            }
+            })
+            .await;
             true
         }
         balancers => {

@@ -600,3 +600,80 @@ fn a_statefulset_pod_gets_its_address_back_under_its_identity() {
     del("db-0-b", &again, "db-0");
     del("db-1-a", &other, "db-1");
 }
+
+/// The simulator's calls of `action` so far.
+fn calls(bed: &CloudBed, action: &str) -> u64 {
+    bed.sim.calls().get(action).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_cold_add_makes_nics_for_every_pod_bound_to_its_node() {
+    if !require_root("a_cold_add_makes_nics_for_every_pod_bound_to_its_node") {
+        return;
+    }
+    let bed = bed();
+    let cp = cluster(&bed, false);
+    // Eight pods the scheduler bound to node-0, and one on the host's
+    // network, which takes no NIC.
+    const PODS: usize = 8;
+    for i in 0..PODS {
+        cp.apply(&kubebed::pod_object(&format!("p{i}"), "node-0"))
+            .unwrap();
+    }
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "host", "namespace": "default"},
+            "spec": {"nodeName": "node-0", "hostNetwork": true,
+                     "automountServiceAccountToken": false,
+                     "containers": [{"name": "c", "image": "busybox"}]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // No NIC kept warm, at most two: without the pods, a cold ADD's batch
+    // is the ADD's NIC and as many as the recent cold ADDs, up to two.
+    let _agent = kubebed::agent(
+        &bed,
+        &cp,
+        0,
+        (
+            "warm_min = 0\nwarm_max = 2\nreconcile_seconds = 1\ncold_add_wait_seconds = 20\n",
+            "",
+        ),
+        "",
+    )
+    .unwrap();
+    let secondary = || {
+        bed.sim.inspect()["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == 0)
+            .count()
+    };
+    assert_eq!(secondary(), 0);
+    let netns: Vec<Ns> = (0..PODS)
+        .map(|i| Ns::new(&format!("bound{i}")).unwrap())
+        .collect();
+    add(&bed, "p0-a", &netns[0], "p0");
+    assert_eq!(calls(&bed, "CreateNics"), 1);
+    assert_eq!(
+        secondary(),
+        PODS,
+        "the first cold ADD's batch makes a NIC for each of the {PODS} networked pods bound here"
+    );
+    // The other seven find theirs made: no second CreateNics.
+    let macs: std::collections::BTreeSet<String> = (1..PODS)
+        .map(|i| {
+            let r = add(&bed, &format!("p{i}-a"), &netns[i], &format!("p{i}"));
+            r["interfaces"][0]["mac"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(macs.len(), PODS - 1);
+    assert_eq!(calls(&bed, "CreateNics"), 1);
+    assert_eq!(secondary(), PODS);
+    for (i, ns) in netns.iter().enumerate() {
+        call(&bed, "DEL", &format!("p{i}-a"), ns, &format!("p{i}")).unwrap();
+    }
+}

@@ -116,10 +116,13 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         Source::Cloud => {
             let duties = kube.as_ref().map(|k| k.duties.clone());
             let nodes = kube.as_ref().map(|k| k.nodes.clone());
-            let cloud = cloud::patiently("connecting to the cloud", || {
+            let mut cloud = cloud::patiently("connecting to the cloud", || {
                 CloudPool::connect(&cfg, duties.clone(), nodes.clone())
             })
             .await?;
+            if let Some(k) = &kube {
+                cloud.size_batches_by(k.pods.clone());
+            }
             let inventory =
                 cloud::patiently("describing this node's NICs", || cloud.inventory()).await?;
             found.nics = inventory.nics;

@@ -264,10 +264,19 @@ impl Pool {
 
     /// NICs of `vxnet` that pods hold or are being given.
     pub fn count_held_in(&self, vxnet: &str) -> usize {
+        self.count_held_where(|v| v == Some(vxnet))
+    }
+
+    /// NICs, in any vxnet, that pods hold or are being given.
+    pub fn count_held(&self) -> usize {
+        self.count_held_where(|_| true)
+    }
+
+    fn count_held_where(&self, vxnet: impl Fn(Option<&str>) -> bool) -> usize {
         self.slots
             .values()
             .filter(|s| {
-                s.spec.vxnet.as_deref() == Some(vxnet)
+                vxnet(s.spec.vxnet.as_deref())
                     && matches!(s.state, State::Held(_) | State::Reserved(_))
             })
             .count()

@@ -11,8 +11,10 @@
 //!
 //! Without a flag the agents run outside Kubernetes, each told its place
 //! in the account's rate. With `--kube` they run as the DaemonSet runs
-//! them, against a real API server (a Node per VM, the Lease): node 0
-//! starts first and holds the Lease, the clock starts with the others.
+//! them, against a real API server (a Node per VM, the Lease, every pod
+//! bound to its node as the scheduler leaves it, named in the ADD as
+//! kubelet names it): node 0 starts first and holds the Lease, the clock
+//! starts with the others.
 //! `--bank MIN:MAX` is `--kube` with the NIC bank on (`bank_min`,
 //! `bank_max`), node 0's bank filled before the others start.
 
@@ -147,6 +149,29 @@ fn main() -> anyhow::Result<()> {
                 Duration::from_secs(120),
                 || kubebed::lease(&cp, "{.spec.holderIdentity}") == "node-0" && banked(&cp) >= want,
             )?;
+            // The pods, bound to their nodes as the scheduler leaves them
+            // (kubelet asks for a pod's sandbox only once it is bound).
+            let bound = Instant::now();
+            let pods: Vec<serde_json::Value> = (0..vms)
+                .flat_map(|n| (0..per_vm).map(move |i| (n, i)))
+                .map(|(n, i)| {
+                    serde_json::from_str(&kubebed::pod_object(
+                        &format!("s{n}x{i}"),
+                        &format!("node-{n}"),
+                    ))
+                })
+                .collect::<Result<_, _>>()?;
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": pods});
+            cp.kubectl_as(
+                &cp.admin_kubeconfig(),
+                &["create", "-f", "-"],
+                Some(&list.to_string()),
+            )?;
+            println!(
+                "{} pods bound to their nodes in {:.1} s",
+                vms * per_vm,
+                bound.elapsed().as_secs_f64()
+            );
             println!(
                 "node 0 holds the Lease{} after {:.1} s; {} calls so far",
                 if want > 0 {
@@ -220,15 +245,19 @@ fn main() -> anyhow::Result<()> {
                 let (bed, pods) = (&bed, &pods);
                 s.spawn(move || {
                     let conf = bed.netconf(n, "1.0.0", json!([]));
+                    // As kubelet sends them (in Kubernetes the agent finds
+                    // the pod in its watch).
                     let mut out = Vec::new();
                     for i in (w..per_vm).step_by(PER_NODE_PARALLEL) {
                         let id = format!("s{n}x{i}");
                         let path = pods[n][i].path().display().to_string();
+                        let args =
+                            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}");
                         let env = CallEnv {
                             container_id: &id,
                             netns: &path,
                             ifname: "eth0",
-                            args: "",
+                            args: &args,
                         };
                         let t = Instant::now();
                         let r = loop {

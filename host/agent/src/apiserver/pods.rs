@@ -142,6 +142,29 @@ impl PodCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The pods bound to this node that the pod network serves: not on
+    /// the host's network, not finished, not being deleted. The scheduler
+    /// binds a node's pods before kubelet asks for their sandboxes, so
+    /// this is the demand for NICs a moment ahead of the ADDs.
+    pub fn networked(&self) -> usize {
+        self.store.state().iter().filter(|p| networked(p)).count()
+    }
+}
+
+/// Whether the pod network serves `pod` (see [`PodCache::networked`]).
+fn networked(pod: &Pod) -> bool {
+    let host = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    !host && !finished && pod.metadata.deletion_timestamp.is_none()
 }
 
 fn facts(pod: &Arc<Pod>) -> PodFacts {
@@ -174,6 +197,27 @@ fn ordinal(pod: &str, set: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networked_pods_leave_out_host_network_finished_and_deleting_ones() {
+        let pod = |meta: serde_json::Value, spec: serde_json::Value, phase: &str| -> Pod {
+            let mut meta = meta;
+            meta["name"] = "p".into();
+            serde_json::from_value(serde_json::json!({
+                "metadata": meta, "spec": spec, "status": {"phase": phase},
+            }))
+            .unwrap()
+        };
+        let (none, plain) = (serde_json::json!({}), serde_json::json!({"containers": []}));
+        assert!(networked(&pod(none.clone(), plain.clone(), "Pending")));
+        assert!(networked(&pod(none.clone(), plain.clone(), "Running")));
+        let host = serde_json::json!({"containers": [], "hostNetwork": true});
+        assert!(!networked(&pod(none.clone(), host, "Pending")));
+        assert!(!networked(&pod(none.clone(), plain.clone(), "Succeeded")));
+        assert!(!networked(&pod(none, plain.clone(), "Failed")));
+        let deleting = serde_json::json!({"deletionTimestamp": "2026-12-07T00:00:00Z"});
+        assert!(!networked(&pod(deleting, plain, "Running")));
+    }
 
     #[tokio::test]
     async fn a_pod_waited_for_in_vain_is_not_waited_for_again() {

@@ -44,6 +44,7 @@ use ipnet::Ipv4Net;
 use tracing::warn;
 
 use crate::apiserver::Duties;
+use crate::apiserver::pods::PodCache;
 use crate::config::{self, Config, NicSpec};
 
 /// How long start-up keeps retrying a busy or throttled cloud.
@@ -167,6 +168,9 @@ pub struct CloudPool {
     nodes: Option<pace::NodeList>,
     /// The bank NICs this node tried to claim lately.
     bank: bank::Claims,
+    /// The pods bound to this node (in Kubernetes): how many NICs a batch
+    /// for cold ADDs makes ahead of them.
+    pods: Option<PodCache>,
 }
 
 impl CloudPool {
@@ -248,7 +252,23 @@ impl CloudPool {
             duties,
             nodes: None,
             bank: bank::Claims::default(),
+            pods: None,
         })
+    }
+
+    /// Sizes batches for cold ADDs by the pods the API server has bound
+    /// to this node (`provisioner`).
+    pub fn size_batches_by(&mut self, pods: PodCache) {
+        self.pods = Some(pods);
+    }
+
+    /// The pods bound to this node that the pod network serves, by the
+    /// API server; `None` outside Kubernetes, and with shared-NIC vxnets,
+    /// whose pods take no NIC of their own, so their count says nothing
+    /// of the NICs to make.
+    pub(crate) fn networked_pods(&self) -> Option<usize> {
+        let pods = self.pods.as_ref().filter(|_| self.shared.is_empty())?;
+        Some(pods.networked())
     }
 
     /// Requests sent so far per action, and the client's budget in words.

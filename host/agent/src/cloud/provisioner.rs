@@ -1,7 +1,9 @@
 //! Cold ADDs. An ADD that finds no warm NIC where its vxnet order wants one
 //! waits while the node's provisioner creates NICs for every waiting ADD at
-//! once (one CreateNics for the whole demand and as many more as the node's
-//! recent cold ADDs, up to `warm_max`; attaches in fives, in parallel),
+//! once (one CreateNics for the whole demand and as many more as are
+//! coming: in Kubernetes the pods bound to the node still without a NIC,
+//! at least the node's recent cold ADDs up to `warm_max`; attaches in
+//! fives, in parallel),
 //! moving down the order only as creating fails. The
 //! provisioner runs on a task of its own, so a runtime timeout cannot cut
 //! an attach in half; an ADD that waits longer than `cold_wait` answers
@@ -202,16 +204,23 @@ impl Provisioner {
             .collect()
     }
 
-    /// NICs a batch for `n` waiting ADDs in `vxnet` makes beyond them: as
-    /// many as the node's cold ADDs for that vxnet in the last
-    /// [`LOOKAHEAD_WINDOW`], up to the vxnet's `warm_max` (what the node
-    /// keeps idle anyway) and the addresses the vxnet was last counted to
-    /// have. kubelet starts a node's pods a few at a time, so a node
-    /// bringing up many pods sees only some of them waiting; its recent
-    /// demand says more are coming, and one batch now costs fewer of the
-    /// account's calls than one per handful later. What is not taken
-    /// stays warm, and above `warm_max` is trimmed as ever.
-    fn lookahead(&self, cloud: &CloudPool, vxnet: &str, n: usize) -> usize {
+    /// NICs a batch for `n` waiting ADDs in `vxnet` makes beyond them.
+    /// kubelet starts a node's pods a few at a time, so a node bringing up
+    /// many pods sees only some of them waiting, and one batch now costs
+    /// fewer of the account's calls than one per handful later. How many
+    /// more are coming:
+    ///
+    /// - in Kubernetes, the pods the scheduler has bound to the node that
+    ///   hold no NIC and do not wait for one yet ([`Self::pods_coming`]);
+    /// - and at least as many as the node's cold ADDs for that vxnet in
+    ///   the last [`LOOKAHEAD_WINDOW`], up to the vxnet's `warm_max` (what
+    ///   the node keeps idle anyway): outside Kubernetes the recent demand
+    ///   is all the node knows.
+    ///
+    /// Never more than the addresses the vxnet was last counted to have.
+    /// What is not taken stays warm, and above `warm_max` is trimmed as
+    /// ever.
+    fn lookahead(&self, (cloud, nics): (&CloudPool, &Nics), vxnet: &str, n: usize) -> usize {
         let recent = {
             let mut recent = lock(&self.recent);
             forget_old(&mut recent);
@@ -221,7 +230,27 @@ impl Provisioner {
             .kpis
             .free_ips(vxnet)
             .map_or(usize::MAX, |free| (free as usize).saturating_sub(n));
-        recent.min(cloud.warm_targets(vxnet).1).min(room)
+        recent
+            .min(cloud.warm_targets(vxnet).1)
+            .max(self.pods_coming((cloud, nics), vxnet))
+            .min(room)
+    }
+
+    /// `vxnet`'s part of the pods bound to this node (by the API server)
+    /// that neither hold a NIC nor wait for one: as large a part as its
+    /// share of the cold ADDs waiting now, which is where the vxnet
+    /// policy sends a node's pods. 0 outside Kubernetes.
+    fn pods_coming(&self, (cloud, nics): (&CloudPool, &Nics), vxnet: &str) -> usize {
+        let Some(networked) = cloud.networked_pods() else {
+            return 0;
+        };
+        let waiters: Vec<(Vec<String>, Instant)> = lock(&self.waiters).values().cloned().collect();
+        let here = waiters
+            .iter()
+            .filter(|(order, since)| self.target(order, *since).as_deref() == Some(vxnet))
+            .count();
+        let coming = networked.saturating_sub(nics.pool().count_held() + waiters.len());
+        (coming * here).div_ceil(waiters.len().max(1))
     }
 
     /// Attaches a batch on a task of its own: the NICs count as on their
@@ -300,7 +329,7 @@ impl Provisioner {
             // instead of making the next one.
             cloud.client.paced().await;
             for (vxnet, n) in self.unmet_demand(nics) {
-                let ahead = self.lookahead(cloud, &vxnet, n);
+                let ahead = self.lookahead((cloud, nics), &vxnet, n);
                 let batch = (n + ahead).min(MAX_BATCH);
                 // The bank first: its NICs need only the attach.
                 if let Some((specs, job)) = cloud.claim(nics, &vxnet, batch).await {

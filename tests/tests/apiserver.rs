@@ -653,6 +653,15 @@ fn a_cold_add_makes_nics_for_every_pod_bound_to_its_node() {
             .count()
     };
     assert_eq!(secondary(), 0);
+    // What waits for a quiet moment (counting the vxnets' addresses, one
+    // DescribeNics each) waits while the bound pods have not asked: their
+    // batch would wait behind it. The start's inventory is the one call.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        calls(&bed, "DescribeNics"),
+        1,
+        "the node counted its vxnets while its pods were on their way"
+    );
     let netns: Vec<Ns> = (0..PODS)
         .map(|i| Ns::new(&format!("bound{i}")).unwrap())
         .collect();
@@ -673,6 +682,11 @@ fn a_cold_add_makes_nics_for_every_pod_bound_to_its_node() {
     assert_eq!(macs.len(), PODS - 1);
     assert_eq!(calls(&bed, "CreateNics"), 1);
     assert_eq!(secondary(), PODS);
+    // Every pod has its NIC: the node is quiet, and counts its two vxnets.
+    wait_for("the vxnets counted", Duration::from_secs(20), || {
+        calls(&bed, "DescribeNics") >= 3
+    })
+    .unwrap();
     for (i, ns) in netns.iter().enumerate() {
         call(&bed, "DEL", &format!("p{i}-a"), ns, &format!("p{i}")).unwrap();
     }

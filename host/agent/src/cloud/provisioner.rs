@@ -29,13 +29,20 @@ const MAX_BATCH: usize = 20;
 /// How far back the cold ADDs a batch looks ahead by are counted.
 const LOOKAHEAD_WINDOW: Duration = Duration::from_secs(30);
 
+/// How long after its start a node whose pods are bound but have not
+/// asked yet expects them: kubelet asks once the node's network is ready.
+const FIRST_PODS_WINDOW: Duration = Duration::from_secs(60);
+
+/// A cold ADD waiting: its vxnet order, and since when.
+type Waiter = (Vec<String>, Instant);
+
 #[derive(Debug)]
 pub struct Provisioner {
     /// How long a cold ADD waits for its NIC before "try again later".
     cold_wait: Duration,
     /// The cold ADDs waiting, each with its vxnet order and when it began:
     /// the demand, per vxnet.
-    waiters: Mutex<HashMap<u64, (Vec<String>, Instant)>>,
+    waiters: Mutex<HashMap<u64, Waiter>>,
     next_waiter: AtomicU64,
     /// The cold ADDs of the last [`LOOKAHEAD_WINDOW`]: when each came and
     /// its first choice of vxnet.
@@ -48,6 +55,8 @@ pub struct Provisioner {
     /// The latest failure to provide NICs in each vxnet: when, and the
     /// answer for an ADD whose every vxnet failed while it waited.
     failed: Mutex<BTreeMap<String, (Instant, Error)>>,
+    /// When the agent started.
+    started: Instant,
 }
 
 /// A cold ADD among the waiters while it lives.
@@ -83,6 +92,7 @@ impl Provisioner {
             running: AtomicBool::new(false),
             full: Mutex::new(None),
             failed: Mutex::new(BTreeMap::new()),
+            started: Instant::now(),
         }
     }
 
@@ -94,6 +104,23 @@ impl Provisioner {
     /// No cold ADD waits and no batch is being made.
     pub fn idle(&self) -> bool {
         self.waiting() == 0 && !self.running.load(Ordering::SeqCst)
+    }
+
+    /// Pods bound to the node will ask for NICs soon: some hold none and
+    /// wait for none, and the node is bringing pods up (a cold ADD in the
+    /// last [`LOOKAHEAD_WINDOW`], or its first [`FIRST_PODS_WINDOW`]). A
+    /// pod that never asks (its kubelet is away) does not keep the node
+    /// from what waits for a quiet moment for longer than that.
+    pub fn expecting(&self, cloud: &CloudPool, nics: &Nics) -> bool {
+        let bringing_up = self.started.elapsed() < FIRST_PODS_WINDOW || {
+            let mut recent = lock(&self.recent);
+            forget_old(&mut recent);
+            !recent.is_empty()
+        };
+        bringing_up
+            && self
+                .unasked(cloud, nics)
+                .is_some_and(|(coming, _)| coming > 0)
     }
 
     /// A NIC for a cold ADD: waits while the provisioner creates NICs, and
@@ -188,7 +215,7 @@ impl Provisioner {
     /// Per vxnet, the cold ADDs waiting for a NIC there that no free,
     /// attaching or returning NIC of that vxnet will serve.
     fn unmet_demand(&self, nics: &Nics) -> Vec<(String, usize)> {
-        let waiters: Vec<(Vec<String>, Instant)> = lock(&self.waiters).values().cloned().collect();
+        let waiters: Vec<Waiter> = lock(&self.waiters).values().cloned().collect();
         let mut want: BTreeMap<String, usize> = BTreeMap::new();
         for (order, since) in &waiters {
             if let Some(v) = self.target(order, *since) {
@@ -241,16 +268,24 @@ impl Provisioner {
     /// share of the cold ADDs waiting now, which is where the vxnet
     /// policy sends a node's pods. 0 outside Kubernetes.
     fn pods_coming(&self, (cloud, nics): (&CloudPool, &Nics), vxnet: &str) -> usize {
-        let Some(networked) = cloud.networked_pods() else {
+        let Some((coming, waiters)) = self.unasked(cloud, nics) else {
             return 0;
         };
-        let waiters: Vec<(Vec<String>, Instant)> = lock(&self.waiters).values().cloned().collect();
         let here = waiters
             .iter()
             .filter(|(order, since)| self.target(order, *since).as_deref() == Some(vxnet))
             .count();
-        let coming = networked.saturating_sub(nics.pool().count_held() + waiters.len());
         (coming * here).div_ceil(waiters.len().max(1))
+    }
+
+    /// The pods bound to this node that neither hold a NIC nor wait for
+    /// one, and the cold ADDs waiting; `None` when the node does not know
+    /// its pods ([`CloudPool::networked_pods`]).
+    fn unasked(&self, cloud: &CloudPool, nics: &Nics) -> Option<(usize, Vec<Waiter>)> {
+        let networked = cloud.networked_pods()?;
+        let waiters: Vec<Waiter> = lock(&self.waiters).values().cloned().collect();
+        let coming = networked.saturating_sub(nics.pool().count_held() + waiters.len());
+        Some((coming, waiters))
     }
 
     /// Attaches a batch on a task of its own: the NICs count as on their

@@ -60,15 +60,19 @@ impl CloudPool {
         }
     }
 
-    /// No cold ADD waits, no batch is being made or attached: the node's
-    /// slots of the account's rate are free for what can wait.
+    /// No cold ADD waits, no batch is being made or attached, no pod
+    /// bound here is about to ask for a NIC: the node's slots of the
+    /// account's rate are free for what can wait. (A node that tagged and
+    /// counted while its first pods were on their way made their batch
+    /// wait behind those calls, a cycle of its slots each.)
     fn quiet(&self, nics: &Nics) -> bool {
-        let pool = nics.pool();
-        self.provisioner.idle()
-            && self
-                .vxnets
+        let attaching = {
+            let pool = nics.pool();
+            self.vxnets
                 .iter()
-                .all(|(v, _)| pool.count_in(v, &[State::Attaching]) == 0)
+                .any(|(v, _)| pool.count_in(v, &[State::Attaching]) > 0)
+        };
+        self.provisioner.idle() && !attaching && !self.provisioner.expecting(self, nics)
     }
 
     /// Tags the new NICs once the node is quiet (no cold ADD waiting, no

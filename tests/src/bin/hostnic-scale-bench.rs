@@ -367,6 +367,17 @@ fn main() -> anyhow::Result<()> {
     for f in failures.iter().take(5) {
         println!("failed: {f}");
     }
+    // A request woken more than half a slot late waits for its node's next
+    // slot, a whole cycle on: on a loaded machine, time the pace loses.
+    let late: usize = agents
+        .iter()
+        .map(|a| {
+            a.log_text()
+                .matches("woke too late for this node's slot")
+                .count()
+        })
+        .sum();
+    println!("\nrequests woken too late for their slot, sent a cycle later: {late}");
     if let Some(cp) = &cp {
         let inspect = bed.sim.inspect();
         let attached: Vec<&serde_json::Value> = inspect["nics"]

@@ -644,14 +644,7 @@ fn a_cold_add_makes_nics_for_every_pod_bound_to_its_node() {
         "",
     )
     .unwrap();
-    let secondary = || {
-        bed.sim.inspect()["nics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["role"] == 0)
-            .count()
-    };
+    let secondary = || bed.sim.secondary_nics().len();
     assert_eq!(secondary(), 0);
     // What waits for a quiet moment (counting the vxnets' addresses, one
     // DescribeNics each) waits while the bound pods have not asked: their

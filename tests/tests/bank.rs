@@ -42,13 +42,7 @@ fn agent(bed: &CloudBed, cp: &ControlPlane, i: usize, cloud: &str) -> Agent {
 
 /// The simulator's NICs, secondary ones only.
 fn nics(bed: &CloudBed) -> Vec<Value> {
-    bed.sim.inspect()["nics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["role"] == 0)
-        .cloned()
-        .collect()
+    bed.sim.secondary_nics()
 }
 
 /// The bank's NICs in the cloud: named for it and attached nowhere.

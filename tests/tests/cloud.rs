@@ -326,14 +326,7 @@ fn cold_adds_make_nics_ahead_for_the_pods_that_follow() {
         .map(|i| Ns::new(&format!("la{i}")).unwrap())
         .collect();
     let creates = || bed.sim.calls().get("CreateNics").copied().unwrap_or(0);
-    let ours = || {
-        bed.sim.inspect()["nics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["role"] == 0)
-            .count()
-    };
+    let ours = || bed.sim.secondary_nics().len();
     let mut made = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
         let path = pod.path().display().to_string();
@@ -666,11 +659,9 @@ fn an_agent_killed_mid_attach_adopts_the_nic_after_restart() {
     // (the batch has one made ahead, for a pod that may follow); the
     // runtime's retried ADD gets one of them, and nothing new is made.
     let ours = || -> Vec<Value> {
-        bed.sim.inspect()["nics"]
-            .as_array()
-            .unwrap()
+        bed.sim
+            .secondary_nics()
             .iter()
-            .filter(|n| n["role"] == 0)
             .map(|n| n["id"].clone())
             .collect()
     };

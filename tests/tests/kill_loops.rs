@@ -268,11 +268,9 @@ fn thirty_kills_during_provisioning_attach_detach_and_trim_in_the_cloud() {
     let mut agent = bed.start_agent(0, timers).unwrap();
     let mut cut = 0;
     let ours = |b: &CloudBed| -> Vec<String> {
-        b.sim.inspect()["nics"]
-            .as_array()
-            .unwrap()
+        b.sim
+            .secondary_nics()
             .iter()
-            .filter(|n| n["role"] == 0)
             .filter_map(|n| n["id"].as_str().map(str::to_string))
             .collect()
     };

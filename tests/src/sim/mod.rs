@@ -278,6 +278,15 @@ impl Sim {
         inspect_json(&self.inner)
     }
 
+    /// The secondary NICs (not a VM's primary) as [`Self::inspect`] has
+    /// them: those hostnic makes.
+    pub fn secondary_nics(&self) -> Vec<Value> {
+        match inspect_json(&self.inner)["nics"].take() {
+            Value::Array(nics) => nics.into_iter().filter(|n| n["role"] == 0).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         self.inner.injector().faults = faults;
     }

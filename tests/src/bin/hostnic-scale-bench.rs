@@ -367,17 +367,14 @@ fn main() -> anyhow::Result<()> {
     for f in failures.iter().take(5) {
         println!("failed: {f}");
     }
+    let logs: Vec<String> = agents.iter().map(Agent::log_text).collect();
+    let count = |what: &str| logs.iter().map(|l| l.matches(what).count()).sum::<usize>();
     // A request woken more than half a slot late waits for its node's next
     // slot, a whole cycle on: on a loaded machine, time the pace loses.
-    let late: usize = agents
-        .iter()
-        .map(|a| {
-            a.log_text()
-                .matches("woke too late for this node's slot")
-                .count()
-        })
-        .sum();
-    println!("\nrequests woken too late for their slot, sent a cycle later: {late}");
+    println!(
+        "\nrequests woken too late for their slot, sent a cycle later: {}",
+        count("woke too late for this node's slot")
+    );
     if let Some(cp) = &cp {
         let inspect = bed.sim.inspect();
         let attached: Vec<&serde_json::Value> = inspect["nics"]
@@ -397,8 +394,6 @@ fn main() -> anyhow::Result<()> {
             attached.len(),
             banked(cp)
         );
-        let logs: Vec<String> = agents.iter().map(Agent::log_text).collect();
-        let count = |what: &str| logs.iter().map(|l| l.matches(what).count()).sum::<usize>();
         println!(
             "claims (one AttachNics each): {} taken, {} refused (another node was first)",
             count("claimed NICs from the bank"),

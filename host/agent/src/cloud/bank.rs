@@ -35,7 +35,6 @@ use tracing::{info, warn};
 use super::CloudPool;
 use crate::config::NicSpec;
 use crate::nics::Nics;
-use crate::pool::State;
 
 /// The bank's NICs per vxnet, as the holder publishes them.
 pub type Listing = BTreeMap<String, Vec<Banked>>;
@@ -246,13 +245,7 @@ impl CloudPool {
         let ids: Vec<String> = specs.iter().map(|s| s.mac.to_string()).collect();
         match self.client.attach_nics(&ids, &self.cfg.instance_id).await {
             Ok(job) => {
-                {
-                    let mut pool = nics.pool();
-                    for s in &specs {
-                        pool.insert(s.clone(), State::Attaching, true);
-                    }
-                }
-                self.tagger.queue(specs.iter().map(|s| s.mac));
+                self.on_their_way(nics, &specs);
                 info!(vxnet, nics = ?ids, "claimed NICs from the bank");
                 Some((specs, job))
             }

@@ -128,14 +128,21 @@ impl CloudPool {
             .iter()
             .filter_map(|c| self.spec(c.nic_id.parse().ok()?, vxnet, c.private_ip?))
             .collect();
+        self.on_their_way(nics, &specs);
+        Ok(specs)
+    }
+
+    /// NICs this node is about to attach (made here, or claimed from the
+    /// bank): in the pool as `Attaching`, counted as on their way, and
+    /// queued for the node's tags.
+    pub(super) fn on_their_way(&self, nics: &Nics, specs: &[NicSpec]) {
         {
             let mut pool = nics.pool();
-            for s in &specs {
+            for s in specs {
                 pool.insert(s.clone(), State::Attaching, true);
             }
         }
         self.tagger.queue(specs.iter().map(|s| s.mac));
-        Ok(specs)
     }
 
     /// Attaches a batch [`Self::create_batch`] made and parks its NICs as

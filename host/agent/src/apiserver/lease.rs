@@ -13,10 +13,10 @@
 //! A holder that cannot renew in time stops acting as the holder before
 //! the others may take over.
 //!
-//! The Lease also carries what the holder publishes for every node (the
-//! NIC bank's list, `cloud::bank`) in an annotation: the holder writes it
-//! with its renewals, the others read it with their rounds, so publishing
-//! costs no request of its own.
+//! The Lease also carries what the holder publishes for every node, one
+//! annotation each (the NIC bank's list, `cloud::bank`): the holder writes
+//! them with its renewals, the others read them with their rounds, so
+//! publishing costs no request of its own.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +29,14 @@ use kube::Api;
 use kube::api::PostParams;
 use tracing::{info, warn};
 
-/// The annotation the holder publishes in (JSON; see `cloud::bank`).
-pub const PUBLISHED: &str = "hostnic.io/nic-bank";
+/// The annotations the holder publishes in (JSON each).
+pub mod notes {
+    /// The NIC bank's list (`cloud::bank`).
+    pub const BANK: &str = "hostnic.io/nic-bank";
+}
+
+/// Annotations of the Lease that are notes of ours.
+const NOTES_PREFIX: &str = "hostnic.io/";
 
 #[derive(Debug, Clone)]
 pub struct Elector {
@@ -41,10 +47,12 @@ pub struct Elector {
 /// What the holder publishes on the Lease, and what the last round read.
 #[derive(Debug, Default)]
 struct Notes {
-    /// Written with this node's renewals while it holds the Lease.
-    to_publish: Mutex<Option<String>>,
-    /// The annotation as the last round read it (or, for the holder, wrote it).
-    seen: Mutex<Option<String>>,
+    /// Written with this node's renewals while it holds the Lease, by
+    /// annotation.
+    to_publish: Mutex<BTreeMap<&'static str, String>>,
+    /// The notes as the last round read them (or, for the holder, wrote
+    /// them), by annotation.
+    seen: Mutex<BTreeMap<String, String>>,
     /// Wakes the election for a round before its time (at most one a
     /// second): to publish at once, or to read afresh.
     wake: tokio::sync::Notify,
@@ -98,8 +106,8 @@ impl Elector {
                     info!(lease = %election.name, holder = now, "{}", if now { "this node holds the Lease: it does the cluster-wide duties" } else { "this node no longer holds the Lease" });
                 }
                 if was && !now {
-                    // A later holding publishes afresh, not this one's list.
-                    *lock(&election.notes.to_publish) = None;
+                    // A later holding publishes afresh, not this one's notes.
+                    lock(&election.notes.to_publish).clear();
                 }
                 flag.store(now, Ordering::SeqCst);
                 let soonest = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -112,11 +120,12 @@ impl Elector {
         Elector { held, notes }
     }
 
-    /// Publishes `value` on the Lease with this node's next renewal (only
-    /// while it holds the Lease; a former holder's value stays on the
-    /// Lease until the next holder publishes its own).
-    pub fn publish(&self, value: String) {
-        let changed = lock(&self.notes.to_publish).replace(value.clone()) != Some(value);
+    /// Publishes `value` in annotation `note` (one of [`notes`]) with this
+    /// node's next renewal (only while it holds the Lease; a former
+    /// holder's value stays on the Lease until the next holder publishes
+    /// its own).
+    pub fn publish(&self, note: &'static str, value: String) {
+        let changed = lock(&self.notes.to_publish).insert(note, value.clone()) != Some(value);
         if changed {
             self.notes.wake.notify_one();
         }
@@ -128,10 +137,10 @@ impl Elector {
         self.notes.wake.notify_one();
     }
 
-    /// What the Lease carried at the last round: at most a third of the
-    /// Lease's duration old.
-    pub fn published(&self) -> Option<String> {
-        lock(&self.notes.seen).clone()
+    /// What the Lease carried in annotation `note` at the last round: at
+    /// most a third of the Lease's duration old.
+    pub fn published(&self, note: &str) -> Option<String> {
+        lock(&self.notes.seen).get(note).cloned()
     }
 
     /// Whether this node holds the Lease now.
@@ -178,8 +187,11 @@ impl Election {
         *lock(&self.notes.seen) = lease
             .metadata
             .annotations
-            .as_ref()
-            .and_then(|a| a.get(PUBLISHED).cloned());
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(NOTES_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let record = (spec.holder_identity.clone(), spec.renew_time.clone());
         let seen_since = match &self.observed {
@@ -203,19 +215,21 @@ impl Election {
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(seconds);
         let to_publish = lock(&self.notes.to_publish).clone();
-        if let Some(value) = to_publish {
-            lease
-                .metadata
-                .annotations
-                .get_or_insert_with(BTreeMap::new)
-                .insert(PUBLISHED.to_string(), value.clone());
+        if !to_publish.is_empty() {
+            let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            for (note, value) in &to_publish {
+                annotations.insert(note.to_string(), value.clone());
+            }
             let written = conflict_is_false(
                 self.api
                     .replace(&self.name, &PostParams::default(), &lease)
                     .await,
             );
             if matches!(written, Ok(true)) {
-                *lock(&self.notes.seen) = Some(value);
+                let mut seen = lock(&self.notes.seen);
+                for (note, value) in to_publish {
+                    seen.insert(note.to_string(), value);
+                }
             }
             return written;
         }

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::CloudPool;
+use crate::apiserver::lease::notes;
 use crate::config::NicSpec;
 use crate::nics::Nics;
 
@@ -218,7 +219,7 @@ impl CloudPool {
             return None;
         }
         let duties = self.duties.as_ref()?;
-        let published = duties.elector.published()?;
+        let published = duties.elector.published(notes::BANK)?;
         let listing: Listing = match serde_json::from_str(&published) {
             Ok(l) => l,
             Err(e) => {
@@ -311,7 +312,7 @@ impl CloudPool {
                     // Only what was looked at: a holding whose first look
                     // failed leaves the last holder's list standing.
                     if let Ok(list) = serde_json::to_string(&k.held) {
-                        duties.elector.publish(list);
+                        duties.elector.publish(notes::BANK, list);
                     }
                 }
                 Err(e) => {

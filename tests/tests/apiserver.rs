@@ -311,6 +311,122 @@ fn one_node_at_a_time_holds_the_cluster_duties_lease() {
 }
 
 /// The agent's metrics, scraped in node 0's namespace, as (series, value).
+/// `hostnic-agent status --json` of node `i`.
+fn status(bed: &CloudBed, i: usize) -> Value {
+    let out = std::process::Command::new(bin("hostnic-agent"))
+        .args(["status", "--json", "--socket"])
+        .arg(bed.socket(i))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The DescribeNics node `i`'s agent sent.
+fn describes(bed: &CloudBed, i: usize) -> u64 {
+    status(bed, i)["cloud"]["calls"]["DescribeNics"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Node `i`'s free addresses in `vxnet`, as it last had them counted.
+fn free_ips(bed: &CloudBed, i: usize, vxnet: &str) -> Option<u64> {
+    let s = status(bed, i);
+    let row = s["vxnets"].as_array()?.iter().find(|v| v["id"] == vxnet)?;
+    row["free_ips_age_s"].as_u64()?;
+    row["free_ips"].as_u64()
+}
+
+#[test]
+fn the_lease_holder_counts_the_vxnets_for_every_node() {
+    if !require_root("the_lease_holder_counts_the_vxnets_for_every_node") {
+        return;
+    }
+    let bed = bed();
+    let cp = cluster(&bed, false);
+    // Counted every 2 s (±20%): the holder counts often, and a node that
+    // counted its own would show it within a few seconds.
+    let counting = "vxnet_count_seconds = 2";
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| agent(&bed, &cp, i, counting).unwrap())
+        .collect();
+    let published = || {
+        let out = kubebed::lease(&cp, "{.metadata.annotations.hostnic\\.io/vxnet-counts}");
+        serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)
+    };
+    wait_for(
+        "both vxnets' counts on the Lease",
+        Duration::from_secs(30),
+        || {
+            let p = published();
+            p["vxnet-a"]["nics"].is_u64() && p["vxnet-b"]["nics"].is_u64()
+        },
+    )
+    .unwrap();
+    let holder: usize = lease_holder(&cp)
+        .unwrap()
+        .strip_prefix("node-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reader = 1 - holder;
+    // The free addresses of a /24 as the cloud has them now: 253 usable
+    // (gateway left out), less a NIC each.
+    let truth = |vxnet: &str| {
+        let nics = bed.sim.inspect()["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["vxnet"] == vxnet)
+            .count();
+        253 - nics as u64
+    };
+    let both_right = |i: usize| {
+        ["vxnet-a", "vxnet-b"]
+            .iter()
+            .all(|v| free_ips(&bed, i, v) == Some(truth(v)))
+    };
+    wait_for(
+        "both nodes to have the cloud's count",
+        Duration::from_secs(20),
+        || both_right(reader) && both_right(holder),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{:#}\n{:#}", published(), status(&bed, reader)));
+    // Over several intervals the holder counts and the other node does
+    // not: its one DescribeNics is its inventory at start.
+    let before = describes(&bed, holder);
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        describes(&bed, holder) >= before + 4,
+        "the holder counts both vxnets every ~2 s"
+    );
+    assert_eq!(describes(&bed, reader), 1, "{}", agents[reader].log_text());
+
+    // Two VMs join vxnet-b, outside the cluster: the holder's count
+    // reaches the other node, which still makes no call of its own.
+    let was = truth("vxnet-b");
+    let _vms: Vec<_> = (0..2)
+        .map(|k| bed.sim.add_vm(&format!("cnt{k}"), "vxnet-b").unwrap())
+        .collect();
+    assert_eq!(truth("vxnet-b"), was - 2);
+    wait_for(
+        "the other node to see the two new NICs",
+        Duration::from_secs(20),
+        || free_ips(&bed, reader, "vxnet-b") == Some(was - 2),
+    )
+    .unwrap();
+    assert_eq!(describes(&bed, reader), 1);
+
+    // The holder dies: the other node takes the Lease and counts.
+    agents[holder].kill9();
+    wait_for(
+        "the other node to count as the holder",
+        Duration::from_secs(30),
+        || describes(&bed, reader) >= 3,
+    )
+    .unwrap();
+    assert_eq!(lease_holder(&cp), Some(format!("node-{reader}")));
+}
+
 fn scrape(bed: &CloudBed) -> Vec<(String, f64)> {
     let text = bed.sim.nodes[0]
         .ns

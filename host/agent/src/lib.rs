@@ -272,6 +272,8 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         let nics = nics.clone();
         let keeper = cloud.clone();
         tokio::spawn(async move { keeper.keep_bank().await });
+        let (counter, counted) = (cloud.clone(), nics.clone());
+        tokio::spawn(async move { counter.keep_counts(&counted).await });
         tokio::spawn(async move {
             cloud.delete_stranded(&nics, stranded).await;
             cloud.tick(&nics).await;

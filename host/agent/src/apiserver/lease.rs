@@ -14,7 +14,8 @@
 //! the others may take over.
 //!
 //! The Lease also carries what the holder publishes for every node, one
-//! annotation each (the NIC bank's list, `cloud::bank`): the holder writes
+//! annotation each (the NIC bank's list, `cloud::bank`; the vxnets'
+//! counts, `cloud::counts`): the holder writes
 //! them with its renewals, the others read them with their rounds, so
 //! publishing costs no request of its own.
 
@@ -33,6 +34,8 @@ use tracing::{info, warn};
 pub mod notes {
     /// The NIC bank's list (`cloud::bank`).
     pub const BANK: &str = "hostnic.io/nic-bank";
+    /// The vxnets' NIC counts (`cloud::counts`).
+    pub const VXNET_COUNTS: &str = "hostnic.io/vxnet-counts";
 }
 
 /// Annotations of the Lease that are notes of ours.

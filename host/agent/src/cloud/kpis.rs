@@ -65,8 +65,26 @@ impl Kpis {
 
     /// The cloud counted `nics` NICs in `vxnet`, whose range is `cidr`.
     pub fn counted(&self, vxnet: &str, cidr: Ipv4Net, nics: u64) {
+        self.counted_ago(vxnet, cidr, nics, Duration::ZERO);
+    }
+
+    /// The cloud counted `nics` NICs in `vxnet` `ago` (the Lease holder,
+    /// for the cluster), unless this node has a newer count.
+    pub fn counted_ago(&self, vxnet: &str, cidr: Ipv4Net, nics: u64, ago: Duration) {
         let free = free_addresses(cidr, nics);
-        self.with(vxnet, |s| s.free = Some((free, Instant::now())));
+        let Some(at) = Instant::now().checked_sub(ago) else {
+            return;
+        };
+        self.with(vxnet, |s| {
+            if s.free.is_none_or(|(_, before)| before < at) {
+                s.free = Some((free, at));
+            }
+        });
+    }
+
+    /// How long ago `vxnet` was last counted, if ever.
+    pub fn count_age(&self, vxnet: &str) -> Option<Duration> {
+        self.with(vxnet, |s| s.free.map(|(_, at)| at.elapsed()))
     }
 
     /// Failed creates in `vxnet` since its last success.
@@ -127,6 +145,26 @@ mod tests {
         k.counted("v", "10.0.1.0/24".parse().unwrap(), 10);
         assert_eq!(k.free_ips("v"), Some(243));
         assert_eq!(k.live("v").free_ips_counted_s_ago, Some(0));
+        // An older count (the Lease holder's) does not replace a newer one;
+        // a newer one does, with its age.
+        k.counted_ago(
+            "v",
+            "10.0.1.0/24".parse().unwrap(),
+            50,
+            Duration::from_secs(60),
+        );
+        assert_eq!(k.free_ips("v"), Some(243));
+        assert!(k.count_age("v").unwrap() < Duration::from_secs(60));
+        k.counted_ago(
+            "x",
+            "10.0.1.0/24".parse().unwrap(),
+            50,
+            Duration::from_secs(60),
+        );
+        assert_eq!(k.free_ips("x"), Some(203));
+        assert_eq!(k.live("x").free_ips_counted_s_ago, Some(60));
+        k.counted("x", "10.0.1.0/24".parse().unwrap(), 3);
+        assert_eq!(k.free_ips("x"), Some(250));
         // Another vxnet is untouched.
         assert_eq!(k.live("w"), VxnetLive::default());
     }

@@ -13,6 +13,7 @@
 //!
 //! - this file: the connection (vxnets, tags, this node's NICs at start);
 //! - `bank`: NICs the Lease holder keeps made for every node to claim;
+//! - `counts`: the vxnets' free addresses, counted once for the cluster;
 //! - `lifecycle`: a NIC created, attached and parked, or discarded; the
 //!   warm targets; the node's gateway NIC;
 //! - `provisioner`: the cold ADDs waiting and the batches made for them;
@@ -22,6 +23,7 @@
 //! - `upkeep`: the node check, the slow cloud poll, re-attach and leaks.
 
 mod bank;
+pub mod counts;
 pub mod kpis;
 mod lifecycle;
 pub mod pace;
@@ -305,17 +307,6 @@ impl CloudPool {
     /// Failed creates on `vxnet` since its last success.
     pub fn recent_failures(&self, vxnet: &str) -> u32 {
         self.kpis.recent_failures(vxnet)
-    }
-
-    /// Counts each configured vxnet's NICs in the cloud, for its free
-    /// addresses (one DescribeNics of one item per vxnet).
-    pub async fn count_vxnets(&self) {
-        for (id, v) in &self.vxnets {
-            match self.client.count_nics(id).await {
-                Ok(n) => self.kpis.counted(id, v.cidr, n),
-                Err(e) => warn!(vxnet = %id, error = %e, "counting the vxnet's NICs"),
-            }
-        }
     }
 
     /// Every NIC of `vxnet` in the cloud with an address: (id, address).

@@ -65,7 +65,7 @@ impl CloudPool {
     /// account's rate are free for what can wait. (A node that tagged and
     /// counted while its first pods were on their way made their batch
     /// wait behind those calls, a cycle of its slots each.)
-    fn quiet(&self, nics: &Nics) -> bool {
+    pub(super) fn quiet(&self, nics: &Nics) -> bool {
         let attaching = {
             let pool = nics.pool();
             self.vxnets
@@ -515,9 +515,9 @@ impl CloudPool {
 
     /// The agent's loop: the node check on every kernel notification
     /// (debounced) and every `reconcile_seconds`, with the warm pool's
-    /// targets on the timer; the cloud poll every `cloud_poll_seconds` and
-    /// the vxnets' count every `vxnet_count_seconds`, jittered so the nodes
-    /// of a cluster spread out.
+    /// targets on the timer; the cloud poll every `cloud_poll_seconds`,
+    /// jittered so the nodes of a cluster spread out. (The vxnets' counts
+    /// have their own loop: `counts`.)
     pub async fn run(&self, nics: &Nics) {
         let local = Duration::from_secs(self.cfg.reconcile_seconds);
         let poll_every = || {
@@ -532,13 +532,6 @@ impl CloudPool {
         };
         let mut next_tick = tokio::time::Instant::now() + local;
         let mut next_poll = tokio::time::Instant::now() + poll_every();
-        // The vxnets' free addresses: counted at start (once no cold ADD
-        // waits), then on their timer.
-        let count_every = || {
-            Duration::from_secs(self.cfg.vxnet_count_seconds).mul_f64(0.8 + 0.4 * fastrand::f64())
-        };
-        let counting = self.cfg.vxnet_count_seconds > 0;
-        let mut next_count = tokio::time::Instant::now();
         loop {
             let changed = async {
                 match events.as_mut() {
@@ -550,17 +543,6 @@ impl CloudPool {
                 _ = tokio::time::sleep_until(next_tick) => {
                     self.tick(nics).await;
                     next_tick = tokio::time::Instant::now() + local;
-                }
-                _ = tokio::time::sleep_until(next_count), if counting => {
-                    // Counting can wait for a quiet moment: a node
-                    // bringing up its first pods needs its slots of the
-                    // account's rate for their NICs.
-                    if !self.quiet(nics) {
-                        next_count = tokio::time::Instant::now() + tagger::QUIET;
-                        continue;
-                    }
-                    self.count_vxnets().await;
-                    next_count = tokio::time::Instant::now() + count_every();
                 }
                 _ = tokio::time::sleep_until(next_poll) => {
                     if let Err(e) = self.poll(nics).await {

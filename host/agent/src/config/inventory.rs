@@ -75,7 +75,8 @@ pub struct Cloud {
     /// How often each configured vxnet's NICs are counted in the cloud
     /// (one DescribeNics of one item per vxnet, jittered ±20%), for its
     /// free addresses: the vxnet guest's `free-ips` (MostFree). At start
-    /// too. 0: never (`free-ips` stays 0 in cloud mode).
+    /// too. In Kubernetes the Lease holder counts for every node
+    /// (`cloud::counts`). 0: never (`free-ips` stays 0 in cloud mode).
     #[serde(default = "default_vxnet_count")]
     pub vxnet_count_seconds: u64,
     /// Which leaked NICs this agent deletes: `node`, only those named for

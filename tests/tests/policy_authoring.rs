@@ -162,3 +162,56 @@ fn a_vxnet_module_that_can_never_run_is_reported_at_start() {
         agent.log_text()
     );
 }
+
+#[test]
+fn an_agent_loads_the_built_in_guests_an_image_ships_compiled() {
+    if !require_root("an_agent_loads_the_built_in_guests_an_image_ships_compiled") {
+        return;
+    }
+    let bed = Testbed::new(1).unwrap();
+    // What scripts/image runs into the image.
+    let shipped = bed.dir.path().join("shipped");
+    let (success, out) = agent_cli(&["precompile", "--out", shipped.to_str().unwrap()]);
+    assert!(success, "{out}");
+    assert_eq!(out.lines().count(), 3, "one file per built-in guest: {out}");
+    let cache = bed.state_dir().join("policy").join("compiled");
+    let start = |shipped: &std::path::Path| {
+        let text = format!("compiled_guests_dir = {shipped:?}\n") + &bed.agent_config();
+        Agent::spawn(&bed.node, bed.dir.path(), &text, bed.socket()).unwrap()
+    };
+    // A node's first start: the three hooks load, nothing is compiled (the
+    // agent's own cache of what it compiled stays empty), and an ADD runs
+    // them.
+    let agent = start(&shipped);
+    let ns = Ns::new("shipped").unwrap();
+    let path = ns.path().display().to_string();
+    let r = ok(bed.hostnic().call(
+        "ADD",
+        &bed.netconf("1.0.0", json!([])),
+        &pod_env("shipped", &path),
+    ));
+    assert_eq!(
+        r["ips"][0]["address"].as_str().map(|a| a.is_empty()),
+        Some(false)
+    );
+    let socket = bed.socket().display().to_string();
+    let (success, out) = agent_cli(&["decisions", "--socket", &socket]);
+    assert!(success, "{out}");
+    // (One vxnet: the vxnet hook has no choice to make.)
+    for hook in ["ip", "routes"] {
+        assert!(
+            out.contains(&format!("\"hook\":\"{hook}\"")),
+            "{hook}: {out}"
+        );
+    }
+    assert!(!cache.exists(), "{}", agent.log_text());
+    ok(bed.hostnic().call(
+        "DEL",
+        &bed.netconf("1.0.0", json!([])),
+        &pod_env("shipped", &path),
+    ));
+    drop(agent);
+    // Without them (no such directory), the agent compiles and caches.
+    let agent = start(&bed.dir.path().join("none"));
+    assert!(cache.exists(), "{}", agent.log_text());
+}

@@ -38,6 +38,15 @@ pub(crate) struct Inner {
     builtins: Mutex<HashMap<HookKind, Guest>>,
 }
 
+/// `dir`, created if missing.
+fn created(dir: PathBuf) -> Result<PathBuf, EngineError> {
+    std::fs::create_dir_all(&dir).map_err(|source| EngineError::StateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine")
@@ -51,21 +60,29 @@ impl PolicyEngine {
     /// A runtime whose guests' kv stores persist under `state_dir` (created
     /// if missing), one JSON file per guest name.
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<PolicyEngine, EngineError> {
-        let dir = state_dir.into();
-        std::fs::create_dir_all(&dir).map_err(|source| EngineError::StateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        Self::build(Some(dir))
+        Self::build(Some(created(state_dir.into())?), None)
+    }
+
+    /// [`Self::new`], also loading guests compiled when the agent's image
+    /// was built from `shipped` (read-only; see [`Self::precompile_builtins`]),
+    /// if that directory exists and only the agent's user may write it.
+    pub fn with_shipped(
+        state_dir: impl Into<PathBuf>,
+        shipped: &Path,
+    ) -> Result<PolicyEngine, EngineError> {
+        Self::build(Some(created(state_dir.into())?), Some(shipped))
     }
 
     /// A runtime whose kv stores live in memory only (tests, benchmarks).
     pub fn in_memory() -> Result<PolicyEngine, EngineError> {
-        Self::build(None)
+        Self::build(None, None)
     }
 
-    fn build(state_dir: Option<PathBuf>) -> Result<PolicyEngine, EngineError> {
-        let runtime = Runtime::new(state_dir.as_deref())?;
+    fn build(
+        state_dir: Option<PathBuf>,
+        shipped: Option<&Path>,
+    ) -> Result<PolicyEngine, EngineError> {
+        let runtime = Runtime::new(state_dir.as_deref(), shipped)?;
         Ok(PolicyEngine {
             inner: Arc::new(Inner {
                 runtime,
@@ -75,6 +92,13 @@ impl PolicyEngine {
                 builtins: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Compiles the built-in guests for this engine into `dir` (created),
+    /// for an image to ship and [`Self::with_shipped`] to load: the files
+    /// written.
+    pub fn precompile_builtins(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        self.runtime().precompile_builtins(dir)
     }
 
     /// Whether the pooling allocator is in use (false: its address-space

@@ -32,13 +32,20 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// The engine, its linker and ticker; compiled guests are cached under
-    /// `state_dir`, if there is one.
-    pub fn new(state_dir: Option<&Path>) -> Result<Runtime, EngineError> {
+    /// `state_dir`, if there is one, and also read from `shipped` (see
+    /// `precompiled`).
+    pub fn new(state_dir: Option<&Path>, shipped: Option<&Path>) -> Result<Runtime, EngineError> {
         let (engine, pooling) = create_engine()?;
         let linker = crate::host::linker(&engine)
             .map_err(|e| EngineError::Linker(e.into_boxed_dyn_error()))?;
         let ticker = Ticker::start(engine.clone())?;
-        let disk = state_dir.map(|d| DiskCache::new(d, &engine));
+        let disk = state_dir.map(|d| {
+            let cache = DiskCache::new(d, &engine);
+            match shipped {
+                Some(s) => cache.with_shipped(s),
+                None => cache,
+            }
+        });
         Ok(Runtime {
             engine,
             linker,
@@ -71,6 +78,25 @@ impl Runtime {
             d.store(sha256, &component);
         }
         Ok((component, true))
+    }
+
+    /// Compiles the built-in guests into `dir`, as [`DiskCache`] files a
+    /// `shipped` directory holds: their paths.
+    pub fn precompile_builtins(&self, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        let cache = DiskCache::at(dir.to_path_buf(), &self.engine);
+        let mut written = Vec::new();
+        for kind in crate::types::HookKind::ALL {
+            let bytes = crate::builtin::module(kind);
+            let component =
+                wasmtime::component::Component::new(&self.engine, bytes).map_err(|e| {
+                    std::io::Error::other(format!(
+                        "compiling the built-in {}: {e}",
+                        crate::builtin::name(kind)
+                    ))
+                })?;
+            written.push(cache.write(&crate::builtin::sha256(kind), &component)?);
+        }
+        Ok(written)
     }
 }
 

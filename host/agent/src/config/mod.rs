@@ -39,6 +39,12 @@ pub struct Config {
     /// Where allocations are recorded.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Guests compiled when the image was built (`hostnic-agent policy
+    /// precompile`), loaded instead of compiling them at a node's first
+    /// start; read-only, and used only if only the agent's user may write
+    /// it. Missing: compiled at start, as without.
+    #[serde(default = "default_compiled_guests_dir")]
+    pub compiled_guests_dir: PathBuf,
     /// The node's primary interface. hostnic never moves, addresses or
     /// routes it, and keeps the node's default route on it.
     #[serde(default = "default_iface")]
@@ -167,6 +173,12 @@ pub enum Policy {
 
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
+}
+/// Where `scripts/image` puts the built-in guests, compiled.
+pub const SHIPPED_GUESTS_DIR: &str = "/usr/lib/hostnic/compiled";
+
+fn default_compiled_guests_dir() -> PathBuf {
+    PathBuf::from(SHIPPED_GUESTS_DIR)
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/hostnic")

@@ -102,8 +102,9 @@ impl Policies {
     /// false` the built-in guests decide: the agent has one way to decide,
     /// whoever wrote the guest.
     pub fn load(cfg: &Config) -> anyhow::Result<Policies> {
-        let engine = PolicyEngine::new(cfg.state_dir.join("policy"))
-            .context("starting the policy runtime")?;
+        let engine =
+            PolicyEngine::with_shipped(cfg.state_dir.join("policy"), &cfg.compiled_guests_dir)
+                .context("starting the policy runtime")?;
         let h = &cfg.hooks;
         let builtin = HookSpec::default();
         let spec = |s| if h.enabled { s } else { &builtin };

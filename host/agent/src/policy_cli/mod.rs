@@ -12,6 +12,8 @@
 //!   store each call.
 //! - `decisions` and `replay FILE`: the decisions a running agent recorded,
 //!   and what a candidate module would have decided instead (`replay.rs`).
+//! - `precompile --out DIR`: the built-in guests compiled for this agent,
+//!   for an image to ship (`compiled_guests_dir`).
 //!
 //! Facts files have the shape of `crate::facts::Facts`.
 
@@ -87,6 +89,13 @@ pub enum PolicyCmd {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// Compile the built-in guests for this agent's runtime into a
+    /// directory an image ships (`compiled_guests_dir`), so a node's first
+    /// start compiles nothing.
+    Precompile {
+        #[arg(long, value_name = "DIR", default_value = crate::config::SHIPPED_GUESTS_DIR)]
+        out: PathBuf,
+    },
     /// Run a candidate module on the decisions an agent recorded and show
     /// where it would decide differently, before you swap it in.
     Replay {
@@ -109,6 +118,15 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<()> {
     let engine = || PolicyEngine::in_memory().context("starting the policy runtime");
     match cmd {
         PolicyCmd::New { name, hook } => new::create(&name, hook),
+        PolicyCmd::Precompile { out } => {
+            let written = engine()?
+                .precompile_builtins(&out)
+                .with_context(|| format!("writing the compiled guests to {}", out.display()))?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         PolicyCmd::Check {
             file,
             guest_config,

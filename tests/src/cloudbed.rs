@@ -105,7 +105,7 @@ impl CloudBed {
         self.spawn_agent(node, &self.agent_config_in(node, vxnets, cloud), limit)
     }
 
-    fn spawn_agent(&self, node: usize, config: &str, limit: Duration) -> anyhow::Result<Agent> {
+    pub fn spawn_agent(&self, node: usize, config: &str, limit: Duration) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(self.node_dir(node))?;
         Agent::spawn_within(
             &self.sim.nodes[node].ns,

@@ -17,6 +17,11 @@
 //! starts with the others.
 //! `--bank MIN:MAX` is `--kube` with the NIC bank on (`bank_min`,
 //! `bank_max`), node 0's bank filled before the others start.
+//!
+//! The agents load their built-in guests compiled, as the image ships them
+//! (`compiled_guests_dir`): a hundred VMs would each compile on their own
+//! cores, where here they would share two. `--compile-at-start` has each
+//! compile its own, as an image without them would.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -41,8 +46,15 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("hostnic-scale-bench needs root: it creates network namespaces");
     }
-    const USAGE: &str = "usage: hostnic-scale-bench [VMS] [PODS_PER_VM] [CALLS_PER_SECOND] [--kube | --bank MIN:MAX]";
+    const USAGE: &str = "usage: hostnic-scale-bench [VMS] [PODS_PER_VM] [CALLS_PER_SECOND] [--kube | --bank MIN:MAX] [--compile-at-start]";
     let mut args: Vec<String> = std::env::args().collect();
+    let compile_at_start = match args.iter().position(|a| a == "--compile-at-start") {
+        Some(at) => {
+            args.remove(at);
+            true
+        }
+        None => false,
+    };
     let mut mode = Mode::Configured;
     if let Some(at) = args.iter().position(|a| a == "--kube") {
         args.remove(at);
@@ -67,9 +79,29 @@ fn main() -> anyhow::Result<()> {
         arg(3, 20)? as u32,
     );
     println!(
-        "hostnic-scale-bench: {vms} VMs × {per_vm} pods, cold start, account limit {rate} calls/s, attach 1 s, {}\n",
-        mode.describe()
+        "hostnic-scale-bench: {vms} VMs × {per_vm} pods, cold start, account limit {rate} calls/s, attach 1 s, {}, {}\n",
+        mode.describe(),
+        match compile_at_start {
+            true => "each agent compiling its guests",
+            false => "guests shipped compiled",
+        }
     );
+    // The image's compiled guests, made as scripts/image makes them.
+    let shipped = tempfile::tempdir()?;
+    let shipped_dir = shipped.path().join("compiled");
+    if !compile_at_start {
+        let out = std::process::Command::new(hostnic_testbed::bin("hostnic-agent"))
+            .args(["policy", "precompile", "--out"])
+            .arg(&shipped_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "hostnic-agent policy precompile: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let image = format!("compiled_guests_dir = {:?}\n", shipped_dir);
     // Each simulated vxnet is one Linux bridge of at most 1,024 ports: the
     // nodes are spread over as many vxnets as their pods' NICs, and the
     // warm NICs a node may keep beside them, need (as a cluster's node
@@ -130,14 +162,15 @@ fn main() -> anyhow::Result<()> {
             let cp = kubebed::control_plane(&bed, None)?;
             let kubeconfig = cp.service_account_kubeconfig("kube-system", "hostnic")?;
             let config = |n: usize| {
-                kubebed::agent_config(
-                    &bed,
-                    n,
-                    &vxnet_of(n),
-                    &kubeconfig,
-                    (&timers(n), "lease_seconds = 15\n"),
-                    "",
-                )
+                image.clone()
+                    + &kubebed::agent_config(
+                        &bed,
+                        n,
+                        &vxnet_of(n),
+                        &kubeconfig,
+                        (&timers(n), "lease_seconds = 15\n"),
+                        "",
+                    )
             };
             // Node 0 is there first: it holds the Lease (and fills the
             // bank) before the others come.
@@ -206,8 +239,9 @@ fn main() -> anyhow::Result<()> {
         Mode::Configured => std::thread::scope(|s| {
             let handles: Vec<_> = (0..vms)
                 .map(|n| {
-                    let (bed, timers, vxnet_of) = (&bed, &timers, &vxnet_of);
-                    s.spawn(move || bed.start_agent_in(n, &vxnet_of(n), &timers(n), limit))
+                    let (bed, timers, vxnet_of, image) = (&bed, &timers, &vxnet_of, &image);
+                    let config = image.clone() + &bed.agent_config_in(n, &vxnet_of(n), &timers(n));
+                    s.spawn(move || bed.spawn_agent(n, &config, limit))
                 })
                 .collect();
             handles

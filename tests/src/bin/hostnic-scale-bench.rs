@@ -22,6 +22,11 @@
 //! (`compiled_guests_dir`): a hundred VMs would each compile on their own
 //! cores, where here they would share two. `--compile-at-start` has each
 //! compile its own, as an image without them would.
+//!
+//! `--rest SECONDS` (default 60) is how long the nodes are watched at rest
+//! once every pod runs, with each node's calls by action (from its
+//! `hostnic-agent status`): an hour shows the long run (the slow poll and
+//! the vxnet counts are minutes apart).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,8 +51,15 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("hostnic-scale-bench needs root: it creates network namespaces");
     }
-    const USAGE: &str = "usage: hostnic-scale-bench [VMS] [PODS_PER_VM] [CALLS_PER_SECOND] [--kube | --bank MIN:MAX] [--compile-at-start]";
+    const USAGE: &str = "usage: hostnic-scale-bench [VMS] [PODS_PER_VM] [CALLS_PER_SECOND] [--kube | --bank MIN:MAX] [--compile-at-start] [--rest SECONDS]";
     let mut args: Vec<String> = std::env::args().collect();
+    let mut rest_window = Duration::from_secs(60);
+    if let Some(at) = args.iter().position(|a| a == "--rest") {
+        args.remove(at);
+        let v = args.get(at).context(USAGE)?.clone();
+        args.remove(at);
+        rest_window = Duration::from_secs(v.parse().context(USAGE)?);
+    }
     let compile_at_start = match args.iter().position(|a| a == "--compile-at-start") {
         Some(at) => {
             args.remove(at);
@@ -344,10 +356,24 @@ fn main() -> anyhow::Result<()> {
     let deferred = calls() - during;
 
     // At rest: every pod running, nothing to do.
-    let rest_window = Duration::from_secs(60);
     let before_rest = calls();
+    let by_node_before: Vec<_> = (0..vms).map(|n| node_calls(&bed, n)).collect();
     std::thread::sleep(rest_window);
     let at_rest = calls() - before_rest;
+    let by_node: Vec<_> = (0..vms)
+        .map(|n| node_calls(&bed, n))
+        .zip(&by_node_before)
+        .map(|(after, before)| {
+            after
+                .into_iter()
+                .map(|(action, n)| {
+                    let was = before.get(&action).copied().unwrap_or(0);
+                    (action, n.saturating_sub(was))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+        .collect();
 
     let total = vms * per_vm;
     println!("| {vms} VMs × {per_vm} pods, account limit {rate} calls/s | value |");
@@ -389,6 +415,37 @@ fn main() -> anyhow::Result<()> {
         "| API calls in {} s at rest, all {vms} nodes | {at_rest} |",
         rest_window.as_secs()
     );
+    // Per node and hour at rest: the Lease holder (node 0 in Kubernetes)
+    // apart, as it does the cluster's duties.
+    let hourly = |n: u64| n as f64 * 3600.0 / rest_window.as_secs_f64();
+    let sum = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+    let others = &by_node[usize::from(cp.is_some()).min(by_node.len())..];
+    let other_calls: Vec<u64> = others.iter().map(sum).collect();
+    println!(
+        "\nat rest, {} s: calls per node per hour, {}: mean {:.1}, max {:.1}",
+        rest_window.as_secs(),
+        match cp.is_some() {
+            true => "nodes not holding the Lease",
+            false => "every node",
+        },
+        hourly(other_calls.iter().sum::<u64>()) / other_calls.len().max(1) as f64,
+        hourly(other_calls.iter().copied().max().unwrap_or(0)),
+    );
+    let mut other_actions = std::collections::BTreeMap::<String, u64>::new();
+    for m in others {
+        for (action, n) in m {
+            *other_actions.entry(action.clone()).or_default() += n;
+        }
+    }
+    println!("  by action, all of them: {other_actions:?}");
+    if cp.is_some()
+        && let Some(holder) = by_node.first()
+    {
+        println!(
+            "  the Lease holder: {:.1} per hour, {holder:?}",
+            hourly(sum(holder))
+        );
+    }
     println!("\n| action | requests | refused (5100) | per pod, accepted |\n|---|---|---|---|");
     let refused = bed.sim.throttled();
     for (action, n) in bed.sim.calls() {
@@ -466,6 +523,20 @@ impl Mode {
             }
         }
     }
+}
+
+/// The cloud calls node `n`'s agent made so far, by action (its
+/// `hostnic-agent status`).
+fn node_calls(bed: &CloudBed, n: usize) -> std::collections::BTreeMap<String, u64> {
+    let out = std::process::Command::new(hostnic_testbed::bin("hostnic-agent"))
+        .args(["status", "--json", "--socket"])
+        .arg(bed.socket(n))
+        .output();
+    let status: serde_json::Value = out
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or_default();
+    serde_json::from_value(status["cloud"]["calls"].clone()).unwrap_or_default()
 }
 
 /// The bank's NICs the Lease lists, every vxnet's.

@@ -191,20 +191,14 @@ impl Sim {
             });
         }
 
-        // The cloud's API does not share the VMs' CPUs: its threads (and
-        // the hot-plug commands they run) go before the agents' and the
-        // pods' work on this machine, so that its rate limit counts
-        // requests when they come, not when a busy machine gets to them.
+        // The cloud's API does not share the VMs' CPUs: its threads go
+        // before the agents' and the pods' work on this machine, so that
+        // its rate limit counts requests when they come, not when a busy
+        // machine gets to them. (Its hot-plugs stand for the hosts' work,
+        // and run as the rest: `host_work`.)
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .on_thread_start(|| {
-                // SAFETY: setpriority has no memory effects; on Linux `who`
-                // 0 is the calling thread. Failing (not root) only leaves
-                // the default priority.
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, -10);
-                }
-            })
+            .on_thread_start(|| nice(-10))
             .enable_all()
             .build()?;
         let mut injector = Injector::new(cfg.seed);
@@ -499,11 +493,13 @@ async fn run_job(sim: Arc<Inner>, job: String) {
                 // so the API keeps answering (and counting its rate) on
                 // time, as a cloud's front end does while hosts plug NICs.
                 let inner = sim.clone();
-                ok = tokio::task::spawn_blocking(move || match inner.sdn.plug_all(&nics, &node) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        eprintln!("iaas-sim: plugging {nics:?}: {e:#}");
-                        false
+                ok = tokio::task::spawn_blocking(move || {
+                    match host_work(|| inner.sdn.plug_all(&nics, &node)) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            eprintln!("iaas-sim: plugging {nics:?}: {e:#}");
+                            false
+                        }
                     }
                 })
                 .await
@@ -516,11 +512,13 @@ async fn run_job(sim: Arc<Inner>, job: String) {
             tokio::time::sleep(Duration::from_millis(latency.detach_latency_ms)).await;
             let inner = sim.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                for mac in &nics {
-                    if let Err(e) = inner.sdn.unplug(mac) {
-                        eprintln!("iaas-sim: unplugging {mac}: {e:#}");
+                host_work(|| {
+                    for mac in &nics {
+                        if let Err(e) = inner.sdn.unplug(mac) {
+                            eprintln!("iaas-sim: unplugging {mac}: {e:#}");
+                        }
                     }
-                }
+                })
             })
             .await;
             true
@@ -530,9 +528,11 @@ async fn run_job(sim: Arc<Inner>, job: String) {
             let fails = sim.injector().lb_job_fails();
             // Namespaces and threads: off the async workers.
             let inner = sim.clone();
-            tokio::task::spawn_blocking(move || !fails && plumb_balancers(&inner, balancers))
-                .await
-                .unwrap_or(false)
+            tokio::task::spawn_blocking(move || {
+                host_work(|| !fails && plumb_balancers(&inner, balancers))
+            })
+            .await
+            .unwrap_or(false)
         }
     };
     let now = sim.now();
@@ -713,4 +713,23 @@ fn steal_default_route(sim: &Inner, instance: &str) -> anyhow::Result<String> {
         )?;
     }
     Ok(dev)
+}
+
+/// Sets the calling thread's nice value (on Linux `who` 0 is the calling
+/// thread). Raising the priority needs root; without it the thread keeps
+/// the default.
+fn nice(value: i32) {
+    // SAFETY: setpriority only changes the scheduler's view of this thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, value);
+    }
+}
+
+/// Runs `f`, the hosts' work (plugging NICs, load balancers' data planes),
+/// at the machine's default priority, not the API's, on a blocking thread.
+fn host_work<T>(f: impl FnOnce() -> T) -> T {
+    nice(0);
+    let out = f();
+    nice(-10);
+    out
 }

@@ -311,14 +311,9 @@ fn one_node_at_a_time_holds_the_cluster_duties_lease() {
 }
 
 /// The agent's metrics, scraped in node 0's namespace, as (series, value).
-/// `hostnic-agent status --json` of node `i`.
+/// `hostnic-agent status --json` of node `i` (null if it does not answer).
 fn status(bed: &CloudBed, i: usize) -> Value {
-    let out = std::process::Command::new(bin("hostnic-agent"))
-        .args(["status", "--json", "--socket"])
-        .arg(bed.socket(i))
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    bed.status(i).unwrap_or(Value::Null)
 }
 
 /// The DescribeNics node `i`'s agent sent.

@@ -528,14 +528,7 @@ impl Mode {
 /// The cloud calls node `n`'s agent made so far, by action (its
 /// `hostnic-agent status`).
 fn node_calls(bed: &CloudBed, n: usize) -> std::collections::BTreeMap<String, u64> {
-    let out = std::process::Command::new(hostnic_testbed::bin("hostnic-agent"))
-        .args(["status", "--json", "--socket"])
-        .arg(bed.socket(n))
-        .output();
-    let status: serde_json::Value = out
-        .ok()
-        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-        .unwrap_or_default();
+    let status = bed.status(n).unwrap_or_default();
     serde_json::from_value(status["cloud"]["calls"].clone()).unwrap_or_default()
 }
 

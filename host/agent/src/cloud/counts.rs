@@ -93,13 +93,14 @@ impl CloudPool {
         let every =
             Duration::from_secs(self.cfg.vxnet_count_seconds).mul_f64(0.8 + 0.4 * fastrand::f64());
         let started = Instant::now();
+        let mut unreadable = None;
         loop {
             let role = match self.duties.as_ref().map(|d| d.elector.holds()) {
                 None => Role::Alone,
                 Some(true) => Role::Holder,
                 Some(false) => Role::Reader,
             };
-            let published = self.published_counts();
+            let published = self.published_counts(&mut unreadable);
             if role == Role::Reader {
                 self.take_counts(&published);
             }
@@ -135,8 +136,9 @@ impl CloudPool {
         }
     }
 
-    /// The counts on the Lease at its last read (none outside Kubernetes).
-    fn published_counts(&self) -> Counts {
+    /// The counts on the Lease at its last read (none outside Kubernetes,
+    /// or if they do not parse: said once per value, kept in `unreadable`).
+    fn published_counts(&self, unreadable: &mut Option<String>) -> Counts {
         let Some(value) = self
             .duties
             .as_ref()
@@ -145,7 +147,10 @@ impl CloudPool {
             return Counts::new();
         };
         serde_json::from_str(&value).unwrap_or_else(|e| {
-            warn!(error = %e, "the vxnet counts on the Lease do not parse; counting here");
+            if unreadable.as_ref() != Some(&value) {
+                warn!(error = %e, annotation = notes::VXNET_COUNTS, "the vxnet counts on the Lease do not parse; ignoring them (the holder's next count replaces them)");
+                *unreadable = Some(value);
+            }
             Counts::new()
         })
     }
